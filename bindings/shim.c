@@ -1,0 +1,3 @@
+#include <rte_errno.h>
+
+int fulcrum_rte_errno(void) { return rte_errno; }

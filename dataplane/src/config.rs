@@ -1,0 +1,399 @@
+//! The dataplane's configuration file and the EAL arguments derived from it.
+
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// The whole configuration file. Unknown keys are errors, so a typo never
+/// silently falls back to a default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dataplane: Dataplane,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataplane {
+    /// The dataplane's own address with its prefix length, e.g. `198.18.0.2/24`.
+    pub address: Cidr,
+    /// EAL lcore list (`0`, `0-1`, `1,3`). One RX/TX queue pair per lcore.
+    #[serde(default = "defaults::lcores")]
+    pub lcores: LcoreList,
+    /// Packet buffers in the pool (2^k - 1 is the most memory-efficient).
+    #[serde(default = "defaults::mbufs")]
+    pub mbufs: u32,
+    /// Descriptors per RX and per TX queue.
+    #[serde(default = "defaults::descriptors")]
+    pub rx_descriptors: u16,
+    #[serde(default = "defaults::descriptors")]
+    pub tx_descriptors: u16,
+    /// EAL `--file-prefix`: keeps several DPDK processes apart; the runtime
+    /// directory is `/var/run/dpdk/<file_prefix>`.
+    #[serde(default = "defaults::file_prefix")]
+    pub file_prefix: String,
+    /// Software mode: a `net_tap` virtual device stands in for the NIC.
+    pub software: Option<Software>,
+    /// Hardware mode: the one PCI device the operator names.
+    pub hardware: Option<Hardware>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Software {
+    /// Name of the kernel tap interface the port creates (at most 15 bytes).
+    pub tap: String,
+    #[serde(default)]
+    pub hugepages: Hugepages,
+    /// Memory for EAL, in MiB, when running without hugepages.
+    #[serde(default = "defaults::no_huge_memory_mb")]
+    pub no_huge_memory_mb: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hardware {
+    /// PCI address of the NIC port, e.g. `0000:03:00.0`; passed as `-a`.
+    pub pci: String,
+}
+
+/// Whether software mode uses hugepages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hugepages {
+    /// Use them when hugetlbfs is mounted with free pages, else `--no-huge`.
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+mod defaults {
+    use super::LcoreList;
+    pub fn lcores() -> LcoreList {
+        LcoreList(vec![0])
+    }
+    pub fn mbufs() -> u32 {
+        8191
+    }
+    pub fn descriptors() -> u16 {
+        1024
+    }
+    pub fn file_prefix() -> String {
+        "fulcrum".into()
+    }
+    pub fn no_huge_memory_mb() -> u32 {
+        512
+    }
+}
+
+/// An IPv4 address with prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not an IPv4 address with a prefix length (like 198.18.0.2/24)"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (1..=32).contains(l))
+            .ok_or_else(|| format!("prefix length {len:?} is not a number from 1 to 32"))?;
+        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
+            return Err(format!("{addr} cannot be a host address"));
+        }
+        Ok(Cidr { addr, prefix_len })
+    }
+}
+
+/// A set of lcore ids, written as EAL writes them (`0-1,3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LcoreList(pub Vec<u32>);
+
+impl<'de> Deserialize<'de> for LcoreList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// EAL's limit on lcore ids.
+const MAX_LCORE: u32 = 128;
+
+impl std::str::FromStr for LcoreList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut ids = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let num = |t: &str| {
+                t.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&n| n < MAX_LCORE)
+                    .ok_or_else(|| format!("{t:?} in lcore list {s:?} is not a core number below {MAX_LCORE}"))
+            };
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => (num(part)?, num(part)?),
+            };
+            if lo > hi {
+                return Err(format!("range {part:?} in lcore list {s:?} runs backwards"));
+            }
+            for id in lo..=hi {
+                if ids.contains(&id) {
+                    return Err(format!("lcore {id} appears twice in {s:?}"));
+                }
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        Ok(LcoreList(ids))
+    }
+}
+
+impl LcoreList {
+    /// EAL's `-l` syntax.
+    fn to_eal(&self) -> String {
+        self.0.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// A configuration problem, naming the file, the field and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// Per-lcore mempool cache size.
+pub const MBUF_CACHE: u32 = 256;
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let config: Config = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let d = &self.dataplane;
+        match (&d.software, &d.hardware) {
+            (Some(_), Some(_)) => return Err("dataplane: set either `software` or `hardware`, not both".into()),
+            (None, None) => {
+                return Err("dataplane: set `software = { tap = \"NAME\" }` (net_tap, for trying Fulcrum) or `hardware = { pci = \"0000:03:00.0\" }`".into())
+            }
+            _ => {}
+        }
+        if let Some(sw) = &d.software {
+            let ok = !sw.tap.is_empty()
+                && sw.tap.len() <= 15
+                && sw.tap.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !ok {
+                return Err(format!(
+                    "dataplane.software.tap: {:?} is not a valid interface name (1 to 15 of A-Z a-z 0-9 - _ .)",
+                    sw.tap
+                ));
+            }
+            if sw.no_huge_memory_mb < 64 {
+                return Err("dataplane.software.no_huge_memory_mb: at least 64 is needed".into());
+            }
+        }
+        if let Some(hw) = &d.hardware {
+            if !is_pci_address(&hw.pci) {
+                return Err(format!(
+                    "dataplane.hardware.pci: {:?} is not a PCI address like 0000:03:00.0",
+                    hw.pci
+                ));
+            }
+        }
+        if d.file_prefix.is_empty()
+            || d.file_prefix.len() > 64
+            || !d.file_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(format!(
+                "dataplane.file_prefix: {:?} must be 1 to 64 of A-Z a-z 0-9 - _",
+                d.file_prefix
+            ));
+        }
+        if d.lcores.0.is_empty() {
+            return Err("dataplane.lcores: at least one lcore is needed".into());
+        }
+        for (name, n) in [("rx_descriptors", d.rx_descriptors), ("tx_descriptors", d.tx_descriptors)] {
+            if !(64..=16384).contains(&n) || !n.is_power_of_two() {
+                return Err(format!("dataplane.{name}: {n} must be a power of two from 64 to 16384"));
+            }
+        }
+        let needed = self.min_mbufs();
+        if d.mbufs < needed {
+            return Err(format!(
+                "dataplane.mbufs: {} is too few for {} queue(s) of {} RX descriptors plus per-lcore caches; at least {needed} are needed",
+                d.mbufs,
+                d.lcores.0.len(),
+                d.rx_descriptors
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the RX rings, the lcore caches and one burst in flight per lcore
+    /// hold at most, with headroom for transmit queues.
+    fn min_mbufs(&self) -> u32 {
+        let d = &self.dataplane;
+        let lcores = d.lcores.0.len() as u32;
+        lcores * (u32::from(d.rx_descriptors) + u32::from(d.tx_descriptors) + MBUF_CACHE + 2 * 32)
+    }
+
+    /// The EAL argument list. Software mode always passes `--no-pci`, so the
+    /// host's own NICs are never probed; hardware mode allows exactly the one
+    /// device the operator named. `extra` (from the command line after `--`)
+    /// comes last.
+    pub fn eal_args(&self, hugepages_usable: bool, extra: &[String]) -> Vec<String> {
+        let d = &self.dataplane;
+        let mut args = vec![
+            "fulcrum-dataplane".to_owned(),
+            "-l".to_owned(),
+            d.lcores.to_eal(),
+            format!("--file-prefix={}", d.file_prefix),
+        ];
+        if let Some(sw) = &d.software {
+            args.push("--no-pci".into());
+            args.push(format!("--vdev=net_tap0,iface={}", sw.tap));
+            let huge = match sw.hugepages {
+                Hugepages::On => true,
+                Hugepages::Off => false,
+                Hugepages::Auto => hugepages_usable,
+            };
+            if huge {
+                // Hugepage files are unlinked once mapped, so none outlives us.
+                args.push("--huge-unlink".into());
+            } else {
+                args.push("--no-huge".into());
+                args.push(format!("-m{}", sw.no_huge_memory_mb));
+            }
+        }
+        if let Some(hw) = &d.hardware {
+            args.push(format!("-a{}", hw.pci));
+        }
+        args.extend(extra.iter().cloned());
+        args
+    }
+
+    /// Whether this is software mode (whose idle lcores back off).
+    pub fn is_software(&self) -> bool {
+        self.dataplane.software.is_some()
+    }
+}
+
+fn is_pci_address(s: &str) -> bool {
+    // dddd:bb:dd.f
+    let b = s.as_bytes();
+    b.len() == 12
+        && b[4] == b':'
+        && b[7] == b':'
+        && b[10] == b'.'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
+        && (b'0'..=b'7').contains(&b[11])
+}
+
+/// Whether hugetlbfs is mounted and has free pages (software mode's `auto`).
+pub fn hugepages_usable() -> bool {
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("hugetlbfs")))
+        .unwrap_or(false);
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    mounted && free > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    const SOFTWARE: &str = "[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\n";
+
+    #[test]
+    fn software_mode_never_probes_pci() {
+        let c = parse(SOFTWARE).unwrap();
+        let args = c.eal_args(false, &[]);
+        assert!(args.contains(&"--no-pci".to_owned()));
+        assert!(args.contains(&"--vdev=net_tap0,iface=fl0".to_owned()));
+        assert!(args.contains(&"--no-huge".to_owned()));
+        let huge = c.eal_args(true, &[]);
+        assert!(!huge.contains(&"--no-huge".to_owned()));
+        assert!(huge.contains(&"--huge-unlink".to_owned()));
+        assert!(args.contains(&"--file-prefix=fulcrum".to_owned()));
+    }
+
+    #[test]
+    fn hardware_mode_allows_only_the_named_device() {
+        let c = parse("[dataplane]\naddress = \"10.0.0.2/24\"\nhardware = { pci = \"0000:03:00.0\" }\n").unwrap();
+        let args = c.eal_args(true, &[]);
+        assert!(args.contains(&"-a0000:03:00.0".to_owned()));
+        assert!(!args.iter().any(|a| a.starts_with("--vdev")));
+    }
+
+    #[test]
+    fn lcore_lists() {
+        assert_eq!("0-1".parse::<LcoreList>().unwrap().0, vec![0, 1]);
+        assert_eq!("3,0-1".parse::<LcoreList>().unwrap().0, vec![0, 1, 3]);
+        assert!("1-0".parse::<LcoreList>().is_err());
+        assert!("0,0".parse::<LcoreList>().is_err());
+        assert!("x".parse::<LcoreList>().is_err());
+        assert!("200".parse::<LcoreList>().is_err());
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let cases = [
+            ("[dataplane]\naddress = \"198.18.0.2\"\nsoftware = { tap = \"fl0\" }\n", "prefix length"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\n", "set `software"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"a-very-long-tap-name\" }\n", "dataplane.software.tap"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmbufs = 100\n", "dataplane.mbufs"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nrx_descriptors = 1000\n", "rx_descriptors"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nlcorse = \"0\"\n", "lcorse"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nhardware = { pci = \"eth0\" }\n", "dataplane.hardware.pci"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nfile_prefix = \"../x\"\n", "file_prefix"),
+        ];
+        for (text, expect) in cases {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(expect), "{text:?}: error {e:?} should mention {expect:?}");
+        }
+    }
+}

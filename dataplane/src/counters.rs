@@ -1,0 +1,117 @@
+//! Per-lcore counters: written by their own lcore only, read by anyone.
+//!
+//! Each lcore has its own cache-line-aligned block, so counting costs a plain
+//! load and store (no atomic read-modify-write, no sharing between cores);
+//! readers sum the blocks. This is the layout the shared-memory stats segment
+//! will publish.
+
+use fulcrum_packet::DropReason;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A counter with a single writer.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning lcore may call this: the load and store are
+    /// not one atomic step, which is correct because nobody else writes.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Drops the dataplane makes itself, beyond what packet parsing decides.
+#[derive(Clone, Copy)]
+pub enum LocalDrop {
+    /// The transmit queue was full; the frame was freed.
+    TxFull,
+}
+
+impl LocalDrop {
+    const ALL: [LocalDrop; 1] = [LocalDrop::TxFull];
+
+    fn name(self) -> &'static str {
+        match self {
+            LocalDrop::TxFull => "tx_full",
+        }
+    }
+}
+
+#[repr(align(64))]
+#[derive(Default)]
+pub struct LcoreCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    packet_drops: [Counter; DropReason::COUNT],
+    local_drops: [Counter; LocalDrop::ALL.len()],
+}
+
+impl LcoreCounters {
+    #[inline]
+    pub fn drop_packet(&self, reason: DropReason) {
+        self.packet_drops[reason.index()].add(1);
+    }
+
+    #[inline]
+    pub fn drop_local(&self, reason: LocalDrop, n: u64) {
+        self.local_drops[reason as usize].add(n);
+    }
+
+    pub fn snapshot(&self, lcore: u32) -> LcoreSnapshot {
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.packet_drops[r.index()].get()))
+            .chain(LocalDrop::ALL.iter().map(|r| (r.name(), self.local_drops[*r as usize].get())))
+            .collect();
+        LcoreSnapshot {
+            lcore,
+            rx_packets: self.rx_packets.get(),
+            rx_bytes: self.rx_bytes.get(),
+            tx_packets: self.tx_packets.get(),
+            tx_bytes: self.tx_bytes.get(),
+            drops,
+        }
+    }
+}
+
+/// One lcore's counters at one moment, for the stats file and logs.
+#[derive(Serialize)]
+pub struct LcoreSnapshot {
+    pub lcore: u32,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Every drop reason, zero or not, so readers can rely on the keys.
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+impl LcoreSnapshot {
+    /// A one-line summary: totals plus the non-zero drop reasons.
+    pub fn summary(&self) -> String {
+        let drops: Vec<String> = self
+            .drops
+            .iter()
+            .filter(|(_, &v)| v != 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        format!(
+            "lcore {}: rx {} pkts {} bytes, tx {} pkts {} bytes, drops: {}",
+            self.lcore,
+            self.rx_packets,
+            self.rx_bytes,
+            self.tx_packets,
+            self.tx_bytes,
+            if drops.is_empty() { "none".into() } else { drops.join(" ") }
+        )
+    }
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Build and test Fulcrum: setup, release build of every binary, then every crate's unit
+# tests and the integration tests (real dataplane on net_tap in network namespaces),
+# one test at a time. Leftover test topologies (prefix t + 5 hex digits) are removed on
+# exit, whatever happened.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+# The integration tests run the release binaries from here (see tests/src/lib.rs).
+export FULCRUM_BIN_DIR=${FULCRUM_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+LOG=$(mktemp /tmp/fulcrum-test.XXXXXX.log)
+declare -a STEPS=()
+START=$(date +%s)
+
+cleanup_topologies() {
+    local ns prefix
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^t[0-9a-f]\{5\}-' || true); do
+        prefix=${ns%%-*}
+        echo "test.sh: removing leftover topology $prefix" >&2
+        "$ROOT/scripts/topology.sh" down --prefix "$prefix" >/dev/null 2>&1 || true
+    done
+    # Runtime dirs / hugepage files of test prefixes whose namespaces are gone already.
+    for d in /var/run/dpdk/t?????; do
+        [ -e "$d" ] || continue
+        prefix=$(basename "$d")
+        [[ "$prefix" =~ ^t[0-9a-f]{5}$ ]] || continue
+        "$ROOT/scripts/topology.sh" down --prefix "$prefix" >/dev/null 2>&1 || true
+    done
+}
+
+summary() {
+    local rc=$?
+    set +e
+    cleanup_topologies
+    echo
+    echo "==================== fulcrum test summary ===================="
+    local s
+    for s in "${STEPS[@]}"; do echo "  $s"; done
+    if [ -s "$LOG" ]; then
+        local passed failed ignored
+        passed=$(grep -E '^test result:' "$LOG" | sed -E 's/.* ([0-9]+) passed.*/\1/' | awk '{s+=$1} END {print s+0}')
+        failed=$(grep -E '^test result:' "$LOG" | sed -E 's/.* ([0-9]+) failed.*/\1/' | awk '{s+=$1} END {print s+0}')
+        ignored=$(grep -E '^test result:' "$LOG" | sed -E 's/.* ([0-9]+) ignored.*/\1/' | awk '{s+=$1} END {print s+0}')
+        echo "  test binaries: $(grep -cE '^test result:' "$LOG")  ignored: $ignored"
+        echo "  time: $(( $(date +%s) - START )) s"
+        echo "summary: $passed passed, $failed failed"
+        if [ "$failed" -gt 0 ]; then
+            echo "  failed tests:"
+            grep -E '^test .* \.\.\. FAILED$' "$LOG" | sed 's/^/    /'
+        fi
+    fi
+    echo "  result: $([ "$rc" -eq 0 ] && echo OK || echo "FAILED (exit $rc)")"
+    echo "=============================================================="
+    rm -f "$LOG"
+    exit "$rc"
+}
+trap summary EXIT
+
+step() {
+    local name=$1; shift
+    local t0=$(date +%s) rc=0
+    echo "==> $name: $*"
+    "$@" || rc=$?
+    STEPS+=("$(printf '%-8s %-6s %4ss  %s' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAIL")" $(( $(date +%s) - t0 )) "$*")")
+    return "$rc"
+}
+
+cleanup_topologies
+step setup scripts/setup.sh
+step build cargo build --release --workspace --bins
+if [ ! -x "$FULCRUM_BIN_DIR/fulcrum-dataplane" ]; then
+    echo "test.sh: $FULCRUM_BIN_DIR/fulcrum-dataplane was not built" >&2
+    exit 1
+fi
+run_tests() {
+    cargo test --release --workspace -- --test-threads=1 2>&1 | tee "$LOG"
+}
+step test run_tests

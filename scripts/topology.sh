@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# The standard software-mode topology for Fulcrum (one-armed, as Maglev/Katran deploy).
+#
+#   topology.sh up     [--prefix P]
+#   topology.sh attach [--prefix P] [--tap NAME] [--timeout SECONDS]
+#   topology.sh down   [--prefix P] [--tap NAME]
+#   topology.sh status [--prefix P]
+#
+# Default prefix P=fl, default tap NAME=P-dp. Prefix: 1..8 chars of [a-z0-9], so that
+# every interface name fits in 15 chars.
+#
+#                       namespace P-fab
+#                  +-----------------------------+
+#  P-cli  eth0 ----|- cli                        |
+#  198.18.0.10     |        br0 198.18.0.1/24    |
+#  P-be1  eth0 ----|- be1   (control plane addr) |
+#  198.18.0.21     |                             |
+#  P-be2  eth0 ----|- be2          P-dp (net_tap)|---- fulcrum-dataplane (198.18.0.2)
+#  198.18.0.22     |                             |
+#  P-be3  eth0 ----|- be3                        |
+#  198.18.0.23     +-----------------------------+
+#
+#  P-cli routes 198.18.1.0/24 (the VIPs) via 198.18.0.2. No default route anywhere.
+#
+# `up` is NOT idempotent on purpose: it fails if any P-* namespace already exists
+# (a leftover topology means an earlier run did not clean up; run `down` first).
+# On failure half way, `up` removes what it created.
+# `down` is idempotent: it succeeds when nothing exists.
+# `attach` waits (bounded) for the dataplane's tap interface to appear in P-fab or in
+# the root namespace, moves it into P-fab if needed, gives its kernel side a MAC that
+# differs from the DPDK port's (see cmd_attach), enslaves it to br0 and sets it up.
+set -euo pipefail
+
+die() { printf 'topology: error: %s\n' "$*" >&2; exit 1; }
+log() { printf 'topology: %s\n' "$*" >&2; }
+
+usage() {
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+[ $# -ge 1 ] || usage
+CMD=$1; shift
+PREFIX=fl
+TAP=""
+TIMEOUT=20
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) [ $# -ge 2 ] || usage; PREFIX=$2; shift 2 ;;
+        --prefix=*) PREFIX=${1#*=}; shift ;;
+        --tap) [ $# -ge 2 ] || usage; TAP=$2; shift 2 ;;
+        --tap=*) TAP=${1#*=}; shift ;;
+        --timeout) [ $# -ge 2 ] || usage; TIMEOUT=$2; shift 2 ;;
+        --timeout=*) TIMEOUT=${1#*=}; shift ;;
+        -h|--help) usage ;;
+        *) die "unknown argument: $1" ;;
+    esac
+done
+[[ "$PREFIX" =~ ^[a-z0-9]{1,8}$ ]] || die "prefix must be 1..8 chars of [a-z0-9]: '$PREFIX'"
+TAP=${TAP:-$PREFIX-dp}
+[ "${#TAP}" -le 15 ] || die "tap name too long (max 15): '$TAP'"
+[[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be whole seconds"
+
+FAB=$PREFIX-fab
+LEAVES=(cli be1 be2 be3)
+declare -A LEAF_ADDR=([cli]=198.18.0.10 [be1]=198.18.0.21 [be2]=198.18.0.22 [be3]=198.18.0.23)
+ALL_NS=("$FAB" "$PREFIX-cli" "$PREFIX-be1" "$PREFIX-be2" "$PREFIX-be3")
+
+ns_exists() { [ -e "/var/run/netns/$1" ]; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+quiet_ns() {
+    # Disable IPv6 (no router solicitations / MLD noise on the wire).
+    local ns=$1
+    nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 >/dev/null
+    nsx "$ns" sysctl -qw net.ipv6.conf.default.disable_ipv6=1 >/dev/null
+    nsx "$ns" ip link set lo up
+}
+
+cmd_up() {
+    for ns in "${ALL_NS[@]}"; do
+        ns_exists "$ns" && die "namespace $ns already exists (run: $0 down --prefix $PREFIX)"
+    done
+    # From here on, any failure removes what was created.
+    trap 'log "up failed; cleaning up"; cmd_down >/dev/null 2>&1 || true' ERR
+
+    ip netns add "$FAB"
+    quiet_ns "$FAB"
+    nsx "$FAB" ip link add br0 type bridge stp_state 0 forward_delay 0
+    nsx "$FAB" ip addr add 198.18.0.1/24 dev br0
+    nsx "$FAB" ip link set br0 up
+    # Do not let netfilter look at bridged frames: tests send malformed IP on purpose.
+    if nsx "$FAB" test -e /proc/sys/net/bridge/bridge-nf-call-iptables; then
+        nsx "$FAB" sysctl -qw net.bridge.bridge-nf-call-iptables=0 >/dev/null || true
+        nsx "$FAB" sysctl -qw net.bridge.bridge-nf-call-ip6tables=0 >/dev/null 2>&1 || true
+        nsx "$FAB" sysctl -qw net.bridge.bridge-nf-call-arptables=0 >/dev/null 2>&1 || true
+    fi
+
+    for leaf in "${LEAVES[@]}"; do
+        local ns=$PREFIX-$leaf
+        ip netns add "$ns"
+        quiet_ns "$ns"
+        # Create the pair inside P-fab (so no name clash in the root namespace),
+        # then move the leaf end out and rename it eth0.
+        nsx "$FAB" ip link add "$leaf" type veth peer name "$leaf-l"
+        nsx "$FAB" ip link set "$leaf-l" netns "$ns"
+        nsx "$ns" ip link set "$leaf-l" name eth0
+        nsx "$ns" ip addr add "${LEAF_ADDR[$leaf]}/24" dev eth0
+        nsx "$ns" ip link set eth0 up
+        nsx "$FAB" ip link set "$leaf" master br0
+        nsx "$FAB" ip link set "$leaf" up
+    done
+    # VIPs live in 198.18.1.0/24 behind the dataplane.
+    nsx "$PREFIX-cli" ip route add 198.18.1.0/24 via 198.18.0.2 dev eth0
+    trap - ERR
+    log "up: prefix $PREFIX (namespaces: ${ALL_NS[*]})"
+}
+
+tap_in_fab() { ns_exists "$FAB" && nsx "$FAB" ip link show dev "$TAP" >/dev/null 2>&1; }
+tap_in_root() { ip link show dev "$TAP" >/dev/null 2>&1; }
+
+cmd_attach() {
+    ns_exists "$FAB" || die "namespace $FAB does not exist (run: $0 up --prefix $PREFIX)"
+    local steps=$((TIMEOUT * 10)) i=0 where=""
+    while [ "$i" -lt "$steps" ]; do
+        if tap_in_fab; then where=fab; break; fi
+        if tap_in_root; then where=root; break; fi
+        sleep 0.1
+        i=$((i + 1))
+    done
+    case "$where" in
+        fab) ;;
+        root)
+            log "attach: moving $TAP from the root namespace into $FAB"
+            ip link set dev "$TAP" netns "$FAB"
+            ;;
+        *) die "tap interface $TAP did not appear in $FAB nor in the root namespace within ${TIMEOUT}s (is the dataplane running with --vdev=net_tap0,iface=$TAP?)" ;;
+    esac
+    # net_tap gives the kernel side of the tap the same MAC as the DPDK port. As a
+    # bridge port that MAC would be a "local" address of br0: the bridge would deliver
+    # unicast frames for the dataplane to its own stack instead of forwarding them out
+    # of the tap. Give the kernel side a different (random, locally administered) MAC;
+    # net_tap hands every frame the kernel sends out of the tap to the DPDK port anyway.
+    local cur new
+    cur=$(nsx "$FAB" cat "/sys/class/net/$TAP/address")
+    new=$cur
+    while [ "$new" = "$cur" ]; do
+        new=$(printf '02:fd:%02x:%02x:%02x:%02x' $((RANDOM % 256)) $((RANDOM % 256)) \
+            $((RANDOM % 256)) $((RANDOM % 256)))
+    done
+    nsx "$FAB" ip link set dev "$TAP" address "$new"
+    nsx "$FAB" sysctl -qw "net.ipv6.conf.$TAP.disable_ipv6=1" >/dev/null 2>&1 || true
+    nsx "$FAB" ip link set dev "$TAP" master br0
+    nsx "$FAB" ip link set dev "$TAP" up
+    log "attach: $TAP is on br0 in $FAB (dataplane MAC $cur, kernel side now $new)"
+}
+
+kill_ns_pids() {
+    # SIGTERM every process in the given namespaces, wait up to 3 s, then SIGKILL.
+    local pids=() ns p
+    for ns in "$@"; do
+        ns_exists "$ns" || continue
+        for p in $(ip netns pids "$ns" 2>/dev/null); do pids+=("$p"); done
+    done
+    [ "${#pids[@]}" -gt 0 ] || return 0
+    log "down: stopping ${#pids[@]} process(es): ${pids[*]}"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    local i=0 alive
+    while [ "$i" -lt 30 ]; do
+        alive=()
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
+        [ "${#alive[@]}" -gt 0 ] || return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    log "down: SIGKILL ${alive[*]}"
+    kill -KILL "${alive[@]}" 2>/dev/null || true
+    i=0
+    while [ "$i" -lt 30 ]; do
+        alive=()
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive+=("$p"); done
+        [ "${#alive[@]}" -gt 0 ] || return 0
+        sleep 0.1
+        i=$((i + 1))
+    done
+    log "down: warning: processes still alive: ${alive[*]}"
+}
+
+cmd_down() {
+    kill_ns_pids "${ALL_NS[@]}"
+    local ns
+    for ns in "${ALL_NS[@]}"; do
+        if ns_exists "$ns"; then
+            ip netns delete "$ns" 2>/dev/null || log "down: warning: could not delete $ns"
+        fi
+    done
+    if tap_in_root; then
+        ip link delete dev "$TAP" 2>/dev/null || log "down: warning: could not delete $TAP"
+    fi
+    # DPDK runtime dir for --file-prefix P, and hugepage files left by a killed process.
+    rm -rf "/var/run/dpdk/$PREFIX"
+    rm -f /dev/hugepages/"$PREFIX"map_* 2>/dev/null || true
+    log "down: prefix $PREFIX removed"
+}
+
+cmd_status() {
+    local ns
+    for ns in "${ALL_NS[@]}"; do
+        if ns_exists "$ns"; then
+            echo "== $ns"
+            nsx "$ns" ip -br addr
+        else
+            echo "== $ns (absent)"
+        fi
+    done
+}
+
+case "$CMD" in
+    up) cmd_up ;;
+    attach) cmd_attach ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    *) usage ;;
+esac

@@ -1,0 +1,146 @@
+//! Foundation: the dataplane comes up on net_tap, answers ARP and ping for its own
+//! address only, survives malformed frames (counting each drop by reason), and exits
+//! cleanly on SIGINT leaving nothing behind.
+
+use fulcrum_tests::*;
+use std::time::Duration;
+
+#[test]
+fn ping_and_arp() {
+    let topo = Topology::up();
+    let mut dp = Dataplane::start(&topo, "");
+    let mac = dp.mac();
+
+    topo.exec_ok("cli", &["ping", "-c", "3", "-W", "1", DATAPLANE_IP]);
+
+    let (lladdr, state) = neighbour(&topo, "cli", DATAPLANE_IP)
+        .unwrap_or_else(|| panic!("no neighbour entry for {DATAPLANE_IP} in {}", topo.ns("cli")));
+    assert_eq!(
+        lladdr.as_deref(),
+        Some(mac.as_str()),
+        "client resolved {DATAPLANE_IP} to {lladdr:?} ({state}), dataplane says its MAC is {mac}"
+    );
+
+    // An address nobody owns: the dataplane must not answer ARP for it.
+    let before = dp.wait_stats(Duration::from_secs(5), "first stats file", |s| Ok(drop_count(s, "arp_not_for_us")));
+    let out = topo.exec("cli", &["arping", "-c", "2", "-w", "3", "-I", "eth0", "198.18.0.99"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "arping 198.18.0.99 got an answer: {}", describe(&out));
+    assert!(
+        text.contains("Received 0 response"),
+        "arping 198.18.0.99 output unexpected: {}",
+        describe(&out)
+    );
+    let probes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Sent ").and_then(|r| r.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(1);
+    dp.wait_stats(Duration::from_secs(5), "arp_not_for_us to count the arping probes", |s| {
+        let now = drop_count(s, "arp_not_for_us");
+        if now >= before + probes {
+            Ok(())
+        } else {
+            Err(format!("arp_not_for_us {before} -> {now}, {probes} probes sent"))
+        }
+    });
+    // And it still answers for its own address afterwards.
+    topo.exec_ok("cli", &["ping", "-c", "1", "-W", "1", DATAPLANE_IP]);
+    dp.assert_running();
+}
+
+#[test]
+fn sigint_clean_exit() {
+    let topo = Topology::up();
+    let prefix = topo.prefix().to_string();
+    let mut dp = Dataplane::start(&topo, "");
+    // Some traffic first, so the shutdown path has had mbufs in flight.
+    topo.exec_ok("cli", &["ping", "-c", "3", "-i", "0.2", "-W", "1", DATAPLANE_IP]);
+
+    let (status, took) = dp.stop_sigint();
+    let log = dp.log();
+    assert!(status.success(), "exit status after SIGINT: {status}\n==== log ====\n{log}");
+    assert!(took < Duration::from_secs(2), "took {took:?} to exit after SIGINT\n==== log ====\n{log}");
+    assert!(log.contains("mbufs in use: 0"), "no `mbufs in use: 0` in the log\n==== log ====\n{log}");
+
+    drop(dp);
+    drop(topo);
+    let left = Topology::leftovers(&prefix);
+    assert!(left.is_empty(), "left behind after teardown of {prefix}: {left:?}");
+}
+
+/// Parse the JSON summary line printed last by tests/tools/malformed.py.
+fn malformed_summary(stdout: &str) -> Value {
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("malformed.py printed no JSON summary");
+    serde_json::from_str(line).expect("malformed.py summary is JSON")
+}
+
+#[test]
+fn malformed_flood() {
+    const COUNT: &str = "2000";
+    let topo = Topology::up();
+    let mut dp = Dataplane::start(&topo, "");
+    let mac = dp.mac();
+    topo.exec_ok("cli", &["ping", "-c", "1", "-W", "1", DATAPLANE_IP]);
+
+    let baseline = dp.stats();
+    let in_use_before = baseline["mbufs_in_use"].as_u64();
+
+    let script = tool("malformed.py");
+    let out = topo.exec_timeout(
+        "cli",
+        &[PYTHON, script.to_str().unwrap(), &mac, "--count", COUNT],
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success(), "malformed.py failed: {}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}");
+    let summary = malformed_summary(&stdout);
+    let expect = summary["expect"].as_object().expect("expect map").clone();
+    assert!(!expect.is_empty(), "malformed.py sent nothing: {stdout}");
+
+    dp.assert_running();
+
+    // Every kind must be counted under its drop reason (>=: other frames may add to a
+    // counter, but none of the frames sent may go uncounted).
+    let tap = topo.tap();
+    dp.wait_stats(Duration::from_secs(10), "drop counters to account for every malformed frame", |s| {
+        let mut missing = Vec::new();
+        for (reason, n) in &expect {
+            let n = n.as_u64().unwrap();
+            let delta = drop_count(s, reason).saturating_sub(drop_count(&baseline, reason));
+            if delta < n {
+                missing.push(format!("{reason}: +{delta} < {n} sent"));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            let tap_dropped = iface_stat(&topo, "fab", &tap, "tx", "dropped");
+            Err(format!(
+                "{}\nall drops now: {}\nbefore: {}\nkernel tap {tap} tx dropped: {tap_dropped:?}\nsender: {stdout}",
+                missing.join("; "),
+                format_drops(s),
+                format_drops(&baseline)
+            ))
+        }
+    });
+
+    // Still alive and still answering.
+    dp.assert_running();
+    topo.exec_ok("cli", &["ping", "-c", "3", "-i", "0.2", "-W", "1", DATAPLANE_IP]);
+
+    // No mbuf leaked by the drop paths: back to the idle level.
+    if let Some(before) = in_use_before {
+        dp.wait_stats(Duration::from_secs(5), "mbufs_in_use back to its level before the flood", |s| {
+            let now = s["mbufs_in_use"].as_u64().unwrap_or(u64::MAX);
+            if now <= before {
+                Ok(())
+            } else {
+                Err(format!("mbufs_in_use {before} before the flood, {now} now"))
+            }
+        });
+    } else {
+        panic!("stats have no mbufs_in_use: {baseline}");
+    }
+    dp.assert_running();
+}
