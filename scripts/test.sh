@@ -15,19 +15,41 @@ LOG=$(mktemp /tmp/fulcrum-test.XXXXXX.log)
 declare -a STEPS=()
 START=$(date +%s)
 
+# The harness writes /run/fulcrum-tests/<prefix>.owner (the test process's pid) for each
+# topology it builds: a topology whose owner is still alive belongs to a test run going
+# on concurrently (another shell, another developer) and is left alone.
+OWNER_DIR=/run/fulcrum-tests
+owner_alive() {
+    local f="$OWNER_DIR/$1.owner" pid
+    [ -r "$f" ] || return 1
+    pid=$(head -n1 "$f" 2>/dev/null || true)
+    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
+}
+remove_topology() {
+    local prefix=$1
+    owner_alive "$prefix" && return 0
+    echo "test.sh: removing leftover topology $prefix" >&2
+    "$ROOT/scripts/topology.sh" down --prefix "$prefix" >/dev/null 2>&1 || true
+    rm -f "$OWNER_DIR/$prefix.owner"
+}
 cleanup_topologies() {
-    local ns prefix
+    local ns prefix d
     for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^t[0-9a-f]\{5\}-' || true); do
         prefix=${ns%%-*}
-        echo "test.sh: removing leftover topology $prefix" >&2
-        "$ROOT/scripts/topology.sh" down --prefix "$prefix" >/dev/null 2>&1 || true
+        [ -e "/var/run/netns/$ns" ] || continue   # already removed with its prefix
+        remove_topology "$prefix"
     done
-    # Runtime dirs / hugepage files of test prefixes whose namespaces are gone already.
+    # Runtime dirs of test prefixes whose namespaces are gone already.
     for d in /var/run/dpdk/t?????; do
         [ -e "$d" ] || continue
         prefix=$(basename "$d")
         [[ "$prefix" =~ ^t[0-9a-f]{5}$ ]] || continue
-        "$ROOT/scripts/topology.sh" down --prefix "$prefix" >/dev/null 2>&1 || true
+        remove_topology "$prefix"
+    done
+    for d in "$OWNER_DIR"/t?????.owner; do
+        [ -e "$d" ] || continue
+        prefix=$(basename "$d" .owner)
+        owner_alive "$prefix" || rm -f "$d"
     done
 }
 

@@ -26,9 +26,13 @@
 # (a leftover topology means an earlier run did not clean up; run `down` first).
 # On failure half way, `up` removes what it created.
 # `down` is idempotent: it succeeds when nothing exists.
-# `attach` waits (bounded) for the dataplane's tap interface to appear in P-fab or in
-# the root namespace, moves it into P-fab if needed, gives its kernel side a MAC that
-# differs from the DPDK port's (see cmd_attach), enslaves it to br0 and sets it up.
+# `attach` waits (bounded, --timeout, default 20 s) for the dataplane's tap interface to
+# appear in P-fab or in the root namespace and be brought up by the DPDK port's start
+# (so it may be run right after launching the dataplane), moves it into P-fab if needed,
+# gives its kernel side a MAC that differs from the DPDK port's (see cmd_attach),
+# enslaves it to br0 and sets it up.
+# `down` kills every process in the P-* namespaces; a dataplane started in the root
+# namespace is not among them: stop it yourself.
 set -euo pipefail
 
 die() { printf 'topology: error: %s\n' "$*" >&2; exit 1; }
@@ -81,8 +85,9 @@ cmd_up() {
     for ns in "${ALL_NS[@]}"; do
         ns_exists "$ns" && die "namespace $ns already exists (run: $0 down --prefix $PREFIX)"
     done
-    # From here on, any failure removes what was created.
-    trap 'log "up failed; cleaning up"; cmd_down >/dev/null 2>&1 || true' ERR
+    # From here on, any failure (set -e exits the script) removes what was created.
+    UP_DONE=0
+    trap '[ "$UP_DONE" = 1 ] || { log "up failed; cleaning up"; set +e; cmd_down >/dev/null 2>&1; }' EXIT
 
     ip netns add "$FAB"
     quiet_ns "$FAB"
@@ -112,19 +117,36 @@ cmd_up() {
     done
     # VIPs live in 198.18.1.0/24 behind the dataplane.
     nsx "$PREFIX-cli" ip route add 198.18.1.0/24 via 198.18.0.2 dev eth0
-    trap - ERR
+    UP_DONE=1
     log "up: prefix $PREFIX (namespaces: ${ALL_NS[*]})"
 }
 
 tap_in_fab() { ns_exists "$FAB" && nsx "$FAB" ip link show dev "$TAP" >/dev/null 2>&1; }
 tap_in_root() { ip link show dev "$TAP" >/dev/null 2>&1; }
+# IFF_UP in the interface flags: net_tap creates the interface down when EAL probes the
+# vdev and sets it up in rte_eth_dev_start(), so "up" means the port is started.
+tap_is_up() {
+    local flags
+    if [ "$1" = fab ]; then
+        flags=$(nsx "$FAB" cat "/sys/class/net/$TAP/flags" 2>/dev/null) || return 1
+    else
+        flags=$(cat "/sys/class/net/$TAP/flags" 2>/dev/null) || return 1
+    fi
+    [ $((flags & 1)) -eq 1 ]
+}
 
 cmd_attach() {
     ns_exists "$FAB" || die "namespace $FAB does not exist (run: $0 up --prefix $PREFIX)"
-    local steps=$((TIMEOUT * 10)) i=0 where=""
+    # Wait (bounded) for the tap to exist AND for the DPDK port to be started. Touching it
+    # earlier breaks things: rte_eth_dev_start() sets the kernel side's MAC again (undoing
+    # the change below), and net_tap opens its queues by interface name (TUNSETIFF) in
+    # the namespace the DPDK process runs in, so moving the interface out of the root
+    # namespace before the port is started makes net_tap create a second interface there.
+    local steps=$((TIMEOUT * 10)) i=0 where="" seen=""
     while [ "$i" -lt "$steps" ]; do
-        if tap_in_fab; then where=fab; break; fi
-        if tap_in_root; then where=root; break; fi
+        if tap_in_fab; then seen=fab; tap_is_up fab && { where=fab; break; }
+        elif tap_in_root; then seen=root; tap_is_up root && { where=root; break; }
+        fi
         sleep 0.1
         i=$((i + 1))
     done
@@ -134,7 +156,12 @@ cmd_attach() {
             log "attach: moving $TAP from the root namespace into $FAB"
             ip link set dev "$TAP" netns "$FAB"
             ;;
-        *) die "tap interface $TAP did not appear in $FAB nor in the root namespace within ${TIMEOUT}s (is the dataplane running with --vdev=net_tap0,iface=$TAP?)" ;;
+        *)
+            if [ -n "$seen" ]; then
+                die "tap interface $TAP exists (in ${seen/fab/$FAB}) but was not brought up within ${TIMEOUT}s: the DPDK port was never started"
+            fi
+            die "tap interface $TAP did not appear in $FAB nor in the root namespace within ${TIMEOUT}s (is the dataplane running with --vdev=net_tap0,iface=$TAP?)"
+            ;;
     esac
     # net_tap gives the kernel side of the tap the same MAC as the DPDK port. As a
     # bridge port that MAC would be a "local" address of br0: the bridge would deliver
@@ -148,7 +175,21 @@ cmd_attach() {
         new=$(printf '02:fd:%02x:%02x:%02x:%02x' $((RANDOM % 256)) $((RANDOM % 256)) \
             $((RANDOM % 256)) $((RANDOM % 256)))
     done
-    nsx "$FAB" ip link set dev "$TAP" address "$new"
+    # rte_eth_dev_start() replays the port's MAC onto the kernel side just after it sets
+    # the link up: if that lands after our change, set ours again. Done when it has held
+    # for 0.5 s (bounded: 5 s).
+    local held=0 now
+    for ((i = 0; i < 50 && held < 5; i++)); do
+        now=$(nsx "$FAB" cat "/sys/class/net/$TAP/address")
+        if [ "$now" = "$new" ]; then
+            held=$((held + 1))
+        else
+            nsx "$FAB" ip link set dev "$TAP" address "$new"
+            held=0
+        fi
+        sleep 0.1
+    done
+    [ "$held" -ge 5 ] || die "could not give the kernel side of $TAP its own MAC (it keeps reverting to $now)"
     nsx "$FAB" sysctl -qw "net.ipv6.conf.$TAP.disable_ipv6=1" >/dev/null 2>&1 || true
     nsx "$FAB" ip link set dev "$TAP" master br0
     nsx "$FAB" ip link set dev "$TAP" up

@@ -61,7 +61,7 @@ fn main() {
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     let d = &config.dataplane;
-    let huge = config::hugepages_usable();
+    let huge = config::hugepages_usable(config.hugepage_bytes());
     let args = config.eal_args(huge, &cli.eal);
     tracing::info!("EAL arguments: {}", args.join(" "));
 

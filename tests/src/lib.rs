@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use serde_json::Value;
+pub use nix::sys::signal::Signal;
+pub use serde_json::{self, Value};
 
 /// The dataplane's address in every topology.
 pub const DATAPLANE_IP: &str = "198.18.0.2";
@@ -184,9 +185,8 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn send_signal(pid: u32, sig: libc::c_int) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+fn send_signal(pid: u32, sig: Signal) -> bool {
+    i32::try_from(pid).is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok())
 }
 
 // ---------------------------------------------------------------------------- guarded child
@@ -243,8 +243,8 @@ impl Guarded {
         self.try_status().is_none()
     }
 
-    /// Send a signal (e.g. `libc::SIGINT`). Returns false if it could not be sent.
-    pub fn signal(&mut self, sig: libc::c_int) -> bool {
+    /// Send a signal (e.g. `Signal::SIGINT`). Returns false if it could not be sent.
+    pub fn signal(&mut self, sig: Signal) -> bool {
         self.is_running() && send_signal(self.pid(), sig)
     }
 
@@ -292,6 +292,13 @@ impl Drop for Guarded {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Directory of `<prefix>.owner` files (pid of the test process that made a topology).
+pub const OWNER_DIR: &str = "/run/fulcrum-tests";
+
+fn owner_file(prefix: &str) -> PathBuf {
+    Path::new(OWNER_DIR).join(format!("{prefix}.owner"))
+}
+
 /// A software-mode topology (see the crate docs), removed on drop.
 pub struct Topology {
     prefix: String,
@@ -310,7 +317,7 @@ impl Topology {
         for _ in 0..16 {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let prefix = format!("t{:05x}", (pid.wrapping_mul(64).wrapping_add(n)) & 0xfffff);
-            if Path::new("/var/run/netns").join(format!("{prefix}-fab")).exists() {
+            if Path::new("/var/run/netns").join(format!("{prefix}-fab")).exists() || owner_file(&prefix).exists() {
                 continue;
             }
             return Self::up_with(prefix, lock);
@@ -330,6 +337,10 @@ impl Topology {
             .prefix(&format!("fulcrum-{prefix}-"))
             .tempdir()
             .expect("create temp dir");
+        // Mark the prefix as ours, so scripts/test.sh's cleanup of leftovers leaves a
+        // topology alone while the process that made it is alive.
+        let _ = fs::create_dir_all(OWNER_DIR);
+        let _ = fs::write(owner_file(&prefix), format!("{}\n", std::process::id()));
         let topo = Topology { prefix, dir, torn_down: false, _lock: lock };
         let out = topo.script(&["up"]);
         if !out.status.success() {
@@ -425,6 +436,7 @@ impl Topology {
     pub fn down(mut self) {
         self.torn_down = true;
         let out = self.script(&["down"]);
+        let _ = fs::remove_file(owner_file(&self.prefix));
         if !out.status.success() {
             panic!("topology.sh down --prefix {} failed: {}", self.prefix, describe(&out));
         }
@@ -467,17 +479,23 @@ impl Drop for Topology {
         if self.torn_down {
             return;
         }
-        let out = self.script(&["down"]);
-        if !out.status.success() {
-            eprintln!("topology.sh down --prefix {} failed: {}", self.prefix, describe(&out));
+        // Never panic here: this runs while unwinding from a failed test.
+        let out = Command::new(script("topology.sh"))
+            .args(["down", "--prefix", &self.prefix])
+            .stdin(Stdio::null())
+            .output();
+        let _ = fs::remove_file(owner_file(&self.prefix));
+        match out {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!("topology.sh down --prefix {} failed: {}", self.prefix, describe(&out)),
+            Err(e) => eprintln!("cannot run topology.sh down --prefix {}: {e}", self.prefix),
         }
     }
 }
 
 fn assert_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "integration tests need root (network namespaces, DPDK, taps)");
+    let euid = nix::unistd::geteuid();
+    assert!(euid.is_root(), "integration tests need root (network namespaces, DPDK, taps)");
 }
 
 // ---------------------------------------------------------------------------- dataplane
@@ -677,7 +695,7 @@ impl Dataplane {
 
     /// Send `sig`, wait up to 10 s for exit; returns the status and how long it took.
     /// Panics (after SIGKILL) if the process does not exit in 10 s or was not running.
-    pub fn stop(&mut self, sig: libc::c_int) -> (ExitStatus, Duration) {
+    pub fn stop(&mut self, sig: Signal) -> (ExitStatus, Duration) {
         self.assert_running();
         let t0 = Instant::now();
         assert!(self.proc.signal(sig), "could not signal pid {}", self.pid());
@@ -695,12 +713,12 @@ impl Dataplane {
 
     /// SIGINT, bounded wait: `(exit status, time to exit)`.
     pub fn stop_sigint(&mut self) -> (ExitStatus, Duration) {
-        self.stop(libc::SIGINT)
+        self.stop(Signal::SIGINT)
     }
 
     /// SIGTERM, bounded wait: `(exit status, time to exit)`.
     pub fn stop_sigterm(&mut self) -> (ExitStatus, Duration) {
-        self.stop(libc::SIGTERM)
+        self.stop(Signal::SIGTERM)
     }
 
     /// The stats file, if it exists and parses.

@@ -10,7 +10,10 @@ the kernel never fixes a header. Sending is paced (--rate, frames per second) so
 neither the veth backlog nor the tap queue drops frames on the way: the dataplane must
 see every frame that was sent.
 
-Kinds and the drop counter each one is expected to raise in the dataplane:
+Kinds and the drop counter each one is expected to raise in the dataplane (the
+reasons as packet/src/drop.rs defines them: ipv4_truncated = shorter than a minimal
+IPv4 header; ipv4_bad_header = version not 4, IHL below 5 or past the packet, total
+length past the frame or below the header length):
 
   eth_truncated     frame shorter than 14 bytes                     eth_truncated
                     (the kernel refuses to send these on an Ethernet device:
@@ -21,7 +24,7 @@ Kinds and the drop counter each one is expected to raise in the dataplane:
   ipv4_ihl_long     IPv4 IHL=15 (60 bytes) > total length 28;        ipv4_bad_header
                     the frame does hold 60+ bytes of L3, header
                     checksum valid over the 60 bytes
-  ipv4_len_long     IPv4 total length 1000, frame carries 28 bytes  ipv4_truncated
+  ipv4_len_long     IPv4 total length 1000, frame carries 28 bytes  ipv4_bad_header
   ipv4_bad_csum     IPv4/UDP, everything valid but header checksum  ipv4_bad_checksum
   tcp_doff_long     TCP data offset 15 (60 bytes), L4 is 20 bytes   tcp_malformed
   udp_len_long      UDP length 200, L4 is 18 bytes                  udp_malformed
@@ -124,7 +127,7 @@ EXPECT = {
     "eth_header_only": "ipv4_truncated",
     "ipv4_ihl_short": "ipv4_bad_header",
     "ipv4_ihl_long": "ipv4_bad_header",
-    "ipv4_len_long": "ipv4_truncated",
+    "ipv4_len_long": "ipv4_bad_header",
     "ipv4_bad_csum": "ipv4_bad_checksum",
     "tcp_doff_long": "tcp_malformed",
     "udp_len_long": "udp_malformed",
