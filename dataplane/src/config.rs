@@ -10,6 +10,117 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub dataplane: Dataplane,
+    #[serde(default)]
+    pub proxy: Proxy,
+    /// Virtual services: `[[vip]]` tables.
+    #[serde(default, rename = "vip")]
+    pub vips: Vec<Vip>,
+}
+
+/// Proxy-mode settings shared by every proxy VIP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy {
+    /// Bytes per socket buffer; a proxied connection has four (two sockets,
+    /// each with a receive and a send buffer).
+    pub buffer_size: usize,
+    /// Local ports for backend connections, shared out between lcores.
+    pub local_ports: PortRange,
+    /// Released connections kept with their buffers for reuse, per lcore.
+    pub max_spare_connections: usize,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            buffer_size: 64 * 1024,
+            local_ports: PortRange(32768, 61000),
+            max_spare_connections: 1024,
+        }
+    }
+}
+
+/// A half-open port range written `"32768-60999"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parsed = s.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+        match parsed {
+            Some((lo, hi)) if lo >= 1024 && lo <= hi && hi < u16::MAX => Ok(PortRange(lo, hi + 1)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{s:?} is not a port range like \"32768-60999\" (from 1024, low to high)"
+            ))),
+        }
+    }
+}
+
+/// How a VIP handles its traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Terminate TCP and proxy each connection to a backend.
+    Proxy,
+}
+
+/// Which client identity picks the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Affinity {
+    /// Client address and port: each connection is placed on its own.
+    #[default]
+    Flow,
+    /// Client address alone: all of a client's connections share a backend.
+    Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub mode: Mode,
+    #[serde(default)]
+    pub affinity: Affinity,
+    /// Concurrent connections per lcore; SYNs beyond it are reset and counted.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Backends tried, in the flow's Maglev preference order, before the
+    /// client is reset.
+    #[serde(default = "defaults::connect_tries")]
+    pub connect_tries: u8,
+    #[serde(default = "defaults::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// PROXY protocol header sent to the backend before any client byte.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// Maglev lookup table size: a prime, ideally >= 100 x backends.
+    #[serde(default = "defaults::table_size")]
+    pub table_size: u32,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Relative share of new connections; 0 drains the backend.
+    #[serde(default = "defaults::weight")]
+    pub weight: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +196,24 @@ mod defaults {
     }
     pub fn no_huge_memory_mb() -> u32 {
         512
+    }
+    pub fn max_connections() -> u32 {
+        10_000
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        1000
+    }
+    pub fn connect_tries() -> u8 {
+        3
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn table_size() -> u32 {
+        65_537
+    }
+    pub fn weight() -> u32 {
+        1
     }
 }
 
@@ -247,6 +376,7 @@ impl Config {
                 return Err(format!("dataplane.{name}: {n} must be a power of two from 64 to 16384"));
             }
         }
+        self.validate_vips()?;
         let needed = self.min_mbufs();
         if d.mbufs < needed {
             return Err(format!(
@@ -255,6 +385,61 @@ impl Config {
                 d.lcores.0.len(),
                 d.rx_descriptors
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_vips(&self) -> Result<(), String> {
+        let own = self.dataplane.address.addr;
+        let p = &self.proxy;
+        if !(1024..=16 << 20).contains(&p.buffer_size) {
+            return Err(format!("proxy.buffer_size: {} must be from 1024 to 16777216 bytes", p.buffer_size));
+        }
+        if usize::from(p.local_ports.1 - p.local_ports.0) < self.dataplane.lcores.0.len() {
+            return Err("proxy.local_ports: fewer ports than lcores".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, v) in self.vips.iter().enumerate() {
+            let at = format!("vip[{i}] ({}:{})", v.address, v.port);
+            if v.address == own {
+                return Err(format!("{at}.address: is the dataplane's own address"));
+            }
+            if v.address.is_unspecified() || v.address.is_broadcast() || v.address.is_multicast() || v.address.is_loopback() {
+                return Err(format!("{at}.address: {} cannot be a VIP", v.address));
+            }
+            if v.port == 0 {
+                return Err(format!("{at}.port: must not be 0"));
+            }
+            if !seen.insert((v.address, v.port)) {
+                return Err(format!("{at}: listed twice"));
+            }
+            if v.connect_tries == 0 {
+                return Err(format!("{at}.connect_tries: must be at least 1"));
+            }
+            if v.connect_timeout_ms == 0 || v.idle_timeout_ms == 0 {
+                return Err(format!("{at}: connect_timeout_ms and idle_timeout_ms must be above 0"));
+            }
+            if v.max_connections == 0 {
+                return Err(format!("{at}.max_connections: must be at least 1"));
+            }
+            let mut backends = std::collections::HashSet::new();
+            for (j, b) in v.backends.iter().enumerate() {
+                if b.port == 0 || b.address.is_unspecified() || b.address.is_broadcast() || b.address.is_multicast() {
+                    return Err(format!("{at}.backends[{j}]: {}:{} is not a usable backend address", b.address, b.port));
+                }
+                if !backends.insert((b.address, b.port)) {
+                    return Err(format!("{at}.backends[{j}]: {}:{} is listed twice", b.address, b.port));
+                }
+            }
+            let keys: Vec<_> = v
+                .backends
+                .iter()
+                .map(|b| fulcrum_maglev::Backend {
+                    key: fulcrum_maglev::backend_key(b.address.into(), b.port),
+                    weight: b.weight,
+                })
+                .collect();
+            fulcrum_maglev::MaglevTable::build(&keys, v.table_size).map_err(|e| format!("{at}.table_size: {e}"))?;
         }
         Ok(())
     }
@@ -301,6 +486,11 @@ impl Config {
         }
         args.extend(extra.iter().cloned());
         args
+    }
+
+    /// The VIPs whose connections the proxy engines terminate.
+    pub fn proxy_vips(&self) -> impl Iterator<Item = &Vip> {
+        self.vips.iter().filter(|v| v.mode == Mode::Proxy)
     }
 
     /// Whether this is software mode (whose idle lcores back off).

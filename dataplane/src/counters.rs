@@ -32,14 +32,32 @@ impl Counter {
 pub enum LocalDrop {
     /// The transmit queue was full; the frame was freed.
     TxFull,
+    /// The pool had no mbuf for a frame the proxy engine sent (TCP resends it).
+    TxNoMbuf,
+    /// Another lcore's handover ring was full.
+    HandoverFull,
+    /// More frames arrived for the engine in one iteration than its inbox holds.
+    EngineInboxFull,
+    /// No mbuf to pass ARP news (a reply, or what a request revealed) to an engine.
+    ArpCopyNoMbuf,
 }
 
 impl LocalDrop {
-    const ALL: [LocalDrop; 1] = [LocalDrop::TxFull];
+    const ALL: [LocalDrop; 5] = [
+        LocalDrop::TxFull,
+        LocalDrop::TxNoMbuf,
+        LocalDrop::HandoverFull,
+        LocalDrop::EngineInboxFull,
+        LocalDrop::ArpCopyNoMbuf,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             LocalDrop::TxFull => "tx_full",
+            LocalDrop::TxNoMbuf => "tx_no_mbuf",
+            LocalDrop::HandoverFull => "handover_full",
+            LocalDrop::EngineInboxFull => "engine_inbox_full",
+            LocalDrop::ArpCopyNoMbuf => "arp_copy_no_mbuf",
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod config;
 mod counters;
+mod device;
 #[allow(unsafe_code)]
 mod dpdk;
 mod stats;
@@ -13,13 +14,17 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use config::{Config, MBUF_CACHE};
 use counters::LcoreCounters;
-use dpdk::{Eal, LcoreJob, LcoreOutcome, Mempool, Port, PortConf};
+use crossbeam::queue::ArrayQueue;
+use device::{EngineInbox, TxSide};
+use dpdk::{Eal, LcoreJob, LcoreOutcome, MbufBatch, Mempool, Port, PortConf, Ring};
 use fulcrum_packet::{EthernetAddress, Local};
-use stats::Stats;
+use fulcrum_proxy::Engine;
+use stats::{EngineReport, Stats};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use worker::{Backoff, Worker};
+use worker::{Backoff, ProxySide, Steering, Worker};
 
 /// Fulcrum's dataplane: owns a DPDK port (a NIC, or net_tap in software mode)
 /// and answers on it from pinned lcores.
@@ -39,6 +44,11 @@ struct Cli {
 
 /// How often the stats file is rewritten.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
+/// Mbufs one lcore's handover ring holds (a power of two).
+const HANDOVER_RING: u32 = 4096;
+/// Frames an engine takes per iteration: a burst from its own queue, a burst
+/// from its ring, and ARP copies.
+const ENGINE_INBOX: usize = 4 * dpdk::BURST;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -118,18 +128,44 @@ fn serve_port(
         rx_descriptors: d.rx_descriptors,
         tx_descriptors: d.tx_descriptors,
     };
-    let port = Port::start(port_id, &conf, pool, eal.socket_of(eal.main_lcore()))?;
+    let socket = eal.socket_of(eal.main_lcore());
+    let port = Port::start(port_id, &conf, pool, socket)?;
     let mac = port.mac();
-    let addrs = [d.address.addr];
+    let proxy_vips: Vec<(Ipv4Addr, u16)> = config.proxy_vips().map(|v| (v.address, v.port)).collect();
+    let mut addrs = vec![d.address.addr];
+    for (addr, _) in &proxy_vips {
+        if !addrs.contains(addr) {
+            addrs.push(*addr);
+        }
+    }
     let local = Local {
         mac: EthernetAddress(mac),
         addrs: &addrs,
     };
     let counters: Vec<(u32, LcoreCounters)> = lcores.iter().map(|l| (l.0, LcoreCounters::default())).collect();
     let queues = port.take_queues().context("port queues already taken")?;
+    // Proxy mode: one engine and one handover ring per lcore.
+    let proxying = !proxy_vips.is_empty();
+    let rings: Vec<Ring> = if proxying {
+        (0..lcores.len())
+            .map(|i| Ring::new(&format!("fulcrum_handover{i}"), HANDOVER_RING - 1, socket))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    let reports: Vec<ArrayQueue<EngineReport>> = (0..lcores.len()).map(|_| ArrayQueue::new(1)).collect();
+    let mut engines = Vec::new();
+    if proxying {
+        for i in 0..lcores.len() {
+            engines.push(Some(Engine::new(engine_config(config, mac, i, lcores.len()))?));
+        }
+    } else {
+        engines.resize_with(lcores.len(), || None);
+    }
+
     let link = port.link();
     tracing::info!(
-        "ready: port {} ({}) mac {} link {} {} Mb/s, address {}/{}, {} queue(s) on lcore(s) {:?}{}",
+        "ready: port {} ({}) mac {} link {} {} Mb/s, address {}/{}, {} queue(s) on lcore(s) {:?}{}{}",
         port.id(),
         port.name(),
         mac_string(mac),
@@ -140,31 +176,71 @@ fn serve_port(
         conf.queues,
         lcores.iter().map(|l| l.0).collect::<Vec<_>>(),
         d.software.as_ref().map(|s| format!(", software mode on tap {}", s.tap)).unwrap_or_default(),
+        if proxying { format!(", {} proxy VIP(s)", proxy_vips.len()) } else { String::new() },
     );
 
+    let latest: Vec<parking_lot::Mutex<Option<EngineReport>>> = (0..lcores.len()).map(|_| parking_lot::Mutex::new(None)).collect();
+    let collect = || {
+        let mut snapshot = Vec::with_capacity(reports.len());
+        for (queue, slot) in reports.iter().zip(&latest) {
+            let mut slot = slot.lock();
+            if let Some(r) = queue.pop() {
+                *slot = Some(r);
+            }
+            snapshot.push(slot.take());
+        }
+        let stats = Stats::collect(&counters, pool, &snapshot);
+        for (slot, r) in latest.iter().zip(snapshot) {
+            *slot.lock() = r;
+        }
+        stats
+    };
     let outcomes = std::thread::scope(|scope| {
         if let Some(path) = &cli.stats_file {
             scope.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = Stats::collect(&counters, pool).write(path) {
+                    if let Err(e) = collect().write(path) {
                         tracing::warn!("writing {}: {e}", path.display());
                     }
                     sleep_unless(stop, STATS_PERIOD);
                 }
             });
         }
+        let mut consumers: Vec<_> = rings.iter().map(|r| r.consumer()).collect();
         let jobs: Vec<(dpdk::LcoreId, LcoreJob<'_>)> = lcores
             .iter()
             .zip(queues)
             .zip(&counters)
-            .map(|((&lcore, (rx, tx)), (_, counters))| {
+            .zip(engines)
+            .enumerate()
+            .map(|(i, (((&lcore, (rx, tx)), (_, counters)), engine))| {
+                let proxy = engine.map(|engine| ProxySide {
+                    engine,
+                    steering: Steering {
+                        me: i,
+                        lcores: lcores.len(),
+                        vips: &proxy_vips,
+                        own_addr: d.address.addr,
+                        local_ports: (config.proxy.local_ports.0, config.proxy.local_ports.1),
+                        rings: &rings,
+                    },
+                    handover: consumers[i].take().expect("one consumer per ring"),
+                    inbox: EngineInbox::with_capacity(ENGINE_INBOX),
+                    reports: &reports[i],
+                });
                 let worker = Worker {
                     rx,
-                    tx,
+                    tx: TxSide {
+                        queue: tx,
+                        batch: MbufBatch::default(),
+                        pool,
+                        counters,
+                    },
                     local,
                     counters,
                     stop,
                     backoff: Backoff::new(config.is_software()),
+                    proxy,
                 };
                 let job: LcoreJob<'_> = Box::new(move || {
                     // A dead lcore would silently blackhole its queue: stop all.
@@ -179,9 +255,12 @@ fn serve_port(
         outcomes
     });
 
-    let snapshot = Stats::collect(&counters, pool);
+    let snapshot = collect();
     for l in &snapshot.lcores {
         tracing::info!("{}", l.summary());
+    }
+    for v in &snapshot.vips {
+        tracing::info!("vip {v}");
     }
     let ps = port.stats();
     tracing::info!(
@@ -199,9 +278,10 @@ fn serve_port(
     for (name, value) in port.xstats().iter().filter(|(_, v)| *v != 0) {
         tracing::debug!("xstat {name} = {value}");
     }
+    drop(rings);
     drop(port);
     if let Some(path) = &cli.stats_file {
-        Stats::collect(&counters, pool).write(path)?;
+        collect().write(path)?;
     }
     let mut failed = false;
     for (lcore, outcome) in outcomes {
@@ -221,6 +301,55 @@ fn serve_port(
         bail!("an lcore failed");
     }
     Ok(())
+}
+
+/// One lcore's proxy engine configuration, from the file's VIPs.
+fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_proxy::EngineConfig {
+    use fulcrum_proxy::{Affinity, BackendConfig, ProxyProtocol, VipConfig};
+    let d = &config.dataplane;
+    let mut e = fulcrum_proxy::EngineConfig::new(EthernetAddress(mac), d.address.addr, d.address.prefix_len);
+    e.lcore = lcore;
+    e.lcores = lcores;
+    e.local_ports = config.proxy.local_ports.0..config.proxy.local_ports.1;
+    e.buffer_size = config.proxy.buffer_size;
+    e.max_spare_connections = config.proxy.max_spare_connections;
+    // Initial sequence numbers must not be predictable: seed from the clock.
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_nanos() as u64)
+        .unwrap_or(0);
+    e.random_seed = clock ^ ((lcore as u64) << 48) ^ u64::from(std::process::id());
+    e.vips = config
+        .proxy_vips()
+        .map(|v| {
+            let backends = v
+                .backends
+                .iter()
+                .map(|b| BackendConfig {
+                    addr: b.address,
+                    port: b.port,
+                    weight: b.weight,
+                })
+                .collect();
+            let mut vip = VipConfig::new(v.address, v.port, backends);
+            vip.table_size = v.table_size;
+            vip.affinity = match v.affinity {
+                config::Affinity::Flow => Affinity::ClientAddrPort,
+                config::Affinity::Client => Affinity::ClientAddr,
+            };
+            vip.max_connections = v.max_connections;
+            vip.connect_timeout = Duration::from_millis(v.connect_timeout_ms);
+            vip.max_connect_tries = v.connect_tries;
+            vip.idle_timeout = Duration::from_millis(v.idle_timeout_ms);
+            vip.proxy_protocol = match v.proxy_protocol {
+                config::ProxyProtocol::Off => ProxyProtocol::Off,
+                config::ProxyProtocol::V1 => ProxyProtocol::V1,
+                config::ProxyProtocol::V2 => ProxyProtocol::V2,
+            };
+            vip
+        })
+        .collect();
+    e
 }
 
 /// `aa:bb:cc:dd:ee:ff`, as `ip link` prints it.

@@ -25,6 +25,14 @@ pub enum Classified {
         /// Which of our addresses is asked for.
         target_ip: Ipv4Addr,
     },
+    /// An Ethernet/IPv4 ARP reply to one of our addresses: a TCP stack that
+    /// resolved a neighbour learns its MAC from it.
+    ArpReply {
+        /// The answering host's MAC.
+        sender_mac: EthernetAddress,
+        /// The address it answers for.
+        sender_ip: Ipv4Addr,
+    },
     /// An ICMP echo request to us, its checksum verified.
     IcmpEchoRequest(Ipv4Payload),
     /// A TCP segment to us. Its checksum is *not* verified: the TCP stack
@@ -99,7 +107,7 @@ fn classify_arp(bytes: &[u8], local: &Local) -> Result<Classified, DropReason> {
     // protocol type (or address lengths).
     let repr = ArpRepr::parse(&packet).map_err(|_| DropReason::ArpUnsupported)?;
     let ArpRepr::EthernetIpv4 {
-        operation: ArpOperation::Request,
+        operation,
         source_hardware_addr: sender_mac,
         source_protocol_addr: sender_ip,
         target_protocol_addr: target_ip,
@@ -114,11 +122,15 @@ fn classify_arp(bytes: &[u8], local: &Local) -> Result<Classified, DropReason> {
     if !sender_mac.is_unicast() {
         return Err(DropReason::MartianSource);
     }
-    Ok(Classified::ArpRequest {
-        sender_mac,
-        sender_ip,
-        target_ip,
-    })
+    match operation {
+        ArpOperation::Request => Ok(Classified::ArpRequest {
+            sender_mac,
+            sender_ip,
+            target_ip,
+        }),
+        ArpOperation::Reply => Ok(Classified::ArpReply { sender_mac, sender_ip }),
+        _ => Err(DropReason::ArpUnsupported),
+    }
 }
 
 fn classify_ipv4(bytes: &[u8], local: &Local) -> Result<Classified, DropReason> {

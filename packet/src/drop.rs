@@ -49,8 +49,8 @@ drop_reasons! {
     UnsupportedEthertype => "unsupported_ethertype",
     /// ARP shorter than its header or than its addresses.
     ArpMalformed => "arp_malformed",
-    /// ARP that is not Ethernet/IPv4, or not a request: we never ask, so
-    /// replies are never for us.
+    /// ARP that is not Ethernet/IPv4 or neither request nor reply; or, where
+    /// no TCP stack resolves neighbours, a reply nothing asked for.
     ArpUnsupported => "arp_unsupported",
     /// ARP request for an address that is not ours.
     ArpNotForUs => "arp_not_for_us",

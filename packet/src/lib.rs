@@ -32,7 +32,7 @@ mod tests;
 
 pub use classify::{classify, Classified, Ipv4Payload};
 pub use drop::DropReason;
-pub use respond::{respond, Verdict};
+pub use respond::{emit_arp_reply, respond, Verdict, ARP_FRAME_LEN};
 /// Re-exported so callers can build a [`Local`] without depending on smoltcp.
 pub use smoltcp::wire::EthernetAddress;
 

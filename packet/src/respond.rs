@@ -3,7 +3,7 @@
 use core::net::Ipv4Addr;
 
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, Icmpv4Message, Icmpv4Packet,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet,
     Ipv4Packet, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
 };
 
@@ -46,6 +46,8 @@ pub fn respond(frame: &mut [u8], local: &Local) -> Verdict {
         Ok(Classified::IcmpEchoRequest(ip)) => Verdict::Reply {
             len: echo_reply(frame, local.mac, &ip),
         },
+        // Replies feed a TCP stack's neighbour cache; answering never needs them.
+        Ok(Classified::ArpReply { .. }) => Verdict::Drop(DropReason::ArpUnsupported),
         Ok(Classified::Tcp { .. } | Classified::Udp { .. }) => Verdict::Drop(DropReason::NoService),
         Err(reason) => Verdict::Drop(reason),
     }
@@ -61,20 +63,40 @@ fn arp_reply(
     sender_ip: Ipv4Addr,
     target_ip: Ipv4Addr,
 ) -> usize {
+    // classify accepted an Ethernet/IPv4 ARP packet, so ARP_FRAME_LEN bytes
+    // are there and emit_arp_reply cannot refuse.
+    emit_arp_reply(frame, (our_mac, target_ip), (sender_mac, sender_ip)).unwrap_or(0)
+}
+
+/// Length of an Ethernet/IPv4 ARP frame without padding.
+pub const ARP_FRAME_LEN: usize = ETHERNET_HEADER_LEN + 28;
+
+/// Writes an ARP reply "`from.1` is at `from.0`", sent from `from` to `to`,
+/// at the start of `frame`; returns its length, or `None` when `frame` is
+/// shorter than [`ARP_FRAME_LEN`].
+///
+/// Besides answering requests, the dataplane uses it to tell a TCP stack what
+/// a request it answered revealed: smoltcp learns neighbours only from ARP
+/// aimed at its own address.
+pub fn emit_arp_reply(
+    frame: &mut [u8],
+    from: (EthernetAddress, Ipv4Addr),
+    to: (EthernetAddress, Ipv4Addr),
+) -> Option<usize> {
+    let frame = frame.get_mut(..ARP_FRAME_LEN)?;
     let repr = ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Reply,
-        source_hardware_addr: our_mac,
-        source_protocol_addr: target_ip,
-        target_hardware_addr: sender_mac,
-        target_protocol_addr: sender_ip,
+        source_hardware_addr: from.0,
+        source_protocol_addr: from.1,
+        target_hardware_addr: to.0,
+        target_protocol_addr: to.1,
     };
-    let len = ETHERNET_HEADER_LEN + repr.buffer_len();
-    // classify accepted an Ethernet/IPv4 ARP packet, so `len` bytes are there.
-    let mut eth = EthernetFrame::new_unchecked(&mut frame[..len]);
-    eth.set_dst_addr(sender_mac);
-    eth.set_src_addr(our_mac);
+    let mut eth = EthernetFrame::new_unchecked(frame);
+    eth.set_dst_addr(to.0);
+    eth.set_src_addr(from.0);
+    eth.set_ethertype(EthernetProtocol::Arp);
     repr.emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
-    len
+    Some(ARP_FRAME_LEN)
 }
 
 /// Rewrites a classified echo request into our echo reply; returns its length.

@@ -9,7 +9,7 @@ use smoltcp::wire::{
 };
 
 use crate::testdata::*;
-use crate::{classify, Classified, DropReason, EthernetAddress, Ipv4Payload, Local, Verdict};
+use crate::{classify, emit_arp_reply, Classified, DropReason, EthernetAddress, Ipv4Payload, Local, Verdict, ARP_FRAME_LEN};
 
 const OUR_MAC: EthernetAddress = EthernetAddress([0x02, 0x00, 0x00, 0x00, 0x00, 0x01]);
 const OUR_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -302,11 +302,6 @@ fn bad_frames_are_dropped_for_their_reason() {
             ArpMalformed,
         ),
         (
-            "arp reply",
-            with(&ARP_REQUEST, |f| f[ARP_OPER + 1] = 2),
-            ArpUnsupported,
-        ),
-        (
             "arp for ipv6",
             with(&ARP_REQUEST, |f| {
                 f[IP + 2..IP + 4].copy_from_slice(&[0x86, 0xdd])
@@ -578,4 +573,34 @@ fn random_frames_are_handled() {
     ] {
         assert!(drops[deep.index()] > 0, "never reached {}", deep.name());
     }
+}
+
+#[test]
+fn arp_reply_is_classified_for_the_stack_and_not_answered() {
+    let reply = with(&ARP_REQUEST, |f| f[ARP_OPER + 1] = 2);
+    let Ok(Classified::ArpReply { sender_mac, sender_ip }) = classify(&reply, &LOCAL) else {
+        panic!("an ARP reply to us must classify as ArpReply");
+    };
+    // Sender hardware and protocol addresses follow the 8-byte ARP header.
+    assert_eq!(sender_mac.0, reply[IP + 8..IP + 14]);
+    assert_eq!(sender_ip.octets(), reply[IP + 14..IP + 18]);
+    let (verdict, after) = respond(&reply);
+    assert_eq!(verdict, Verdict::Drop(DropReason::ArpUnsupported));
+    assert_eq!(after, reply);
+    let not_ours = with(&reply, |f| f[ARP_TPA + 3] = 99);
+    assert_eq!(classify(&not_ours, &LOCAL), Err(DropReason::ArpNotForUs));
+}
+
+#[test]
+fn emitted_arp_reply_parses_and_short_buffers_are_refused() {
+    let mac = |b| EthernetAddress([2, 0, 0, 0, 0, b]);
+    let (from, to) = ((mac(1), Ipv4Addr::new(198, 18, 0, 10)), (mac(2), Ipv4Addr::new(198, 18, 0, 2)));
+    let mut frame = [0u8; 64];
+    assert_eq!(emit_arp_reply(&mut frame, from, to), Some(ARP_FRAME_LEN));
+    let local = Local { mac: to.0, addrs: &[to.1] };
+    assert_eq!(
+        classify(&frame[..ARP_FRAME_LEN], &local),
+        Ok(Classified::ArpReply { sender_mac: from.0, sender_ip: from.1 })
+    );
+    assert_eq!(emit_arp_reply(&mut frame[..ARP_FRAME_LEN - 1], from, to), None);
 }

@@ -31,6 +31,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub mod client;
+pub mod netns;
+pub mod pattern;
+pub mod servers;
+pub mod tcp;
+pub mod vip;
+
+pub use netns::{in_netns, raise_nofile_limit, spawn_in_netns};
 pub use nix::sys::signal::Signal;
 pub use serde_json::{self, Value};
 

@@ -18,6 +18,19 @@ pub struct Mbuf(NonNull<dpdk_sys::rte_mbuf>);
 unsafe impl Send for Mbuf {}
 
 impl Mbuf {
+    /// # Safety
+    /// `raw` must be a valid mbuf that nothing else owns or frees.
+    pub(super) unsafe fn from_raw(raw: NonNull<dpdk_sys::rte_mbuf>) -> Mbuf {
+        Mbuf(raw)
+    }
+
+    /// Gives up ownership, to a ring or driver that will hand it on or free it.
+    pub(super) fn into_raw(self) -> *mut dpdk_sys::rte_mbuf {
+        let raw = self.0.as_ptr();
+        std::mem::forget(self);
+        raw
+    }
+
     fn raw(&self) -> &dpdk_sys::rte_mbuf {
         // SAFETY: self.0 is a valid mbuf we own exclusively.
         unsafe { self.0.as_ref() }
@@ -34,6 +47,27 @@ impl Mbuf {
         let (addr, off, len) = (m.buf_addr.cast::<u8>(), m.data_off, m.data_len);
         // SAFETY: as in data(); &mut self guarantees exclusive access.
         unsafe { std::slice::from_raw_parts_mut(addr.add(usize::from(off)), usize::from(len)) }
+    }
+
+    /// The frame's bytes, without copying.
+    pub fn data(&self) -> &[u8] {
+        let m = self.raw();
+        // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's data
+        // room (a DPDK invariant), and we own the mbuf, so nothing writes to it.
+        unsafe {
+            std::slice::from_raw_parts(m.buf_addr.cast::<u8>().add(usize::from(m.data_off)), usize::from(m.data_len))
+        }
+    }
+
+    /// Extends the frame by `n` bytes at the tail and returns them, or `None`
+    /// when the buffer has no room.
+    pub fn append(&mut self, n: usize) -> Option<&mut [u8]> {
+        let n16 = u16::try_from(n).ok()?;
+        // SAFETY: we own the mbuf; rte_pktmbuf_append checks the tailroom and
+        // returns NULL when there is not enough.
+        let p = unsafe { dpdk_sys::rte_pktmbuf_append(self.0.as_ptr(), n16) };
+        // SAFETY: a non-NULL result points at n writable bytes inside our mbuf.
+        NonNull::new(p).map(|p| unsafe { std::slice::from_raw_parts_mut(p.as_ptr().cast::<u8>(), n) })
     }
 
     /// Shortens the frame to `len` bytes (no-op if it is already shorter).

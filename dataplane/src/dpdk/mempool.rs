@@ -1,6 +1,6 @@
 //! Packet-buffer pools.
 
-use super::{DpdkError, Result, SocketId};
+use super::{DpdkError, Mbuf, Result, SocketId};
 use std::ffi::CString;
 use std::ptr::NonNull;
 
@@ -55,6 +55,14 @@ impl Mempool {
     pub fn in_use(&self) -> u32 {
         // SAFETY: self.raw is a live pool; the count is a read of ring and caches.
         unsafe { dpdk_sys::rte_mempool_in_use_count(self.raw.as_ptr()) }
+    }
+
+    /// Takes a fresh, empty mbuf from the pool; `None` when it is exhausted.
+    pub fn alloc(&self) -> Option<Mbuf> {
+        // SAFETY: self.raw is a live pktmbuf pool; NULL means exhausted.
+        let m = unsafe { dpdk_sys::rte_pktmbuf_alloc(self.raw.as_ptr()) };
+        // SAFETY: a non-NULL mbuf from the pool is exclusively ours.
+        NonNull::new(m).map(|m| unsafe { Mbuf::from_raw(m) })
     }
 
     pub(super) fn as_ptr(&self) -> *mut dpdk_sys::rte_mempool {

@@ -10,12 +10,14 @@ mod lcore;
 mod mbuf;
 mod mempool;
 mod port;
+mod ring;
 
 pub use eal::Eal;
 pub use lcore::{launch, LcoreJob, LcoreOutcome};
 pub use mbuf::{Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
 pub use port::{Port, PortConf, RxQueue, TxQueue};
+pub use ring::{Ring, RingConsumer};
 
 use std::ffi::CStr;
 use std::fmt;

@@ -1,0 +1,81 @@
+//! Counters: plain integers the engine (single writer, on its lcore) bumps,
+//! read by the dataplane through `&Engine` or a [`VipSnapshot`] it publishes.
+
+use std::net::Ipv4Addr;
+
+/// Per VIP (on this engine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VipCounters {
+    /// Client connections admitted (a SYN that got a connection slot).
+    pub accepted: u64,
+    /// Admitted and not yet released.
+    pub active: u64,
+    /// Bytes received from clients and relayed towards backends.
+    pub bytes_from_clients: u64,
+    /// Bytes received from backends and relayed towards clients.
+    pub bytes_to_clients: u64,
+    /// Connections ended by a client RST (propagated to the backend).
+    pub client_resets: u64,
+    /// Connections ended by a backend RST after connect (propagated to the client).
+    pub backend_resets: u64,
+    /// SYNs reset because `max_connections` were active.
+    pub drop_limit: u64,
+    /// SYNs reset because no backend has weight.
+    pub drop_no_backend: u64,
+    /// Clients reset because every backend tried failed to connect.
+    pub drop_connect_failed: u64,
+    /// Clients reset because no local port was free for the backend side.
+    pub drop_no_port: u64,
+    /// Connections reset both ways after `idle_timeout`.
+    pub drop_idle_timeout: u64,
+}
+
+/// Per backend of a VIP (on this engine).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    /// Connection attempts (SYNs sent, retries included).
+    pub attempts: u64,
+    /// Attempts that reached ESTABLISHED.
+    pub opened: u64,
+    /// Opened and not yet released.
+    pub active: u64,
+    /// Attempts refused (RST) or unanswered within `connect_timeout`.
+    pub connect_failures: u64,
+    /// Established connections the backend reset.
+    pub resets: u64,
+    pub bytes_to_backend: u64,
+    pub bytes_from_backend: u64,
+}
+
+/// Engine-wide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Frames taken from the device.
+    pub frames_in: u64,
+    /// Frames not for us (other addresses, other protocols, fragments), dropped
+    /// before smoltcp.
+    pub frames_not_ours: u64,
+    /// TCP segments for no known connection and not an admissible SYN; smoltcp
+    /// answers them with RST.
+    pub unknown_flow: u64,
+    /// Sockets smoltcp iterated over (ingress, egress, poll_at): the engine's
+    /// per-packet work, reported to show it does not grow with connections.
+    pub sockets_visited: u64,
+}
+
+/// A VIP's counters with its backends', owned, for publishing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipSnapshot {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub counters: VipCounters,
+    pub backends: Vec<BackendSnapshot>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendSnapshot {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub counters: BackendCounters,
+}

@@ -1,0 +1,492 @@
+//! In-process test network: the engine and smoltcp peer hosts (a client and
+//! backends) on one L2 segment, frames switched by destination MAC, on a fake
+//! clock that only moves when the wire is quiet.
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+
+use fulcrum_proxy::{BackendConfig, Engine, EngineConfig, VipConfig};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::{tcp, AnySocket};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
+    IpProtocol, Ipv4Packet, TcpPacket,
+};
+
+pub const ENGINE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const VIP_PORT: u16 = 80;
+pub const BACKEND_PORT: u16 = 8080;
+
+pub fn backend_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 21 + i as u8)
+}
+
+fn mac(last: u8) -> EthernetAddress {
+    EthernetAddress([0x02, 0, 0, 0, 0, last])
+}
+
+fn caps() -> DeviceCapabilities {
+    let mut c = DeviceCapabilities::default();
+    c.medium = Medium::Ethernet;
+    c.max_transmission_unit = 1514;
+    c
+}
+
+/// Frames in and out as owned vectors.
+#[derive(Default)]
+pub struct QueueDevice {
+    pub rx: VecDeque<Vec<u8>>,
+    pub tx: VecDeque<Vec<u8>>,
+}
+
+pub struct QRx(Vec<u8>);
+impl RxToken for QRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+pub struct QTx<'a>(&'a mut VecDeque<Vec<u8>>);
+impl TxToken for QTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl Device for QueueDevice {
+    type RxToken<'a> = QRx;
+    type TxToken<'a> = QTx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(QRx, QTx<'_>)> {
+        let f = self.rx.pop_front()?;
+        Some((QRx(f), QTx(&mut self.tx)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<QTx<'_>> {
+        Some(QTx(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        caps()
+    }
+}
+
+/// One-frame device so a host can pick the socket set per frame.
+struct Single<'a> {
+    frame: Option<Vec<u8>>,
+    tx: &'a mut VecDeque<Vec<u8>>,
+}
+impl Device for Single<'_> {
+    type RxToken<'b>
+        = QRx
+    where
+        Self: 'b;
+    type TxToken<'b>
+        = QTx<'b>
+    where
+        Self: 'b;
+    fn receive(&mut self, _: Instant) -> Option<(QRx, QTx<'_>)> {
+        let f = self.frame.take()?;
+        Some((QRx(f), QTx(self.tx)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<QTx<'_>> {
+        Some(QTx(self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        caps()
+    }
+}
+
+/// (local port, remote port, SYN-only) of a TCP frame.
+fn tcp_ports(frame: &[u8]) -> Option<(u16, u16, bool)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some((tcp.dst_port(), tcp.src_port(), tcp.syn() && !tcp.ack()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sock {
+    pub shard: usize,
+    pub handle: SocketHandle,
+}
+
+/// A peer: one smoltcp interface, sockets sharded by port pair so that even
+/// 10 000 peer sockets keep the simulation fast.
+pub struct Host {
+    pub mac: EthernetAddress,
+    pub ip: Ipv4Addr,
+    pub iface: Interface,
+    pub dev: QueueDevice,
+    pub sets: Vec<SocketSet<'static>>,
+    dirty: Vec<bool>,
+    listen_port: Option<u16>,
+    buffer: usize,
+    /// Shards that received frames in the last poll.
+    touched: Vec<usize>,
+    /// Whether quiet steps (when the clock moves) walk every socket for
+    /// timers; off in the scale test, where no segment is lost and walking
+    /// 10 000 peer sockets would flush the CPU caches between engine polls.
+    pub timer_scan: bool,
+}
+
+impl Host {
+    pub fn new(
+        mac: EthernetAddress,
+        ip: Ipv4Addr,
+        gateway: Option<Ipv4Addr>,
+        shards: usize,
+    ) -> Self {
+        let mut dev = QueueDevice::default();
+        let mut cfg = Config::new(HardwareAddress::Ethernet(mac));
+        cfg.random_seed = u64::from(u32::from(ip));
+        let mut iface = Interface::new(cfg, &mut dev, Instant::ZERO);
+        iface.update_ip_addrs(|a| a.push(IpCidr::new(IpAddress::Ipv4(ip), 24)).unwrap());
+        if let Some(gw) = gateway {
+            iface.routes_mut().add_default_ipv4_route(gw).unwrap();
+        }
+        Self {
+            mac,
+            ip,
+            iface,
+            dev,
+            sets: (0..shards).map(|_| SocketSet::new(Vec::new())).collect(),
+            dirty: vec![false; shards],
+            listen_port: None,
+            buffer: 256 * 1024,
+            touched: Vec::new(),
+            timer_scan: true,
+        }
+    }
+
+    fn shard(&self, local: u16, remote: u16) -> usize {
+        (usize::from(local) + usize::from(remote)) % self.sets.len()
+    }
+
+    fn new_socket(&self) -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.buffer]),
+            tcp::SocketBuffer::new(vec![0; self.buffer]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        s
+    }
+
+    pub fn set_buffer(&mut self, bytes: usize) {
+        self.buffer = bytes;
+    }
+
+    pub fn listen(&mut self, port: u16) {
+        self.listen_port = Some(port);
+    }
+
+    pub fn connect(&mut self, remote: (Ipv4Addr, u16), local_port: u16) -> Sock {
+        let shard = self.shard(local_port, remote.1);
+        let mut s = self.new_socket();
+        s.connect(
+            self.iface.context(),
+            (IpAddress::Ipv4(remote.0), remote.1),
+            local_port,
+        )
+        .unwrap();
+        let handle = self.sets[shard].add(s);
+        self.dirty[shard] = true;
+        Sock { shard, handle }
+    }
+
+    /// Socket access; marks its set for egress.
+    pub fn sock(&mut self, s: Sock) -> &mut tcp::Socket<'static> {
+        self.dirty[s.shard] = true;
+        self.sets[s.shard].get_mut::<tcp::Socket>(s.handle)
+    }
+
+    /// Sockets that hold or held a connection (not listening, not idle-closed).
+    pub fn connections(&self) -> Vec<Sock> {
+        let mut v = Vec::new();
+        for (shard, set) in self.sets.iter().enumerate() {
+            for (handle, s) in set.iter() {
+                if let Some(t) = tcp::Socket::downcast(s) {
+                    if t.state() != tcp::State::Listen
+                        && (t.state() != tcp::State::Closed || t.recv_queue() > 0)
+                    {
+                        v.push(Sock { shard, handle });
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn ensure_listener(&mut self, shard: usize) {
+        let Some(port) = self.listen_port else { return };
+        let has = self.sets[shard]
+            .iter()
+            .any(|(_, s)| tcp::Socket::downcast(s).is_some_and(|t| t.is_listening()));
+        if !has {
+            let mut s = self.new_socket();
+            s.listen(port).unwrap();
+            self.sets[shard].add(s);
+        }
+    }
+
+    /// Connections in shards that received frames in the last poll.
+    pub fn touched_connections(&self) -> Vec<Sock> {
+        let mut v = Vec::new();
+        for &shard in &self.touched {
+            for (handle, s) in self.sets[shard].iter() {
+                if tcp::Socket::downcast(s).is_some_and(|t| t.state() != tcp::State::Listen) {
+                    v.push(Sock { shard, handle });
+                }
+            }
+        }
+        v
+    }
+
+    pub fn poll(&mut self, now: Instant, full: bool) {
+        let full = full && self.timer_scan;
+        self.touched.clear();
+        while let Some(frame) = self.dev.rx.pop_front() {
+            let shard = match tcp_ports(&frame) {
+                Some((local, remote, syn)) => {
+                    let shard = self.shard(local, remote);
+                    if syn && Some(local) == self.listen_port {
+                        self.ensure_listener(shard);
+                    }
+                    shard
+                }
+                None => 0,
+            };
+            self.dirty[shard] = true;
+            if !self.touched.contains(&shard) {
+                self.touched.push(shard);
+            }
+            let mut single = Single {
+                frame: Some(frame),
+                tx: &mut self.dev.tx,
+            };
+            self.iface
+                .poll_ingress_single(now, &mut single, &mut self.sets[shard]);
+        }
+        for shard in 0..self.sets.len() {
+            if full || self.dirty[shard] {
+                self.dirty[shard] = false;
+                while self
+                    .iface
+                    .poll_egress(now, &mut self.dev, &mut self.sets[shard])
+                    == smoltcp::iface::PollResult::SocketStateChanged
+                {}
+            }
+        }
+    }
+}
+
+/// Engine + client (hosts[0]) + backends (hosts[1..]).
+pub struct Wire {
+    pub now: Instant,
+    pub engine: Engine,
+    pub engine_dev: QueueDevice,
+    pub engine_mac: EthernetAddress,
+    pub hosts: Vec<Host>,
+    /// Wall time spent inside `Engine::poll`.
+    pub engine_time: std::time::Duration,
+    full: bool,
+}
+
+pub struct Setup {
+    pub backends: usize,
+    /// Which backends accept connections on BACKEND_PORT.
+    pub listening: Vec<bool>,
+    pub weights: Vec<u32>,
+    pub shards: usize,
+    pub config: EngineConfig,
+    pub vip: VipConfig,
+}
+
+impl Setup {
+    pub fn new(backends: usize) -> Self {
+        let mut config = EngineConfig::new(mac(2), ENGINE_IP, 24);
+        config.buffer_size = 64 * 1024;
+        let vip = VipConfig::new(
+            VIP,
+            VIP_PORT,
+            (0..backends)
+                .map(|i| BackendConfig {
+                    addr: backend_ip(i),
+                    port: BACKEND_PORT,
+                    weight: 1,
+                })
+                .collect(),
+        );
+        Self {
+            backends,
+            listening: vec![true; backends],
+            weights: vec![1; backends],
+            shards: 1,
+            config,
+            vip,
+        }
+    }
+
+    pub fn build(mut self) -> Wire {
+        for (b, w) in self.vip.backends.iter_mut().zip(&self.weights) {
+            b.weight = *w;
+        }
+        self.config.vips = vec![self.vip];
+        let engine = Engine::new(self.config).expect("valid config");
+        let mut hosts = vec![Host::new(mac(10), CLIENT_IP, Some(ENGINE_IP), self.shards)];
+        for i in 0..self.backends {
+            let mut h = Host::new(mac(21 + i as u8), backend_ip(i), None, self.shards);
+            if self.listening[i] {
+                h.listen(BACKEND_PORT);
+            }
+            hosts.push(h);
+        }
+        Wire {
+            now: Instant::from_secs(1),
+            engine,
+            engine_dev: QueueDevice::default(),
+            engine_mac: mac(2),
+            hosts,
+            engine_time: std::time::Duration::ZERO,
+            full: true,
+        }
+    }
+}
+
+impl Wire {
+    pub fn client(&mut self) -> &mut Host {
+        &mut self.hosts[0]
+    }
+
+    pub fn backend(&mut self, i: usize) -> &mut Host {
+        &mut self.hosts[1 + i]
+    }
+
+    /// One round: everyone polls, frames are switched. When nothing moved,
+    /// the clock advances 1 ms. Returns whether frames moved.
+    pub fn step(&mut self) -> bool {
+        let t0 = std::time::Instant::now();
+        self.engine.poll(self.now, &mut self.engine_dev);
+        self.engine_time += t0.elapsed();
+        let now = self.now;
+        let full = self.full;
+        for h in &mut self.hosts {
+            h.poll(now, full);
+        }
+        let moved = self.switch();
+        self.full = !moved;
+        if !moved {
+            self.now += Duration::from_millis(1);
+        }
+        moved
+    }
+
+    fn switch(&mut self) -> bool {
+        let mut frames: Vec<(usize, Vec<u8>)> = Vec::new();
+        frames.extend(self.engine_dev.tx.drain(..).map(|f| (usize::MAX, f)));
+        for (i, h) in self.hosts.iter_mut().enumerate() {
+            frames.extend(h.dev.tx.drain(..).map(|f| (i, f)));
+        }
+        let moved = !frames.is_empty();
+        for (from, f) in frames {
+            let dst = EthernetFrame::new_unchecked(&f[..]).dst_addr();
+            if dst == self.engine_mac || (dst.is_broadcast() && from != usize::MAX) {
+                self.engine_dev.rx.push_back(f.clone());
+            }
+            for (i, h) in self.hosts.iter_mut().enumerate() {
+                if i != from && (dst == h.mac || dst.is_broadcast()) {
+                    h.dev.rx.push_back(f.clone());
+                }
+            }
+        }
+        moved
+    }
+
+    /// Steps until `done` holds (checked after every step) or `limit` of
+    /// simulated time passes; returns whether `done` held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Wire) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            self.step();
+            if done(self) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Runs `app` every step for `limit` of simulated time.
+    pub fn run_for(&mut self, limit: Duration, mut app: impl FnMut(&mut Wire)) {
+        let end = self.now + limit;
+        while self.now < end {
+            self.step();
+            app(self);
+        }
+    }
+
+    /// Moves the clock forward at once (no frames are exchanged meanwhile).
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.full = true;
+    }
+}
+
+/// Backend behaviour used by many tests: read a request line ending in '\n',
+/// answer `"<backend index>:<request>"`, then close.
+pub fn serve_lines(
+    w: &mut Wire,
+    backends: usize,
+    seen: &mut std::collections::HashMap<(usize, Sock), Vec<u8>>,
+) {
+    for b in 0..backends {
+        for s in w.backend(b).connections() {
+            let sock = w.backend(b).sock(s);
+            let buf = seen.entry((b, s)).or_default();
+            if buf.last() == Some(&b'\n') {
+                continue;
+            }
+            while sock.can_recv() {
+                sock.recv(|d| {
+                    buf.extend_from_slice(d);
+                    (d.len(), ())
+                })
+                .unwrap();
+            }
+            if buf.last() == Some(&b'\n') {
+                let reply = format!("{b}:{}", String::from_utf8_lossy(buf));
+                sock.send_slice(reply.as_bytes()).unwrap();
+                sock.close();
+            }
+        }
+    }
+}
+
+/// Drains everything readable from a socket into `out`.
+pub fn read_all(s: &mut tcp::Socket, out: &mut Vec<u8>) {
+    while s.can_recv() {
+        s.recv(|d| {
+            out.extend_from_slice(d);
+            (d.len(), ())
+        })
+        .unwrap();
+    }
+}
+
+/// FNV-1a, to compare large transfers.
+pub fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}

@@ -1,0 +1,609 @@
+//! Proxy mode end to end: the real dataplane terminates TCP on VIP 198.18.1.1:80 and
+//! proxies each connection to a backend picked by weighted Maglev. Real kernel TCP on
+//! both sides: clients in P-cli, nginx or Rust servers (tests/src/servers.rs) in
+//! P-be1..3, all inside the test's namespaces.
+//!
+//! `toolkit_without_dataplane` checks the client and server tools themselves, straight
+//! from the client to the backends (no dataplane involved).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fulcrum_tests::client::{self, Pace};
+use fulcrum_tests::pattern::checksum_of;
+use fulcrum_tests::servers::{start_backends, start_nginx_backends, Mode, Nginx, Server};
+use fulcrum_tests::tcp::{self, End};
+use fulcrum_tests::vip::*;
+use fulcrum_tests::*;
+
+const BACKEND_PORT: u16 = 8080;
+const BACKENDS: [&str; 3] = ["be1", "be2", "be3"];
+const MIB: u64 = 1024 * 1024;
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+fn vip() -> SocketAddr {
+    sa(VIP_IP, VIP_PORT)
+}
+
+/// Run `f` in the client namespace.
+fn on_client<T: Send>(topo: &Topology, f: impl FnOnce() -> T + Send) -> T {
+    in_netns(&topo.ns("cli"), f)
+}
+
+fn backend_ip(name: &str) -> &'static str {
+    BACKEND_IPS[BACKENDS.iter().position(|b| *b == name).expect("backend name")]
+}
+
+/// Start the dataplane with one proxy VIP (198.18.1.1:80) in front of the three
+/// backends on `BACKEND_PORT` with `weights`, adjusted by `tweak`.
+fn start_proxy(topo: &Topology, weights: [u32; 3], buffer_size: Option<usize>, tweak: impl FnOnce(&mut VipSpec)) -> Dataplane {
+    let mut v = VipSpec::new(VIP_IP, VIP_PORT).three_backends(BACKEND_PORT, weights);
+    tweak(&mut v);
+    let dp = Dataplane::start(topo, &proxy_config(buffer_size, &[v]));
+    // The stats file must describe the VIP: fail early and clearly if it does not.
+    dp.wait_stats(Duration::from_secs(5), "the stats file to list VIP 198.18.1.1:80", |s| {
+        vip_stats(s, VIP_IP, VIP_PORT).map(|_| ()).ok_or_else(|| "no vips[] entry for 198.18.1.1:80".to_string())
+    });
+    dp
+}
+
+/// Per-backend `opened` counters minus a baseline.
+fn opened_since(stats: &Value, before: &Value) -> Vec<u64> {
+    BACKEND_IPS
+        .iter()
+        .map(|ip| {
+            backend_counter(stats, VIP_IP, VIP_PORT, ip, "opened")
+                .saturating_sub(backend_counter(before, VIP_IP, VIP_PORT, ip, "opened"))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------- spread
+
+fn spread_test(weights: [u32; 3], connections: u64) {
+    let topo = Topology::up();
+    let _nginx = start_nginx_backends(&topo, BACKEND_PORT);
+    let mut dp = start_proxy(&topo, weights, None, |_| {});
+    let before = dp.stats();
+
+    let spread = on_client(&topo, || client::http_spread(vip(), connections, 16, Duration::from_secs(10)));
+    let total_w: u32 = weights.iter().sum();
+    eprintln!(
+        "{connections} connections in {:.2?} ({:.0} conn/s), {} failed",
+        spread.elapsed,
+        connections as f64 / spread.elapsed.as_secs_f64(),
+        spread.failed
+    );
+    for (name, w) in BACKENDS.iter().zip(weights) {
+        eprintln!(
+            "  {name}: {:5} answers, share {:5.2}% (weight share {:5.2}%)",
+            spread.counts.get(*name).unwrap_or(&0),
+            spread.share(name),
+            100.0 * w as f64 / total_w as f64
+        );
+    }
+    assert_eq!(spread.failed, 0, "failed requests: {:#?}", spread.failures);
+    assert_eq!(spread.total_ok(), connections, "answers: {:?}", spread.counts);
+    for k in spread.counts.keys() {
+        assert!(BACKENDS.contains(&k.as_str()), "unexpected answer {k:?}: {:?}", spread.counts);
+    }
+    for (name, w) in BACKENDS.iter().zip(weights) {
+        let want = 100.0 * w as f64 / total_w as f64;
+        let got = spread.share(name);
+        assert!(
+            (got - want).abs() <= 3.0,
+            "{name}: share {got:.2}% is more than 3 points from its weight share {want:.2}%: {:?}",
+            spread.counts
+        );
+    }
+
+    // The dataplane's per-backend `opened` counters agree with what the client saw.
+    let seen: Vec<u64> = BACKENDS.iter().map(|b| *spread.counts.get(*b).unwrap_or(&0)).collect();
+    let after = dp.wait_stats(Duration::from_secs(10), "per-backend `opened` to match the client's counts", |s| {
+        let opened = opened_since(s, &before);
+        if opened == seen {
+            Ok(s.clone())
+        } else {
+            Err(format!("opened (since start) {opened:?}, client saw {seen:?}"))
+        }
+    });
+    let accepted = vip_counter(&after, VIP_IP, VIP_PORT, "accepted") - vip_counter(&before, VIP_IP, VIP_PORT, "accepted");
+    eprintln!("dataplane: accepted {accepted}, opened per backend {:?}\n{}", opened_since(&after, &before), format_vips(&after));
+    assert_eq!(accepted, connections, "VIP accepted counter");
+    dp.assert_running();
+}
+
+#[test]
+fn http_spread_equal_weights() {
+    spread_test([1, 1, 1], 3000);
+}
+
+#[test]
+fn http_spread_weights_2_1_1() {
+    spread_test([2, 1, 1], 3000);
+}
+
+// ---------------------------------------------------------------------------- bulk
+
+#[test]
+fn bulk_echo_500_concurrent() {
+    const CONNS: usize = 500;
+    const BYTES: u64 = MIB;
+    raise_nofile_limit(65536);
+    let topo = Topology::up();
+    let _servers = start_backends(&topo, BACKEND_PORT, Mode::Echo, &[]);
+    let mut dp = start_proxy(&topo, [1, 1, 1], None, |_| {});
+    let before = dp.stats();
+
+    let rep = on_client(&topo, || client::bulk_echo(vip(), CONNS, BYTES, 1000, Duration::from_secs(300)));
+    let secs = rep.transfer.as_secs_f64().max(1e-9);
+    eprintln!(
+        "{} connections ({} concurrently established): {} ok, {} failed; sent {} B, echoed back {} B; \
+         transfer {:.2?} ({:.1} MB/s each way), total {:.2?}",
+        CONNS,
+        rep.concurrent,
+        rep.ok,
+        rep.failed,
+        rep.bytes_sent,
+        rep.bytes_received,
+        rep.transfer,
+        rep.bytes_received as f64 / secs / 1e6,
+        rep.elapsed
+    );
+    assert_eq!(rep.failed, 0, "failures: {:#?}", rep.failures);
+    assert_eq!(rep.concurrent, CONNS as u64, "not all connections were established at once");
+    assert_eq!(rep.bytes_sent, CONNS as u64 * BYTES);
+    assert_eq!(rep.bytes_received, CONNS as u64 * BYTES);
+
+    // The VIP's byte counters saw exactly the payload both ways.
+    let want = CONNS as u64 * BYTES;
+    let after = dp.wait_stats(Duration::from_secs(10), "VIP byte counters to account for the payload", |s| {
+        let from = vip_counter(s, VIP_IP, VIP_PORT, "bytes_from_clients")
+            - vip_counter(&before, VIP_IP, VIP_PORT, "bytes_from_clients");
+        let to = vip_counter(s, VIP_IP, VIP_PORT, "bytes_to_clients") - vip_counter(&before, VIP_IP, VIP_PORT, "bytes_to_clients");
+        if from == want && to == want {
+            Ok(s.clone())
+        } else {
+            Err(format!("bytes_from_clients +{from}, bytes_to_clients +{to}, payload {want} each way"))
+        }
+    });
+    eprintln!("{}", format_vips(&after));
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- slow reader
+
+/// Base config defaults (tests/src/lib.rs writes none of these, so the dataplane's
+/// documented defaults apply).
+const TX_DESCRIPTORS: u64 = 1024;
+const BURST: u64 = 32;
+
+#[test]
+fn slow_reader_bounded_memory() {
+    const TOTAL: u64 = 50_000_000;
+    const SEED: u64 = 0x51_0e;
+    const BUFFER: u64 = 65536;
+    const PACE: Pace = Pace { rate: 100_000, duration: Duration::from_secs(20) };
+    let topo = Topology::up();
+    let servers = start_backends(&topo, BACKEND_PORT, Mode::Send { bytes: TOTAL, seed: SEED }, &[]);
+    let mut dp = start_proxy(&topo, [1, 1, 1], Some(BUFFER as usize), |_| {});
+    let base = dp.stats();
+    let base_mbufs = base["mbufs_in_use"].as_u64().expect("mbufs_in_use in stats");
+    let base_buffered = proxy_counter(&base, "buffered_bytes").expect("proxy.buffered_bytes in stats");
+    eprintln!("baseline: mbufs_in_use {base_mbufs}, proxy {}", base["proxy"]);
+
+    // Bounds from the configuration:
+    // * one connection has four socket buffers (receive and send on the client side
+    //   and on the backend side) of `buffer_size` bytes each;
+    // * the proxy copies payload into those buffers, so beyond the idle level (the RX
+    //   ring, refilled at once) only frames in flight hold mbufs: at most a TX ring's
+    //   worth not yet reclaimed plus one RX and one TX burst in the lcore.
+    let max_buffered_bound = base_buffered + 4 * BUFFER;
+    let max_mbufs_bound = base_mbufs + TX_DESCRIPTORS + 2 * BURST;
+
+    let progress = AtomicU64::new(0);
+    let t0 = Instant::now();
+    let (report, samples, max_mbufs, max_buffered, max_mbufs_paced, max_buffered_paced, sent_at_pace_end) =
+        thread::scope(|s| {
+            let progress = &progress;
+            let ns = topo.ns("cli");
+            let h = thread::Builder::new()
+                .name("slow-reader".into())
+                .spawn_scoped(s, move || {
+                    netns::enter_netns(&ns).unwrap();
+                    client::receive_stream(vip(), b"GET /big\n", TOTAL, SEED, Some(PACE), progress, Duration::from_secs(240))
+                })
+                .unwrap();
+            let (mut n, mut max_m, mut max_b, mut max_m_p, mut max_b_p) = (0u64, 0u64, 0u64, 0u64, 0u64);
+            let mut sent_at_pace_end = None;
+            // Sample the stats file while the transfer runs (bounded by the reader's
+            // own deadline, and by this loop's).
+            while !h.is_finished() && t0.elapsed() < Duration::from_secs(260) {
+                if let Some(st) = dp.try_stats() {
+                    n += 1;
+                    let m = st["mbufs_in_use"].as_u64().unwrap_or(0);
+                    let b = proxy_counter(&st, "buffered_bytes").unwrap_or(0);
+                    max_m = max_m.max(m);
+                    max_b = max_b.max(b);
+                    if t0.elapsed() < PACE.duration {
+                        max_m_p = max_m_p.max(m);
+                        max_b_p = max_b_p.max(b);
+                    }
+                }
+                if sent_at_pace_end.is_none() && t0.elapsed() >= PACE.duration {
+                    sent_at_pace_end = Some((
+                        progress.load(Ordering::Relaxed),
+                        servers.iter().map(|s| s.active()).sum::<u64>(),
+                        dp.try_stats().map(|st| vip_counter(&st, VIP_IP, VIP_PORT, "bytes_to_clients")),
+                    ));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            let r = h.join().expect("reader thread");
+            (r, n, max_m, max_b, max_m_p, max_b_p, sent_at_pace_end)
+        });
+    let report = report.unwrap_or_else(|e| panic!("slow reader: {e}"));
+    eprintln!(
+        "read {} B in {:.2?}: paced phase {} B in {:.2?} ({:.0} B/s), end {:?}; checksum {:016x} (expected {:016x})",
+        report.bytes,
+        report.elapsed,
+        report.paced_bytes,
+        report.paced_for,
+        report.paced_bytes as f64 / report.paced_for.as_secs_f64().max(1e-9),
+        report.end,
+        report.checksum,
+        report.expected_checksum
+    );
+    if let Some((read, active, to_clients)) = sent_at_pace_end {
+        eprintln!("at the end of the paced phase: client had read {read} B; VIP bytes_to_clients {to_clients:?}; backend conns open {active}");
+    }
+    eprintln!(
+        "{samples} stats samples: max mbufs_in_use {max_mbufs} (paced phase {max_mbufs_paced}; baseline {base_mbufs}, bound {max_mbufs_bound}); \
+         max proxy.buffered_bytes {max_buffered} (paced phase {max_buffered_paced}; bound {max_buffered_bound})"
+    );
+    assert!(report.intact(TOTAL), "transfer not intact: {report:?}");
+    assert!(samples >= 5, "only {samples} stats samples taken");
+    assert!(
+        max_buffered <= max_buffered_bound,
+        "proxy.buffered_bytes reached {max_buffered}, above 4 x buffer_size ({max_buffered_bound}) for one connection"
+    );
+    assert!(
+        max_mbufs <= max_mbufs_bound,
+        "mbufs_in_use reached {max_mbufs}, above baseline {base_mbufs} + TX ring {TX_DESCRIPTORS} + 2 bursts"
+    );
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- failover
+
+#[test]
+fn closed_backend_port_fails_over() {
+    const CONNS: u64 = 300;
+    let topo = Topology::up();
+    // be2 has nothing listening on the port: its kernel answers SYNs with RST.
+    let _be1 = Nginx::start(&topo, "be1", sa(BACKEND_IPS[0], BACKEND_PORT), "be1");
+    let _be3 = Nginx::start(&topo, "be3", sa(BACKEND_IPS[2], BACKEND_PORT), "be3");
+    let mut dp = start_proxy(&topo, [1, 1, 1], None, |_| {});
+    let before = dp.stats();
+
+    let spread = on_client(&topo, || client::http_spread(vip(), CONNS, 8, Duration::from_secs(10)));
+    eprintln!("{CONNS} connections in {:.2?}: {:?}, {} failed", spread.elapsed, spread.counts, spread.failed);
+    assert_eq!(spread.failed, 0, "failed requests: {:#?}", spread.failures);
+    assert_eq!(spread.total_ok(), CONNS);
+    assert_eq!(spread.counts.get("be2"), None, "be2 has no server, yet answered");
+
+    let be = |s: &Value, b: &str, f: &str| {
+        backend_counter(s, VIP_IP, VIP_PORT, backend_ip(b), f).saturating_sub(backend_counter(&before, VIP_IP, VIP_PORT, backend_ip(b), f))
+    };
+    let after = dp.wait_stats(Duration::from_secs(10), "opened counters to account for every connection", |s| {
+        let opened: u64 = BACKENDS.iter().map(|b| be(s, b, "opened")).sum();
+        if opened == CONNS {
+            Ok(s.clone())
+        } else {
+            Err(format!("opened +{opened}, {CONNS} connections made"))
+        }
+    });
+    for b in BACKENDS {
+        eprintln!(
+            "  {b}: attempts {} opened {} connect_failures {}",
+            be(&after, b, "attempts"),
+            be(&after, b, "opened"),
+            be(&after, b, "connect_failures")
+        );
+    }
+    eprintln!("{}", format_vips(&after));
+    assert!(be(&after, "be2", "connect_failures") > 0, "be2 connect_failures did not grow");
+    assert_eq!(be(&after, "be1", "connect_failures"), 0, "be1 connect_failures");
+    assert_eq!(be(&after, "be3", "connect_failures"), 0, "be3 connect_failures");
+    assert_eq!(be(&after, "be2", "opened"), 0, "be2 opened");
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- half close
+
+#[test]
+fn half_close_gets_whole_response() {
+    const REQUEST: u64 = 100_000;
+    const REPLY: u64 = MIB;
+    const REQ_SEED: u64 = 0xa11;
+    const REPLY_SEED: u64 = 0xb0b;
+    const ROUNDS: usize = 6;
+    let topo = Topology::up();
+    let servers = start_backends(&topo, BACKEND_PORT, Mode::ReplyAfterEof { bytes: REPLY, seed: REPLY_SEED }, &[]);
+    let mut dp = start_proxy(&topo, [1, 1, 1], None, |_| {});
+
+    for round in 0..ROUNDS {
+        let rep = on_client(&topo, || {
+            client::half_close_request(vip(), REQUEST, REQ_SEED, REPLY, REPLY_SEED, Duration::from_secs(30))
+        })
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        eprintln!("round {round}: sent {REQUEST} B then FIN; got {} B in {:.2?}, end {:?}", rep.bytes, rep.elapsed, rep.end);
+        assert!(rep.intact(REPLY), "round {round}: reply not intact: {rep:?}");
+    }
+    // Every backend connection received the whole request, intact, before its EOF.
+    let want_sum = checksum_of(REQ_SEED, REQUEST);
+    wait_until(Duration::from_secs(10), "the servers to record every connection", || {
+        servers.iter().map(|s| s.records().len()).sum::<usize>() >= ROUNDS
+    });
+    for s in &servers {
+        for r in s.records() {
+            assert_eq!(r.bytes_in, REQUEST, "{}: request bytes at the backend: {r:?}", s.name());
+            assert_eq!(r.in_checksum, want_sum, "{}: request checksum at the backend: {r:?}", s.name());
+            assert_eq!(r.end, End::Eof, "{}: {r:?}", s.name());
+        }
+        eprintln!("{}: {} connections", s.name(), s.records().len());
+    }
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- idle
+
+#[test]
+fn idle_connections_reclaimed() {
+    const K: u64 = 10_000;
+    const IDLE_MS: u64 = 3000;
+    let limit = raise_nofile_limit(65536);
+    assert!(limit >= 2 * K + 1000, "RLIMIT_NOFILE {limit} is too low for {K} connections on both sides");
+    let topo = Topology::up();
+    let servers = start_backends(&topo, BACKEND_PORT, Mode::Hold, &[]);
+    let mut dp = start_proxy(&topo, [1, 1, 1], None, |v| {
+        v.idle_timeout_ms = IDLE_MS;
+        v.max_connections = 20_000;
+    });
+    let base = dp.stats();
+    let base_sockets = proxy_counter(&base, "sockets").expect("proxy.sockets in stats");
+    let base_mbufs = base["mbufs_in_use"].as_u64().expect("mbufs_in_use");
+    let base_idle = vip_counter(&base, VIP_IP, VIP_PORT, "drop_idle_timeout");
+    eprintln!("baseline: proxy {}, mbufs_in_use {base_mbufs}", base["proxy"]);
+
+    // Open them (one byte per second on the open ones while opening, so the idle
+    // timeout counts from the end of the opening, however long that takes).
+    let t0 = Instant::now();
+    let keepalive = Duration::from_millis(IDLE_MS / 3);
+    let (conns, errors, nerr) =
+        on_client(&topo, || client::open_idle(vip(), K as usize, 16, Some(keepalive), Duration::from_secs(180)));
+    let opened_in = t0.elapsed();
+    eprintln!("opened {} connections in {opened_in:.2?} ({nerr} failed)", conns.len());
+    assert_eq!(nerr, 0, "connect failures: {errors:#?}");
+
+    // Poll until the dataplane counts all of them active, keeping them alive meanwhile.
+    let mut last_touch = Instant::now();
+    let mut reached = 0;
+    let mut touch_failed = 0;
+    let wait0 = Instant::now();
+    while wait0.elapsed() < Duration::from_secs(60) {
+        if last_touch.elapsed() >= keepalive {
+            touch_failed += client::touch(&conns);
+            last_touch = Instant::now();
+        }
+        if let Some(s) = dp.try_stats() {
+            reached = reached.max(vip_counter(&s, VIP_IP, VIP_PORT, "active"));
+            if vip_counter(&s, VIP_IP, VIP_PORT, "active") >= K {
+                break;
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let held_at_backends: u64 = servers.iter().map(|s| s.active()).sum();
+    eprintln!(
+        "dataplane active reached {reached} (of {K}); backends hold {held_at_backends}; touch failures {touch_failed}; {}",
+        dp.try_stats().map(|s| format_vips(&s)).unwrap_or_default()
+    );
+    assert!(reached >= K, "VIP active reached only {reached} of {K} open client connections");
+    assert_eq!(touch_failed, 0, "writes on open connections failed");
+
+    // Now idle: the dataplane must reclaim every connection.
+    let idle_from = Instant::now();
+    let after = dp.wait_stats(Duration::from_secs(60), "every idle connection to be reclaimed", |s| {
+        let active = vip_counter(s, VIP_IP, VIP_PORT, "active");
+        let idle = vip_counter(s, VIP_IP, VIP_PORT, "drop_idle_timeout") - base_idle;
+        if active == 0 && idle >= K {
+            Ok(s.clone())
+        } else {
+            Err(format!("active {active}, drop_idle_timeout +{idle}"))
+        }
+    });
+    eprintln!("reclaimed in {:.2?} after the last activity (idle timeout {IDLE_MS} ms)", idle_from.elapsed());
+    eprintln!("{}", format_vips(&after));
+    dp.wait_stats(Duration::from_secs(30), "proxy.sockets and mbufs_in_use back to their baselines", |s| {
+        let sockets = proxy_counter(s, "sockets").unwrap_or(u64::MAX);
+        let mbufs = s["mbufs_in_use"].as_u64().unwrap_or(u64::MAX);
+        if sockets <= base_sockets && mbufs <= base_mbufs {
+            Ok(())
+        } else {
+            Err(format!(
+                "proxy.sockets {sockets} (baseline {base_sockets}), mbufs_in_use {mbufs} (baseline {base_mbufs}), proxy {}",
+                s["proxy"]
+            ))
+        }
+    });
+
+    // Every client socket saw the reset or close, and so did every backend connection.
+    let closed = client::wait_closed(&conns, Duration::from_secs(30));
+    eprintln!("client side: {closed:?}");
+    assert_eq!(closed.still_open, 0, "client connections not closed by the dataplane: {closed:?}");
+    assert_eq!(closed.other, 0, "client connections ended with unexpected errors: {closed:?}");
+    wait_until(Duration::from_secs(30), "backend servers to see every connection closed", || {
+        servers.iter().map(|s| s.active()).sum::<u64>() == 0
+    });
+    for s in &servers {
+        eprintln!("{}: accepted {}, ends {:?}", s.name(), s.accepted(), s.ends());
+    }
+    drop(conns);
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- resets
+
+#[test]
+fn rst_propagates() {
+    const RESET_PORT: u16 = 8081;
+    const VIP_RESET_PORT: u16 = 81;
+    let topo = Topology::up();
+    let echo = start_backends(&topo, BACKEND_PORT, Mode::Echo, &[]);
+    let resetters = start_backends(&topo, RESET_PORT, Mode::Reset, &[]);
+    let vips = [
+        VipSpec::new(VIP_IP, VIP_PORT).three_backends(BACKEND_PORT, [1, 1, 1]),
+        VipSpec::new(VIP_IP, VIP_RESET_PORT).three_backends(RESET_PORT, [1, 1, 1]),
+    ];
+    let mut dp = Dataplane::start(&topo, &proxy_config(None, &vips));
+    let before = dp.stats();
+
+    // Client RST -> the backend's connection ends (reset or EOF).
+    for round in 0..3u64 {
+        let s = on_client(&topo, || client::connect_and_roundtrip(vip(), b"hello through the proxy\n", Duration::from_secs(10)))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        tcp::reset(s).unwrap();
+        wait_until(Duration::from_secs(10), &format!("round {round}: the backend connection to end after the client's RST"), || {
+            echo.iter().map(|s| s.records().len() as u64).sum::<u64>() > round
+        });
+        let ends: Vec<(String, End)> =
+            echo.iter().flat_map(|s| s.records().into_iter().map(|r| (s.name().to_string(), r.end))).collect();
+        eprintln!("round {round}: backend connection ends so far: {ends:?}");
+        assert!(ends.iter().all(|(_, e)| e.is_eof_or_reset()), "backend saw {ends:?}");
+    }
+    wait_until(Duration::from_secs(5), "no backend connection left open", || echo.iter().all(|s| s.active() == 0));
+    let s = dp.wait_stats(Duration::from_secs(5), "client_resets to count the client RSTs", |s| {
+        let n = vip_counter(s, VIP_IP, VIP_PORT, "client_resets") - vip_counter(&before, VIP_IP, VIP_PORT, "client_resets");
+        if n >= 3 {
+            Ok(s.clone())
+        } else {
+            Err(format!("client_resets +{n}"))
+        }
+    });
+    eprintln!("after client resets: {}", format_vips(&s));
+
+    // Backend RST -> the client sees ECONNRESET.
+    let reset_vip = sa(VIP_IP, VIP_RESET_PORT);
+    for round in 0..3 {
+        let (end, n) = on_client(&topo, || {
+            let mut s = tcp::connect(reset_vip, Duration::from_secs(10), Duration::from_millis(100))
+                .unwrap_or_else(|e| panic!("round {round}: connect: {e}"));
+            use std::io::Write;
+            s.write_all(b"please reset me\n").unwrap_or_else(|e| panic!("round {round}: send: {e}"));
+            client::read_to_end_or_error(&mut s, Duration::from_secs(10))
+        });
+        eprintln!("round {round}: client saw {end:?} after {n} bytes");
+        assert_eq!(end, End::Reset, "round {round}: the client did not see ECONNRESET after the backend's RST");
+    }
+    let s = dp.wait_stats(Duration::from_secs(5), "backend_resets to count the backend RSTs", |s| {
+        let n = vip_counter(s, VIP_IP, VIP_RESET_PORT, "backend_resets")
+            - vip_counter(&before, VIP_IP, VIP_RESET_PORT, "backend_resets");
+        if n >= 3 {
+            Ok(s.clone())
+        } else {
+            Err(format!("backend_resets +{n}"))
+        }
+    });
+    eprintln!("after backend resets: {}", format_vips(&s));
+    drop(resetters);
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- tools
+
+/// The client and server tools against the backends directly (no dataplane): what
+/// the proxy tests rely on works on plain kernel TCP.
+#[test]
+fn toolkit_without_dataplane() {
+    let topo = Topology::up();
+    let cli = topo.ns("cli");
+
+    // nginx answers with its name.
+    let _nginx = Nginx::start(&topo, "be1", sa(BACKEND_IPS[0], 8080), "be1");
+    let spread = in_netns(&cli, || client::http_spread(sa(BACKEND_IPS[0], 8080), 200, 8, Duration::from_secs(5)));
+    assert_eq!(spread.failed, 0, "{:?}", spread.failures);
+    assert_eq!(spread.counts.get("be1"), Some(&200));
+    eprintln!("nginx: 200 GETs in {:.2?}", spread.elapsed);
+
+    // Rust HTTP answers with its name.
+    let http = Server::start(&topo.ns("be2"), sa(BACKEND_IPS[1], 8080), "be2", Mode::Http);
+    let name = in_netns(&cli, || client::http_get(http.addr(), Duration::from_secs(5))).unwrap();
+    assert_eq!(name, "be2");
+
+    // Echo: concurrent bulk, checked.
+    let echo = Server::start(&topo.ns("be2"), sa(BACKEND_IPS[1], 9000), "echo", Mode::Echo);
+    let rep = in_netns(&cli, || client::bulk_echo(echo.addr(), 50, MIB, 7, Duration::from_secs(60)));
+    assert_eq!(rep.failed, 0, "{:?}", rep.failures);
+    assert_eq!(rep.bytes_received, 50 * MIB);
+    eprintln!("echo: 50 x 1 MiB in {:.2?}", rep.transfer);
+
+    // Send: paced then fast, intact.
+    let send = Server::start(&topo.ns("be3"), sa(BACKEND_IPS[2], 9001), "send", Mode::Send { bytes: 5_000_000, seed: 3 });
+    let progress = AtomicU64::new(0);
+    let pace = Pace { rate: 1_000_000, duration: Duration::from_secs(1) };
+    let rep = in_netns(&cli, || {
+        client::receive_stream(send.addr(), b"GET\n", 5_000_000, 3, Some(pace), &progress, Duration::from_secs(30))
+    })
+    .unwrap();
+    assert!(rep.intact(5_000_000), "{rep:?}");
+    assert!(rep.paced_bytes <= 1_100_000, "pacing did not hold: {rep:?}");
+    eprintln!("send: {rep:?}");
+
+    // Reply after half-close.
+    let rae =
+        Server::start(&topo.ns("be1"), sa(BACKEND_IPS[0], 9002), "rae", Mode::ReplyAfterEof { bytes: MIB, seed: 4 });
+    let rep = in_netns(&cli, || client::half_close_request(rae.addr(), 12345, 5, MIB, 4, Duration::from_secs(10))).unwrap();
+    assert!(rep.intact(MIB), "{rep:?}");
+    wait_until(Duration::from_secs(5), "rae record", || rae.records().len() == 1);
+    assert_eq!(rae.records()[0].in_checksum, checksum_of(5, 12345));
+
+    // Server reset -> client ECONNRESET.
+    let rst = Server::start(&topo.ns("be2"), sa(BACKEND_IPS[1], 9003), "rst", Mode::Reset);
+    let (end, _) = in_netns(&cli, || {
+        let mut s = tcp::connect(rst.addr(), Duration::from_secs(5), Duration::from_millis(100)).unwrap();
+        use std::io::Write;
+        s.write_all(b"x\n").unwrap();
+        client::read_to_end_or_error(&mut s, Duration::from_secs(5))
+    });
+    assert_eq!(end, End::Reset);
+
+    // Client reset -> the server records a reset.
+    let s = in_netns(&cli, || client::connect_and_roundtrip(echo.addr(), b"abc", Duration::from_secs(5))).unwrap();
+    let before = echo.records().len();
+    tcp::reset(s).unwrap();
+    wait_until(Duration::from_secs(5), "echo server to record the reset", || echo.records().len() > before);
+    assert_eq!(echo.records().last().unwrap().end, End::Reset);
+
+    // Hold: many idle connections; stopping the server closes them all.
+    let mut hold = Server::start(&topo.ns("be3"), sa(BACKEND_IPS[2], 9004), "hold", Mode::Hold);
+    let (conns, errs, nerr) =
+        in_netns(&cli, || client::open_idle(hold.addr(), 500, 4, Some(Duration::from_secs(1)), Duration::from_secs(30)));
+    assert_eq!(nerr, 0, "{errs:?}");
+    assert_eq!(conns.len(), 500);
+    wait_until(Duration::from_secs(5), "hold server to hold 500", || hold.active() == 500);
+    assert_eq!(client::touch(&conns), 0);
+    hold.stop();
+    let closed = client::wait_closed(&conns, Duration::from_secs(10));
+    assert_eq!(closed.still_open, 0, "{closed:?}");
+    eprintln!("hold: {closed:?}");
+
+    // A port with nothing listening refuses.
+    let refused = in_netns(&cli, || std::net::TcpStream::connect_timeout(&sa(BACKEND_IPS[1], 9999), Duration::from_secs(2)));
+    assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+}
