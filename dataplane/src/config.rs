@@ -12,6 +12,8 @@ pub struct Config {
     pub dataplane: Dataplane,
     #[serde(default)]
     pub proxy: Proxy,
+    #[serde(default)]
+    pub forward: Forward,
     /// Virtual services: `[[vip]]` tables.
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
@@ -57,12 +59,67 @@ impl<'de> Deserialize<'de> for PortRange {
     }
 }
 
+/// Forwarding-mode settings shared by every forwarding VIP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Forward {
+    /// Source addresses FullNAT rewrites client addresses to (as DPVS's local
+    /// addresses). Replies to them come back through the dataplane, which
+    /// answers ARP for them. Required by `fullnat` VIPs.
+    pub snat_addresses: Vec<Ipv4Addr>,
+    /// Connection-tracking entries per lcore (48 bytes each).
+    pub conntrack_entries: usize,
+    /// IPv4 MTU towards backends; tunnelled packets must fit.
+    pub mtu: u16,
+}
+
+impl Default for Forward {
+    fn default() -> Self {
+        Forward {
+            snat_addresses: Vec::new(),
+            conntrack_entries: 1 << 20,
+            mtu: 1500,
+        }
+    }
+}
+
 /// How a VIP handles its traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Terminate TCP and proxy each connection to a backend.
     Proxy,
+    /// L2 direct server return: only the destination MAC changes.
+    Dsr,
+    /// Source and destination NAT; replies come back through the dataplane.
+    Fullnat,
+    /// IPIP or GUE encapsulation towards the backend.
+    Tunnel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    Ipip,
+    Gue,
+}
+
+/// Tunnel mode's encapsulation.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    pub encap: Encap,
+    /// Outer source addresses are drawn from this prefix, host bits from the
+    /// flow, so the backend's NIC spreads flows over its queues (as Katran).
+    pub source_prefix: Cidr,
 }
 
 /// Which client identity picks the backend.
@@ -89,8 +146,14 @@ pub enum ProxyProtocol {
 #[serde(deny_unknown_fields)]
 pub struct Vip {
     pub address: Ipv4Addr,
+    /// 0 in a forwarding mode: every port.
     pub port: u16,
     pub mode: Mode,
+    /// Forwarding modes: which protocol the VIP forwards (proxy is TCP).
+    #[serde(default)]
+    pub proto: Proto,
+    /// Required by `mode = "tunnel"`.
+    pub tunnel: Option<Tunnel>,
     #[serde(default)]
     pub affinity: Affinity,
     /// Concurrent connections per lcore; SYNs beyond it are reset and counted.
@@ -104,6 +167,13 @@ pub struct Vip {
     pub connect_tries: u8,
     #[serde(default = "defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// New connections per second accepted, with a burst (over it: RST, counted).
+    pub new_conn_rate: Option<Rate>,
+    /// New connections per second from one client address.
+    pub client_rate: Option<Rate>,
+    /// Bytes per second relayed, both directions together (over it, relaying
+    /// pauses and TCP windows close: backpressure, not drops).
+    pub bandwidth_bytes_per_sec: Option<u64>,
     /// PROXY protocol header sent to the backend before any client byte.
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
@@ -121,6 +191,30 @@ pub struct Backend {
     /// Relative share of new connections; 0 drains the backend.
     #[serde(default = "defaults::weight")]
     pub weight: u32,
+    /// Forwarding modes: next-hop MAC (`"aa:bb:cc:dd:ee:ff"`) instead of ARP.
+    pub mac: Option<Mac>,
+}
+
+/// A rate with a burst, e.g. `{ per_sec = 200, burst = 20 }`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+/// A MAC address written `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bytes: Vec<u8> = s.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok().filter(|_| b.len() == 2)).collect();
+        <[u8; 6]>::try_from(bytes)
+            .map(Mac)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a MAC address like 02:00:00:00:00:01")))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +237,11 @@ pub struct Dataplane {
     /// directory is `/var/run/dpdk/<file_prefix>`.
     #[serde(default = "defaults::file_prefix")]
     pub file_prefix: String,
+    /// Shared-memory segment of the control plane (e.g. `/dev/shm/fulcrum`).
+    /// With it, VIPs and backends come from the control plane's published
+    /// generations (the file's VIPs serve until the first one arrives), and
+    /// counters and a heartbeat go back through it.
+    pub shm: Option<std::path::PathBuf>,
     /// Software mode: a `net_tap` virtual device stands in for the NIC.
     pub software: Option<Software>,
     /// Hardware mode: the one PCI device the operator names.
@@ -398,6 +497,17 @@ impl Config {
         if usize::from(p.local_ports.1 - p.local_ports.0) < self.dataplane.lcores.0.len() {
             return Err("proxy.local_ports: fewer ports than lcores".into());
         }
+        for a in &self.forward.snat_addresses {
+            if *a == own || a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+                return Err(format!("forward.snat_addresses: {a} cannot be a SNAT address"));
+            }
+        }
+        if !(576..=9000).contains(&self.forward.mtu) {
+            return Err(format!("forward.mtu: {} must be from 576 to 9000", self.forward.mtu));
+        }
+        if !(1024..=1 << 26).contains(&self.forward.conntrack_entries) {
+            return Err(format!("forward.conntrack_entries: {} must be from 1024 to 67108864", self.forward.conntrack_entries));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, v) in self.vips.iter().enumerate() {
             let at = format!("vip[{i}] ({}:{})", v.address, v.port);
@@ -407,10 +517,24 @@ impl Config {
             if v.address.is_unspecified() || v.address.is_broadcast() || v.address.is_multicast() || v.address.is_loopback() {
                 return Err(format!("{at}.address: {} cannot be a VIP", v.address));
             }
-            if v.port == 0 {
-                return Err(format!("{at}.port: must not be 0"));
+            if v.port == 0 && v.mode == Mode::Proxy {
+                return Err(format!("{at}.port: a proxy VIP needs a port"));
             }
-            if !seen.insert((v.address, v.port)) {
+            if v.mode == Mode::Proxy && v.proto != Proto::Tcp {
+                return Err(format!("{at}.proto: proxy mode terminates TCP only"));
+            }
+            match (v.mode, &v.tunnel) {
+                (Mode::Tunnel, None) => return Err(format!("{at}.tunnel: tunnel mode needs `tunnel = {{ encap = \"ipip\" | \"gue\", source_prefix = \"A.B.C.D/N\" }}`")),
+                (Mode::Tunnel, Some(_)) | (_, None) => {}
+                (_, Some(_)) => return Err(format!("{at}.tunnel: only for mode = \"tunnel\"")),
+            }
+            if v.mode == Mode::Fullnat && self.forward.snat_addresses.is_empty() {
+                return Err(format!("{at}: fullnat needs [forward] snat_addresses"));
+            }
+            if v.mode == Mode::Proxy && v.backends.iter().any(|b| b.mac.is_some()) {
+                return Err(format!("{at}.backends: `mac` is for forwarding modes"));
+            }
+            if !seen.insert((v.address, v.port, v.proto)) {
                 return Err(format!("{at}: listed twice"));
             }
             if v.connect_tries == 0 {
@@ -419,12 +543,22 @@ impl Config {
             if v.connect_timeout_ms == 0 || v.idle_timeout_ms == 0 {
                 return Err(format!("{at}: connect_timeout_ms and idle_timeout_ms must be above 0"));
             }
+            for (name, r) in [("new_conn_rate", v.new_conn_rate), ("client_rate", v.client_rate)] {
+                if let Some(r) = r {
+                    if r.per_sec == 0 || r.burst == 0 || r.per_sec > 10_000_000 {
+                        return Err(format!("{at}.{name}: per_sec must be 1..=10000000 and burst at least 1"));
+                    }
+                }
+            }
+            if v.bandwidth_bytes_per_sec == Some(0) {
+                return Err(format!("{at}.bandwidth_bytes_per_sec: must be above 0"));
+            }
             if v.max_connections == 0 {
                 return Err(format!("{at}.max_connections: must be at least 1"));
             }
             let mut backends = std::collections::HashSet::new();
             for (j, b) in v.backends.iter().enumerate() {
-                if b.port == 0 || b.address.is_unspecified() || b.address.is_broadcast() || b.address.is_multicast() {
+                if (b.port == 0 && v.mode == Mode::Proxy) || b.address.is_unspecified() || b.address.is_broadcast() || b.address.is_multicast() {
                     return Err(format!("{at}.backends[{j}]: {}:{} is not a usable backend address", b.address, b.port));
                 }
                 if !backends.insert((b.address, b.port)) {
@@ -486,6 +620,11 @@ impl Config {
         }
         args.extend(extra.iter().cloned());
         args
+    }
+
+    /// The VIPs whose packets the forwarders forward.
+    pub fn forward_vips(&self) -> impl Iterator<Item = &Vip> {
+        self.vips.iter().filter(|v| v.mode != Mode::Proxy)
     }
 
     /// The VIPs whose connections the proxy engines terminate.

@@ -40,15 +40,18 @@ pub enum LocalDrop {
     EngineInboxFull,
     /// No mbuf to pass ARP news (a reply, or what a request revealed) to an engine.
     ArpCopyNoMbuf,
+    /// The forwarder returned a frame window outside the mbuf (a bug guard).
+    ForwardBadFrame,
 }
 
 impl LocalDrop {
-    const ALL: [LocalDrop; 5] = [
+    const ALL: [LocalDrop; 6] = [
         LocalDrop::TxFull,
         LocalDrop::TxNoMbuf,
         LocalDrop::HandoverFull,
         LocalDrop::EngineInboxFull,
         LocalDrop::ArpCopyNoMbuf,
+        LocalDrop::ForwardBadFrame,
     ];
 
     fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl LocalDrop {
             LocalDrop::HandoverFull => "handover_full",
             LocalDrop::EngineInboxFull => "engine_inbox_full",
             LocalDrop::ArpCopyNoMbuf => "arp_copy_no_mbuf",
+            LocalDrop::ForwardBadFrame => "forward_bad_frame",
         }
     }
 }

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 mod config;
+mod control;
 mod counters;
 mod device;
 #[allow(unsafe_code)]
@@ -17,14 +18,16 @@ use counters::LcoreCounters;
 use crossbeam::queue::ArrayQueue;
 use device::{EngineInbox, TxSide};
 use dpdk::{Eal, LcoreJob, LcoreOutcome, MbufBatch, Mempool, Port, PortConf, Ring};
-use fulcrum_packet::{EthernetAddress, Local};
+use fulcrum_packet::EthernetAddress;
 use fulcrum_proxy::Engine;
-use stats::{EngineReport, Stats};
+use fulcrum_forward::Forwarder;
+use stats::{ForwardVipName, LcoreReport, Stats};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use worker::{Backoff, ProxySide, Steering, Worker};
+use worker::{Backoff, ForwardSide, Handover, ProxySide, ProxySteering, Worker};
 
 /// Fulcrum's dataplane: owns a DPDK port (a NIC, or net_tap in software mode)
 /// and answers on it from pinned lcores.
@@ -44,6 +47,8 @@ struct Cli {
 
 /// How often the stats file is rewritten.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
+/// How often the control thread beats and looks for a new generation.
+const CONTROL_PERIOD: Duration = Duration::from_millis(100);
 /// Mbufs one lcore's handover ring holds (a power of two).
 const HANDOVER_RING: u32 = 4096;
 /// Frames an engine takes per iteration: a burst from its own queue, a burst
@@ -132,35 +137,75 @@ fn serve_port(
     let port = Port::start(port_id, &conf, pool, socket)?;
     let mac = port.mac();
     let proxy_vips: Vec<(Ipv4Addr, u16)> = config.proxy_vips().map(|v| (v.address, v.port)).collect();
+    let forward_names: Vec<ForwardVipName> = config
+        .forward_vips()
+        .map(|v| ForwardVipName {
+            address: v.address,
+            port: v.port,
+            proto: match v.proto {
+                config::Proto::Tcp => "tcp",
+                config::Proto::Udp => "udp",
+            },
+            mode: match v.mode {
+                config::Mode::Dsr => "dsr",
+                config::Mode::Fullnat => "fullnat",
+                config::Mode::Tunnel => "tunnel",
+                config::Mode::Proxy => "proxy",
+            },
+        })
+        .collect();
+    // The dataplane answers ARP and ping for its own address, every VIP and
+    // every FullNAT source address; the first is the ARP sender address.
     let mut addrs = vec![d.address.addr];
-    for (addr, _) in &proxy_vips {
-        if !addrs.contains(addr) {
-            addrs.push(*addr);
+    for addr in config.vips.iter().map(|v| v.address).chain(config.forward.snat_addresses.iter().copied()) {
+        if !addrs.contains(&addr) {
+            addrs.push(addr);
         }
     }
-    let local = Local {
-        mac: EthernetAddress(mac),
-        addrs: &addrs,
-    };
     let counters: Vec<(u32, LcoreCounters)> = lcores.iter().map(|l| (l.0, LcoreCounters::default())).collect();
     let queues = port.take_queues().context("port queues already taken")?;
-    // Proxy mode: one engine and one handover ring per lcore.
-    let proxying = !proxy_vips.is_empty();
-    let rings: Vec<Ring> = if proxying {
+    // With a control plane, proxy VIPs may arrive at any time: have engines.
+    let proxying = !proxy_vips.is_empty() || d.shm.is_some();
+    let forwarding = !forward_names.is_empty();
+    // A connection belongs to one lcore; frames reaching another are handed
+    // over through the owner's ring.
+    let rings: Vec<Ring> = if proxying || forwarding {
         (0..lcores.len())
             .map(|i| Ring::new(&format!("fulcrum_handover{i}"), HANDOVER_RING - 1, socket))
             .collect::<Result<_, _>>()?
     } else {
         Vec::new()
     };
-    let reports: Vec<ArrayQueue<EngineReport>> = (0..lcores.len()).map(|_| ArrayQueue::new(1)).collect();
+    let reports: Vec<ArrayQueue<LcoreReport>> = (0..lcores.len()).map(|_| ArrayQueue::new(1)).collect();
+    let commands: Vec<ArrayQueue<Arc<control::Applied>>> = (0..lcores.len()).map(|_| ArrayQueue::new(1)).collect();
+    let counter_names = control::lcore_counter_names(&counters[0].1.snapshot(0));
+    let segment = match &d.shm {
+        Some(path) => Some(
+            fulcrum_shm::Segment::open_or_create(path)
+                .with_context(|| format!("opening the shared-memory segment {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let names: Vec<&str> = counter_names.iter().map(String::as_str).collect();
+    let mut shm_role = match &segment {
+        Some(seg) => Some(
+            seg.dataplane(&fulcrum_shm::DataplaneInit {
+                lcores: lcores.len(),
+                counter_names: &names,
+                gauge_mask: 0,
+            })
+            .context("taking the dataplane role in the shared-memory segment")?,
+        ),
+        None => None,
+    };
+    let mut shm_blocks: Vec<_> = (0..lcores.len())
+        .map(|i| shm_role.as_mut().and_then(|r| r.take_lcore(i)))
+        .collect();
     let mut engines = Vec::new();
-    if proxying {
-        for i in 0..lcores.len() {
-            engines.push(Some(Engine::new(engine_config(config, mac, i, lcores.len()))?));
-        }
-    } else {
-        engines.resize_with(lcores.len(), || None);
+    let mut forwarders = Vec::new();
+    for i in 0..lcores.len() {
+        engines.push(if proxying { Some(Engine::new(engine_config(config, mac, i, lcores.len()))?) } else { None });
+        forwarders.push(if forwarding { Some(Forwarder::new(forwarder_config(config, mac, i, lcores.len()))?) } else { None });
     }
 
     let link = port.link();
@@ -176,10 +221,14 @@ fn serve_port(
         conf.queues,
         lcores.iter().map(|l| l.0).collect::<Vec<_>>(),
         d.software.as_ref().map(|s| format!(", software mode on tap {}", s.tap)).unwrap_or_default(),
-        if proxying { format!(", {} proxy VIP(s)", proxy_vips.len()) } else { String::new() },
+        if proxying || forwarding {
+            format!(", {} proxy and {} forwarding VIP(s)", proxy_vips.len(), forward_names.len())
+        } else {
+            String::new()
+        },
     );
 
-    let latest: Vec<parking_lot::Mutex<Option<EngineReport>>> = (0..lcores.len()).map(|_| parking_lot::Mutex::new(None)).collect();
+    let latest: Vec<parking_lot::Mutex<Option<LcoreReport>>> = (0..lcores.len()).map(|_| parking_lot::Mutex::new(None)).collect();
     let collect = || {
         let mut snapshot = Vec::with_capacity(reports.len());
         for (queue, slot) in reports.iter().zip(&latest) {
@@ -189,46 +238,41 @@ fn serve_port(
             }
             snapshot.push(slot.take());
         }
-        let stats = Stats::collect(&counters, pool, &snapshot);
+        let stats = Stats::collect(&counters, pool, &snapshot, &forward_names);
         for (slot, r) in latest.iter().zip(snapshot) {
             *slot.lock() = r;
         }
         stats
     };
     let outcomes = std::thread::scope(|scope| {
-        if let Some(path) = &cli.stats_file {
-            scope.spawn(|| {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Err(e) = collect().write(path) {
-                        tracing::warn!("writing {}: {e}", path.display());
-                    }
-                    sleep_unless(stop, STATS_PERIOD);
-                }
-            });
-        }
+        scope.spawn(|| control_thread(cli, stop, &collect, shm_role.as_ref(), &commands, lcores.len()));
         let mut consumers: Vec<_> = rings.iter().map(|r| r.consumer()).collect();
         let jobs: Vec<(dpdk::LcoreId, LcoreJob<'_>)> = lcores
             .iter()
             .zip(queues)
             .zip(&counters)
-            .zip(engines)
+            .zip(engines.into_iter().zip(forwarders))
             .enumerate()
-            .map(|(i, (((&lcore, (rx, tx)), (_, counters)), engine))| {
+            .map(|(i, (((&lcore, (rx, tx)), (_, counters)), (engine, forwarder)))| {
+                let handover = consumers.get_mut(i).and_then(Option::take).map(|inbound| Handover {
+                    me: i,
+                    lcores: lcores.len(),
+                    rings: &rings,
+                    inbound,
+                });
                 let proxy = engine.map(|engine| ProxySide {
                     engine,
-                    steering: Steering {
-                        me: i,
-                        lcores: lcores.len(),
-                        vips: &proxy_vips,
+                    steering: ProxySteering {
+                        vips: proxy_vips.clone(),
                         own_addr: d.address.addr,
                         local_ports: (config.proxy.local_ports.0, config.proxy.local_ports.1),
-                        rings: &rings,
                     },
-                    handover: consumers[i].take().expect("one consumer per ring"),
                     inbox: EngineInbox::with_capacity(ENGINE_INBOX),
-                    reports: &reports[i],
+                    commands: shm_role.as_ref().map(|_| &commands[i]),
+                    applied: None,
                 });
                 let worker = Worker {
+                    lcore: lcore.0,
                     rx,
                     tx: TxSide {
                         queue: tx,
@@ -236,11 +280,16 @@ fn serve_port(
                         pool,
                         counters,
                     },
-                    local,
+                    mac: EthernetAddress(mac),
+                    addrs: addrs.clone(),
+                    shm: shm_blocks[i].take(),
                     counters,
                     stop,
                     backoff: Backoff::new(config.is_software()),
+                    handover,
                     proxy,
+                    forward: forwarder.map(|forwarder| ForwardSide { forwarder }),
+                    reports: &reports[i],
                 };
                 let job: LcoreJob<'_> = Box::new(move || {
                     // A dead lcore would silently blackhole its queue: stop all.
@@ -305,7 +354,7 @@ fn serve_port(
 
 /// One lcore's proxy engine configuration, from the file's VIPs.
 fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_proxy::EngineConfig {
-    use fulcrum_proxy::{Affinity, BackendConfig, ProxyProtocol, VipConfig};
+    use fulcrum_proxy::{Affinity, BackendConfig, ProxyProtocol, RateLimit, VipConfig};
     let d = &config.dataplane;
     let mut e = fulcrum_proxy::EngineConfig::new(EthernetAddress(mac), d.address.addr, d.address.prefix_len);
     e.lcore = lcore;
@@ -325,11 +374,7 @@ fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> 
             let backends = v
                 .backends
                 .iter()
-                .map(|b| BackendConfig {
-                    addr: b.address,
-                    port: b.port,
-                    weight: b.weight,
-                })
+                .map(|b| BackendConfig::new(b.address, b.port, b.weight))
                 .collect();
             let mut vip = VipConfig::new(v.address, v.port, backends);
             vip.table_size = v.table_size;
@@ -341,6 +386,12 @@ fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> 
             vip.connect_timeout = Duration::from_millis(v.connect_timeout_ms);
             vip.max_connect_tries = v.connect_tries;
             vip.idle_timeout = Duration::from_millis(v.idle_timeout_ms);
+            // Limits are enforced per lcore without locks: each engine gets
+            // its share, rounded up.
+            let share = |n: u32| n.div_ceil(lcores as u32).max(1);
+            vip.new_conn_rate = v.new_conn_rate.map(|r| RateLimit::new(share(r.per_sec), share(r.burst)));
+            vip.client_rate = v.client_rate.map(|r| RateLimit::new(share(r.per_sec), share(r.burst)));
+            vip.bandwidth = v.bandwidth_bytes_per_sec.map(|b| b.div_ceil(lcores as u64).max(1));
             vip.proxy_protocol = match v.proxy_protocol {
                 config::ProxyProtocol::Off => ProxyProtocol::Off,
                 config::ProxyProtocol::V1 => ProxyProtocol::V1,
@@ -350,6 +401,66 @@ fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> 
         })
         .collect();
     e
+}
+
+/// One lcore's forwarder configuration, from the file's forwarding VIPs.
+fn forwarder_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_forward::ForwarderConfig {
+    use fulcrum_forward::{Encap, ForwardBackend, ForwardVip, ForwarderConfig, Mode, Proto, Timeouts};
+    let d = &config.dataplane;
+    let f = &config.forward;
+    // FullNAT sources; with none, the dataplane's own address is the ARP
+    // sender for resolving DSR and tunnel backends.
+    let addrs = if f.snat_addresses.is_empty() { vec![d.address.addr] } else { f.snat_addresses.clone() };
+    ForwarderConfig {
+        mac,
+        addrs,
+        lcore,
+        lcores,
+        local_ports: (1024, u16::MAX),
+        capacity: f.conntrack_entries,
+        timeouts: Timeouts::default(),
+        mtu: f.mtu,
+        neighbours: 4096,
+        vips: config
+            .forward_vips()
+            .map(|v| ForwardVip {
+                addr: v.address,
+                port: v.port,
+                proto: match v.proto {
+                    config::Proto::Tcp => Proto::Tcp,
+                    config::Proto::Udp => Proto::Udp,
+                },
+                mode: match (v.mode, v.tunnel) {
+                    (config::Mode::Tunnel, Some(t)) => Mode::Tunnel {
+                        encap: match t.encap {
+                            config::Encap::Ipip => Encap::Ipip,
+                            config::Encap::Gue => Encap::Gue { port: fulcrum_forward::GUE_PORT },
+                        },
+                        src_prefix: t.source_prefix.addr,
+                        src_prefix_len: t.source_prefix.prefix_len,
+                    },
+                    (config::Mode::Fullnat, _) => Mode::FullNat,
+                    _ => Mode::Dsr,
+                },
+                affinity: match v.affinity {
+                    config::Affinity::Flow => fulcrum_forward::Affinity::Flow,
+                    config::Affinity::Client => fulcrum_forward::Affinity::Client,
+                },
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| ForwardBackend {
+                        addr: b.address,
+                        port: b.port,
+                        weight: b.weight,
+                        mac: b.mac.map(|m| m.0),
+                    })
+                    .collect(),
+                table_size: v.table_size,
+            })
+            .collect(),
+        flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff`, as `ip link` prints it.
@@ -365,6 +476,54 @@ impl Drop for StopOnPanic<'_> {
         if std::thread::panicking() {
             self.0.store(true, Ordering::SeqCst);
         }
+    }
+}
+
+/// The control thread: heartbeat and new generations from the control plane
+/// (every 100 ms), and the stats file (every second), until `stop`.
+fn control_thread(
+    cli: &Cli,
+    stop: &AtomicBool,
+    collect: &dyn Fn() -> Stats,
+    shm: Option<&fulcrum_shm::Dataplane<'_>>,
+    commands: &[ArrayQueue<Arc<control::Applied>>],
+    lcores: usize,
+) {
+    let mut subscriber = shm.map(|s| s.subscriber());
+    let mut next_stats = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if let (Some(role), Some(sub)) = (shm, subscriber.as_mut()) {
+            role.heartbeat();
+            let previous = sub.applied_generation();
+            match sub.poll() {
+                fulcrum_shm::Poll::Unchanged => {}
+                fulcrum_shm::Poll::New(generation, number) => match control::prepare(&generation, number, lcores) {
+                    Ok(applied) => {
+                        tracing::info!("control plane generation {number}: {} proxy VIP(s)", applied.vips.len());
+                        let applied = Arc::new(applied);
+                        for queue in commands {
+                            queue.force_push(Arc::clone(&applied));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("control plane generation {number} refused: {e}");
+                        sub.reject_applied(&fulcrum_shm::RejectReason::Undecodable(format!("dataplane: {e}")), previous);
+                    }
+                },
+                fulcrum_shm::Poll::Rejected(reason) => {
+                    tracing::error!("control plane generation rejected ({reason}); serving the previous one")
+                }
+            }
+        }
+        if let Some(path) = &cli.stats_file {
+            if std::time::Instant::now() >= next_stats {
+                next_stats += STATS_PERIOD;
+                if let Err(e) = collect().write(path) {
+                    tracing::warn!("writing {}: {e}", path.display());
+                }
+            }
+        }
+        sleep_unless(stop, CONTROL_PERIOD);
     }
 }
 

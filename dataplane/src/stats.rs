@@ -1,17 +1,27 @@
-//! The stats file: every lcore's counters, the proxy engines' per-VIP and
+//! The stats file: every lcore's counters, the services' per-VIP and
 //! per-backend counters summed over lcores, and the pool's occupancy, as JSON
 //! rewritten atomically (write then rename) so readers never see half a file.
 
 use crate::counters::{LcoreCounters, LcoreSnapshot};
 use crate::dpdk::Mempool;
-use fulcrum_proxy::{Engine, VipSnapshot};
+use fulcrum_forward::{BackendStats, Counters as ForwardCounters, DropReason as ForwardDrop, Forwarder, Traffic};
+use fulcrum_proxy::{BackendCounters, Engine, VipSnapshot};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::Path;
 
-/// What one lcore's engine publishes every few hundred milliseconds.
+/// What one lcore publishes every few hundred milliseconds.
+pub struct LcoreReport {
+    pub proxy: Option<EngineReport>,
+    pub forward: Option<ForwardReport>,
+}
+
+/// One proxy engine's counters.
 pub struct EngineReport {
     pub vips: Vec<VipSnapshot>,
+    pub counters: fulcrum_proxy::EngineCounters,
     pub connections: usize,
     pub sockets: usize,
     pub buffered_bytes: usize,
@@ -21,11 +31,39 @@ impl EngineReport {
     pub fn of(engine: &Engine) -> EngineReport {
         EngineReport {
             vips: engine.snapshot(),
+            counters: *engine.counters(),
             connections: engine.connections(),
             sockets: engine.socket_count(),
             buffered_bytes: engine.buffered_bytes(),
         }
     }
+}
+
+/// One forwarder's counters; `vips[i]` is forwarding VIP `i` in config order.
+pub struct ForwardReport {
+    pub counters: ForwardCounters,
+    pub vips: Vec<(Traffic, Vec<BackendStats>)>,
+    pub conntrack_entries: usize,
+    pub conntrack_capacity: usize,
+}
+
+impl ForwardReport {
+    pub fn of(f: &Forwarder) -> ForwardReport {
+        ForwardReport {
+            counters: f.counters().clone(),
+            vips: (0..).map_while(|id| f.vip_stats(id)).collect(),
+            conntrack_entries: f.conntrack_len(),
+            conntrack_capacity: f.conntrack_capacity(),
+        }
+    }
+}
+
+/// How a forwarding VIP is named in the stats.
+pub struct ForwardVipName {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub proto: &'static str,
+    pub mode: &'static str,
 }
 
 #[derive(Serialize)]
@@ -37,24 +75,38 @@ pub struct Stats {
     pub vips: Vec<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward: Option<Value>,
 }
 
 impl Stats {
-    pub fn collect(lcores: &[(u32, LcoreCounters)], pool: &Mempool, engines: &[Option<EngineReport>]) -> Stats {
-        let reports: Vec<&EngineReport> = engines.iter().flatten().collect();
-        let proxy = (!reports.is_empty()).then(|| {
+    pub fn collect(
+        lcores: &[(u32, LcoreCounters)],
+        pool: &Mempool,
+        reports: &[Option<LcoreReport>],
+        forward_names: &[ForwardVipName],
+    ) -> Stats {
+        let engines: Vec<&EngineReport> = reports.iter().flatten().filter_map(|r| r.proxy.as_ref()).collect();
+        let forwarders: Vec<&ForwardReport> = reports.iter().flatten().filter_map(|r| r.forward.as_ref()).collect();
+        let proxy = (!engines.is_empty()).then(|| {
             json!({
-                "connections": reports.iter().map(|r| r.connections).sum::<usize>(),
-                "sockets": reports.iter().map(|r| r.sockets).sum::<usize>(),
-                "buffered_bytes": reports.iter().map(|r| r.buffered_bytes).sum::<usize>(),
+                "connections": engines.iter().map(|r| r.connections).sum::<usize>(),
+                "sockets": engines.iter().map(|r| r.sockets).sum::<usize>(),
+                "buffered_bytes": engines.iter().map(|r| r.buffered_bytes).sum::<usize>(),
+                "frames_in": engines.iter().map(|r| r.counters.frames_in).sum::<u64>(),
+                "frames_not_ours": engines.iter().map(|r| r.counters.frames_not_ours).sum::<u64>(),
+                "unknown_flow": engines.iter().map(|r| r.counters.unknown_flow).sum::<u64>(),
             })
         });
+        let mut vips = sum_proxy_vips(&engines);
+        vips.extend(sum_forward_vips(&forwarders, forward_names));
         Stats {
             lcores: lcores.iter().map(|(id, c)| c.snapshot(*id)).collect(),
             mbufs_in_use: pool.in_use(),
             mbufs_total: pool.capacity(),
-            vips: sum_vips(&reports),
+            vips,
             proxy,
+            forward: (!forwarders.is_empty()).then(|| sum_forwarders(&forwarders)),
         }
     }
 
@@ -65,56 +117,134 @@ impl Stats {
     }
 }
 
-/// Per-VIP and per-backend counters summed over the lcores' reports (every
-/// engine has the same VIPs and backends, in the same order).
-fn sum_vips(reports: &[&EngineReport]) -> Vec<Value> {
-    let Some(first) = reports.first() else {
-        return Vec::new();
-    };
-    first
-        .vips
-        .iter()
-        .enumerate()
-        .map(|(v, vip)| {
-            let all: Vec<&VipSnapshot> = reports.iter().filter_map(|r| r.vips.get(v)).collect();
-            let sum = |f: fn(&VipSnapshot) -> u64| all.iter().map(|s| f(s)).sum::<u64>();
-            let backends: Vec<Value> = vip
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(b, backend)| {
-                    let each: Vec<_> = all.iter().filter_map(|s| s.backends.get(b)).map(|b| b.counters).collect();
-                    let bsum = |f: fn(&fulcrum_proxy::BackendCounters) -> u64| each.iter().map(f).sum::<u64>();
-                    json!({
-                        "address": backend.addr.to_string(),
-                        "port": backend.port,
-                        "weight": backend.weight,
-                        "attempts": bsum(|c| c.attempts),
-                        "opened": bsum(|c| c.opened),
-                        "active": bsum(|c| c.active),
-                        "connect_failures": bsum(|c| c.connect_failures),
-                        "resets": bsum(|c| c.resets),
-                        "bytes_to_backend": bsum(|c| c.bytes_to_backend),
-                        "bytes_from_backend": bsum(|c| c.bytes_from_backend),
-                    })
-                })
-                .collect();
-            json!({
-                "address": vip.addr.to_string(),
-                "port": vip.port,
-                "accepted": sum(|s| s.counters.accepted),
-                "active": sum(|s| s.counters.active),
-                "bytes_from_clients": sum(|s| s.counters.bytes_from_clients),
-                "bytes_to_clients": sum(|s| s.counters.bytes_to_clients),
-                "client_resets": sum(|s| s.counters.client_resets),
-                "backend_resets": sum(|s| s.counters.backend_resets),
-                "drop_limit": sum(|s| s.counters.drop_limit),
-                "drop_no_backend": sum(|s| s.counters.drop_no_backend),
-                "drop_connect_failed": sum(|s| s.counters.drop_connect_failed),
-                "drop_no_port": sum(|s| s.counters.drop_no_port),
-                "drop_idle_timeout": sum(|s| s.counters.drop_idle_timeout),
-                "backends": backends,
-            })
+/// Adds `fields` into `into`, key by key.
+fn add(into: &mut Map<String, Value>, fields: &[(&str, u64)]) {
+    for (k, v) in fields {
+        let old = into.get(*k).and_then(Value::as_u64).unwrap_or(0);
+        into.insert((*k).to_owned(), json!(old + v));
+    }
+}
+
+/// Proxy VIPs and backends summed over engines by (address, port): engines
+/// list the same VIPs, but a removed one lingers (draining) only where it
+/// still has connections.
+fn sum_proxy_vips(engines: &[&EngineReport]) -> Vec<Value> {
+    type Backends = BTreeMap<(Ipv4Addr, u16), Map<String, Value>>;
+    let mut vips: BTreeMap<(Ipv4Addr, u16), (Map<String, Value>, Backends)> = BTreeMap::new();
+    for vip in engines.iter().flat_map(|e| &e.vips) {
+        let (v, backends) = vips.entry((vip.addr, vip.port)).or_default();
+        let c = &vip.counters;
+        v.insert("address".into(), json!(vip.addr.to_string()));
+        v.insert("port".into(), json!(vip.port));
+        v.insert("mode".into(), json!("proxy"));
+        v.insert("removed".into(), json!(vip.removed));
+        add(
+            v,
+            &[
+                ("accepted", c.accepted),
+                ("active", c.active),
+                ("bytes_from_clients", c.bytes_from_clients),
+                ("bytes_to_clients", c.bytes_to_clients),
+                ("client_resets", c.client_resets),
+                ("backend_resets", c.backend_resets),
+                ("drop_limit", c.drop_limit),
+                ("drop_rate", c.drop_rate),
+                ("drop_client_rate", c.drop_client_rate),
+                ("drop_no_backend", c.drop_no_backend),
+                ("drop_connect_failed", c.drop_connect_failed),
+                ("drop_no_port", c.drop_no_port),
+                ("drop_idle_timeout", c.drop_idle_timeout),
+                ("throttled_splices", c.throttled_splices),
+                ("client_table_evictions", c.client_table_evictions),
+            ],
+        );
+        for b in &vip.backends {
+            let m = backends.entry((b.addr, b.port)).or_default();
+            let c: &BackendCounters = &b.counters;
+            m.insert("address".into(), json!(b.addr.to_string()));
+            m.insert("port".into(), json!(b.port));
+            m.insert("weight".into(), json!(b.weight));
+            m.insert("state".into(), json!(format!("{:?}", b.state).to_lowercase()));
+            m.insert("removed".into(), json!(b.removed));
+            add(
+                m,
+                &[
+                    ("attempts", c.attempts),
+                    ("opened", c.opened),
+                    ("active", c.active),
+                    ("connect_failures", c.connect_failures),
+                    ("resets", c.resets),
+                    ("bytes_to_backend", c.bytes_to_backend),
+                    ("bytes_from_backend", c.bytes_from_backend),
+                ],
+            );
+        }
+    }
+    vips.into_values()
+        .map(|(mut v, backends)| {
+            v.insert("backends".into(), Value::Array(backends.into_values().map(Value::Object).collect()));
+            Value::Object(v)
         })
         .collect()
+}
+
+/// Forwarding VIPs (same order on every lcore) and their backends.
+fn sum_forward_vips(forwarders: &[&ForwardReport], names: &[ForwardVipName]) -> Vec<Value> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut v = Map::new();
+            v.insert("address".into(), json!(name.address.to_string()));
+            v.insert("port".into(), json!(name.port));
+            v.insert("proto".into(), json!(name.proto));
+            v.insert("mode".into(), json!(name.mode));
+            let mut backends: BTreeMap<(Ipv4Addr, u16), Map<String, Value>> = BTreeMap::new();
+            for (traffic, bs) in forwarders.iter().filter_map(|f| f.vips.get(i)) {
+                add(&mut v, &[("packets", traffic.packets), ("bytes", traffic.bytes), ("new_flows", traffic.new_flows)]);
+                for b in bs {
+                    let m = backends.entry((b.addr, b.port)).or_default();
+                    m.insert("address".into(), json!(b.addr.to_string()));
+                    m.insert("port".into(), json!(b.port));
+                    add(
+                        m,
+                        &[("packets", b.traffic.packets), ("bytes", b.traffic.bytes), ("new_flows", b.traffic.new_flows)],
+                    );
+                }
+            }
+            v.insert("backends".into(), Value::Array(backends.into_values().map(Value::Object).collect()));
+            Value::Object(v)
+        })
+        .collect()
+}
+
+/// Forwarder-wide counters and drops by reason, summed over lcores.
+fn sum_forwarders(forwarders: &[&ForwardReport]) -> Value {
+    let mut m = Map::new();
+    for f in forwarders {
+        let c = &f.counters;
+        add(
+            &mut m,
+            &[
+                ("conntrack_entries", f.conntrack_entries as u64),
+                ("conntrack_capacity", f.conntrack_capacity as u64),
+                ("transmitted", c.transmitted),
+                ("new_flows", c.new_flows),
+                ("evictions", c.evictions),
+                ("expired", c.expired),
+                ("icmp_errors_forwarded", c.icmp_errors_forwarded),
+                ("icmp_too_big_sent", c.icmp_too_big_sent),
+                ("echo_replies", c.echo_replies),
+                ("arp_requests", c.arp_requests),
+                ("arp_learned", c.arp_learned),
+            ],
+        );
+    }
+    let mut drops = Map::new();
+    for reason in ForwardDrop::ALL {
+        let n: u64 = forwarders.iter().map(|f| f.counters.drops[reason.index()]).sum();
+        drops.insert(reason.name().to_owned(), json!(n));
+    }
+    m.insert("drops".into(), Value::Object(drops));
+    Value::Object(m)
 }

@@ -1,43 +1,54 @@
 //! One lcore's run-to-completion loop over its own RX/TX queue pair.
 //!
-//! Each received frame is classified once: ARP requests and pings to our
-//! addresses are answered in place; TCP for a proxy VIP, or for a backend
-//! connection's local port, goes to the proxy engine of the lcore that owns
-//! the connection — this lcore's, or another's through that lcore's handover
-//! ring (net_tap has no RSS, so the kernel's queue choice is not ours).
+//! Each received frame goes to the lcore that owns its flow — this one, or
+//! another through that lcore's handover ring (net_tap has no RSS, so the
+//! kernel's queue choice is not ours). There, a forwarding VIP's packets are
+//! rewritten by the forwarder; TCP for a proxy VIP, or for a backend
+//! connection's local port, goes to the proxy engine; ARP requests and pings
+//! to our addresses are answered in place; the rest is dropped and counted.
 
 use crate::counters::{LcoreCounters, LocalDrop};
 use crate::device::{EngineInbox, MbufDevice, TxSide};
 use crate::dpdk::{Mbuf, MbufBatch, Ring, RingConsumer, RxQueue};
-use crate::stats::EngineReport;
+use crate::control::{self, Applied};
+use crate::stats::{EngineReport, ForwardReport, LcoreReport};
+use fulcrum_packet::EthernetAddress;
+use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 use fulcrum_packet::{classify, emit_arp_reply, respond, Classified, DropReason, Local, Verdict, ARP_FRAME_LEN};
+use fulcrum_forward::{Forwarder, Verdict as FwdVerdict, ARP_REQUEST_LEN};
 use fulcrum_proxy::{owner_of_flow, owner_of_port, Engine};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where proxy-mode TCP goes, shared by every lcore.
-pub struct Steering<'a> {
+/// Passing frames between lcores; absent when no VIP is configured.
+pub struct Handover<'a> {
     /// This lcore's index among the workers.
     pub me: usize,
     pub lcores: usize,
+    /// Every lcore's ring, indexed by lcore index.
+    pub rings: &'a [Ring],
+    /// This lcore's end of its own ring.
+    pub inbound: RingConsumer<'a>,
+}
+
+/// Which proxy-mode TCP segments are the engines', and whose.
+pub struct ProxySteering {
     /// Proxy VIP endpoints.
-    pub vips: &'a [(Ipv4Addr, u16)],
+    pub vips: Vec<(Ipv4Addr, u16)>,
     pub own_addr: Ipv4Addr,
     /// Local ports of backend connections.
     pub local_ports: (u16, u16),
-    /// Every lcore's handover ring, indexed by lcore index.
-    pub rings: &'a [Ring],
 }
 
-impl Steering<'_> {
+impl ProxySteering {
     /// The lcore owning a TCP segment, or `None` when nothing serves it.
-    fn owner(&self, src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> Option<usize> {
+    fn owner(&self, src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16, lcores: usize) -> Option<usize> {
         if self.vips.contains(&(dst, dst_port)) {
-            Some(owner_of_flow(src, src_port, dst, dst_port, self.lcores))
+            Some(owner_of_flow(src, src_port, dst, dst_port, lcores))
         } else if dst == self.own_addr && (self.local_ports.0..self.local_ports.1).contains(&dst_port) {
-            Some(owner_of_port(dst_port, self.lcores))
+            Some(owner_of_port(dst_port, lcores))
         } else {
             None
         }
@@ -47,21 +58,36 @@ impl Steering<'_> {
 /// The proxy side of a worker; absent when no VIP is in proxy mode.
 pub struct ProxySide<'a> {
     pub engine: Engine,
-    pub steering: Steering<'a>,
-    pub handover: RingConsumer<'a>,
+    pub steering: ProxySteering,
     pub inbox: EngineInbox,
-    /// Latest counters for the stats writer (lock-free, newest wins).
-    pub reports: &'a ArrayQueue<EngineReport>,
+    /// New configuration generations from the control thread (newest wins).
+    pub commands: Option<&'a ArrayQueue<Arc<Applied>>>,
+    /// The generation installed last, if any.
+    pub applied: Option<Arc<Applied>>,
+}
+
+/// The forwarding side of a worker; absent when no VIP forwards packets.
+pub struct ForwardSide {
+    pub forwarder: Forwarder,
 }
 
 pub struct Worker<'a> {
+    pub lcore: u32,
     pub rx: RxQueue<'a>,
     pub tx: TxSide<'a>,
-    pub local: Local<'a>,
+    pub mac: EthernetAddress,
+    /// Addresses answered for: our own first, then VIPs and SNAT addresses.
+    pub addrs: Vec<Ipv4Addr>,
+    /// This lcore's counter block in the shared segment, when there is one.
+    pub shm: Option<fulcrum_shm::LcoreCounters<'a>>,
     pub counters: &'a LcoreCounters,
     pub stop: &'a AtomicBool,
     pub backoff: Backoff,
+    pub handover: Option<Handover<'a>>,
     pub proxy: Option<ProxySide<'a>>,
+    pub forward: Option<ForwardSide>,
+    /// Latest service counters for the stats writer (lock-free, newest wins).
+    pub reports: &'a ArrayQueue<LcoreReport>,
 }
 
 /// How often an lcore publishes its engine's counters.
@@ -76,24 +102,40 @@ impl Worker<'_> {
         let mut next_report = start;
         let mut batch = MbufBatch::default();
         while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let now_ns = (now - start).as_nanos() as u64;
             let mut busy = false;
+            self.install_new_generation();
             if self.rx.recv(&mut batch) > 0 {
                 busy = true;
                 for m in batch.drain() {
-                    self.dispatch(m);
+                    self.counters.rx_packets.add(1);
+                    self.counters.rx_bytes.add(m.len() as u64);
+                    self.dispatch(m, now_ns, false);
+                }
+            }
+            if let Some(h) = &mut self.handover {
+                if h.inbound.dequeue(&mut batch) > 0 {
+                    busy = true;
+                    for m in batch.drain() {
+                        self.dispatch(m, now_ns, true);
+                    }
+                }
+            }
+            if let Some(f) = &mut self.forward {
+                let mut arp = [0u8; ARP_REQUEST_LEN];
+                while let Some(len) = f.forwarder.poll_arp(now_ns, &mut arp) {
+                    match self.tx.pool.alloc().and_then(|mut m| {
+                        m.append(len)?.copy_from_slice(&arp[..len]);
+                        Some(m)
+                    }) {
+                        Some(m) => self.tx.push(m),
+                        None => self.counters.drop_local(LocalDrop::TxNoMbuf, 1),
+                    }
                 }
             }
             let mut idle_for = None;
             if let Some(p) = &mut self.proxy {
-                if p.handover.dequeue(&mut batch) > 0 {
-                    busy = true;
-                    for m in batch.drain() {
-                        if p.inbox.push(m).is_err() {
-                            self.counters.drop_local(LocalDrop::EngineInboxFull, 1);
-                        }
-                    }
-                }
-                let now = Instant::now();
                 let stamp = smoltcp::time::Instant::from_micros((now - start).as_micros() as i64);
                 let due = p.engine.poll_at().is_some_and(|t| t <= stamp);
                 if !p.inbox.is_empty() || due {
@@ -105,10 +147,10 @@ impl Worker<'_> {
                     p.engine.poll(stamp, &mut device);
                 }
                 idle_for = p.engine.poll_delay(stamp).map(|d| Duration::from_micros(d.total_micros()));
-                if now >= next_report {
-                    next_report = now + REPORT_PERIOD;
-                    p.reports.force_push(EngineReport::of(&p.engine));
-                }
+            }
+            if now >= next_report {
+                next_report = now + REPORT_PERIOD;
+                self.report();
             }
             self.tx.flush();
             if busy {
@@ -117,44 +159,106 @@ impl Worker<'_> {
                 self.backoff.idle(idle_for);
             }
         }
-        if let Some(p) = &self.proxy {
-            p.reports.force_push(EngineReport::of(&p.engine));
+        self.report();
+    }
+
+    fn report(&self) {
+        let report = (self.proxy.is_some() || self.forward.is_some()).then(|| LcoreReport {
+            proxy: self.proxy.as_ref().map(|p| EngineReport::of(&p.engine)),
+            forward: self.forward.as_ref().map(|f| ForwardReport::of(&f.forwarder)),
+        });
+        if let Some(block) = &self.shm {
+            let ids = self.proxy.as_ref().and_then(|p| p.applied.as_ref()).map(|a| &a.ids);
+            control::publish(block, &self.counters.snapshot(self.lcore), report.as_ref(), ids);
+        }
+        if let Some(report) = report {
+            self.reports.force_push(report);
         }
     }
 
-    fn dispatch(&mut self, m: Mbuf) {
-        self.counters.rx_packets.add(1);
-        self.counters.rx_bytes.add(m.len() as u64);
-        let class = classify(m.data(), &self.local);
+    /// Installs the newest configuration generation, if one is waiting: the
+    /// engine keeps established connections; new ones follow the new tables.
+    fn install_new_generation(&mut self) {
+        let Some(p) = &mut self.proxy else {
+            return;
+        };
+        let Some(applied) = p.commands.and_then(ArrayQueue::pop) else {
+            return;
+        };
+        match p.engine.reconfigure_with(&applied.tables) {
+            Ok(r) => {
+                for (addr, _) in &applied.vips {
+                    if !self.addrs.contains(addr) {
+                        self.addrs.push(*addr);
+                    }
+                }
+                p.steering.vips = applied.vips.clone();
+                tracing::info!(
+                    "lcore {}: generation {} installed ({} VIPs added, {} removed, {} backends added, {} removed, {} connections draining)",
+                    self.lcore,
+                    applied.generation,
+                    r.vips_added,
+                    r.vips_removed,
+                    r.backends_added,
+                    r.backends_removed,
+                    r.draining_connections
+                );
+                p.applied = Some(applied);
+            }
+            Err(e) => tracing::error!("lcore {}: generation {} refused: {e}", self.lcore, applied.generation),
+        }
+    }
+
+    /// Hands `m` to `owner`'s ring; false when that is this lcore (or the
+    /// frame already came through a ring: it is processed here, never bounced).
+    fn hand_over(&mut self, m: Mbuf, owner: usize, from_ring: bool) -> Result<(), Mbuf> {
+        let Some(h) = &self.handover else {
+            return Err(m);
+        };
+        if owner == h.me || from_ring {
+            return Err(m);
+        }
+        if h.rings[owner].enqueue(m).is_err() {
+            self.counters.drop_local(LocalDrop::HandoverFull, 1);
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, m: Mbuf, now_ns: u64, from_ring: bool) {
+        let m = match self.forward_frame(m, now_ns, from_ring) {
+            Some(m) => m,
+            None => return,
+        };
+        let class = classify(m.data(), &Local { mac: self.mac, addrs: &self.addrs });
+        let lcores = self.handover.as_ref().map_or(1, |h| h.lcores);
         match (class, &mut self.proxy) {
             (Ok(Classified::Tcp { ip, src_port, dst_port }), Some(p)) => {
-                match p.steering.owner(ip.src, src_port, ip.dst, dst_port) {
-                    Some(owner) if owner == p.steering.me => {
-                        if p.inbox.push(m).is_err() {
-                            self.counters.drop_local(LocalDrop::EngineInboxFull, 1);
-                        }
-                    }
+                match p.steering.owner(ip.src, src_port, ip.dst, dst_port, lcores) {
                     Some(owner) => {
-                        if p.steering.rings[owner].enqueue(m).is_err() {
-                            self.counters.drop_local(LocalDrop::HandoverFull, 1);
+                        if let Err(m) = self.hand_over(m, owner, from_ring) {
+                            if let Some(p) = &mut self.proxy {
+                                if p.inbox.push(m).is_err() {
+                                    self.counters.drop_local(LocalDrop::EngineInboxFull, 1);
+                                }
+                            }
                         }
                     }
                     None => self.counters.drop_packet(DropReason::NoService),
                 }
             }
-            (Ok(Classified::ArpReply { .. }), Some(_)) => self.share_with_engines(m),
-            (Ok(Classified::ArpRequest { sender_mac, sender_ip, .. }), Some(p)) => {
-                // smoltcp learns neighbours only from ARP aimed at its own
-                // address; what this request reveals reaches every engine as
-                // the reply it implies, so no engine has to ask the requester
-                // (a client about to connect) again.
-                let own = (self.local.mac, p.steering.own_addr);
+            (Ok(Classified::ArpReply { .. }), _) => self.share_arp(m, now_ns, from_ring),
+            (Ok(Classified::ArpRequest { sender_mac, sender_ip, .. }), _) => {
+                // TCP stacks and forwarders learn neighbours from ARP replies
+                // aimed at us (smoltcp from nothing else); what this request
+                // reveals reaches every lcore as the reply it implies, so none
+                // has to ask the requester (a client about to connect) again.
+                let own = (self.mac, self.addrs[0]);
                 let hint = self.tx.pool.alloc().and_then(|mut h| {
                     emit_arp_reply(h.append(ARP_FRAME_LEN)?, (sender_mac, sender_ip), own)?;
                     Some(h)
                 });
                 match hint {
-                    Some(h) => self.share_with_engines(h),
+                    Some(h) => self.share_arp(h, now_ns, from_ring),
                     None => self.counters.drop_local(LocalDrop::ArpCopyNoMbuf, 1),
                 }
                 self.answer(m);
@@ -164,31 +268,68 @@ impl Worker<'_> {
         }
     }
 
-    /// Gives an ARP frame to this lcore's engine and a copy to every other's:
-    /// each engine keeps its own neighbour cache.
-    fn share_with_engines(&mut self, m: Mbuf) {
-        let Some(p) = &mut self.proxy else {
-            return;
+    /// Gives a forwarding VIP's frame to the forwarder (on the lcore owning
+    /// its flow); returns the frame when it is not the forwarder's.
+    fn forward_frame(&mut self, m: Mbuf, now_ns: u64, from_ring: bool) -> Option<Mbuf> {
+        let Some(owner) = self.forward.as_ref().and_then(|f| f.forwarder.owner(m.data())) else {
+            return Some(m);
         };
-        for (_, ring) in p.steering.rings.iter().enumerate().filter(|(i, _)| *i != p.steering.me) {
-            let copy = self.tx.pool.alloc().and_then(|mut c| {
-                c.append(m.len())?.copy_from_slice(m.data());
-                Some(c)
-            });
-            match copy.map(|c| ring.enqueue(c)) {
-                Some(Ok(())) => {}
-                Some(Err(_)) => self.counters.drop_local(LocalDrop::HandoverFull, 1),
-                None => self.counters.drop_local(LocalDrop::ArpCopyNoMbuf, 1),
+        let mut m = match self.hand_over(m, owner, from_ring) {
+            Ok(()) => return None,
+            Err(m) => m,
+        };
+        let Some(f) = self.forward.as_mut() else {
+            return Some(m);
+        };
+        let (room, start, len) = m.room_mut();
+        match f.forwarder.process(now_ns, room, start, len) {
+            FwdVerdict::NotMine => Some(m),
+            FwdVerdict::Transmit { start, len } => {
+                if m.set_frame(start, len) {
+                    self.tx.push(m);
+                } else {
+                    self.counters.drop_local(LocalDrop::ForwardBadFrame, 1);
+                }
+                None
+            }
+            FwdVerdict::Drop(_) => None,
+        }
+    }
+
+    /// Gives ARP news (a reply aimed at us) to this lcore's forwarder and
+    /// engine, and a copy to every other lcore's: each keeps its own
+    /// neighbour cache. A copy that came through a ring stays here.
+    fn share_arp(&mut self, m: Mbuf, now_ns: u64, from_ring: bool) {
+        if self.proxy.is_none() && self.forward.is_none() {
+            self.counters.drop_packet(DropReason::ArpUnsupported);
+            return;
+        }
+        if let (Some(h), false) = (&self.handover, from_ring) {
+            for ring in h.rings.iter().enumerate().filter(|(i, _)| *i != h.me).map(|(_, r)| r) {
+                let copy = self.tx.pool.alloc().and_then(|mut c| {
+                    c.append(m.len())?.copy_from_slice(m.data());
+                    Some(c)
+                });
+                match copy.map(|c| ring.enqueue(c)) {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => self.counters.drop_local(LocalDrop::HandoverFull, 1),
+                    None => self.counters.drop_local(LocalDrop::ArpCopyNoMbuf, 1),
+                }
             }
         }
-        if p.inbox.push(m).is_err() {
-            self.counters.drop_local(LocalDrop::EngineInboxFull, 1);
+        if let Some(f) = &mut self.forward {
+            f.forwarder.observe_arp(now_ns, m.data());
+        }
+        if let Some(p) = &mut self.proxy {
+            if p.inbox.push(m).is_err() {
+                self.counters.drop_local(LocalDrop::EngineInboxFull, 1);
+            }
         }
     }
 
     /// ARP requests and pings are answered in place; the rest is dropped.
     fn answer(&mut self, mut m: Mbuf) {
-        match respond(m.data_mut(), &self.local) {
+        match respond(m.data_mut(), &Local { mac: self.mac, addrs: &self.addrs }) {
             Verdict::Reply { len } => {
                 m.truncate(len);
                 self.tx.push(m);

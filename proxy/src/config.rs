@@ -1,6 +1,5 @@
 //! Engine configuration and its validation.
 
-use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::time::Duration;
@@ -22,14 +21,76 @@ pub enum Affinity {
     ClientAddr,
 }
 
-/// One backend of a VIP.
+/// Administrative/health state of a backend.
+///
+/// Only `Up` backends with weight > 0 are in the Maglev table, so only they
+/// receive new connections. Established connections of a `Drain` or `Down`
+/// backend are kept until they end: health checks can be wrong, and a backend
+/// that really died resets or times them out anyway (HAProxy's default, without
+/// `on-marked-down shutdown-sessions`). `Drain` and `Down` therefore differ
+/// only in what they report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum BackendState {
+    #[default]
+    Up,
+    /// Taken out of rotation on purpose; existing connections finish.
+    Drain,
+    /// Failed its health checks; existing connections are kept too.
+    Down,
+}
+
+/// One backend of a VIP, identified by `(addr, port)` (counters follow that
+/// identity across reconfigurations, whatever the list order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendConfig {
     pub addr: Ipv4Addr,
     pub port: u16,
     /// Relative share of new connections; 0 drains the backend.
     pub weight: u32,
+    /// Only `Up` backends get new connections.
+    pub state: BackendState,
 }
+
+impl BackendConfig {
+    /// An `Up` backend.
+    pub fn new(addr: Ipv4Addr, port: u16, weight: u32) -> Self {
+        Self {
+            addr,
+            port,
+            weight,
+            state: BackendState::Up,
+        }
+    }
+
+    /// Weight in the Maglev table: 0 unless `Up`.
+    pub(crate) fn table_weight(&self) -> u32 {
+        if self.state == BackendState::Up {
+            self.weight
+        } else {
+            0
+        }
+    }
+}
+
+/// A token-bucket rate: `per_sec` tokens per second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_sec: u32,
+    pub burst: u32,
+}
+
+impl RateLimit {
+    pub fn new(per_sec: u32, burst: u32) -> Self {
+        Self { per_sec, burst }
+    }
+}
+
+/// Largest accepted connection rate or burst (per engine).
+pub const MAX_CONN_RATE: u32 = 10_000_000;
+/// Largest accepted bandwidth limit (bytes per second, per engine): 1 TB/s.
+pub const MAX_BANDWIDTH: u64 = 1_000_000_000_000;
+/// Largest accepted [`EngineConfig::client_table_capacity`].
+pub const MAX_CLIENT_TABLE: usize = 1 << 24;
 
 /// One virtual service: `addr:port` terminated by the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,11 +111,24 @@ pub struct VipConfig {
     /// both ways (also when stalled by a reader that stopped reading).
     pub idle_timeout: Duration,
     pub proxy_protocol: ProxyProtocol,
+    /// New connections per second on this engine (token bucket, refilled
+    /// from the poll clock); SYNs beyond it are reset (`drop_rate`).
+    /// The dataplane passes the VIP's rate divided by the number of lcores.
+    pub new_conn_rate: Option<RateLimit>,
+    /// New connections per second per client address on this engine (table
+    /// of [`EngineConfig::client_table_capacity`] clients); SYNs beyond it
+    /// are reset (`drop_client_rate`).
+    pub client_rate: Option<RateLimit>,
+    /// Payload bytes per second relayed by this engine for the VIP, both
+    /// directions summed. Beyond it relaying pauses (TCP windows close: back
+    /// pressure, nothing is dropped). Burst: 50 ms worth (at least 1500 bytes).
+    pub bandwidth: Option<u64>,
 }
 
 impl VipConfig {
     /// A VIP with the defaults: Maglev size 65537, per-connection placement,
-    /// 10 000 connections, 1 s connect timeout, 3 tries, 60 s idle, no PROXY header.
+    /// 10 000 connections, 1 s connect timeout, 3 tries, 60 s idle, no PROXY
+    /// header, no rate or bandwidth limit.
     pub fn new(addr: Ipv4Addr, port: u16, backends: Vec<BackendConfig>) -> Self {
         Self {
             addr,
@@ -67,7 +141,46 @@ impl VipConfig {
             max_connect_tries: 3,
             idle_timeout: Duration::from_secs(60),
             proxy_protocol: ProxyProtocol::Off,
+            new_conn_rate: None,
+            client_rate: None,
+            bandwidth: None,
         }
+    }
+
+    /// Checks what can be checked without the engine (see also
+    /// [`VipTables::build`](crate::VipTables::build)).
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let limit = |what: &'static str, value: u64| ConfigError::Limit {
+            addr: self.addr,
+            port: self.port,
+            what,
+            value,
+        };
+        if self.port == 0 {
+            return Err(ConfigError::DuplicateVip(self.addr, self.port));
+        }
+        if self.max_connect_tries == 0 {
+            return Err(ConfigError::NoTries(self.addr, self.port));
+        }
+        for (name, rate) in [
+            ("new_conn_rate", self.new_conn_rate),
+            ("client_rate", self.client_rate),
+        ] {
+            if let Some(r) = rate {
+                if r.per_sec == 0 || r.per_sec > MAX_CONN_RATE {
+                    return Err(limit(name, u64::from(r.per_sec)));
+                }
+                if r.burst == 0 || r.burst > MAX_CONN_RATE {
+                    return Err(limit(name, u64::from(r.burst)));
+                }
+            }
+        }
+        if let Some(b) = self.bandwidth {
+            if b == 0 || b > MAX_BANDWIDTH {
+                return Err(limit("bandwidth", b));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -108,11 +221,15 @@ pub struct EngineConfig {
     pub random_seed: u64,
     /// Maglev flow-hash seed; every load balancer serving the VIPs must agree.
     pub flow_seed: u64,
+    /// Client addresses tracked for [`VipConfig::client_rate`] (all VIPs
+    /// together), allocated once; when full the least recently used entry
+    /// (CLOCK approximation) is evicted.
+    pub client_table_capacity: usize,
 }
 
 impl EngineConfig {
     /// Defaults: lcore 0 of 1, ports 32768..61000, 64 KiB buffers, 1024 spare
-    /// connections, 1514-byte frames, 1 ms delayed ACK.
+    /// connections, 1514-byte frames, 1 ms delayed ACK, 4096 rate-limited clients.
     pub fn new(mac: EthernetAddress, addr: Ipv4Addr, prefix_len: u8) -> Self {
         Self {
             mac,
@@ -130,6 +247,7 @@ impl EngineConfig {
             ack_delay: Some(Duration::from_millis(1)),
             random_seed: 0x5eed,
             flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
+            client_table_capacity: 4096,
         }
     }
 
@@ -157,23 +275,18 @@ impl EngineConfig {
         {
             return Err(ConfigError::NoLocalPorts(self.local_ports.clone()));
         }
-        let mut seen = HashSet::new();
-        for vip in &self.vips {
-            if vip.addr == self.addr {
-                return Err(ConfigError::VipIsOwnAddress(vip.addr));
-            }
-            if vip.port == 0 || !seen.insert((vip.addr, vip.port)) {
-                return Err(ConfigError::DuplicateVip(vip.addr, vip.port));
-            }
-            if vip.max_connect_tries == 0 {
-                return Err(ConfigError::NoTries(vip.addr, vip.port));
-            }
+        if self.client_table_capacity > MAX_CLIENT_TABLE {
+            return Err(ConfigError::ClientTableCapacity(self.client_table_capacity));
         }
+        // VIPs are checked by `VipTables::build` and, for what depends on the
+        // engine (its own address, its client table), when applied.
         Ok(())
     }
 }
 
-/// Why [`Engine::new`](crate::Engine::new) refused a configuration.
+/// Why [`Engine::new`](crate::Engine::new),
+/// [`Engine::reconfigure`](crate::Engine::reconfigure) or
+/// [`VipTables::build`](crate::VipTables::build) refused a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("lcore {lcore} is not below the lcore count {lcores}")]
@@ -192,6 +305,17 @@ pub enum ConfigError {
     DuplicateVip(Ipv4Addr, u16),
     #[error("VIP {0}:{1} allows no connect tries")]
     NoTries(Ipv4Addr, u16),
+    #[error("VIP {addr}:{port}: {what} value {value} is zero or too large")]
+    Limit {
+        addr: Ipv4Addr,
+        port: u16,
+        what: &'static str,
+        value: u64,
+    },
+    #[error(
+        "client table capacity {0} is above {MAX_CLIENT_TABLE} (or 0 while a VIP limits clients)"
+    )]
+    ClientTableCapacity(usize),
     #[error("VIP {addr}:{port}: {source}")]
     Maglev {
         addr: Ipv4Addr,

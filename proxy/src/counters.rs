@@ -3,6 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::config::BackendState;
+
 /// Per VIP (on this engine).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VipCounters {
@@ -28,6 +30,16 @@ pub struct VipCounters {
     pub drop_no_port: u64,
     /// Connections reset both ways after `idle_timeout`.
     pub drop_idle_timeout: u64,
+    /// SYNs reset because the VIP's `new_conn_rate` bucket was empty.
+    pub drop_rate: u64,
+    /// SYNs reset because the client's `client_rate` bucket was empty.
+    pub drop_client_rate: u64,
+    /// Services of a connection that left data unrelayed for want of
+    /// `bandwidth` tokens (relaying paused, resumed on refill).
+    pub throttled_splices: u64,
+    /// Client-table entries evicted to make room for this VIP's clients
+    /// (the table is too small for the client population if this grows).
+    pub client_table_evictions: u64,
 }
 
 /// Per backend of a VIP (on this engine).
@@ -61,6 +73,8 @@ pub struct EngineCounters {
     /// Sockets smoltcp iterated over (ingress, egress, poll_at): the engine's
     /// per-packet work, reported to show it does not grow with connections.
     pub sockets_visited: u64,
+    /// Client-table evictions, all VIPs.
+    pub client_table_evictions: u64,
 }
 
 /// A VIP's counters with its backends', owned, for publishing.
@@ -68,6 +82,8 @@ pub struct EngineCounters {
 pub struct VipSnapshot {
     pub addr: Ipv4Addr,
     pub port: u16,
+    /// No longer configured: admits nothing, its connections are draining.
+    pub removed: bool,
     pub counters: VipCounters,
     pub backends: Vec<BackendSnapshot>,
 }
@@ -77,5 +93,8 @@ pub struct BackendSnapshot {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    pub state: BackendState,
+    /// No longer listed by the VIP: gets no new connection, existing ones draining.
+    pub removed: bool,
     pub counters: BackendCounters,
 }

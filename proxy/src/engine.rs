@@ -44,11 +44,44 @@
 //! connection and is answered with RST, which ends the peer's LAST-ACK just as
 //! well. Local ports go back to the tail of a FIFO, so a port is reused as late
 //! as possible, which is what protects the backend's own TIME-WAIT.
+//!
+//! # Reconfiguration
+//! [`Engine::reconfigure`] takes the full VIP list of a new configuration
+//! generation; [`Engine::reconfigure_with`] takes the same already validated
+//! and with its Maglev tables built ([`VipTables`], built once on a control
+//! thread and shared by every lcore through an `Arc`: the lcore only moves
+//! pointers and merges lists). Either is called on the lcore between two
+//! polls, never per packet. VIPs and backends live in slots whose index never
+//! changes while a connection refers to them, matched by `(addr, port)` on
+//! every reconfiguration, so counters survive reorderings:
+//! - removed VIP: out of `vip_by_endpoint` at once (its SYNs get RST), its
+//!   connections drain to their natural end, then its slot is freed;
+//! - removed backend, weight 0, `Drain`, `Down`: out of the new Maglev table
+//!   (no new connections); connections already on it keep it until they end
+//!   (also for `Down`: a health check can be wrong, and a dead backend ends
+//!   its connections itself by RST or idle timeout); a removed backend's
+//!   slot and counters go with its last connection;
+//! - VIP settings (timeouts, tries, PROXY protocol) are copied into each
+//!   connection at admission: changes apply to new connections only.
+//!
+//! # Limits
+//! All limits are per engine (the dataplane divides a VIP's limits by the
+//! number of lcores) and need no lock: one engine, one thread. Admission
+//! checks, in order, `max_connections`, the client's `client_rate` (token
+//! bucket per client address in a fixed-size CLOCK table), the VIP's
+//! `new_conn_rate`, then a backend; a refused SYN is answered with RST and
+//! counted by reason. `bandwidth` is a byte bucket per VIP, both directions
+//! summed, consulted by the splice: when it is empty, bytes stay in the
+//! receive buffers (TCP windows close, nothing is dropped) and the connection
+//! is given a timer for when the bucket holds a few KiB again, so
+//! [`Engine::poll_at`] includes that wake-up. Buckets refill from the `now`
+//! given to `poll`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
-use fulcrum_maglev::{addr_hash, backend_key, flow_hash, Backend, MaglevTable};
+use fulcrum_maglev::{addr_hash, flow_hash, MaglevTable};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp::{self, CongestionControl, State};
@@ -60,8 +93,10 @@ use smoltcp::wire::{
 
 use crate::config::{Affinity, BackendConfig, ConfigError, EngineConfig, VipConfig};
 use crate::counters::{BackendCounters, BackendSnapshot, EngineCounters, VipCounters, VipSnapshot};
-use crate::proxy_protocol::Header;
+use crate::limits::{bandwidth_burst, bandwidth_quantum, Bucket, ClientTable};
+use crate::proxy_protocol::{Header, ProxyProtocol};
 use crate::steer::{classify, owner_of_port, Frame, TcpMeta};
+use crate::tables::{PreparedVip, Reconfigured, VipTables};
 use crate::timer::Timers;
 
 /// Frames taken from the device between two passes over the dirty
@@ -72,22 +107,223 @@ const INGRESS_BURST: usize = 64;
 /// after it last heard from it.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(20);
 
+/// Period of [`Engine::refresh_neighbors`] while some neighbour has not
+/// answered.
+const NEIGHBOR_RETRY: Duration = Duration::from_secs(1);
+
 fn smol(d: std::time::Duration) -> Duration {
     Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-struct BackendState {
+/// A backend of a VIP on this engine. Its slot index is stable for its
+/// lifetime (connections refer to it), whatever the configured list order.
+struct BackendSlot {
     cfg: BackendConfig,
     counters: BackendCounters,
+    /// Listed by the VIP's current configuration. A removed backend's slot
+    /// stays (counters included) until no connection refers to it.
+    configured: bool,
+    /// Connections whose backend side is this backend (connecting or open).
+    refs: u32,
 }
 
+/// A VIP on this engine. Its slot index is stable for its lifetime.
 struct VipState {
     cfg: VipConfig,
-    table: MaglevTable,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    backends: Vec<BackendState>,
+    /// Unique per VIP instance (keys the client table, so a slot reused by
+    /// another VIP does not inherit client state).
+    uid: u32,
+    table: Arc<MaglevTable>,
+    /// Maglev index (position in `cfg.backends`) -> slot in `backends`.
+    table_slots: Vec<usize>,
+    backends: Vec<Option<BackendSlot>>,
+    free_backends: Vec<usize>,
+    /// In the current configuration. A removed VIP admits nothing; its slot
+    /// stays until its last connection is released.
+    configured: bool,
     counters: VipCounters,
+    /// New-connection bucket (`cfg.new_conn_rate`).
+    conn_bucket: Bucket,
+    /// Byte bucket (`cfg.bandwidth`), both directions.
+    bw_bucket: Bucket,
+}
+
+impl VipState {
+    fn new(p: &PreparedVip, uid: u32, r: &mut Reconfigured) -> Self {
+        let mut v = Self {
+            cfg: p.cfg.clone(),
+            uid,
+            table: p.table.clone(),
+            table_slots: Vec::new(),
+            backends: Vec::new(),
+            free_backends: Vec::new(),
+            configured: true,
+            counters: VipCounters::default(),
+            conn_bucket: Bucket::full(0, Instant::ZERO),
+            bw_bucket: Bucket::full(0, Instant::ZERO),
+        };
+        v.reset_buckets(false, false);
+        v.update(p, r);
+        v
+    }
+
+    /// A limit newly set starts with a full bucket; a changed one keeps the
+    /// tokens it has (clamped to the new burst on next use).
+    fn reset_buckets(&mut self, had_rate: bool, had_bw: bool) {
+        match self.cfg.new_conn_rate {
+            Some(r) if !had_rate => {
+                self.conn_bucket = Bucket::full(u64::from(r.burst), Instant::ZERO)
+            }
+            _ => {}
+        }
+        match self.cfg.bandwidth {
+            Some(bw) if !had_bw => {
+                self.bw_bucket = Bucket::full(bandwidth_burst(bw), Instant::ZERO)
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes the prepared configuration: new table and settings (for new
+    /// connections), backends matched by (addr, port) to keep their slots
+    /// and counters.
+    fn update(&mut self, p: &PreparedVip, r: &mut Reconfigured) {
+        let had_rate = self.cfg.new_conn_rate.is_some();
+        let had_bw = self.cfg.bandwidth.is_some();
+        if !self.configured {
+            r.vips_added += 1;
+        }
+        self.configured = true;
+        self.cfg = p.cfg.clone();
+        self.table = p.table.clone();
+        self.reset_buckets(had_rate, had_bw);
+
+        let by_ep: HashMap<(Ipv4Addr, u16), usize> = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.as_ref().map(|b| ((b.cfg.addr, b.cfg.port), i)))
+            .collect();
+        let mut listed = vec![false; self.backends.len()];
+        self.table_slots.clear();
+        for cfg in &p.cfg.backends {
+            let slot = match by_ep.get(&(cfg.addr, cfg.port)) {
+                Some(&slot) => {
+                    let b = self.backends[slot].as_mut().expect("indexed slot");
+                    if !b.configured {
+                        r.backends_added += 1;
+                    }
+                    b.cfg = *cfg;
+                    b.configured = true;
+                    listed[slot] = true;
+                    slot
+                }
+                None => {
+                    r.backends_added += 1;
+                    let b = BackendSlot {
+                        cfg: *cfg,
+                        counters: BackendCounters::default(),
+                        configured: true,
+                        refs: 0,
+                    };
+                    match self.free_backends.pop() {
+                        Some(slot) => {
+                            self.backends[slot] = Some(b);
+                            listed[slot] = true;
+                            slot
+                        }
+                        None => {
+                            self.backends.push(Some(b));
+                            listed.push(true);
+                            self.backends.len() - 1
+                        }
+                    }
+                }
+            };
+            self.table_slots.push(slot);
+        }
+        for (slot, &listed) in listed.iter().enumerate() {
+            if listed {
+                continue;
+            }
+            let Some(b) = self.backends[slot].as_mut() else {
+                continue;
+            };
+            if b.configured {
+                b.configured = false;
+                r.backends_removed += 1;
+            }
+            if b.refs == 0 {
+                self.backends[slot] = None;
+                self.free_backends.push(slot);
+            }
+        }
+    }
+
+    fn be(&self, slot: usize) -> &BackendSlot {
+        self.backends[slot]
+            .as_ref()
+            .expect("referenced backend slot")
+    }
+
+    fn be_mut(&mut self, slot: usize) -> &mut BackendSlot {
+        self.backends[slot]
+            .as_mut()
+            .expect("referenced backend slot")
+    }
+
+    /// A connection stops using backend `slot`; a removed backend goes
+    /// with its last connection.
+    fn unref_backend(&mut self, slot: usize) {
+        let b = self.be_mut(slot);
+        b.refs -= 1;
+        if b.refs == 0 && !b.configured {
+            self.backends[slot] = None;
+            self.free_backends.push(slot);
+        }
+    }
+
+    /// Connections on removed backends.
+    fn draining(&self) -> u64 {
+        if !self.configured {
+            return self.counters.active;
+        }
+        self.backends
+            .iter()
+            .flatten()
+            .filter(|b| !b.configured)
+            .map(|b| u64::from(b.refs))
+            .sum()
+    }
+
+    fn snapshot(&self) -> VipSnapshot {
+        let listed = self
+            .table_slots
+            .iter()
+            .filter_map(|&s| self.backends[s].as_ref());
+        let removed = self.backends.iter().flatten().filter(|b| !b.configured);
+        VipSnapshot {
+            addr: self.cfg.addr,
+            port: self.cfg.port,
+            removed: !self.configured,
+            counters: self.counters,
+            backends: listed
+                .chain(removed)
+                .map(|b| BackendSnapshot {
+                    addr: b.cfg.addr,
+                    port: b.cfg.port,
+                    weight: b.cfg.weight,
+                    state: b.cfg.state,
+                    removed: !b.configured,
+                    counters: b.counters,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn vip_mut(vips: &mut [Option<VipState>], slot: usize) -> &mut VipState {
+    vips[slot].as_mut().expect("VIP slot in use")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +347,17 @@ struct Conn {
     bh: SocketHandle,
     vip: usize,
     client_ep: SocketAddrV4,
+    /// VIP settings as they were at admission: a reconfiguration applies to
+    /// new connections only.
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_tries: u8,
+    proxy_protocol: ProxyProtocol,
+    /// Relaying stopped last service for want of bandwidth tokens.
+    throttled: bool,
+    /// Splice down before up on the next service (alternates, so neither
+    /// direction starves the other of bandwidth tokens).
+    down_first: bool,
     /// Maglev hash of the client (address+port or address).
     hash: u64,
     tries: u8,
@@ -154,6 +401,12 @@ impl Conn {
             bh,
             vip: 0,
             client_ep: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            connect_timeout: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
+            max_tries: 0,
+            proxy_protocol: ProxyProtocol::Off,
+            throttled: false,
+            down_first: false,
             hash: 0,
             tries: 0,
             backend_idx: None,
@@ -189,8 +442,18 @@ pub struct Engine {
     buffer_size: usize,
     max_spare: usize,
     flow_seed: u64,
-    vips: Vec<VipState>,
+    /// VIP slots: configured VIPs and removed ones still draining.
+    vips: Vec<Option<VipState>>,
+    free_vips: Vec<usize>,
+    /// Configured VIPs in configuration order (slot indexes).
+    vip_order: Vec<usize>,
+    next_vip_uid: u32,
+    /// Configured VIPs only: SYNs to anything else are not admitted.
     vip_by_endpoint: HashMap<(Ipv4Addr, u16), usize>,
+    clients: ClientTable,
+    client_table_capacity: usize,
+    network: Ipv4Cidr,
+    gateway: Option<Ipv4Addr>,
     /// Slab of live connections; `free_ids` are its empty slots.
     conns: Vec<Option<Conn>>,
     free_ids: Vec<usize>,
@@ -211,6 +474,8 @@ pub struct Engine {
     /// On-link backends and the gateway, kept resolved by our own ARP
     /// requests (see [`Engine::refresh_neighbors`]).
     neighbors: Vec<Ipv4Addr>,
+    /// Per neighbour (same order): heard from since the last refresh.
+    neighbor_heard: Vec<bool>,
     next_neighbor_refresh: Instant,
     mac: EthernetAddress,
     counters: EngineCounters,
@@ -223,42 +488,7 @@ impl Engine {
     /// this lcore's port pool.
     pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let mut vips = Vec::with_capacity(config.vips.len());
-        let mut vip_by_endpoint = HashMap::new();
-        for (i, vip) in config.vips.iter().enumerate() {
-            let keys: Vec<Backend> = vip
-                .backends
-                .iter()
-                .map(|b| Backend {
-                    key: backend_key(IpAddr::V4(b.addr), b.port),
-                    weight: b.weight,
-                })
-                .collect();
-            let table = MaglevTable::build(&keys, vip.table_size).map_err(|source| {
-                ConfigError::Maglev {
-                    addr: vip.addr,
-                    port: vip.port,
-                    source,
-                }
-            })?;
-            vip_by_endpoint.insert((vip.addr, vip.port), i);
-            vips.push(VipState {
-                table,
-                connect_timeout: smol(vip.connect_timeout),
-                idle_timeout: smol(vip.idle_timeout),
-                backends: vip
-                    .backends
-                    .iter()
-                    .map(|&cfg| BackendState {
-                        cfg,
-                        counters: BackendCounters::default(),
-                    })
-                    .collect(),
-                counters: VipCounters::default(),
-                cfg: vip.clone(),
-            });
-        }
-
+        let tables = VipTables::build(config.vips.clone())?;
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = config.mtu;
@@ -280,24 +510,13 @@ impl Engine {
                 .expect("a fresh interface has room for one route");
         }
 
-        let network = Ipv4Cidr::new(config.addr, config.prefix_len);
-        let mut neighbors: Vec<Ipv4Addr> = config
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(|b| b.addr))
-            .filter(|&a| network.contains_addr(&a))
-            .chain(config.gateway)
-            .collect();
-        neighbors.sort_unstable();
-        neighbors.dedup();
-
         let ports = config
             .local_ports
             .clone()
             .filter(|&p| owner_of_port(p, config.lcores) == config.lcore)
             .collect();
 
-        Ok(Self {
+        let mut engine = Self {
             iface,
             caps,
             addr: config.addr,
@@ -305,8 +524,15 @@ impl Engine {
             buffer_size: config.buffer_size,
             max_spare: config.max_spare_connections,
             flow_seed: config.flow_seed,
-            vips,
-            vip_by_endpoint,
+            vips: Vec::new(),
+            free_vips: Vec::new(),
+            vip_order: Vec::new(),
+            next_vip_uid: 0,
+            vip_by_endpoint: HashMap::new(),
+            clients: ClientTable::new(config.client_table_capacity),
+            client_table_capacity: config.client_table_capacity,
+            network: Ipv4Cidr::new(config.addr, config.prefix_len),
+            gateway: config.gateway,
             conns: Vec::new(),
             free_ids: Vec::new(),
             spare: Vec::new(),
@@ -316,11 +542,134 @@ impl Engine {
             dirty: Vec::new(),
             handshaking: Vec::new(),
             sink: SocketSet::new(Vec::new()),
-            neighbors,
+            neighbors: Vec::new(),
+            neighbor_heard: Vec::new(),
             next_neighbor_refresh: Instant::ZERO,
             mac: config.mac,
             counters: EngineCounters::default(),
-        })
+        };
+        engine.reconfigure_with(&tables)?;
+        Ok(engine)
+    }
+
+    /// Replaces the VIP configuration (the full list: VIPs left out are
+    /// removed). Validates and builds the Maglev tables in line (allocates,
+    /// ~1-2 ms per 65537-slot table): call it on the lcore between two polls,
+    /// only when the configuration changed. To keep that work off the lcore,
+    /// build [`VipTables`] on a control thread and use
+    /// [`reconfigure_with`](Self::reconfigure_with). On error nothing changes.
+    pub fn reconfigure(&mut self, vips: Vec<VipConfig>) -> Result<Reconfigured, ConfigError> {
+        let tables = VipTables::build(vips)?;
+        self.reconfigure_with(&tables)
+    }
+
+    /// Applies prepared tables (see [`VipTables`]): no table is built here,
+    /// each VIP's table is shared by pointer. On error nothing changes.
+    ///
+    /// VIPs and backends are matched by `(addr, port)` with what the engine
+    /// has, so counters and connections follow them whatever the list order.
+    /// - A new VIP admits SYNs at once.
+    /// - A removed VIP stops admitting at once (its SYNs are answered with
+    ///   RST); its connections drain: they run to their end untouched, and the
+    ///   VIP's counters stay visible (in [`snapshot`](Self::snapshot), marked
+    ///   `removed`) until the last one is released.
+    /// - Changed VIP settings (limits, timeouts, tries, PROXY protocol,
+    ///   affinity) apply to connections admitted from now on; rate and
+    ///   bandwidth buckets keep their tokens (clamped to a new burst).
+    /// - New connections use the new Maglev table, over backends `Up` with
+    ///   weight > 0. Existing connections keep their backend, whatever
+    ///   happened to it (removed, weight 0, `Drain`, `Down`): they end on
+    ///   their own (or by the backend's RST / idle timeout). A removed
+    ///   backend's counters stay until its last connection is released.
+    pub fn reconfigure_with(&mut self, tables: &VipTables) -> Result<Reconfigured, ConfigError> {
+        for p in &tables.vips {
+            if p.cfg.addr == self.addr {
+                return Err(ConfigError::VipIsOwnAddress(p.cfg.addr));
+            }
+            if p.cfg.client_rate.is_some() && self.client_table_capacity == 0 {
+                return Err(ConfigError::ClientTableCapacity(0));
+            }
+        }
+        let mut r = Reconfigured::default();
+        let existing: HashMap<(Ipv4Addr, u16), usize> = self
+            .vips
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.as_ref().map(|v| ((v.cfg.addr, v.cfg.port), i)))
+            .collect();
+        let mut listed = vec![false; self.vips.len()];
+        self.vip_order.clear();
+        for p in &tables.vips {
+            let slot = match existing.get(&(p.cfg.addr, p.cfg.port)) {
+                Some(&slot) => {
+                    vip_mut(&mut self.vips, slot).update(p, &mut r);
+                    slot
+                }
+                None => {
+                    r.vips_added += 1;
+                    self.next_vip_uid = self.next_vip_uid.wrapping_add(1);
+                    let v = VipState::new(p, self.next_vip_uid, &mut r);
+                    match self.free_vips.pop() {
+                        Some(slot) => {
+                            self.vips[slot] = Some(v);
+                            slot
+                        }
+                        None => {
+                            self.vips.push(Some(v));
+                            listed.push(false);
+                            self.vips.len() - 1
+                        }
+                    }
+                }
+            };
+            listed[slot] = true;
+            self.vip_order.push(slot);
+        }
+        for (slot, &listed) in listed.iter().enumerate() {
+            let Some(v) = self.vips[slot].as_mut() else {
+                continue;
+            };
+            if listed {
+                continue;
+            }
+            if v.configured {
+                v.configured = false;
+                r.vips_removed += 1;
+            }
+            if v.counters.active == 0 {
+                self.vips[slot] = None;
+                self.free_vips.push(slot);
+            }
+        }
+        self.vip_by_endpoint = self
+            .vip_order
+            .iter()
+            .map(|&slot| {
+                let v = self.vips[slot].as_ref().expect("configured VIP");
+                ((v.cfg.addr, v.cfg.port), slot)
+            })
+            .collect();
+        r.draining_connections = self.vips.iter().flatten().map(VipState::draining).sum();
+
+        // Backends of draining VIPs and removed backends still carry traffic:
+        // keep resolving them.
+        let mut neighbors: Vec<Ipv4Addr> = self
+            .vips
+            .iter()
+            .flatten()
+            .flat_map(|v| v.backends.iter().flatten().map(|b| b.cfg.addr))
+            .filter(|a| self.network.contains_addr(a))
+            .chain(self.gateway)
+            .collect();
+        neighbors.sort_unstable();
+        neighbors.dedup();
+        if neighbors != self.neighbors {
+            self.neighbor_heard = vec![false; neighbors.len()];
+            self.neighbors = neighbors;
+            // Resolve new backends on the next poll.
+            self.next_neighbor_refresh = Instant::ZERO;
+        }
+        Ok(r)
     }
 
     /// Takes every frame the device has, runs the connections those frames
@@ -356,8 +705,14 @@ impl Engine {
     /// lifetime would stall its next flow. Replies are learnt by smoltcp
     /// (they are ARP aimed at our address). Refreshed every
     /// [`NEIGHBOR_REFRESH`], well inside the entry lifetime.
+    ///
+    /// A neighbour not heard from since the previous refresh (not yet
+    /// resolved, say because the port came up after the first requests) is
+    /// asked again after [`NEIGHBOR_RETRY`] instead.
     fn refresh_neighbors<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) {
-        self.next_neighbor_refresh = now + NEIGHBOR_REFRESH;
+        let all_heard = self.neighbor_heard.iter().all(|&h| h);
+        self.neighbor_heard.iter_mut().for_each(|h| *h = false);
+        self.next_neighbor_refresh = now + if all_heard { NEIGHBOR_REFRESH } else { NEIGHBOR_RETRY };
         for &target in &self.neighbors {
             let Some(tx) = device.transmit(now) else {
                 // Device full: try again on the next poll.
@@ -400,41 +755,61 @@ impl Engine {
         &self.counters
     }
 
-    /// Counters of VIP `vip` (index in `EngineConfig::vips`).
+    /// Counters of VIP `vip` (index in the list last given to
+    /// [`new`](Self::new) or [`reconfigure`](Self::reconfigure)).
     pub fn vip_counters(&self, vip: usize) -> Option<&VipCounters> {
-        self.vips.get(vip).map(|v| &v.counters)
+        let slot = *self.vip_order.get(vip)?;
+        self.vips[slot].as_ref().map(|v| &v.counters)
     }
 
-    /// Counters of backend `backend` (index in the VIP's list) of VIP `vip`.
+    /// Counters of backend `backend` (index in the VIP's current list) of
+    /// VIP `vip` (index as for [`vip_counters`](Self::vip_counters)).
     pub fn backend_counters(&self, vip: usize, backend: usize) -> Option<&BackendCounters> {
+        let v = self.vips[*self.vip_order.get(vip)?].as_ref()?;
+        let slot = *v.table_slots.get(backend)?;
+        v.backends[slot].as_ref().map(|b| &b.counters)
+    }
+
+    fn find_vip(&self, addr: Ipv4Addr, port: u16) -> Option<&VipState> {
         self.vips
-            .get(vip)?
+            .iter()
+            .flatten()
+            .find(|v| v.cfg.addr == addr && v.cfg.port == port)
+    }
+
+    /// Counters of VIP `addr:port`, configured or still draining.
+    pub fn vip_counters_for(&self, addr: Ipv4Addr, port: u16) -> Option<&VipCounters> {
+        self.find_vip(addr, port).map(|v| &v.counters)
+    }
+
+    /// Open connections of a VIP's backend, to follow a drain: `Some(0)`
+    /// once a drained backend has no connection left; `None` when the engine
+    /// does not know the backend (never configured, or removed and drained).
+    pub fn backend_active(
+        &self,
+        vip_addr: Ipv4Addr,
+        vip_port: u16,
+        backend_addr: Ipv4Addr,
+        backend_port: u16,
+    ) -> Option<u64> {
+        self.find_vip(vip_addr, vip_port)?
             .backends
-            .get(backend)
-            .map(|b| &b.counters)
+            .iter()
+            .flatten()
+            .find(|b| b.cfg.addr == backend_addr && b.cfg.port == backend_port)
+            .map(|b| b.counters.active)
     }
 
     /// Every VIP's and backend's counters, owned (allocates: for publishing,
-    /// not for the packet path).
+    /// not for the packet path). Configured VIPs first, in configuration
+    /// order, then removed VIPs still draining; within a VIP, its listed
+    /// backends in order, then removed ones still draining. Entries of
+    /// removed VIPs/backends disappear once drained, and drains end at
+    /// different times on different lcores: aggregate by `(addr, port)`.
     pub fn snapshot(&self) -> Vec<VipSnapshot> {
-        self.vips
-            .iter()
-            .map(|v| VipSnapshot {
-                addr: v.cfg.addr,
-                port: v.cfg.port,
-                counters: v.counters,
-                backends: v
-                    .backends
-                    .iter()
-                    .map(|b| BackendSnapshot {
-                        addr: b.cfg.addr,
-                        port: b.cfg.port,
-                        weight: b.cfg.weight,
-                        counters: b.counters,
-                    })
-                    .collect(),
-            })
-            .collect()
+        let listed = self.vip_order.iter().filter_map(|&s| self.vips[s].as_ref());
+        let removed = self.vips.iter().flatten().filter(|v| !v.configured);
+        listed.chain(removed).map(VipState::snapshot).collect()
     }
 
     /// Live connections (admitted, not yet released).
@@ -477,13 +852,16 @@ impl Engine {
     }
 
     fn is_ours(&self, addr: Ipv4Addr) -> bool {
-        addr == self.addr || self.vips.iter().any(|v| v.cfg.addr == addr)
+        addr == self.addr || self.vips.iter().flatten().any(|v| v.cfg.addr == addr)
     }
 
     fn ingress<T: TxToken>(&mut self, now: Instant, frame: &[u8], tx: T) {
         self.counters.frames_in += 1;
         let target = match classify(frame) {
-            Frame::Arp { target } if self.is_ours(target) => {
+            Frame::Arp { sender, target } if self.is_ours(target) => {
+                if let Ok(i) = self.neighbors.binary_search(&sender) {
+                    self.neighbor_heard[i] = true;
+                }
                 for i in 0..self.handshaking.len() {
                     self.mark_dirty(self.handshaking[i]);
                 }
@@ -541,12 +919,39 @@ impl Engine {
         self.admit(now, vip, key).map(|id| (id, true))
     }
 
+    /// Admission, in order: concurrency limit (`drop_limit`), the client's
+    /// rate (`drop_client_rate`), the VIP's rate (`drop_rate`), a backend
+    /// with weight (`drop_no_backend`). Rate tokens are taken only from an
+    /// admitted SYN, so a client over its limit does not use up the VIP's.
     fn admit(&mut self, now: Instant, vi: usize, key: FlowKey) -> Option<usize> {
         let seed = self.flow_seed;
-        let vip = &mut self.vips[vi];
+        let vip = vip_mut(&mut self.vips, vi);
         if vip.counters.active >= u64::from(vip.cfg.max_connections) {
             vip.counters.drop_limit += 1;
             return None;
+        }
+        let client_entry = match vip.cfg.client_rate {
+            Some(rate) => {
+                let (i, evicted) = self.clients.lookup((vip.uid, key.remote), now, rate);
+                if evicted {
+                    vip.counters.client_table_evictions += 1;
+                    self.counters.client_table_evictions += 1;
+                }
+                if self.clients.bucket(i).available() == 0 {
+                    vip.counters.drop_client_rate += 1;
+                    return None;
+                }
+                Some(i)
+            }
+            None => None,
+        };
+        if let Some(rate) = vip.cfg.new_conn_rate {
+            vip.conn_bucket
+                .refill(now, u64::from(rate.per_sec), u64::from(rate.burst));
+            if vip.conn_bucket.available() == 0 {
+                vip.counters.drop_rate += 1;
+                return None;
+            }
         }
         let hash = match vip.cfg.affinity {
             Affinity::ClientAddrPort => flow_hash(
@@ -563,8 +968,17 @@ impl Engine {
             vip.counters.drop_no_backend += 1;
             return None;
         }
+        if let Some(i) = client_entry {
+            self.clients.bucket(i).take(1);
+        }
+        if vip.cfg.new_conn_rate.is_some() {
+            vip.conn_bucket.take(1);
+        }
         vip.counters.accepted += 1;
         vip.counters.active += 1;
+        let (connect_timeout, idle_timeout) =
+            (smol(vip.cfg.connect_timeout), smol(vip.cfg.idle_timeout));
+        let (max_tries, proxy_protocol) = (vip.cfg.max_connect_tries, vip.cfg.proxy_protocol);
 
         let mut conn = self
             .spare
@@ -583,6 +997,12 @@ impl Engine {
         tune_client(client, self.ack_delay);
         conn.vip = vi;
         conn.client_ep = SocketAddrV4::new(key.remote, key.remote_port);
+        conn.connect_timeout = connect_timeout;
+        conn.idle_timeout = idle_timeout;
+        conn.max_tries = max_tries;
+        conn.proxy_protocol = proxy_protocol;
+        conn.throttled = false;
+        conn.down_first = false;
         conn.hash = hash;
         conn.tries = 0;
         conn.backend_idx = None;
@@ -646,7 +1066,7 @@ impl Engine {
             self.unlist_handshake(id);
         }
         let conn = self.conns[id].as_mut().expect("live");
-        let vip = &mut self.vips[conn.vip];
+        let vip = vip_mut(&mut self.vips, conn.vip);
         match conn.phase {
             Phase::New | Phase::Connecting { .. } if client_state != State::SynReceived => {
                 // Our SYN-ACK is still held, so the client can only have left
@@ -665,13 +1085,12 @@ impl Engine {
                 let bi = conn.backend_idx.expect("connecting to a backend");
                 match b.state() {
                     State::Established => {
-                        let be = &mut vip.backends[bi].counters;
+                        let be = &mut vip.be_mut(bi).counters;
                         be.opened += 1;
                         be.active += 1;
                         conn.opened = true;
                         let vip_ep = SocketAddrV4::new(vip.cfg.addr, vip.cfg.port);
-                        if let Some(h) =
-                            Header::encode(vip.cfg.proxy_protocol, conn.client_ep, vip_ep)
+                        if let Some(h) = Header::encode(conn.proxy_protocol, conn.client_ep, vip_ep)
                         {
                             // Fits: buffers are at least 1 KiB and empty.
                             let _ = b.send_slice(h.as_bytes());
@@ -688,7 +1107,7 @@ impl Engine {
                     _ => {
                         // Refused (RST) or no answer in time.
                         b.abort();
-                        vip.backends[bi].counters.connect_failures += 1;
+                        vip.be_mut(bi).counters.connect_failures += 1;
                         self.connect_next(id, now);
                     }
                 }
@@ -697,11 +1116,40 @@ impl Engine {
                 let c = conn.client.get_mut::<tcp::Socket>(conn.ch);
                 let b = conn.backend.get_mut::<tcp::Socket>(conn.bh);
                 let bi = conn.backend_idx.expect("proxying to a backend");
-                let up = splice(c, b);
-                let down = splice(b, c);
+                // Bandwidth: a byte budget from the VIP's bucket; what it
+                // does not cover stays in the receive buffers (windows
+                // close: back pressure) until `settle`'s wake-up at refill.
+                let budget = match vip.cfg.bandwidth {
+                    Some(bw) => {
+                        vip.bw_bucket.refill(now, bw, bandwidth_burst(bw));
+                        usize::try_from(vip.bw_bucket.available()).unwrap_or(usize::MAX)
+                    }
+                    None => usize::MAX,
+                };
+                let (up, down) = if conn.down_first {
+                    let down = splice(b, c, budget);
+                    (splice(c, b, budget - down), down)
+                } else {
+                    let up = splice(c, b, budget);
+                    (up, splice(b, c, budget - up))
+                };
+                conn.down_first = !conn.down_first;
+                conn.throttled = false;
+                if vip.cfg.bandwidth.is_some() {
+                    vip.bw_bucket.take((up + down) as u64);
+                    // `splice` stops at an empty source, a full destination
+                    // or the budget: data left with room for it is throttled.
+                    if (c.recv_queue() > 0 && b.can_send()) || (b.recv_queue() > 0 && c.can_send())
+                    {
+                        conn.throttled = true;
+                        // Waiting for tokens is not idleness.
+                        conn.last_active = now;
+                        vip.counters.throttled_splices += 1;
+                    }
+                }
                 if up + down > 0 {
                     conn.last_active = now;
-                    let be = &mut vip.backends[bi].counters;
+                    let be = &mut vip.be_mut(bi).counters;
                     be.bytes_to_backend += up as u64;
                     be.bytes_from_backend += down as u64;
                     vip.counters.bytes_from_clients += up as u64;
@@ -718,15 +1166,17 @@ impl Engine {
                     conn.fin_to_client = true;
                 }
                 if was_reset(c.state(), conn.client_last) {
+                    // A reset SYN-RECEIVED socket sits in LISTEN: close it.
+                    c.abort();
                     b.abort();
                     vip.counters.client_resets += 1;
                     conn.phase = Phase::Closing;
                 } else if was_reset(b.state(), conn.backend_last) {
                     c.abort();
                     vip.counters.backend_resets += 1;
-                    vip.backends[bi].counters.resets += 1;
+                    vip.be_mut(bi).counters.resets += 1;
                     conn.phase = Phase::Closing;
-                } else if now >= conn.last_active + vip.idle_timeout {
+                } else if now >= conn.last_active + conn.idle_timeout {
                     c.abort();
                     b.abort();
                     vip.counters.drop_idle_timeout += 1;
@@ -743,20 +1193,28 @@ impl Engine {
     /// up and resets the client (still in SYN-RECEIVED: it sees a refusal).
     fn connect_next(&mut self, id: usize, now: Instant) {
         let conn = self.conns[id].as_mut().expect("live");
-        let vip = &mut self.vips[conn.vip];
-        if conn.local_port != 0 {
-            let be = &vip.backends[conn.backend_idx.expect("port held for a backend")].cfg;
-            self.flows.remove(&FlowKey {
-                remote: be.addr,
-                local: self.addr,
-                remote_port: be.port,
-                local_port: conn.local_port,
-            });
-            self.ports.push_back(conn.local_port);
-            conn.local_port = 0;
+        let vip = vip_mut(&mut self.vips, conn.vip);
+        if let Some(old) = conn.backend_idx.take() {
+            if conn.local_port != 0 {
+                let be = &vip.be(old).cfg;
+                self.flows.remove(&FlowKey {
+                    remote: be.addr,
+                    local: self.addr,
+                    remote_port: be.port,
+                    local_port: conn.local_port,
+                });
+                self.ports.push_back(conn.local_port);
+                conn.local_port = 0;
+            }
+            vip.unref_backend(old);
         }
-        let next = if conn.tries < vip.cfg.max_connect_tries {
-            vip.table.preference(conn.hash).nth(usize::from(conn.tries))
+        // Retries follow the VIP's current table (a reconfiguration between
+        // two tries moves the rest of the attempts to the new backends).
+        let next = if conn.tries < conn.max_tries {
+            vip.table
+                .preference(conn.hash)
+                .nth(usize::from(conn.tries))
+                .map(|i| vip.table_slots[i])
         } else {
             None
         };
@@ -772,7 +1230,8 @@ impl Engine {
             return;
         };
         conn.tries += 1;
-        let be = &mut vip.backends[bi];
+        let be = vip.be_mut(bi);
+        be.refs += 1;
         let b = conn.backend.get_mut::<tcp::Socket>(conn.bh);
         b.abort();
         tune_backend(b, self.ack_delay);
@@ -800,7 +1259,7 @@ impl Engine {
             // An unconnectable backend (port 0, unspecified address) fails at
             // once through the normal failure path.
             deadline: if connected.is_ok() {
-                now + vip.connect_timeout
+                now + conn.connect_timeout
             } else {
                 now
             },
@@ -823,7 +1282,7 @@ impl Engine {
     /// Releases a finished connection, or files its next deadline.
     fn settle(&mut self, id: usize, now: Instant) {
         let conn = self.conns[id].as_ref().expect("live");
-        let vip = &self.vips[conn.vip];
+        let vip = self.vips[conn.vip].as_ref().expect("VIP slot in use");
         let done_state = |s: State| matches!(s, State::Closed | State::TimeWait);
         self.counters.sockets_visited += 2;
         let client_at = self.iface.poll_at(now, &conn.client);
@@ -843,7 +1302,15 @@ impl Engine {
         let own = match conn.phase {
             Phase::New => Some(now),
             Phase::Connecting { deadline } => Some(deadline),
-            Phase::Proxying => Some(conn.last_active + vip.idle_timeout),
+            Phase::Proxying => {
+                let idle = conn.last_active + conn.idle_timeout;
+                match vip.cfg.bandwidth {
+                    Some(bw) if conn.throttled => {
+                        Some(idle.min(vip.bw_bucket.ready_at(bandwidth_quantum(bw), bw)))
+                    }
+                    _ => Some(idle),
+                }
+            }
             Phase::Closing => None,
         };
         // A paused client socket always claims to want the CPU (its SYN-ACK is
@@ -859,7 +1326,7 @@ impl Engine {
     fn release(&mut self, id: usize) {
         self.unlist_handshake(id);
         let conn = self.conns[id].take().expect("live");
-        let vip = &mut self.vips[conn.vip];
+        let vip = vip_mut(&mut self.vips, conn.vip);
         self.flows.remove(&FlowKey {
             remote: *conn.client_ep.ip(),
             local: vip.cfg.addr,
@@ -867,7 +1334,7 @@ impl Engine {
             local_port: vip.cfg.port,
         });
         if let Some(bi) = conn.backend_idx {
-            let be = &mut vip.backends[bi];
+            let be = vip.be_mut(bi);
             if conn.local_port != 0 {
                 self.flows.remove(&FlowKey {
                     remote: be.cfg.addr,
@@ -880,8 +1347,14 @@ impl Engine {
             if conn.opened {
                 be.counters.active -= 1;
             }
+            vip.unref_backend(bi);
         }
         vip.counters.active -= 1;
+        if vip.counters.active == 0 && !vip.configured {
+            // The last connection of a removed VIP: its drain is over.
+            self.vips[conn.vip] = None;
+            self.free_vips.push(conn.vip);
+        }
         self.timers.set(id as u32, None);
         self.free_ids.push(id);
         if self.spare.len() < self.max_spare {
@@ -941,16 +1414,19 @@ fn millisecond_clock() -> u32 {
 /// Moves bytes from `from`'s receive buffer into `to`'s send buffer, never
 /// more than `to` has room for: what cannot move stays in `from`, whose
 /// window then closes, so a slow reader stalls its writer instead of growing
-/// memory. One copy, straight from ring to ring.
-fn splice(from: &mut tcp::Socket, to: &mut tcp::Socket) -> usize {
+/// memory. One copy, straight from ring to ring. At most `budget` bytes
+/// (bandwidth limit).
+fn splice(from: &mut tcp::Socket, to: &mut tcp::Socket, budget: usize) -> usize {
     let mut moved = 0;
     // The receive ring hands out at most two contiguous pieces (wrap-around).
     for _ in 0..2 {
-        if !to.can_send() {
+        if !to.can_send() || moved >= budget {
             break;
         }
+        let left = budget - moved;
         let n = from
             .recv(|data| {
+                let data = &data[..data.len().min(left)];
                 let n = to.send_slice(data).unwrap_or(0);
                 (n, n)
             })
@@ -973,9 +1449,12 @@ fn peer_finished(s: &tcp::Socket) -> bool {
 }
 
 /// CLOSED reached other than by the orderly ways (ACK of our FIN in
-/// LAST-ACK, or TIME-WAIT expiry): the peer reset the connection.
+/// LAST-ACK, or TIME-WAIT expiry): the peer reset the connection. A passive
+/// socket reset in SYN-RECEIVED goes back to LISTEN instead (RFC 793): a
+/// client that gave up before our held SYN-ACK left answers it with RST.
 fn was_reset(now: State, before: State) -> bool {
-    now == State::Closed && !matches!(before, State::LastAck | State::TimeWait | State::Closed)
+    (now == State::Closed && !matches!(before, State::LastAck | State::TimeWait | State::Closed))
+        || (now == State::Listen && before == State::SynReceived)
 }
 
 /// A one-frame smoltcp device: lends the frame the engine already took from

@@ -20,12 +20,18 @@
 mod config;
 mod counters;
 pub mod engine;
+mod limits;
 mod proxy_protocol;
 mod steer;
+mod tables;
 mod timer;
 
-pub use config::{Affinity, BackendConfig, ConfigError, EngineConfig, VipConfig};
+pub use config::{
+    Affinity, BackendConfig, BackendState, ConfigError, EngineConfig, RateLimit, VipConfig,
+    MAX_BANDWIDTH, MAX_CLIENT_TABLE, MAX_CONN_RATE,
+};
 pub use counters::{BackendCounters, BackendSnapshot, EngineCounters, VipCounters, VipSnapshot};
 pub use engine::Engine;
 pub use proxy_protocol::{Header as ProxyHeader, ProxyProtocol};
 pub use steer::{owner_of_flow, owner_of_port};
+pub use tables::{Reconfigured, VipTables};

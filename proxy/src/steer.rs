@@ -44,8 +44,9 @@ pub fn owner_of_flow(
 /// What the engine needs to know about a frame before smoltcp sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Frame {
-    /// ARP asking about or answering for `target`.
+    /// ARP from `sender`, asking about or answering for `target`.
     Arp {
+        sender: Ipv4Addr,
         target: Ipv4Addr,
     },
     Tcp(TcpMeta),
@@ -72,6 +73,9 @@ pub(crate) fn classify(frame: &[u8]) -> Frame {
     match eth.ethertype() {
         EthernetProtocol::Arp => match ArpPacket::new_checked(eth.payload()) {
             Ok(arp) if arp.protocol_len() == 4 => Frame::Arp {
+                sender: Ipv4Addr::from(
+                    <[u8; 4]>::try_from(arp.source_protocol_addr()).unwrap_or_default(),
+                ),
                 target: Ipv4Addr::from(
                     <[u8; 4]>::try_from(arp.target_protocol_addr()).unwrap_or_default(),
                 ),

@@ -471,3 +471,21 @@ fn no_weighted_backend_resets_syn() {
     assert!(w.engine.vip_counters(0).unwrap().drop_no_backend >= 1);
     assert_eq!(w.engine.connections(), 0);
 }
+
+/// A client that gives up while its SYN-ACK is held (wrk closing mid-connect)
+/// answers the SYN-ACK with RST, which smoltcp turns into LISTEN, not CLOSED:
+/// the connection must still be released at once, not at the idle timeout.
+#[test]
+fn client_gone_before_synack_is_released() {
+    let mut w = Setup::new(1).build();
+    let c = w.client().connect((VIP, VIP_PORT), 40000);
+    let ok = w.run_until(Duration::from_secs(5), |w| !w.backend(0).connections().is_empty());
+    assert!(ok, "the engine never connected to the backend");
+    assert_ne!(w.client().sock(c).state(), State::Established);
+    w.client().sock(c).abort();
+    let ok = w.run_until(Duration::from_secs(5), |w| w.engine.connections() == 0);
+    assert!(ok, "connection still held: {} live", w.engine.connections());
+    settle(&mut w);
+    assert_eq!(w.engine.vip_counters(0).unwrap().client_resets, 1);
+    assert_eq!(w.engine.vip_counters(0).unwrap().drop_idle_timeout, 0);
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,11 @@ pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
                 }
             }
             Err(e) => {
-                return Err(format!("read response: {e:?} after {} bytes: {:?}", resp.len(), String::from_utf8_lossy(&resp)))
+                return Err(format!(
+                    "read response: {e:?} after {} bytes: {:?}",
+                    resp.len(),
+                    String::from_utf8_lossy(&resp)
+                ))
             }
         }
     }
@@ -155,7 +159,7 @@ pub struct EchoReport {
 pub fn bulk_echo(addr: SocketAddr, conns: usize, bytes: u64, seed_base: u64, timeout: Duration) -> EchoReport {
     let t0 = Instant::now();
     let deadline = t0 + timeout;
-    let barrier = Barrier::new(conns);
+    let barrier = Gate::new(conns);
     let connected = AtomicU64::new(0);
     let report = Mutex::new(EchoReport::default());
     let transfer_start = Mutex::new(None::<Instant>);
@@ -167,8 +171,9 @@ pub fn bulk_echo(addr: SocketAddr, conns: usize, bytes: u64, seed_base: u64, tim
                 if conn.is_ok() {
                     connected.fetch_add(1, Ordering::Relaxed);
                 }
-                // Everyone waits here, connected or not, so the barrier always opens.
-                if barrier.wait().is_leader() {
+                // Everyone waits here, connected or not, so the gate opens (bounded:
+                // if a thread could not even start, the others go on after a while).
+                if barrier.wait(Duration::from_secs(60)) {
                     *transfer_start.lock().unwrap() = Some(Instant::now());
                 }
                 let seed = seed_base + i as u64;
@@ -200,6 +205,30 @@ pub fn bulk_echo(addr: SocketAddr, conns: usize, bytes: u64, seed_base: u64, tim
     rep.elapsed = t0.elapsed();
     rep.transfer = transfer_start.into_inner().unwrap().map(|t| t.elapsed()).unwrap_or_default();
     rep
+}
+
+/// A barrier with a bounded wait.
+struct Gate {
+    waiting: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn new(n: usize) -> Gate {
+        Gate { waiting: Mutex::new(n), cv: Condvar::new() }
+    }
+
+    /// Wait until `n` threads arrived or `timeout` passed; true for the last one.
+    fn wait(&self, timeout: Duration) -> bool {
+        let mut w = self.waiting.lock().unwrap();
+        *w = w.saturating_sub(1);
+        if *w == 0 {
+            self.cv.notify_all();
+            return true;
+        }
+        let _ = self.cv.wait_timeout_while(w, timeout, |w| *w > 0).unwrap();
+        false
+    }
 }
 
 type EchoResult = Result<(u64, u64), (String, u64, u64)>;
@@ -402,15 +431,17 @@ pub fn half_close_request(
 
 // ---------------------------------------------------------------------------- idle connections
 
-/// Open `k` connections with `parallel` threads. While opening, every connection
-/// already open gets one byte every `keepalive` (if set), so that an idle timeout
-/// shorter than the opening time does not reclaim the first ones early. Returns the
-/// open connections (non-blocking) and the errors (the first 50) and their count.
+/// Open `k` connections with `parallel` threads. With `keepalive`, after each new
+/// connection a thread also sends one byte on the next two of its open connections
+/// (round robin), so that an idle timeout shorter than the opening time does not
+/// reclaim the first ones early; the touches are paced by the connects, never a burst.
+/// Returns the open connections (non-blocking), the errors (the first 50) and their
+/// count.
 pub fn open_idle(
     addr: SocketAddr,
     k: usize,
     parallel: usize,
-    keepalive: Option<Duration>,
+    keepalive: bool,
     timeout: Duration,
 ) -> (Vec<TcpStream>, Vec<String>, usize) {
     let deadline = Instant::now() + timeout;
@@ -422,7 +453,7 @@ pub fn open_idle(
             let (next, all, errors) = (&next, &all, &errors);
             scoped_spawn(s, &format!("idle-{w}"), move || {
                 let mut mine: Vec<TcpStream> = Vec::new();
-                let mut last_touch = Instant::now();
+                let mut sweeper = Sweeper::default();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= k || Instant::now() >= deadline {
@@ -438,11 +469,8 @@ pub fn open_idle(
                             }
                         }
                     }
-                    if let Some(ka) = keepalive {
-                        if last_touch.elapsed() >= ka {
-                            touch(&mine);
-                            last_touch = Instant::now();
-                        }
+                    if keepalive {
+                        sweeper.touch_next(&mine, 2);
                     }
                 }
                 for c in &mine {
@@ -457,6 +485,7 @@ pub fn open_idle(
 }
 
 /// Send one byte on every connection (to reset idle timers); returns how many failed.
+/// A burst: for many connections prefer [`Sweeper`].
 pub fn touch(conns: &[TcpStream]) -> usize {
     let mut failed = 0;
     for mut c in conns {
@@ -468,6 +497,36 @@ pub fn touch(conns: &[TcpStream]) -> usize {
     failed
 }
 
+/// Touches connections round robin, a few at a time, so keep-alive traffic is spread
+/// evenly instead of arriving as one burst.
+#[derive(Default, Debug)]
+pub struct Sweeper {
+    cursor: usize,
+    /// Writes that failed so far.
+    pub failed: usize,
+    /// Writes done so far.
+    pub touched: usize,
+}
+
+impl Sweeper {
+    /// One byte on each of the next `n` connections (wrapping around).
+    pub fn touch_next(&mut self, conns: &[TcpStream], n: usize) {
+        if conns.is_empty() {
+            return;
+        }
+        for _ in 0..n.min(conns.len()) {
+            self.cursor %= conns.len();
+            let mut c = &conns[self.cursor];
+            match c.write(b".") {
+                Ok(1) => {}
+                _ => self.failed += 1,
+            }
+            self.touched += 1;
+            self.cursor += 1;
+        }
+    }
+}
+
 /// How the connections of [`wait_closed`] ended.
 #[derive(Debug, Default, Clone)]
 pub struct Closed {
@@ -477,13 +536,21 @@ pub struct Closed {
     pub still_open: usize,
     /// Connections that received data (not expected for idle ones).
     pub got_data: usize,
+    /// Indices of the connections still open.
+    pub open: Vec<usize>,
 }
 
 /// Poll (bounded by `timeout`) until every connection has seen EOF or a reset.
 /// The connections must be non-blocking.
 pub fn wait_closed(conns: &[TcpStream], timeout: Duration) -> Closed {
+    let all: Vec<usize> = (0..conns.len()).collect();
+    wait_closed_subset(conns, &all, timeout)
+}
+
+/// [`wait_closed`] for the connections at `which`.
+pub fn wait_closed_subset(conns: &[TcpStream], which: &[usize], timeout: Duration) -> Closed {
     let deadline = Instant::now() + timeout;
-    let mut open: Vec<usize> = (0..conns.len()).collect();
+    let mut open: Vec<usize> = which.to_vec();
     let mut c = Closed::default();
     let mut got_data = vec![false; conns.len()];
     let mut buf = [0u8; 4096];
@@ -517,6 +584,7 @@ pub fn wait_closed(conns: &[TcpStream], timeout: Duration) -> Closed {
     }
     c.still_open = open.len();
     c.got_data = got_data.iter().filter(|&&g| g).count();
+    c.open = open;
     c
 }
 

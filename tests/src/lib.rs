@@ -32,6 +32,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub mod client;
+pub mod cp;
+pub mod forward_util;
 pub mod netns;
 pub mod pattern;
 pub mod servers;

@@ -56,6 +56,42 @@ pub enum Mode {
     Hold,
 }
 
+impl Mode {
+    /// Parse the command-line form: `http`, `echo`, `send:BYTES:SEED`,
+    /// `reply-after-eof:BYTES:SEED`, `reset`, `hold`.
+    pub fn parse(s: &str) -> Result<Mode, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let num = |i: usize| -> Result<u64, String> {
+            parts
+                .get(i)
+                .ok_or_else(|| format!("mode {s:?}: missing field {i}"))?
+                .parse()
+                .map_err(|e| format!("mode {s:?}: {e}"))
+        };
+        Ok(match parts[0] {
+            "http" => Mode::Http,
+            "echo" => Mode::Echo,
+            "send" => Mode::Send { bytes: num(1)?, seed: num(2)? },
+            "reply-after-eof" => Mode::ReplyAfterEof { bytes: num(1)?, seed: num(2)? },
+            "reset" => Mode::Reset,
+            "hold" => Mode::Hold,
+            _ => return Err(format!("unknown mode {s:?}")),
+        })
+    }
+
+    /// The command-line form (inverse of [`parse`](Self::parse)).
+    pub fn arg(&self) -> String {
+        match self {
+            Mode::Http => "http".into(),
+            Mode::Echo => "echo".into(),
+            Mode::Send { bytes, seed } => format!("send:{bytes}:{seed}"),
+            Mode::ReplyAfterEof { bytes, seed } => format!("reply-after-eof:{bytes}:{seed}"),
+            Mode::Reset => "reset".into(),
+            Mode::Hold => "hold".into(),
+        }
+    }
+}
+
 /// How one connection went, as the server saw it.
 #[derive(Clone, Debug)]
 pub struct ConnRecord {
@@ -106,11 +142,17 @@ impl Server {
     /// Bind `addr` inside namespace `ns` (e.g. `topo.ns("be1")`) and serve in `mode`;
     /// `name` is what [`Mode::Http`] answers. Returns once the socket is listening.
     pub fn start(ns: &str, addr: SocketAddr, name: &str, mode: Mode) -> Server {
+        Self::start_in(Some(ns), addr, name, mode)
+    }
+
+    /// Like [`start`](Self::start) in the current thread's namespace (`ns` = `None`),
+    /// e.g. in a process already started inside the namespace.
+    pub fn start_in(ns: Option<&str>, addr: SocketAddr, name: &str, mode: Mode) -> Server {
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel::<Result<(), String>>();
         let (stop2, shared2, name2) = (stop.clone(), shared.clone(), name.to_string());
-        let thread = spawn_in_netns(ns, &format!("srv-{name}"), move || {
+        let body = move || {
             let listener = match tcp::listen_on(addr, 4096).and_then(|l| {
                 l.set_nonblocking(true).map_err(|e| format!("set_nonblocking: {e}"))?;
                 Ok(l)
@@ -126,7 +168,13 @@ impl Server {
                 Mode::Hold => hold_loop(listener, &stop2, &shared2),
                 mode => accept_loop(listener, &name2, mode, &stop2, &shared2),
             }
-        });
+        };
+        let tname = format!("srv-{name}");
+        let thread = match ns {
+            Some(ns) => spawn_in_netns(ns, &tname, body),
+            None => thread::Builder::new().name(tname).spawn(body).expect("spawn server thread"),
+        };
+        let ns = ns.unwrap_or("(this namespace)");
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -178,6 +226,21 @@ impl Server {
         m
     }
 
+    /// `{"accepted", "active", "ends", "errors"}` as JSON (the test server binary's
+    /// status file).
+    pub fn status_json(&self) -> serde_json::Value {
+        let errors = self.errors();
+        serde_json::json!({
+            "name": self.name,
+            "address": self.addr.to_string(),
+            "accepted": self.accepted(),
+            "active": self.active(),
+            "ends": self.ends(),
+            "error_count": errors.len(),
+            "errors": errors.iter().take(10).collect::<Vec<_>>(),
+        })
+    }
+
     /// Server-side errors (accept failures, thread spawn failures).
     pub fn errors(&self) -> Vec<String> {
         self.shared.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -217,13 +280,17 @@ fn accept_loop(listener: TcpListener, name: &str, mode: Mode, stop: &AtomicBool,
                 shared.accepted.fetch_add(1, Ordering::Relaxed);
                 shared.active.fetch_add(1, Ordering::Relaxed);
                 let (mode, name, shared2, stop2) = (mode.clone(), name.to_string(), shared.clone(), stop_flag.clone());
-                let spawned = thread::Builder::new()
-                    .name(format!("conn-{name}"))
-                    .stack_size(IO_THREAD_STACK)
-                    .spawn(move || {
+                let spawned =
+                    thread::Builder::new().name(format!("conn-{name}")).stack_size(IO_THREAD_STACK).spawn(move || {
                         let t0 = Instant::now();
-                        let mut rec =
-                            ConnRecord { peer, bytes_in: 0, bytes_out: 0, in_checksum: 0, end: End::Eof, duration: t0.elapsed() };
+                        let mut rec = ConnRecord {
+                            peer,
+                            bytes_in: 0,
+                            bytes_out: 0,
+                            in_checksum: 0,
+                            end: End::Eof,
+                            duration: t0.elapsed(),
+                        };
                         rec.end = match serve(s, &name, &mode, &stop2, &mut rec) {
                             Ok(()) => End::Eof,
                             Err(e) => e,
@@ -333,7 +400,8 @@ fn read_head(s: &mut TcpStream, until: Until, rec: &mut ConnRecord, terminator: 
         rec.bytes_in += n as u64;
         head.extend_from_slice(&buf[..n]);
         // A bare "\n"-terminated line also ends an HTTP head (simple clients).
-        if head.windows(terminator.len()).any(|w| w == terminator) || head.ends_with(b"\n") && !head.starts_with(b"GET ")
+        if head.windows(terminator.len()).any(|w| w == terminator)
+            || head.ends_with(b"\n") && !head.starts_with(b"GET ")
         {
             return Ok(head);
         }
@@ -474,6 +542,91 @@ pub fn start_backends(topo: &Topology, port: u16, mode: Mode, skip: &[&str]) -> 
     v
 }
 
+// ---------------------------------------------------------------------------- server process
+
+/// A [`Server`] in its own process (the `fulcrum-test-server` binary of this crate,
+/// `env!("CARGO_BIN_EXE_fulcrum-test-server")` in integration tests), for servers that
+/// hold more sockets than the test process's RLIMIT_NOFILE leaves room for. A guarded
+/// child: killed on drop (the kernel then closes its sockets). It rewrites a JSON
+/// status file ([`Server::status_json`]) every 100 ms.
+pub struct ServerProcess {
+    proc: Guarded,
+    name: String,
+    addr: SocketAddr,
+    status: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Start `bin` in `leaf` listening on `addr`; returns once it listens.
+    pub fn start(topo: &Topology, bin: &Path, leaf: &str, addr: SocketAddr, name: &str, mode: &Mode) -> ServerProcess {
+        let dir = tempfile::Builder::new().prefix(&format!("srv-{name}-")).tempdir().expect("temp dir");
+        let status = dir.path().join("status.json");
+        let log = topo.dir().join(format!("server-{name}-{}.log", addr.port()));
+        let mut cmd = topo.command(leaf, bin);
+        cmd.arg("--listen").arg(addr.to_string()).arg("--name").arg(name).arg("--mode").arg(mode.arg());
+        cmd.arg("--status").arg(&status).arg("--max-seconds").arg("3600");
+        let mut proc = Guarded::spawn(&format!("{leaf}:test-server"), cmd, &log);
+        wait_for(Duration::from_secs(10), &format!("test server {name} to listen on {addr}"), || {
+            if let Some(st) = proc.try_status() {
+                panic!("test server {name} exited ({st}):\n{}", proc.output());
+            }
+            if status.exists() {
+                Ok(())
+            } else {
+                Err(proc.output())
+            }
+        });
+        ServerProcess { proc, name: name.to_string(), addr, status, _dir: dir }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The latest status (see [`Server::status_json`]); `Null` if unreadable.
+    pub fn status(&self) -> serde_json::Value {
+        std::fs::read_to_string(&self.status)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.status()["accepted"].as_u64().unwrap_or(0)
+    }
+
+    /// Connections open now (as of the last status write). `u64::MAX` if unknown.
+    pub fn active(&self) -> u64 {
+        self.status()["active"].as_u64().unwrap_or(u64::MAX)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.is_running()
+    }
+
+    /// Kill it (also done on drop).
+    pub fn stop(&mut self) {
+        self.proc.kill();
+    }
+}
+
+/// One [`ServerProcess`] per backend (`be1`..`be3`) on `<backend ip>:port`.
+pub fn start_backend_processes(topo: &Topology, bin: &Path, port: u16, mode: Mode) -> Vec<ServerProcess> {
+    ["be1", "be2", "be3"]
+        .iter()
+        .enumerate()
+        .map(|(i, leaf)| {
+            let addr: SocketAddr = format!("{}:{port}", crate::BACKEND_IPS[i]).parse().unwrap();
+            ServerProcess::start(topo, bin, leaf, addr, leaf, &mode)
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------- nginx
 
 /// Debian's nginx in a backend namespace, answering every request with `"<name>\n"`.
@@ -503,7 +656,8 @@ impl Default for NginxOptions {
 /// The nginx configuration used by [`Nginx`] (also by `scripts/bench.sh`'s twin).
 pub fn nginx_conf(dir: &Path, addr: SocketAddr, name: &str, opts: &NginxOptions) -> String {
     let d = dir.display();
-    let keepalive = if opts.keepalive { "keepalive_timeout 65s;\n    keepalive_requests 1000000;" } else { "keepalive_timeout 0;" };
+    let keepalive =
+        if opts.keepalive { "keepalive_timeout 65s;\n    keepalive_requests 1000000;" } else { "keepalive_timeout 0;" };
     format!(
         "daemon off;\n\
          master_process off;\n\
@@ -589,4 +743,3 @@ pub fn start_nginx_backends(topo: &Topology, port: u16) -> Vec<Nginx> {
         })
         .collect()
 }
-

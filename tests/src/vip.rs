@@ -93,7 +93,8 @@ pub fn proxy_config(buffer_size: Option<usize>, vips: &[VipSpec]) -> String {
 /// The stats of VIP `address:port` (`vips[]` entry), if present.
 pub fn vip_stats<'a>(stats: &'a Value, address: &str, port: u16) -> Option<&'a Value> {
     stats.get("vips")?.as_array()?.iter().find(|v| {
-        v.get("address").and_then(Value::as_str) == Some(address) && v.get("port").and_then(Value::as_u64) == Some(port.into())
+        v.get("address").and_then(Value::as_str) == Some(address)
+            && v.get("port").and_then(Value::as_u64) == Some(port.into())
     })
 }
 

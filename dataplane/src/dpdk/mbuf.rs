@@ -70,6 +70,38 @@ impl Mbuf {
         NonNull::new(p).map(|p| unsafe { std::slice::from_raw_parts_mut(p.as_ptr().cast::<u8>(), n) })
     }
 
+    /// The whole data room, with the frame's start and length in it: for
+    /// rewrites that prepend headers (encapsulation) or move the frame.
+    pub fn room_mut(&mut self) -> (&mut [u8], usize, usize) {
+        let m = self.raw();
+        let (addr, room, off, len) = (m.buf_addr.cast::<u8>(), m.buf_len, m.data_off, m.data_len);
+        // SAFETY: buf_addr .. buf_addr + buf_len is the mbuf's whole data room,
+        // which we own exclusively (&mut self).
+        let buf = unsafe { std::slice::from_raw_parts_mut(addr, usize::from(room)) };
+        (buf, usize::from(off), usize::from(len))
+    }
+
+    /// Makes `room[start..start + len]` the frame; `false` (and no change)
+    /// when that is not inside the data room.
+    pub fn set_frame(&mut self, start: usize, len: usize) -> bool {
+        let room = usize::from(self.raw().buf_len);
+        let (Ok(off), Ok(len16)) = (u16::try_from(start), u16::try_from(len)) else {
+            return false;
+        };
+        if start.checked_add(len).is_none_or(|end| end > room) {
+            return false;
+        }
+        // SAFETY: we own the mbuf and the new window lies inside its data room;
+        // single segment, so pkt_len == data_len.
+        unsafe {
+            let m = self.0.as_mut();
+            m.data_off = off;
+            m.data_len = len16;
+            m.pkt_len = u32::from(len16);
+        }
+        true
+    }
+
     /// Shortens the frame to `len` bytes (no-op if it is already shorter).
     pub fn truncate(&mut self, len: usize) {
         if len < self.len() {

@@ -301,6 +301,10 @@ pub struct Wire {
     pub hosts: Vec<Host>,
     /// Wall time spent inside `Engine::poll`.
     pub engine_time: std::time::Duration,
+    /// Poll the engine only when a frame is waiting for it or its
+    /// `poll_at` is due (as a dataplane sleeping on `poll_delay` would),
+    /// instead of every step: shows that `poll_at` covers every wake-up.
+    pub lazy_engine: bool,
     full: bool,
 }
 
@@ -322,11 +326,7 @@ impl Setup {
             VIP,
             VIP_PORT,
             (0..backends)
-                .map(|i| BackendConfig {
-                    addr: backend_ip(i),
-                    port: BACKEND_PORT,
-                    weight: 1,
-                })
+                .map(|i| BackendConfig::new(backend_ip(i), BACKEND_PORT, 1))
                 .collect(),
         );
         Self {
@@ -360,6 +360,7 @@ impl Setup {
             engine_mac: mac(2),
             hosts,
             engine_time: std::time::Duration::ZERO,
+            lazy_engine: false,
             full: true,
         }
     }
@@ -377,9 +378,14 @@ impl Wire {
     /// One round: everyone polls, frames are switched. When nothing moved,
     /// the clock advances 1 ms. Returns whether frames moved.
     pub fn step(&mut self) -> bool {
-        let t0 = std::time::Instant::now();
-        self.engine.poll(self.now, &mut self.engine_dev);
-        self.engine_time += t0.elapsed();
+        let due = !self.lazy_engine
+            || !self.engine_dev.rx.is_empty()
+            || self.engine.poll_at().is_some_and(|at| at <= self.now);
+        if due {
+            let t0 = std::time::Instant::now();
+            self.engine.poll(self.now, &mut self.engine_dev);
+            self.engine_time += t0.elapsed();
+        }
         let now = self.now;
         let full = self.full;
         for h in &mut self.hosts {
@@ -489,4 +495,100 @@ pub fn checksum(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+impl Wire {
+    /// Adds a client host at `ip` (same segment, engine as gateway); returns
+    /// its index in `hosts`.
+    pub fn add_client(&mut self, ip: Ipv4Addr) -> usize {
+        let n = self.hosts.len() as u8;
+        let shards = self.hosts[0].sets.len();
+        self.hosts
+            .push(Host::new(mac(100 + n), ip, Some(ENGINE_IP), shards));
+        self.hosts.len() - 1
+    }
+}
+
+/// Client side of [`serve_lines`] exchanges: each socket sends
+/// `"hello from <port>\n"` once it can, then reads until the backend closes.
+pub struct Exchange {
+    pub host: usize,
+    pub socks: Vec<(u16, Sock)>,
+    sent: Vec<bool>,
+    pub got: Vec<Vec<u8>>,
+    done: Vec<bool>,
+}
+
+impl Exchange {
+    pub fn new(host: usize, socks: Vec<(u16, Sock)>) -> Self {
+        let n = socks.len();
+        Self {
+            host,
+            socks,
+            sent: vec![false; n],
+            got: vec![Vec::new(); n],
+            done: vec![false; n],
+        }
+    }
+
+    /// Opens `ports` from host `host` to `vip`.
+    pub fn open(
+        w: &mut Wire,
+        host: usize,
+        vip: (Ipv4Addr, u16),
+        ports: std::ops::Range<u16>,
+    ) -> Self {
+        let socks = ports.map(|p| (p, w.hosts[host].connect(vip, p))).collect();
+        Self::new(host, socks)
+    }
+
+    /// One round of client work; true when every exchange is complete.
+    pub fn drive(&mut self, w: &mut Wire) -> bool {
+        for (i, &(port, s)) in self.socks.iter().enumerate() {
+            let sock = w.hosts[self.host].sock(s);
+            if !self.sent[i] && sock.may_send() {
+                sock.send_slice(format!("hello from {port}\n").as_bytes())
+                    .unwrap();
+                self.sent[i] = true;
+            }
+            read_all(sock, &mut self.got[i]);
+            if !sock.may_recv() && self.sent[i] && !self.done[i] {
+                self.done[i] = true;
+                sock.close();
+            }
+        }
+        self.done.iter().all(|&d| d)
+    }
+
+    /// Runs until every exchange completes (backends `0..backends` serving
+    /// lines); returns (port, response) pairs.
+    pub fn run(mut self, w: &mut Wire, backends: usize) -> Vec<(u16, String)> {
+        let mut seen = std::collections::HashMap::new();
+        let ok = w.run_until(Duration::from_secs(20), |w| {
+            let done = self.drive(w);
+            serve_lines(w, backends, &mut seen);
+            done
+        });
+        assert!(
+            ok,
+            "not all responses completed: {} of {}",
+            self.done.iter().filter(|d| **d).count(),
+            self.socks.len()
+        );
+        self.socks
+            .iter()
+            .zip(self.got)
+            .map(|(&(port, _), g)| (port, String::from_utf8(g).unwrap()))
+            .collect()
+    }
+}
+
+/// Steps until the engine holds no connection (at most 5 s).
+pub fn settle(w: &mut Wire) {
+    let ok = w.run_until(Duration::from_secs(5), |w| w.engine.connections() == 0);
+    assert!(
+        ok,
+        "engine still holds {} connections",
+        w.engine.connections()
+    );
 }

@@ -1,0 +1,983 @@
+//! Health checker tests. Everything runs on loopback; every loop is bounded.
+//!
+//! Timing assertions are only the contract ones: Down within `fall × interval + timeout`,
+//! Up within `rise × interval + timeout`, plus `MARGIN`. MARGIN (100 ms) covers timer
+//! granularity (1 ms), thread wake-ups and the other tests (1 000-target scale test)
+//! running in parallel on a small VM; it is kept below the smallest gap between checks
+//! (interval × (1 − jitter) = 180 ms), so a checker that needed one check more than the
+//! contract allows would still fail the assertion.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::spec::*;
+use super::state::{LatencyWindow, TargetState};
+use super::*;
+
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const MARGIN: Duration = Duration::from_millis(100);
+const I: Duration = Duration::from_millis(200);
+const T: Duration = Duration::from_millis(100);
+
+fn checker() -> HealthChecker {
+    HealthChecker::start(CheckerConfig {
+        max_in_flight: 64,
+        source_addr: Some(LO),
+    })
+    .expect("start checker")
+}
+
+fn fast(spec: CheckSpec, rise: u32, fall: u32) -> CheckSpec {
+    spec.timing(I, T, rise, fall)
+}
+
+/// Waits (bounded by `limit`) until `key` is in `want`; returns the time it took.
+fn wait_state(
+    hc: &HealthChecker,
+    key: u64,
+    want: HealthState,
+    limit: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut gen = hc.generation();
+    loop {
+        if hc.status(key).map(|s| s.state) == Some(want) {
+            return Some(t0.elapsed());
+        }
+        let left = limit.checked_sub(t0.elapsed())?;
+        gen = hc.wait_for_change(gen, left.min(Duration::from_millis(50)));
+    }
+}
+
+fn bound(n: u32, spec: &CheckSpec) -> Duration {
+    spec.interval * n + spec.timeout + MARGIN
+}
+
+fn must_reach(
+    hc: &HealthChecker,
+    key: u64,
+    want: HealthState,
+    limit: Duration,
+    what: &str,
+) -> Duration {
+    match wait_state(hc, key, want, limit) {
+        Some(d) => {
+            println!(
+                "{what}: {want} after {:.1} ms (bound {:.0} ms)",
+                d.as_secs_f64() * 1e3,
+                limit.as_secs_f64() * 1e3
+            );
+            d
+        }
+        None => panic!(
+            "{what}: not {want} within {limit:?}; status {:?}",
+            hc.status(key)
+        ),
+    }
+}
+
+// ---------------------------------------------------------------- TCP
+
+#[test]
+fn health_tcp_up_down_up() {
+    let hc = checker();
+    let listener = TcpListener::bind((LO, 0)).unwrap();
+    let addr = SocketAddrV4::new(LO, listener.local_addr().unwrap().port());
+    let spec = fast(CheckSpec::tcp(), 2, 3);
+    let rx = hc.subscribe();
+    hc.set_targets(vec![Target {
+        key: 1,
+        addr,
+        spec: spec.clone(),
+    }])
+    .unwrap();
+    assert_eq!(hc.status(1).unwrap().state, HealthState::Unknown);
+
+    // First check within one interval, then rise-1 more.
+    must_reach(&hc, 1, HealthState::Up, bound(2, &spec), "tcp initial");
+    let s = hc.status(1).unwrap();
+    assert!(
+        s.checks >= 2 && s.last_ok == Some(true) && s.latency_last.is_some(),
+        "{s:?}"
+    );
+
+    drop(listener);
+    let down = must_reach(
+        &hc,
+        1,
+        HealthState::Down,
+        bound(3, &spec),
+        "tcp listener closed",
+    );
+    let s = hc.status(1).unwrap();
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("refused"),
+        "{s:?}"
+    );
+    // Needs `fall` failures: at least (fall-1) gaps of >= interval*(1-jitter).
+    assert!(
+        down >= spec.interval.mul_f64(0.9) * 2 - Duration::from_millis(5),
+        "Down too early: {down:?}"
+    );
+
+    let listener = TcpListener::bind(addr).expect("rebind same port");
+    must_reach(
+        &hc,
+        1,
+        HealthState::Up,
+        bound(2, &spec),
+        "tcp listener reopened",
+    );
+    drop(listener);
+
+    let seen: Vec<(HealthState, HealthState)> = rx.try_iter().map(|t| (t.from, t.to)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (HealthState::Unknown, HealthState::Up),
+            (HealthState::Up, HealthState::Down),
+            (HealthState::Down, HealthState::Up)
+        ]
+    );
+}
+
+// ---------------------------------------------------------------- HTTP
+
+const MODE_OK: u8 = 0;
+const MODE_500: u8 = 1;
+const MODE_BODY: u8 = 2;
+const MODE_HANG: u8 = 3;
+
+struct HttpServer {
+    addr: SocketAddrV4,
+    mode: Arc<AtomicU8>,
+    stop: Arc<AtomicBool>,
+    hosts: Arc<Mutex<Vec<String>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    fn start() -> HttpServer {
+        let listener = TcpListener::bind((LO, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = SocketAddrV4::new(LO, listener.local_addr().unwrap().port());
+        let mode = Arc::new(AtomicU8::new(MODE_OK));
+        let stop = Arc::new(AtomicBool::new(false));
+        let hosts = Arc::new(Mutex::new(Vec::new()));
+        let (m, s, h) = (mode.clone(), stop.clone(), hosts.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (m, s, h) = (m.clone(), s.clone(), h.clone());
+                        thread::spawn(move || serve(conn, &m, &s, &h));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        HttpServer {
+            addr,
+            mode,
+            stop,
+            hosts,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(mut conn: TcpStream, mode: &AtomicU8, stop: &AtomicBool, hosts: &Mutex<Vec<String>>) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    for _ in 0..20 {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if req.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&req).to_string();
+    if let Some(h) = text.lines().find_map(|l| l.strip_prefix("Host: ")) {
+        hosts.lock().unwrap().push(h.to_string());
+    }
+    let resp: &[u8] = match mode.load(Ordering::Relaxed) {
+        MODE_OK => b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        MODE_500 => b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 2\r\n\r\nok",
+        MODE_BODY => b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nnope",
+        _ => {
+            // Never answer; hold the connection until the checker gives up (bounded).
+            for _ in 0..30 {
+                if stop.load(Ordering::Relaxed) || matches!(conn.read(&mut buf), Ok(0)) {
+                    break;
+                }
+            }
+            return;
+        }
+    };
+    let _ = conn.write_all(resp);
+}
+
+#[test]
+fn health_http_status_body_timeout() {
+    let srv = HttpServer::start();
+    let hc = checker();
+    let mut spec = fast(CheckSpec::http("/healthz"), 2, 2);
+    if let CheckKind::Http(h) = &mut spec.kind {
+        h.expect_status = StatusRange::single(200);
+        h.body = Some("ok".into());
+        h.host = Some("backend.example".into());
+    }
+    hc.set_targets(vec![Target {
+        key: 7,
+        addr: srv.addr,
+        spec: spec.clone(),
+    }])
+    .unwrap();
+    must_reach(&hc, 7, HealthState::Up, bound(2, &spec), "http 200 ok");
+    assert!(srv
+        .hosts
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|h| h == "backend.example"));
+    assert!(!srv.hosts.lock().unwrap().is_empty());
+
+    for (mode, expect_err, what) in [
+        (MODE_500, "status 500", "http 500"),
+        (MODE_BODY, "body does not contain", "http body mismatch"),
+        (MODE_HANG, "timeout", "http never answers"),
+    ] {
+        srv.mode.store(mode, Ordering::Relaxed);
+        must_reach(&hc, 7, HealthState::Down, bound(2, &spec), what);
+        let s = hc.status(7).unwrap();
+        let err = s.last_error.clone().unwrap_or_default();
+        assert!(err.contains(expect_err), "{what}: error {err:?}");
+        if mode == MODE_HANG {
+            assert!(s.latency_last.unwrap() >= spec.timeout, "{s:?}");
+        }
+        srv.mode.store(MODE_OK, Ordering::Relaxed);
+        must_reach(&hc, 7, HealthState::Up, bound(2, &spec), "http recovered");
+    }
+}
+
+// ---------------------------------------------------------------- UDP
+
+fn udp_echo(stop: Arc<AtomicBool>) -> (SocketAddrV4, thread::JoinHandle<()>) {
+    let sock = UdpSocket::bind((LO, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let addr = SocketAddrV4::new(LO, sock.local_addr().unwrap().port());
+    let t = thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let reply: &[u8] = if &buf[..n] == b"ping" {
+                    b"pong!"
+                } else {
+                    b"what?"
+                };
+                let _ = sock.send_to(reply, from);
+            }
+        }
+    });
+    (addr, t)
+}
+
+#[test]
+fn health_udp_echo_and_refused() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (echo, echo_thread) = udp_echo(stop.clone());
+    let closed = {
+        let s = UdpSocket::bind((LO, 0)).unwrap();
+        SocketAddrV4::new(LO, s.local_addr().unwrap().port())
+    }; // dropped: nothing listens there now
+    let hc = checker();
+    let rx = hc.subscribe();
+    let spec = fast(CheckSpec::udp(b"ping", Some(b"pong")), 2, 2);
+    let wrong = fast(CheckSpec::udp(b"xyz", Some(b"pong")), 2, 2);
+    hc.set_targets(vec![
+        Target {
+            key: 1,
+            addr: echo,
+            spec: spec.clone(),
+        },
+        Target {
+            key: 2,
+            addr: closed,
+            spec: spec.clone(),
+        },
+        Target {
+            key: 3,
+            addr: echo,
+            spec: wrong.clone(),
+        },
+    ])
+    .unwrap();
+    must_reach(&hc, 1, HealthState::Up, bound(2, &spec), "udp echo");
+    // Unknown -> Down on the first failure, which must be the ICMP-driven refusal.
+    must_reach(
+        &hc,
+        2,
+        HealthState::Down,
+        spec.interval + spec.timeout + MARGIN,
+        "udp closed port",
+    );
+    let s = hc.status(2).unwrap();
+    let tr = rx
+        .try_iter()
+        .find(|t| t.key == 2)
+        .expect("transition for key 2");
+    assert_eq!((tr.from, tr.to), (HealthState::Unknown, HealthState::Down));
+    assert!(
+        tr.reason.starts_with("1 consecutive failed"),
+        "first check must decide: {tr:?}"
+    );
+    assert!(
+        tr.reason.to_lowercase().contains("refused"),
+        "not a refusal: {tr:?}"
+    );
+    let err = s.last_error.clone().unwrap_or_default();
+    assert!(err.to_lowercase().contains("refused"), "error {err:?}");
+    let lat = s.latency_last.unwrap();
+    println!(
+        "udp refused detected by the first check in {:.3} ms (timeout {:?})",
+        lat.as_secs_f64() * 1e3,
+        spec.timeout
+    );
+    assert!(
+        lat < spec.timeout,
+        "refusal took {lat:?}, not faster than the timeout"
+    );
+    must_reach(
+        &hc,
+        3,
+        HealthState::Down,
+        bound(1, &wrong),
+        "udp wrong reply",
+    );
+    assert!(hc
+        .status(3)
+        .unwrap()
+        .last_error
+        .unwrap()
+        .contains("does not contain"));
+
+    stop.store(true, Ordering::Relaxed);
+    echo_thread.join().unwrap();
+    let d = must_reach(
+        &hc,
+        1,
+        HealthState::Down,
+        bound(2, &spec),
+        "udp echo stopped",
+    );
+    assert!(hc
+        .status(1)
+        .unwrap()
+        .last_error
+        .unwrap()
+        .to_lowercase()
+        .contains("refused"));
+    let _ = d;
+}
+
+// ---------------------------------------------------------------- jitter
+
+/// Gaps (ms) between the first `n + 1` check starts of one target, as recorded by the
+/// scheduler itself (an external accept() logger adds its own wake-up noise under load).
+fn gaps_ms(jitter: u8, n: usize) -> Vec<f64> {
+    let listener = TcpListener::bind((LO, 0)).unwrap();
+    let addr = SocketAddrV4::new(LO, listener.local_addr().unwrap().port());
+    let hc = checker();
+    let interval = Duration::from_millis(100);
+    let spec = CheckSpec::tcp()
+        .timing(interval, Duration::from_millis(50), 1, 1)
+        .jitter(jitter);
+    hc.set_targets(vec![Target { key: 1, addr, spec }]).unwrap();
+    let t0 = Instant::now();
+    let times = loop {
+        let log: Vec<Instant> = hc
+            .shared
+            .start_log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|&(_, t)| t)
+            .collect();
+        if log.len() > n {
+            break log;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "only {} checks in 5 s",
+            log.len()
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    times
+        .windows(2)
+        .take(n)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+        .collect()
+}
+
+#[test]
+fn health_jitter_spreads_check_starts() {
+    let with = gaps_ms(30, 15);
+    let without = gaps_ms(0, 15);
+    let spread = |g: &[f64]| {
+        g.iter().cloned().fold(f64::MIN, f64::max) - g.iter().cloned().fold(f64::MAX, f64::min)
+    };
+    println!(
+        "jitter 30%: gaps ms {:?} spread {:.1} ms",
+        with.iter().map(|g| g.round()).collect::<Vec<_>>(),
+        spread(&with)
+    );
+    println!(
+        "jitter 0%:  gaps ms {:?} spread {:.1} ms",
+        without.iter().map(|g| g.round()).collect::<Vec<_>>(),
+        spread(&without)
+    );
+    let mut distinct: Vec<i64> = with.iter().map(|g| g.round() as i64).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() >= 4, "gaps not spread: {with:?}");
+    assert!(spread(&with) >= 10.0, "gaps not spread: {with:?}");
+    // Gaps are uniform in [70, 100] ms: ~73 % of them are <= 92 ms. Without jitter no gap
+    // can be shorter than the interval (a late start moves the next one later too).
+    let short = |g: &[f64]| g.iter().filter(|&&x| x <= 92.0).count();
+    assert!(short(&with) >= 3, "jitter does not shorten gaps: {with:?}");
+    assert!(
+        without.iter().all(|&g| g >= 99.5),
+        "control without jitter has short gaps: {without:?}"
+    );
+    // Jitter only shortens: no gap below interval × 0.7, and (scheduling margin aside)
+    // none above the interval.
+    for g in &with {
+        assert!(
+            *g >= 70.0 - 0.5 && *g <= 100.0 + MARGIN.as_secs_f64() * 1e3,
+            "gap {g} ms out of range: {with:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- scale
+
+fn cpu_self() -> Duration {
+    let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let tv = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+    };
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+#[test]
+fn health_scale_1000_targets() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    const N: usize = 1000;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 4096 {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(8192), hard).expect("raise RLIMIT_NOFILE");
+    }
+    // No accept(): each listener sees ~1 connection/s (reset right after), well within
+    // the default backlog.
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind((LO, 0)).unwrap())
+        .collect();
+    let hc = HealthChecker::start(CheckerConfig {
+        source_addr: Some(LO),
+        ..CheckerConfig::default()
+    })
+    .unwrap();
+    let spec = CheckSpec::tcp(); // defaults: 1 s interval, 500 ms timeout, rise 2, jitter 10 %
+    let targets: Vec<Target> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Target {
+            key: i as u64,
+            addr: SocketAddrV4::new(LO, l.local_addr().unwrap().port()),
+            spec: spec.clone(),
+        })
+        .collect();
+    hc.set_targets(targets).unwrap();
+    // All Up within rise × interval + timeout (+ margin).
+    let t0 = Instant::now();
+    let limit = bound(2, &spec) + Duration::from_millis(400);
+    while t0.elapsed() < limit && hc.snapshot().iter().any(|s| s.state != HealthState::Up) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let snap = hc.snapshot();
+    let up = snap.iter().filter(|s| s.state == HealthState::Up).count();
+    println!(
+        "scale: {up}/{N} Up after {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        up,
+        N,
+        "not all Up: {:?}",
+        snap.iter().find(|s| s.state != HealthState::Up)
+    );
+
+    let before: Vec<u64> = snap.iter().map(|s| s.checks).collect();
+    let st0 = hc.stats();
+    let cpu0 = cpu_self();
+    let w0 = Instant::now();
+    thread::sleep(Duration::from_secs(5));
+    let wall = w0.elapsed();
+    let cpu1 = cpu_self();
+    let st1 = hc.stats();
+    let snap = hc.snapshot();
+
+    let checks = st1.checks_completed - st0.checks_completed;
+    let per_target: Vec<u64> = snap
+        .iter()
+        .zip(&before)
+        .map(|(s, b)| s.checks - b)
+        .collect();
+    let min = per_target.iter().min().unwrap();
+    let max = per_target.iter().max().unwrap();
+    let thread_cpu = st1.thread_cpu.unwrap() - st0.thread_cpu.unwrap();
+    let proc_cpu = cpu1 - cpu0;
+    println!(
+        "scale: {checks} checks in {:.2} s ({:.0}/s), per target min {min} max {max}, cap waits {}, \
+         checker thread CPU {:.3} s ({:.3} CPU-s per wall-s), whole test process CPU {:.3} s ({:.3} CPU-s/s, \
+         includes other tests running in parallel)",
+        wall.as_secs_f64(),
+        checks as f64 / wall.as_secs_f64(),
+        st1.cap_waits - st0.cap_waits,
+        thread_cpu.as_secs_f64(),
+        thread_cpu.as_secs_f64() / wall.as_secs_f64(),
+        proc_cpu.as_secs_f64(),
+        proc_cpu.as_secs_f64() / wall.as_secs_f64(),
+    );
+    let lat: Vec<Duration> = snap.iter().filter_map(|s| s.latency_p99).collect();
+    println!("scale: max per-target p99 latency {:?}", lat.iter().max());
+    // Gaps are <= 1 s, so every target starts >= 5 checks in 5 s; allow one still in flight.
+    assert!(
+        *min >= 4,
+        "a target fell behind: per-target checks {per_target:?}"
+    );
+    assert!(snap
+        .iter()
+        .all(|s| s.state == HealthState::Up && s.last_ok == Some(true)));
+    drop(listeners);
+}
+
+// ---------------------------------------------------------------- passive ejection
+
+#[test]
+fn health_passive_ejection_backoff() {
+    let listener = TcpListener::bind((LO, 0)).unwrap();
+    let addr = SocketAddrV4::new(LO, listener.local_addr().unwrap().port());
+    let hc = checker();
+    let mut spec =
+        CheckSpec::tcp().timing(Duration::from_millis(100), Duration::from_millis(50), 2, 2);
+    spec.passive = PassiveSpec {
+        failures: 5,
+        window: Duration::from_secs(2),
+        ejection_base: Duration::from_millis(300),
+        ejection_max: Duration::from_millis(1000),
+    };
+    hc.set_targets(vec![Target {
+        key: 9,
+        addr,
+        spec: spec.clone(),
+    }])
+    .unwrap();
+    must_reach(&hc, 9, HealthState::Up, bound(2, &spec), "passive: initial");
+
+    assert!(hc.report_passive(9, 100));
+    assert!(hc.report_passive(9, 103)); // +3 < 5
+    assert_eq!(hc.status(9).unwrap().state, HealthState::Up);
+    assert!(!hc.report_passive(12345, 1), "unknown key");
+
+    let mut total = 103;
+    for (n, expect_ms) in [(1u32, 300u64), (2, 600), (3, 1000), (4, 1000)] {
+        total += 5;
+        let at = SystemTime::now();
+        let t = Instant::now();
+        hc.report_passive(9, total);
+        let s = hc.status(9).unwrap();
+        assert_eq!(
+            s.state,
+            HealthState::Down,
+            "ejection {n}: not Down at once: {s:?}"
+        );
+        assert!(
+            s.last_error.as_deref().unwrap().contains("passive"),
+            "{s:?}"
+        );
+        assert_eq!(s.ejections_total, u64::from(n));
+        let until = s.ejected_until.expect("ejected_until set");
+        let len = until.duration_since(at).unwrap();
+        println!("passive: ejection #{n} for {} ms", len.as_millis());
+        assert!(
+            len + Duration::from_millis(2) >= Duration::from_millis(expect_ms)
+                && len <= Duration::from_millis(expect_ms + 20),
+            "ejection #{n}: expected {expect_ms} ms, got {len:?}"
+        );
+        // More failures while ejected do not extend it.
+        hc.report_passive(9, total + 50);
+        total += 50;
+        let until2 = hc.status(9).unwrap().ejected_until.unwrap();
+        let diff = until2
+            .duration_since(until)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            diff < Duration::from_millis(1),
+            "ejection extended by {diff:?}"
+        );
+        // Up only after the back-off AND rise fresh successes.
+        let took = must_reach(
+            &hc,
+            9,
+            HealthState::Up,
+            Duration::from_millis(expect_ms) + bound(2, &spec),
+            "passive: recovery",
+        );
+        let floor = Duration::from_millis(expect_ms) + spec.interval.mul_f64(0.9)
+            - Duration::from_millis(5);
+        assert!(
+            t.elapsed() >= took && took >= floor,
+            "Up after {took:?}, before back-off + rise checks ({floor:?})"
+        );
+    }
+    // A counter that goes backwards (dataplane restart) is a new baseline, not an ejection.
+    hc.report_passive(9, 0);
+    hc.report_passive(9, 4);
+    assert_eq!(hc.status(9).unwrap().state, HealthState::Up);
+    // After ejection_max of being Up, the back-off level resets to the base.
+    let t0 = Instant::now();
+    while hc.status(9).unwrap().ejection_level != 0 && t0.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let s = hc.status(9).unwrap();
+    assert_eq!(s.ejection_level, 0, "level not reset: {s:?}");
+    println!("passive: back-off level reset after {:?} Up", t0.elapsed());
+    let at = SystemTime::now();
+    hc.report_passive(9, 10);
+    let len = hc
+        .status(9)
+        .unwrap()
+        .ejected_until
+        .unwrap()
+        .duration_since(at)
+        .unwrap();
+    assert!(
+        len <= Duration::from_millis(320),
+        "after reset, expected the 300 ms base, got {len:?}"
+    );
+    drop(listener);
+}
+
+#[test]
+fn health_state_machine_unit() {
+    let spec = CheckSpec::tcp().timing(Duration::from_millis(100), Duration::from_millis(50), 2, 3);
+    let t0 = Instant::now();
+    let sys = SystemTime::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let lat = Duration::from_millis(1);
+    let fail = || Err::<(), String>("x".into());
+
+    // Unknown -> Down on the first failure; rise successes to Up; fall failures to Down.
+    let mut s = TargetState::new(t0, sys);
+    assert!(s.apply_check(ms(1), sys, fail(), lat, &spec).is_some());
+    assert_eq!(s.state, HealthState::Down);
+    assert!(s.apply_check(ms(2), sys, Ok(()), lat, &spec).is_none());
+    let ev = s.apply_check(ms(3), sys, Ok(()), lat, &spec).unwrap();
+    assert_eq!((ev.from, ev.to), (HealthState::Down, HealthState::Up));
+    assert!(s.apply_check(ms(4), sys, fail(), lat, &spec).is_none());
+    assert!(s.apply_check(ms(5), sys, fail(), lat, &spec).is_none());
+    assert!(
+        s.apply_check(ms(6), sys, Ok(()), lat, &spec).is_none(),
+        "a success resets the fail streak"
+    );
+    for i in 0..2 {
+        assert!(s.apply_check(ms(7 + i), sys, fail(), lat, &spec).is_none());
+    }
+    assert_eq!(
+        s.apply_check(ms(9), sys, fail(), lat, &spec).unwrap().to,
+        HealthState::Down
+    );
+
+    // Unknown -> Up needs rise successes.
+    let mut s = TargetState::new(t0, sys);
+    assert!(s.apply_check(ms(1), sys, Ok(()), lat, &spec).is_none());
+    assert_eq!(s.state, HealthState::Unknown);
+    assert_eq!(
+        s.apply_check(ms(2), sys, Ok(()), lat, &spec).unwrap().to,
+        HealthState::Up
+    );
+
+    // Passive: doubling back-off 1, 2, 4, ... capped at 60 s (default spec), window respected.
+    let spec = CheckSpec::tcp();
+    let mut s = TargetState::new(t0, sys);
+    let mut now = 0u64;
+    let mut total = 0u64;
+    let mut lens = Vec::new();
+    for _ in 0..9 {
+        s.apply_passive(ms(now), sys, total, &spec);
+        total += 5;
+        let ev = s
+            .apply_passive(ms(now + 1), sys, total, &spec)
+            .expect("ejected");
+        assert_eq!(ev.to, HealthState::Down);
+        let until = s.ejected_until(ms(now + 1)).unwrap();
+        lens.push((until - ms(now + 1)).as_secs());
+        now += until.duration_since(ms(now)).as_millis() as u64 + 1;
+    }
+    assert_eq!(lens, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+    // Increase spread over more than the window does not eject.
+    let mut s = TargetState::new(t0, sys);
+    for i in 0..10u64 {
+        assert!(
+            s.apply_passive(ms(i * 3000), sys, i, &spec).is_none(),
+            "slow failures ejected at {i}"
+        );
+    }
+    // Disabled.
+    let mut off = CheckSpec::tcp();
+    off.passive.failures = 0;
+    let mut s = TargetState::new(t0, sys);
+    s.apply_passive(ms(0), sys, 0, &off);
+    assert!(s.apply_passive(ms(1), sys, 1000, &off).is_none());
+
+    // Latency window: bounded, nearest-rank percentiles.
+    let mut w = LatencyWindow::default();
+    for i in 1..=100u64 {
+        w.push(Duration::from_millis(i));
+    }
+    assert_eq!(w.last(), Some(Duration::from_millis(100)));
+    assert_eq!(w.percentile(50), Some(Duration::from_millis(68))); // samples 37..=100, rank 32
+    assert_eq!(w.percentile(99), Some(Duration::from_millis(100)));
+    assert_eq!(w.percentile(0), Some(Duration::from_millis(37)));
+}
+
+// ---------------------------------------------------------------- set_targets
+
+#[test]
+fn health_set_targets_keeps_unchanged_state() {
+    let listener = TcpListener::bind((LO, 0)).unwrap();
+    let addr = SocketAddrV4::new(LO, listener.local_addr().unwrap().port());
+    let hc = checker();
+    let spec = CheckSpec::tcp().timing(Duration::from_millis(100), Duration::from_millis(50), 2, 2);
+    let t = |key, spec: &CheckSpec| Target {
+        key,
+        addr,
+        spec: spec.clone(),
+    };
+    hc.set_targets(vec![t(1, &spec), t(2, &spec), t(3, &spec)])
+        .unwrap();
+    for k in 1..=3 {
+        must_reach(
+            &hc,
+            k,
+            HealthState::Up,
+            bound(2, &spec),
+            "set_targets initial",
+        );
+    }
+    // Let a few more checks accumulate (bounded).
+    let t0 = Instant::now();
+    while hc.snapshot().iter().any(|s| s.checks < 4) && t0.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let before = hc.snapshot();
+
+    let changed = spec.clone().jitter(20);
+    hc.set_targets(vec![t(1, &spec), t(2, &changed), t(4, &spec)])
+        .unwrap();
+    let after = hc.snapshot();
+    assert_eq!(
+        after.iter().map(|s| s.key).collect::<Vec<_>>(),
+        vec![1, 2, 4]
+    );
+    let (b1, a1) = (&before[0], &after[0]);
+    assert_eq!(a1.state, HealthState::Up, "unchanged target lost its state");
+    assert_eq!(a1.since, b1.since);
+    assert!(a1.checks >= b1.checks);
+    assert_eq!(
+        after[1].state,
+        HealthState::Unknown,
+        "changed spec must restart"
+    );
+    assert!(after[1].checks < before[1].checks);
+    assert_eq!(after[2].state, HealthState::Unknown);
+    must_reach(
+        &hc,
+        4,
+        HealthState::Up,
+        bound(2, &spec),
+        "set_targets added",
+    );
+    // Keys gone from the set are no longer checked.
+    assert!(hc.status(3).is_none());
+
+    // Errors: invalid spec names key and field; duplicates rejected; nothing changes.
+    let mut bad = spec.clone();
+    bad.rise = 0;
+    let e = hc.set_targets(vec![t(1, &spec), t(5, &bad)]).unwrap_err();
+    assert!(
+        e.to_string().contains("target 5") && e.to_string().contains("rise"),
+        "{e}"
+    );
+    assert_eq!(
+        hc.set_targets(vec![t(1, &spec), t(1, &spec)]).unwrap_err(),
+        SetTargetsError::DuplicateKey(1)
+    );
+    assert_eq!(hc.snapshot().len(), 3);
+    drop(listener);
+}
+
+// ---------------------------------------------------------------- config
+
+#[derive(serde::Deserialize, Debug)]
+struct Wrap {
+    health: CheckSpec,
+}
+
+fn parse(s: &str) -> Result<CheckSpec, String> {
+    toml::from_str::<Wrap>(s)
+        .map(|w| w.health)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn health_config_parse_and_defaults() {
+    let h = parse(r#"health = { kind = "http", path = "/", expect_status = 200, body = "ok", interval_ms = 1000, timeout_ms = 500, rise = 2, fall = 3, jitter_pct = 10 }"#).unwrap();
+    assert_eq!(
+        h.kind,
+        CheckKind::Http(HttpCheck {
+            path: "/".into(),
+            host: None,
+            expect_status: StatusRange::single(200),
+            body: Some("ok".into()),
+            max_read_kib: 16
+        })
+    );
+    assert_eq!(
+        (h.interval, h.timeout, h.rise, h.fall, h.jitter_pct),
+        (Duration::from_secs(1), Duration::from_millis(500), 2, 3, 10)
+    );
+
+    let t = parse(r#"health = { kind = "tcp" }"#).unwrap();
+    assert_eq!(t, CheckSpec::tcp());
+    assert_eq!(t.passive, PassiveSpec::default());
+
+    let u = parse(r#"health = { kind = "udp", payload = "ping", expect = "pong" }"#).unwrap();
+    assert_eq!(u, CheckSpec::udp(b"ping", Some(b"pong")));
+    let u = parse(r#"health = { kind = "udp", payload_hex = "de ad be ef", source = "198.18.0.1", interval_ms = 2000 }"#).unwrap();
+    assert_eq!(
+        u.kind,
+        CheckKind::Udp(UdpCheck {
+            payload: vec![0xde, 0xad, 0xbe, 0xef],
+            expect: None
+        })
+    );
+    assert_eq!(u.source, Some(Ipv4Addr::new(198, 18, 0, 1)));
+
+    let r = parse(r#"health = { kind = "http", expect_status = "200-299", passive_failures = 0 }"#)
+        .unwrap();
+    match r.kind {
+        CheckKind::Http(h) => {
+            assert_eq!(h.expect_status, StatusRange { lo: 200, hi: 299 });
+            assert!(h.expect_status.contains(204) && !h.expect_status.contains(301));
+            assert_eq!(h.path, "/");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert_eq!(r.passive.failures, 0);
+    let r = parse(r#"health = { kind = "http" }"#).unwrap();
+    assert!(matches!(
+        r.kind,
+        CheckKind::Http(HttpCheck {
+            expect_status: StatusRange { lo: 200, hi: 399 },
+            ..
+        })
+    ));
+}
+
+#[test]
+fn health_config_errors_name_the_field() {
+    let cases = [
+        (
+            r#"{ kind = "tcp", interval_ms = 1000, timeout_ms = 1000 }"#,
+            "timeout_ms",
+        ),
+        (r#"{ kind = "tcp", interval_ms = 500 }"#, "timeout_ms"), // default timeout 500 not < 500
+        (r#"{ kind = "tcp", timeout_ms = 0 }"#, "timeout_ms"),
+        (
+            r#"{ kind = "tcp", interval_ms = 5, timeout_ms = 1 }"#,
+            "interval_ms",
+        ),
+        (r#"{ kind = "tcp", rise = 0 }"#, "rise"),
+        (r#"{ kind = "tcp", fall = 0 }"#, "fall"),
+        (r#"{ kind = "tcp", jitter_pct = 60 }"#, "jitter_pct"),
+        (r#"{ kind = "tcp", intervall_ms = 1000 }"#, "intervall_ms"),
+        (r#"{ kind = "tcp", path = "/" }"#, "path"),
+        (r#"{ kind = "icmp" }"#, "icmp"),
+        (r#"{ interval_ms = 1000 }"#, "kind"),
+        (r#"{ kind = "http", path = "health" }"#, "path"),
+        (r#"{ kind = "http", expect_status = 700 }"#, "expect_status"),
+        (
+            r#"{ kind = "http", expect_status = "300-200" }"#,
+            "expect_status",
+        ),
+        (
+            r#"{ kind = "http", expect_status = "2xx" }"#,
+            "expect_status",
+        ),
+        (r#"{ kind = "http", max_read_kib = 0 }"#, "max_read_kib"),
+        (r#"{ kind = "http", payload = "x" }"#, "payload"),
+        (r#"{ kind = "udp" }"#, "payload"),
+        (r#"{ kind = "udp", payload_hex = "abc" }"#, "payload_hex"),
+        (r#"{ kind = "udp", payload = "a", expect = "" }"#, "expect"),
+        (
+            r#"{ kind = "tcp", ejection_base_ms = 5000, ejection_max_ms = 1000 }"#,
+            "ejection_max_ms",
+        ),
+        (r#"{ kind = "tcp", source = "not-an-ip" }"#, "source"),
+    ];
+    for (body, field) in cases {
+        let err = parse(&format!("health = {body}")).expect_err(body);
+        println!("{body} -> {}", err.lines().next().unwrap_or(""));
+        assert!(
+            err.contains(field),
+            "error for {body} does not name {field}: {err}"
+        );
+    }
+    // Programmatic specs are validated too.
+    let e = CheckSpec::tcp()
+        .timing(Duration::from_millis(100), Duration::from_millis(200), 1, 1)
+        .validate()
+        .unwrap_err();
+    assert_eq!(e.field, "timeout_ms");
+    assert!(e.to_string().starts_with("health.timeout_ms:"), "{e}");
+    assert!(
+        cpu_from_stat("1 (a b) S 0 0 0 0 0 0 0 0 0 0 250 50 0 0").unwrap()
+            >= Duration::from_millis(1)
+    );
+}

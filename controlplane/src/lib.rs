@@ -1,0 +1,16 @@
+pub mod health;
+pub mod checks;
+pub mod config;
+pub mod daemon;
+pub mod metrics;
+pub mod model;
+pub mod proto;
+pub mod publish;
+pub mod segment;
+pub mod segment_counters;
+pub mod state;
+
+/// Opens the shared-memory segment the daemon publishes to.
+pub fn open_segment(path: &std::path::Path) -> Result<Box<dyn publish::Segment>, String> {
+    segment::open(path)
+}

@@ -1,0 +1,135 @@
+//! [`publish::Segment`](crate::publish::Segment) bound to `fulcrum-shm`.
+
+use crate::model::{Affinity, Mode, ProxyProtocol, Rate};
+use crate::publish::{self, BackendState, Counters, DataplaneView, Generation};
+use fulcrum_shm as shm;
+use std::path::Path;
+
+pub struct ShmSegment {
+    seg: &'static shm::Segment,
+    publisher: Option<shm::Publisher<'static>>,
+    totals: shm::CounterTotals,
+}
+
+/// Opens (or creates) the segment and takes the control-plane role.
+pub fn open(path: &Path) -> Result<Box<dyn publish::Segment>, String> {
+    let seg = shm::Segment::open_or_create(path).map_err(|e| e.to_string())?;
+    // The segment lives as long as the daemon; the publisher borrows it.
+    let seg: &'static shm::Segment = Box::leak(Box::new(seg));
+    // A control plane killed without a clean shutdown leaves a heartbeat that
+    // looks fresh for up to CLAIM_STALE_AFTER: if its pid is gone, wait it out.
+    let deadline = std::time::Instant::now() + shm::CLAIM_STALE_AFTER * 2;
+    let publisher = loop {
+        match seg.publisher() {
+            Ok(p) => break p,
+            Err(shm::Error::AlreadyRunning { pid, .. })
+                if !Path::new(&format!("/proc/{pid}")).exists() && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    Ok(Box::new(ShmSegment { seg, publisher: Some(publisher), totals: shm::CounterTotals::new() }))
+}
+
+pub fn to_shm(g: &Generation) -> shm::ConfigGeneration {
+    let rate = |r: Option<Rate>| r.map(|r| shm::RateLimit { rate_per_sec: r.per_sec, burst: r.burst });
+    shm::ConfigGeneration {
+        vips: g
+            .vips
+            .iter()
+            .map(|v| shm::VipConf {
+                id: v.id,
+                addr: v.addr,
+                port: v.port,
+                proto: shm::Proto::Tcp,
+                mode: match v.mode {
+                    Mode::Proxy => shm::Mode::Proxy,
+                },
+                max_connections: v.max_connections,
+                new_conn_rate: rate(v.new_conn_rate),
+                per_client_rate: rate(v.client_rate),
+                bandwidth_bytes_per_sec: v.bandwidth_bytes_per_sec,
+                idle_timeout_ms: u32::try_from(v.idle_timeout_ms).unwrap_or(u32::MAX),
+                connect_timeout_ms: u32::try_from(v.connect_timeout_ms).unwrap_or(u32::MAX),
+                connect_tries: v.connect_tries,
+                affinity: match v.affinity {
+                    Affinity::Flow => shm::Affinity::Flow,
+                    Affinity::Client => shm::Affinity::Client,
+                },
+                proxy_protocol: match v.proxy_protocol {
+                    ProxyProtocol::Off => shm::ProxyProtocol::Off,
+                    ProxyProtocol::V1 => shm::ProxyProtocol::V1,
+                    ProxyProtocol::V2 => shm::ProxyProtocol::V2,
+                },
+                table_size: v.table_size,
+                backends: v
+                    .backends
+                    .iter()
+                    .map(|b| shm::BackendConf {
+                        slot: b.slot,
+                        addr: b.addr,
+                        port: b.port,
+                        weight: b.weight,
+                        state: match b.state {
+                            BackendState::Up => shm::BackendState::Up,
+                            BackendState::Down => shm::BackendState::Down,
+                            BackendState::Drain => shm::BackendState::Drain,
+                        },
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+impl publish::Segment for ShmSegment {
+    fn publish(&mut self, g: &Generation) -> Result<u64, String> {
+        let p = self.publisher.as_mut().ok_or("the segment is closed")?;
+        p.publish(&to_shm(g)).map_err(|e| e.to_string())
+    }
+
+    fn already_published(&mut self, g: &Generation) -> Option<u64> {
+        match self.seg.current_config() {
+            shm::Poll::New(cfg, n) if cfg == to_shm(g) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        if let Some(p) = &self.publisher {
+            p.heartbeat();
+        }
+    }
+
+    fn dataplane(&mut self) -> DataplaneView {
+        let s = self.seg.dataplane_status();
+        let now = shm::now_ns();
+        DataplaneView {
+            present: s.epoch != 0,
+            pid: s.pid as u32,
+            epoch: s.epoch,
+            beat: s.heartbeat_ns,
+            uptime_secs: (s.start_ns != 0 && s.heartbeat_ns != 0).then(|| now.saturating_sub(s.start_ns) / 1_000_000_000),
+            applied_generation: s.applied_generation,
+            rejected_generations: s.rejected_count,
+            last_rejection: (s.last_reject_code != 0).then(|| {
+                format!("generation {}: {}", s.last_reject_generation, shm::reject_code_name(s.last_reject_code))
+            }),
+        }
+    }
+
+    fn counters(&mut self, vip_ids: &[u16], slots: &[u32]) -> Counters {
+        crate::segment_counters::read(self.seg, &mut self.totals, vip_ids, slots)
+    }
+
+    fn capacity(&self) -> (usize, usize) {
+        (shm::MAX_VIPS, shm::MAX_BACKENDS)
+    }
+
+    fn close(&mut self) {
+        // Dropping the publisher writes heartbeat 0: a clean shutdown.
+        self.publisher = None;
+    }
+}

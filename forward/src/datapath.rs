@@ -1,0 +1,940 @@
+//! The per-packet path. Everything is parsed and every drop decided before
+//! the first byte of the frame is written, so a dropped frame is unchanged.
+
+use std::net::Ipv4Addr;
+
+use fulcrum_maglev::{addr_hash, flow_hash};
+use smoltcp::wire::{Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket};
+
+use crate::conntrack::{tick, Entry, Key, Reclaimed, State, F_REVERSE, NO_TWIN};
+use crate::csum::{checksum, update16, update32};
+use crate::{owner_of_flow, owner_of_port, tunnel_entropy, Affinity, DropReason, Encap, Forwarder, Mode, Verdict};
+
+const ETH: usize = 14;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+const ICMP_DST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_ECHO_REQUEST: u8 = 8;
+/// TTL of headers we originate (outer tunnel headers, ICMP errors).
+const OUR_TTL: u8 = 64;
+
+/// The validated IPv4 header of a frame.
+#[derive(Clone, Copy, Debug)]
+struct Ip {
+    ihl: usize,
+    total: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    ttl: u8,
+}
+
+/// TCP flags that drive the tracking state (all false for UDP).
+#[derive(Clone, Copy, Debug, Default)]
+struct Flags {
+    syn: bool,
+    ack: bool,
+    fin: bool,
+    rst: bool,
+}
+
+fn rd16(b: &[u8], at: usize) -> u16 {
+    match b.get(at..at + 2) {
+        Some(s) => u16::from_be_bytes([s[0], s[1]]),
+        None => 0,
+    }
+}
+
+fn rd32(b: &[u8], at: usize) -> u32 {
+    match b.get(at..at + 4) {
+        Some(s) => u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
+        None => 0,
+    }
+}
+
+fn wr16(b: &mut [u8], at: usize, v: u16) {
+    if let Some(s) = b.get_mut(at..at + 2) {
+        s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn wr32(b: &mut [u8], at: usize, v: u32) {
+    if let Some(s) = b.get_mut(at..at + 4) {
+        s.copy_from_slice(&v.to_be_bytes());
+    }
+}
+
+fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
+    if let Some(h) = frame.get_mut(..12) {
+        h[..6].copy_from_slice(&dst);
+        h[6..].copy_from_slice(&src);
+    }
+}
+
+/// Outcome of the validating parse: the frame's IPv4 header, or a verdict.
+enum Parsed {
+    Ip(Ip),
+    Done(Verdict),
+}
+
+/// Ethernet + IPv4 checks shared by `process` and `owner`.
+fn parse_ip(f: &Forwarder, frame: &[u8], verify: bool) -> Parsed {
+    if frame.len() < ETH || frame[..6] != f.mac.0 || frame[12..14] != [0x08, 0x00] {
+        return Parsed::Done(Verdict::NotMine);
+    }
+    let bytes = &frame[ETH..];
+    if bytes.len() < 20 {
+        return Parsed::Done(Verdict::Drop(DropReason::Ipv4Truncated));
+    }
+    let p = Ipv4Packet::new_unchecked(bytes);
+    if p.version() != 4 || p.check_len().is_err() {
+        return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadHeader));
+    }
+    let (src, dst) = (p.src_addr(), p.dst_addr());
+    if !f.vip_addrs.contains(&dst) && !f.addrs.contains(&dst) {
+        return Parsed::Done(Verdict::NotMine);
+    }
+    if verify && !p.verify_checksum() {
+        return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadChecksum));
+    }
+    if src.is_unspecified() || src.is_broadcast() || src.is_multicast() || src.is_loopback() {
+        return Parsed::Done(Verdict::Drop(DropReason::MartianSource));
+    }
+    Parsed::Ip(Ip {
+        ihl: usize::from(p.header_len()),
+        total: usize::from(p.total_len()),
+        src,
+        dst,
+        proto: u8::from(p.next_header()),
+        ttl: p.hop_limit(),
+    })
+}
+
+fn is_fragment(frame: &[u8]) -> bool {
+    // Flags/fragment offset word: MF bit or a non-zero offset.
+    rd16(frame, ETH + 6) & 0x3fff != 0
+}
+
+/// Ports and flags of a TCP/UDP payload.
+fn l4(proto: u8, payload: &[u8]) -> Result<(u16, u16, Flags), DropReason> {
+    if proto == TCP {
+        let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::TcpMalformed)?;
+        let flags = Flags {
+            syn: t.syn(),
+            ack: t.ack(),
+            fin: t.fin(),
+            rst: t.rst(),
+        };
+        Ok((t.src_port(), t.dst_port(), flags))
+    } else {
+        let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::UdpMalformed)?;
+        Ok((u.src_port(), u.dst_port(), Flags::default()))
+    }
+}
+
+fn find_vip(f: &Forwarder, addr: Ipv4Addr, port: u16, proto: u8) -> Option<usize> {
+    f.vips
+        .iter()
+        .position(|v| v.addr == addr && v.proto == proto && v.port == port)
+        .or_else(|| f.vips.iter().position(|v| v.addr == addr && v.proto == proto && v.port == 0))
+}
+
+/// A quoted (inner) TCP/UDP header inside an ICMP error.
+#[derive(Clone, Copy, Debug)]
+struct Quote {
+    /// Offset of the ICMP message in the frame.
+    icmp: usize,
+    /// Inner IPv4 header length.
+    ihl: usize,
+    key: Key,
+}
+
+/// Parses an ICMP error's quote; `Ok(None)` for ICMP that is not an error we
+/// handle (echo request: `Some` is never returned for it).
+fn quote(frame: &[u8], ip: &Ip) -> Result<Option<Quote>, DropReason> {
+    let start = ETH + ip.ihl;
+    let msg = frame.get(start..ETH + ip.total).ok_or(DropReason::IcmpMalformed)?;
+    let icmp = Icmpv4Packet::new_checked(msg).map_err(|_| DropReason::IcmpMalformed)?;
+    let ty = u8::from(icmp.msg_type());
+    if ty != ICMP_DST_UNREACHABLE && ty != ICMP_TIME_EXCEEDED {
+        return Ok(None);
+    }
+    let inner = msg.get(8..).ok_or(DropReason::IcmpMalformed)?;
+    let ihl = usize::from(inner.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if inner.first().copied().unwrap_or(0) >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
+        return Err(DropReason::IcmpMalformed);
+    }
+    let proto = inner[9];
+    if proto != TCP && proto != UDP {
+        return Err(DropReason::IcmpUnsupported);
+    }
+    Ok(Some(Quote {
+        icmp: start,
+        ihl,
+        key: Key {
+            src: rd32(inner, 12),
+            dst: rd32(inner, 16),
+            sport: rd16(inner, ihl),
+            dport: rd16(inner, ihl + 2),
+            proto,
+        },
+    }))
+}
+
+/// The lcore that must handle `frame` (see `Forwarder::owner`).
+pub(crate) fn owner(f: &Forwarder, frame: &[u8]) -> Option<usize> {
+    let Parsed::Ip(ip) = parse_ip(f, frame, false) else { return None };
+    if is_fragment(frame) {
+        return None;
+    }
+    let payload = frame.get(ETH + ip.ihl..ETH + ip.total)?;
+    let to_vip = f.vip_addrs.contains(&ip.dst);
+    match ip.proto {
+        TCP | UDP => {
+            let (sport, dport, _) = l4(ip.proto, payload).ok()?;
+            if to_vip && find_vip(f, ip.dst, dport, ip.proto).is_some() {
+                Some(owner_of_flow(ip.src, sport, ip.dst, dport, f.lcores))
+            } else if f.addrs.contains(&ip.dst) {
+                Some(owner_of_port(dport, f.lcores))
+            } else {
+                None
+            }
+        }
+        ICMP => {
+            let q = quote(frame, &ip).ok()??;
+            let k = q.key;
+            if to_vip && find_vip(f, Ipv4Addr::from(k.src), k.sport, k.proto).is_some() {
+                Some(owner_of_flow(Ipv4Addr::from(k.dst), k.dport, Ipv4Addr::from(k.src), k.sport, f.lcores))
+            } else if f.addrs.contains(&ip.dst) {
+                Some(owner_of_port(k.sport, f.lcores))
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn process(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize) -> Verdict {
+    let Some(end) = start.checked_add(len) else {
+        return Verdict::Drop(DropReason::BadBuffer);
+    };
+    let Some(frame) = buf.get(start..end) else {
+        return Verdict::Drop(DropReason::BadBuffer);
+    };
+    let ip = match parse_ip(f, frame, true) {
+        Parsed::Ip(ip) => ip,
+        Parsed::Done(v) => return v,
+    };
+    let to_vip = f.vip_addrs.contains(&ip.dst);
+    if is_fragment(frame) {
+        return if to_vip { Verdict::Drop(DropReason::Fragment) } else { Verdict::NotMine };
+    }
+    let Some(payload) = frame.get(ETH + ip.ihl..ETH + ip.total) else {
+        return Verdict::Drop(DropReason::Ipv4BadHeader);
+    };
+    let now = tick(now_ns);
+    match ip.proto {
+        TCP | UDP => {
+            let (sport, dport, flags) = match l4(ip.proto, payload) {
+                Ok(x) => x,
+                Err(r) => return Verdict::Drop(r),
+            };
+            let key = Key {
+                src: u32::from(ip.src),
+                dst: u32::from(ip.dst),
+                sport,
+                dport,
+                proto: ip.proto,
+            };
+            if to_vip {
+                if let Some(vip) = find_vip(f, ip.dst, dport, ip.proto) {
+                    return forward(f, now_ns, now, buf, start, &ip, vip, key, flags);
+                }
+            }
+            if f.addrs.contains(&ip.dst) {
+                return reply(f, now, buf, start, &ip, key, flags);
+            }
+            Verdict::NotMine
+        }
+        ICMP => icmp(f, now_ns, now, buf, start, len, &ip, to_vip),
+        _ => Verdict::NotMine,
+    }
+}
+
+fn timeout(f: &Forwarder, s: State) -> u32 {
+    f.timeouts.get(s as usize).copied().unwrap_or(1)
+}
+
+fn initial_state(proto: u8, fl: Flags) -> State {
+    if proto != TCP {
+        State::Udp
+    } else if fl.rst {
+        State::Closed
+    } else if fl.fin {
+        State::Closing
+    } else if fl.syn && !fl.ack {
+        State::SynSent
+    } else {
+        State::Established
+    }
+}
+
+fn next_state(s: State, fl: Flags) -> State {
+    match s {
+        State::Udp => State::Udp,
+        _ if fl.rst => State::Closed,
+        _ if fl.fin => State::Closing,
+        // A new SYN on a closed tuple: the port is being reused.
+        State::Closing | State::Closed if fl.syn && !fl.ack => State::SynSent,
+        State::SynSent if fl.ack && !fl.syn => State::Established,
+        s => s,
+    }
+}
+
+/// Updates the state and deadline of entry `i` (and of its twin).
+fn touch(f: &mut Forwarder, i: u32, now: u32, fl: Flags) {
+    let Some(e) = f.table.get(i) else { return };
+    let s = next_state(State::from_u8(e.state), fl);
+    let deadline = now.wrapping_add(timeout(f, s));
+    let twin = e.twin;
+    for j in [i, twin] {
+        if let Some(e) = f.table.get_mut(j) {
+            e.state = s as u8;
+            e.deadline = deadline;
+        }
+    }
+}
+
+fn account_reclaimed(f: &mut Forwarder, rec: Reclaimed) {
+    f.counters.evictions += rec.evicted;
+    f.counters.expired += rec.expired;
+}
+
+/// Counts a forwarded packet under its VIP and (if still installed) backend.
+fn account(f: &mut Forwarder, e: &Entry, bytes: usize, new_flow: bool) {
+    let Some(v) = f.vips.get_mut(usize::from(e.vip)) else { return };
+    let (baddr, bport) = if e.flags & F_REVERSE != 0 { (e.src, e.sport) } else { (e.new_dst, e.new_dport) };
+    v.traffic.packets += 1;
+    v.traffic.bytes += bytes as u64;
+    v.traffic.new_flows += u64::from(new_flow);
+    let bi = usize::from(e.backend);
+    if let (Some(b), Some(t)) = (v.backends.get(bi), v.backend_traffic.get_mut(bi)) {
+        // Port 0: the backend takes the client's destination port.
+        let port_ok = b.cfg.port == bport || b.cfg.port == 0;
+        if u32::from(b.cfg.addr) == baddr && port_ok {
+            t.packets += 1;
+            t.bytes += bytes as u64;
+            t.new_flows += u64::from(new_flow);
+        }
+    }
+}
+
+/// MAC of backend `bi` of VIP `vip`: configured, or resolved.
+fn backend_mac(f: &mut Forwarder, vip: usize, bi: usize, now_ns: u64) -> Option<[u8; 6]> {
+    let b = *f.vips.get(vip)?.backends.get(bi)?;
+    match (b.cfg.mac, b.neigh) {
+        (Some(m), _) => Some(m),
+        (None, Some(n)) => f.neigh.resolve(n, now_ns),
+        (None, None) => None,
+    }
+}
+
+/// Picks a FullNAT source address and port for a flow to `backend:bport`.
+fn alloc_port(f: &mut Forwarder, backend: u32, bport: u16, proto: u8, now: u32) -> Option<(u32, u16)> {
+    let n_ports = f.ports.len();
+    let space = n_ports.checked_mul(f.addrs.len())?;
+    if space == 0 {
+        return None;
+    }
+    for _ in 0..space.min(64) {
+        let c = f.port_cursor % space;
+        f.port_cursor = (c + 1) % space;
+        let addr = u32::from(*f.addrs.get(c / n_ports)?);
+        let port = *f.ports.get(c % n_ports)?;
+        let k = Key {
+            src: backend,
+            dst: addr,
+            sport: bport,
+            dport: port,
+            proto,
+        };
+        if !f.table.contains(&k, now) {
+            return Some((addr, port));
+        }
+    }
+    None
+}
+
+/// Client -> VIP.
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    f: &mut Forwarder,
+    now_ns: u64,
+    now: u32,
+    buf: &mut [u8],
+    start: usize,
+    ip: &Ip,
+    vip: usize,
+    key: Key,
+    fl: Flags,
+) -> Verdict {
+    let Some(v) = f.vips.get(vip) else { return Verdict::NotMine };
+    let mode = v.mode;
+    let df = rd16(buf, start + ETH + 6) & 0x4000 != 0;
+    // Every drop first.
+    match mode {
+        Mode::Dsr => {}
+        Mode::Tunnel { encap, .. } => {
+            if ip.ttl <= 1 {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+            let overhead = overhead(encap);
+            if ip.total + overhead > usize::from(f.mtu) {
+                if !df {
+                    return Verdict::Drop(DropReason::TooBig);
+                }
+                let next_hop_mtu = usize::from(f.mtu).saturating_sub(overhead) as u16;
+                return too_big(f, buf, start, ip, next_hop_mtu);
+            }
+            if start < overhead {
+                return Verdict::Drop(DropReason::NoHeadroom);
+            }
+        }
+        Mode::FullNat => {
+            if ip.ihl > 20 {
+                return Verdict::Drop(DropReason::IpOptions);
+            }
+            if ip.ttl <= 1 {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+        }
+    }
+    let mut rec = Reclaimed::default();
+    let hit = f.table.find(&key, now, &mut rec);
+    account_reclaimed(f, rec);
+    let (idx, new_flow) = match hit {
+        Some(i) => {
+            touch(f, i, now, fl);
+            (i, false)
+        }
+        None => match create(f, now_ns, now, buf, start, vip, mode, key, fl) {
+            Ok(i) => (i, true),
+            Err(r) => return Verdict::Drop(r),
+        },
+    };
+    let Some(&e) = f.table.get(idx) else { return Verdict::Drop(DropReason::NoBackend) };
+    account(f, &e, ip.total, new_flow);
+    apply(f, buf, start, ip, &e, mode, key)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create(
+    f: &mut Forwarder,
+    now_ns: u64,
+    now: u32,
+    buf: &[u8],
+    start: usize,
+    vip: usize,
+    mode: Mode,
+    key: Key,
+    fl: Flags,
+) -> Result<u32, DropReason> {
+    let is_syn = fl.syn && !fl.ack;
+    if mode == Mode::FullNat && key.proto == TCP && !is_syn {
+        return Err(DropReason::NoSyn);
+    }
+    let v = f.vips.get(vip).ok_or(DropReason::NoBackend)?;
+    let fh = maglev_key(f.flow_seed, v.affinity, key.src, key.sport, key.dst, key.dport, key.proto);
+    let bi = v.table.lookup(fh).ok_or(DropReason::NoBackend)?;
+    let b = v.backends.get(bi).ok_or(DropReason::NoBackend)?.cfg;
+    let mac = backend_mac(f, vip, bi, now_ns).ok_or(DropReason::NeighbourUnresolved)?;
+    let state = initial_state(key.proto, fl);
+    let deadline = now.wrapping_add(timeout(f, state));
+    let bport = if b.port == 0 { key.dport } else { b.port };
+    let base = Entry {
+        src: key.src,
+        dst: key.dst,
+        sport: key.sport,
+        dport: key.dport,
+        proto: key.proto,
+        state: state as u8,
+        deadline,
+        new_dst: u32::from(b.addr),
+        new_dport: bport,
+        mac,
+        vip: vip as u16,
+        backend: bi as u16,
+        twin: NO_TWIN,
+        ..Entry::default()
+    };
+    let mut rec = Reclaimed::default();
+    let idx = if mode == Mode::FullNat {
+        let (snat, sport) = alloc_port(f, u32::from(b.addr), bport, key.proto, now).ok_or(DropReason::NoPort)?;
+        let mut client_mac = [0u8; 6];
+        if let Some(m) = buf.get(start + 6..start + 12) {
+            client_mac.copy_from_slice(m);
+        }
+        let fwd = Entry {
+            new_src: snat,
+            new_sport: sport,
+            ..base
+        };
+        let rev = Entry {
+            src: u32::from(b.addr),
+            dst: snat,
+            sport: bport,
+            dport: sport,
+            flags: F_REVERSE,
+            new_src: key.dst,
+            new_sport: key.dport,
+            new_dst: key.src,
+            new_dport: key.sport,
+            mac: client_mac,
+            ..base
+        };
+        let i = f.table.insert(fwd, now, NO_TWIN, &mut rec);
+        let j = f.table.insert(rev, now, i, &mut rec);
+        if let Some(e) = f.table.get_mut(i) {
+            e.twin = j;
+        }
+        if let Some(e) = f.table.get_mut(j) {
+            e.twin = i;
+        }
+        i
+    } else {
+        f.table.insert(base, now, NO_TWIN, &mut rec)
+    };
+    account_reclaimed(f, rec);
+    f.counters.new_flows += 1;
+    Ok(idx)
+}
+
+fn overhead(encap: Encap) -> usize {
+    match encap {
+        Encap::Ipip => 20,
+        Encap::Gue { .. } => 28,
+    }
+}
+
+/// Rewrites the frame for entry `e` (a client -> VIP flow, or an ICMP error
+/// about one in DSR/tunnel mode, with `client` its client side).
+fn apply(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Mode, client: Key) -> Verdict {
+    match mode {
+        Mode::Dsr => {
+            let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
+                return Verdict::Drop(DropReason::BadBuffer);
+            };
+            set_macs(frame, e.mac, f.mac.0);
+            Verdict::Transmit {
+                start,
+                len: ETH + ip.total,
+            }
+        }
+        Mode::Tunnel {
+            encap,
+            src_prefix,
+            src_prefix_len,
+        } => {
+            let entropy = tunnel_entropy(Ipv4Addr::from(client.src), client.sport);
+            let mask = if src_prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(src_prefix_len.min(32))) };
+            let outer_src = (u32::from(src_prefix) & mask) | (entropy & !mask);
+            encapsulate(f, buf, start, ip, e, encap, outer_src, entropy)
+        }
+        Mode::FullNat => {
+            let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
+                return Verdict::Drop(DropReason::BadBuffer);
+            };
+            nat(frame, ip, e);
+            set_macs(frame, e.mac, f.mac.0);
+            Verdict::Transmit {
+                start,
+                len: ETH + ip.total,
+            }
+        }
+    }
+}
+
+/// Decrements the TTL of the IPv4 header at `ip` (caller checked TTL > 1).
+fn dec_ttl(ip: &mut [u8]) {
+    let old = rd16(ip, 8);
+    let new = old.wrapping_sub(0x0100);
+    wr16(ip, 8, new);
+    let c = update16(rd16(ip, 10), old, new);
+    wr16(ip, 10, c);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encapsulate(
+    f: &Forwarder,
+    buf: &mut [u8],
+    start: usize,
+    ip: &Ip,
+    e: &Entry,
+    encap: Encap,
+    outer_src: u32,
+    entropy: u32,
+) -> Verdict {
+    let ov = overhead(encap);
+    let Some(ns) = start.checked_sub(ov) else { return Verdict::Drop(DropReason::NoHeadroom) };
+    let end = start + ETH + ip.total;
+    let Some(frame) = buf.get_mut(ns..end) else { return Verdict::Drop(DropReason::BadBuffer) };
+    let inner_at = ov + ETH;
+    let tos = frame.get(inner_at + 1).copied().unwrap_or(0);
+    let ident = rd16(frame, inner_at + 4);
+    let df = rd16(frame, inner_at + 6) & 0x4000;
+    if let Some(inner) = frame.get_mut(inner_at..) {
+        dec_ttl(inner);
+    }
+    set_macs(frame, e.mac, f.mac.0);
+    wr16(frame, 12, 0x0800);
+    let total = ip.total + ov;
+    let proto = match encap {
+        Encap::Ipip => 4,
+        Encap::Gue { .. } => UDP,
+    };
+    let Some(h) = frame.get_mut(ETH..ETH + 20) else { return Verdict::Drop(DropReason::BadBuffer) };
+    h[0] = 0x45;
+    h[1] = tos;
+    wr16(h, 2, total as u16);
+    wr16(h, 4, ident);
+    wr16(h, 6, df);
+    h[8] = OUR_TTL;
+    h[9] = proto;
+    wr16(h, 10, 0);
+    wr32(h, 12, outer_src);
+    wr32(h, 16, e.new_dst);
+    let c = checksum(h);
+    wr16(h, 10, c);
+    if let Encap::Gue { port } = encap {
+        let sport = 0xc000 | ((entropy >> 16) as u16 & 0x3fff);
+        let Some(u) = frame.get_mut(ETH + 20..ETH + 28) else { return Verdict::Drop(DropReason::BadBuffer) };
+        wr16(u, 0, sport);
+        wr16(u, 2, port);
+        wr16(u, 4, (ip.total + 8) as u16);
+        wr16(u, 6, 0);
+    }
+    Verdict::Transmit {
+        start: ns,
+        len: ETH + total,
+    }
+}
+
+/// Rewrites addresses, ports and TTL to entry `e`'s action, with
+/// incremental checksum updates.
+fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
+    let Some(h) = frame.get_mut(ETH..ETH + ip.total) else { return };
+    let (old_src, old_dst) = (rd32(h, 12), rd32(h, 16));
+    let mut c = rd16(h, 10);
+    c = update32(c, old_src, e.new_src);
+    c = update32(c, old_dst, e.new_dst);
+    let old_ttl = rd16(h, 8);
+    let new_ttl = old_ttl.wrapping_sub(0x0100);
+    c = update16(c, old_ttl, new_ttl);
+    wr16(h, 8, new_ttl);
+    wr32(h, 12, e.new_src);
+    wr32(h, 16, e.new_dst);
+    wr16(h, 10, c);
+    let ihl = ip.ihl;
+    let Some(l4) = h.get_mut(ihl..) else { return };
+    let at = if ip.proto == TCP { 16 } else { 6 };
+    let (old_sp, old_dp) = (rd16(l4, 0), rd16(l4, 2));
+    wr16(l4, 0, e.new_sport);
+    wr16(l4, 2, e.new_dport);
+    let c = rd16(l4, at);
+    if ip.proto == UDP && c == 0 {
+        return; // no checksum
+    }
+    let mut c = update32(c, old_src, e.new_src);
+    c = update32(c, old_dst, e.new_dst);
+    c = update16(c, old_sp, e.new_sport);
+    c = update16(c, old_dp, e.new_dport);
+    if ip.proto == UDP && c == 0 {
+        c = 0xffff;
+    }
+    wr16(l4, at, c);
+}
+
+/// Backend -> SNAT address (FullNAT reply).
+fn reply(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, key: Key, fl: Flags) -> Verdict {
+    let mut rec = Reclaimed::default();
+    let hit = f.table.find(&key, now, &mut rec);
+    account_reclaimed(f, rec);
+    let Some(i) = hit else { return Verdict::NotMine };
+    let Some(&e) = f.table.get(i) else { return Verdict::NotMine };
+    if e.flags & F_REVERSE == 0 {
+        return Verdict::NotMine;
+    }
+    if ip.ihl > 20 {
+        return Verdict::Drop(DropReason::IpOptions);
+    }
+    if ip.ttl <= 1 {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
+    touch(f, i, now, fl);
+    account(f, &e, ip.total, false);
+    let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
+        return Verdict::Drop(DropReason::BadBuffer);
+    };
+    nat(frame, ip, &e);
+    set_macs(frame, e.mac, f.mac.0);
+    Verdict::Transmit {
+        start,
+        len: ETH + ip.total,
+    }
+}
+
+/// Answers a too-big packet with ICMP fragmentation needed, in place: the
+/// quote is the IPv4 header and the first 8 payload bytes.
+fn too_big(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, mtu: u16) -> Verdict {
+    let q = ip.ihl + 8;
+    let len = ETH + 20 + 8 + q;
+    if ip.total < q {
+        return Verdict::Drop(DropReason::TooBig);
+    }
+    let Some(frame) = buf.get_mut(start..start + (ETH + ip.total).max(len)) else {
+        return Verdict::Drop(DropReason::TooBig);
+    };
+    let mut client_mac = [0u8; 6];
+    client_mac.copy_from_slice(&frame[6..12]);
+    frame.copy_within(ETH..ETH + q, ETH + 28);
+    set_macs(frame, client_mac, f.mac.0);
+    let h = &mut frame[ETH..ETH + 20];
+    h.copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, OUR_TTL, ICMP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    wr16(h, 2, (20 + 8 + q) as u16);
+    wr32(h, 12, u32::from(ip.dst));
+    wr32(h, 16, u32::from(ip.src));
+    let c = checksum(h);
+    wr16(h, 10, c);
+    let m = &mut frame[ETH + 20..len];
+    m[..8].copy_from_slice(&[ICMP_DST_UNREACHABLE, 4, 0, 0, 0, 0, 0, 0]);
+    wr16(m, 6, mtu);
+    let c = checksum(m);
+    wr16(m, 2, c);
+    f.counters.icmp_too_big_sent += 1;
+    Verdict::Transmit { start, len }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, len: usize, ip: &Ip, to_vip: bool) -> Verdict {
+    let Some(frame) = buf.get(start..start + len) else { return Verdict::Drop(DropReason::BadBuffer) };
+    let q = match quote(frame, ip) {
+        Ok(q) => q,
+        Err(r) => return if to_vip { Verdict::Drop(r) } else { Verdict::NotMine },
+    };
+    let Some(q) = q else {
+        if !to_vip {
+            return Verdict::NotMine;
+        }
+        let ty = frame.get(ETH + ip.ihl).copied().unwrap_or(0);
+        if ty != ICMP_ECHO_REQUEST {
+            return Verdict::Drop(DropReason::IcmpUnsupported);
+        }
+        let local = fulcrum_packet::Local {
+            mac: f.mac,
+            addrs: &f.vip_addrs,
+        };
+        let Some(frame) = buf.get_mut(start..start + len) else { return Verdict::Drop(DropReason::BadBuffer) };
+        return match fulcrum_packet::respond(frame, &local) {
+            fulcrum_packet::Verdict::Reply { len } => {
+                f.counters.echo_replies += 1;
+                Verdict::Transmit { start, len }
+            }
+            fulcrum_packet::Verdict::Drop(fulcrum_packet::DropReason::IcmpBadChecksum) => {
+                Verdict::Drop(DropReason::IcmpBadChecksum)
+            }
+            fulcrum_packet::Verdict::Drop(_) => Verdict::Drop(DropReason::IcmpMalformed),
+        };
+    };
+    let msg = frame.get(q.icmp..ETH + ip.total).unwrap_or(&[]);
+    let k = q.key;
+    // The flow the quoted packet belongs to, as its client-side key: the
+    // quote is a packet *from* the VIP (to a VIP) or from our SNAT address.
+    let flow = Key {
+        src: k.dst,
+        dst: k.src,
+        sport: k.dport,
+        dport: k.sport,
+        proto: k.proto,
+    };
+    if to_vip {
+        let Some(vip) = find_vip(f, Ipv4Addr::from(k.src), k.sport, k.proto) else {
+            return Verdict::NotMine;
+        };
+        if checksum(msg) != 0 {
+            return Verdict::Drop(DropReason::IcmpBadChecksum);
+        }
+        let mode = f.vips[vip].mode;
+        let mut rec = Reclaimed::default();
+        let hit = f.table.find(&flow, now, &mut rec);
+        account_reclaimed(f, rec);
+        match mode {
+            Mode::Dsr | Mode::Tunnel { .. } => {
+                if let Mode::Tunnel { encap, .. } = mode {
+                    if ip.ttl <= 1 {
+                        return Verdict::Drop(DropReason::TtlExceeded);
+                    }
+                    if ip.total + overhead(encap) > usize::from(f.mtu) {
+                        return Verdict::Drop(DropReason::TooBig);
+                    }
+                    if start < overhead(encap) {
+                        return Verdict::Drop(DropReason::NoHeadroom);
+                    }
+                }
+                let e = match hit.and_then(|i| f.table.get(i)) {
+                    Some(&e) => e,
+                    None => {
+                        // Stateless, like Katran: the backend Maglev picks
+                        // for this flow now. No entry is created.
+                        let v = &f.vips[vip];
+                        let fh = maglev_key(f.flow_seed, v.affinity, flow.src, flow.sport, flow.dst, flow.dport, flow.proto);
+                        let Some(bi) = v.table.lookup(fh) else { return Verdict::Drop(DropReason::NoBackend) };
+                        let Some(b) = v.backends.get(bi).map(|b| b.cfg) else {
+                            return Verdict::Drop(DropReason::NoBackend);
+                        };
+                        let Some(mac) = backend_mac(f, vip, bi, now_ns) else {
+                            return Verdict::Drop(DropReason::NeighbourUnresolved);
+                        };
+                        Entry {
+                            new_dst: u32::from(b.addr),
+                            mac,
+                            ..Entry::default()
+                        }
+                    }
+                };
+                f.counters.icmp_errors_forwarded += 1;
+                apply(f, buf, start, ip, &e, mode, flow)
+            }
+            Mode::FullNat => {
+                let Some(&e) = hit.and_then(|i| f.table.get(i)) else {
+                    return Verdict::Drop(DropReason::IcmpNoFlow);
+                };
+                if ip.ihl > 20 {
+                    return Verdict::Drop(DropReason::IpOptions);
+                }
+                if ip.ttl <= 1 {
+                    return Verdict::Drop(DropReason::TtlExceeded);
+                }
+                // Towards the backend, about its packet backend -> SNAT.
+                let t = Translation {
+                    outer_src: e.new_src,
+                    outer_dst: e.new_dst,
+                    inner_src: (e.new_dst, e.new_dport),
+                    inner_dst: (e.new_src, e.new_sport),
+                    mac: e.mac,
+                };
+                f.counters.icmp_errors_forwarded += 1;
+                translate_icmp(f, buf, start, ip, &q, &t)
+            }
+        }
+    } else {
+        let mut rec = Reclaimed::default();
+        let hit = f.table.find(&flow, now, &mut rec);
+        account_reclaimed(f, rec);
+        let Some(&e) = hit.and_then(|i| f.table.get(i)) else { return Verdict::NotMine };
+        if e.flags & F_REVERSE == 0 {
+            return Verdict::NotMine;
+        }
+        if checksum(msg) != 0 {
+            return Verdict::Drop(DropReason::IcmpBadChecksum);
+        }
+        if ip.ihl > 20 {
+            return Verdict::Drop(DropReason::IpOptions);
+        }
+        if ip.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        // Towards the client, about its packet client -> VIP.
+        let t = Translation {
+            outer_src: e.new_src,
+            outer_dst: e.new_dst,
+            inner_src: (e.new_dst, e.new_dport),
+            inner_dst: (e.new_src, e.new_sport),
+            mac: e.mac,
+        };
+        f.counters.icmp_errors_forwarded += 1;
+        translate_icmp(f, buf, start, ip, &q, &t)
+    }
+}
+
+struct Translation {
+    outer_src: u32,
+    outer_dst: u32,
+    inner_src: (u32, u16),
+    inner_dst: (u32, u16),
+    mac: [u8; 6],
+}
+
+/// Rewrites an ICMP error: outer addresses (and TTL), the quoted header's
+/// addresses and ports (its IPv4 checksum, and its L4 checksum when quoted),
+/// and recomputes the ICMP checksum.
+fn translate_icmp(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, q: &Quote, t: &Translation) -> Verdict {
+    let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
+        return Verdict::Drop(DropReason::BadBuffer);
+    };
+    // The quote.
+    let Some(inner) = frame.get_mut(q.icmp + 8..) else { return Verdict::Drop(DropReason::IcmpMalformed) };
+    let (os, od) = (rd32(inner, 12), rd32(inner, 16));
+    let (osp, odp) = (rd16(inner, q.ihl), rd16(inner, q.ihl + 2));
+    let (ns, nsp) = t.inner_src;
+    let (nd, ndp) = t.inner_dst;
+    let mut c = rd16(inner, 10);
+    c = update32(c, os, ns);
+    c = update32(c, od, nd);
+    wr16(inner, 10, c);
+    wr32(inner, 12, ns);
+    wr32(inner, 16, nd);
+    wr16(inner, q.ihl, nsp);
+    wr16(inner, q.ihl + 2, ndp);
+    let at = q.ihl + if q.key.proto == TCP { 16 } else { 6 };
+    if inner.len() >= at + 2 {
+        let c = rd16(inner, at);
+        if !(q.key.proto == UDP && c == 0) {
+            let mut c = update32(c, os, ns);
+            c = update32(c, od, nd);
+            c = update16(c, osp, nsp);
+            c = update16(c, odp, ndp);
+            if q.key.proto == UDP && c == 0 {
+                c = 0xffff;
+            }
+            wr16(inner, at, c);
+        }
+    }
+    // The outer header.
+    nat_outer(frame, t.outer_src, t.outer_dst);
+    // ICMP checksum over the whole message.
+    if let Some(m) = frame.get_mut(q.icmp..ETH + ip.total) {
+        wr16(m, 2, 0);
+        let c = checksum(m);
+        wr16(m, 2, c);
+    }
+    set_macs(frame, t.mac, f.mac.0);
+    Verdict::Transmit {
+        start,
+        len: ETH + ip.total,
+    }
+}
+
+fn nat_outer(frame: &mut [u8], src: u32, dst: u32) {
+    let Some(h) = frame.get_mut(ETH..ETH + 20) else { return };
+    let mut c = rd16(h, 10);
+    c = update32(c, rd32(h, 12), src);
+    c = update32(c, rd32(h, 16), dst);
+    let old_ttl = rd16(h, 8);
+    let new_ttl = old_ttl.wrapping_sub(0x0100);
+    c = update16(c, old_ttl, new_ttl);
+    wr16(h, 8, new_ttl);
+    wr32(h, 12, src);
+    wr32(h, 16, dst);
+    wr16(h, 10, c);
+}
+
+/// The Maglev key of a new flow: its 5-tuple, or its client address alone.
+pub(crate) fn maglev_key(seed: u64, affinity: Affinity, src: u32, sport: u16, dst: u32, dport: u16, proto: u8) -> u64 {
+    match affinity {
+        Affinity::Flow => flow_hash(seed, Ipv4Addr::from(src).into(), sport, Ipv4Addr::from(dst).into(), dport, proto),
+        Affinity::Client => addr_hash(seed, Ipv4Addr::from(src).into()),
+    }
+}

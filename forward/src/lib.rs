@@ -1,0 +1,690 @@
+//! Packet-forwarding modes for Fulcrum: L2 direct server return, IPIP/GUE
+//! tunnelling and FullNAT, with per-lcore connection tracking.
+//!
+//! One [`Forwarder`] per lcore, owned by that lcore: no locks, no atomics, no
+//! heap allocation per packet (everything is allocated in [`Forwarder::new`]
+//! and [`Forwarder::set_backends`]), no panics on any input.
+//!
+//! # Per packet
+//! The dataplane passes the mbuf's whole data room and where the frame lies in
+//! it ([`Forwarder::process`]); the verdict says where the rewritten frame
+//! lies now (tunnel modes prepend into the headroom), or why it is dropped, or
+//! that the frame is not for this crate ([`Verdict::NotMine`]: ARP, pings to
+//! own addresses, proxy-mode VIPs, ...).
+//!
+//! # Decisions
+//! - **Fragments** to a forwarding VIP are dropped and counted
+//!   ([`DropReason::Fragment`]), as Katran does: non-first fragments carry no
+//!   ports, so they cannot be matched to the flow's backend without
+//!   reassembly or a fragment-tracking table, and a 3-tuple fallback would send
+//!   the first and the other fragments of one datagram to different backends.
+//! - **ICMP errors** (destination unreachable incl. fragmentation needed, time
+//!   exceeded) are matched on the quoted header. To a VIP, about the VIP's
+//!   reply to a client: DSR/tunnel forward them unchanged to the flow's
+//!   backend (conntrack hit, else the Maglev choice for that tuple, like
+//!   Katran); FullNAT translates the quote back to the backend's view
+//!   (`backend:port -> snat:port`) and sends it to the backend from the SNAT
+//!   address. To a SNAT address, about a FullNAT'ed packet towards a backend:
+//!   translated to the client's view and sent to the client from the VIP.
+//!   Echo requests to a VIP are answered with `fulcrum_packet::respond`.
+//! - **TTL**: tunnel and FullNAT act as a router hop: TTL <= 1 is dropped
+//!   ([`DropReason::TtlExceeded`], no ICMP time exceeded is generated), else
+//!   decremented. DSR is an L2 hop and leaves TTL alone.
+//! - **IPv4 options** pass through DSR and tunnel; FullNAT drops them
+//!   ([`DropReason::IpOptions`]): source-route/record-route options would need
+//!   rewriting with the addresses.
+//! - **Checksums**: the IPv4 header checksum is verified (bad: dropped); L4
+//!   checksums are not verified, only updated incrementally (RFC 1624).
+//! - **MTU** (tunnel): a packet that would exceed [`ForwarderConfig::mtu`]
+//!   once encapsulated is answered with ICMP fragmentation-needed (next-hop
+//!   MTU = mtu - overhead) if DF is set, else dropped ([`DropReason::TooBig`]):
+//!   we do not fragment.
+//! - **GUE** is Katran's format: GUE "variant 1", direct IP-in-UDP with no GUE
+//!   header (the inner IPv4 header's version nibble 4 = 0b01.. marks it), to
+//!   UDP port 6080 by default, UDP checksum 0 (allowed for IPv4).
+//! - **Outer source** (both tunnels): an address in the VIP's `src_prefix`
+//!   whose host bits come from a mix of the client address and port
+//!   ([`tunnel_entropy`]), so a backend NIC hashing on the outer header spreads
+//!   flows (Katran puts client bits in the outer source the same way). GUE also
+//!   puts entropy in the UDP source port (49152-65535).
+//! - **Neighbours**: a backend's MAC is configured ([`ForwardBackend::mac`]:
+//!   its own, or the gateway's for an off-link tunnel endpoint) or resolved by
+//!   ARP ([`Forwarder::observe_arp`], [`Forwarder::poll_arp`]). A flow's entry
+//!   stores the MAC at creation.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod conntrack;
+mod csum;
+mod datapath;
+mod neigh;
+
+#[cfg(test)]
+mod testdata;
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use fulcrum_maglev::{backend_key, Backend, MaglevTable};
+use smoltcp::wire::EthernetAddress;
+
+use conntrack::{tick, ticks, Table};
+use neigh::Neighbours;
+
+pub use neigh::ARP_REQUEST_LEN;
+
+/// Bytes of one connection-tracking entry (one direction of one flow; a
+/// FullNAT flow takes two).
+pub const ENTRY_BYTES: usize = std::mem::size_of::<conntrack::Entry>();
+
+/// Default entries per lcore.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+/// Katran's default GUE destination port.
+pub const GUE_PORT: u16 = 6080;
+
+/// Headroom [`Forwarder::process`] needs before the frame for the largest
+/// encapsulation (GUE: outer IPv4 + UDP).
+pub const MAX_ENCAP_OVERHEAD: usize = 28;
+
+/// L4 protocol of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+}
+
+impl Proto {
+    /// IP protocol number.
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+}
+
+/// Tunnel encapsulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encap {
+    /// IPv4-in-IPv4 (protocol 4), RFC 2003.
+    Ipip,
+    /// Direct IPv4-in-UDP to this destination port (GUE variant 1, as Katran).
+    Gue {
+        /// UDP destination port, normally [`GUE_PORT`].
+        port: u16,
+    },
+}
+
+/// How a VIP's packets reach its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// L2 direct server return: only the MACs change.
+    Dsr,
+    /// Encapsulate towards the backend; the backend decapsulates and answers
+    /// the client directly.
+    Tunnel {
+        /// IPIP or GUE.
+        encap: Encap,
+        /// Prefix outer source addresses are drawn from (host bits from the
+        /// flow); use a /32 for one fixed source.
+        src_prefix: Ipv4Addr,
+        /// Its length, 0..=32.
+        src_prefix_len: u8,
+    },
+    /// Source and destination NAT: replies come back through us.
+    FullNat,
+}
+
+/// A backend of a forwarding VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardBackend {
+    /// Its address: the tunnel endpoint / the FullNAT destination / (DSR) the
+    /// address to ARP for when `mac` is `None`.
+    pub addr: Ipv4Addr,
+    /// FullNAT destination port (0: keep the client's destination port);
+    /// ignored by DSR and tunnel except as part of the backend's identity.
+    pub port: u16,
+    /// Maglev weight; 0 = drained (keeps its existing flows, gets no new ones).
+    pub weight: u32,
+    /// Next-hop MAC: the backend's own, or its gateway's. `None`: resolve
+    /// `addr` by ARP (on-link backends only).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// What picks a new flow's backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Affinity {
+    /// The whole 5-tuple: each flow is placed on its own.
+    #[default]
+    Flow,
+    /// The client address alone: all of a client's flows share a backend
+    /// (protocols with several connections per session, e.g. FTP, iperf3).
+    Client,
+}
+
+/// One forwarding VIP.
+#[derive(Clone, Debug)]
+pub struct ForwardVip {
+    /// VIP address.
+    pub addr: Ipv4Addr,
+    /// VIP port; 0 = every port of `proto`.
+    pub port: u16,
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// Forwarding mode.
+    pub mode: Mode,
+    /// What a new flow's Maglev key is made of.
+    pub affinity: Affinity,
+    /// Initial backends.
+    pub backends: Vec<ForwardBackend>,
+    /// Maglev table size (prime), e.g. `fulcrum_maglev::DEFAULT_TABLE_SIZE`.
+    pub table_size: u32,
+}
+
+/// Connection-tracking timeouts (IPVS/DPVS-like defaults, shortened for
+/// half-open and reset flows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// After a SYN, until the handshake completes: 30 s.
+    pub tcp_syn: Duration,
+    /// Established: 900 s (IPVS's default).
+    pub tcp_established: Duration,
+    /// After a FIN in either direction: 60 s.
+    pub tcp_closing: Duration,
+    /// After a RST: 10 s (IPVS's CLOSE), so stragglers still find the backend.
+    pub tcp_closed: Duration,
+    /// UDP, refreshed by every packet: 300 s (IPVS's default).
+    pub udp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: Duration::from_secs(30),
+            tcp_established: Duration::from_secs(900),
+            tcp_closing: Duration::from_secs(60),
+            tcp_closed: Duration::from_secs(10),
+            udp: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything a [`Forwarder`] needs.
+#[derive(Clone, Debug)]
+pub struct ForwarderConfig {
+    /// Our MAC: source of everything we send, and the only unicast MAC we accept.
+    pub mac: [u8; 6],
+    /// Our own addresses. The first is the ARP sender address; all are FullNAT
+    /// source (SNAT) addresses, tried in order.
+    pub addrs: Vec<Ipv4Addr>,
+    /// This lcore's index.
+    pub lcore: usize,
+    /// Number of lcores (ports `p` with `p % lcores == lcore` are ours).
+    pub lcores: usize,
+    /// FullNAT source ports, half-open `[lo, hi)`; same range as proxy mode's
+    /// local ports (they share `owner_of_port`, so do not let both modes use
+    /// the same address:port range at once).
+    pub local_ports: (u16, u16),
+    /// Connection-tracking entries for this lcore (rounded up to a power of 2).
+    pub capacity: usize,
+    /// Connection-tracking timeouts.
+    pub timeouts: Timeouts,
+    /// IPv4 MTU towards backends (encapsulated packets must fit).
+    pub mtu: u16,
+    /// Most addresses the ARP table tracks.
+    pub neighbours: usize,
+    /// Forwarding VIPs; their index is the VIP id used by the API.
+    pub vips: Vec<ForwardVip>,
+    /// Maglev flow-hash seed (`fulcrum_maglev::DEFAULT_FLOW_SEED`); must be
+    /// the same on every load balancer.
+    pub flow_seed: u64,
+}
+
+/// Why the configuration or a backend update is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The Maglev table could not be built.
+    #[error("maglev: {0}")]
+    Maglev(#[from] fulcrum_maglev::MaglevError),
+    /// No such VIP id.
+    #[error("no VIP with id {0}")]
+    NoVip(usize),
+    /// More VIPs than entries can name.
+    #[error("too many VIPs ({0})")]
+    TooManyVips(usize),
+    /// FullNAT needs at least one own address and owned ports.
+    #[error("FullNAT VIP configured but no own address or no local port owned by lcore {0}")]
+    NoSnatPorts(usize),
+    /// `lcore >= lcores`.
+    #[error("lcore {0} out of {1}")]
+    BadLcore(usize, usize),
+    /// Source prefix length above 32.
+    #[error("tunnel source prefix length {0} > 32")]
+    BadPrefix(u8),
+    /// The neighbour table is full.
+    #[error("neighbour table full ({0} entries)")]
+    NeighboursFull(usize),
+}
+
+macro_rules! drop_reasons {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $name:literal,)+) => {
+        /// Every reason [`Forwarder::process`] drops a frame; one counter each.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl DropReason {
+            /// Number of reasons.
+            pub const COUNT: usize = [$(DropReason::$variant),+].len();
+            /// Every reason, in index order.
+            pub const ALL: [DropReason; Self::COUNT] = [$(DropReason::$variant),+];
+            /// Stable `snake_case` name.
+            pub const fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)+ }
+            }
+            /// Counter index.
+            pub const fn index(self) -> usize { self as usize }
+        }
+    };
+}
+
+drop_reasons! {
+    /// `start`/`len` do not lie within the buffer.
+    BadBuffer => "bad_buffer",
+    /// Shorter than a minimal IPv4 header.
+    Ipv4Truncated => "ipv4_truncated",
+    /// Version, IHL or total length inconsistent with the frame.
+    Ipv4BadHeader => "ipv4_bad_header",
+    /// IPv4 header checksum wrong.
+    Ipv4BadChecksum => "ipv4_bad_checksum",
+    /// Source address unspecified, broadcast, multicast or loopback.
+    MartianSource => "martian_source",
+    /// An IPv4 fragment to a VIP: not forwarded (see crate docs).
+    Fragment => "fragment",
+    /// TCP header truncated or data offset bad.
+    TcpMalformed => "tcp_malformed",
+    /// UDP header truncated or length bad.
+    UdpMalformed => "udp_malformed",
+    /// ICMP to a VIP that is truncated, or an error with an unusable quote.
+    IcmpMalformed => "icmp_malformed",
+    /// ICMP checksum wrong.
+    IcmpBadChecksum => "icmp_bad_checksum",
+    /// ICMP to a VIP that is neither an echo request nor an error we forward.
+    IcmpUnsupported => "icmp_unsupported",
+    /// ICMP error about a FullNAT flow we do not track.
+    IcmpNoFlow => "icmp_no_flow",
+    /// TTL <= 1 where we route (tunnel, FullNAT).
+    TtlExceeded => "ttl_exceeded",
+    /// IPv4 options on a FullNAT packet.
+    IpOptions => "ip_options",
+    /// Every backend of the VIP is drained (or there are none).
+    NoBackend => "no_backend",
+    /// The backend's MAC is not resolved yet (an ARP request is queued).
+    NeighbourUnresolved => "neighbour_unresolved",
+    /// Not enough headroom in the buffer to encapsulate.
+    NoHeadroom => "no_headroom",
+    /// Too big to encapsulate within the MTU and DF clear (we do not fragment).
+    TooBig => "too_big",
+    /// New FullNAT TCP flow that does not start with a SYN.
+    NoSyn => "no_syn",
+    /// No free FullNAT source port for this backend.
+    NoPort => "no_port",
+}
+
+/// What to do with a frame.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send `buf[start..start + len]` out of the port it came in on (may
+    /// differ from the input's start and length).
+    Transmit {
+        /// New start of the frame in the buffer.
+        start: usize,
+        /// New length.
+        len: usize,
+    },
+    /// Free it; counted under the reason.
+    Drop(DropReason),
+    /// Not for the forwarding modes: leave it to the dataplane's other paths.
+    /// The frame is untouched.
+    NotMine,
+}
+
+/// Per-lcore counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Drops by [`DropReason::index`].
+    pub drops: [u64; DropReason::COUNT],
+    /// Frames transmitted (forwarded, translated, or answered).
+    pub transmitted: u64,
+    /// Frames handed back as [`Verdict::NotMine`].
+    pub not_mine: u64,
+    /// Flows created.
+    pub new_flows: u64,
+    /// Live entries evicted because their bucket was full.
+    pub evictions: u64,
+    /// Expired entries reclaimed.
+    pub expired: u64,
+    /// ICMP errors forwarded to a backend or translated to a client.
+    pub icmp_errors_forwarded: u64,
+    /// ICMP fragmentation-needed sent to clients.
+    pub icmp_too_big_sent: u64,
+    /// Echo requests to VIPs answered.
+    pub echo_replies: u64,
+    /// ARP requests emitted.
+    pub arp_requests: u64,
+    /// ARP packets that updated a neighbour.
+    pub arp_learned: u64,
+}
+
+/// Traffic counters of a VIP or a backend (both directions for FullNAT;
+/// bytes are IPv4 total lengths as received).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded.
+    pub bytes: u64,
+    /// Flows created.
+    pub new_flows: u64,
+}
+
+/// A backend's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Which backend.
+    pub addr: Ipv4Addr,
+    /// Its port.
+    pub port: u16,
+    /// Its traffic (since it was last installed by `set_backends`).
+    pub traffic: Traffic,
+}
+
+/// A backend set built off the packet path, ready to install.
+#[derive(Clone, Debug)]
+pub struct BackendSet {
+    backends: Vec<ForwardBackend>,
+    table: MaglevTable,
+}
+
+impl BackendSet {
+    /// Builds the Maglev table for `backends` (any thread; allocates).
+    ///
+    /// # Errors
+    /// Whatever [`MaglevTable::build`] refuses (size not prime, duplicates, ...).
+    pub fn build(backends: Vec<ForwardBackend>, table_size: u32) -> Result<Self, ForwardError> {
+        let keys: Vec<Backend> = backends
+            .iter()
+            .map(|b| Backend {
+                key: backend_key(IpAddr::V4(b.addr), b.port),
+                weight: b.weight,
+            })
+            .collect();
+        let table = MaglevTable::build(&keys, table_size)?;
+        Ok(BackendSet { backends, table })
+    }
+}
+
+/// Installed backend: its config, the neighbour slot it resolves through.
+#[derive(Clone, Copy, Debug)]
+struct BackendRt {
+    cfg: ForwardBackend,
+    neigh: Option<u16>,
+}
+
+struct VipRt {
+    addr: Ipv4Addr,
+    port: u16,
+    proto: u8,
+    mode: Mode,
+    affinity: Affinity,
+    backends: Vec<BackendRt>,
+    table: MaglevTable,
+    traffic: Traffic,
+    backend_traffic: Vec<Traffic>,
+}
+
+/// One lcore's forwarding state.
+pub struct Forwarder {
+    mac: EthernetAddress,
+    addrs: Vec<Ipv4Addr>,
+    vip_addrs: Vec<Ipv4Addr>,
+    lcore: usize,
+    lcores: usize,
+    /// Our ports in `local_ports`, ascending (allocated once).
+    ports: Vec<u16>,
+    port_cursor: usize,
+    table: Table,
+    timeouts: [u32; 6],
+    mtu: u16,
+    neigh: Neighbours,
+    vips: Vec<VipRt>,
+    flow_seed: u64,
+    counters: Counters,
+}
+
+/// Lcore owning local port `port`: same rule as proxy mode's `owner_of_port`.
+pub fn owner_of_port(port: u16, lcores: usize) -> usize {
+    usize::from(port) % lcores.max(1)
+}
+
+/// Seed of the client-flow steering hash: the same as proxy mode's, so
+/// both modes spread client flows over lcores identically.
+const STEER_SEED: u64 = 0x7374_6565_7266_6c77; // "steerflw"
+
+/// Lcore owning a client flow to a VIP: the same function as proxy mode's
+/// `owner_of_flow` (the protocol is not hashed, so TCP and UDP agree too).
+pub fn owner_of_flow(client: Ipv4Addr, client_port: u16, vip: Ipv4Addr, vip_port: u16, lcores: usize) -> usize {
+    let h = fulcrum_maglev::flow_hash(STEER_SEED, IpAddr::V4(client), client_port, IpAddr::V4(vip), vip_port, 6);
+    (h % lcores.max(1) as u64) as usize
+}
+
+/// The tunnel entropy of a client flow: outer source host bits come from its
+/// low bits, the GUE source port from its high bits. A multiplicative mix of
+/// the client address and port (stable across load balancers and restarts):
+/// `x = (client ^ (port << 16 | port)) * 0x9E3779B1 (mod 2^32); x ^ (x >> 16)`.
+pub fn tunnel_entropy(client: Ipv4Addr, client_port: u16) -> u32 {
+    let p = u32::from(client_port);
+    let x = (u32::from(client) ^ (p << 16 | p)).wrapping_mul(0x9E37_79B1);
+    x ^ (x >> 16)
+}
+
+impl Forwarder {
+    /// Allocates everything: the conntrack table (`capacity` x
+    /// [`ENTRY_BYTES`]), the port list, the VIPs' Maglev tables.
+    ///
+    /// # Errors
+    /// See [`ForwardError`].
+    pub fn new(config: ForwarderConfig) -> Result<Self, ForwardError> {
+        let lcores = config.lcores.max(1);
+        if config.lcore >= lcores {
+            return Err(ForwardError::BadLcore(config.lcore, lcores));
+        }
+        if config.vips.len() > usize::from(u16::MAX) {
+            return Err(ForwardError::TooManyVips(config.vips.len()));
+        }
+        let (lo, hi) = config.local_ports;
+        let ports: Vec<u16> = (lo..hi).filter(|&p| owner_of_port(p, lcores) == config.lcore).collect();
+        let t = &config.timeouts;
+        let to = |d: Duration| ticks(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let mut fwd = Forwarder {
+            mac: EthernetAddress(config.mac),
+            addrs: config.addrs.clone(),
+            vip_addrs: Vec::new(),
+            lcore: config.lcore,
+            lcores,
+            ports,
+            port_cursor: 0,
+            table: Table::new(config.capacity, config.flow_seed ^ 0x6374_7261_636b_3031),
+            timeouts: [
+                0,
+                to(t.tcp_syn),
+                to(t.tcp_established),
+                to(t.tcp_closing),
+                to(t.tcp_closed),
+                to(t.udp),
+            ],
+            mtu: config.mtu,
+            neigh: Neighbours::new(config.neighbours),
+            vips: Vec::with_capacity(config.vips.len()),
+            flow_seed: config.flow_seed,
+            counters: Counters::default(),
+        };
+        for v in config.vips {
+            if let Mode::Tunnel { src_prefix_len, .. } = v.mode {
+                if src_prefix_len > 32 {
+                    return Err(ForwardError::BadPrefix(src_prefix_len));
+                }
+            }
+            if v.mode == Mode::FullNat && (fwd.addrs.is_empty() || fwd.ports.is_empty()) {
+                return Err(ForwardError::NoSnatPorts(fwd.lcore));
+            }
+            let set = BackendSet::build(v.backends, v.table_size)?;
+            if !fwd.vip_addrs.contains(&v.addr) {
+                fwd.vip_addrs.push(v.addr);
+            }
+            fwd.vips.push(VipRt {
+                addr: v.addr,
+                port: v.port,
+                proto: v.proto.number(),
+                mode: v.mode,
+                affinity: v.affinity,
+                backends: Vec::new(),
+                table: set.table.clone(),
+                traffic: Traffic::default(),
+                backend_traffic: Vec::new(),
+            });
+            let id = fwd.vips.len() - 1;
+            fwd.set_backends(id, set)?;
+        }
+        Ok(fwd)
+    }
+
+    /// The id of the VIP `addr:port/proto` (exact port; 0 for an all-ports VIP).
+    pub fn vip_id(&self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<usize> {
+        self.vips
+            .iter()
+            .position(|v| v.addr == addr && v.port == port && v.proto == proto.number())
+    }
+
+    /// Installs a new backend set for VIP `vip`: O(backends), no table
+    /// build (do [`BackendSet::build`] off the packet path). Existing flows
+    /// keep their backend, even one that left the set: their entries hold the
+    /// backend's address, port and MAC, not a reference into the set.
+    /// Per-backend counters restart.
+    ///
+    /// # Errors
+    /// Unknown VIP, or the neighbour table is full.
+    pub fn set_backends(&mut self, vip: usize, set: BackendSet) -> Result<(), ForwardError> {
+        let mut rts = Vec::with_capacity(set.backends.len());
+        for b in &set.backends {
+            let neigh = match b.mac {
+                Some(_) => None,
+                None => Some(
+                    self.neigh
+                        .register(b.addr)
+                        .ok_or(ForwardError::NeighboursFull(usize::from(u16::MAX)))?,
+                ),
+            };
+            rts.push(BackendRt { cfg: *b, neigh });
+        }
+        let v = self.vips.get_mut(vip).ok_or(ForwardError::NoVip(vip))?;
+        v.backend_traffic = vec![Traffic::default(); rts.len()];
+        v.backends = rts;
+        v.table = set.table;
+        Ok(())
+    }
+
+    /// Counters of this lcore.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A VIP's counters and its current backends' counters.
+    pub fn vip_stats(&self, vip: usize) -> Option<(Traffic, Vec<BackendStats>)> {
+        let v = self.vips.get(vip)?;
+        let b = v
+            .backends
+            .iter()
+            .zip(&v.backend_traffic)
+            .map(|(b, t)| BackendStats {
+                addr: b.cfg.addr,
+                port: b.cfg.port,
+                traffic: *t,
+            })
+            .collect();
+        Some((v.traffic, b))
+    }
+
+    /// Connection-tracking entries in use (expired, unreclaimed ones included).
+    pub fn conntrack_len(&self) -> usize {
+        self.table.live()
+    }
+
+    /// Connection-tracking capacity in entries.
+    pub fn conntrack_capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    /// Reclaims expired entries among the next `budget` table slots (call
+    /// when idle; expiry is also lazy, so this is optional).
+    pub fn sweep(&mut self, now_ns: u64, budget: usize) {
+        let n = self.table.sweep(tick(now_ns), budget);
+        self.counters.expired += n;
+    }
+
+    /// Feeds an ARP frame (request or reply, before `respond` rewrites it);
+    /// learns the sender's MAC if it is a tracked backend address. Returns
+    /// whether it did.
+    pub fn observe_arp(&mut self, now_ns: u64, frame: &[u8]) -> bool {
+        let learned = self.neigh.observe(frame, now_ns);
+        self.counters.arp_learned += u64::from(learned);
+        learned
+    }
+
+    /// Writes the next due ARP request (for an unresolved or stale backend
+    /// neighbour) into `buf` and returns its length ([`ARP_REQUEST_LEN`]),
+    /// to be sent out of the port. Call until `None` every millisecond or
+    /// so; cheap when nothing is due.
+    pub fn poll_arp(&mut self, now_ns: u64, buf: &mut [u8]) -> Option<usize> {
+        let our_ip = *self.addrs.first()?;
+        let n = self.neigh.poll(now_ns, (self.mac, our_ip), buf)?;
+        self.counters.arp_requests += 1;
+        Some(n)
+    }
+
+    /// The MAC learned for `addr`, if any (diagnostics).
+    pub fn neighbour(&self, addr: Ipv4Addr) -> Option<[u8; 6]> {
+        self.neigh.mac_of(addr)
+    }
+
+    /// Which lcore must process `frame` (see [`owner_of_flow`],
+    /// [`owner_of_port`]); `None` when it is not a forwarding frame or
+    /// cannot be parsed (process it locally: it will be dropped or handed
+    /// back as `NotMine`). ICMP errors are steered by their quoted tuple.
+    pub fn owner(&self, frame: &[u8]) -> Option<usize> {
+        datapath::owner(self, frame)
+    }
+
+    /// Processes one frame. `buf` is the mbuf's whole data room and the frame
+    /// is `buf[start..start + len]`; tunnel modes need
+    /// [`MAX_ENCAP_OVERHEAD`] bytes of headroom before `start`. Never panics,
+    /// never allocates; on `Drop` and `NotMine` the frame is unchanged.
+    pub fn process(&mut self, now_ns: u64, buf: &mut [u8], start: usize, len: usize) -> Verdict {
+        let v = datapath::process(self, now_ns, buf, start, len);
+        match v {
+            Verdict::Transmit { .. } => self.counters.transmitted += 1,
+            Verdict::Drop(r) => self.counters.drops[r.index()] += 1,
+            Verdict::NotMine => self.counters.not_mine += 1,
+        }
+        v
+    }
+}

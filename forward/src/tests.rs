@@ -1,0 +1,622 @@
+//! Fixture tests (input bytes -> exact output bytes), conntrack behaviour,
+//! no-panic sweeps, and a throughput print.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::{EthernetFrame, Icmpv4Packet, IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
+
+use crate::testdata::*;
+use crate::*;
+
+const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const OWN: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+const HEADROOM: usize = 128;
+const SEC: u64 = 1_000_000_000;
+
+fn backend(last: u8, port: u16) -> ForwardBackend {
+    ForwardBackend {
+        addr: Ipv4Addr::new(198, 18, 2, last),
+        port,
+        weight: 1,
+        mac: Some([2, 0, 0, 0, 2, last]),
+    }
+}
+
+fn vip(last: u8, port: u16, proto: Proto, mode: Mode, backends: Vec<ForwardBackend>) -> ForwardVip {
+    ForwardVip {
+        affinity: Affinity::Flow,
+        addr: Ipv4Addr::new(198, 18, 1, last),
+        port,
+        proto,
+        mode,
+        backends,
+        table_size: 251,
+    }
+}
+
+fn tunnel(encap: Encap) -> Mode {
+    Mode::Tunnel {
+        encap,
+        src_prefix: Ipv4Addr::new(198, 18, 200, 0),
+        src_prefix_len: 24,
+    }
+}
+
+fn config(capacity: usize) -> ForwarderConfig {
+    ForwarderConfig {
+        mac: OUR_MAC,
+        addrs: vec![OWN],
+        lcore: 0,
+        lcores: 1,
+        local_ports: (40000, 40100),
+        capacity,
+        timeouts: Timeouts::default(),
+        mtu: 1500,
+        neighbours: 64,
+        vips: vec![
+            vip(1, 80, Proto::Tcp, Mode::Dsr, vec![backend(1, 0)]),
+            vip(1, 53, Proto::Udp, Mode::Dsr, vec![backend(1, 0)]),
+            vip(2, 80, Proto::Tcp, tunnel(Encap::Ipip), vec![backend(2, 0)]),
+            vip(3, 80, Proto::Tcp, tunnel(Encap::Gue { port: GUE_PORT }), vec![backend(3, 0)]),
+            vip(4, 80, Proto::Tcp, Mode::FullNat, vec![backend(4, 8080)]),
+            vip(4, 53, Proto::Udp, Mode::FullNat, vec![backend(4, 5353)]),
+        ],
+        flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
+    }
+}
+
+fn fwd() -> Forwarder {
+    Forwarder::new(config(1024)).expect("config")
+}
+
+/// Runs `process` on `frame` placed after HEADROOM bytes; returns the verdict
+/// and the output frame (or the unchanged input for Drop/NotMine).
+fn run(f: &mut Forwarder, now: u64, frame: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+    let v = f.process(now, &mut buf, HEADROOM, frame.len());
+    match v {
+        Verdict::Transmit { start, len } => (v, buf[start..start + len].to_vec()),
+        _ => {
+            assert_eq!(&buf[HEADROOM..HEADROOM + frame.len()], frame, "dropped frame modified");
+            (v, buf[HEADROOM..HEADROOM + frame.len()].to_vec())
+        }
+    }
+}
+
+fn expect_out(f: &mut Forwarder, now: u64, input: &[u8], expected: &[u8]) {
+    let (v, out) = run(f, now, input);
+    assert!(matches!(v, Verdict::Transmit { .. }), "verdict {v:?}");
+    assert_eq!(hex(&out), hex(expected));
+    verify(&out);
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Checks an output frame the way its receiver would, with smoltcp.
+fn verify(frame: &[u8]) {
+    let eth = EthernetFrame::new_checked(frame).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    assert!(ip.verify_checksum(), "ipv4 checksum");
+    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    match u8::from(ip.next_header()) {
+        6 => assert!(TcpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&src, &dst), "tcp checksum"),
+        17 => {
+            let u = UdpPacket::new_checked(ip.payload()).unwrap();
+            assert!(u.checksum() == 0 || u.verify_checksum(&src, &dst), "udp checksum");
+            if u.dst_port() == GUE_PORT {
+                verify_ip(&ip.payload()[8..]);
+            }
+        }
+        1 => assert!(Icmpv4Packet::new_checked(ip.payload()).unwrap().verify_checksum(), "icmp checksum"),
+        4 => verify_ip(ip.payload()),
+        p => panic!("protocol {p}"),
+    }
+}
+
+fn verify_ip(inner: &[u8]) {
+    let ip = Ipv4Packet::new_checked(inner).unwrap();
+    assert!(ip.verify_checksum());
+    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    if u8::from(ip.next_header()) == 6 {
+        assert!(TcpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&src, &dst));
+    }
+}
+
+fn with_macs(frame: &[u8], dst: [u8; 6]) -> Vec<u8> {
+    let mut v = frame.to_vec();
+    v[..6].copy_from_slice(&dst);
+    v[6..12].copy_from_slice(&OUR_MAC);
+    v
+}
+
+fn drops(f: &Forwarder, r: DropReason) -> u64 {
+    f.counters().drops[r.index()]
+}
+
+#[test]
+fn entry_is_48_bytes_and_memory_is_printed() {
+    assert_eq!(std::mem::size_of::<conntrack::Entry>(), 48);
+    assert_eq!(ENTRY_BYTES, 48);
+    let total = ENTRY_BYTES * DEFAULT_CAPACITY;
+    println!(
+        "conntrack: {ENTRY_BYTES} bytes/entry; default {DEFAULT_CAPACITY} entries = {} bytes ({} MiB) per lcore; \
+         DSR/tunnel flows take 1 entry, FullNAT flows 2",
+        total,
+        total >> 20
+    );
+    assert_eq!(fwd().conntrack_capacity(), 1024);
+}
+
+#[test]
+fn dsr_tcp_syn_rewrites_macs_only() {
+    let mut f = fwd();
+    expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
+    assert_eq!(f.counters().new_flows, 1);
+    let (t, b) = f.vip_stats(0).unwrap();
+    assert_eq!((t.packets, t.new_flows, b[0].traffic.packets), (1, 1, 1));
+    // The second packet hits the entry.
+    expect_out(&mut f, SEC, &DSR_SYN, &DSR_SYN_OUT);
+    assert_eq!(f.counters().new_flows, 1);
+    assert_eq!(f.conntrack_len(), 1);
+}
+
+#[test]
+fn dsr_udp() {
+    expect_out(&mut fwd(), 0, &DSR_UDP, &DSR_UDP_OUT);
+}
+
+#[test]
+fn dsr_leaves_ttl_and_options_alone() {
+    let mut f = fwd();
+    expect_out(&mut f, 0, &DSR_SYN_TTL1, &with_macs(&DSR_SYN_TTL1, [2, 0, 0, 0, 2, 1]));
+    expect_out(&mut f, 0, &DSR_SYN_OPTS, &with_macs(&DSR_SYN_OPTS, [2, 0, 0, 0, 2, 1]));
+}
+
+#[test]
+fn ipip_encapsulation() {
+    let mut f = fwd();
+    let (v, out) = run(&mut f, 0, &IPIP_SYN);
+    assert_eq!(v, Verdict::Transmit { start: HEADROOM - 20, len: IPIP_SYN_OUT.len() });
+    assert_eq!(hex(&out), hex(&IPIP_SYN_OUT));
+    verify(&out);
+}
+
+#[test]
+fn gue_encapsulation() {
+    let mut f = fwd();
+    let (v, out) = run(&mut f, 0, &GUE_SYN);
+    assert_eq!(v, Verdict::Transmit { start: HEADROOM - 28, len: GUE_SYN_OUT.len() });
+    assert_eq!(hex(&out), hex(&GUE_SYN_OUT));
+    verify(&out);
+}
+
+#[test]
+fn tunnel_needs_headroom() {
+    let mut f = fwd();
+    let mut buf = GUE_SYN.to_vec();
+    let len = buf.len();
+    assert_eq!(f.process(0, &mut buf, 0, len), Verdict::Drop(DropReason::NoHeadroom));
+    assert_eq!(buf, GUE_SYN);
+}
+
+#[test]
+fn gue_too_big_with_df_answers_frag_needed() {
+    let mut f = fwd();
+    let mut input = GUE_BIG_HEAD.to_vec();
+    input.resize(14 + 1480, 0);
+    expect_out(&mut f, 0, &input, &GUE_BIG_ICMP_OUT);
+    assert_eq!(f.counters().icmp_too_big_sent, 1);
+    // Same without DF: dropped (we do not fragment).
+    let mut no_df = input.clone();
+    no_df[20] &= !0x40;
+    let mut ip = Ipv4Packet::new_unchecked(&mut no_df[14..]);
+    ip.fill_checksum();
+    assert_eq!(run(&mut f, 0, &no_df).0, Verdict::Drop(DropReason::TooBig));
+}
+
+#[test]
+fn fullnat_tcp_both_directions() {
+    let mut f = fwd();
+    expect_out(&mut f, 0, &FNAT_SYN, &FNAT_SYN_OUT);
+    assert_eq!(f.conntrack_len(), 2, "FullNAT keeps both directions");
+    expect_out(&mut f, SEC, &FNAT_SYNACK, &FNAT_SYNACK_OUT);
+    let (t, b) = f.vip_stats(4).unwrap();
+    assert_eq!((t.packets, t.new_flows), (2, 1));
+    assert_eq!(b[0].traffic.packets, 2);
+}
+
+#[test]
+fn fullnat_udp_both_directions_and_zero_checksum() {
+    let mut f = fwd();
+    expect_out(&mut f, 0, &FNAT_UDP, &FNAT_UDP_OUT);
+    expect_out(&mut f, SEC, &FNAT_UDP_REPLY, &FNAT_UDP_REPLY_OUT);
+    let mut f = fwd();
+    expect_out(&mut f, 0, &FNAT_UDP_NOCSUM, &FNAT_UDP_NOCSUM_OUT);
+}
+
+#[test]
+fn fullnat_reply_without_flow_is_not_mine() {
+    assert_eq!(run(&mut fwd(), 0, &FNAT_SYNACK).0, Verdict::NotMine);
+}
+
+#[test]
+fn fullnat_new_tcp_flow_needs_syn() {
+    let mut f = fwd();
+    let mut ack = FNAT_SYN.to_vec();
+    ack[14 + 20 + 13] = 0x10; // ACK instead of SYN (TCP checksum is not verified)
+    assert_eq!(run(&mut f, 0, &ack).0, Verdict::Drop(DropReason::NoSyn));
+}
+
+#[test]
+fn icmp_frag_needed_for_dsr_flow_goes_to_its_backend() {
+    let mut f = fwd();
+    // Without a flow: stateless Maglev choice (the only backend).
+    expect_out(&mut f, 0, &DSR_ICMP_FRAG_NEEDED, &DSR_ICMP_FRAG_NEEDED_OUT);
+    expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
+    expect_out(&mut f, 0, &DSR_ICMP_FRAG_NEEDED, &DSR_ICMP_FRAG_NEEDED_OUT);
+    assert_eq!(f.counters().icmp_errors_forwarded, 2);
+}
+
+#[test]
+fn icmp_errors_for_fullnat_flow_are_translated() {
+    let mut f = fwd();
+    expect_out(&mut f, 0, &FNAT_SYN, &FNAT_SYN_OUT);
+    expect_out(&mut f, 0, &FNAT_ICMP_BACKEND_SIDE, &FNAT_ICMP_BACKEND_SIDE_OUT);
+    expect_out(&mut f, 0, &FNAT_ICMP_CLIENT_SIDE, &FNAT_ICMP_CLIENT_SIDE_OUT);
+    assert_eq!(f.counters().icmp_errors_forwarded, 2);
+    // Without the flow: client side is dropped, backend side is not ours.
+    let mut g = fwd();
+    assert_eq!(run(&mut g, 0, &FNAT_ICMP_CLIENT_SIDE).0, Verdict::Drop(DropReason::IcmpNoFlow));
+    assert_eq!(run(&mut g, 0, &FNAT_ICMP_BACKEND_SIDE).0, Verdict::NotMine);
+}
+
+fn set_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut v = frame.to_vec();
+    let mut ip = Ipv4Packet::new_unchecked(&mut v[14..]);
+    ip.set_hop_limit(ttl);
+    ip.fill_checksum();
+    v
+}
+
+#[test]
+fn ttl_1_is_dropped_where_we_route() {
+    let mut f = fwd();
+    for frame in [&FNAT_SYN[..], &IPIP_SYN[..], &GUE_SYN[..]] {
+        let before = drops(&f, DropReason::TtlExceeded);
+        assert_eq!(run(&mut f, 0, &set_ttl(frame, 1)).0, Verdict::Drop(DropReason::TtlExceeded));
+        assert_eq!(drops(&f, DropReason::TtlExceeded), before + 1);
+    }
+    // TTL 2 goes through with 1.
+    let (v, out) = run(&mut f, 0, &set_ttl(&FNAT_SYN, 2));
+    assert!(matches!(v, Verdict::Transmit { .. }));
+    assert_eq!(out[22], 1);
+    verify(&out);
+    assert_eq!(f.conntrack_len(), 2, "no entry for dropped packets");
+}
+
+#[test]
+fn fullnat_drops_ip_options() {
+    let mut f = fwd();
+    // DSR_SYN_OPTS retargeted at the FullNAT VIP.
+    let mut v = DSR_SYN_OPTS.to_vec();
+    v[14 + 19] = 4;
+    Ipv4Packet::new_unchecked(&mut v[14..]).fill_checksum();
+    assert_eq!(run(&mut f, 0, &v).0, Verdict::Drop(DropReason::IpOptions));
+    assert_eq!(drops(&f, DropReason::IpOptions), 1);
+}
+
+#[test]
+fn bad_ipv4_checksum_is_dropped() {
+    let mut f = fwd();
+    let mut v = DSR_SYN.to_vec();
+    v[24] ^= 0x01;
+    assert_eq!(run(&mut f, 0, &v).0, Verdict::Drop(DropReason::Ipv4BadChecksum));
+    assert_eq!(drops(&f, DropReason::Ipv4BadChecksum), 1);
+    assert_eq!(f.conntrack_len(), 0);
+}
+
+#[test]
+fn fragments_to_a_vip_are_dropped() {
+    let mut f = fwd();
+    let mut v = DSR_SYN.to_vec();
+    v[20] |= 0x20; // MF
+    Ipv4Packet::new_unchecked(&mut v[14..]).fill_checksum();
+    assert_eq!(run(&mut f, 0, &v).0, Verdict::Drop(DropReason::Fragment));
+}
+
+#[test]
+fn not_mine() {
+    let mut f = fwd();
+    let mut other_mac = DSR_SYN.to_vec();
+    other_mac[5] = 9;
+    assert_eq!(run(&mut f, 0, &other_mac).0, Verdict::NotMine);
+    let mut other_ip = DSR_SYN.to_vec();
+    other_ip[33] = 99;
+    Ipv4Packet::new_unchecked(&mut other_ip[14..]).fill_checksum();
+    assert_eq!(run(&mut f, 0, &other_ip).0, Verdict::NotMine);
+    let mut other_port = DSR_SYN.to_vec();
+    other_port[37] = 81;
+    assert_eq!(run(&mut f, 0, &other_port).0, Verdict::NotMine);
+}
+
+#[test]
+fn echo_to_vip_is_answered() {
+    let mut f = fwd();
+    let mut req = vec![];
+    req.extend_from_slice(&DSR_SYN[..14]);
+    let icmp = [8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'h', b'i'];
+    let mut ip = vec![0x45, 0, 0, 30, 0, 1, 0x40, 0, 64, 1, 0, 0, 198, 19, 0, 1, 198, 18, 1, 1];
+    ip.extend_from_slice(&icmp);
+    Icmpv4Packet::new_unchecked(&mut ip[20..]).fill_checksum();
+    Ipv4Packet::new_unchecked(&mut ip[..]).fill_checksum();
+    req.extend_from_slice(&ip);
+    let (v, out) = run(&mut f, 0, &req);
+    assert!(matches!(v, Verdict::Transmit { .. }));
+    verify(&out);
+    assert_eq!(&out[26..30], &[198, 18, 1, 1]);
+    assert_eq!(out[34], 0);
+    assert_eq!(f.counters().echo_replies, 1);
+}
+
+/// Every fixture input: every truncation and every single-byte corruption.
+#[test]
+fn truncation_and_corruption_sweep_never_panics() {
+    let inputs: [&[u8]; 14] = [
+        &DSR_SYN, &DSR_SYN_OPTS, &DSR_UDP, &DSR_ICMP_FRAG_NEEDED, &IPIP_SYN, &GUE_SYN, &FNAT_SYN,
+        &FNAT_SYNACK, &FNAT_UDP, &FNAT_UDP_REPLY, &FNAT_ICMP_BACKEND_SIDE, &FNAT_ICMP_CLIENT_SIDE,
+        &FNAT_UDP_NOCSUM, &GUE_BIG_HEAD,
+    ];
+    let mut f = fwd();
+    let mut n = 0;
+    for input in inputs {
+        // Flows exist for the reply-side fixtures.
+        for setup in [&FNAT_SYN[..], &FNAT_UDP[..]] {
+            let _ = run(&mut f, 0, setup);
+        }
+        for len in 0..input.len() {
+            let (v, _) = run(&mut f, 0, &input[..len]);
+            assert!(!matches!(v, Verdict::Transmit { len: l, .. } if l > len + MAX_ENCAP_OVERHEAD));
+            n += 1;
+        }
+        for i in 0..input.len() {
+            for x in [0x01u8, 0x80, 0xff] {
+                let mut v = input.to_vec();
+                v[i] ^= x;
+                let _ = run(&mut f, 0, &v);
+                n += 1;
+            }
+        }
+    }
+    // Buffer arguments out of range.
+    let mut buf = DSR_SYN.to_vec();
+    assert_eq!(f.process(0, &mut buf, 10, 100), Verdict::Drop(DropReason::BadBuffer));
+    assert_eq!(f.process(0, &mut buf, usize::MAX, 2), Verdict::Drop(DropReason::BadBuffer));
+    println!("sweep: {n} frames");
+}
+
+fn syn_from(port: u16, vip_last: u8) -> Vec<u8> {
+    let mut v = DSR_SYN.to_vec();
+    v[33] = vip_last;
+    v[34..36].copy_from_slice(&port.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut v[14..]).fill_checksum();
+    v
+}
+
+fn dst_mac(f: &mut Forwarder, now: u64, frame: &[u8]) -> [u8; 6] {
+    let (v, out) = run(f, now, frame);
+    assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+    out[..6].try_into().unwrap()
+}
+
+fn many_backends(n: u8) -> Vec<ForwardBackend> {
+    (1..=n).map(|i| backend(100 + i, 0)).collect()
+}
+
+#[test]
+fn new_flows_spread_per_maglev_and_keep_backend_when_others_change() {
+    let mut cfg = config(1 << 14);
+    cfg.vips[0].backends = many_backends(4);
+    let mut f = Forwarder::new(cfg).unwrap();
+    let table = fulcrum_maglev::MaglevTable::build(
+        &many_backends(4)
+            .iter()
+            .map(|b| fulcrum_maglev::Backend {
+                key: fulcrum_maglev::backend_key(b.addr.into(), b.port),
+                weight: 1,
+            })
+            .collect::<Vec<_>>(),
+        251,
+    )
+    .unwrap();
+    let mut first = vec![];
+    let mut per_backend = [0u32; 4];
+    for p in 1000..1400u16 {
+        let mac = dst_mac(&mut f, 0, &syn_from(p, 1));
+        let h = fulcrum_maglev::flow_hash(f.flow_seed, CLIENT.into(), p, Ipv4Addr::new(198, 18, 1, 1).into(), 80, 6);
+        let want = table.lookup(h).unwrap();
+        assert_eq!(mac[5], 101 + want as u8, "maglev choice");
+        per_backend[want] += 1;
+        first.push(mac);
+    }
+    assert!(per_backend.iter().all(|&c| c > 50), "spread {per_backend:?}");
+    // Remove backend 4, add backends 5 and 6: every tracked flow keeps its
+    // backend, including those on the removed one.
+    let mut b = many_backends(6);
+    b.remove(3);
+    f.set_backends(0, BackendSet::build(b, 251).unwrap()).unwrap();
+    for (i, p) in (1000..1400u16).enumerate() {
+        assert_eq!(dst_mac(&mut f, SEC, &syn_from(p, 1)), first[i]);
+    }
+    assert_eq!(f.counters().new_flows, 400);
+    // A new flow follows the new table (never the removed backend).
+    for p in 2000..2100u16 {
+        assert_ne!(dst_mac(&mut f, SEC, &syn_from(p, 1))[5], 104);
+    }
+}
+
+#[test]
+fn eviction_when_full_is_counted() {
+    let mut f = Forwarder::new(config(8)).unwrap(); // one bucket of 8
+    for p in 1000..1008u16 {
+        let _ = dst_mac(&mut f, 0, &syn_from(p, 1));
+    }
+    assert_eq!((f.conntrack_len(), f.counters().evictions), (8, 0));
+    let _ = dst_mac(&mut f, SEC, &syn_from(2000, 1));
+    assert_eq!((f.conntrack_len(), f.counters().evictions), (8, 1));
+    // FullNAT pairs are evicted together.
+    for _ in 0..4 {
+        let _ = run(&mut f, 2 * SEC, &FNAT_SYN);
+    }
+    assert!(f.conntrack_len() <= 8);
+}
+
+#[test]
+fn timeouts_expire_entries() {
+    let mut f = fwd();
+    // SYN only: 30 s.
+    let _ = dst_mac(&mut f, 0, &DSR_SYN);
+    let _ = dst_mac(&mut f, 29 * SEC, &DSR_SYN);
+    assert_eq!(f.counters().new_flows, 1);
+    let _ = dst_mac(&mut f, 60 * SEC, &DSR_SYN);
+    assert_eq!((f.counters().new_flows, f.counters().expired), (2, 1));
+    // ACK: established, 900 s.
+    let mut ack = DSR_SYN.to_vec();
+    ack[14 + 20 + 13] = 0x10;
+    let _ = dst_mac(&mut f, 61 * SEC, &ack);
+    let _ = dst_mac(&mut f, 900 * SEC, &ack);
+    assert_eq!(f.counters().new_flows, 2);
+    // RST: 10 s.
+    let mut rst = ack.clone();
+    rst[14 + 20 + 13] = 0x04;
+    let _ = dst_mac(&mut f, 901 * SEC, &rst);
+    let _ = dst_mac(&mut f, 912 * SEC, &ack);
+    assert_eq!(f.counters().new_flows, 3);
+    // UDP: 300 s; sweep reclaims.
+    let mut g = fwd();
+    expect_out(&mut g, 0, &FNAT_UDP, &FNAT_UDP_OUT);
+    assert_eq!(g.conntrack_len(), 2);
+    g.sweep(299 * SEC, 1 << 20);
+    assert_eq!(g.conntrack_len(), 2);
+    g.sweep(301 * SEC, 1 << 20);
+    assert_eq!((g.conntrack_len(), g.counters().expired), (0, 2));
+    assert_eq!(run(&mut g, 302 * SEC, &FNAT_UDP_REPLY).0, Verdict::NotMine);
+}
+
+#[test]
+fn neighbour_resolution_by_arp() {
+    let mut cfg = config(64);
+    cfg.vips[0].backends[0].mac = None;
+    let mut f = Forwarder::new(cfg).unwrap();
+    let mut arp = [0u8; 64];
+    // Registered at install: a request is due at once.
+    assert_eq!(f.poll_arp(0, &mut arp), Some(ARP_REQUEST_LEN));
+    assert_eq!(&arp[..6], &[0xff; 6]);
+    assert_eq!(&arp[38..42], &[198, 18, 2, 1]);
+    assert_eq!(f.poll_arp(0, &mut arp), None);
+    assert_eq!(run(&mut f, 0, &DSR_SYN).0, Verdict::Drop(DropReason::NeighbourUnresolved));
+    // Rate limited to one per second.
+    assert_eq!(f.poll_arp(SEC / 2, &mut arp), None);
+    assert_eq!(f.poll_arp(SEC, &mut arp), Some(ARP_REQUEST_LEN));
+    // The reply.
+    let reply = [
+        2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 2, 1, 0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2, 2, 0, 0, 0, 2, 1, 198, 18, 2, 1, 2, 0,
+        0, 0, 0, 1, 198, 18, 0, 10,
+    ];
+    assert!(f.observe_arp(SEC, &reply));
+    assert_eq!(f.neighbour(Ipv4Addr::new(198, 18, 2, 1)), Some([2, 0, 0, 0, 2, 1]));
+    expect_out(&mut f, SEC, &DSR_SYN, &DSR_SYN_OUT);
+    // Refresh after 60 s.
+    assert_eq!(f.poll_arp(62 * SEC, &mut arp), Some(ARP_REQUEST_LEN));
+    assert_eq!(f.counters().arp_requests, 3);
+}
+
+#[test]
+fn steering() {
+    let f = fwd();
+    assert_eq!(f.owner(&DSR_SYN), Some(0));
+    let mut cfg = config(64);
+    cfg.lcores = 4;
+    cfg.lcore = 1;
+    let f = Forwarder::new(cfg).unwrap();
+    let want = owner_of_flow(CLIENT, 40000, Ipv4Addr::new(198, 18, 1, 4), 80, 4);
+    assert_eq!(f.owner(&FNAT_SYN), Some(want));
+    assert_eq!(f.owner(&FNAT_SYNACK), Some(40000 % 4));
+    assert_eq!(f.owner(&FNAT_ICMP_BACKEND_SIDE), Some(40000 % 4));
+    assert_eq!(f.owner(&FNAT_ICMP_CLIENT_SIDE), Some(want));
+    assert_eq!(f.owner(&DSR_ICMP_FRAG_NEEDED), Some(owner_of_flow(CLIENT, 40000, Ipv4Addr::new(198, 18, 1, 1), 80, 4)));
+    // Lcore 1 of 4 allocates ports 40001, 40005, ...
+    let mut f = f;
+    let (_, out) = run(&mut f, 0, &FNAT_SYN);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 40001);
+}
+
+/// 64-byte TCP ACKs over established flows, through `process`. Prints only.
+#[test]
+fn bench_established_flows() {
+    let release = !cfg!(debug_assertions);
+    for (mode_vip, name) in [(0usize, "dsr"), (4, "fullnat")] {
+        for flows in [4096usize, if release { 1 << 20 } else { 1 << 14 }] {
+            let mut cfg = config(flows * 2 * 2);
+            cfg.local_ports = (1024, 65535);
+            cfg.addrs = vec![OWN, Ipv4Addr::new(198, 18, 0, 11), Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 13)];
+            cfg.vips[mode_vip].backends = many_backends(8);
+            let mut f = Forwarder::new(cfg).unwrap();
+            let base = if mode_vip == 0 { &DSR_SYN[..] } else { &FNAT_SYN[..] };
+            let mut frame = [0u8; 64 + HEADROOM];
+            let mk = |frame: &mut [u8; 64 + HEADROOM], i: usize, flags: u8| {
+                let fr = &mut frame[HEADROOM..];
+                fr[..54].copy_from_slice(&base[..54]);
+                fr[54..].fill(0);
+                fr[16..18].copy_from_slice(&40u16.to_be_bytes());
+                fr[26..30].copy_from_slice(&(0xc613_0000u32 + (i as u32 >> 16)).to_be_bytes());
+                fr[34..36].copy_from_slice(&(i as u16).to_be_bytes());
+                fr[46] = 0x50;
+                fr[47] = flags;
+                fr[22] = 64;
+                fr[24] = 0;
+                fr[25] = 0;
+                let c = crate::csum::checksum(&fr[14..34]);
+                fr[24..26].copy_from_slice(&c.to_be_bytes());
+            };
+            for i in 0..flows {
+                mk(&mut frame, i, 0x02);
+                assert!(matches!(f.process(0, &mut frame, HEADROOM, 60), Verdict::Transmit { .. }));
+            }
+            let packets = if release { 5_000_000 } else { 100_000 };
+            let mut lcg = 12345u64;
+            let mut ok = 0u64;
+            let t0 = Instant::now();
+            for _ in 0..packets {
+                lcg = lcg.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let i = (lcg >> 33) as usize % flows;
+                mk(&mut frame, i, 0x10);
+                ok += u64::from(matches!(f.process(SEC, &mut frame, HEADROOM, 60), Verdict::Transmit { .. }));
+            }
+            let dt = t0.elapsed().max(Duration::from_nanos(1));
+            assert_eq!(ok, packets as u64);
+            println!(
+                "bench {name}: {flows} flows, {packets} packets: {:.2} Mpps ({:.0} ns/packet, incl. frame rebuild){}",
+                packets as f64 / dt.as_secs_f64() / 1e6,
+                dt.as_nanos() as f64 / packets as f64,
+                if release { "" } else { " [debug build: not representative]" }
+            );
+        }
+    }
+}
+
+#[test]
+fn client_affinity_keys_on_the_client_address_alone() {
+    use crate::datapath::maglev_key;
+    let seed = fulcrum_maglev::DEFAULT_FLOW_SEED;
+    let (client, vip) = (0xc612_000a, 0xc612_0101);
+    // Every port of one client gives one key; with flow affinity they spread.
+    let client_key = |sport| maglev_key(seed, Affinity::Client, client, sport, vip, 80, 6);
+    assert!((1000..1100).all(|p| client_key(p) == client_key(999)));
+    let flow_key = |sport| maglev_key(seed, Affinity::Flow, client, sport, vip, 80, 6);
+    assert!((1000..1100).any(|p| flow_key(p) != flow_key(999)));
+}
