@@ -252,7 +252,11 @@ pub struct Dataplane {
 #[serde(deny_unknown_fields)]
 pub struct Software {
     /// Name of the kernel tap interface the port creates (at most 15 bytes).
-    pub tap: String,
+    pub tap: Option<String>,
+    /// Instead of a tap: any DPDK virtual device, e.g. for benchmarks with no
+    /// kernel in the path (`net_pcap0,rx_pcap=flows.pcap,infinite_rx=1,...`).
+    /// PCI devices are still never probed (`--no-pci`).
+    pub vdev: Option<String>,
     #[serde(default)]
     pub hugepages: Hugepages,
     /// Memory for EAL, in MiB, when running without hugepages.
@@ -437,14 +441,23 @@ impl Config {
             _ => {}
         }
         if let Some(sw) = &d.software {
-            let ok = !sw.tap.is_empty()
-                && sw.tap.len() <= 15
-                && sw.tap.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !ok {
-                return Err(format!(
-                    "dataplane.software.tap: {:?} is not a valid interface name (1 to 15 of A-Z a-z 0-9 - _ .)",
-                    sw.tap
-                ));
+            match (&sw.tap, &sw.vdev) {
+                (Some(tap), None) => {
+                    let ok = !tap.is_empty()
+                        && tap.len() <= 15
+                        && tap.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                    if !ok {
+                        return Err(format!(
+                            "dataplane.software.tap: {tap:?} is not a valid interface name (1 to 15 of A-Z a-z 0-9 - _ .)"
+                        ));
+                    }
+                }
+                (None, Some(vdev)) => {
+                    if !vdev.starts_with("net_") || vdev.chars().any(char::is_whitespace) {
+                        return Err(format!("dataplane.software.vdev: {vdev:?} is not a DPDK virtual device like net_pcap0,..."));
+                    }
+                }
+                _ => return Err("dataplane.software: set exactly one of `tap` and `vdev`".into()),
             }
             if sw.no_huge_memory_mb < 64 {
                 return Err("dataplane.software.no_huge_memory_mb: at least 64 is needed".into());
@@ -600,7 +613,11 @@ impl Config {
         ];
         if let Some(sw) = &d.software {
             args.push("--no-pci".into());
-            args.push(format!("--vdev=net_tap0,iface={}", sw.tap));
+            match (&sw.tap, &sw.vdev) {
+                (Some(tap), _) => args.push(format!("--vdev=net_tap0,iface={tap}")),
+                (None, Some(vdev)) => args.push(format!("--vdev={vdev}")),
+                (None, None) => {}
+            }
             let huge = match sw.hugepages {
                 Hugepages::On => true,
                 Hugepages::Off => false,
@@ -737,6 +754,8 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nrx_descriptors = 1000\n", "rx_descriptors"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nlcorse = \"0\"\n", "lcorse"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nhardware = { pci = \"eth0\" }\n", "dataplane.hardware.pci"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"a\", vdev = \"net_null0\" }\n", "exactly one"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { vdev = \"0000:03:00.0\" }\n", "dataplane.software.vdev"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nfile_prefix = \"../x\"\n", "file_prefix"),
         ];
         for (text, expect) in cases {

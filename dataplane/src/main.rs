@@ -220,7 +220,10 @@ fn serve_port(
         d.address.prefix_len,
         conf.queues,
         lcores.iter().map(|l| l.0).collect::<Vec<_>>(),
-        d.software.as_ref().map(|s| format!(", software mode on tap {}", s.tap)).unwrap_or_default(),
+        d.software
+            .as_ref()
+            .map(|s| format!(", software mode on {}", s.tap.as_deref().map_or_else(|| s.vdev.clone().unwrap_or_default(), |t| format!("tap {t}"))))
+            .unwrap_or_default(),
         if proxying || forwarding {
             format!(", {} proxy and {} forwarding VIP(s)", proxy_vips.len(), forward_names.len())
         } else {

@@ -16,8 +16,19 @@ pub const SNAT_IP: &str = "198.18.0.3";
 /// DSR on a backend: the VIP on its loopback, and no ARP answers or announcements
 /// for it on eth0 (so only the dataplane answers ARP for the VIP).
 pub fn dsr_backend(topo: &Topology, leaf: &str, vip: &str) {
-    topo.exec_ok(leaf, &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"]);
-    topo.exec_ok(leaf, &["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]);
+    topo.exec_ok(
+        leaf,
+        &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+    );
+    topo.exec_ok(
+        leaf,
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.arp_ignore=1",
+            "net.ipv4.conf.all.arp_announce=2",
+        ],
+    );
 }
 
 /// True when something in `leaf` listens on `addr:port` (`proto` "tcp" or "udp").
@@ -41,28 +52,51 @@ pub fn http_server(topo: &Topology, leaf: &str, bind: &str, port: u16) -> Guarde
     let port_s = port.to_string();
     let g = topo.spawn(
         leaf,
-        &[PYTHON, "-m", "http.server", &port_s, "--bind", bind, "--directory", dir.to_str().unwrap()],
+        &[
+            PYTHON,
+            "-m",
+            "http.server",
+            &port_s,
+            "--bind",
+            bind,
+            "--directory",
+            dir.to_str().unwrap(),
+        ],
     );
     let url = format!("http://{bind}:{port}/");
     let want = format!("backend={leaf}");
-    wait_for(Duration::from_secs(15), &format!("http.server in {leaf} on {bind}:{port}"), || {
-        let out = topo.exec_timeout(leaf, &["curl", "-sS", "--max-time", "2", &url], Duration::from_secs(5));
-        let body = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && body == want {
-            Ok(())
-        } else {
-            Err(format!("curl {url}: {}\nserver log: {}", describe(&out), g.output()))
-        }
-    });
+    wait_for(
+        Duration::from_secs(15),
+        &format!("http.server in {leaf} on {bind}:{port}"),
+        || {
+            let out = topo.exec_timeout(
+                leaf,
+                &["curl", "-sS", "--max-time", "2", &url],
+                Duration::from_secs(5),
+            );
+            let body = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && body == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "curl {url}: {}\nserver log: {}",
+                    describe(&out),
+                    g.output()
+                ))
+            }
+        },
+    );
     g
 }
 
 /// `iperf3 -s -B bind` in `leaf` (port 5201); waits until it listens.
 pub fn iperf3_server(topo: &Topology, leaf: &str, bind: &str) -> Guarded {
     let g = topo.spawn(leaf, &["iperf3", "-s", "-B", bind, "-p", "5201"]);
-    wait_until(Duration::from_secs(10), &format!("iperf3 -s in {leaf} on {bind}:5201"), || {
-        listening(topo, leaf, "tcp", bind, 5201)
-    });
+    wait_until(
+        Duration::from_secs(10),
+        &format!("iperf3 -s in {leaf} on {bind}:5201"),
+        || listening(topo, leaf, "tcp", bind, 5201),
+    );
     g
 }
 
@@ -75,7 +109,17 @@ pub fn http_gets(topo: &Topology, url_base: &str, n: usize) -> Vec<(String, Stri
     let url = format!("{url_base}?req=[1-{n}]");
     let out = topo.exec_timeout(
         "cli",
-        &["curl", "-sS", "--max-time", "5", "--retry", "0", "-w", " code=%{http_code}\n", &url],
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--retry",
+            "0",
+            "-w",
+            " code=%{http_code}\n",
+            &url,
+        ],
         Duration::from_secs(60 + 5 * n as u64 / 10),
     );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -87,7 +131,12 @@ pub fn http_gets(topo: &Topology, url_base: &str, n: usize) -> Vec<(String, Stri
         })
         .collect();
     if res.len() != n || res.iter().any(|(c, _)| c != "200") {
-        let bad: Vec<_> = res.iter().enumerate().filter(|(_, (c, _))| c != "200").take(10).collect();
+        let bad: Vec<_> = res
+            .iter()
+            .enumerate()
+            .filter(|(_, (c, _))| c != "200")
+            .take(10)
+            .collect();
         panic!(
             "{n} GETs to {url_base}: {} results, failures (first 10): {bad:?}\n{}",
             res.len(),
@@ -110,7 +159,16 @@ pub fn served_by(res: &[(String, String)]) -> std::collections::BTreeMap<String,
 
 /// One iperf3 client run from P-cli (`-J`); panics with its output unless it succeeds.
 pub fn iperf3(topo: &Topology, target: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["iperf3", "-c", target, "-p", "5201", "-J", "--connect-timeout", "5000"];
+    let mut args = vec![
+        "iperf3",
+        "-c",
+        target,
+        "-p",
+        "5201",
+        "-J",
+        "--connect-timeout",
+        "5000",
+    ];
     args.extend_from_slice(extra);
     let out = topo.exec_timeout("cli", &args, Duration::from_secs(40));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -123,13 +181,20 @@ pub fn iperf3(topo: &Topology, target: &str, extra: &[&str]) -> Value {
 /// Bytes the receiver got and its rate, from an iperf3 TCP result.
 pub fn iperf3_tcp_received(v: &Value) -> (u64, f64) {
     let s = &v["end"]["sum_received"];
-    (s["bytes"].as_u64().unwrap_or(0), s["bits_per_second"].as_f64().unwrap_or(0.0))
+    (
+        s["bytes"].as_u64().unwrap_or(0),
+        s["bits_per_second"].as_f64().unwrap_or(0.0),
+    )
 }
 
 /// `(bytes, bits/s, lost %, packets)` of an iperf3 UDP result, as the server saw it
 /// (`end.sum_received` in iperf 3.12+, else `end.sum`).
 pub fn iperf3_udp(v: &Value) -> (u64, f64, f64, u64) {
-    let s = if v["end"]["sum_received"].is_object() { &v["end"]["sum_received"] } else { &v["end"]["sum"] };
+    let s = if v["end"]["sum_received"].is_object() {
+        &v["end"]["sum_received"]
+    } else {
+        &v["end"]["sum"]
+    };
     (
         s["bytes"].as_u64().unwrap_or(0),
         s["bits_per_second"].as_f64().unwrap_or(0.0),
@@ -153,10 +218,15 @@ impl Capture {
         let mut args = vec!["tcpdump", "-i", "eth0", "-n", "-l", "-p", "-c", &c];
         args.extend(filter.split_whitespace());
         let proc = topo.spawn(leaf, &args);
-        let cap = Capture { leaf: leaf.to_string(), proc };
-        wait_until(Duration::from_secs(10), &format!("tcpdump in {leaf} to listen"), || {
-            cap.proc.output().contains("listening on")
-        });
+        let cap = Capture {
+            leaf: leaf.to_string(),
+            proc,
+        };
+        wait_until(
+            Duration::from_secs(10),
+            &format!("tcpdump in {leaf} to listen"),
+            || cap.proc.output().contains("listening on"),
+        );
         cap
     }
 
@@ -209,10 +279,14 @@ pub fn fresh_stats(dp: &Dataplane) -> Value {
     let path = dp.stats_path().to_path_buf();
     for _ in 0..2 {
         let before = mtime(&path);
-        wait_until(Duration::from_secs(10), "the stats file to be rewritten", || {
-            let now = mtime(&path);
-            now.is_some() && now != before
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "the stats file to be rewritten",
+            || {
+                let now = mtime(&path);
+                now.is_some() && now != before
+            },
+        );
     }
     dp.stats()
 }
@@ -233,11 +307,18 @@ pub fn fwd_vip<'a>(stats: &'a Value, address: &str, port: u16, proto: &str) -> &
 
 /// A VIP's counter (`packets`, `bytes`, `new_flows`).
 pub fn vip_counter(stats: &Value, address: &str, port: u16, proto: &str, field: &str) -> u64 {
-    fwd_vip(stats, address, port, proto)[field].as_u64().unwrap_or(0)
+    fwd_vip(stats, address, port, proto)[field]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Per backend of a VIP: `(address, packets, bytes, new_flows)`.
-pub fn vip_backends(stats: &Value, address: &str, port: u16, proto: &str) -> Vec<(String, u64, u64, u64)> {
+pub fn vip_backends(
+    stats: &Value,
+    address: &str,
+    port: u16,
+    proto: &str,
+) -> Vec<(String, u64, u64, u64)> {
     fwd_vip(stats, address, port, proto)["backends"]
         .as_array()
         .map(|bs| {
@@ -281,7 +362,10 @@ pub fn format_forward_drops(stats: &Value) -> String {
 
 /// Which backend leaf (`be1`..`be3`) has an address.
 pub fn leaf_of(addr: &str) -> Option<&'static str> {
-    crate::BACKEND_IPS.iter().position(|b| *b == addr).map(|i| crate::LEAVES[i + 1])
+    crate::BACKEND_IPS
+        .iter()
+        .position(|b| *b == addr)
+        .map(|i| crate::LEAVES[i + 1])
 }
 
 // ---------------------------------------------------------------------------- crafted frames
@@ -324,7 +408,19 @@ pub fn craft(topo: &Topology, mac: &str, kind: &str, count: u32, dst: &str, dpor
     }
     let out = topo.exec(
         "cli",
-        &[PYTHON, script.to_str().unwrap(), mac, kind, &count.to_string(), dst, &dport.to_string()],
+        &[
+            PYTHON,
+            script.to_str().unwrap(),
+            mac,
+            kind,
+            &count.to_string(),
+            dst,
+            &dport.to_string(),
+        ],
     );
-    assert!(out.status.success(), "craft.py {kind} failed: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "craft.py {kind} failed: {}",
+        describe(&out)
+    );
 }
