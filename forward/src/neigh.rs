@@ -125,7 +125,12 @@ impl Neighbours {
             let n = &mut self.slots[i];
             let may_send = n.requested_ns.is_none_or(|t| now_ns.saturating_sub(t) >= RETRY_NS);
             let stale = n.mac.is_some() && now_ns.saturating_sub(n.confirmed_ns) >= REFRESH_NS;
-            if may_send && (n.wanted || stale) {
+            // Unresolved backends are asked again at every refresh scan (each
+            // RETRY_NS) with no packet waiting: the first requests may have
+            // gone out before the port was reachable, and a flow's first
+            // packet should not be the one that waits for resolution.
+            let unresolved = n.mac.is_none();
+            if may_send && (n.wanted || stale || unresolved) {
                 n.requested_ns = Some(now_ns);
                 n.wanted = false;
                 self.cursor = (i + 1) % len;
