@@ -9,8 +9,15 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// Terminate TCP and proxy each connection.
     #[default]
     Proxy,
+    /// Forwarding modes: the dataplane's own file holds their details (SNAT
+    /// addresses, tunnel encapsulation); published generations carry their
+    /// backends, weights and states.
+    Dsr,
+    Fullnat,
+    Tunnel,
 }
 
 /// Which client identity picks the backend.
@@ -171,6 +178,9 @@ pub fn validate_vip(v: &VipSpec, at: &str) -> Result<(), String> {
     if v.bandwidth_bytes_per_sec == Some(0) {
         return Err(format!("{at}.bandwidth_bytes_per_sec: must be at least 1 (remove the limit instead)"));
     }
+    if v.mode != Mode::Proxy && v.proxy_protocol != ProxyProtocol::Off {
+        return Err(format!("{at}.proxy_protocol: only proxy mode sends a PROXY protocol header"));
+    }
     if let Some(h) = &v.health {
         crate::checks::validate_spec(h).map_err(|e| format!("{at}.health: {e}"))?;
     }
@@ -180,6 +190,9 @@ pub fn validate_vip(v: &VipSpec, at: &str) -> Result<(), String> {
         validate_backend_address(b.addr()).map_err(|e| format!("{bat}: {e}"))?;
         if b.weight > MAX_WEIGHT {
             return Err(format!("{bat}.weight: {} is above the maximum of {MAX_WEIGHT}", b.weight));
+        }
+        if matches!(v.mode, Mode::Dsr | Mode::Tunnel) && b.port != v.port {
+            return Err(format!("{bat}.port: {} must equal the VIP's port {}: {:?} mode does not rewrite ports", b.port, v.port, v.mode));
         }
         if !seen.insert(b.addr()) {
             return Err(format!("{bat}: listed twice"));

@@ -46,6 +46,9 @@ pub fn to_shm(g: &Generation) -> shm::ConfigGeneration {
                 proto: shm::Proto::Tcp,
                 mode: match v.mode {
                     Mode::Proxy => shm::Mode::Proxy,
+                    Mode::Dsr => shm::Mode::Dsr,
+                    Mode::Fullnat => shm::Mode::FullNat,
+                    Mode::Tunnel => shm::Mode::Tunnel,
                 },
                 max_connections: v.max_connections,
                 new_conn_rate: rate(v.new_conn_rate),

@@ -26,6 +26,19 @@ pub struct Applied {
     pub vips: Vec<(Ipv4Addr, u16)>,
     /// Where each VIP's and backend's counters go in the shared segment.
     pub ids: CounterIds,
+    /// New backend sets for the forwarding VIPs the dataplane's file
+    /// declares, by forwarding VIP index.
+    pub forward: Vec<(usize, fulcrum_forward::BackendSet)>,
+}
+
+/// A forwarding VIP as the dataplane's file declares it: the published
+/// generation may change its backends, not its mode's details.
+pub struct ForwardVipFile {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub tcp: bool,
+    /// Configured next-hop MACs, by backend address.
+    pub macs: HashMap<Ipv4Addr, [u8; 6]>,
 }
 
 /// An address and port.
@@ -38,10 +51,16 @@ pub struct CounterIds {
     backends: HashMap<(Endpoint, Endpoint), u32>,
 }
 
-/// Turns a published generation into what the lcores install: proxy VIPs
-/// only (forwarding VIPs come from the dataplane's own file for now); limits
-/// are split evenly between lcores, which enforce them without sharing.
-pub fn prepare(gen: &shm::ConfigGeneration, generation: u64, lcores: usize) -> Result<Applied, String> {
+/// Turns a published generation into what the lcores install. Proxy VIPs are
+/// taken whole; limits are split evenly between lcores, which enforce them
+/// without sharing. Forwarding VIPs must also be in the dataplane's file
+/// (which holds their SNAT and tunnel settings): their backends are replaced.
+pub fn prepare(
+    gen: &shm::ConfigGeneration,
+    generation: u64,
+    lcores: usize,
+    forward_vips: &[ForwardVipFile],
+) -> Result<Applied, String> {
     let share = |n: u32| n.div_ceil(lcores as u32).max(1);
     let mut ids = CounterIds::default();
     let mut vips = Vec::new();
@@ -84,11 +103,38 @@ pub fn prepare(gen: &shm::ConfigGeneration, generation: u64, lcores: usize) -> R
         configs.push(c);
     }
     let tables = VipTables::build(configs).map_err(|e| e.to_string())?;
+    let mut forward = Vec::new();
+    for v in gen.vips.iter().filter(|v| v.mode != shm::Mode::Proxy) {
+        let tcp = v.proto == shm::Proto::Tcp;
+        let Some(i) = forward_vips.iter().position(|f| (f.addr, f.port, f.tcp) == (v.addr, v.port, tcp)) else {
+            tracing::warn!(
+                "generation {generation}: forwarding VIP {}:{} is not in the dataplane's file; ignored",
+                v.addr,
+                v.port
+            );
+            continue;
+        };
+        let backends = v
+            .backends
+            .iter()
+            .map(|b| fulcrum_forward::ForwardBackend {
+                addr: b.addr,
+                port: b.port,
+                // Down and draining backends take no new flows; tracked
+                // flows keep them.
+                weight: if b.state == shm::BackendState::Up { b.weight } else { 0 },
+                mac: forward_vips[i].macs.get(&b.addr).copied(),
+            })
+            .collect();
+        let set = fulcrum_forward::BackendSet::build(backends, v.table_size).map_err(|e| e.to_string())?;
+        forward.push((i, set));
+    }
     Ok(Applied {
         generation,
         tables,
         vips,
         ids,
+        forward,
     })
 }
 

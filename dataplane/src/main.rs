@@ -248,7 +248,17 @@ fn serve_port(
         stats
     };
     let outcomes = std::thread::scope(|scope| {
-        scope.spawn(|| control_thread(cli, stop, &collect, shm_role.as_ref(), &commands, lcores.len()));
+        let forward_files: Vec<control::ForwardVipFile> = config
+            .forward_vips()
+            .map(|v| control::ForwardVipFile {
+                addr: v.address,
+                port: v.port,
+                tcp: v.proto == config::Proto::Tcp,
+                macs: v.backends.iter().filter_map(|b| Some((b.address, b.mac?.0))).collect(),
+            })
+            .collect();
+        let (collect, shm_role, commands) = (&collect, shm_role.as_ref(), &commands);
+        scope.spawn(move || control_thread(cli, stop, collect, shm_role, commands, lcores.len(), &forward_files));
         let mut consumers: Vec<_> = rings.iter().map(|r| r.consumer()).collect();
         let jobs: Vec<(dpdk::LcoreId, LcoreJob<'_>)> = lcores
             .iter()
@@ -271,8 +281,6 @@ fn serve_port(
                         local_ports: (config.proxy.local_ports.0, config.proxy.local_ports.1),
                     },
                     inbox: EngineInbox::with_capacity(ENGINE_INBOX),
-                    commands: shm_role.as_ref().map(|_| &commands[i]),
-                    applied: None,
                 });
                 let worker = Worker {
                     lcore: lcore.0,
@@ -286,6 +294,8 @@ fn serve_port(
                     mac: EthernetAddress(mac),
                     addrs: addrs.clone(),
                     shm: shm_blocks[i].take(),
+                    commands: shm_role.map(|_| &commands[i]),
+                    applied: None,
                     counters,
                     stop,
                     backoff: Backoff::new(config.is_software()),
@@ -491,6 +501,7 @@ fn control_thread(
     shm: Option<&fulcrum_shm::Dataplane<'_>>,
     commands: &[ArrayQueue<Arc<control::Applied>>],
     lcores: usize,
+    forward_vips: &[control::ForwardVipFile],
 ) {
     let mut subscriber = shm.map(|s| s.subscriber());
     let mut next_stats = std::time::Instant::now();
@@ -500,9 +511,13 @@ fn control_thread(
             let previous = sub.applied_generation();
             match sub.poll() {
                 fulcrum_shm::Poll::Unchanged => {}
-                fulcrum_shm::Poll::New(generation, number) => match control::prepare(&generation, number, lcores) {
+                fulcrum_shm::Poll::New(generation, number) => match control::prepare(&generation, number, lcores, forward_vips) {
                     Ok(applied) => {
-                        tracing::info!("control plane generation {number}: {} proxy VIP(s)", applied.vips.len());
+                        tracing::info!(
+                            "control plane generation {number}: {} proxy VIP(s), {} forwarding backend set(s)",
+                            applied.vips.len(),
+                            applied.forward.len()
+                        );
                         let applied = Arc::new(applied);
                         for queue in commands {
                             queue.force_push(Arc::clone(&applied));

@@ -56,14 +56,10 @@ impl ProxySteering {
 }
 
 /// The proxy side of a worker; absent when no VIP is in proxy mode.
-pub struct ProxySide<'a> {
+pub struct ProxySide {
     pub engine: Engine,
     pub steering: ProxySteering,
     pub inbox: EngineInbox,
-    /// New configuration generations from the control thread (newest wins).
-    pub commands: Option<&'a ArrayQueue<Arc<Applied>>>,
-    /// The generation installed last, if any.
-    pub applied: Option<Arc<Applied>>,
 }
 
 /// The forwarding side of a worker; absent when no VIP forwards packets.
@@ -80,11 +76,15 @@ pub struct Worker<'a> {
     pub addrs: Vec<Ipv4Addr>,
     /// This lcore's counter block in the shared segment, when there is one.
     pub shm: Option<fulcrum_shm::LcoreCounters<'a>>,
+    /// New configuration generations from the control thread (newest wins).
+    pub commands: Option<&'a ArrayQueue<Arc<Applied>>>,
+    /// The generation installed last, if any.
+    pub applied: Option<Arc<Applied>>,
     pub counters: &'a LcoreCounters,
     pub stop: &'a AtomicBool,
     pub backoff: Backoff,
     pub handover: Option<Handover<'a>>,
-    pub proxy: Option<ProxySide<'a>>,
+    pub proxy: Option<ProxySide>,
     pub forward: Option<ForwardSide>,
     /// Latest service counters for the stats writer (lock-free, newest wins).
     pub reports: &'a ArrayQueue<LcoreReport>,
@@ -168,7 +168,7 @@ impl Worker<'_> {
             forward: self.forward.as_ref().map(|f| ForwardReport::of(&f.forwarder)),
         });
         if let Some(block) = &self.shm {
-            let ids = self.proxy.as_ref().and_then(|p| p.applied.as_ref()).map(|a| &a.ids);
+            let ids = self.applied.as_ref().map(|a| &a.ids);
             control::publish(block, &self.counters.snapshot(self.lcore), report.as_ref(), ids);
         }
         if let Some(report) = report {
@@ -177,36 +177,46 @@ impl Worker<'_> {
     }
 
     /// Installs the newest configuration generation, if one is waiting: the
-    /// engine keeps established connections; new ones follow the new tables.
+    /// engine keeps established connections and the forwarder its tracked
+    /// flows; new ones follow the new tables.
     fn install_new_generation(&mut self) {
-        let Some(p) = &mut self.proxy else {
+        let Some(applied) = self.commands.and_then(ArrayQueue::pop) else {
             return;
         };
-        let Some(applied) = p.commands.and_then(ArrayQueue::pop) else {
-            return;
-        };
-        match p.engine.reconfigure_with(&applied.tables) {
-            Ok(r) => {
-                for (addr, _) in &applied.vips {
-                    if !self.addrs.contains(addr) {
-                        self.addrs.push(*addr);
+        if let Some(p) = &mut self.proxy {
+            match p.engine.reconfigure_with(&applied.tables) {
+                Ok(r) => {
+                    for (addr, _) in &applied.vips {
+                        if !self.addrs.contains(addr) {
+                            self.addrs.push(*addr);
+                        }
                     }
+                    p.steering.vips = applied.vips.clone();
+                    tracing::info!(
+                        "lcore {}: generation {} installed ({} VIPs added, {} removed, {} backends added, {} removed, {} connections draining)",
+                        self.lcore,
+                        applied.generation,
+                        r.vips_added,
+                        r.vips_removed,
+                        r.backends_added,
+                        r.backends_removed,
+                        r.draining_connections
+                    );
                 }
-                p.steering.vips = applied.vips.clone();
-                tracing::info!(
-                    "lcore {}: generation {} installed ({} VIPs added, {} removed, {} backends added, {} removed, {} connections draining)",
-                    self.lcore,
-                    applied.generation,
-                    r.vips_added,
-                    r.vips_removed,
-                    r.backends_added,
-                    r.backends_removed,
-                    r.draining_connections
-                );
-                p.applied = Some(applied);
+                Err(e) => {
+                    tracing::error!("lcore {}: generation {} refused: {e}", self.lcore, applied.generation);
+                    return;
+                }
             }
-            Err(e) => tracing::error!("lcore {}: generation {} refused: {e}", self.lcore, applied.generation),
         }
+        if let Some(f) = &mut self.forward {
+            for (vip, set) in &applied.forward {
+                if let Err(e) = f.forwarder.set_backends(*vip, set.clone()) {
+                    tracing::error!("lcore {}: generation {}: forwarding VIP {vip}: {e}", self.lcore, applied.generation);
+                }
+            }
+        }
+        self.applied = Some(applied);
     }
 
     /// Hands `m` to `owner`'s ring; false when that is this lcore (or the

@@ -77,7 +77,7 @@ enum VipCmd {
 #[derive(Args)]
 struct VipAddArgs {
     /// How the VIP handles traffic.
-    #[arg(long, value_parser = ["proxy"])]
+    #[arg(long, value_parser = ["proxy", "dsr", "fullnat", "tunnel"])]
     mode: Option<String>,
     /// Which client identity picks the backend.
     #[arg(long, value_parser = ["flow", "client"])]
@@ -311,7 +311,14 @@ fn vip_options(o: &VipAddArgs) -> Result<VipOptions, String> {
         None => None,
     };
     Ok(VipOptions {
-        mode: o.mode.as_ref().map(|_| Mode::Proxy),
+        mode: match o.mode.as_deref() {
+            None => None,
+            Some("proxy") => Some(Mode::Proxy),
+            Some("dsr") => Some(Mode::Dsr),
+            Some("fullnat") => Some(Mode::Fullnat),
+            Some("tunnel") => Some(Mode::Tunnel),
+            Some(other) => return Err(format!("--mode: {other:?} is not one of proxy, dsr, fullnat, tunnel")),
+        },
         affinity: o.affinity.as_deref().map(|a| if a == "client" { Affinity::Client } else { Affinity::Flow }),
         max_connections: o.max_connections,
         connect_timeout_ms: o.connect_timeout_ms,
