@@ -447,7 +447,7 @@ fn dataplane_restart_and_death_are_reported() {
         (st["dataplane"]["alive"] == false).then_some(st)
     });
     assert_eq!(st["dataplane"]["state"], "down");
-    drop(sub);
+    let _ = sub;
     drop(dp); // clean exit: heartbeat 0
     wait_for(Duration::from_secs(5), "the clean stop to be reported", || {
         (d.json(&["status"])["dataplane"]["state"] == "stopped").then_some(())
