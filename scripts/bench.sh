@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Benchmarks Fulcrum against a reference, on this machine alone, in one run.
 #
-#   scripts/bench.sh proxy [--duration SECONDS] [--connections N] [--prefix P]
+#   scripts/bench.sh proxy   [--duration SECONDS] [--connections N] [--prefix P]
+#   scripts/bench.sh forward   (packets/s through the forwarding path vs testpmd macswap)
+#   scripts/bench.sh scale     (proxy engine instructions per request vs open connections)
+#
+# Benchmarks print figures and ratios; they assert nothing about speed.
 #
 # proxy: brings up its own topology (prefix "bench", network namespaces on
 # 198.18.0.0/24, torn down on exit whatever happens), three nginx backends
@@ -30,7 +34,549 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+# ============================================================================ forward
+# scripts/bench.sh forward [--duration S] [--warmup S] [--small-flows N]
+#                          [--large-flows N] [--sizes "64 512"] [--profile] [--prefix P]
+#
+# Packets per second through the dataplane's forwarding path (DSR VIP
+# 198.18.1.2:80, three backends with configured MACs, per-lcore conntrack) on ONE
+# lcore, with no kernel in the path, beside dpdk-testpmd --forward-mode=macswap on
+# the same virtual device, one after the other (never at once), in the same run.
+#
+# Feed: one net_pcap port, `rx_pcap=FILE,infinite_rx=1` (DPDK 22.11): at queue set-up
+# the PMD copies every packet of FILE into mbufs of the application's pool and then
+# replays them in a loop (one rte_ring dequeue/enqueue and one memcpy per packet);
+# with no tx_pcap/tx_iface its TX is eth_tx_drop (frees the mbufs, counts them).
+# The port's MAC is net_pcap's fixed 02:70:63:61:70:00 (first pcap port of a
+# process), checked against the dataplane's `ready:` line. --no-pci, no hugepages
+# (`--no-huge -m`, sized from the pool), unique --file-prefix per process.
+# Files: scripts/fwd_pcapgen.py writes one TCP packet per flow (64-byte frames:
+# pure ACKs; 512-byte frames: PSH+ACK with data; FCS excluded, so 60/508 bytes in
+# the file), clients 198.19.0.0/16. The first pass over the file creates the
+# conntrack entries; the window starts after --warmup seconds (default 3) and lasts
+# --duration seconds (default 8); new flows in the window are shown (0 = every
+# packet hit an established flow).
+# Fulcrum rate: lcore tx_packets from --stats-file at two moments (the file's mtime
+# is the sample time). testpmd rate: mean of its Rx-pps lines in the window.
+# cycles/packet = TSC Hz (/proc/cpuinfo "cpu MHz") x the forwarding thread's share of
+# CPU 1 in the window (its utime+stime from /proc) / pps: perf's cycles event is not
+# available in VMs like this one. The share is printed: below 1.00, other processes
+# took CPU 1: the table then also gives Mpps per CPU-second (Mpps / share), and the
+# ratio, cycles/packet and the last line use that (the rate with CPU 1 to itself).
+# Both forwarding lcores run on CPU 1; this script keeps itself on CPU 0.
+# --profile: after each Fulcrum window, 3 s of `perf record -e cpu-clock -p` on the
+# dataplane, top symbols printed. Not part of scripts/test.sh: it prints figures, asserts none.
+
+fwd_usage() { sed -n '/^# scripts\/bench.sh forward/,/^# Not part of scripts/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+fwd_die() { printf 'bench forward: error: %s\n' "$*" >&2; exit 1; }
+fwd_say() { printf '\n=== %s\n' "$*" >&2; }
+
+FWD_DP_PID=""
+FWD_TP_PID=""
+FWD_WORK=""
+FWD_PREFIXES=()
+
+fwd_cleanup() {
+    local rc=$? p
+    set +e
+    [ -n "$FWD_DP_PID" ] && kill -KILL "$FWD_DP_PID" 2>/dev/null
+    [ -n "$FWD_TP_PID" ] && kill -KILL "$FWD_TP_PID" 2>/dev/null
+    for p in "${FWD_PREFIXES[@]}"; do rm -rf "/var/run/dpdk/$p"; done
+    [ -n "$FWD_WORK" ] && rm -rf "$FWD_WORK"
+    [ "$rc" -eq 0 ] || echo "bench forward: FAILED (exit $rc)" >&2
+}
+
+# fwd_stop PID SECONDS: SIGINT, a bounded wait, then SIGKILL.
+fwd_stop() {
+    local pid=$1 secs=$2 i
+    kill -INT "$pid" 2>/dev/null || true
+    for i in $(seq $((secs * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "    pid $pid did not stop in ${secs}s: killed" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# fwd_sample FILE: "mtime_s tx rx new_flows evictions" from one consistent version
+# of the stats file (it is replaced by rename about once a second).
+fwd_sample() {
+    local f=$1 m1 m2 body i
+    for i in $(seq 100); do
+        m1=$(stat -c %.9Y "$f" 2>/dev/null) || { sleep 0.05; continue; }
+        body=$(jq -r '[([.lcores[].tx_packets] | add), ([.lcores[].rx_packets] | add),
+            (.forward.new_flows // 0), (.forward.evictions // 0)] | @tsv' "$f" 2>/dev/null) || { sleep 0.05; continue; }
+        m2=$(stat -c %.9Y "$f" 2>/dev/null) || continue
+        if [ "$m1" = "$m2" ]; then
+            echo "$m1 $body"
+            return 0
+        fi
+    done
+    fwd_die "could not read $f"
+}
+
+# fwd_fresh_sample FILE: waits (bounded) for the next rewrite of FILE, then samples it.
+fwd_fresh_sample() {
+    local f=$1 m0 i
+    m0=$(stat -c %.9Y "$f" 2>/dev/null || echo 0)
+    for i in $(seq 100); do
+        [ "$(stat -c %.9Y "$f" 2>/dev/null || echo 0)" != "$m0" ] && break
+        sleep 0.02
+    done
+    fwd_sample "$f"
+}
+
+# fwd_tasks PID: "tid ticks" (utime + stime) of every thread of PID, one a line.
+fwd_tasks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk -v tid="${t##*/}" '{ sub(/^.*\) /, ""); print tid, $12 + $13 }' "$t/stat" 2>/dev/null || true
+    done
+}
+# fwd_max_delta BEFORE AFTER: the largest per-thread tick increase (the polling lcore's).
+fwd_max_delta() { awk 'NR == FNR { a[$1] = $2; next } ($1 in a) && $2 - a[$1] > m { m = $2 - a[$1] } END { print m + 0 }' <(echo "$1") <(echo "$2"); }
+# fwd_share TICKS1 TICKS2 SECONDS: the thread's share of one CPU over the window.
+fwd_share() { awk -v a="$1" -v b="$2" -v s="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (s <= 0) print "n/a"; else printf "%.2f", (b - a) / hz / s }'; }
+
+# fwd_profile OUT PID: 3 s of perf (cpu-clock) on the dataplane's threads, top symbols.
+fwd_profile() {
+    local out=$1 pid=$2
+    if ! command -v perf >/dev/null; then echo "    (perf not installed)" >&2; return 0; fi
+    perf record -q -e cpu-clock -F 1999 -p "$pid" -o "$out" -- sleep 3 >/dev/null 2>&1 || { echo "    (perf record failed)" >&2; return 0; }
+    echo "    perf (cpu-clock, the dataplane's threads, 3 s), top symbols:" >&2
+    { perf report -i "$out" --no-children --stdio --sort dso,symbol 2>/dev/null |
+        awk '/^ +[0-9.]+%/ && n++ < 14 { sub(/[ -]+$/, ""); gsub(/   */, "  "); print "  " $0 }' >&2; } || true
+}
+
+# fwd_run_fulcrum NAME PCAP MBUFS MEM_MB: sets FWD_R_MPPS, FWD_R_NEW (flows created in the
+# window), FWD_R_DROPS. Runs in the main shell (not in $(...)), so the EXIT trap sees its pid.
+fwd_run_fulcrum() {
+    local name=$1 pcap=$2 mbufs=$3 mem=$4
+    local prefix="${FWD_P}-dp-$$" dir="$FWD_WORK/$name-fulcrum"
+    mkdir -p "$dir"
+    FWD_PREFIXES+=("$prefix")
+    cat >"$dir/fulcrum.toml" <<CONF
+[dataplane]
+address = "198.18.0.2/24"
+lcores = "1"
+mbufs = $mbufs
+file_prefix = "$prefix"
+software = { vdev = "net_pcap0,rx_pcap=$pcap,infinite_rx=1", hugepages = "off", no_huge_memory_mb = $mem }
+
+[forward]
+# Twice the largest flow count: two-choice 8-way buckets at <= 50% load, no evictions.
+conntrack_entries = $FWD_CONNTRACK
+
+[[vip]]
+address = "198.18.1.2"
+port = 80
+mode = "dsr"
+backends = [
+  { address = "198.18.0.21", port = 80, mac = "02:00:00:00:00:21" },
+  { address = "198.18.0.22", port = 80, mac = "02:00:00:00:00:22" },
+  { address = "198.18.0.23", port = 80, mac = "02:00:00:00:00:23" },
+]
+CONF
+    "$FWD_DP_BIN" --config "$dir/fulcrum.toml" --stats-file "$dir/stats.json" >"$dir/dataplane.log" 2>&1 &
+    FWD_DP_PID=$!
+    local i
+    for i in $(seq 1200); do
+        grep -q ' ready: ' "$dir/dataplane.log" && break
+        kill -0 "$FWD_DP_PID" 2>/dev/null || { tail -n 20 "$dir/dataplane.log" >&2; fwd_die "the dataplane exited"; }
+        sleep 0.1
+    done
+    grep -q ' ready: ' "$dir/dataplane.log" || { tail -n 20 "$dir/dataplane.log" >&2; fwd_die "the dataplane was not ready in 120 s"; }
+    local mac
+    mac=$(grep -o ' ready: .* mac [0-9a-f:]*' "$dir/dataplane.log" | awk '{print $NF}')
+    [ "$mac" = "$FWD_MAC" ] || fwd_die "the port's MAC is $mac, the pcap was written for $FWD_MAC"
+    echo "    ready ($(grep -o 'ready: port [0-9]* ([a-z_0-9]*) mac [0-9a-f:]*' "$dir/dataplane.log"))" >&2
+    sleep "$FWD_WARMUP"
+    local a b k1 k2 w1 w2
+    k1=$(fwd_tasks "$FWD_DP_PID")
+    w1=$(date +%s.%N)
+    a=$(fwd_fresh_sample "$dir/stats.json") || fwd_die "no stats from the dataplane"
+    sleep "$FWD_DURATION"
+    b=$(fwd_fresh_sample "$dir/stats.json") || fwd_die "no stats from the dataplane"
+    k2=$(fwd_tasks "$FWD_DP_PID")
+    w2=$(date +%s.%N)
+    FWD_R_SHARE=$(fwd_share 0 "$(fwd_max_delta "$k1" "$k2")" "$(awk -v a="$w1" -v b="$w2" 'BEGIN { print b - a }')")
+    [ "$FWD_PROFILE" = 1 ] && fwd_profile "$dir/perf.data" "$FWD_DP_PID"
+    fwd_stop "$FWD_DP_PID" 30
+    FWD_DP_PID=""
+    rm -rf "/var/run/dpdk/$prefix"
+    local exitline drops
+    exitline=$(grep -o 'lcore [0-9]*: rx .*' "$dir/dataplane.log" | tail -n 1 || true)
+    echo "    ${exitline:-no exit report}; $(grep -o 'mbufs in use: .*' "$dir/dataplane.log" || echo 'no mbuf report')" >&2
+    drops=$(jq -r '[(.forward.drops // {} | to_entries[] | select(.value > 0) | "\(.key)=\(.value)")] | join(",")' "$dir/stats.json" 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    set -- $a $b
+    # $1 t1 $2 tx1 $3 rx1 $4 new1 $5 ev1 | $6 t2 $7 tx2 $8 rx2 $9 new2 ${10} ev2
+    read -r FWD_R_MPPS FWD_R_NEW FWD_R_DROPS < <(awk -v t1="$1" -v x1="$2" -v r1="$3" -v n1="$4" -v e1="$5" -v t2="$6" -v x2="$7" -v r2="$8" -v n2="$9" -v e2="${10}" -v d="${drops:-none}" \
+        'BEGIN { dt = t2 - t1; if (dt <= 0) { print "nan nan nan"; exit }
+                 printf "    window %.3f s: tx %d, rx %d packets; new flows %d, evictions %d; drops: %s\n", dt, x2 - x1, r2 - r1, n2 - n1, e2 - e1, d > "/dev/stderr";
+                 printf "%.3f %d %s\n", (x2 - x1) / dt / 1e6, n2 - n1, d }')
+}
+
+# fwd_run_testpmd NAME PCAP MBUFS MEM_MB: sets FWD_R_MPPS (main shell, as above).
+fwd_run_testpmd() {
+    local name=$1 pcap=$2 mbufs=$3 mem=$4
+    local prefix="${FWD_P}-tp-$$" dir="$FWD_WORK/$name-testpmd"
+    mkdir -p "$dir"
+    FWD_PREFIXES+=("$prefix")
+    # testpmd without a terminal: --stats-period, or it exits at once; stdin from /dev/null.
+    dpdk-testpmd --no-pci -l 0,1 --main-lcore 0 --file-prefix "$prefix" --no-huge -m "$mem" \
+        --vdev="net_pcap0,rx_pcap=$pcap,infinite_rx=1" -- \
+        --forward-mode=macswap --port-topology=loop --nb-cores=1 --rxq=1 --txq=1 \
+        --total-num-mbufs="$mbufs" --stats-period 1 </dev/null >"$dir/testpmd.log" 2>&1 &
+    FWD_TP_PID=$!
+    local i
+    for i in $(seq 1200); do
+        grep -q 'Rx-pps' "$dir/testpmd.log" && break
+        kill -0 "$FWD_TP_PID" 2>/dev/null || { tail -n 20 "$dir/testpmd.log" >&2; fwd_die "testpmd exited"; }
+        sleep 0.1
+    done
+    grep -q 'Rx-pps' "$dir/testpmd.log" || { tail -n 20 "$dir/testpmd.log" >&2; fwd_die "testpmd did not start forwarding in 120 s"; }
+    sleep "$FWD_WARMUP"
+    local skip k1 k2 w1 w2
+    skip=$(grep -c 'Rx-pps' "$dir/testpmd.log")
+    k1=$(fwd_tasks "$FWD_TP_PID")
+    w1=$(date +%s.%N)
+    # Its stats loop prints about every 2 s here: make sure at least 2 lines fall in the window.
+    sleep "$FWD_DURATION"
+    for i in $(seq 100); do
+        [ "$(grep -c 'Rx-pps' "$dir/testpmd.log")" -ge $((skip + 2)) ] && break
+        sleep 0.1
+    done
+    k2=$(fwd_tasks "$FWD_TP_PID")
+    w2=$(date +%s.%N)
+    FWD_R_SHARE=$(fwd_share 0 "$(fwd_max_delta "$k1" "$k2")" "$(awk -v a="$w1" -v b="$w2" 'BEGIN { print b - a }')")
+    fwd_stop "$FWD_TP_PID" 30
+    FWD_TP_PID=""
+    rm -rf "/var/run/dpdk/$prefix"
+    grep -q 'macswap packet forwarding' "$dir/testpmd.log" || fwd_die "testpmd did not run macswap forwarding (see $dir/testpmd.log)"
+    FWD_R_MPPS=$(awk -v skip="$skip" '/Rx-pps:/ { n++; if (n > skip) { s += $2; k++; v = v " " sprintf("%.2f", $2 / 1e6) } }
+        END { if (k == 0) { print "nan"; exit }
+              printf "    testpmd Rx-pps in the window (Mpps):%s\n", v > "/dev/stderr"; printf "%.3f\n", s / k / 1e6 }' "$dir/testpmd.log")
+}
+
+fwd_main() {
+    FWD_DURATION=8
+    FWD_WARMUP=3
+    FWD_SMALL=4096
+    FWD_LARGE=1048576
+    FWD_SIZES="64 512"
+    FWD_PROFILE=0
+    FWD_P=fwdbench
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --duration) FWD_DURATION=$2; shift 2 ;;
+            --warmup) FWD_WARMUP=$2; shift 2 ;;
+            --small-flows) FWD_SMALL=$2; shift 2 ;;
+            --large-flows) FWD_LARGE=$2; shift 2 ;;
+            --sizes) FWD_SIZES=$2; shift 2 ;;
+            --profile) FWD_PROFILE=1; shift ;;
+            --prefix) FWD_P=$2; shift 2 ;;
+            -h|--help) fwd_usage ;;
+            *) fwd_die "unknown argument: $1" ;;
+        esac
+    done
+    [[ "$FWD_DURATION" =~ ^[0-9]+$ ]] && [ "$FWD_DURATION" -ge 2 ] && [ "$FWD_DURATION" -le 120 ] || fwd_die "--duration: 2..120 seconds"
+    [[ "$FWD_WARMUP" =~ ^[0-9]+$ ]] && [ "$FWD_WARMUP" -ge 1 ] && [ "$FWD_WARMUP" -le 60 ] || fwd_die "--warmup: 1..60 seconds"
+    [[ "$FWD_SMALL" =~ ^[0-9]+$ ]] && [ "$FWD_SMALL" -ge 1 ] || fwd_die "--small-flows: a positive number"
+    [[ "$FWD_LARGE" =~ ^[0-9]+$ ]] && [ "$FWD_LARGE" -ge 1 ] && [ "$FWD_LARGE" -le 8388608 ] || fwd_die "--large-flows: 1..8388608"
+    [[ "$FWD_P" =~ ^[A-Za-z0-9_-]{1,40}$ ]] || fwd_die "--prefix: 1 to 40 of A-Z a-z 0-9 - _"
+    local s
+    for s in $FWD_SIZES; do [[ "$s" =~ ^[0-9]+$ ]] && [ "$s" -ge 64 ] && [ "$s" -le 1518 ] || fwd_die "--sizes: frame sizes 64..1518"; done
+    [ "$(id -u)" -eq 0 ] || fwd_die "needs root (DPDK)"
+    [ "$(nproc)" -ge 2 ] || fwd_die "needs 2 CPUs (testpmd: a main and a forwarding lcore)"
+    local t
+    for t in dpdk-testpmd jq python3 taskset awk; do
+        command -v "$t" >/dev/null || fwd_die "$t not found (scripts/setup.sh installs it)"
+    done
+
+    trap fwd_cleanup EXIT
+    trap 'exit 130' INT TERM
+    # This script, its pollers and the pcap writer stay off CPU 1 (the forwarding lcore).
+    taskset -pc 0 $$ >/dev/null
+
+    if [ -n "${FULCRUM_BIN_DIR:-}" ]; then
+        FWD_DP_BIN=$FULCRUM_BIN_DIR/fulcrum-dataplane
+    else
+        fwd_say "build (release)"
+        cargo build --release -p fulcrum-dataplane 2>&1 | tail -n 1 >&2
+        FWD_DP_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-dataplane
+    fi
+    [ -x "$FWD_DP_BIN" ] || fwd_die "$FWD_DP_BIN not found"
+
+    FWD_WORK=$(mktemp -d /tmp/fulcrum-bench-fwd.XXXXXX)
+    # net_pcap's MAC for the first pcap port of a process ('p' 'c' 'a' 'p', index 0).
+    FWD_MAC=02:70:63:61:70:00
+    local mhz
+    mhz=$(awk -F: '/^cpu MHz/ { gsub(/ /, "", $2); print $2; exit }' /proc/cpuinfo)
+    [ -n "$mhz" ] || fwd_die "no 'cpu MHz' in /proc/cpuinfo"
+
+    # Memory: without hugepages EAL has 4 KiB pages and a pool object (2176-byte data
+    # room + headers, ~2.4 KiB) never straddles a page, so every mbuf takes 4 KiB.
+    # The pcap's packets all sit in mbufs (infinite_rx), plus a working margin.
+    local avail_mb need_mb large=$FWD_LARGE
+    avail_mb=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+    fwd_mem_for() { echo $(( ($1 + 32767) * 4 / 1024 + 768 )); }
+    need_mb=$(fwd_mem_for "$large")
+    # One DPDK process at a time, plus the pcap files and the conntrack table: keep 2 GiB spare.
+    while [ "$need_mb" -gt $((avail_mb - 2048)) ] && [ "$large" -gt "$FWD_SMALL" ]; do
+        large=$((large / 2))
+        need_mb=$(fwd_mem_for "$large")
+    done
+    FWD_NOTE=""
+    if [ "$large" -ne "$FWD_LARGE" ]; then
+        FWD_NOTE="only $avail_mb MiB available: the large case uses $large flows instead of $FWD_LARGE"
+        echo "bench forward: $FWD_NOTE" >&2
+    fi
+    FWD_CONNTRACK=1024
+    while [ "$FWD_CONNTRACK" -lt $((2 * large)) ] || [ "$FWD_CONNTRACK" -lt $((2 * FWD_SMALL)) ]; do FWD_CONNTRACK=$((FWD_CONNTRACK * 2)); done
+
+    declare -A FR TR NF DR FS TS PC_F PC_T
+    local size flows name pcap mbufs mem r
+    local cases=()
+    for size in $FWD_SIZES; do
+        for flows in "$FWD_SMALL" "$large"; do
+            name="${size}B-${flows}"
+            cases+=("$name")
+            pcap="$FWD_WORK/$name.pcap"
+            mbufs=$((flows + 32767))
+            mem=$(fwd_mem_for "$flows")
+            fwd_say "$size-byte frames, $flows flows: pcap, then Fulcrum, then testpmd macswap (-m $mem, $mbufs mbufs, ${FWD_WARMUP}s warm-up, ${FWD_DURATION}s window)"
+            python3 "$ROOT/scripts/fwd_pcapgen.py" --out "$pcap" --flows "$flows" \
+                --frame-len $((size - 4)) --dst-mac "$FWD_MAC" --vip 198.18.1.2 --port 80 ||
+                fwd_die "writing $pcap"
+            echo "    Fulcrum:" >&2
+            fwd_run_fulcrum "$name" "$pcap" "$mbufs" "$mem"
+            FR[$name]=$FWD_R_MPPS NF[$name]=$FWD_R_NEW DR[$name]=$FWD_R_DROPS FS[$name]=$FWD_R_SHARE
+            echo "    testpmd macswap:" >&2
+            fwd_run_testpmd "$name" "$pcap" "$mbufs" "$mem"
+            TR[$name]=$FWD_R_MPPS TS[$name]=$FWD_R_SHARE
+            rm -f "$pcap"
+            echo "    => Fulcrum ${FR[$name]} Mpps (lcore thread had ${FS[$name]} of CPU 1), testpmd macswap ${TR[$name]} Mpps (${TS[$name]})" >&2
+        done
+    done
+
+    fwd_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+    # Mpps per CPU-second of the forwarding thread (= Mpps when it had CPU 1 to itself).
+    fwd_per_cpu() { awk -v p="$1" -v s="$2" 'BEGIN { if (p == "nan" || s == "n/a" || s + 0 < 0.05) print "n/a"; else printf "%.3f", p / (s > 1 ? 1 : s) }'; }
+    # Cycles the forwarding thread ran per packet: TSC MHz / Mpps per CPU-second.
+    fwd_cyc() { awk -v p="$1" -v m="$mhz" 'BEGIN { if (p == "n/a" || p + 0 == 0) print "n/a"; else printf "%.0f", m / p }'; }
+    echo
+    echo "Fulcrum forwarding (DSR VIP, per-lcore conntrack) vs dpdk-testpmd macswap, one forwarding lcore each"
+    echo "(CPU 1), one net_pcap port (rx_pcap, infinite_rx=1; tx dropped by the PMD), --no-pci --no-huge,"
+    echo "${FWD_WARMUP}s warm-up then a ${FWD_DURATION}s window; TSC ${mhz} MHz (/proc/cpuinfo; no PMU cycle counter in this VM)."
+    local fmt='%-5s %8s | %8s %8s %9s | %8s %8s %6s | %8s %8s | %6s\n'
+    # shellcheck disable=SC2059
+    printf "$fmt" frame flows "Fulcrum" "testpmd" "CPU" "Fulcrum" "testpmd" "ratio" "Fulcrum" "testpmd" "new"
+    # shellcheck disable=SC2059
+    printf "$fmt" "" "" "Mpps" "Mpps" "share F/T" "Mpps/CPU" "Mpps/CPU" "" "cyc/pkt" "cyc/pkt" "flows"
+    local name fpc tpc
+    for name in "${cases[@]}"; do
+        fpc=$(fwd_per_cpu "${FR[$name]}" "${FS[$name]}")
+        tpc=$(fwd_per_cpu "${TR[$name]}" "${TS[$name]}")
+        PC_F[$name]=$fpc PC_T[$name]=$tpc
+        # shellcheck disable=SC2059
+        printf "$fmt" "${name%%-*}" "${name#*-}" "${FR[$name]}" "${TR[$name]}" "${FS[$name]}/${TS[$name]}" \
+            "$fpc" "$tpc" "$(fwd_ratio "$fpc" "$tpc")" "$(fwd_cyc "$fpc")" "$(fwd_cyc "$tpc")" "${NF[$name]}"
+    done
+    echo "Mpps: measured. CPU share: CPU time (utime+stime) the forwarding thread got in the window, 1.00 = all of"
+    echo "CPU 1; below that, other processes ran on CPU 1. Mpps/CPU = Mpps / share (the rate with CPU 1 to itself,"
+    echo "ignoring co-runners' cache pollution); ratio and cycles/packet use it. New flows: conntrack entries created"
+    echo "in the window (0 = every packet hit an established flow)."
+    local key="64B-$large"
+    if [ -z "${FR[$key]:-}" ]; then
+        key="${cases[-1]}"
+        echo "the summary is for ${key%%-*} frames over ${key#*-} established flows (64-byte frames were not measured)"
+    elif [ -n "$FWD_NOTE" ]; then
+        echo "the summary is for 64-byte frames over $large established flows ($FWD_NOTE)"
+    else
+        echo "the summary is for 64-byte frames over $large established flows (measured ${FR[$key]} Mpps at CPU share ${FS[$key]})"
+    fi
+    echo "forward: ${PC_F[$key]} Mpps per lcore, $(fwd_ratio "${PC_F[$key]}" "${PC_T[$key]}") of testpmd macswap, $(fwd_cyc "${PC_F[$key]}") cycles/packet"
+}
+
+if [ "${1:-}" = forward ]; then
+    shift
+    fwd_main "$@"
+    exit 0
+fi
+# ============================================================================ end of forward
+
+# ============================================================================ scale
+# scripts/bench.sh scale [--requests K] [--wall-runs R] [--top N] [--keep DIR]
+#
+# Cost per request of the proxy engine (crate proxy) with 100, 1 000 and 10 000
+# open connections, in-process: proxy/examples/scale.rs opens N idle client
+# connections through the engine on the in-memory wire and fake clock of
+# proxy/tests/common (the scenario of proxy/tests/scale.rs), then sends K
+# sequential echo requests (default 100, at most 100 so that every request uses
+# a different connection) over connections spread across the N, inside one
+# function, `scale_measured`. Per N it prints:
+#   instructions/request  instructions executed inside Engine::poll during the
+#       requests only, counted by valgrind's callgrind: collection off at start,
+#       toggled on and off on entry and exit of Engine::poll
+#       (--toggle-collect), and all counts zeroed on entry to scale_measured
+#       (--zero-before), so the set-up (opening the N connections) and the
+#       simulated peers (client and backends) are excluded. Deterministic to
+#       within a few hundred instructions per run (HashMap seeds are random).
+#   us/request (median)  wall time inside Engine::poll per request, release
+#       build, native (not under valgrind), median of R runs (default 5): noisy
+#       on a shared machine; grows with cache misses at 10 000 connections.
+#   sockets visited/request  the engine's `sockets_visited` counter (sockets
+#       smoltcp iterated: ingress, egress, poll_at) per request.
+# and the ratios 1k/100 and 10k/100; then, from the callgrind profiles, the
+# engine's top functions by instructions (self cost) at 100 and at 10 000, and
+# the functions whose instructions grew the most between the two.
+# Wall time is only indicative on a loaded machine; instructions are the figure.
+# Needs valgrind (callgrind_annotate). About a minute in all. Not part of
+# scripts/test.sh: it prints figures, asserts none (tests/scale.rs asserts).
+# --keep DIR keeps the callgrind files (callgrind.engine.<N>.out) in DIR.
+
+scale_usage() { sed -n '/^# scripts\/bench.sh scale/,/^# --keep DIR/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+scale_die() { printf 'bench scale: error: %s\n' "$*" >&2; exit 1; }
+scale_say() { printf '\n=== %s\n' "$*" >&2; }
+
+# scale_self_costs FILE: "<instructions>\t<function>" per function (self cost,
+# summed over the source files a function's inlined code comes from).
+scale_self_costs() {
+    # Call edges entered before the counters were zeroed have a call count of 0
+    # and callgrind_annotate would book their inclusive cost as self cost.
+    sed 's/^calls=0 /calls=1 /' "$1" >"$1.fixed"
+    callgrind_annotate --auto=no --threshold=100 "$1.fixed" 2>/dev/null |
+        sed -n '/file:function/,$p' |
+        awk 'match($0, /^ *[0-9,]+ \( *[0-9.]+%\)  /) {
+                 n = substr($0, 1, RLENGTH); sub(/\(.*/, "", n); gsub(/[ ,]/, "", n)
+                 r = substr($0, RLENGTH + 1); f = substr(r, index(r, ":") + 1); sub(/ \[[^]]*\]$/, "", f)
+                 s[f] += n
+             }
+             END { for (f in s) printf "%d\t%s\n", s[f], f }' |
+        sort -t$'\t' -k1,1nr
+}
+
+# scale_short NAME: a function name cut to fit a table column.
+scale_short() { awk -v w=72 '{ if (length($0) > w) print substr($0, 1, w - 3) "..."; else print }'; }
+
+scale_main() {
+    local requests=100 runs=5 top=12 keep=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --requests) requests=$2; shift 2 ;;
+            --wall-runs) runs=$2; shift 2 ;;
+            --top) top=$2; shift 2 ;;
+            --keep) keep=$2; shift 2 ;;
+            -h|--help) scale_usage ;;
+            *) scale_die "unknown argument: $1" ;;
+        esac
+    done
+    [[ "$requests" =~ ^[0-9]+$ ]] && [ "$requests" -ge 1 ] && [ "$requests" -le 100 ] || scale_die "--requests: 1..100"
+    [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 1 ] && [ "$runs" -le 50 ] || scale_die "--wall-runs: 1..50"
+    [[ "$top" =~ ^[0-9]+$ ]] && [ "$top" -ge 1 ] && [ "$top" -le 100 ] || scale_die "--top: 1..100"
+    for t in valgrind callgrind_annotate cargo; do
+        command -v "$t" >/dev/null || scale_die "$t not found"
+    done
+
+    local target=${CARGO_TARGET_DIR:-$ROOT/target}
+    local bin=$target/release/examples/scale
+    scale_say "build: cargo build --release -p fulcrum-proxy --example scale (target $target)"
+    CARGO_TARGET_DIR=$target cargo build --release -p fulcrum-proxy --example scale 2>&1 | tail -n 2 >&2
+    [ -x "$bin" ] || scale_die "$bin not found"
+
+    local work
+    work=$(mktemp -d /tmp/fulcrum-bench-scale.XXXXXX)
+    # shellcheck disable=SC2064 # expand now: $work is local
+    trap "rm -rf '$work'" EXIT
+    trap 'exit 130' INT TERM
+
+    local sizes=(100 1000 10000)
+    declare -A INSTR US USMIN VISITS
+    local n i out us visits line
+    for n in "${sizes[@]}"; do
+        scale_say "$n open connections: $runs native runs of $requests requests (wall time), then one under callgrind (instructions)"
+        : >"$work/us.$n"
+        for i in $(seq "$runs"); do
+            out=$(timeout 120 "$bin" "$n" "$requests") || scale_die "$bin $n $requests failed"
+            echo "    $out" >&2
+            line=$(echo "$out" | grep '^scale_result ')
+            us=$(echo "$line" | sed -n 's/.* us_per_request=\([0-9.]*\).*/\1/p')
+            visits=$(echo "$line" | sed -n 's/.* sockets_visited_per_request=\([0-9.]*\).*/\1/p')
+            [ -n "$us" ] && [ -n "$visits" ] || scale_die "unexpected output: $out"
+            echo "$us" >>"$work/us.$n"
+            VISITS[$n]=$visits
+        done
+        US[$n]=$(sort -n "$work/us.$n" | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+        USMIN[$n]=$(sort -n "$work/us.$n" | awk 'NR == 1 { printf "%.2f", $1 }')
+        local cg=$work/callgrind.engine.$n.out t0=$SECONDS
+        timeout 300 valgrind --tool=callgrind --collect-atstart=no \
+            --toggle-collect='*Engine::poll*' --zero-before='*scale_measured*' \
+            --compress-strings=no --compress-pos=no \
+            --callgrind-out-file="$cg" "$bin" "$n" "$requests" >"$work/cg.$n.log" 2>&1 ||
+            { tail -n 20 "$work/cg.$n.log" >&2; scale_die "callgrind run failed (N=$n)"; }
+        out=$(grep '^scale_result ' "$work/cg.$n.log")
+        [ "$(echo "$out" | sed -n 's/.* sockets_visited_per_request=\([0-9.]*\).*/\1/p')" = "${VISITS[$n]}" ] ||
+            scale_die "under callgrind the run differed: $out"
+        local total
+        total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")
+        [ -n "$total" ] && [ "$total" -gt 0 ] || scale_die "no instruction total in $cg"
+        INSTR[$n]=$(awk -v t="$total" -v k="$requests" 'BEGIN { printf "%.0f", t / k }')
+        echo "    callgrind ($((SECONDS - t0)) s): $total instructions in Engine::poll for $requests requests = ${INSTR[$n]}/request" >&2
+        scale_self_costs "$cg" >"$work/self.$n"
+    done
+
+    scale_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+    echo
+    echo "Proxy engine cost per request vs open connections (proxy/examples/scale.rs: in-memory wire, fake clock;"
+    echo "$requests sequential echo requests, each on a different open connection; Engine::poll only, simulated peers excluded)"
+    printf '%-18s %14s %12s %12s %14s\n' "open connections" "instr/request" "us/req min" "us/req med" "visits/request"
+    printf '%-18s %14s %12s %12s %14s\n' ---------------- ------------- ---------- ---------- --------------
+    for n in "${sizes[@]}"; do
+        printf '%-18s %14s %12s %12s %14s\n' "$n" "${INSTR[$n]}" "${USMIN[$n]}" "${US[$n]}" "${VISITS[$n]}"
+    done
+    local big
+    for big in 1000 10000; do
+        printf '%-18s %14s %12s %12s %14s\n' "ratio $((big / 1000))k/100" "$(scale_ratio "${INSTR[$big]}" "${INSTR[100]}")" \
+            "$(scale_ratio "${USMIN[$big]}" "${USMIN[100]}")" "$(scale_ratio "${US[$big]}" "${US[100]}")" \
+            "$(scale_ratio "${VISITS[$big]}" "${VISITS[100]}")"
+    done
+    echo "(instructions: callgrind, Engine::poll inclusive, requests only; us: wall time in Engine::poll per request,"
+    echo " native release build, min and median of $runs runs (load average now: $(cut -d' ' -f1 /proc/loadavg) on $(nproc) CPUs);"
+    echo " visits: sockets smoltcp iterated, engine counter)"
+
+    local a=100 b=10000
+    echo
+    echo "Top $top functions by instructions per request inside Engine::poll (self cost), $a vs $b open connections"
+    printf '%10s %10s  %s\n' "at $a" "at $b" function
+    join -t$'\t' -1 2 -2 2 -a1 -a2 -e0 -o 0,1.1,2.1 \
+        <(sort -t$'\t' -k2,2 "$work/self.$a") <(sort -t$'\t' -k2,2 "$work/self.$b") |
+        awk -F'\t' -v k="$requests" '{ printf "%d\t%.0f\t%.0f\t%s\n", $2 + $3, $2 / k, $3 / k, $1 }' |
+        sort -t$'\t' -k1,1nr | awk -v t="$top" 'NR <= t' |
+        while IFS=$'\t' read -r _ x y f; do printf '%10s %10s  %s\n' "$x" "$y" "$(echo "$f" | scale_short)"; done
+    echo
+    echo "Largest changes per request from $a to $b open connections (self cost)"
+    printf '%10s %10s %10s  %s\n' "at $a" "at $b" change function
+    join -t$'\t' -1 2 -2 2 -a1 -a2 -e0 -o 0,1.1,2.1 \
+        <(sort -t$'\t' -k2,2 "$work/self.$a") <(sort -t$'\t' -k2,2 "$work/self.$b") |
+        awk -F'\t' -v k="$requests" '{ d = ($3 - $2) / k; printf "%.0f\t%.0f\t%.0f\t%+.0f\t%s\n", (d < 0 ? -d : d), $2 / k, $3 / k, d, $1 }' |
+        sort -t$'\t' -k1,1nr | awk 'NR <= 8' |
+        while IFS=$'\t' read -r _ x y d f; do printf '%10s %10s %10s  %s\n' "$x" "$y" "$d" "$(echo "$f" | scale_short)"; done
+
+    if [ -n "$keep" ]; then
+        mkdir -p "$keep" && cp "$work"/callgrind.engine.*.out "$keep"/ && echo "(callgrind files kept in $keep)"
+    fi
+    echo "scale: ${INSTR[100]}, ${INSTR[1000]}, ${INSTR[10000]} instructions per request; 10k/100 = $(scale_ratio "${INSTR[10000]}" "${INSTR[100]}")"
+}
+
+if [ "${1:-}" = scale ]; then
+    shift
+    scale_main "$@"
+    exit 0
+fi
+# ============================================================================ end of scale
+
+usage() { sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 say() { printf '\n=== %s\n' "$*" >&2; }
 

@@ -7,8 +7,6 @@
 mod common;
 
 use common::*;
-use smoltcp::socket::tcp::State;
-use smoltcp::time::Duration;
 
 struct Cost {
     visits_per_request: f64,
@@ -16,75 +14,12 @@ struct Cost {
 }
 
 fn cost_with_open_connections(n: u16) -> Cost {
-    let mut s = Setup::new(3);
-    s.shards = 256;
-    s.config.buffer_size = 2048;
-    s.vip.max_connections = u32::from(n) + 10;
-    let mut w = s.build();
-    for h in &mut w.hosts {
-        h.set_buffer(2048);
-    }
-
-    // Open n idle connections, in batches.
-    let mut socks = Vec::new();
-    let mut next_port = 10_000u16;
-    while socks.len() < usize::from(n) {
-        let batch: Vec<_> = (0..500.min(usize::from(n) - socks.len()))
-            .map(|_| {
-                next_port += 1;
-                w.client().connect((VIP, VIP_PORT), next_port)
-            })
-            .collect();
-        let ok = w.run_until(Duration::from_secs(10), |w| {
-            batch
-                .iter()
-                .all(|&s| w.client().sock(s).state() == State::Established)
-        });
-        assert!(ok, "batch did not establish");
-        socks.extend(batch);
-    }
-    // Let the last ACKs land.
-    w.run_until(Duration::from_millis(50), |_| false);
-    assert_eq!(w.engine.connections(), usize::from(n));
-    for h in &mut w.hosts {
-        h.timer_scan = false;
-    }
-
+    let (mut w, socks) = scale_open_connections(n);
     // Sequential echo requests over 100 of the open connections.
-    const REQUESTS: usize = 100;
-    let visits0 = w.engine.counters().sockets_visited;
-    let time0 = w.engine_time;
-    for (i, &c) in socks
-        .iter()
-        .step_by(socks.len() / REQUESTS)
-        .take(REQUESTS)
-        .enumerate()
-    {
-        w.client().sock(c).send_slice(b"ping\n").unwrap();
-        let mut got = Vec::new();
-        let ok = w.run_until(Duration::from_secs(2), |w| {
-            for b in 0..3 {
-                for s in w.backend(b).touched_connections() {
-                    let sock = w.backend(b).sock(s);
-                    if sock.can_recv() {
-                        let mut req = Vec::new();
-                        read_all(sock, &mut req);
-                        sock.send_slice(&req).unwrap();
-                    }
-                }
-            }
-            read_all(w.client().sock(c), &mut got);
-            got == b"ping\n"
-        });
-        assert!(ok, "request {i} not echoed");
-    }
-    // Include the trailing ACKs of the last request.
-    w.run_until(Duration::from_millis(20), |_| false);
-    let visits = w.engine.counters().sockets_visited - visits0;
-    let time = w.engine_time - time0;
+    let c = scale_echo_requests(&mut w, &socks, 100);
     Cost {
-        visits_per_request: visits as f64 / REQUESTS as f64,
-        micros_per_request: time.as_secs_f64() * 1e6 / REQUESTS as f64,
+        visits_per_request: c.sockets_visited as f64 / c.requests as f64,
+        micros_per_request: c.engine_time.as_secs_f64() * 1e6 / c.requests as f64,
     }
 }
 

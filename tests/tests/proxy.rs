@@ -149,7 +149,7 @@ fn bulk_echo_500_concurrent() {
     const BYTES: u64 = MIB;
     raise_nofile_limit(65536);
     let topo = Topology::up();
-    let _servers = start_backends(&topo, BACKEND_PORT, Mode::Echo, &[]);
+    let servers = start_backends(&topo, BACKEND_PORT, Mode::Echo, &[]);
     let mut dp = start_proxy(&topo, [1, 1, 1], None, |_| {});
     let before = dp.stats();
 
@@ -168,6 +168,15 @@ fn bulk_echo_500_concurrent() {
         rep.bytes_received as f64 / secs / 1e6,
         rep.elapsed
     );
+    for s in &servers {
+        let recs = s.records();
+        let idle = recs.iter().filter(|r| r.bytes_in == 0).count();
+        eprintln!("{}: {} connections, ends {:?}, {idle} received nothing", s.name(), recs.len(), s.ends());
+    }
+    if rep.failed > 0 {
+        let st = dp.stats();
+        eprintln!("after failures: {}", format_vips(&st));
+    }
     assert_eq!(rep.failed, 0, "failures: {:#?}", rep.failures);
     assert_eq!(rep.concurrent, CONNS as u64, "not all connections were established at once");
     assert_eq!(rep.bytes_sent, CONNS as u64 * BYTES);

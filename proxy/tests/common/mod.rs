@@ -592,3 +592,94 @@ pub fn settle(w: &mut Wire) {
         w.engine.connections()
     );
 }
+
+/// The scale scenario (tests/scale.rs, examples/scale.rs): three echo
+/// backends, small buffers, and `n` idle client connections opened through
+/// the engine, established and quiet (last ACKs landed, peers' timer walks
+/// off). Returns the wire and the client sockets.
+pub fn scale_open_connections(n: u16) -> (Wire, Vec<Sock>) {
+    let mut s = Setup::new(3);
+    s.shards = 256;
+    s.config.buffer_size = 2048;
+    s.vip.max_connections = u32::from(n) + 10;
+    let mut w = s.build();
+    for h in &mut w.hosts {
+        h.set_buffer(2048);
+    }
+
+    // Open n idle connections, in batches.
+    let mut socks = Vec::new();
+    let mut next_port = 10_000u16;
+    while socks.len() < usize::from(n) {
+        let batch: Vec<_> = (0..500.min(usize::from(n) - socks.len()))
+            .map(|_| {
+                next_port += 1;
+                w.client().connect((VIP, VIP_PORT), next_port)
+            })
+            .collect();
+        let ok = w.run_until(Duration::from_secs(10), |w| {
+            batch
+                .iter()
+                .all(|&s| w.client().sock(s).state() == tcp::State::Established)
+        });
+        assert!(ok, "batch did not establish");
+        socks.extend(batch);
+    }
+    // Let the last ACKs land.
+    w.run_until(Duration::from_millis(50), |_| false);
+    assert_eq!(w.engine.connections(), usize::from(n));
+    for h in &mut w.hosts {
+        h.timer_scan = false;
+    }
+    (w, socks)
+}
+
+/// What `scale_echo_requests` cost the engine.
+pub struct ScaleCost {
+    pub requests: usize,
+    /// Sockets smoltcp iterated (engine counter `sockets_visited`).
+    pub sockets_visited: u64,
+    /// Wall time inside `Engine::poll`.
+    pub engine_time: std::time::Duration,
+}
+
+/// `requests` sequential echo requests ("ping\n", echoed by the backend)
+/// over connections spread evenly across `socks` (wrapping round when there
+/// are more requests than connections), then the trailing ACKs.
+pub fn scale_echo_requests(w: &mut Wire, socks: &[Sock], requests: usize) -> ScaleCost {
+    let visits0 = w.engine.counters().sockets_visited;
+    let time0 = w.engine_time;
+    let step = (socks.len() / requests).max(1);
+    for (i, &c) in socks
+        .iter()
+        .step_by(step)
+        .cycle()
+        .take(requests)
+        .enumerate()
+    {
+        w.client().sock(c).send_slice(b"ping\n").unwrap();
+        let mut got = Vec::new();
+        let ok = w.run_until(Duration::from_secs(2), |w| {
+            for b in 0..3 {
+                for s in w.backend(b).touched_connections() {
+                    let sock = w.backend(b).sock(s);
+                    if sock.can_recv() {
+                        let mut req = Vec::new();
+                        read_all(sock, &mut req);
+                        sock.send_slice(&req).unwrap();
+                    }
+                }
+            }
+            read_all(w.client().sock(c), &mut got);
+            got == b"ping\n"
+        });
+        assert!(ok, "request {i} not echoed");
+    }
+    // Include the trailing ACKs of the last request.
+    w.run_until(Duration::from_millis(20), |_| false);
+    ScaleCost {
+        requests,
+        sockets_visited: w.engine.counters().sockets_visited - visits0,
+        engine_time: w.engine_time - time0,
+    }
+}
