@@ -65,7 +65,8 @@ ROOT=$PWD
 # ratio, cycles/packet and the last line use that (the rate with CPU 1 to itself).
 # Both forwarding lcores run on CPU 1; this script keeps itself on CPU 0.
 # --profile: after each Fulcrum window, 3 s of `perf record -e cpu-clock -p` on the
-# dataplane, top symbols printed. Not part of scripts/test.sh: it prints figures, asserts none.
+# dataplane, top symbols printed.
+# Not part of scripts/test.sh: it prints figures and asserts none.
 
 fwd_usage() { sed -n '/^# scripts\/bench.sh forward/,/^# Not part of scripts/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 fwd_die() { printf 'bench forward: error: %s\n' "$*" >&2; exit 1; }

@@ -127,23 +127,24 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 pub const MAX_CONNECTIONS: u32 = 10_000_000;
 
 pub mod defaults {
+    use fulcrum_shm::defaults as vip;
     pub fn max_connections() -> u32 {
-        10_000
+        vip::MAX_CONNECTIONS
     }
     pub fn connect_timeout_ms() -> u64 {
-        1000
+        vip::CONNECT_TIMEOUT_MS.into()
     }
     pub fn connect_tries() -> u8 {
-        3
+        vip::CONNECT_TRIES
     }
     pub fn idle_timeout_ms() -> u64 {
-        60_000
+        vip::IDLE_TIMEOUT_MS.into()
     }
     pub fn table_size() -> u32 {
-        65_537
+        vip::TABLE_SIZE
     }
     pub fn weight() -> u32 {
-        1
+        vip::WEIGHT
     }
 }
 

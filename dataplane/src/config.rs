@@ -300,23 +300,24 @@ mod defaults {
     pub fn no_huge_memory_mb() -> u32 {
         512
     }
+    use fulcrum_shm::defaults as vip;
     pub fn max_connections() -> u32 {
-        10_000
+        vip::MAX_CONNECTIONS
     }
     pub fn connect_timeout_ms() -> u64 {
-        1000
+        vip::CONNECT_TIMEOUT_MS.into()
     }
     pub fn connect_tries() -> u8 {
-        3
+        vip::CONNECT_TRIES
     }
     pub fn idle_timeout_ms() -> u64 {
-        60_000
+        vip::IDLE_TIMEOUT_MS.into()
     }
     pub fn table_size() -> u32 {
-        65_537
+        vip::TABLE_SIZE
     }
     pub fn weight() -> u32 {
-        1
+        vip::WEIGHT
     }
 }
 

@@ -281,12 +281,19 @@ impl Worker<'_> {
     /// Gives a forwarding VIP's frame to the forwarder (on the lcore owning
     /// its flow); returns the frame when it is not the forwarder's.
     fn forward_frame(&mut self, m: Mbuf, now_ns: u64, from_ring: bool) -> Option<Mbuf> {
-        let Some(owner) = self.forward.as_ref().and_then(|f| f.forwarder.owner(m.data())) else {
-            return Some(m);
-        };
-        let mut m = match self.hand_over(m, owner, from_ring) {
-            Ok(()) => return None,
-            Err(m) => m,
+        // With one lcore every flow is ours: skip steering (a second parse
+        // and hash); `process` hands back what is not the forwarder's.
+        let single = self.handover.as_ref().is_none_or(|h| h.lcores == 1);
+        let mut m = if single || from_ring {
+            m
+        } else {
+            let Some(owner) = self.forward.as_ref().and_then(|f| f.forwarder.owner(m.data())) else {
+                return Some(m);
+            };
+            match self.hand_over(m, owner, from_ring) {
+                Ok(()) => return None,
+                Err(m) => m,
+            }
         };
         let Some(f) = self.forward.as_mut() else {
             return Some(m);

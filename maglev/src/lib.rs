@@ -129,7 +129,8 @@ fn v6_octets(addr: IpAddr) -> [u8; 16] {
     }
 }
 
-fn is_prime(n: u32) -> bool {
+/// Deterministic primality test by trial division (table sizes are small).
+pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }

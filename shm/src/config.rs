@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+use fulcrum_maglev::is_prime;
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{MAX_BACKENDS, MAX_VIPS};
@@ -111,19 +112,32 @@ impl VipConf {
             port,
             proto,
             mode: Mode::Proxy,
-            max_connections: 1_000_000,
+            max_connections: defaults::MAX_CONNECTIONS,
             new_conn_rate: None,
             per_client_rate: None,
             bandwidth_bytes_per_sec: None,
-            idle_timeout_ms: 300_000,
-            connect_timeout_ms: 3_000,
-            connect_tries: 3,
+            idle_timeout_ms: defaults::IDLE_TIMEOUT_MS,
+            connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
+            connect_tries: defaults::CONNECT_TRIES,
             affinity: Affinity::Flow,
             proxy_protocol: ProxyProtocol::Off,
-            table_size: 65_537,
+            table_size: defaults::TABLE_SIZE,
             backends: Vec::new(),
         }
     }
+}
+
+/// Defaults of a VIP's settings: one place for every file that declares VIPs
+/// (the dataplane's and the control plane's) and for [`VipConf::new`].
+pub mod defaults {
+    /// Concurrent connections, per lcore.
+    pub const MAX_CONNECTIONS: u32 = 10_000;
+    pub const CONNECT_TIMEOUT_MS: u32 = 1_000;
+    pub const CONNECT_TRIES: u8 = 3;
+    pub const IDLE_TIMEOUT_MS: u32 = 60_000;
+    /// Maglev table size: a prime, >= 100 x backends for good balance.
+    pub const TABLE_SIZE: u32 = 65_537;
+    pub const WEIGHT: u32 = 1;
 }
 
 /// Why a generation is semantically invalid. Every variant has a stable
@@ -272,24 +286,6 @@ pub fn reject_code_name(code: u32) -> &'static str {
     }
 }
 
-/// Deterministic primality test by trial division (table sizes are <= 2^24).
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n % 2 == 0 {
-        return n == 2;
-    }
-    let n = u64::from(n);
-    let mut d = 3u64;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
 
 fn bad_addr(a: Ipv4Addr) -> bool {
     a.is_unspecified() || a.is_broadcast() || a.is_multicast()

@@ -99,11 +99,12 @@ mod raw;
 mod segment;
 
 pub use config::{
-    is_prime, reject_code_name, Affinity, BackendConf, BackendState, ConfigGeneration, Mode, Proto,
+    defaults, reject_code_name, Affinity, BackendConf, BackendState, ConfigGeneration, Mode, Proto,
     ProxyProtocol, RateLimit, RejectReason, ValidationError, VipConf, MAX_CONNECT_TRIES,
     MAX_TABLE_SIZE,
 };
 pub use counters::*;
+pub use fulcrum_maglev::is_prime;
 pub use error::{Error, Result};
 pub use layout::{
     BACKEND_COUNTERS, FILE_SIZE, LAYOUT_VERSION, LCORE_COUNTERS, MAGIC, MAX_BACKENDS, MAX_LCORES,
