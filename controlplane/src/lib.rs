@@ -1,3 +1,7 @@
+//! Fulcrum's control plane: the desired configuration (TOML plus `fulcrumctl`
+//! changes, persisted), health checks, publication of whole generations to the
+//! dataplane through shared memory, the control socket and Prometheus metrics.
+#![forbid(unsafe_code)]
 pub mod health;
 pub mod checks;
 pub mod config;

@@ -20,6 +20,7 @@
 //!   printed when the test is panicking.
 //! * [`wait_until`] / [`wait_for`] poll a condition with a bounded timeout: never use a
 //!   fixed sleep as synchronisation.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;

@@ -1,4 +1,5 @@
 //! The Fulcrum control plane daemon.
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
 //! fulcrumctl: operate a running Fulcrum control plane.
+#![forbid(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand};
 use fulcrum_controlplane::model::{self, Affinity, Mode, ProxyProtocol};

@@ -9,6 +9,7 @@
 //! Modes: http, echo, send:BYTES:SEED, reply-after-eof:BYTES:SEED, reset, hold.
 //! It rewrites the status file (JSON: accepted, active, ends, errors) every 100 ms and
 //! exits after --max-seconds (default 3600), or when killed.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
