@@ -77,8 +77,7 @@ impl ControlPlane {
             crate::FABRIC_IP
         );
         fs::write(&config, text).expect("write controlplane.toml");
-        let mut cp =
-            ControlPlane { proc: None, dir, shm, config, socket, state_file, fab: topo.ns("fab"), starts: 0 };
+        let mut cp = ControlPlane { proc: None, dir, shm, config, socket, state_file, fab: topo.ns("fab"), starts: 0 };
         cp.spawn();
         cp
     }
@@ -195,10 +194,9 @@ impl ControlPlane {
         wait_for(timeout, "the dataplane to be up and apply the published generation", || {
             let s = self.try_json(&["status"])?;
             let (p, a) = (s["generation"]["published"].as_u64(), s["generation"]["applied"].as_u64());
-            if s["dataplane"]["state"] == "up" && p.is_some() && p == a && p != Some(0) {
-                Ok(p.unwrap())
-            } else {
-                Err(s.to_string())
+            match p {
+                Some(p) if s["dataplane"]["state"] == "up" && a == Some(p) && p != 0 => Ok(p),
+                _ => Err(s.to_string()),
             }
         })
     }
@@ -339,7 +337,14 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub fn start(ns: &str, addr: SocketAddr, workers: usize, pause: Duration, max: Duration, request: RequestFn) -> Traffic {
+    pub fn start(
+        ns: &str,
+        addr: SocketAddr,
+        workers: usize,
+        pause: Duration,
+        max: Duration,
+        request: RequestFn,
+    ) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let records = Arc::new(Mutex::new(Vec::new()));
         let deadline = Instant::now() + max;
@@ -440,7 +445,9 @@ pub fn connect_from(source: Option<Ipv4Addr>, addr: SocketAddrV4, timeout: Durat
     }
     match socket::connect(fd.as_raw_fd(), &SockaddrIn::from(addr)) {
         Ok(()) => Ok(TcpStream::from(fd)),
-        Err(Errno::EINPROGRESS) | Err(Errno::EAGAIN) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        Err(Errno::EINPROGRESS) | Err(Errno::EAGAIN) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+        }
         Err(e) => Err(io::Error::from(e)),
     }
 }
