@@ -811,22 +811,8 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
                 let Some(&e) = hit.and_then(|i| f.table.get(i)) else {
                     return Verdict::Drop(DropReason::IcmpNoFlow);
                 };
-                if ip.ihl > 20 {
-                    return Verdict::Drop(DropReason::IpOptions);
-                }
-                if ip.ttl <= 1 {
-                    return Verdict::Drop(DropReason::TtlExceeded);
-                }
                 // Towards the backend, about its packet backend -> SNAT.
-                let t = Translation {
-                    outer_src: e.new_src,
-                    outer_dst: e.new_dst,
-                    inner_src: (e.new_dst, e.new_dport),
-                    inner_dst: (e.new_src, e.new_sport),
-                    mac: e.mac,
-                };
-                f.counters.icmp_errors_forwarded += 1;
-                translate_icmp(f, buf, start, ip, &q, &t)
+                translate_icmp_for_entry(f, buf, start, ip, &q, &e)
             }
         }
     } else {
@@ -840,23 +826,31 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
         if checksum(msg) != 0 {
             return Verdict::Drop(DropReason::IcmpBadChecksum);
         }
-        if ip.ihl > 20 {
-            return Verdict::Drop(DropReason::IpOptions);
-        }
-        if ip.ttl <= 1 {
-            return Verdict::Drop(DropReason::TtlExceeded);
-        }
         // Towards the client, about its packet client -> VIP.
-        let t = Translation {
-            outer_src: e.new_src,
-            outer_dst: e.new_dst,
-            inner_src: (e.new_dst, e.new_dport),
-            inner_dst: (e.new_src, e.new_sport),
-            mac: e.mac,
-        };
-        f.counters.icmp_errors_forwarded += 1;
-        translate_icmp(f, buf, start, ip, &q, &t)
+        translate_icmp_for_entry(f, buf, start, ip, &q, &e)
     }
+}
+
+/// Translates an ICMP error about a FullNAT flow with the rewrite its
+/// connection-tracking entry records (the same for either direction: the
+/// entry stored is the one for the packet's own direction). FullNAT routes,
+/// so options and TTL are checked as for any forwarded packet.
+fn translate_icmp_for_entry(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, q: &Quote, e: &Entry) -> Verdict {
+    if ip.ihl > 20 {
+        return Verdict::Drop(DropReason::IpOptions);
+    }
+    if ip.ttl <= 1 {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
+    let t = Translation {
+        outer_src: e.new_src,
+        outer_dst: e.new_dst,
+        inner_src: (e.new_dst, e.new_dport),
+        inner_dst: (e.new_src, e.new_sport),
+        mac: e.mac,
+    };
+    f.counters.icmp_errors_forwarded += 1;
+    translate_icmp(f, buf, start, ip, q, &t)
 }
 
 struct Translation {
