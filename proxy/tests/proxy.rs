@@ -3,10 +3,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use common::*;
-use fulcrum_maglev::{backend_key, flow_hash, Backend, MaglevTable, DEFAULT_FLOW_SEED};
 use fulcrum_proxy::ProxyProtocol;
 use smoltcp::socket::tcp::State;
 use smoltcp::time::Duration;
@@ -51,28 +49,6 @@ fn request_many(w: &mut Wire, n: u16, backends: usize) -> Vec<(u16, String)> {
         .collect()
 }
 
-/// The backend Maglev picks first for a client port (what the engine must do).
-fn expected_backend(weights: &[u32], client_port: u16) -> usize {
-    let keys: Vec<Backend> = weights
-        .iter()
-        .enumerate()
-        .map(|(i, &weight)| Backend {
-            key: backend_key(IpAddr::V4(backend_ip(i)), BACKEND_PORT),
-            weight,
-        })
-        .collect();
-    let table = MaglevTable::build(&keys, 65537).unwrap();
-    let h = flow_hash(
-        DEFAULT_FLOW_SEED,
-        IpAddr::V4(CLIENT_IP),
-        client_port,
-        IpAddr::V4(VIP),
-        VIP_PORT,
-        6,
-    );
-    table.lookup(h).unwrap()
-}
-
 fn settle(w: &mut Wire) {
     let ok = w.run_until(Duration::from_secs(5), |w| w.engine.connections() == 0);
     assert!(
@@ -113,7 +89,7 @@ fn spreads_over_backends_per_maglev() {
     let mut per = [0usize; 3];
     for (port, resp) in &r {
         let b: usize = resp[..1].parse().unwrap();
-        assert_eq!(b, expected_backend(&[1, 1, 1], *port), "port {port}");
+        assert_eq!(b, expected_backend(&[1, 1, 1], *port, VIP_PORT), "port {port}");
         assert_eq!(&resp[2..], format!("hello from {port}\n"));
         per[b] += 1;
     }
@@ -133,7 +109,7 @@ fn weights_two_one_one() {
     let mut per = [0usize; 3];
     for (port, resp) in &r {
         let b: usize = resp[..1].parse().unwrap();
-        assert_eq!(b, expected_backend(&[2, 1, 1], *port), "port {port}");
+        assert_eq!(b, expected_backend(&[2, 1, 1], *port, VIP_PORT), "port {port}");
         per[b] += 1;
     }
     // 200/100/100 expected; binomial spread at n=400 is ~10.
@@ -316,7 +292,7 @@ fn closed_backend_port_fails_over() {
     let r = request_many(&mut w, 30, 3);
     let first_choice_dead = r
         .iter()
-        .filter(|(p, _)| expected_backend(&[1, 1, 1], *p) == 1)
+        .filter(|(p, _)| expected_backend(&[1, 1, 1], *p, VIP_PORT) == 1)
         .count();
     assert!(
         first_choice_dead > 0,

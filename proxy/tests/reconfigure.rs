@@ -2,38 +2,15 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use common::*;
-use fulcrum_maglev::{backend_key, flow_hash, Backend, MaglevTable, DEFAULT_FLOW_SEED};
 use fulcrum_proxy::{BackendConfig, BackendState, ConfigError, RateLimit, VipConfig, VipTables};
 use smoltcp::socket::tcp::State;
 use smoltcp::time::Duration;
 
 fn backend(i: usize, weight: u32) -> BackendConfig {
     BackendConfig::new(backend_ip(i), BACKEND_PORT, weight)
-}
-
-/// The backend Maglev picks first for a client port (as an index into `weights`).
-fn expected_backend(weights: &[u32], client_port: u16, vip_port: u16) -> usize {
-    let keys: Vec<Backend> = weights
-        .iter()
-        .enumerate()
-        .map(|(i, &weight)| Backend {
-            key: backend_key(IpAddr::V4(backend_ip(i)), BACKEND_PORT),
-            weight,
-        })
-        .collect();
-    let table = MaglevTable::build(&keys, 65537).unwrap();
-    let h = flow_hash(
-        DEFAULT_FLOW_SEED,
-        IpAddr::V4(CLIENT_IP),
-        client_port,
-        IpAddr::V4(VIP),
-        vip_port,
-        6,
-    );
-    table.lookup(h).unwrap()
 }
 
 /// Backend index that answered (responses are "<backend>:<request>").

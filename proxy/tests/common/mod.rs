@@ -683,3 +683,21 @@ pub fn scale_echo_requests(w: &mut Wire, socks: &[Sock], requests: usize) -> Sca
         engine_time: w.engine_time - time0,
     }
 }
+
+/// The backend Maglev picks first for a client port from `CLIENT_IP` to
+/// `VIP:vip_port` (an index into `weights`): what the engine must choose.
+pub fn expected_backend(weights: &[u32], client_port: u16, vip_port: u16) -> usize {
+    use fulcrum_maglev::{backend_key, flow_hash, Backend, MaglevTable, DEFAULT_FLOW_SEED};
+    use std::net::IpAddr;
+    let keys: Vec<Backend> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &weight)| Backend {
+            key: backend_key(IpAddr::V4(backend_ip(i)), BACKEND_PORT),
+            weight,
+        })
+        .collect();
+    let table = MaglevTable::build(&keys, 65537).unwrap();
+    let h = flow_hash(DEFAULT_FLOW_SEED, IpAddr::V4(CLIENT_IP), client_port, IpAddr::V4(VIP), vip_port, 6);
+    table.lookup(h).unwrap()
+}
