@@ -126,27 +126,8 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 /// Largest `max_connections` accepted.
 pub const MAX_CONNECTIONS: u32 = 10_000_000;
 
-pub mod defaults {
-    use fulcrum_shm::defaults as vip;
-    pub fn max_connections() -> u32 {
-        vip::MAX_CONNECTIONS
-    }
-    pub fn connect_timeout_ms() -> u64 {
-        vip::CONNECT_TIMEOUT_MS.into()
-    }
-    pub fn connect_tries() -> u8 {
-        vip::CONNECT_TRIES
-    }
-    pub fn idle_timeout_ms() -> u64 {
-        vip::IDLE_TIMEOUT_MS.into()
-    }
-    pub fn table_size() -> u32 {
-        vip::TABLE_SIZE
-    }
-    pub fn weight() -> u32 {
-        vip::WEIGHT
-    }
-}
+/// Defaults of a VIP's settings, shared with the dataplane's file.
+pub use fulcrum_shm::defaults;
 
 /// Checks one VIP; the error names the field (`at` prefixes it).
 pub fn validate_vip(v: &VipSpec, at: &str) -> Result<(), String> {

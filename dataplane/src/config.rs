@@ -157,15 +157,15 @@ pub struct Vip {
     #[serde(default)]
     pub affinity: Affinity,
     /// Concurrent connections per lcore; SYNs beyond it are reset and counted.
-    #[serde(default = "defaults::max_connections")]
+    #[serde(default = "fulcrum_shm::defaults::max_connections")]
     pub max_connections: u32,
-    #[serde(default = "defaults::connect_timeout_ms")]
+    #[serde(default = "fulcrum_shm::defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Backends tried, in the flow's Maglev preference order, before the
     /// client is reset.
-    #[serde(default = "defaults::connect_tries")]
+    #[serde(default = "fulcrum_shm::defaults::connect_tries")]
     pub connect_tries: u8,
-    #[serde(default = "defaults::idle_timeout_ms")]
+    #[serde(default = "fulcrum_shm::defaults::idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     /// New connections per second accepted, with a burst (over it: RST, counted).
     pub new_conn_rate: Option<Rate>,
@@ -178,7 +178,7 @@ pub struct Vip {
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
     /// Maglev lookup table size: a prime, ideally >= 100 x backends.
-    #[serde(default = "defaults::table_size")]
+    #[serde(default = "fulcrum_shm::defaults::table_size")]
     pub table_size: u32,
     pub backends: Vec<Backend>,
 }
@@ -189,7 +189,7 @@ pub struct Backend {
     pub address: Ipv4Addr,
     pub port: u16,
     /// Relative share of new connections; 0 drains the backend.
-    #[serde(default = "defaults::weight")]
+    #[serde(default = "fulcrum_shm::defaults::weight")]
     pub weight: u32,
     /// Forwarding modes: next-hop MAC (`"aa:bb:cc:dd:ee:ff"`) instead of ARP.
     pub mac: Option<Mac>,
@@ -299,25 +299,6 @@ mod defaults {
     }
     pub fn no_huge_memory_mb() -> u32 {
         512
-    }
-    use fulcrum_shm::defaults as vip;
-    pub fn max_connections() -> u32 {
-        vip::MAX_CONNECTIONS
-    }
-    pub fn connect_timeout_ms() -> u64 {
-        vip::CONNECT_TIMEOUT_MS.into()
-    }
-    pub fn connect_tries() -> u8 {
-        vip::CONNECT_TRIES
-    }
-    pub fn idle_timeout_ms() -> u64 {
-        vip::IDLE_TIMEOUT_MS.into()
-    }
-    pub fn table_size() -> u32 {
-        vip::TABLE_SIZE
-    }
-    pub fn weight() -> u32 {
-        vip::WEIGHT
     }
 }
 

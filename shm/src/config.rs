@@ -138,6 +138,27 @@ pub mod defaults {
     /// Maglev table size: a prime, >= 100 x backends for good balance.
     pub const TABLE_SIZE: u32 = 65_537;
     pub const WEIGHT: u32 = 1;
+
+    // The same, as functions for `#[serde(default = "...")]` in the
+    // configuration files (which keep milliseconds as u64).
+    pub fn max_connections() -> u32 {
+        MAX_CONNECTIONS
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        CONNECT_TIMEOUT_MS.into()
+    }
+    pub fn connect_tries() -> u8 {
+        CONNECT_TRIES
+    }
+    pub fn idle_timeout_ms() -> u64 {
+        IDLE_TIMEOUT_MS.into()
+    }
+    pub fn table_size() -> u32 {
+        TABLE_SIZE
+    }
+    pub fn weight() -> u32 {
+        WEIGHT
+    }
 }
 
 /// Why a generation is semantically invalid. Every variant has a stable
