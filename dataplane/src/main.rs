@@ -231,21 +231,17 @@ fn serve_port(
         },
     );
 
-    let latest: Vec<parking_lot::Mutex<Option<LcoreReport>>> = (0..lcores.len()).map(|_| parking_lot::Mutex::new(None)).collect();
+    // Each lcore's newest report; the stats writer and the final summary read
+    // them (never the lcores, which only push to `reports`).
+    let latest = parking_lot::Mutex::new((0..lcores.len()).map(|_| None).collect::<Vec<Option<LcoreReport>>>());
     let collect = || {
-        let mut snapshot = Vec::with_capacity(reports.len());
-        for (queue, slot) in reports.iter().zip(&latest) {
-            let mut slot = slot.lock();
+        let mut latest = latest.lock();
+        for (queue, slot) in reports.iter().zip(latest.iter_mut()) {
             if let Some(r) = queue.pop() {
                 *slot = Some(r);
             }
-            snapshot.push(slot.take());
         }
-        let stats = Stats::collect(&counters, pool, &snapshot, &forward_names);
-        for (slot, r) in latest.iter().zip(snapshot) {
-            *slot.lock() = r;
-        }
-        stats
+        Stats::collect(&counters, pool, &latest, &forward_names)
     };
     let outcomes = std::thread::scope(|scope| {
         let forward_files: Vec<control::ForwardVipFile> = config
