@@ -424,3 +424,37 @@ pub fn craft(topo: &Topology, mac: &str, kind: &str, count: u32, dst: &str, dpor
         describe(&out)
     );
 }
+
+/// A 3-second iperf3 TCP download (`-R`) from `vip`:5201 to the client, with
+/// what the dataplane counted meanwhile.
+pub struct Download {
+    /// iperf3's JSON result.
+    pub result: Value,
+    /// Bytes the client received, and its rate.
+    pub rx_bytes: u64,
+    pub bps: f64,
+    /// The VIP's bytes and packets (both directions for FullNAT).
+    pub vip_bytes: u64,
+    pub vip_pkts: u64,
+    /// The dataplane port's bytes each way (summed over lcores).
+    pub dp_rx: u64,
+    pub dp_tx: u64,
+}
+
+pub fn download_through(topo: &Topology, dp: &Dataplane, vip: &str) -> Download {
+    let before = fresh_stats(dp);
+    let result = iperf3(topo, vip, &["-t", "3", "-R"]);
+    let (rx_bytes, bps) = iperf3_tcp_received(&result);
+    let after = fresh_stats(dp);
+    let delta = |field| vip_counter(&after, vip, 5201, "tcp", field) - vip_counter(&before, vip, 5201, "tcp", field);
+    let port = |field| crate::lcore_sum(&after, field) - crate::lcore_sum(&before, field);
+    Download {
+        vip_bytes: delta("bytes"),
+        vip_pkts: delta("packets"),
+        dp_rx: port("rx_bytes"),
+        dp_tx: port("tx_bytes"),
+        result,
+        rx_bytes,
+        bps,
+    }
+}

@@ -218,16 +218,8 @@ fn dsr_http_and_iperf3() {
 
     // iperf3 TCP download: the data flows backend -> client directly; the dataplane
     // sees only the client's ACKs.
-    let before = fresh_stats(&dp);
-    let down = iperf3(&topo, DSR_VIP, &["-t", "3", "-R"]);
-    let (rx_bytes, bps) = iperf3_tcp_received(&down);
-    let after = fresh_stats(&dp);
-    let vip_bytes = vip_counter(&after, DSR_VIP, 5201, "tcp", "bytes")
-        - vip_counter(&before, DSR_VIP, 5201, "tcp", "bytes");
-    let vip_pkts = vip_counter(&after, DSR_VIP, 5201, "tcp", "packets")
-        - vip_counter(&before, DSR_VIP, 5201, "tcp", "packets");
-    let dp_rx = lcore_sum(&after, "rx_bytes") - lcore_sum(&before, "rx_bytes");
-    let dp_tx = lcore_sum(&after, "tx_bytes") - lcore_sum(&before, "tx_bytes");
+    let Download { result: down, rx_bytes, bps, vip_bytes, vip_pkts, dp_rx, dp_tx } =
+        download_through(&topo, &dp, DSR_VIP);
     eprintln!(
         "DSR iperf3 TCP download: {:.0} Mbit/s; client received {rx_bytes} bytes; through the dataplane: \
          VIP {vip_pkts} packets / {vip_bytes} bytes ({:.2} % of the received bytes), port rx {dp_rx} tx {dp_tx} bytes",
@@ -356,15 +348,8 @@ fn fullnat_http_and_iperf3() {
     }
 
     // TCP download: both directions go through the dataplane.
-    let before = fresh_stats(&dp);
-    let down = iperf3(&topo, FNAT_VIP, &["-t", "3", "-R"]);
-    let (rx_bytes, bps) = iperf3_tcp_received(&down);
-    let after = fresh_stats(&dp);
-    let vip_bytes = vip_counter(&after, FNAT_VIP, 5201, "tcp", "bytes")
-        - vip_counter(&before, FNAT_VIP, 5201, "tcp", "bytes");
-    let vip_pkts = vip_counter(&after, FNAT_VIP, 5201, "tcp", "packets")
-        - vip_counter(&before, FNAT_VIP, 5201, "tcp", "packets");
-    let dp_tx = lcore_sum(&after, "tx_bytes") - lcore_sum(&before, "tx_bytes");
+    let Download { result: down, rx_bytes, bps, vip_bytes, vip_pkts, dp_tx, .. } =
+        download_through(&topo, &dp, FNAT_VIP);
     eprintln!(
         "FullNAT iperf3 TCP download: {:.0} Mbit/s; client received {rx_bytes} bytes; VIP {vip_pkts} packets / \
          {vip_bytes} bytes ({:.1} % of the received bytes); port tx {dp_tx} bytes",
