@@ -272,31 +272,9 @@ pub enum ForwardError {
     NeighboursFull(usize),
 }
 
-macro_rules! drop_reasons {
-    ($($(#[doc = $doc:literal])+ $variant:ident => $name:literal,)+) => {
-        /// Every reason [`Forwarder::process`] drops a frame; one counter each.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[repr(u8)]
-        pub enum DropReason {
-            $($(#[doc = $doc])+ $variant,)+
-        }
-
-        impl DropReason {
-            /// Number of reasons.
-            pub const COUNT: usize = [$(DropReason::$variant),+].len();
-            /// Every reason, in index order.
-            pub const ALL: [DropReason; Self::COUNT] = [$(DropReason::$variant),+];
-            /// Stable `snake_case` name.
-            pub const fn name(self) -> &'static str {
-                match self { $(DropReason::$variant => $name,)+ }
-            }
-            /// Counter index.
-            pub const fn index(self) -> usize { self as usize }
-        }
-    };
-}
-
-drop_reasons! {
+fulcrum_packet::drop_reasons! {
+    /// Every reason [`Forwarder::process`] drops a frame; one counter each.
+    enum;
     /// `start`/`len` do not lie within the buffer.
     BadBuffer => "bad_buffer",
     /// Shorter than a minimal IPv4 header.

@@ -1,15 +1,13 @@
 //! Why a frame was dropped.
 
-/// Declares [`DropReason`] once, so the variants, [`DropReason::ALL`] and the
-/// stable names cannot drift apart.
+/// Declares a `DropReason` enum once, so its variants, `ALL`, `index` and
+/// the stable names cannot drift apart. Exported: the forwarder declares its
+/// own reasons with it. The enum's doc comes first, then `enum;`, then the
+/// variants.
+#[macro_export]
 macro_rules! drop_reasons {
-    ($($(#[doc = $doc:literal])+ $variant:ident => $name:literal,)+) => {
-        /// Every reason [`classify`](crate::classify) or
-        /// [`respond`](crate::respond) drops a frame.
-        ///
-        /// One per counter: the dataplane keeps `[u64; DropReason::COUNT]`
-        /// indexed by [`index`](Self::index) and reports them by
-        /// [`name`](Self::name).
+    ($(#[doc = $enum_doc:literal])* enum; $($(#[doc = $doc:literal])+ $variant:ident => $name:literal,)+) => {
+        $(#[doc = $enum_doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u8)]
         pub enum DropReason {
@@ -30,11 +28,23 @@ macro_rules! drop_reasons {
                     $(DropReason::$variant => $name,)+
                 }
             }
+
+            /// Position in [`ALL`](Self::ALL): the index of this reason's counter.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
         }
     };
 }
 
 drop_reasons! {
+    /// Every reason [`classify`](crate::classify) or
+    /// [`respond`](crate::respond) drops a frame.
+    ///
+    /// One per counter: the dataplane keeps `[u64; DropReason::COUNT]`
+    /// indexed by [`index`](Self::index) and reports them by
+    /// [`name`](Self::name).
+    enum;
     /// Shorter than an Ethernet header.
     EthTruncated => "eth_truncated",
     /// Unicast to a MAC that is not ours.
@@ -83,9 +93,3 @@ drop_reasons! {
     UnsupportedProtocol => "unsupported_protocol",
 }
 
-impl DropReason {
-    /// Position in [`ALL`](Self::ALL): the index of this reason's counter.
-    pub const fn index(self) -> usize {
-        self as usize
-    }
-}
