@@ -188,7 +188,7 @@ pub fn validate_vip(v: &VipSpec, at: &str) -> Result<(), String> {
             weight: b.weight,
         })
         .collect();
-    fulcrum_maglev::MaglevTable::build(&keys, v.table_size).map_err(|e| format!("{at}.table_size: {e}"))?;
+    fulcrum_maglev::MaglevTable::validate(&keys, v.table_size).map_err(|e| format!("{at}.table_size: {e}"))?;
     Ok(())
 }
 

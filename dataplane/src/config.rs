@@ -568,7 +568,7 @@ impl Config {
                     weight: b.weight,
                 })
                 .collect();
-            fulcrum_maglev::MaglevTable::build(&keys, v.table_size).map_err(|e| format!("{at}.table_size: {e}"))?;
+            fulcrum_maglev::MaglevTable::validate(&keys, v.table_size).map_err(|e| format!("{at}.table_size: {e}"))?;
         }
         Ok(())
     }

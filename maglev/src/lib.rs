@@ -183,6 +183,38 @@ struct Claimer {
 }
 
 impl MaglevTable {
+    /// Whether [`build`](Self::build) would accept `backends` and `size`,
+    /// without building: for configuration checks.
+    pub fn validate(backends: &[Backend], size: u32) -> Result<(), MaglevError> {
+        Self::checked_order(backends, size).map(drop)
+    }
+
+    /// Checks the inputs; returns the backends' indexes sorted by key (the
+    /// order the table is populated in, independent of the list's order).
+    fn checked_order(backends: &[Backend], size: u32) -> Result<Vec<usize>, MaglevError> {
+        if !is_prime(size) {
+            return Err(MaglevError::NotPrime(size));
+        }
+        if backends.len() > MAX_BACKENDS {
+            return Err(MaglevError::TooManyBackends(backends.len()));
+        }
+        if size as usize <= backends.len() {
+            return Err(MaglevError::TooSmall {
+                size,
+                backends: backends.len(),
+            });
+        }
+        let mut order: Vec<usize> = (0..backends.len()).collect();
+        order.sort_unstable_by_key(|&i| backends[i].key);
+        if let Some(w) = order
+            .windows(2)
+            .find(|w| backends[w[0]].key == backends[w[1]].key)
+        {
+            return Err(MaglevError::DuplicateKey(backends[w[0]].key));
+        }
+        Ok(order)
+    }
+
     /// Builds the table for `backends` (indexes in the table refer to this
     /// slice). `size` must be prime and greater than `backends.len()`; use
     /// >= 100 x backends for balance (see [`DEFAULT_TABLE_SIZE`]).
@@ -198,27 +230,7 @@ impl MaglevTable {
     /// steps, and each claim probes at most `size` slots because a prime size
     /// makes every permutation visit every slot.
     pub fn build(backends: &[Backend], size: u32) -> Result<Self, MaglevError> {
-        if !is_prime(size) {
-            return Err(MaglevError::NotPrime(size));
-        }
-        if backends.len() > MAX_BACKENDS {
-            return Err(MaglevError::TooManyBackends(backends.len()));
-        }
-        if size as usize <= backends.len() {
-            return Err(MaglevError::TooSmall {
-                size,
-                backends: backends.len(),
-            });
-        }
-
-        let mut order: Vec<usize> = (0..backends.len()).collect();
-        order.sort_unstable_by_key(|&i| backends[i].key);
-        if let Some(w) = order
-            .windows(2)
-            .find(|w| backends[w[0]].key == backends[w[1]].key)
-        {
-            return Err(MaglevError::DuplicateKey(backends[w[0]].key));
-        }
+        let mut order = Self::checked_order(backends, size)?;
         order.retain(|&i| backends[i].weight > 0);
 
         let m = u64::from(size);
