@@ -9,7 +9,7 @@
 
 use crate::counters::{LcoreCounters, LocalDrop};
 use crate::device::{EngineInbox, MbufDevice, TxSide};
-use crate::dpdk::{Mbuf, MbufBatch, Ring, RingConsumer, RxQueue};
+use crate::dpdk::{prefetch, Mbuf, MbufBatch, Ring, RingConsumer, RxQueue, BURST};
 use crate::control::{self, Applied};
 use crate::stats::{EngineReport, ForwardReport, LcoreReport};
 use fulcrum_packet::EthernetAddress;
@@ -90,6 +90,16 @@ pub struct Worker<'a> {
     pub reports: &'a ArrayQueue<LcoreReport>,
 }
 
+impl fulcrum_forward::Frame for Mbuf {
+    fn bytes(&self) -> &[u8] {
+        self.data()
+    }
+
+    fn room_mut(&mut self) -> (&mut [u8], usize, usize) {
+        Mbuf::room_mut(self)
+    }
+}
+
 /// How often an lcore publishes its engine's counters.
 const REPORT_PERIOD: Duration = Duration::from_millis(200);
 
@@ -108,19 +118,13 @@ impl Worker<'_> {
             self.install_new_generation();
             if self.rx.recv(&mut batch) > 0 {
                 busy = true;
-                for m in batch.drain() {
-                    self.counters.rx_packets.add(1);
-                    self.counters.rx_bytes.add(m.len() as u64);
-                    self.dispatch(m, now_ns, false);
-                }
+                self.counters.rx_packets.add(batch.len() as u64);
+                self.counters.rx_bytes.add(batch.bytes() as u64);
+                self.receive(&mut batch, now_ns, false);
             }
-            if let Some(h) = &mut self.handover {
-                if h.inbound.dequeue(&mut batch) > 0 {
-                    busy = true;
-                    for m in batch.drain() {
-                        self.dispatch(m, now_ns, true);
-                    }
-                }
+            if self.handover.as_mut().is_some_and(|h| h.inbound.dequeue(&mut batch) > 0) {
+                busy = true;
+                self.receive(&mut batch, now_ns, true);
             }
             if let Some(f) = &mut self.forward {
                 let mut arp = [0u8; ARP_REQUEST_LEN];
@@ -234,11 +238,56 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Handles a burst (from the port, or from another lcore's handover).
+    /// Forwarding VIPs' frames are the forwarder's, on the lcore owning their
+    /// flow, a burst at a time; what it hands back (not a forwarding frame)
+    /// goes on to [`Worker::dispatch`].
+    fn receive(&mut self, batch: &mut MbufBatch, now_ns: u64, from_ring: bool) {
+        if self.forward.is_none() {
+            batch.drain().for_each(|m| self.dispatch(m, now_ns, from_ring));
+            return;
+        }
+        // With one lcore every flow is ours: skip steering (a second parse
+        // and hash).
+        if !from_ring && self.handover.as_ref().is_some_and(|h| h.lcores > 1) {
+            let mut mine = MbufBatch::default();
+            for m in batch.drain() {
+                let owner = self.forward.as_ref().and_then(|f| f.forwarder.owner(m.data()));
+                let m = match owner {
+                    Some(owner) => match self.hand_over(m, owner, from_ring) {
+                        Ok(()) => continue,
+                        Err(m) => m,
+                    },
+                    None => m,
+                };
+                // Cannot fail: `mine` holds at most what `batch` did.
+                let _ = mine.push(m);
+            }
+            std::mem::swap(batch, &mut mine);
+        }
+        let mut verdicts = [FwdVerdict::NotMine; BURST];
+        if let Some(f) = &mut self.forward {
+            f.forwarder.process_burst(now_ns, batch.as_mut_slice(), &mut verdicts, prefetch);
+        }
+        for (mut m, v) in batch.drain().zip(verdicts) {
+            match v {
+                FwdVerdict::NotMine => self.dispatch(m, now_ns, from_ring),
+                FwdVerdict::Transmit { start, len } => {
+                    if m.set_frame(start, len) {
+                        self.tx.push(m);
+                    } else {
+                        self.counters.drop_local(LocalDrop::ForwardBadFrame, 1);
+                    }
+                }
+                // Counted by the forwarder.
+                FwdVerdict::Drop(_) => {}
+            }
+        }
+    }
+
+    /// Everything but the forwarding modes: proxy-mode TCP to its engine,
+    /// ARP and pings answered, the rest dropped and counted.
     fn dispatch(&mut self, m: Mbuf, now_ns: u64, from_ring: bool) {
-        let m = match self.forward_frame(m, now_ns, from_ring) {
-            Some(m) => m,
-            None => return,
-        };
         let class = classify(m.data(), &Local { mac: self.mac, addrs: &self.addrs });
         let lcores = self.handover.as_ref().map_or(1, |h| h.lcores);
         match (class, &mut self.proxy) {
@@ -275,41 +324,6 @@ impl Worker<'_> {
             }
             (Ok(_), _) => self.answer(m),
             (Err(reason), _) => self.counters.drop_packet(reason),
-        }
-    }
-
-    /// Gives a forwarding VIP's frame to the forwarder (on the lcore owning
-    /// its flow); returns the frame when it is not the forwarder's.
-    fn forward_frame(&mut self, m: Mbuf, now_ns: u64, from_ring: bool) -> Option<Mbuf> {
-        // With one lcore every flow is ours: skip steering (a second parse
-        // and hash); `process` hands back what is not the forwarder's.
-        let single = self.handover.as_ref().is_none_or(|h| h.lcores == 1);
-        let mut m = if single || from_ring {
-            m
-        } else {
-            let Some(owner) = self.forward.as_ref().and_then(|f| f.forwarder.owner(m.data())) else {
-                return Some(m);
-            };
-            match self.hand_over(m, owner, from_ring) {
-                Ok(()) => return None,
-                Err(m) => m,
-            }
-        };
-        let Some(f) = self.forward.as_mut() else {
-            return Some(m);
-        };
-        let (room, start, len) = m.room_mut();
-        match f.forwarder.process(now_ns, room, start, len) {
-            FwdVerdict::NotMine => Some(m),
-            FwdVerdict::Transmit { start, len } => {
-                if m.set_frame(start, len) {
-                    self.tx.push(m);
-                } else {
-                    self.counters.drop_local(LocalDrop::ForwardBadFrame, 1);
-                }
-                None
-            }
-            FwdVerdict::Drop(_) => None,
         }
     }
 

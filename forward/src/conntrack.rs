@@ -1,12 +1,24 @@
-//! Per-lcore connection tracking: a fixed, set-associative table.
+//! Per-lcore connection tracking: a fixed, set-associative table laid out
+//! for the cache.
 //!
 //! # Layout
-//! `capacity` entries (rounded up to a power of two, at least [`WAYS`]) in
-//! buckets of [`WAYS`] consecutive entries; a key may live in either of two
-//! buckets picked by one xxh3 of its 5-tuple (two-choice: insert into the
-//! emptier; look up in both). Allocated once, zeroed, never resized; entries never move, so
-//! an entry's index is a stable handle (FullNAT pairs point at each other by
-//! index).
+//! `capacity` entries (rounded up to a power of two, at least [`WAYS`]) of
+//! one 64-byte cache line each, in buckets of [`WAYS`]; beside them one
+//! 64-byte line per bucket holding a 32-bit signature per way (0 = free).
+//! A lookup reads the bucket's signature line, then only the entry lines
+//! whose signature matches: a hit costs two cache lines, whatever the load.
+//! [`BYTES_PER_ENTRY`] = 64 + 4.
+//!
+//! A key may live in either of two buckets picked by one xxh3 of its
+//! 5-tuple; insertion takes the emptier (two choices keep the fullest
+//! bucket near the mean: no live flow is evicted until the table is nearly
+//! full). A lookup reads both signature lines, which a burst prefetches
+//! together ([`Table::prefetch_lines`]), then the entry line.
+//!
+//! Allocated once (anonymous memory advised for transparent huge pages, so
+//! a million random lookups do not also miss the TLB), pre-faulted,
+//! never resized; entries never move, so an entry's index is a stable
+//! handle (FullNAT pairs point at each other by index).
 //!
 //! # Eviction and expiry
 //! No sweeper is needed for correctness: a lookup that finds an expired entry
@@ -21,10 +33,20 @@
 //! Deadlines are `u32` ticks of 2^24 ns (16.8 ms), compared with wrapping
 //! arithmetic: valid for differences up to 2^31 ticks (about 1.1 years).
 
+use std::marker::PhantomData;
+
+use bytemuck::{Pod, Zeroable};
+use memmap2::{Advice, MmapMut};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-/// Ways per bucket (entries searched per lookup).
-pub(crate) const WAYS: usize = 8;
+/// Ways per bucket: one cache line of 32-bit signatures.
+pub(crate) const WAYS: usize = 16;
+
+/// Memory per entry: its cache line and its signature.
+pub(crate) const BYTES_PER_ENTRY: usize = std::mem::size_of::<Entry>() + 4;
+
+/// Most entries a table may have (indexes are `u32`, `u32::MAX` is `NO_TWIN`).
+pub(crate) const MAX_CAPACITY: usize = 1 << 31;
 
 /// Nanoseconds per tick, as a shift.
 pub(crate) const TICK_SHIFT: u32 = 24;
@@ -63,8 +85,16 @@ impl Key {
     }
 }
 
-/// Entry flag: the way holds an entry.
-pub(crate) const F_USED: u8 = 1;
+/// A key's hash, split into what the table needs: computed once per packet
+/// (a burst computes it ahead, to prefetch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hashed {
+    /// Never 0 (0 marks a free way).
+    sig: u32,
+    /// Primary and secondary bucket.
+    buckets: [usize; 2],
+}
+
 /// Entry flag: backend -> client direction of a FullNAT pair.
 pub(crate) const F_REVERSE: u8 = 2;
 
@@ -91,7 +121,7 @@ impl State {
     }
 }
 
-/// One direction of one flow: 48 bytes (asserted in the tests).
+/// One direction of one flow: one cache line (asserted in the tests).
 ///
 /// The action fields say what to do with a packet matching the key: for
 /// FullNAT, rewrite it to `new_src:new_sport -> new_dst:new_dport`; for
@@ -100,8 +130,8 @@ impl State {
 /// entry never refers to backend configuration that may have gone away;
 /// `backend` is only a hint for per-backend counters, checked against
 /// `new_dst`/`new_dport` before use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C, align(64))]
 pub(crate) struct Entry {
     pub src: u32,
     pub dst: u32,
@@ -120,26 +150,74 @@ pub(crate) struct Entry {
     pub mac: [u8; 6],
     pub vip: u16,
     pub backend: u16,
+    /// Reserved (padding made explicit).
+    pub spare2: u16,
     /// Index of the other direction's entry (FullNAT), or `NO_TWIN`.
     pub twin: u32,
+    /// The rest of the cache line: an entry never shares a line.
+    pub reserved: [u8; 16],
 }
 
 pub(crate) const NO_TWIN: u32 = u32::MAX;
 
 impl Entry {
     #[inline]
-    fn matches(&self, k: &Key) -> bool {
-        self.flags & F_USED != 0
-            && self.src == k.src
-            && self.dst == k.dst
-            && self.sport == k.sport
-            && self.dport == k.dport
-            && self.proto == k.proto
+    fn key_is(&self, k: &Key) -> bool {
+        self.src == k.src && self.dst == k.dst && self.sport == k.sport && self.dport == k.dport && self.proto == k.proto
     }
 
     #[inline]
     pub(crate) fn expired(&self, now: u32) -> bool {
         now.wrapping_sub(self.deadline) as i32 >= 0
+    }
+}
+
+/// One bucket's signatures: one cache line.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(64))]
+struct Sigs([u32; WAYS]);
+
+impl Sigs {
+    /// Bit `w` set when way `w` holds `sig` (a loop the compiler turns into
+    /// vector compares).
+    #[inline]
+    fn matching(&self, sig: u32) -> u32 {
+        self.0.iter().enumerate().fold(0, |m, (w, &s)| m | (u32::from(s == sig) << w))
+    }
+}
+
+/// A zeroed array of `T` in its own anonymous mapping, advised for
+/// transparent huge pages and faulted in at creation, so the packet path
+/// neither takes page faults nor (with huge pages) TLB misses on it.
+struct Region<T> {
+    map: MmapMut,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod> Region<T> {
+    fn new(n: usize) -> std::io::Result<Self> {
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| std::io::Error::other("table size overflows"))?;
+        let mut map = MmapMut::map_anon(bytes.max(1))?;
+        // Only a hint: without THP (or with it off) the table works the same.
+        let _ = map.advise(Advice::HugePage);
+        for page in map.chunks_mut(4096) {
+            page[0] = 0;
+        }
+        Ok(Region { map, _t: PhantomData })
+    }
+
+    /// The array. The mapping is page-aligned and sized for whole `T`s, so
+    /// the cast cannot fail; if it did, the table would look empty.
+    #[inline]
+    fn get(&self) -> &[T] {
+        bytemuck::try_cast_slice(&self.map[..]).unwrap_or(&[])
+    }
+
+    #[inline]
+    fn get_mut(&mut self) -> &mut [T] {
+        bytemuck::try_cast_slice_mut(&mut self.map[..]).unwrap_or(&mut [])
     }
 }
 
@@ -151,7 +229,8 @@ pub(crate) struct Reclaimed {
 }
 
 pub(crate) struct Table {
-    entries: Box<[Entry]>,
+    sigs: Region<Sigs>,
+    entries: Region<Entry>,
     bucket_mask: usize,
     seed: u64,
     live: usize,
@@ -159,20 +238,22 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    /// Allocates `capacity` entries (rounded up to a power of two, >= WAYS).
-    pub(crate) fn new(capacity: usize, seed: u64) -> Self {
-        let n = capacity.max(WAYS).checked_next_power_of_two().unwrap_or(1 << 40);
-        Table {
-            entries: vec![Entry::default(); n].into_boxed_slice(),
+    /// Allocates `capacity` entries (rounded up to a power of two, at least
+    /// [`WAYS`], at most [`MAX_CAPACITY`]).
+    pub(crate) fn new(capacity: usize, seed: u64) -> std::io::Result<Self> {
+        let n = capacity.clamp(WAYS, MAX_CAPACITY).next_power_of_two();
+        Ok(Table {
+            sigs: Region::new(n / WAYS)?,
+            entries: Region::new(n)?,
             bucket_mask: n / WAYS - 1,
             seed,
             live: 0,
             sweep_cursor: 0,
-        }
+        })
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.entries.len()
+        self.entries.get().len()
     }
 
     /// Entries in use, expired ones not yet reclaimed included.
@@ -180,33 +261,66 @@ impl Table {
         self.live
     }
 
-    /// The key's two candidate buckets (base indexes), from one xxh3: lower
-    /// and upper hash bits. Two-choice placement keeps overflow (and so
-    /// eviction) negligible up to high load, where a single 8-way bucket
-    /// already overflows for ~2% of buckets at 50% load.
+    /// The key's signature and two buckets, from one xxh3: the low half picks
+    /// the primary bucket, the high half is the signature and, mixed, picks
+    /// the secondary (a different bucket whenever there are two).
     #[inline]
-    fn buckets(&self, k: &Key) -> [usize; 2] {
+    pub(crate) fn hash(&self, k: &Key) -> Hashed {
         let h = xxh3_64_with_seed(&k.bytes(), self.seed);
-        [
-            (h as usize & self.bucket_mask) * WAYS,
-            ((h >> 32) as usize & self.bucket_mask) * WAYS,
-        ]
+        let sig = (h >> 32) as u32 | 1;
+        let b1 = h as u32 as usize & self.bucket_mask;
+        let mut b2 = (sig.wrapping_mul(0x9E37_79B1) ^ (h as u32).rotate_right(16)) as usize & self.bucket_mask;
+        if b2 == b1 {
+            b2 = (b1 + 1) & self.bucket_mask;
+        }
+        Hashed { sig, buckets: [b1, b2] }
     }
 
-    /// Index of the live entry for `k`. An expired match is freed (with its
-    /// twin) and reported as absent.
+    /// Addresses a burst should prefetch for `h`: at stage 0 both buckets'
+    /// signature lines; at stage 1 (once those have arrived) the entry line
+    /// of the first matching way.
     #[inline]
-    pub(crate) fn find(&mut self, k: &Key, now: u32, rec: &mut Reclaimed) -> Option<u32> {
-        let [b1, b2] = self.buckets(k);
-        for i in (b1..b1 + WAYS).chain(b2..b2 + WAYS) {
-            let e = self.entries.get(i)?;
-            if e.matches(k) {
-                if e.expired(now) {
-                    self.remove(i as u32);
-                    rec.expired += 1;
-                    return None;
+    pub(crate) fn prefetch_lines(&self, h: &Hashed, stage: usize) -> [Option<*const u8>; 2] {
+        let sigs = self.sigs.get();
+        if stage == 0 {
+            return h.buckets.map(|b| sigs.get(b).map(|s| std::ptr::from_ref(s).cast()));
+        }
+        for b in h.buckets {
+            let m = sigs.get(b).map_or(0, |s| s.matching(h.sig));
+            if m != 0 {
+                let i = b * WAYS + m.trailing_zeros() as usize;
+                return [self.entries.get().get(i).map(|e| std::ptr::from_ref(e).cast()), None];
+            }
+        }
+        [None, None]
+    }
+
+    /// Index of the live entry for `k` (hashed by [`Table::hash`]). An
+    /// expired match is freed (with its twin) and reported as absent.
+    #[inline]
+    pub(crate) fn find(&mut self, k: &Key, h: &Hashed, now: u32, rec: &mut Reclaimed) -> Option<u32> {
+        let i = self.position(k, h)?;
+        if self.entries.get().get(i).is_some_and(|e| e.expired(now)) {
+            self.remove(i as u32);
+            rec.expired += 1;
+            return None;
+        }
+        Some(i as u32)
+    }
+
+    /// Where `k` is stored, live or expired.
+    #[inline]
+    fn position(&self, k: &Key, h: &Hashed) -> Option<usize> {
+        let (sigs, entries) = (self.sigs.get(), self.entries.get());
+        let n = if h.buckets[0] == h.buckets[1] { 1 } else { 2 };
+        for &b in &h.buckets[..n] {
+            let mut m = sigs.get(b)?.matching(h.sig);
+            while m != 0 {
+                let i = b * WAYS + m.trailing_zeros() as usize;
+                m &= m - 1;
+                if entries.get(i).is_some_and(|e| e.key_is(k)) {
+                    return Some(i);
                 }
-                return Some(i as u32);
             }
         }
         None
@@ -214,46 +328,56 @@ impl Table {
 
     /// Whether a live entry for `k` exists (no side effects).
     pub(crate) fn contains(&self, k: &Key, now: u32) -> bool {
-        self.buckets(k).iter().any(|&base| {
-            self.entries
-                .get(base..base + WAYS)
-                .is_some_and(|b| b.iter().any(|e| e.matches(k) && !e.expired(now)))
-        })
+        self.position(k, &self.hash(k))
+            .and_then(|i| self.entries.get().get(i))
+            .is_some_and(|e| !e.expired(now))
     }
 
     #[inline]
     pub(crate) fn get(&self, i: u32) -> Option<&Entry> {
-        self.entries.get(i as usize)
+        self.entries.get().get(i as usize)
     }
 
     #[inline]
     pub(crate) fn get_mut(&mut self, i: u32) -> Option<&mut Entry> {
-        self.entries.get_mut(i as usize)
+        self.entries.get_mut().get_mut(i as usize)
+    }
+
+    fn sig_mut(&mut self, i: usize) -> Option<&mut u32> {
+        self.sigs.get_mut().get_mut(i / WAYS)?.0.get_mut(i % WAYS)
+    }
+
+    fn is_used(&self, i: usize) -> bool {
+        self.sigs.get().get(i / WAYS).is_some_and(|s| s.0[i % WAYS] != 0)
     }
 
     /// Frees entry `i` and its twin.
     pub(crate) fn remove(&mut self, i: u32) {
-        let Some(e) = self.entries.get_mut(i as usize) else { return };
-        if e.flags & F_USED == 0 {
+        if !self.is_used(i as usize) {
             return;
         }
-        let twin = e.twin;
-        *e = Entry::default();
-        self.live -= 1;
-        if twin != NO_TWIN {
-            if let Some(t) = self.entries.get_mut(twin as usize) {
-                if t.flags & F_USED != 0 && t.twin == i {
-                    *t = Entry::default();
-                    self.live -= 1;
-                }
-            }
+        let twin = self.get(i).map_or(NO_TWIN, |e| e.twin);
+        self.clear(i as usize);
+        if twin != NO_TWIN && self.is_used(twin as usize) && self.get(twin).is_some_and(|t| t.twin == i) {
+            self.clear(twin as usize);
         }
     }
 
-    /// Stores `entry` (its key fields set) in `k`'s bucket, which must not
-    /// hold `k` already; returns its index. Never fails: takes a free way, else
-    /// an expired one, else evicts the way closest to its deadline (never
-    /// `protect`, the just-inserted other half of a pair).
+    fn clear(&mut self, i: usize) {
+        if let Some(s) = self.sig_mut(i) {
+            *s = 0;
+        }
+        if let Some(e) = self.entries.get_mut().get_mut(i) {
+            *e = Entry::default();
+        }
+        self.live -= 1;
+    }
+
+    /// Stores `entry` (its key fields set) in its primary bucket, else its
+    /// secondary, which must not hold its key already; returns its index.
+    /// Never fails: takes a free way, else an expired one, else evicts the
+    /// way closest to its deadline (never `protect`, the just-inserted other
+    /// half of a pair).
     pub(crate) fn insert(&mut self, entry: Entry, now: u32, protect: u32, rec: &mut Reclaimed) -> u32 {
         let k = Key {
             src: entry.src,
@@ -262,65 +386,68 @@ impl Table {
             dport: entry.dport,
             proto: entry.proto,
         };
-        let [b1, b2] = self.buckets(&k);
-        let base = b1;
-        // The emptier of the two buckets wins a free way.
-        let used = |b: usize| self.entries.get(b..b + WAYS).map_or(WAYS, |s| s.iter().filter(|e| e.flags & F_USED != 0).count());
-        let (first, second) = if used(b2) < used(b1) { (b2, b1) } else { (b1, b2) };
-        let mut free = None;
-        let mut expired = None;
-        let mut victim: Option<(usize, i32)> = None;
-        for i in (first..first + WAYS).chain(second..second + WAYS) {
-            let Some(e) = self.entries.get(i) else { break };
-            if e.flags & F_USED == 0 {
-                free = Some(i);
-                break;
+        let h = self.hash(&k);
+        let [b1, b2] = h.buckets;
+        let sigs = self.sigs.get();
+        let free = |b: usize| sigs.get(b).map_or(0, |s| s.matching(0));
+        // Two choices, the emptier wins: the fullest bucket then stays
+        // within a few ways of the mean, so evicting a live flow takes a
+        // table close to full.
+        let (f1, f2) = (free(b1), free(b2));
+        let (first, fm) = if f2.count_ones() > f1.count_ones() { (b2, f2) } else { (b1, f1) };
+        let slot = match (fm != 0).then(|| first * WAYS + fm.trailing_zeros() as usize) {
+            Some(i) => i,
+            None => {
+                // Both buckets full: an expired way, else the live one
+                // closest to its deadline.
+                let entries = self.entries.get();
+                let mut expired = None;
+                let mut victim: Option<(usize, i32)> = None;
+                for i in (b1 * WAYS..b1 * WAYS + WAYS).chain(b2 * WAYS..b2 * WAYS + WAYS) {
+                    let Some(e) = entries.get(i) else { break };
+                    if i as u32 == protect {
+                        continue;
+                    }
+                    let left = e.deadline.wrapping_sub(now) as i32;
+                    if left <= 0 {
+                        expired = Some(i);
+                        break;
+                    } else if victim.is_none_or(|(_, best)| left < best) {
+                        victim = Some((i, left));
+                    }
+                }
+                let (i, counter) = match (expired, victim) {
+                    (Some(i), _) => (i, &mut rec.expired),
+                    (None, Some((i, _))) => (i, &mut rec.evicted),
+                    // Only when every way is `protect`: impossible with WAYS > 1.
+                    (None, None) => (b1 * WAYS, &mut rec.evicted),
+                };
+                *counter += 1;
+                self.remove(i as u32);
+                i
             }
-            if i as u32 == protect {
-                continue;
-            }
-            let left = e.deadline.wrapping_sub(now) as i32;
-            if left <= 0 {
-                expired = Some(i);
-            } else if victim.is_none_or(|(_, best)| left < best) {
-                victim = Some((i, left));
-            }
-        }
-        let slot = if let Some(i) = free {
-            i
-        } else if let Some(i) = expired {
-            self.remove(i as u32);
-            rec.expired += 1;
-            i
-        } else if let Some((i, _)) = victim {
-            self.remove(i as u32);
-            rec.evicted += 1;
-            i
-        } else {
-            // Only reachable if every way is `protect`, i.e. WAYS == 1.
-            base
         };
-        if let Some(e) = self.entries.get_mut(slot) {
-            if e.flags & F_USED == 0 {
-                self.live += 1;
-            }
-            *e = Entry { flags: entry.flags | F_USED, ..entry };
+        if let Some(s) = self.sig_mut(slot) {
+            *s = h.sig;
         }
+        if let Some(e) = self.entries.get_mut().get_mut(slot) {
+            *e = entry;
+        }
+        self.live += 1;
         slot as u32
     }
 
     /// Frees expired entries among the next `budget` ways; returns how many.
     pub(crate) fn sweep(&mut self, now: u32, budget: usize) -> u64 {
+        let n = self.capacity();
         let mut freed = 0;
-        for _ in 0..budget.min(self.entries.len()) {
+        for _ in 0..budget.min(n) {
             let i = self.sweep_cursor;
-            self.sweep_cursor = (i + 1) % self.entries.len();
-            if let Some(e) = self.entries.get(i) {
-                if e.flags & F_USED != 0 && e.expired(now) {
-                    let before = self.live;
-                    self.remove(i as u32);
-                    freed += (before - self.live) as u64;
-                }
+            self.sweep_cursor = (i + 1) % n;
+            if self.is_used(i) && self.get(i as u32).is_some_and(|e| e.expired(now)) {
+                let before = self.live;
+                self.remove(i as u32);
+                freed += (before - self.live) as u64;
             }
         }
         freed

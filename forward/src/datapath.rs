@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use fulcrum_maglev::{addr_hash, flow_hash};
 use smoltcp::wire::{Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket};
 
-use crate::conntrack::{tick, Entry, Key, Reclaimed, State, F_REVERSE, NO_TWIN};
+use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, F_REVERSE, NO_TWIN};
 use crate::csum::{checksum, update16, update32};
 use crate::{owner_of_flow, owner_of_port, tunnel_entropy, Affinity, DropReason, Encap, Forwarder, Mode, Verdict};
 
@@ -22,7 +22,7 @@ const OUR_TTL: u8 = 64;
 
 /// The validated IPv4 header of a frame.
 #[derive(Clone, Copy, Debug)]
-struct Ip {
+pub(crate) struct Ip {
     ihl: usize,
     total: usize,
     src: Ipv4Addr,
@@ -33,7 +33,7 @@ struct Ip {
 
 /// TCP flags that drive the tracking state (all false for UDP).
 #[derive(Clone, Copy, Debug, Default)]
-struct Flags {
+pub(crate) struct Flags {
     syn: bool,
     ack: bool,
     fin: bool,
@@ -217,31 +217,58 @@ pub(crate) fn owner(f: &Forwarder, frame: &[u8]) -> Option<usize> {
     }
 }
 
-pub(crate) fn process(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize) -> Verdict {
-    let Some(end) = start.checked_add(len) else {
-        return Verdict::Drop(DropReason::BadBuffer);
-    };
-    let Some(frame) = buf.get(start..end) else {
-        return Verdict::Drop(DropReason::BadBuffer);
-    };
+/// What a read-only first look at a frame found: a burst stages every frame
+/// (and prefetches the table lines a flow needs) before acting on any.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Staged {
+    /// Decided without the table.
+    Done(Verdict),
+    /// TCP/UDP to a forwarding VIP (`vip`), or to an own address (`None`:
+    /// perhaps a FullNAT reply).
+    Flow {
+        ip: Ip,
+        key: Key,
+        hashed: Hashed,
+        flags: Flags,
+        vip: Option<usize>,
+    },
+    /// ICMP to a VIP or an own address.
+    Icmp { ip: Ip, to_vip: bool },
+}
+
+impl Staged {
+    /// The flow's table hash, for prefetching.
+    pub(crate) fn hashed(&self) -> Option<&Hashed> {
+        match self {
+            Staged::Flow { hashed, .. } => Some(hashed),
+            _ => None,
+        }
+    }
+}
+
+/// Parses and validates `frame` (everything that does not need the table).
+pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
     let ip = match parse_ip(f, frame, true) {
         Parsed::Ip(ip) => ip,
-        Parsed::Done(v) => return v,
+        Parsed::Done(v) => return Staged::Done(v),
     };
     let to_vip = f.vip_addrs.contains(&ip.dst);
     if is_fragment(frame) {
-        return if to_vip { Verdict::Drop(DropReason::Fragment) } else { Verdict::NotMine };
+        return Staged::Done(if to_vip { Verdict::Drop(DropReason::Fragment) } else { Verdict::NotMine });
     }
     let Some(payload) = frame.get(ETH + ip.ihl..ETH + ip.total) else {
-        return Verdict::Drop(DropReason::Ipv4BadHeader);
+        return Staged::Done(Verdict::Drop(DropReason::Ipv4BadHeader));
     };
-    let now = tick(now_ns);
     match ip.proto {
         TCP | UDP => {
             let (sport, dport, flags) = match l4(ip.proto, payload) {
                 Ok(x) => x,
-                Err(r) => return Verdict::Drop(r),
+                Err(r) => return Staged::Done(Verdict::Drop(r)),
             };
+            let vip = if to_vip { find_vip(f, ip.dst, dport, ip.proto) } else { None };
+            if vip.is_none() && !f.addrs.contains(&ip.dst) {
+                return Staged::Done(Verdict::NotMine);
+            }
             let key = Key {
                 src: u32::from(ip.src),
                 dst: u32::from(ip.dst),
@@ -249,19 +276,52 @@ pub(crate) fn process(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usi
                 dport,
                 proto: ip.proto,
             };
-            if to_vip {
-                if let Some(vip) = find_vip(f, ip.dst, dport, ip.proto) {
-                    return forward(f, now_ns, now, buf, start, &ip, vip, key, flags);
-                }
+            Staged::Flow {
+                ip,
+                key,
+                hashed: f.table.hash(&key),
+                flags,
+                vip,
             }
-            if f.addrs.contains(&ip.dst) {
-                return reply(f, now, buf, start, &ip, key, flags);
-            }
-            Verdict::NotMine
         }
-        ICMP => icmp(f, now_ns, now, buf, start, len, &ip, to_vip),
-        _ => Verdict::NotMine,
+        ICMP => Staged::Icmp { ip, to_vip },
+        _ => Staged::Done(Verdict::NotMine),
     }
+}
+
+/// Acts on a staged frame: `buf[start..start + len]` must be the frame
+/// `stage` looked at, unchanged.
+pub(crate) fn act(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize, staged: Staged) -> Verdict {
+    let now = tick(now_ns);
+    match staged {
+        Staged::Done(v) => v,
+        Staged::Flow {
+            ip,
+            key,
+            hashed,
+            flags,
+            vip: Some(vip),
+        } => forward(f, now_ns, now, buf, start, &ip, vip, (key, hashed), flags),
+        Staged::Flow {
+            ip,
+            key,
+            hashed,
+            flags,
+            vip: None,
+        } => reply(f, now, buf, start, &ip, (key, hashed), flags),
+        Staged::Icmp { ip, to_vip } => icmp(f, now_ns, now, buf, start, len, &ip, to_vip),
+    }
+}
+
+pub(crate) fn process(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize) -> Verdict {
+    let Some(end) = start.checked_add(len) else {
+        return Verdict::Drop(DropReason::BadBuffer);
+    };
+    let Some(frame) = buf.get(start..end) else {
+        return Verdict::Drop(DropReason::BadBuffer);
+    };
+    let staged = stage(f, frame);
+    act(f, now_ns, buf, start, len, staged)
 }
 
 fn timeout(f: &Forwarder, s: State) -> u32 {
@@ -378,7 +438,7 @@ fn forward(
     start: usize,
     ip: &Ip,
     vip: usize,
-    key: Key,
+    (key, hashed): (Key, Hashed),
     fl: Flags,
 ) -> Verdict {
     let Some(v) = f.vips.get(vip) else { return Verdict::NotMine };
@@ -413,7 +473,7 @@ fn forward(
         }
     }
     let mut rec = Reclaimed::default();
-    let hit = f.table.find(&key, now, &mut rec);
+    let hit = f.table.find(&key, &hashed, now, &mut rec);
     account_reclaimed(f, rec);
     let (idx, new_flow) = match hit {
         Some(i) => {
@@ -658,9 +718,9 @@ fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
 }
 
 /// Backend -> SNAT address (FullNAT reply).
-fn reply(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, key: Key, fl: Flags) -> Verdict {
+fn reply(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, (key, hashed): (Key, Hashed), fl: Flags) -> Verdict {
     let mut rec = Reclaimed::default();
-    let hit = f.table.find(&key, now, &mut rec);
+    let hit = f.table.find(&key, &hashed, now, &mut rec);
     account_reclaimed(f, rec);
     let Some(i) = hit else { return Verdict::NotMine };
     let Some(&e) = f.table.get(i) else { return Verdict::NotMine };
@@ -768,7 +828,7 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
         }
         let mode = f.vips[vip].mode;
         let mut rec = Reclaimed::default();
-        let hit = f.table.find(&flow, now, &mut rec);
+        let hit = f.table.find(&flow, &f.table.hash(&flow), now, &mut rec);
         account_reclaimed(f, rec);
         match mode {
             Mode::Dsr | Mode::Tunnel { .. } => {
@@ -817,7 +877,7 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
         }
     } else {
         let mut rec = Reclaimed::default();
-        let hit = f.table.find(&flow, now, &mut rec);
+        let hit = f.table.find(&flow, &f.table.hash(&flow), now, &mut rec);
         account_reclaimed(f, rec);
         let Some(&e) = hit.and_then(|i| f.table.get(i)) else { return Verdict::NotMine };
         if e.flags & F_REVERSE == 0 {

@@ -139,9 +139,10 @@ fn drops(f: &Forwarder, r: DropReason) -> u64 {
 }
 
 #[test]
-fn entry_is_48_bytes_and_memory_is_printed() {
-    assert_eq!(std::mem::size_of::<conntrack::Entry>(), 48);
-    assert_eq!(ENTRY_BYTES, 48);
+fn entry_is_one_cache_line_and_memory_is_printed() {
+    assert_eq!(std::mem::size_of::<conntrack::Entry>(), 64);
+    assert_eq!(std::mem::align_of::<conntrack::Entry>(), 64);
+    assert_eq!(ENTRY_BYTES, 68);
     let total = ENTRY_BYTES * DEFAULT_CAPACITY;
     println!(
         "conntrack: {ENTRY_BYTES} bytes/entry; default {DEFAULT_CAPACITY} entries = {} bytes ({} MiB) per lcore; \
@@ -461,18 +462,22 @@ fn new_flows_spread_per_maglev_and_keep_backend_when_others_change() {
 
 #[test]
 fn eviction_when_full_is_counted() {
-    let mut f = Forwarder::new(config(8)).unwrap(); // one bucket of 8
-    for p in 1000..1008u16 {
+    let mut f = Forwarder::new(config(16)).unwrap(); // one bucket of 16
+    assert_eq!(f.conntrack_capacity(), 16);
+    for p in 1000..1016u16 {
         let _ = dst_mac(&mut f, 0, &syn_from(p, 1));
     }
-    assert_eq!((f.conntrack_len(), f.counters().evictions), (8, 0));
+    assert_eq!((f.conntrack_len(), f.counters().evictions), (16, 0));
     let _ = dst_mac(&mut f, SEC, &syn_from(2000, 1));
-    assert_eq!((f.conntrack_len(), f.counters().evictions), (8, 1));
+    assert_eq!((f.conntrack_len(), f.counters().evictions), (16, 1));
+    // The oldest SYN went; the newest flow is tracked (no new flow on repeat).
+    let _ = dst_mac(&mut f, SEC, &syn_from(2000, 1));
+    assert_eq!(f.counters().new_flows, 17);
     // FullNAT pairs are evicted together.
     for _ in 0..4 {
         let _ = run(&mut f, 2 * SEC, &FNAT_SYN);
     }
-    assert!(f.conntrack_len() <= 8);
+    assert!(f.conntrack_len() <= 16);
 }
 
 #[test]
@@ -619,4 +624,76 @@ fn client_affinity_keys_on_the_client_address_alone() {
     assert!((1000..1100).all(|p| client_key(p) == client_key(999)));
     let flow_key = |sport| maglev_key(seed, Affinity::Flow, client, sport, vip, 80, 6);
     assert!((1000..1100).any(|p| flow_key(p) != flow_key(999)));
+}
+
+/// A frame in its own buffer, for `process_burst`.
+struct TestFrame {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Frame for TestFrame {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+    fn room_mut(&mut self) -> (&mut [u8], usize, usize) {
+        (&mut self.buf, self.start, self.len)
+    }
+}
+
+/// `process_burst` is `process` applied in order: same verdicts, same
+/// output bytes, same counters, over every fixture, their truncations and
+/// corruptions, and flows whose first packet is earlier in the same burst
+/// (a FullNAT SYN and its SYN-ACK), in bursts of several sizes.
+#[test]
+fn burst_equals_one_at_a_time() {
+    let fixtures: [&[u8]; 15] = [
+        &DSR_SYN, &DSR_SYN_OPTS, &DSR_UDP, &DSR_ICMP_FRAG_NEEDED, &IPIP_SYN, &GUE_SYN, &FNAT_SYN,
+        &FNAT_SYNACK, &FNAT_UDP, &FNAT_UDP_REPLY, &FNAT_ICMP_BACKEND_SIDE, &FNAT_ICMP_CLIENT_SIDE,
+        &FNAT_UDP_NOCSUM, &GUE_BIG_HEAD, &DSR_SYN_TTL1,
+    ];
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    for (n, input) in fixtures.iter().enumerate() {
+        frames.push(input.to_vec());
+        frames.push(input[..input.len() - 1 - n % 7].to_vec());
+        let mut v = input.to_vec();
+        let at = (n * 11) % v.len();
+        v[at] ^= 0x80;
+        frames.push(v);
+    }
+    frames.extend((3000..3300u16).map(|p| syn_from(p, 1 + (p % 3) as u8)));
+    frames.extend(fixtures.iter().map(|f| f.to_vec()));
+    let hints = std::cell::Cell::new(0usize);
+    for burst in [1, 7, MAX_BURST, 50] {
+        let mut one = fwd();
+        let mut many = fwd();
+        for (k, chunk) in frames.chunks(burst).enumerate() {
+            let now = k as u64 * SEC / 10;
+            let want: Vec<(Verdict, Vec<u8>)> = chunk.iter().map(|f| run(&mut one, now, f)).collect();
+            let mut batch: Vec<TestFrame> = chunk
+                .iter()
+                .map(|f| {
+                    let mut buf = vec![0u8; HEADROOM + f.len() + 64];
+                    buf[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
+                    TestFrame { buf, start: HEADROOM, len: f.len() }
+                })
+                .collect();
+            let mut verdicts = vec![Verdict::NotMine; batch.len()];
+            many.process_burst(now, &mut batch, &mut verdicts, |_| hints.set(hints.get() + 1));
+            for ((fr, v), (wv, wout)) in batch.iter().zip(&verdicts).zip(&want) {
+                assert_eq!(v, wv, "burst {burst}");
+                let out = match *v {
+                    Verdict::Transmit { start, len } => &fr.buf[start..start + len],
+                    _ => fr.bytes(),
+                };
+                assert_eq!(hex(out), hex(wout), "burst {burst}");
+            }
+        }
+        assert_eq!(one.counters(), many.counters(), "burst {burst}");
+        assert_eq!(one.conntrack_len(), many.conntrack_len());
+        assert!(many.counters().new_flows >= 300);
+    }
+    // Two bucket lines per flow frame, then an entry line per tracked one.
+    assert!(hints.get() >= 2 * 4 * 300, "prefetch hints: {}", hints.get());
 }

@@ -167,6 +167,13 @@ impl MbufBatch {
         Ok(())
     }
 
+    /// The mbufs, in order.
+    pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
+        // SAFETY: slots 0..len are initialised, and MaybeUninit<Mbuf> has
+        // Mbuf's layout; the borrow keeps the batch from changing meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.bufs.as_mut_ptr().cast::<Mbuf>(), self.len) }
+    }
+
     /// Takes every mbuf out, in order, leaving the batch empty.
     pub fn drain(&mut self) -> impl Iterator<Item = Mbuf> + '_ {
         let len = std::mem::replace(&mut self.len, 0);
