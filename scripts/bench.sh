@@ -165,7 +165,7 @@ file_prefix = "$prefix"
 software = { vdev = "net_pcap0,rx_pcap=$pcap,infinite_rx=1", hugepages = "off", no_huge_memory_mb = $mem }
 
 [forward]
-# Twice the largest flow count: two-choice 8-way buckets at <= 50% load, no evictions.
+# Twice the largest flow count: 31-way buckets at <= 50% load spill (rarely) and never evict.
 conntrack_entries = $FWD_CONNTRACK
 
 [[vip]]

@@ -67,7 +67,7 @@ pub struct Forward {
     /// addresses). Replies to them come back through the dataplane, which
     /// answers ARP for them. Required by `fullnat` VIPs.
     pub snat_addresses: Vec<Ipv4Addr>,
-    /// Connection-tracking entries per lcore (48 bytes each).
+    /// Connection-tracking entries per lcore (66 bytes each).
     pub conntrack_entries: usize,
     /// IPv4 MTU towards backends; tunnelled packets must fit.
     pub mtu: u16,

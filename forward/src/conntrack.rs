@@ -2,28 +2,32 @@
 //! for the cache.
 //!
 //! # Layout
-//! `capacity` entries (rounded up to a power of two, at least [`WAYS`]) of
-//! one 64-byte cache line each, in buckets of [`WAYS`]; beside them one
-//! 64-byte line per bucket holding a 32-bit signature per way (0 = free).
-//! A lookup reads the bucket's signature line, then only the entry lines
-//! whose signature matches: a hit costs two cache lines, whatever the load.
-//! [`BYTES_PER_ENTRY`] = 64 + 4.
+//! Buckets of 32 cache lines (2 KiB): a line of 16-bit signatures, one
+//! per way (0 = free), and a spill count; then [`WAYS`] entries of one
+//! line each. A lookup reads the signature line, then only the entry whose
+//! signature matches (a false match costs one more line, 1 in 65535 per
+//! occupied way): two cache lines, in one page. [`BYTES_PER_ENTRY`] =
+//! 2048 / 31.
 //!
-//! A key may live in either of two buckets picked by one xxh3 of its
-//! 5-tuple; insertion takes the emptier (two choices keep the fullest
-//! bucket near the mean: no live flow is evicted until the table is nearly
-//! full). A lookup reads both signature lines, which a burst prefetches
-//! together ([`Table::prefetch_lines`]), then the entry line.
+//! A key's home is the bucket its hash picks; only when that is full does
+//! it go to a second bucket (also from the hash), and the home's spill
+//! count says so, so that lookups look there only then. With 31 ways a
+//! bucket is full at half load with probability ~1e-4 (Poisson, mean 16),
+//! so almost every lookup reads one signature line, and no live flow is
+//! evicted until both its buckets are full.
 //!
-//! Allocated once (anonymous memory advised for transparent huge pages, so
-//! a million random lookups do not also miss the TLB), pre-faulted,
+//! A burst hashes all its keys, prefetches their signature lines, then
+//! ([`Table::probe`]) finds each candidate way and prefetches its entry,
+//! and only then acts: its misses overlap instead of queueing.
+//!
+//! Allocated once and written through (no page faults on the packet path),
 //! never resized; entries never move, so an entry's index is a stable
 //! handle (FullNAT pairs point at each other by index).
 //!
 //! # Eviction and expiry
 //! No sweeper is needed for correctness: a lookup that finds an expired entry
 //! treats it as absent (and frees it and its twin), and an insertion takes a
-//! free or expired way first. When all 2 x [`WAYS`] candidate ways are live, the one closest
+//! free or expired way first. When all [`WAYS`] ways of its bucket are live, the one closest
 //! to its deadline is evicted (counted): LRU weighted by state timeout, so a
 //! half-open SYN goes before an established flow seen at the same time.
 //! [`Table::sweep`] reclaims expired entries in bounded steps for callers who
@@ -33,17 +37,18 @@
 //! Deadlines are `u32` ticks of 2^24 ns (16.8 ms), compared with wrapping
 //! arithmetic: valid for differences up to 2^31 ticks (about 1.1 years).
 
-use std::marker::PhantomData;
+use std::hash::BuildHasher;
 
-use bytemuck::{Pod, Zeroable};
-use memmap2::{Advice, MmapMut};
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+/// Ways per bucket: a cache line of 16-bit signatures holds 31 and the
+/// bucket's spill count.
+pub(crate) const WAYS: usize = 31;
 
-/// Ways per bucket: one cache line of 32-bit signatures.
-pub(crate) const WAYS: usize = 16;
+/// Entry indexes per bucket (one more than the ways: index arithmetic by
+/// shift; the first of a bucket's 32 lines holds its signatures).
+const STRIDE: usize = 32;
 
-/// Memory per entry: its cache line and its signature.
-pub(crate) const BYTES_PER_ENTRY: usize = std::mem::size_of::<Entry>() + 4;
+/// Memory per entry: a bucket's 32 lines over its 31 entries.
+pub(crate) const BYTES_PER_ENTRY: usize = std::mem::size_of::<Block>() / WAYS;
 
 /// Most entries a table may have (indexes are `u32`, `u32::MAX` is `NO_TWIN`).
 pub(crate) const MAX_CAPACITY: usize = 1 << 31;
@@ -73,30 +78,25 @@ pub(crate) struct Key {
     pub proto: u8,
 }
 
-impl Key {
-    fn bytes(&self) -> [u8; 13] {
-        let mut b = [0u8; 13];
-        b[0..4].copy_from_slice(&self.src.to_be_bytes());
-        b[4..8].copy_from_slice(&self.dst.to_be_bytes());
-        b[8..10].copy_from_slice(&self.sport.to_be_bytes());
-        b[10..12].copy_from_slice(&self.dport.to_be_bytes());
-        b[12] = self.proto;
-        b
-    }
-}
-
 /// A key's hash, split into what the table needs: computed once per packet
-/// (a burst computes it ahead, to prefetch).
+/// (a burst computes it ahead, to prefetch), with the way a probe found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Hashed {
+    /// Home bucket, and the one it spills to.
+    bucket: u32,
+    second: u32,
     /// Never 0 (0 marks a free way).
-    sig: u32,
-    /// Primary and secondary bucket.
-    buckets: [usize; 2],
+    sig: u16,
+    /// The entry whose signature matched at [`Table::probe`], if it ran:
+    /// tried first by [`Table::find`] (which checks it still holds the key:
+    /// the table may have changed since).
+    probed: Option<u32>,
 }
 
 /// Entry flag: backend -> client direction of a FullNAT pair.
 pub(crate) const F_REVERSE: u8 = 2;
+/// Entry flag: stored in its second bucket (its home was full).
+const F_SPILLED: u8 = 4;
 
 /// TCP/UDP tracking states (the `state` byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +130,7 @@ impl State {
 /// entry never refers to backend configuration that may have gone away;
 /// `backend` is only a hint for per-backend counters, checked against
 /// `new_dst`/`new_dport` before use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub(crate) struct Entry {
     pub src: u32,
@@ -161,6 +161,16 @@ pub(crate) struct Entry {
 pub(crate) const NO_TWIN: u32 = u32::MAX;
 
 impl Entry {
+    fn key(&self) -> Key {
+        Key {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+        }
+    }
+
     #[inline]
     fn key_is(&self, k: &Key) -> bool {
         self.src == k.src && self.dst == k.dst && self.sport == k.sport && self.dport == k.dport && self.proto == k.proto
@@ -172,53 +182,44 @@ impl Entry {
     }
 }
 
-/// One bucket's signatures: one cache line.
-#[derive(Clone, Copy, Pod, Zeroable)]
+/// One bucket's signatures and (last) spill count: one cache line.
+#[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
-struct Sigs([u32; WAYS]);
+struct Sigs([u16; STRIDE]);
 
 impl Sigs {
-    /// Bit `w` set when way `w` holds `sig` (a loop the compiler turns into
-    /// vector compares).
-    #[inline]
-    fn matching(&self, sig: u32) -> u32 {
-        self.0.iter().enumerate().fold(0, |m, (w, &s)| m | (u32::from(s == sig) << w))
+    /// Keys whose home is this bucket but which are stored in their second.
+    fn spilled(&self) -> u16 {
+        self.0[WAYS]
     }
-}
 
-/// A zeroed array of `T` in its own anonymous mapping, advised for
-/// transparent huge pages and faulted in at creation, so the packet path
-/// neither takes page faults nor (with huge pages) TLB misses on it.
-struct Region<T> {
-    map: MmapMut,
-    _t: PhantomData<T>,
-}
-
-impl<T: Pod> Region<T> {
-    fn new(n: usize) -> std::io::Result<Self> {
-        let bytes = n
-            .checked_mul(std::mem::size_of::<T>())
-            .ok_or_else(|| std::io::Error::other("table size overflows"))?;
-        let mut map = MmapMut::map_anon(bytes.max(1))?;
-        // Only a hint: without THP (or with it off) the table works the same.
-        let _ = map.advise(Advice::HugePage);
-        for page in map.chunks_mut(4096) {
-            page[0] = 0;
+    /// Bit `w` set when way `w` holds `sig`: four ways per 64-bit word,
+    /// compared at once (a lane is zero after the XOR exactly when it
+    /// matched; `(x & 0x7fff..) + 0x7fff..` sets a lane's top bit unless its
+    /// low 15 bits are zero, `| x` unless its top bit is).
+    #[inline]
+    fn matching(&self, sig: u16) -> u32 {
+        const LOW: u64 = 0x7fff_7fff_7fff_7fff;
+        let pattern = u64::from(sig) * 0x0001_0001_0001_0001;
+        let mut m = 0u32;
+        for (i, c) in self.0.chunks_exact(4).enumerate() {
+            let x = (u64::from(c[0]) | u64::from(c[1]) << 16 | u64::from(c[2]) << 32 | u64::from(c[3]) << 48) ^ pattern;
+            let zero = !(((x & LOW) + LOW) | x) & !LOW;
+            // Top bits 15/31/47/63 -> bits 45..48 of the product, no carries.
+            let four = ((zero >> 15).wrapping_mul(1 << 45 | 1 << 30 | 1 << 15 | 1) >> 45) & 0xf;
+            m |= (four as u32) << (4 * i);
         }
-        Ok(Region { map, _t: PhantomData })
+        m & ((1 << WAYS) - 1)
     }
+}
 
-    /// The array. The mapping is page-aligned and sized for whole `T`s, so
-    /// the cast cannot fail; if it did, the table would look empty.
-    #[inline]
-    fn get(&self) -> &[T] {
-        bytemuck::try_cast_slice(&self.map[..]).unwrap_or(&[])
-    }
-
-    #[inline]
-    fn get_mut(&mut self) -> &mut [T] {
-        bytemuck::try_cast_slice_mut(&mut self.map[..]).unwrap_or(&mut [])
-    }
+/// `n` zeroed `T`s, written once here so that the packet path never takes
+/// the page faults; an allocation failure is an error, not an abort.
+fn zeroed<T: Default + Clone>(n: usize) -> Result<Box<[T]>, std::collections::TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)?;
+    v.resize(n, T::default());
+    Ok(v.into_boxed_slice())
 }
 
 /// What an insertion displaced, for the caller's counters.
@@ -228,32 +229,44 @@ pub(crate) struct Reclaimed {
     pub expired: u64,
 }
 
+/// A bucket: its signature line, then its entries, in one 2 KiB block, so
+/// that a lookup touches one page (a TLB miss is the dearest part of a
+/// lookup in a virtual machine).
+#[derive(Clone, Default)]
+#[repr(C, align(64))]
+struct Block {
+    sigs: Sigs,
+    entries: [Entry; WAYS],
+}
+
 pub(crate) struct Table {
-    sigs: Region<Sigs>,
-    entries: Region<Entry>,
-    bucket_mask: usize,
-    seed: u64,
+    blocks: Box<[Block]>,
+    /// Bucket count.
+    buckets: u32,
+    /// Per-process random keys of the hash: table positions cannot be
+    /// predicted from outside, so nobody can aim flows at one bucket.
+    keys: [u64; 3],
     live: usize,
     sweep_cursor: usize,
 }
 
 impl Table {
-    /// Allocates `capacity` entries (rounded up to a power of two, at least
-    /// [`WAYS`], at most [`MAX_CAPACITY`]).
-    pub(crate) fn new(capacity: usize, seed: u64) -> std::io::Result<Self> {
-        let n = capacity.clamp(WAYS, MAX_CAPACITY).next_power_of_two();
+    /// Allocates at least `capacity` entries (whole buckets; at least one,
+    /// at most [`MAX_CAPACITY`] entries).
+    pub(crate) fn new(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
+        let random = std::collections::hash_map::RandomState::new();
+        let buckets = capacity.clamp(WAYS, MAX_CAPACITY).div_ceil(WAYS);
         Ok(Table {
-            sigs: Region::new(n / WAYS)?,
-            entries: Region::new(n)?,
-            bucket_mask: n / WAYS - 1,
-            seed,
+            blocks: zeroed(buckets)?,
+            buckets: buckets as u32,
+            keys: [0, 1, 2].map(|i| random.hash_one(i) | 1),
             live: 0,
             sweep_cursor: 0,
         })
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.entries.get().len()
+        self.blocks.len() * WAYS
     }
 
     /// Entries in use, expired ones not yet reclaimed included.
@@ -261,38 +274,59 @@ impl Table {
         self.live
     }
 
-    /// The key's signature and two buckets, from one xxh3: the low half picks
-    /// the primary bucket, the high half is the signature and, mixed, picks
-    /// the secondary (a different bucket whenever there are two).
+    /// The key's buckets and signature, from one keyed hash (two folded
+    /// multiplies, as foldhash and wyhash do: cheap, and well mixed in every
+    /// bit): the low half picks the home bucket, the high half the second
+    /// (another bucket whenever there are two), the top 16 bits are the
+    /// signature.
     #[inline]
     pub(crate) fn hash(&self, k: &Key) -> Hashed {
-        let h = xxh3_64_with_seed(&k.bytes(), self.seed);
-        let sig = (h >> 32) as u32 | 1;
-        let b1 = h as u32 as usize & self.bucket_mask;
-        let mut b2 = (sig.wrapping_mul(0x9E37_79B1) ^ (h as u32).rotate_right(16)) as usize & self.bucket_mask;
-        if b2 == b1 {
-            b2 = (b1 + 1) & self.bucket_mask;
+        let fold = |a: u64, b: u64| {
+            let p = u128::from(a) * u128::from(b);
+            (p as u64) ^ ((p >> 64) as u64)
+        };
+        let addrs = u64::from(k.src) << 32 | u64::from(k.dst);
+        let rest = u64::from(k.sport) << 32 | u64::from(k.dport) << 16 | u64::from(k.proto);
+        let h = fold(fold(addrs ^ self.keys[0], rest ^ self.keys[1]), self.keys[2]);
+        // Multiply-shift maps 32 hash bits onto 0..buckets (any count).
+        let pick = |bits: u64| (((bits & 0xffff_ffff) * u64::from(self.buckets)) >> 32) as u32;
+        let bucket = pick(h);
+        let mut second = pick(h >> 32);
+        if second == bucket {
+            second = (bucket + 1) % self.buckets;
         }
-        Hashed { sig, buckets: [b1, b2] }
+        Hashed {
+            bucket,
+            second,
+            sig: ((h >> 48) as u16).max(1),
+            probed: None,
+        }
     }
 
-    /// Addresses a burst should prefetch for `h`: at stage 0 both buckets'
-    /// signature lines; at stage 1 (once those have arrived) the entry line
-    /// of the first matching way.
+    /// The bucket's signature line, to prefetch first.
     #[inline]
-    pub(crate) fn prefetch_lines(&self, h: &Hashed, stage: usize) -> [Option<*const u8>; 2] {
-        let sigs = self.sigs.get();
-        if stage == 0 {
-            return h.buckets.map(|b| sigs.get(b).map(|s| std::ptr::from_ref(s).cast()));
+    pub(crate) fn sig_line(&self, h: &Hashed) -> Option<*const u8> {
+        self.sig_line_of(h.bucket)
+    }
+
+    /// Notes the first entry whose signature matches in the home bucket
+    /// (read from the line prefetched) and returns its line, to prefetch
+    /// next; if none does and the bucket has spilled, the second bucket's
+    /// signature line instead.
+    #[inline]
+    pub(crate) fn probe(&self, h: &mut Hashed) -> Option<*const u8> {
+        let home = self.sigs(h.bucket as usize)?;
+        let m = home.matching(h.sig);
+        if m == 0 {
+            return (home.spilled() > 0).then(|| self.sig_line_of(h.second)).flatten();
         }
-        for b in h.buckets {
-            let m = sigs.get(b).map_or(0, |s| s.matching(h.sig));
-            if m != 0 {
-                let i = b * WAYS + m.trailing_zeros() as usize;
-                return [self.entries.get().get(i).map(|e| std::ptr::from_ref(e).cast()), None];
-            }
-        }
-        [None, None]
+        let i = h.bucket as usize * STRIDE + m.trailing_zeros() as usize;
+        h.probed = Some(i as u32);
+        self.entry(i).map(|e| std::ptr::from_ref(e).cast())
+    }
+
+    fn sig_line_of(&self, bucket: u32) -> Option<*const u8> {
+        self.sigs(bucket as usize).map(|s| std::ptr::from_ref(s).cast())
     }
 
     /// Index of the live entry for `k` (hashed by [`Table::hash`]). An
@@ -300,7 +334,7 @@ impl Table {
     #[inline]
     pub(crate) fn find(&mut self, k: &Key, h: &Hashed, now: u32, rec: &mut Reclaimed) -> Option<u32> {
         let i = self.position(k, h)?;
-        if self.entries.get().get(i).is_some_and(|e| e.expired(now)) {
+        if self.entry(i).is_some_and(|e| e.expired(now)) {
             self.remove(i as u32);
             rec.expired += 1;
             return None;
@@ -308,47 +342,89 @@ impl Table {
         Some(i as u32)
     }
 
-    /// Where `k` is stored, live or expired.
+    /// Where `k` is stored, live or expired: the probed entry if it still
+    /// holds `k`, else a scan of the home bucket, and of the second one if
+    /// the home has spilled.
     #[inline]
     fn position(&self, k: &Key, h: &Hashed) -> Option<usize> {
-        let (sigs, entries) = (self.sigs.get(), self.entries.get());
-        let n = if h.buckets[0] == h.buckets[1] { 1 } else { 2 };
-        for &b in &h.buckets[..n] {
-            let mut m = sigs.get(b)?.matching(h.sig);
+        if let Some(i) = h.probed {
+            if self.sig(i as usize) == h.sig && self.entry(i as usize).is_some_and(|e| e.key_is(k)) {
+                return Some(i as usize);
+            }
+        }
+        let home = self.sigs(h.bucket as usize)?;
+        let scan = |b: u32, s: &Sigs| {
+            let mut m = s.matching(h.sig);
             while m != 0 {
-                let i = b * WAYS + m.trailing_zeros() as usize;
+                let i = b as usize * STRIDE + m.trailing_zeros() as usize;
                 m &= m - 1;
-                if entries.get(i).is_some_and(|e| e.key_is(k)) {
+                if self.entry(i).is_some_and(|e| e.key_is(k)) {
                     return Some(i);
                 }
             }
+            None
+        };
+        scan(h.bucket, home).or_else(|| {
+            if home.spilled() == 0 {
+                return None;
+            }
+            scan(h.second, self.sigs(h.second as usize)?)
+        })
+    }
+
+    fn sigs(&self, b: usize) -> Option<&Sigs> {
+        self.blocks.get(b).map(|b| &b.sigs)
+    }
+
+    fn sigs_mut(&mut self, b: usize) -> Option<&mut Sigs> {
+        self.blocks.get_mut(b).map(|b| &mut b.sigs)
+    }
+
+    /// Entry `i` (bucket `i / STRIDE`, way `i % STRIDE`).
+    #[inline]
+    fn entry(&self, i: usize) -> Option<&Entry> {
+        self.blocks.get(i / STRIDE)?.entries.get(i % STRIDE)
+    }
+
+    #[inline]
+    fn entry_mut(&mut self, i: usize) -> Option<&mut Entry> {
+        self.blocks.get_mut(i / STRIDE)?.entries.get_mut(i % STRIDE)
+    }
+
+    /// Entry `i`'s signature (0: free, or not an entry).
+    fn sig(&self, i: usize) -> u16 {
+        let (b, w) = (i / STRIDE, i % STRIDE);
+        if w < WAYS {
+            self.sigs(b).map_or(0, |s| s.0[w])
+        } else {
+            0
         }
-        None
     }
 
     /// Whether a live entry for `k` exists (no side effects).
     pub(crate) fn contains(&self, k: &Key, now: u32) -> bool {
         self.position(k, &self.hash(k))
-            .and_then(|i| self.entries.get().get(i))
+            .and_then(|i| self.entry(i))
             .is_some_and(|e| !e.expired(now))
     }
 
     #[inline]
     pub(crate) fn get(&self, i: u32) -> Option<&Entry> {
-        self.entries.get().get(i as usize)
+        self.entry(i as usize)
     }
 
     #[inline]
     pub(crate) fn get_mut(&mut self, i: u32) -> Option<&mut Entry> {
-        self.entries.get_mut().get_mut(i as usize)
+        self.entry_mut(i as usize)
     }
 
-    fn sig_mut(&mut self, i: usize) -> Option<&mut u32> {
-        self.sigs.get_mut().get_mut(i / WAYS)?.0.get_mut(i % WAYS)
+    fn sig_mut(&mut self, i: usize) -> Option<&mut u16> {
+        let (b, w) = (i / STRIDE, i % STRIDE);
+        self.sigs_mut(b)?.0[..WAYS].get_mut(w)
     }
 
     fn is_used(&self, i: usize) -> bool {
-        self.sigs.get().get(i / WAYS).is_some_and(|s| s.0[i % WAYS] != 0)
+        self.sig(i) != 0
     }
 
     /// Frees entry `i` and its twin.
@@ -367,70 +443,70 @@ impl Table {
         if let Some(s) = self.sig_mut(i) {
             *s = 0;
         }
-        if let Some(e) = self.entries.get_mut().get_mut(i) {
+        if let Some(e) = self.entry(i).filter(|e| e.flags & F_SPILLED != 0) {
+            let home = self.hash(&e.key()).bucket;
+            if let Some(s) = self.sigs_mut(home as usize) {
+                s.0[WAYS] = s.0[WAYS].saturating_sub(1);
+            }
+        }
+        if let Some(e) = self.entry_mut(i) {
             *e = Entry::default();
         }
         self.live -= 1;
     }
 
-    /// Stores `entry` (its key fields set) in its primary bucket, else its
-    /// secondary, which must not hold its key already; returns its index.
-    /// Never fails: takes a free way, else an expired one, else evicts the
-    /// way closest to its deadline (never `protect`, the just-inserted other
-    /// half of a pair).
+    /// Stores `entry` (its key fields set), whose key must not be stored
+    /// already, in its home bucket, else its second; returns its index.
+    /// Never fails: when both are full, takes an expired way of the home
+    /// bucket, else evicts its way closest to its deadline (never `protect`,
+    /// the just-inserted other half of a pair).
     pub(crate) fn insert(&mut self, entry: Entry, now: u32, protect: u32, rec: &mut Reclaimed) -> u32 {
-        let k = Key {
-            src: entry.src,
-            dst: entry.dst,
-            sport: entry.sport,
-            dport: entry.dport,
-            proto: entry.proto,
+        let h = self.hash(&entry.key());
+        let free_in = |b: u32| {
+            let m = self.sigs(b as usize).map_or(0, |s| s.matching(0));
+            (m != 0).then(|| b as usize * STRIDE + m.trailing_zeros() as usize)
         };
-        let h = self.hash(&k);
-        let [b1, b2] = h.buckets;
-        let sigs = self.sigs.get();
-        let free = |b: usize| sigs.get(b).map_or(0, |s| s.matching(0));
-        // Two choices, the emptier wins: the fullest bucket then stays
-        // within a few ways of the mean, so evicting a live flow takes a
-        // table close to full.
-        let (f1, f2) = (free(b1), free(b2));
-        let (first, fm) = if f2.count_ones() > f1.count_ones() { (b2, f2) } else { (b1, f1) };
-        let slot = match (fm != 0).then(|| first * WAYS + fm.trailing_zeros() as usize) {
-            Some(i) => i,
-            None => {
-                // Both buckets full: an expired way, else the live one
-                // closest to its deadline.
-                let entries = self.entries.get();
-                let mut expired = None;
-                let mut victim: Option<(usize, i32)> = None;
-                for i in (b1 * WAYS..b1 * WAYS + WAYS).chain(b2 * WAYS..b2 * WAYS + WAYS) {
-                    let Some(e) = entries.get(i) else { break };
-                    if i as u32 == protect {
-                        continue;
-                    }
-                    let left = e.deadline.wrapping_sub(now) as i32;
-                    if left <= 0 {
-                        expired = Some(i);
-                        break;
-                    } else if victim.is_none_or(|(_, best)| left < best) {
-                        victim = Some((i, left));
-                    }
-                }
-                let (i, counter) = match (expired, victim) {
-                    (Some(i), _) => (i, &mut rec.expired),
-                    (None, Some((i, _))) => (i, &mut rec.evicted),
-                    // Only when every way is `protect`: impossible with WAYS > 1.
-                    (None, None) => (b1 * WAYS, &mut rec.evicted),
-                };
-                *counter += 1;
-                self.remove(i as u32);
-                i
+        let mut entry = entry;
+        let slot = if let Some(i) = free_in(h.bucket) {
+            i
+        } else if let Some(i) = free_in(h.second) {
+            entry.flags |= F_SPILLED;
+            if let Some(s) = self.sigs_mut(h.bucket as usize) {
+                s.0[WAYS] = s.0[WAYS].saturating_add(1);
             }
+            i
+        } else {
+            // Both full: an expired way of the home bucket, else its live one
+            // closest to its deadline.
+            let base = h.bucket as usize * STRIDE;
+            let mut expired = None;
+            let mut victim: Option<(usize, i32)> = None;
+            for (i, e) in (base..).zip(self.blocks.get(h.bucket as usize).map_or(&[][..], |b| &b.entries[..])) {
+                if i as u32 == protect {
+                    continue;
+                }
+                let left = e.deadline.wrapping_sub(now) as i32;
+                if left <= 0 {
+                    expired = Some(i);
+                    break;
+                } else if victim.is_none_or(|(_, best)| left < best) {
+                    victim = Some((i, left));
+                }
+            }
+            let (i, counter) = match (expired, victim) {
+                (Some(i), _) => (i, &mut rec.expired),
+                (None, Some((i, _))) => (i, &mut rec.evicted),
+                // Only when every way is `protect`: impossible with WAYS > 1.
+                (None, None) => (base, &mut rec.evicted),
+            };
+            *counter += 1;
+            self.remove(i as u32);
+            i
         };
         if let Some(s) = self.sig_mut(slot) {
             *s = h.sig;
         }
-        if let Some(e) = self.entries.get_mut().get_mut(slot) {
+        if let Some(e) = self.entry_mut(slot) {
             *e = entry;
         }
         self.live += 1;
@@ -439,7 +515,7 @@ impl Table {
 
     /// Frees expired entries among the next `budget` ways; returns how many.
     pub(crate) fn sweep(&mut self, now: u32, budget: usize) -> u64 {
-        let n = self.capacity();
+        let n = self.blocks.len() * STRIDE;
         let mut freed = 0;
         for _ in 0..budget.min(n) {
             let i = self.sweep_cursor;
@@ -451,5 +527,90 @@ impl Table {
             }
         }
         freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u32) -> Entry {
+        Entry {
+            src: 0xc613_0000 + n,
+            dst: 0xc612_0102,
+            sport: 1000 + n as u16,
+            dport: 80,
+            proto: 6,
+            deadline: 1000,
+            twin: NO_TWIN,
+            ..Entry::default()
+        }
+    }
+
+    /// Keys beyond a full home bucket spill to their second and are found
+    /// there; the spill count follows them out; nothing is evicted while
+    /// the two buckets have room.
+    #[test]
+    fn spill_to_second_bucket_and_back() {
+        let mut t = Table::new(2 * WAYS).unwrap();
+        assert_eq!(t.capacity(), 62);
+        let mut rec = Reclaimed::default();
+        // 40 keys whose home is bucket 0: 9 must spill to bucket 1.
+        let keys: Vec<u32> = (0..1000).filter(|&i| t.hash(&entry(i).key()).bucket == 0).take(40).collect();
+        assert_eq!(keys.len(), 40);
+        let idx: Vec<u32> = keys.iter().map(|&i| t.insert(entry(i), 0, NO_TWIN, &mut rec)).collect();
+        assert_eq!((rec.evicted, rec.expired, t.live()), (0, 0, 40));
+        assert_eq!((t.blocks[0].sigs.spilled(), t.blocks[1].sigs.spilled()), (9, 0));
+        assert_eq!(idx.iter().filter(|&&i| i as usize >= STRIDE).count(), 9);
+        for (&key, &at) in keys.iter().zip(&idx) {
+            let k = entry(key).key();
+            assert_eq!(t.find(&k, &t.hash(&k), 1, &mut rec), Some(at), "key {key}");
+        }
+        for &at in &idx {
+            t.remove(at);
+        }
+        assert_eq!(t.live(), 0);
+        assert_eq!(t.blocks.iter().map(|b| b.sigs.spilled()).sum::<u16>(), 0);
+        // Full table: the next key evicts one of its home bucket's ways.
+        for i in 0..62 {
+            t.insert(entry(100 + i), 0, NO_TWIN, &mut rec);
+        }
+        assert_eq!((t.live(), rec.evicted), (62, 0));
+        t.insert(entry(500), 0, NO_TWIN, &mut rec);
+        assert_eq!((t.live(), rec.evicted), (62, 1));
+        let k = entry(500).key();
+        assert!(t.find(&k, &t.hash(&k), 1, &mut rec).is_some());
+    }
+
+    /// The word-at-a-time compare agrees with a plain loop, including
+    /// values that differ only in the top bit, in one bit, or are zero.
+    #[test]
+    fn matching_agrees_with_a_plain_loop() {
+        let mut x = 0x9e37_79b9u32;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for round in 0..20_000 {
+            let sig = match round % 4 {
+                0 => 0,
+                1 => 0x8000,
+                _ => rnd() as u16,
+            };
+            let mut s = Sigs::default();
+            for w in &mut s.0 {
+                *w = match rnd() % 6 {
+                    0 => sig,
+                    1 => sig ^ 0x8000,
+                    2 => sig ^ (1 << (rnd() % 16)),
+                    3 => 0,
+                    _ => rnd() as u16,
+                };
+            }
+            let plain = s.0[..WAYS].iter().enumerate().fold(0u32, |m, (w, &v)| m | u32::from(v == sig) << w);
+            assert_eq!(s.matching(sig), plain, "sig {sig:#x} ways {:x?}", s.0);
+        }
     }
 }

@@ -30,23 +30,73 @@ pub(crate) fn update32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
-/// Full checksum of `data` (RFC 1071), for headers we build from scratch.
+/// Full checksum of `data` (RFC 1071): verifies every IPv4 header, so it
+/// sums 32-bit words into a 64-bit accumulator (the one's-complement sum is
+/// the same in any word size, RFC 1071 section 2(A)) and folds once.
 pub(crate) fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    let mut sum: u64 = 0;
+    let mut words = data.chunks_exact(4);
+    for w in &mut words {
+        sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
     }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(u16::from_be_bytes([*last, 0]));
+    // A 16-bit word counts the same at either half of a 32-bit one
+    // (2^16 = 1 modulo 2^16 - 1); an odd last byte is a word's high byte.
+    match *words.remainder() {
+        [a, b, c] => sum += u64::from(u16::from_be_bytes([a, b])) + (u64::from(c) << 8),
+        [a, b] => sum += u64::from(u16::from_be_bytes([a, b])),
+        [a] => sum += u64::from(a) << 8,
+        _ => {}
     }
-    // Re-fold so a long buffer cannot overflow the accumulator between folds.
-    !fold(sum)
+    // 64 -> 33 -> 32 bits, then the 16-bit fold.
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    !fold(sum as u32)
+}
+
+/// [`checksum`] of an option-less IPv4 header: five words, no loop.
+#[inline]
+pub(crate) fn checksum20(h: &[u8; 20]) -> u16 {
+    let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    let sum = w(0) + w(4) + w(8) + w(12) + w(16);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    !fold(sum as u32)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 16-bit sum of RFC 1071, word by word: the reference.
+    fn reference(data: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        for c in data.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn checksum_matches_16_bit_reference() {
+        let mut x = 0x1234_5678u32;
+        for len in 0..200 {
+            for fill in [0x00u8, 0xff, 0x01] {
+                let mut v = vec![fill; len];
+                assert_eq!(checksum(&v), reference(&v), "len {len} fill {fill}");
+                for b in v.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    *b = x as u8;
+                }
+                assert_eq!(checksum(&v), reference(&v), "len {len} random");
+                if let Ok(h) = <&[u8; 20]>::try_from(&v[..]) {
+                    assert_eq!(checksum20(h), reference(&v));
+                }
+            }
+        }
+    }
 
     #[test]
     fn incremental_matches_full_recompute() {

@@ -4,10 +4,10 @@
 use std::net::Ipv4Addr;
 
 use fulcrum_maglev::{addr_hash, flow_hash};
-use smoltcp::wire::{Icmpv4Packet, Ipv4Packet, TcpPacket, UdpPacket};
+use smoltcp::wire::Icmpv4Packet;
 
 use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, F_REVERSE, NO_TWIN};
-use crate::csum::{checksum, update16, update32};
+use crate::csum::{checksum, checksum20, update16, update32};
 use crate::{owner_of_flow, owner_of_port, tunnel_entropy, Affinity, DropReason, Encap, Forwarder, Mode, Verdict};
 
 const ETH: usize = 14;
@@ -80,35 +80,43 @@ enum Parsed {
 }
 
 /// Ethernet + IPv4 checks shared by `process` and `owner`.
+/// Fixed-offset reads from one bounds-checked header array rather than
+/// smoltcp's accessors (each checks its own bounds): this runs for every
+/// packet, and the checks are the same as `Ipv4Packet::check_len`'s.
 fn parse_ip(f: &Forwarder, frame: &[u8], verify: bool) -> Parsed {
-    if frame.len() < ETH || frame[..6] != f.mac.0 || frame[12..14] != [0x08, 0x00] {
+    let Some((eth, bytes)) = frame.split_first_chunk::<ETH>() else {
+        return Parsed::Done(Verdict::NotMine);
+    };
+    if eth[..6] != f.mac.0 || eth[12..14] != [0x08, 0x00] {
         return Parsed::Done(Verdict::NotMine);
     }
-    let bytes = &frame[ETH..];
-    if bytes.len() < 20 {
+    let Some(h) = bytes.first_chunk::<20>() else {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4Truncated));
-    }
-    let p = Ipv4Packet::new_unchecked(bytes);
-    if p.version() != 4 || p.check_len().is_err() {
+    };
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    if h[0] >> 4 != 4 || ihl < 20 || total < ihl || bytes.len() < total {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadHeader));
     }
-    let (src, dst) = (p.src_addr(), p.dst_addr());
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
     if !f.vip_addrs.contains(&dst) && !f.addrs.contains(&dst) {
         return Parsed::Done(Verdict::NotMine);
     }
-    if verify && !p.verify_checksum() {
+    let bad_checksum = if ihl == 20 { checksum20(h) != 0 } else { bytes.get(..ihl).is_none_or(|h| checksum(h) != 0) };
+    if verify && bad_checksum {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadChecksum));
     }
     if src.is_unspecified() || src.is_broadcast() || src.is_multicast() || src.is_loopback() {
         return Parsed::Done(Verdict::Drop(DropReason::MartianSource));
     }
     Parsed::Ip(Ip {
-        ihl: usize::from(p.header_len()),
-        total: usize::from(p.total_len()),
+        ihl,
+        total,
         src,
         dst,
-        proto: u8::from(p.next_header()),
-        ttl: p.hop_limit(),
+        proto: h[9],
+        ttl: h[8],
     })
 }
 
@@ -117,20 +125,34 @@ fn is_fragment(frame: &[u8]) -> bool {
     rd16(frame, ETH + 6) & 0x3fff != 0
 }
 
-/// Ports and flags of a TCP/UDP payload.
+/// Ports and flags of a TCP/UDP payload, with the checks of smoltcp's
+/// `TcpPacket`/`UdpPacket::check_len` (header within the payload; TCP data
+/// offset at least 5 words; UDP length at least 8 and within the payload).
 fn l4(proto: u8, payload: &[u8]) -> Result<(u16, u16, Flags), DropReason> {
+    let ports = |p: &[u8; 8]| (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
     if proto == TCP {
-        let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::TcpMalformed)?;
+        let Some(t) = payload.first_chunk::<20>() else { return Err(DropReason::TcpMalformed) };
+        let doff = usize::from(t[12] >> 4) * 4;
+        if doff < 20 || doff > payload.len() {
+            return Err(DropReason::TcpMalformed);
+        }
+        let fl = t[13];
         let flags = Flags {
-            syn: t.syn(),
-            ack: t.ack(),
-            fin: t.fin(),
-            rst: t.rst(),
+            fin: fl & 0x01 != 0,
+            syn: fl & 0x02 != 0,
+            rst: fl & 0x04 != 0,
+            ack: fl & 0x10 != 0,
         };
-        Ok((t.src_port(), t.dst_port(), flags))
+        let (sport, dport) = ports(t.first_chunk::<8>().ok_or(DropReason::TcpMalformed)?);
+        Ok((sport, dport, flags))
     } else {
-        let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::UdpMalformed)?;
-        Ok((u.src_port(), u.dst_port(), Flags::default()))
+        let Some(u) = payload.first_chunk::<8>() else { return Err(DropReason::UdpMalformed) };
+        let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
+        if len < 8 || len > payload.len() {
+            return Err(DropReason::UdpMalformed);
+        }
+        let (sport, dport) = ports(u);
+        Ok((sport, dport, Flags::default()))
     }
 }
 
@@ -237,8 +259,8 @@ pub(crate) enum Staged {
 }
 
 impl Staged {
-    /// The flow's table hash, for prefetching.
-    pub(crate) fn hashed(&self) -> Option<&Hashed> {
+    /// The flow's table hash, for prefetching and probing.
+    pub(crate) fn hashed(&mut self) -> Option<&mut Hashed> {
         match self {
             Staged::Flow { hashed, .. } => Some(hashed),
             _ => None,
@@ -356,14 +378,17 @@ fn next_state(s: State, fl: Flags) -> State {
 
 /// Updates the state and deadline of entry `i` (and of its twin).
 fn touch(f: &mut Forwarder, i: u32, now: u32, fl: Flags) {
-    let Some(e) = f.table.get(i) else { return };
+    let timeouts = f.timeouts;
+    let Some(e) = f.table.get_mut(i) else { return };
     let s = next_state(State::from_u8(e.state), fl);
-    let deadline = now.wrapping_add(timeout(f, s));
+    let deadline = now.wrapping_add(timeouts.get(s as usize).copied().unwrap_or(1));
+    e.state = s as u8;
+    e.deadline = deadline;
     let twin = e.twin;
-    for j in [i, twin] {
-        if let Some(e) = f.table.get_mut(j) {
-            e.state = s as u8;
-            e.deadline = deadline;
+    if twin != NO_TWIN {
+        if let Some(t) = f.table.get_mut(twin) {
+            t.state = s as u8;
+            t.deadline = deadline;
         }
     }
 }

@@ -234,7 +234,7 @@ pub struct ForwarderConfig {
     /// local ports (they share `owner_of_port`, so do not let both modes use
     /// the same address:port range at once).
     pub local_ports: (u16, u16),
-    /// Connection-tracking entries for this lcore (rounded up to a power of 2).
+    /// Connection-tracking entries for this lcore (rounded up to whole buckets of 31).
     pub capacity: usize,
     /// Connection-tracking timeouts.
     pub timeouts: Timeouts,
@@ -514,7 +514,7 @@ impl Forwarder {
             lcores,
             ports,
             port_cursor: 0,
-            table: Table::new(config.capacity, config.flow_seed ^ 0x6374_7261_636b_3031).map_err(|e| {
+            table: Table::new(config.capacity).map_err(|e| {
                 ForwardError::Memory {
                     entries: config.capacity,
                     bytes: config.capacity.saturating_mul(ENTRY_BYTES),
@@ -685,8 +685,8 @@ impl Forwarder {
     /// frames), and the frames are rewritten the same way.
     ///
     /// Faster than one call per frame with a large table: it parses and
-    /// hashes every frame first, asking `prefetch` for each flow's two bucket
-    /// lines, then for the entry line they point at, and only then
+    /// hashes every frame first, asking `prefetch` for each flow's bucket
+    /// signature line, then for the entry line it points at, and only then
     /// acts, so a burst waits for its table misses together, not one after
     /// another. `prefetch` is a cache hint for an address (it must not
     /// dereference it; this crate has no unsafe code to issue one itself);
@@ -703,13 +703,13 @@ impl Forwarder {
             let mut staged = [datapath::Staged::Done(Verdict::NotMine); MAX_BURST];
             for (s, fr) in staged.iter_mut().zip(frames.iter()) {
                 *s = datapath::stage(self, fr.bytes());
-                if let Some(h) = s.hashed() {
-                    self.table.prefetch_lines(h, 0).into_iter().flatten().for_each(&prefetch);
+                if let Some(p) = s.hashed().and_then(|h| self.table.sig_line(h)) {
+                    prefetch(p);
                 }
             }
-            for s in &staged[..frames.len()] {
-                if let Some(h) = s.hashed() {
-                    self.table.prefetch_lines(h, 1).into_iter().flatten().for_each(&prefetch);
+            for s in &mut staged[..frames.len()] {
+                if let Some(p) = s.hashed().and_then(|h| self.table.probe(h)) {
+                    prefetch(p);
                 }
             }
             for ((fr, s), v) in frames.iter_mut().zip(staged).zip(verdicts.iter_mut()) {

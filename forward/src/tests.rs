@@ -142,7 +142,7 @@ fn drops(f: &Forwarder, r: DropReason) -> u64 {
 fn entry_is_one_cache_line_and_memory_is_printed() {
     assert_eq!(std::mem::size_of::<conntrack::Entry>(), 64);
     assert_eq!(std::mem::align_of::<conntrack::Entry>(), 64);
-    assert_eq!(ENTRY_BYTES, 68);
+    assert_eq!(ENTRY_BYTES, 66);
     let total = ENTRY_BYTES * DEFAULT_CAPACITY;
     println!(
         "conntrack: {ENTRY_BYTES} bytes/entry; default {DEFAULT_CAPACITY} entries = {} bytes ({} MiB) per lcore; \
@@ -150,7 +150,7 @@ fn entry_is_one_cache_line_and_memory_is_printed() {
         total,
         total >> 20
     );
-    assert_eq!(fwd().conntrack_capacity(), 1024);
+    assert_eq!(fwd().conntrack_capacity(), 1024usize.div_ceil(31) * 31);
 }
 
 #[test]
@@ -462,22 +462,22 @@ fn new_flows_spread_per_maglev_and_keep_backend_when_others_change() {
 
 #[test]
 fn eviction_when_full_is_counted() {
-    let mut f = Forwarder::new(config(16)).unwrap(); // one bucket of 16
-    assert_eq!(f.conntrack_capacity(), 16);
-    for p in 1000..1016u16 {
+    let mut f = Forwarder::new(config(31)).unwrap(); // one bucket of 31
+    assert_eq!(f.conntrack_capacity(), 31);
+    for p in 1000..1031u16 {
         let _ = dst_mac(&mut f, 0, &syn_from(p, 1));
     }
-    assert_eq!((f.conntrack_len(), f.counters().evictions), (16, 0));
+    assert_eq!((f.conntrack_len(), f.counters().evictions), (31, 0));
     let _ = dst_mac(&mut f, SEC, &syn_from(2000, 1));
-    assert_eq!((f.conntrack_len(), f.counters().evictions), (16, 1));
+    assert_eq!((f.conntrack_len(), f.counters().evictions), (31, 1));
     // The oldest SYN went; the newest flow is tracked (no new flow on repeat).
     let _ = dst_mac(&mut f, SEC, &syn_from(2000, 1));
-    assert_eq!(f.counters().new_flows, 17);
+    assert_eq!(f.counters().new_flows, 32);
     // FullNAT pairs are evicted together.
     for _ in 0..4 {
         let _ = run(&mut f, 2 * SEC, &FNAT_SYN);
     }
-    assert!(f.conntrack_len() <= 16);
+    assert!(f.conntrack_len() <= 31);
 }
 
 #[test]
@@ -694,6 +694,6 @@ fn burst_equals_one_at_a_time() {
         assert_eq!(one.conntrack_len(), many.conntrack_len());
         assert!(many.counters().new_flows >= 300);
     }
-    // Two bucket lines per flow frame, then an entry line per tracked one.
-    assert!(hints.get() >= 2 * 4 * 300, "prefetch hints: {}", hints.get());
+    // A signature line per flow frame, then an entry line per tracked one.
+    assert!(hints.get() >= 4 * 300, "prefetch hints: {}", hints.get());
 }
