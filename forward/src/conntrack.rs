@@ -193,23 +193,29 @@ impl Sigs {
         self.0[WAYS]
     }
 
-    /// Bit `w` set when way `w` holds `sig`: four ways per 64-bit word,
-    /// compared at once (a lane is zero after the XOR exactly when it
+    /// The first way from `from` on that holds `sig`: four ways per 64-bit
+    /// word, compared at once (a lane is zero after the XOR exactly when it
     /// matched; `(x & 0x7fff..) + 0x7fff..` sets a lane's top bit unless its
-    /// low 15 bits are zero, `| x` unless its top bit is).
+    /// low 15 bits are zero, `| x` unless its top bit is). Ways fill from
+    /// the lowest free one, so a hit is usually in the first words.
     #[inline]
-    fn matching(&self, sig: u16) -> u32 {
+    fn next_match(&self, sig: u16, from: usize) -> Option<usize> {
         const LOW: u64 = 0x7fff_7fff_7fff_7fff;
         let pattern = u64::from(sig) * 0x0001_0001_0001_0001;
-        let mut m = 0u32;
-        for (i, c) in self.0.chunks_exact(4).enumerate() {
+        let mut word = from / 4;
+        let mut lanes = u64::MAX << (16 * (from % 4));
+        while let Some(c) = self.0.get(word * 4..word * 4 + 4) {
             let x = (u64::from(c[0]) | u64::from(c[1]) << 16 | u64::from(c[2]) << 32 | u64::from(c[3]) << 48) ^ pattern;
-            let zero = !(((x & LOW) + LOW) | x) & !LOW;
-            // Top bits 15/31/47/63 -> bits 45..48 of the product, no carries.
-            let four = ((zero >> 15).wrapping_mul(1 << 45 | 1 << 30 | 1 << 15 | 1) >> 45) & 0xf;
-            m |= (four as u32) << (4 * i);
+            let zero = !(((x & LOW) + LOW) | x) & !LOW & lanes;
+            if zero != 0 {
+                let way = word * 4 + (zero.trailing_zeros() / 16) as usize;
+                // The last lane is the spill count, not a way.
+                return (way < WAYS).then_some(way);
+            }
+            lanes = u64::MAX;
+            word += 1;
         }
-        m & ((1 << WAYS) - 1)
+        None
     }
 }
 
@@ -316,11 +322,10 @@ impl Table {
     #[inline]
     pub(crate) fn probe(&self, h: &mut Hashed) -> Option<*const u8> {
         let home = self.sigs(h.bucket as usize)?;
-        let m = home.matching(h.sig);
-        if m == 0 {
+        let Some(way) = home.next_match(h.sig, 0) else {
             return (home.spilled() > 0).then(|| self.sig_line_of(h.second)).flatten();
-        }
-        let i = h.bucket as usize * STRIDE + m.trailing_zeros() as usize;
+        };
+        let i = h.bucket as usize * STRIDE + way;
         h.probed = Some(i as u32);
         self.entry(i).map(|e| std::ptr::from_ref(e).cast())
     }
@@ -354,13 +359,13 @@ impl Table {
         }
         let home = self.sigs(h.bucket as usize)?;
         let scan = |b: u32, s: &Sigs| {
-            let mut m = s.matching(h.sig);
-            while m != 0 {
-                let i = b as usize * STRIDE + m.trailing_zeros() as usize;
-                m &= m - 1;
+            let mut from = 0;
+            while let Some(way) = s.next_match(h.sig, from) {
+                let i = b as usize * STRIDE + way;
                 if self.entry(i).is_some_and(|e| e.key_is(k)) {
                     return Some(i);
                 }
+                from = way + 1;
             }
             None
         };
@@ -463,8 +468,8 @@ impl Table {
     pub(crate) fn insert(&mut self, entry: Entry, now: u32, protect: u32, rec: &mut Reclaimed) -> u32 {
         let h = self.hash(&entry.key());
         let free_in = |b: u32| {
-            let m = self.sigs(b as usize).map_or(0, |s| s.matching(0));
-            (m != 0).then(|| b as usize * STRIDE + m.trailing_zeros() as usize)
+            let way = self.sigs(b as usize)?.next_match(0, 0)?;
+            Some(b as usize * STRIDE + way)
         };
         let mut entry = entry;
         let slot = if let Some(i) = free_in(h.bucket) {
@@ -585,7 +590,7 @@ mod tests {
     /// The word-at-a-time compare agrees with a plain loop, including
     /// values that differ only in the top bit, in one bit, or are zero.
     #[test]
-    fn matching_agrees_with_a_plain_loop() {
+    fn next_match_agrees_with_a_plain_loop() {
         let mut x = 0x9e37_79b9u32;
         let mut rnd = move || {
             x ^= x << 13;
@@ -609,8 +614,14 @@ mod tests {
                     _ => rnd() as u16,
                 };
             }
-            let plain = s.0[..WAYS].iter().enumerate().fold(0u32, |m, (w, &v)| m | u32::from(v == sig) << w);
-            assert_eq!(s.matching(sig), plain, "sig {sig:#x} ways {:x?}", s.0);
+            let plain: Vec<usize> = (0..WAYS).filter(|&w| s.0[w] == sig).collect();
+            let mut found = vec![];
+            let mut from = 0;
+            while let Some(w) = s.next_match(sig, from) {
+                found.push(w);
+                from = w + 1;
+            }
+            assert_eq!(found, plain, "sig {sig:#x} ways {:x?}", s.0);
         }
     }
 }
