@@ -83,6 +83,7 @@ enum Parsed {
 /// Fixed-offset reads from one bounds-checked header array rather than
 /// smoltcp's accessors (each checks its own bounds): this runs for every
 /// packet, and the checks are the same as `Ipv4Packet::check_len`'s.
+#[inline]
 fn parse_ip(f: &Forwarder, frame: &[u8], verify: bool) -> Parsed {
     let Some((eth, bytes)) = frame.split_first_chunk::<ETH>() else {
         return Parsed::Done(Verdict::NotMine);
@@ -128,6 +129,7 @@ fn is_fragment(frame: &[u8]) -> bool {
 /// Ports and flags of a TCP/UDP payload, with the checks of smoltcp's
 /// `TcpPacket`/`UdpPacket::check_len` (header within the payload; TCP data
 /// offset at least 5 words; UDP length at least 8 and within the payload).
+#[inline]
 fn l4(proto: u8, payload: &[u8]) -> Result<(u16, u16, Flags), DropReason> {
     let ports = |p: &[u8; 8]| (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
     if proto == TCP {
@@ -269,6 +271,7 @@ impl Staged {
 }
 
 /// Parses and validates `frame` (everything that does not need the table).
+#[inline]
 pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
     let ip = match parse_ip(f, frame, true) {
         Parsed::Ip(ip) => ip,
@@ -313,6 +316,7 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
 
 /// Acts on a staged frame: `buf[start..start + len]` must be the frame
 /// `stage` looked at, unchanged.
+#[inline]
 pub(crate) fn act(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize, staged: Staged) -> Verdict {
     let now = tick(now_ns);
     match staged {
@@ -377,6 +381,7 @@ fn next_state(s: State, fl: Flags) -> State {
 }
 
 /// Updates the state and deadline of entry `i` (and of its twin).
+#[inline]
 fn touch(f: &mut Forwarder, i: u32, now: u32, fl: Flags) {
     let timeouts = f.timeouts;
     let Some(e) = f.table.get_mut(i) else { return };
@@ -399,6 +404,7 @@ fn account_reclaimed(f: &mut Forwarder, rec: Reclaimed) {
 }
 
 /// Counts a forwarded packet under its VIP and (if still installed) backend.
+#[inline]
 fn account(f: &mut Forwarder, e: &Entry, bytes: usize, new_flow: bool) {
     let Some(v) = f.vips.get_mut(usize::from(e.vip)) else { return };
     let (baddr, bport) = if e.flags & F_REVERSE != 0 { (e.src, e.sport) } else { (e.new_dst, e.new_dport) };
@@ -455,6 +461,7 @@ fn alloc_port(f: &mut Forwarder, backend: u32, bport: u16, proto: u8, now: u32) 
 
 /// Client -> VIP.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 fn forward(
     f: &mut Forwarder,
     now_ns: u64,
@@ -606,6 +613,7 @@ fn overhead(encap: Encap) -> usize {
 
 /// Rewrites the frame for entry `e` (a client -> VIP flow, or an ICMP error
 /// about one in DSR/tunnel mode, with `client` its client side).
+#[inline]
 fn apply(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Mode, client: Key) -> Verdict {
     match mode {
         Mode::Dsr => {
