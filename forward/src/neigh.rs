@@ -17,7 +17,7 @@ pub(crate) const RETRY_NS: u64 = 1_000_000_000;
 pub(crate) const REFRESH_NS: u64 = 60_000_000_000;
 pub(crate) const REACHABLE_NS: u64 = 300_000_000_000;
 
-/// Length of the ARP request frames [`Neighbours::poll`] writes.
+/// Length of the ARP request frames [`crate::Forwarder::poll_arp`] writes.
 pub const ARP_REQUEST_LEN: usize = 42;
 
 #[derive(Clone, Copy, Debug)]
