@@ -262,6 +262,28 @@ pub struct Software {
     /// Memory for EAL, in MiB, when running without hugepages.
     #[serde(default = "defaults::no_huge_memory_mb")]
     pub no_huge_memory_mb: u32,
+    /// Frames the kernel queues on the tap towards the dataplane (the
+    /// interface's `txqueuelen`; only with `tap`). net_tap has no descriptor
+    /// ring: this kernel queue is the port's whole receive buffer, and the
+    /// kernel's default (1000) drops most of a burst of many connections'
+    /// first windows. See [`Software::tap_queue_len`].
+    pub tap_queue_len: Option<u32>,
+}
+
+impl Software {
+    /// Kernel-side queue of the tap (frames), `tap_queue_len` or the default.
+    ///
+    /// Why deeper than the kernel's 1000: the kernel tail-drops at this queue
+    /// whenever the lcore (which also runs, inside its own writes to the tap,
+    /// the kernel's receive path for everything it sends) falls behind. A
+    /// connection that loses its whole window there has no ACK clock left and
+    /// can only retransmit on its RTO timer, doubling every time; 500 clients
+    /// starting at once (500 x 10 segments of initial window) lost all of it
+    /// for two out of three connections, and a few, losing every backed-off
+    /// retransmission too, stayed silent past the proxy's idle timeout.
+    pub fn tap_queue_len(&self) -> u32 {
+        self.tap_queue_len.unwrap_or_else(defaults::tap_queue_len)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +321,9 @@ mod defaults {
     }
     pub fn no_huge_memory_mb() -> u32 {
         512
+    }
+    pub fn tap_queue_len() -> u32 {
+        16384
     }
 }
 
@@ -443,6 +468,15 @@ impl Config {
             }
             if sw.no_huge_memory_mb < 64 {
                 return Err("dataplane.software.no_huge_memory_mb: at least 64 is needed".into());
+            }
+            match sw.tap_queue_len {
+                Some(_) if sw.tap.is_none() => {
+                    return Err("dataplane.software.tap_queue_len: only a `tap` has a kernel queue".into())
+                }
+                Some(n) if !(64..=1 << 20).contains(&n) => {
+                    return Err(format!("dataplane.software.tap_queue_len: {n} is not in 64..=1048576"))
+                }
+                _ => {}
             }
         }
         if let Some(hw) = &d.hardware {
@@ -707,6 +741,14 @@ mod tests {
     }
 
     #[test]
+    fn tap_queue_is_deeper_than_the_kernel_default() {
+        let sw = |text: &str| parse(text).unwrap().dataplane.software.unwrap();
+        assert_eq!(sw(SOFTWARE).tap_queue_len(), 16384);
+        let set = "[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\", tap_queue_len = 4096 }\n";
+        assert_eq!(sw(set).tap_queue_len(), 4096);
+    }
+
+    #[test]
     fn hardware_mode_allows_only_the_named_device() {
         let c = parse("[dataplane]\naddress = \"10.0.0.2/24\"\nhardware = { pci = \"0000:03:00.0\" }\n").unwrap();
         let args = c.eal_args(true, &[]);
@@ -739,6 +781,8 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"a\", vdev = \"net_null0\" }\n", "exactly one"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { vdev = \"0000:03:00.0\" }\n", "dataplane.software.vdev"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nfile_prefix = \"../x\"\n", "file_prefix"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\", tap_queue_len = 10 }\n", "tap_queue_len"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { vdev = \"net_null0\", tap_queue_len = 4096 }\n", "tap_queue_len"),
         ];
         for (text, expect) in cases {
             let e = parse(text).unwrap_err();

@@ -118,6 +118,22 @@ fn serve(config: &Config, eal: &Eal, stop: &AtomicBool, cli: &Cli) -> anyhow::Re
     Ok(())
 }
 
+/// Sets the kernel-side queue of our tap (`txqueuelen`), the only receive
+/// buffer a net_tap port has: see [`config::Software::tap_queue_len`] for why
+/// the kernel's 1000 is too shallow. Through sysfs, which `ip netns exec`
+/// mounts for the namespace the dataplane (and so its tap) lives in. A
+/// failure is not fatal (the port works, only drops more under bursts).
+fn deepen_tap_queue(tap: &str, len: u32) {
+    let path = format!("/sys/class/net/{tap}/tx_queue_len");
+    match std::fs::write(&path, len.to_string()) {
+        Ok(()) => tracing::info!("tap {tap}: kernel queue towards the dataplane set to {len} frames"),
+        Err(e) => tracing::warn!(
+            "tap {tap}: could not set its kernel queue to {len} frames ({path}: {e}); bursts of many \
+             connections will be tail-dropped there (`ip link set {tap} txqueuelen {len}` does it by hand)"
+        ),
+    }
+}
+
 fn serve_port(
     config: &Config,
     eal: &Eal,
@@ -135,6 +151,9 @@ fn serve_port(
     };
     let socket = eal.socket_of(eal.main_lcore());
     let port = Port::start(port_id, &conf, pool, socket)?;
+    if let Some((tap, len)) = d.software.as_ref().and_then(|s| Some((s.tap.as_deref()?, s.tap_queue_len()))) {
+        deepen_tap_queue(tap, len);
+    }
     let mac = port.mac();
     let proxy_vips: Vec<(Ipv4Addr, u16)> = config.proxy_vips().map(|v| (v.address, v.port)).collect();
     let forward_names: Vec<ForwardVipName> = config
