@@ -27,9 +27,10 @@
 //! # Eviction and expiry
 //! No sweeper is needed for correctness: a lookup that finds an expired entry
 //! treats it as absent (and frees it and its twin), and an insertion takes a
-//! free or expired way first. When all [`WAYS`] ways of its bucket are live, the one closest
-//! to its deadline is evicted (counted): LRU weighted by state timeout, so a
-//! half-open SYN goes before an established flow seen at the same time.
+//! free or expired way first. When its home and second buckets are both
+//! full, the home bucket's way closest to its deadline is evicted (counted):
+//! LRU weighted by state timeout, so a half-open SYN goes before an
+//! established flow seen at the same time.
 //! [`Table::sweep`] reclaims expired entries in bounded steps for callers who
 //! want `live()` to be accurate.
 //!
@@ -235,11 +236,10 @@ pub(crate) struct Reclaimed {
     pub expired: u64,
 }
 
-/// A bucket: its signature line, then its entries, in one 2 KiB block, so
-/// that a lookup touches one page (a TLB miss is the dearest part of a
-/// lookup in a virtual machine).
+/// A bucket: its signature line, then its entries, in one 2 KiB block
+/// aligned to its size, so that a lookup touches one page (one TLB entry).
 #[derive(Clone, Default)]
-#[repr(C, align(64))]
+#[repr(C, align(2048))]
 struct Block {
     sigs: Sigs,
     entries: [Entry; WAYS],
