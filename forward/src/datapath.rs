@@ -104,8 +104,8 @@ fn parse_ip(f: &Forwarder, frame: &[u8], verify: bool) -> Parsed {
     if !f.vip_addrs.contains(&dst) && !f.addrs.contains(&dst) {
         return Parsed::Done(Verdict::NotMine);
     }
-    let bad_checksum = if ihl == 20 { checksum20(h) != 0 } else { bytes.get(..ihl).is_none_or(|h| checksum(h) != 0) };
-    if verify && bad_checksum {
+    let bad_checksum = || if ihl == 20 { checksum20(h) != 0 } else { bytes.get(..ihl).is_none_or(|h| checksum(h) != 0) };
+    if verify && bad_checksum() {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadChecksum));
     }
     if src.is_unspecified() || src.is_broadcast() || src.is_multicast() || src.is_loopback() {

@@ -77,7 +77,8 @@ use neigh::Neighbours;
 pub use neigh::ARP_REQUEST_LEN;
 
 /// Memory per connection-tracking entry (one direction of one flow; a
-/// FullNAT flow takes two): a 64-byte cache line and a 4-byte signature.
+/// FullNAT flow takes two): its 64-byte cache line and its share of the
+/// bucket's signature line.
 pub const ENTRY_BYTES: usize = conntrack::BYTES_PER_ENTRY;
 
 /// Most frames [`Forwarder::process_burst`] takes at once (a receive burst).
