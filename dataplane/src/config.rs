@@ -597,10 +597,7 @@ impl Config {
             let keys: Vec<_> = v
                 .backends
                 .iter()
-                .map(|b| fulcrum_maglev::Backend {
-                    key: fulcrum_maglev::backend_key(b.address.into(), b.port),
-                    weight: b.weight,
-                })
+                .map(|b| fulcrum_maglev::Backend::at(b.address.into(), b.port, b.weight))
                 .collect();
             fulcrum_maglev::MaglevTable::validate(&keys, v.table_size).map_err(|e| format!("{at}.table_size: {e}"))?;
         }

@@ -68,7 +68,7 @@ mod tests;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use fulcrum_maglev::{backend_key, Backend, MaglevTable};
+use fulcrum_maglev::{Backend, MaglevTable};
 use smoltcp::wire::EthernetAddress;
 
 use conntrack::{tick, ticks, Table};
@@ -415,10 +415,7 @@ impl BackendSet {
     pub fn build(backends: Vec<ForwardBackend>, table_size: u32) -> Result<Self, ForwardError> {
         let keys: Vec<Backend> = backends
             .iter()
-            .map(|b| Backend {
-                key: backend_key(IpAddr::V4(b.addr), b.port),
-                weight: b.weight,
-            })
+            .map(|b| Backend::at(IpAddr::V4(b.addr), b.port, b.weight))
             .collect();
         let table = MaglevTable::build(&keys, table_size)?;
         Ok(BackendSet { backends, table })

@@ -426,10 +426,7 @@ fn new_flows_spread_per_maglev_and_keep_backend_when_others_change() {
     let table = fulcrum_maglev::MaglevTable::build(
         &many_backends(4)
             .iter()
-            .map(|b| fulcrum_maglev::Backend {
-                key: fulcrum_maglev::backend_key(b.addr.into(), b.port),
-                weight: 1,
-            })
+            .map(|b| fulcrum_maglev::Backend::at(b.addr.into(), b.port, 1))
             .collect::<Vec<_>>(),
         251,
     )

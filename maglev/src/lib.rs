@@ -83,6 +83,16 @@ pub struct Backend {
     pub weight: u32,
 }
 
+impl Backend {
+    /// The backend at `addr:port`, keyed by [`backend_key`].
+    pub fn at(addr: IpAddr, port: u16, weight: u32) -> Self {
+        Backend {
+            key: backend_key(addr, port),
+            weight,
+        }
+    }
+}
+
 /// Stable backend key from address and port, so all load balancers derive the
 /// same permutation for the same backend. IPv4 addresses are hashed in their
 /// IPv4-mapped IPv6 form.

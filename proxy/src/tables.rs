@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use fulcrum_maglev::{backend_key, Backend, MaglevTable};
+use fulcrum_maglev::{Backend, MaglevTable};
 
 use crate::config::{ConfigError, VipConfig};
 
@@ -60,10 +60,7 @@ impl VipTables {
                 let keys: Vec<Backend> = cfg
                     .backends
                     .iter()
-                    .map(|b| Backend {
-                        key: backend_key(IpAddr::V4(b.addr), b.port),
-                        weight: b.table_weight(),
-                    })
+                    .map(|b| Backend::at(IpAddr::V4(b.addr), b.port, b.table_weight()))
                     .collect();
                 let table = MaglevTable::build(&keys, cfg.table_size).map_err(|source| {
                     ConfigError::Maglev {
