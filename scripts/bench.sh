@@ -33,6 +33,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# The benchmark asked for ($1): names it in error messages.
+BENCH=${1:-}
+die() { printf 'bench%s: error: %s\n' "${BENCH:+ $BENCH}" "$*" >&2; exit 1; }
+say() { printf '\n=== %s\n' "$*" >&2; }
 
 # ============================================================================ forward
 # scripts/bench.sh forward [--duration S] [--warmup S] [--small-flows N]
@@ -69,8 +73,6 @@ ROOT=$PWD
 # Not part of scripts/test.sh: it prints figures and asserts none.
 
 fwd_usage() { sed -n '/^# scripts\/bench.sh forward/,/^# Not part of scripts/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-fwd_die() { printf 'bench forward: error: %s\n' "$*" >&2; exit 1; }
-fwd_say() { printf '\n=== %s\n' "$*" >&2; }
 
 FWD_DP_PID=""
 FWD_TP_PID=""
@@ -113,7 +115,7 @@ fwd_sample() {
             return 0
         fi
     done
-    fwd_die "could not read $f"
+    die "could not read $f"
 }
 
 # fwd_fresh_sample FILE: waits (bounded) for the next rewrite of FILE, then samples it.
@@ -183,21 +185,21 @@ CONF
     local i
     for i in $(seq 1200); do
         grep -q ' ready: ' "$dir/dataplane.log" && break
-        kill -0 "$FWD_DP_PID" 2>/dev/null || { tail -n 20 "$dir/dataplane.log" >&2; fwd_die "the dataplane exited"; }
+        kill -0 "$FWD_DP_PID" 2>/dev/null || { tail -n 20 "$dir/dataplane.log" >&2; die "the dataplane exited"; }
         sleep 0.1
     done
-    grep -q ' ready: ' "$dir/dataplane.log" || { tail -n 20 "$dir/dataplane.log" >&2; fwd_die "the dataplane was not ready in 120 s"; }
+    grep -q ' ready: ' "$dir/dataplane.log" || { tail -n 20 "$dir/dataplane.log" >&2; die "the dataplane was not ready in 120 s"; }
     local mac
     mac=$(grep -o ' ready: .* mac [0-9a-f:]*' "$dir/dataplane.log" | awk '{print $NF}')
-    [ "$mac" = "$FWD_MAC" ] || fwd_die "the port's MAC is $mac, the pcap was written for $FWD_MAC"
+    [ "$mac" = "$FWD_MAC" ] || die "the port's MAC is $mac, the pcap was written for $FWD_MAC"
     echo "    ready ($(grep -o 'ready: port [0-9]* ([a-z_0-9]*) mac [0-9a-f:]*' "$dir/dataplane.log"))" >&2
     sleep "$FWD_WARMUP"
     local a b k1 k2 w1 w2
     k1=$(fwd_tasks "$FWD_DP_PID")
     w1=$(date +%s.%N)
-    a=$(fwd_fresh_sample "$dir/stats.json") || fwd_die "no stats from the dataplane"
+    a=$(fwd_fresh_sample "$dir/stats.json") || die "no stats from the dataplane"
     sleep "$FWD_DURATION"
-    b=$(fwd_fresh_sample "$dir/stats.json") || fwd_die "no stats from the dataplane"
+    b=$(fwd_fresh_sample "$dir/stats.json") || die "no stats from the dataplane"
     k2=$(fwd_tasks "$FWD_DP_PID")
     w2=$(date +%s.%N)
     FWD_R_SHARE=$(fwd_share 0 "$(fwd_max_delta "$k1" "$k2")" "$(awk -v a="$w1" -v b="$w2" 'BEGIN { print b - a }')")
@@ -233,10 +235,10 @@ fwd_run_testpmd() {
     local i
     for i in $(seq 1200); do
         grep -q 'Rx-pps' "$dir/testpmd.log" && break
-        kill -0 "$FWD_TP_PID" 2>/dev/null || { tail -n 20 "$dir/testpmd.log" >&2; fwd_die "testpmd exited"; }
+        kill -0 "$FWD_TP_PID" 2>/dev/null || { tail -n 20 "$dir/testpmd.log" >&2; die "testpmd exited"; }
         sleep 0.1
     done
-    grep -q 'Rx-pps' "$dir/testpmd.log" || { tail -n 20 "$dir/testpmd.log" >&2; fwd_die "testpmd did not start forwarding in 120 s"; }
+    grep -q 'Rx-pps' "$dir/testpmd.log" || { tail -n 20 "$dir/testpmd.log" >&2; die "testpmd did not start forwarding in 120 s"; }
     sleep "$FWD_WARMUP"
     local skip k1 k2 w1 w2
     skip=$(grep -c 'Rx-pps' "$dir/testpmd.log")
@@ -254,7 +256,7 @@ fwd_run_testpmd() {
     fwd_stop "$FWD_TP_PID" 30
     FWD_TP_PID=""
     rm -rf "/var/run/dpdk/$prefix"
-    grep -q 'macswap packet forwarding' "$dir/testpmd.log" || fwd_die "testpmd did not run macswap forwarding (see $dir/testpmd.log)"
+    grep -q 'macswap packet forwarding' "$dir/testpmd.log" || die "testpmd did not run macswap forwarding (see $dir/testpmd.log)"
     FWD_R_MPPS=$(awk -v skip="$skip" '/Rx-pps:/ { n++; if (n > skip) { s += $2; k++; v = v " " sprintf("%.2f", $2 / 1e6) } }
         END { if (k == 0) { print "nan"; exit }
               printf "    testpmd Rx-pps in the window (Mpps):%s\n", v > "/dev/stderr"; printf "%.3f\n", s / k / 1e6 }' "$dir/testpmd.log")
@@ -278,21 +280,21 @@ fwd_main() {
             --profile) FWD_PROFILE=1; shift ;;
             --prefix) FWD_P=$2; shift 2 ;;
             -h|--help) fwd_usage ;;
-            *) fwd_die "unknown argument: $1" ;;
+            *) die "unknown argument: $1" ;;
         esac
     done
-    [[ "$FWD_DURATION" =~ ^[0-9]+$ ]] && [ "$FWD_DURATION" -ge 2 ] && [ "$FWD_DURATION" -le 120 ] || fwd_die "--duration: 2..120 seconds"
-    [[ "$FWD_WARMUP" =~ ^[0-9]+$ ]] && [ "$FWD_WARMUP" -ge 1 ] && [ "$FWD_WARMUP" -le 60 ] || fwd_die "--warmup: 1..60 seconds"
-    [[ "$FWD_SMALL" =~ ^[0-9]+$ ]] && [ "$FWD_SMALL" -ge 1 ] || fwd_die "--small-flows: a positive number"
-    [[ "$FWD_LARGE" =~ ^[0-9]+$ ]] && [ "$FWD_LARGE" -ge 1 ] && [ "$FWD_LARGE" -le 8388608 ] || fwd_die "--large-flows: 1..8388608"
-    [[ "$FWD_P" =~ ^[A-Za-z0-9_-]{1,40}$ ]] || fwd_die "--prefix: 1 to 40 of A-Z a-z 0-9 - _"
+    [[ "$FWD_DURATION" =~ ^[0-9]+$ ]] && [ "$FWD_DURATION" -ge 2 ] && [ "$FWD_DURATION" -le 120 ] || die "--duration: 2..120 seconds"
+    [[ "$FWD_WARMUP" =~ ^[0-9]+$ ]] && [ "$FWD_WARMUP" -ge 1 ] && [ "$FWD_WARMUP" -le 60 ] || die "--warmup: 1..60 seconds"
+    [[ "$FWD_SMALL" =~ ^[0-9]+$ ]] && [ "$FWD_SMALL" -ge 1 ] || die "--small-flows: a positive number"
+    [[ "$FWD_LARGE" =~ ^[0-9]+$ ]] && [ "$FWD_LARGE" -ge 1 ] && [ "$FWD_LARGE" -le 8388608 ] || die "--large-flows: 1..8388608"
+    [[ "$FWD_P" =~ ^[A-Za-z0-9_-]{1,40}$ ]] || die "--prefix: 1 to 40 of A-Z a-z 0-9 - _"
     local s
-    for s in $FWD_SIZES; do [[ "$s" =~ ^[0-9]+$ ]] && [ "$s" -ge 64 ] && [ "$s" -le 1518 ] || fwd_die "--sizes: frame sizes 64..1518"; done
-    [ "$(id -u)" -eq 0 ] || fwd_die "needs root (DPDK)"
-    [ "$(nproc)" -ge 2 ] || fwd_die "needs 2 CPUs (testpmd: a main and a forwarding lcore)"
+    for s in $FWD_SIZES; do [[ "$s" =~ ^[0-9]+$ ]] && [ "$s" -ge 64 ] && [ "$s" -le 1518 ] || die "--sizes: frame sizes 64..1518"; done
+    [ "$(id -u)" -eq 0 ] || die "needs root (DPDK)"
+    [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (testpmd: a main and a forwarding lcore)"
     local t
     for t in dpdk-testpmd jq python3 taskset awk; do
-        command -v "$t" >/dev/null || fwd_die "$t not found (scripts/setup.sh installs it)"
+        command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"
     done
 
     trap fwd_cleanup EXIT
@@ -303,18 +305,18 @@ fwd_main() {
     if [ -n "${FULCRUM_BIN_DIR:-}" ]; then
         FWD_DP_BIN=$FULCRUM_BIN_DIR/fulcrum-dataplane
     else
-        fwd_say "build (release)"
+        say "build (release)"
         cargo build --release -p fulcrum-dataplane 2>&1 | tail -n 1 >&2
         FWD_DP_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-dataplane
     fi
-    [ -x "$FWD_DP_BIN" ] || fwd_die "$FWD_DP_BIN not found"
+    [ -x "$FWD_DP_BIN" ] || die "$FWD_DP_BIN not found"
 
     FWD_WORK=$(mktemp -d /tmp/fulcrum-bench-fwd.XXXXXX)
     # net_pcap's MAC for the first pcap port of a process ('p' 'c' 'a' 'p', index 0).
     FWD_MAC=02:70:63:61:70:00
     local mhz
     mhz=$(awk -F: '/^cpu MHz/ { gsub(/ /, "", $2); print $2; exit }' /proc/cpuinfo)
-    [ -n "$mhz" ] || fwd_die "no 'cpu MHz' in /proc/cpuinfo"
+    [ -n "$mhz" ] || die "no 'cpu MHz' in /proc/cpuinfo"
 
     # Memory: without hugepages EAL has 4 KiB pages and a pool object (2176-byte data
     # room + headers, ~2.4 KiB) never straddles a page, so every mbuf takes 4 KiB.
@@ -346,10 +348,10 @@ fwd_main() {
             pcap="$FWD_WORK/$name.pcap"
             mbufs=$((flows + 32767))
             mem=$(fwd_mem_for "$flows")
-            fwd_say "$size-byte frames, $flows flows: pcap, then Fulcrum, then testpmd macswap (-m $mem, $mbufs mbufs, ${FWD_WARMUP}s warm-up, ${FWD_DURATION}s window)"
+            say "$size-byte frames, $flows flows: pcap, then Fulcrum, then testpmd macswap (-m $mem, $mbufs mbufs, ${FWD_WARMUP}s warm-up, ${FWD_DURATION}s window)"
             python3 "$ROOT/scripts/fwd_pcapgen.py" --out "$pcap" --flows "$flows" \
                 --frame-len $((size - 4)) --dst-mac "$FWD_MAC" --vip 198.18.1.2 --port 80 ||
-                fwd_die "writing $pcap"
+                die "writing $pcap"
             echo "    Fulcrum:" >&2
             fwd_run_fulcrum "$name" "$pcap" "$mbufs" "$mem"
             FR[$name]=$FWD_R_MPPS NF[$name]=$FWD_R_NEW DR[$name]=$FWD_R_DROPS FS[$name]=$FWD_R_SHARE
@@ -438,8 +440,6 @@ fi
 # --keep DIR keeps the callgrind files (callgrind.engine.<N>.out) in DIR.
 
 scale_usage() { sed -n '/^# scripts\/bench.sh scale/,/^# --keep DIR/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-scale_die() { printf 'bench scale: error: %s\n' "$*" >&2; exit 1; }
-scale_say() { printf '\n=== %s\n' "$*" >&2; }
 
 # scale_self_costs FILE: "<instructions>\t<function>" per function (self cost,
 # summed over the source files a function's inlined code comes from).
@@ -470,21 +470,21 @@ scale_main() {
             --top) top=$2; shift 2 ;;
             --keep) keep=$2; shift 2 ;;
             -h|--help) scale_usage ;;
-            *) scale_die "unknown argument: $1" ;;
+            *) die "unknown argument: $1" ;;
         esac
     done
-    [[ "$requests" =~ ^[0-9]+$ ]] && [ "$requests" -ge 1 ] && [ "$requests" -le 100 ] || scale_die "--requests: 1..100"
-    [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 1 ] && [ "$runs" -le 50 ] || scale_die "--wall-runs: 1..50"
-    [[ "$top" =~ ^[0-9]+$ ]] && [ "$top" -ge 1 ] && [ "$top" -le 100 ] || scale_die "--top: 1..100"
+    [[ "$requests" =~ ^[0-9]+$ ]] && [ "$requests" -ge 1 ] && [ "$requests" -le 100 ] || die "--requests: 1..100"
+    [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 1 ] && [ "$runs" -le 50 ] || die "--wall-runs: 1..50"
+    [[ "$top" =~ ^[0-9]+$ ]] && [ "$top" -ge 1 ] && [ "$top" -le 100 ] || die "--top: 1..100"
     for t in valgrind callgrind_annotate cargo; do
-        command -v "$t" >/dev/null || scale_die "$t not found"
+        command -v "$t" >/dev/null || die "$t not found"
     done
 
     local target=${CARGO_TARGET_DIR:-$ROOT/target}
     local bin=$target/release/examples/scale
-    scale_say "build: cargo build --release -p fulcrum-proxy --example scale (target $target)"
+    say "build: cargo build --release -p fulcrum-proxy --example scale (target $target)"
     CARGO_TARGET_DIR=$target cargo build --release -p fulcrum-proxy --example scale 2>&1 | tail -n 2 >&2
-    [ -x "$bin" ] || scale_die "$bin not found"
+    [ -x "$bin" ] || die "$bin not found"
 
     local work
     work=$(mktemp -d /tmp/fulcrum-bench-scale.XXXXXX)
@@ -496,15 +496,15 @@ scale_main() {
     declare -A INSTR US USMIN VISITS
     local n i out us visits line
     for n in "${sizes[@]}"; do
-        scale_say "$n open connections: $runs native runs of $requests requests (wall time), then one under callgrind (instructions)"
+        say "$n open connections: $runs native runs of $requests requests (wall time), then one under callgrind (instructions)"
         : >"$work/us.$n"
         for i in $(seq "$runs"); do
-            out=$(timeout 120 "$bin" "$n" "$requests") || scale_die "$bin $n $requests failed"
+            out=$(timeout 120 "$bin" "$n" "$requests") || die "$bin $n $requests failed"
             echo "    $out" >&2
             line=$(echo "$out" | grep '^scale_result ')
             us=$(echo "$line" | sed -n 's/.* us_per_request=\([0-9.]*\).*/\1/p')
             visits=$(echo "$line" | sed -n 's/.* sockets_visited_per_request=\([0-9.]*\).*/\1/p')
-            [ -n "$us" ] && [ -n "$visits" ] || scale_die "unexpected output: $out"
+            [ -n "$us" ] && [ -n "$visits" ] || die "unexpected output: $out"
             echo "$us" >>"$work/us.$n"
             VISITS[$n]=$visits
         done
@@ -515,13 +515,13 @@ scale_main() {
             --toggle-collect='*Engine::poll*' --zero-before='*scale_measured*' \
             --compress-strings=no --compress-pos=no \
             --callgrind-out-file="$cg" "$bin" "$n" "$requests" >"$work/cg.$n.log" 2>&1 ||
-            { tail -n 20 "$work/cg.$n.log" >&2; scale_die "callgrind run failed (N=$n)"; }
+            { tail -n 20 "$work/cg.$n.log" >&2; die "callgrind run failed (N=$n)"; }
         out=$(grep '^scale_result ' "$work/cg.$n.log")
         [ "$(echo "$out" | sed -n 's/.* sockets_visited_per_request=\([0-9.]*\).*/\1/p')" = "${VISITS[$n]}" ] ||
-            scale_die "under callgrind the run differed: $out"
+            die "under callgrind the run differed: $out"
         local total
         total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")
-        [ -n "$total" ] && [ "$total" -gt 0 ] || scale_die "no instruction total in $cg"
+        [ -n "$total" ] && [ "$total" -gt 0 ] || die "no instruction total in $cg"
         INSTR[$n]=$(awk -v t="$total" -v k="$requests" 'BEGIN { printf "%.0f", t / k }')
         echo "    callgrind ($((SECONDS - t0)) s): $total instructions in Engine::poll for $requests requests = ${INSTR[$n]}/request" >&2
         scale_self_costs "$cg" >"$work/self.$n"
@@ -578,8 +578,6 @@ fi
 # ============================================================================ end of scale
 
 usage() { sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
-say() { printf '\n=== %s\n' "$*" >&2; }
 
 [ $# -ge 1 ] || usage
 WHAT=$1; shift
