@@ -95,6 +95,40 @@ fn with_captures<T>(
     (r, seen)
 }
 
+/// A 3 s iperf3 UDP upload at 50 Mbit/s to `vip`:5201, captured in every
+/// backend with `filter`, and the dataplane's stats around it.
+struct UdpUpload {
+    result: serde_json::Value,
+    seen: Seen,
+    bytes: u64,
+    bps: f64,
+    lost: f64,
+    datagrams: u64,
+    /// Packets the VIP's UDP counter rose by.
+    vip_pkts: u64,
+    before: serde_json::Value,
+    after: serde_json::Value,
+}
+
+fn udp_upload_through(topo: &Topology, dp: &Dataplane, vip: &str, filter: &str) -> UdpUpload {
+    let before = fresh_stats(dp);
+    let (result, seen) = with_captures(topo, filter, 20, || {
+        iperf3(topo, vip, &["-u", "-b", "50M", "-t", "3"])
+    });
+    let (bytes, bps, lost, datagrams) = iperf3_udp(&result);
+    let after = fresh_stats(dp);
+    let vip_pkts = vip_counter(&after, vip, 5201, "udp", "packets")
+        - vip_counter(&before, vip, 5201, "udp", "packets");
+    UdpUpload { result, seen, bytes, bps, lost, datagrams, vip_pkts, before, after }
+}
+
+/// The sources of the packets captured in any backend.
+fn sources(seen: &Seen) -> BTreeSet<String> {
+    seen.iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0.clone()))
+        .collect()
+}
+
 /// HTTP through a VIP: `n` GETs all succeed and several backends serve them.
 fn http_check(topo: &Topology, dp: &Dataplane, vip_addr: &str, n: usize) {
     let res = http_gets(topo, &format!("http://{vip_addr}:80/"), n);
@@ -242,15 +276,18 @@ fn dsr_http_and_iperf3() {
     );
 
     // iperf3 UDP upload at 50 Mbit/s.
-    let before = fresh_stats(&dp);
     let filter = format!("dst host {DSR_VIP} and udp dst port 5201");
-    let (udp, seen) = with_captures(&topo, &filter, 20, || {
-        iperf3(&topo, DSR_VIP, &["-u", "-b", "50M", "-t", "3"])
-    });
-    let (ubytes, ubps, lost, upkts) = iperf3_udp(&udp);
-    let after = fresh_stats(&dp);
-    let vip_upkts = vip_counter(&after, DSR_VIP, 5201, "udp", "packets")
-        - vip_counter(&before, DSR_VIP, 5201, "udp", "packets");
+    let UdpUpload {
+        result: udp,
+        seen,
+        bytes: ubytes,
+        bps: ubps,
+        lost,
+        datagrams: upkts,
+        vip_pkts: vip_upkts,
+        before,
+        after,
+    } = udp_upload_through(&topo, &dp, DSR_VIP, &filter);
     eprintln!(
         "DSR iperf3 UDP 50M: {:.1} Mbit/s, {ubytes} bytes, {upkts} datagrams, lost {lost:.2} %; VIP forwarded {vip_upkts} datagrams",
         mbit(ubps)
@@ -266,10 +303,7 @@ fn dsr_http_and_iperf3() {
         1,
         "UDP affinity \"client\": {udp_serving:?}"
     );
-    let srcs: BTreeSet<String> = seen
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.0.clone()))
-        .collect();
+    let srcs = sources(&seen);
     assert!(
         !srcs.is_empty(),
         "no UDP datagram to the VIP captured in any backend"
@@ -367,14 +401,16 @@ fn fullnat_http_and_iperf3() {
     );
 
     // UDP upload, captured: SNAT source too.
-    let before = fresh_stats(&dp);
-    let (udp, seen) = with_captures(&topo, "udp dst port 5201", 20, || {
-        iperf3(&topo, FNAT_VIP, &["-u", "-b", "50M", "-t", "3"])
-    });
-    let (ubytes, ubps, lost, upkts) = iperf3_udp(&udp);
-    let after = fresh_stats(&dp);
-    let vip_upkts = vip_counter(&after, FNAT_VIP, 5201, "udp", "packets")
-        - vip_counter(&before, FNAT_VIP, 5201, "udp", "packets");
+    let UdpUpload {
+        result: udp,
+        seen,
+        bytes: ubytes,
+        bps: ubps,
+        lost,
+        datagrams: upkts,
+        vip_pkts: vip_upkts,
+        ..
+    } = udp_upload_through(&topo, &dp, FNAT_VIP, "udp dst port 5201");
     eprintln!(
         "FullNAT iperf3 UDP 50M: {:.1} Mbit/s, {ubytes} bytes, {upkts} datagrams, lost {lost:.2} %; VIP forwarded {vip_upkts} packets",
         mbit(ubps)
@@ -383,10 +419,7 @@ fn fullnat_http_and_iperf3() {
         ubytes > 0 && vip_upkts > 0,
         "UDP through FullNAT moved nothing: {udp}"
     );
-    let srcs: BTreeSet<String> = seen
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.0.clone()))
-        .collect();
+    let srcs = sources(&seen);
     assert_eq!(
         srcs,
         BTreeSet::from([SNAT_IP.to_string()]),
