@@ -431,17 +431,17 @@ pub fn half_close_request(
 
 // ---------------------------------------------------------------------------- idle connections
 
-/// Open `k` connections with `parallel` threads. With `keepalive`, after each new
-/// connection a thread also sends one byte on the next two of its open connections
-/// (round robin), so that an idle timeout shorter than the opening time does not
-/// reclaim the first ones early; the touches are paced by the connects, never a burst.
+/// Open `k` connections with `parallel` threads. With `keepalive = Some(period)`, a
+/// thread also sends one byte on its open connections between connects, paced so
+/// that each is touched once per `period` however slow the connects are, so an idle
+/// timeout shorter than the opening time does not reclaim the first ones early.
 /// Returns the open connections (non-blocking), the errors (the first 50) and their
 /// count.
 pub fn open_idle(
     addr: SocketAddr,
     k: usize,
     parallel: usize,
-    keepalive: bool,
+    keepalive: Option<Duration>,
     timeout: Duration,
 ) -> (Vec<TcpStream>, Vec<String>, usize) {
     let deadline = Instant::now() + timeout;
@@ -469,8 +469,8 @@ pub fn open_idle(
                             }
                         }
                     }
-                    if keepalive {
-                        sweeper.touch_next(&mine, 2);
+                    if let Some(period) = keepalive {
+                        sweeper.keep_alive(&mine, period);
                     }
                 }
                 for c in &mine {
@@ -502,6 +502,9 @@ pub fn touch(conns: &[TcpStream]) -> usize {
 #[derive(Default, Debug)]
 pub struct Sweeper {
     cursor: usize,
+    /// When [`Sweeper::keep_alive`] last ran, and the fraction of a touch it owes.
+    last: Option<Instant>,
+    owed: f64,
     /// Writes that failed so far.
     pub failed: usize,
     /// Writes done so far.
@@ -524,6 +527,17 @@ impl Sweeper {
             self.touched += 1;
             self.cursor += 1;
         }
+    }
+
+    /// Touch as many of the next connections as the time since the last call owes,
+    /// so that each is touched once per `period` whatever the calling rhythm.
+    pub fn keep_alive(&mut self, conns: &[TcpStream], period: Duration) {
+        let now = Instant::now();
+        let since = now - self.last.replace(now).unwrap_or(now);
+        self.owed += conns.len() as f64 * since.as_secs_f64() / period.as_secs_f64();
+        let n = self.owed as usize;
+        self.owed -= n as f64;
+        self.touch_next(conns, n);
     }
 }
 

@@ -449,25 +449,26 @@ fn idle_connections_reclaimed() {
     let base_idle = vip_counter(&base, VIP_IP, VIP_PORT, "drop_idle_timeout");
     eprintln!("baseline: proxy {}, mbufs_in_use {base_mbufs}", base["proxy"]);
 
-    // Open them. Each opening thread touches two of its connections per new one, so
-    // the idle timeout counts from the end of the opening, however long that takes.
+    // Open them, keeping every open one alive meanwhile (one byte per connection per
+    // KEEPALIVE), so the idle timeout counts from the end of the opening, however
+    // long that takes; the sweep below keeps the same pace, so no connection goes
+    // more than 2 * KEEPALIVE untouched.
+    const KEEPALIVE: Duration = Duration::from_millis(IDLE_MS / 4);
     let t0 = Instant::now();
     let (conns, errors, nerr) =
-        on_client(&topo, || client::open_idle(vip(), K as usize, 16, true, Duration::from_secs(180)));
+        on_client(&topo, || client::open_idle(vip(), K as usize, 16, Some(KEEPALIVE), Duration::from_secs(180)));
     eprintln!("opened {} connections in {:.2?} ({nerr} failed)", conns.len(), t0.elapsed());
     assert_eq!(nerr, 0, "connect failures: {errors:#?}");
 
     // Poll until the dataplane counts all of them active, keeping them alive
-    // meanwhile: one byte per connection every IDLE/2, spread evenly (10 ms steps),
-    // not as bursts of K segments.
+    // meanwhile, spread evenly (10 ms steps), not as bursts of K segments.
     const STEP: Duration = Duration::from_millis(10);
-    let per_step = (K * STEP.as_millis() as u64).div_ceil(IDLE_MS / 2) as usize;
     let mut sweeper = client::Sweeper::default();
     let mut reached = 0;
     let mut last_poll = Instant::now();
     let wait0 = Instant::now();
     while wait0.elapsed() < Duration::from_secs(60) {
-        sweeper.touch_next(&conns, per_step);
+        sweeper.keep_alive(&conns, KEEPALIVE);
         if last_poll.elapsed() >= Duration::from_millis(200) {
             last_poll = Instant::now();
             if let Some(s) = dp.try_stats() {
@@ -693,7 +694,7 @@ fn toolkit_without_dataplane() {
 
     // Hold: many idle connections; stopping the server closes them all.
     let mut hold = Server::start(&topo.ns("be3"), sa(BACKEND_IPS[2], 9004), "hold", Mode::Hold);
-    let (conns, errs, nerr) = in_netns(&cli, || client::open_idle(hold.addr(), 500, 4, true, Duration::from_secs(30)));
+    let (conns, errs, nerr) = in_netns(&cli, || client::open_idle(hold.addr(), 500, 4, None, Duration::from_secs(30)));
     assert_eq!(nerr, 0, "{errs:?}");
     assert_eq!(conns.len(), 500);
     wait_until(Duration::from_secs(5), "hold server to hold 500", || hold.active() == 500);
