@@ -347,6 +347,14 @@ impl Table {
         Some(i as u32)
     }
 
+    /// Index of the live entry for `k`, with no side effects: an expired
+    /// match is left for [`Table::find`] to free.
+    #[inline]
+    pub(crate) fn lookup(&self, k: &Key, h: &Hashed, now: u32) -> Option<u32> {
+        let i = self.position(k, h)?;
+        self.entry(i).filter(|e| !e.expired(now)).map(|_| i as u32)
+    }
+
     /// Where `k` is stored, live or expired: the probed entry if it still
     /// holds `k`, else a scan of the home bucket, and of the second one if
     /// the home has spilled.

@@ -54,7 +54,7 @@ pub(crate) fn checksum(data: &[u8]) -> u16 {
 }
 
 /// [`checksum`] of an option-less IPv4 header: five words, no loop.
-#[inline]
+#[inline(always)]
 pub(crate) fn checksum20(h: &[u8; 20]) -> u16 {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     let sum = w(0) + w(4) + w(8) + w(12) + w(16);

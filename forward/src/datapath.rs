@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 use fulcrum_maglev::{addr_hash, flow_hash};
 use smoltcp::wire::Icmpv4Packet;
 
-use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, F_REVERSE, NO_TWIN};
+use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, Table, F_REVERSE, NO_TWIN};
 use crate::csum::{checksum, checksum20, update16, update32};
-use crate::{owner_of_flow, owner_of_port, tunnel_entropy, Affinity, DropReason, Encap, Forwarder, Mode, Verdict};
+use crate::{owner_of_flow, owner_of_port, tunnel_entropy, vip_key, Affinity, DropReason, Encap, Forwarder, Mode, Verdict, VipRt};
 
 const ETH: usize = 14;
 const TCP: u8 = 6;
@@ -23,12 +23,12 @@ const OUR_TTL: u8 = 64;
 /// The validated IPv4 header of a frame.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ip {
-    ihl: usize,
-    total: usize,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    ttl: u8,
+    pub ihl: usize,
+    pub total: usize,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub ttl: u8,
 }
 
 /// TCP flags that drive the tracking state (all false for UDP).
@@ -38,6 +38,19 @@ pub(crate) struct Flags {
     ack: bool,
     fin: bool,
     rst: bool,
+}
+
+impl Flags {
+    /// From the TCP header's flags byte.
+    #[inline]
+    pub(crate) fn tcp(byte: u8) -> Flags {
+        Flags {
+            fin: byte & 0x01 != 0,
+            syn: byte & 0x02 != 0,
+            rst: byte & 0x04 != 0,
+            ack: byte & 0x10 != 0,
+        }
+    }
 }
 
 fn rd16(b: &[u8], at: usize) -> u16 {
@@ -138,13 +151,7 @@ fn l4(proto: u8, payload: &[u8]) -> Result<(u16, u16, Flags), DropReason> {
         if doff < 20 || doff > payload.len() {
             return Err(DropReason::TcpMalformed);
         }
-        let fl = t[13];
-        let flags = Flags {
-            fin: fl & 0x01 != 0,
-            syn: fl & 0x02 != 0,
-            rst: fl & 0x04 != 0,
-            ack: fl & 0x10 != 0,
-        };
+        let flags = Flags::tcp(t[13]);
         let (sport, dport) = ports(t.first_chunk::<8>().ok_or(DropReason::TcpMalformed)?);
         Ok((sport, dport, flags))
     } else {
@@ -158,11 +165,22 @@ fn l4(proto: u8, payload: &[u8]) -> Result<(u16, u16, Flags), DropReason> {
     }
 }
 
-fn find_vip(f: &Forwarder, addr: Ipv4Addr, port: u16, proto: u8) -> Option<usize> {
-    f.vips
-        .iter()
-        .position(|v| v.addr == addr && v.proto == proto && v.port == port)
-        .or_else(|| f.vips.iter().position(|v| v.addr == addr && v.proto == proto && v.port == 0))
+/// The VIP `addr:port/proto`, else the all-ports VIP `addr:0/proto`: one
+/// pass over the VIPs' one-word keys.
+#[inline]
+pub(crate) fn find_vip(f: &Forwarder, addr: Ipv4Addr, port: u16, proto: u8) -> Option<usize> {
+    let exact = vip_key(addr, port, proto);
+    let any = vip_key(addr, 0, proto);
+    let mut any_port = None;
+    for (i, &k) in f.vip_keys.iter().enumerate() {
+        if k == exact {
+            return Some(i);
+        }
+        if k == any && any_port.is_none() {
+            any_port = Some(i);
+        }
+    }
+    any_port
 }
 
 /// A quoted (inner) TCP/UDP header inside an ICMP error.
@@ -258,16 +276,6 @@ pub(crate) enum Staged {
     },
     /// ICMP to a VIP or an own address.
     Icmp { ip: Ip, to_vip: bool },
-}
-
-impl Staged {
-    /// The flow's table hash, for prefetching and probing.
-    pub(crate) fn hashed(&mut self) -> Option<&mut Hashed> {
-        match self {
-            Staged::Flow { hashed, .. } => Some(hashed),
-            _ => None,
-        }
-    }
 }
 
 /// Parses and validates `frame` (everything that does not need the table).
@@ -380,19 +388,22 @@ fn next_state(s: State, fl: Flags) -> State {
     }
 }
 
-/// Updates the state and deadline of entry `i` (and of its twin).
+/// Advances entry `e`'s state for a packet with flags `fl` and restarts its
+/// timeout; its twin (if any) must get the same (see [`sync_twin`]).
 #[inline]
-fn touch(f: &mut Forwarder, i: u32, now: u32, fl: Flags) {
-    let timeouts = f.timeouts;
-    let Some(e) = f.table.get_mut(i) else { return };
+fn touch(e: &mut Entry, timeouts: &[u32; 6], now: u32, fl: Flags) {
     let s = next_state(State::from_u8(e.state), fl);
-    let deadline = now.wrapping_add(timeouts.get(s as usize).copied().unwrap_or(1));
     e.state = s as u8;
-    e.deadline = deadline;
-    let twin = e.twin;
+    e.deadline = now.wrapping_add(timeouts.get(s as usize).copied().unwrap_or(1));
+}
+
+/// Copies entry `i`'s state and deadline to its twin, if it has one.
+#[inline]
+fn sync_twin(table: &mut Table, i: u32) {
+    let Some(&Entry { twin, state, deadline, .. }) = table.get(i) else { return };
     if twin != NO_TWIN {
-        if let Some(t) = f.table.get_mut(twin) {
-            t.state = s as u8;
+        if let Some(t) = table.get_mut(twin) {
+            t.state = state;
             t.deadline = deadline;
         }
     }
@@ -405,8 +416,8 @@ fn account_reclaimed(f: &mut Forwarder, rec: Reclaimed) {
 
 /// Counts a forwarded packet under its VIP and (if still installed) backend.
 #[inline]
-fn account(f: &mut Forwarder, e: &Entry, bytes: usize, new_flow: bool) {
-    let Some(v) = f.vips.get_mut(usize::from(e.vip)) else { return };
+fn account(vips: &mut [VipRt], e: &Entry, bytes: usize, new_flow: bool) {
+    let Some(v) = vips.get_mut(usize::from(e.vip)) else { return };
     let (baddr, bport) = if e.flags & F_REVERSE != 0 { (e.src, e.sport) } else { (e.new_dst, e.new_dport) };
     v.traffic.packets += 1;
     v.traffic.bytes += bytes as u64;
@@ -475,51 +486,78 @@ fn forward(
 ) -> Verdict {
     let Some(v) = f.vips.get(vip) else { return Verdict::NotMine };
     let mode = v.mode;
-    let df = rd16(buf, start + ETH + 6) & 0x4000 != 0;
-    // Every drop first.
-    match mode {
-        Mode::Dsr => {}
-        Mode::Tunnel { encap, .. } => {
-            if ip.ttl <= 1 {
-                return Verdict::Drop(DropReason::TtlExceeded);
-            }
-            let overhead = overhead(encap);
-            if ip.total + overhead > usize::from(f.mtu) {
-                if !df {
-                    return Verdict::Drop(DropReason::TooBig);
-                }
-                let next_hop_mtu = usize::from(f.mtu).saturating_sub(overhead) as u16;
-                return too_big(f, buf, start, ip, next_hop_mtu);
-            }
-            if start < overhead {
-                return Verdict::Drop(DropReason::NoHeadroom);
-            }
-        }
-        Mode::FullNat => {
-            if ip.ihl > 20 {
-                return Verdict::Drop(DropReason::IpOptions);
-            }
-            if ip.ttl <= 1 {
-                return Verdict::Drop(DropReason::TtlExceeded);
-            }
-        }
+    if let Some(v) = refuse(f, buf, start, ip, mode) {
+        return v;
     }
     let mut rec = Reclaimed::default();
     let hit = f.table.find(&key, &hashed, now, &mut rec);
     account_reclaimed(f, rec);
-    let (idx, new_flow) = match hit {
-        Some(i) => {
-            touch(f, i, now, fl);
-            (i, false)
-        }
+    let (idx, fl) = match hit {
+        Some(i) => (i, Some(fl)),
         None => match create(f, now_ns, now, buf, start, vip, mode, key, fl) {
-            Ok(i) => (i, true),
+            Ok(i) => (i, None),
             Err(r) => return Verdict::Drop(r),
         },
     };
-    let Some(&e) = f.table.get(idx) else { return Verdict::Drop(DropReason::NoBackend) };
-    account(f, &e, ip.total, new_flow);
-    apply(f, buf, start, ip, &e, mode, key)
+    deliver(f, now, buf, start, ip, idx, mode, key, fl)
+}
+
+/// What the VIP's mode does instead of forwarding, decided before any
+/// lookup: a drop, or an ICMP fragmentation-needed answer.
+#[inline]
+pub(crate) fn refuse(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, mode: Mode) -> Option<Verdict> {
+    match mode {
+        Mode::Dsr => None,
+        Mode::Tunnel { encap, .. } => {
+            if ip.ttl <= 1 {
+                return Some(Verdict::Drop(DropReason::TtlExceeded));
+            }
+            let overhead = overhead(encap);
+            if ip.total + overhead > usize::from(f.mtu) {
+                if rd16(buf, start + ETH + 6) & 0x4000 == 0 {
+                    return Some(Verdict::Drop(DropReason::TooBig));
+                }
+                let next_hop_mtu = usize::from(f.mtu).saturating_sub(overhead) as u16;
+                return Some(too_big(f, buf, start, ip, next_hop_mtu));
+            }
+            (start < overhead).then_some(Verdict::Drop(DropReason::NoHeadroom))
+        }
+        Mode::FullNat => {
+            if ip.ihl > 20 {
+                return Some(Verdict::Drop(DropReason::IpOptions));
+            }
+            (ip.ttl <= 1).then_some(Verdict::Drop(DropReason::TtlExceeded))
+        }
+    }
+}
+
+/// A client -> VIP packet of the flow in entry `idx`: its state (`fl`, the
+/// packet's flags; `None` for the packet that just created the flow),
+/// counters and rewrite.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn deliver(
+    f: &mut Forwarder,
+    now: u32,
+    buf: &mut [u8],
+    start: usize,
+    ip: &Ip,
+    idx: u32,
+    mode: Mode,
+    key: Key,
+    fl: Option<Flags>,
+) -> Verdict {
+    let Forwarder { table, vips, timeouts, mac, .. } = f;
+    let Some(e) = table.get_mut(idx) else { return Verdict::Drop(DropReason::NoBackend) };
+    if let Some(fl) = fl {
+        touch(e, timeouts, now, fl);
+    }
+    account(vips, e, ip.total, fl.is_none());
+    let v = apply(mac.0, buf, start, ip, e, mode, key);
+    if fl.is_some() {
+        sync_twin(table, idx);
+    }
+    v
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -613,14 +651,14 @@ fn overhead(encap: Encap) -> usize {
 
 /// Rewrites the frame for entry `e` (a client -> VIP flow, or an ICMP error
 /// about one in DSR/tunnel mode, with `client` its client side).
-#[inline]
-fn apply(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Mode, client: Key) -> Verdict {
+#[inline(always)]
+fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Mode, client: Key) -> Verdict {
     match mode {
         Mode::Dsr => {
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
                 return Verdict::Drop(DropReason::BadBuffer);
             };
-            set_macs(frame, e.mac, f.mac.0);
+            set_macs(frame, e.mac, our_mac);
             Verdict::Transmit {
                 start,
                 len: ETH + ip.total,
@@ -630,24 +668,39 @@ fn apply(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: 
             encap,
             src_prefix,
             src_prefix_len,
-        } => {
-            let entropy = tunnel_entropy(Ipv4Addr::from(client.src), client.sport);
-            let mask = if src_prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(src_prefix_len.min(32))) };
-            let outer_src = (u32::from(src_prefix) & mask) | (entropy & !mask);
-            encapsulate(f, buf, start, ip, e, encap, outer_src, entropy)
-        }
+        } => tunnel(our_mac, buf, start, ip, e, encap, (src_prefix, src_prefix_len), client),
         Mode::FullNat => {
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
                 return Verdict::Drop(DropReason::BadBuffer);
             };
             nat(frame, ip, e);
-            set_macs(frame, e.mac, f.mac.0);
+            set_macs(frame, e.mac, our_mac);
             Verdict::Transmit {
                 start,
                 len: ETH + ip.total,
             }
         }
     }
+}
+
+/// Encapsulates towards entry `e`'s backend, the outer source drawn from
+/// the VIP's source prefix with the client flow's entropy.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn tunnel(
+    our_mac: [u8; 6],
+    buf: &mut [u8],
+    start: usize,
+    ip: &Ip,
+    e: &Entry,
+    encap: Encap,
+    (src_prefix, src_prefix_len): (Ipv4Addr, u8),
+    client: Key,
+) -> Verdict {
+    let entropy = tunnel_entropy(Ipv4Addr::from(client.src), client.sport);
+    let mask = if src_prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(src_prefix_len.min(32))) };
+    let outer_src = (u32::from(src_prefix) & mask) | (entropy & !mask);
+    encapsulate(our_mac, buf, start, ip, e, encap, outer_src, entropy)
 }
 
 /// Decrements the TTL of the IPv4 header at `ip` (caller checked TTL > 1).
@@ -661,7 +714,7 @@ fn dec_ttl(ip: &mut [u8]) {
 
 #[allow(clippy::too_many_arguments)]
 fn encapsulate(
-    f: &Forwarder,
+    our_mac: [u8; 6],
     buf: &mut [u8],
     start: usize,
     ip: &Ip,
@@ -681,7 +734,7 @@ fn encapsulate(
     if let Some(inner) = frame.get_mut(inner_at..) {
         dec_ttl(inner);
     }
-    set_macs(frame, e.mac, f.mac.0);
+    set_macs(frame, e.mac, our_mac);
     wr16(frame, 12, 0x0800);
     let total = ip.total + ov;
     let proto = match encap {
@@ -717,6 +770,7 @@ fn encapsulate(
 
 /// Rewrites addresses, ports and TTL to entry `e`'s action, with
 /// incremental checksum updates.
+#[inline(never)]
 fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
     let Some(h) = frame.get_mut(ETH..ETH + ip.total) else { return };
     let (old_src, old_dst) = (rd32(h, 12), rd32(h, 16));
@@ -756,7 +810,14 @@ fn reply(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, (ke
     let hit = f.table.find(&key, &hashed, now, &mut rec);
     account_reclaimed(f, rec);
     let Some(i) = hit else { return Verdict::NotMine };
-    let Some(&e) = f.table.get(i) else { return Verdict::NotMine };
+    reply_hit(f, now, buf, start, ip, i, fl)
+}
+
+/// A backend -> SNAT packet of the flow in entry `i` (if it is a reply entry).
+#[inline]
+pub(crate) fn reply_hit(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, i: u32, fl: Flags) -> Verdict {
+    let Forwarder { table, vips, timeouts, mac, .. } = f;
+    let Some(e) = table.get_mut(i) else { return Verdict::NotMine };
     if e.flags & F_REVERSE == 0 {
         return Verdict::NotMine;
     }
@@ -766,17 +827,21 @@ fn reply(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, (ke
     if ip.ttl <= 1 {
         return Verdict::Drop(DropReason::TtlExceeded);
     }
-    touch(f, i, now, fl);
-    account(f, &e, ip.total, false);
-    let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
-        return Verdict::Drop(DropReason::BadBuffer);
+    touch(e, timeouts, now, fl);
+    account(vips, e, ip.total, false);
+    let v = match buf.get_mut(start..start + ETH + ip.total) {
+        Some(frame) => {
+            nat(frame, ip, e);
+            set_macs(frame, e.mac, mac.0);
+            Verdict::Transmit {
+                start,
+                len: ETH + ip.total,
+            }
+        }
+        None => Verdict::Drop(DropReason::BadBuffer),
     };
-    nat(frame, ip, &e);
-    set_macs(frame, e.mac, f.mac.0);
-    Verdict::Transmit {
-        start,
-        len: ETH + ip.total,
-    }
+    sync_twin(table, i);
+    v
 }
 
 /// Answers a too-big packet with ICMP fragmentation needed, in place: the
@@ -898,7 +963,7 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
                     }
                 };
                 f.counters.icmp_errors_forwarded += 1;
-                apply(f, buf, start, ip, &e, mode, flow)
+                apply(f.mac.0, buf, start, ip, &e, mode, flow)
             }
             Mode::FullNat => {
                 let Some(&e) = hit.and_then(|i| f.table.get(i)) else {

@@ -58,6 +58,7 @@
 mod conntrack;
 mod csum;
 mod datapath;
+mod fast;
 mod neigh;
 
 #[cfg(test)]
@@ -446,6 +447,8 @@ pub struct Forwarder {
     mac: EthernetAddress,
     addrs: Vec<Ipv4Addr>,
     vip_addrs: Vec<Ipv4Addr>,
+    /// `vip_key` of each VIP, by id: what the per-packet VIP lookup scans.
+    vip_keys: Vec<u64>,
     lcore: usize,
     lcores: usize,
     /// Our ports in `local_ports`, ascending (allocated once).
@@ -458,6 +461,12 @@ pub struct Forwarder {
     vips: Vec<VipRt>,
     flow_seed: u64,
     counters: Counters,
+}
+
+/// A VIP's address, port and protocol in one word, for
+/// [`datapath::find_vip`]'s scan.
+fn vip_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
+    u64::from(u32::from(addr)) << 24 | u64::from(port) << 8 | u64::from(proto)
 }
 
 /// Lcore owning local port `port`: same rule as proxy mode's `owner_of_port`.
@@ -508,6 +517,7 @@ impl Forwarder {
             mac: EthernetAddress(config.mac),
             addrs: config.addrs.clone(),
             vip_addrs: Vec::new(),
+            vip_keys: Vec::with_capacity(config.vips.len()),
             lcore: config.lcore,
             lcores,
             ports,
@@ -543,6 +553,7 @@ impl Forwarder {
                 return Err(ForwardError::NoSnatPorts(fwd.lcore));
             }
             let set = BackendSet::build(v.backends, v.table_size)?;
+            fwd.vip_keys.push(vip_key(v.addr, v.port, v.proto.number()));
             if !fwd.vip_addrs.contains(&v.addr) {
                 fwd.vip_addrs.push(v.addr);
             }
@@ -682,11 +693,13 @@ impl Forwarder {
     /// have said of `frames[i]` (for the first `min(frames, verdicts)`
     /// frames), and the frames are rewritten the same way.
     ///
-    /// Faster than one call per frame with a large table: it parses and
-    /// hashes every frame first, asking `prefetch` for each flow's bucket
-    /// signature line, then for the entry line it points at, and only then
-    /// acts, so a burst waits for its table misses together, not one after
-    /// another. `prefetch` is a cache hint for an address (it must not
+    /// Faster than one call per frame: it parses and hashes every frame of
+    /// the plain shape first (the fast path, `fast.rs`), asking `prefetch`
+    /// for each flow's bucket signature line, then for the entry line it
+    /// points at, and only then acts, so a burst waits for its table misses
+    /// together, not one after another; an established flow's packet then
+    /// goes straight to its rewrite. Other frames, and new flows, take
+    /// [`Forwarder::process`]'s path. `prefetch` is a cache hint for an address (it must not
     /// dereference it; this crate has no unsafe code to issue one itself);
     /// a no-op hint is correct, only slower.
     pub fn process_burst<F: Frame>(
@@ -697,22 +710,30 @@ impl Forwarder {
         prefetch: impl Fn(*const u8),
     ) {
         let n = frames.len().min(verdicts.len());
+        let now = tick(now_ns);
         for (frames, verdicts) in frames[..n].chunks_mut(MAX_BURST).zip(verdicts[..n].chunks_mut(MAX_BURST)) {
-            let mut staged = [datapath::Staged::Done(Verdict::NotMine); MAX_BURST];
-            for (s, fr) in staged.iter_mut().zip(frames.iter()) {
-                *s = datapath::stage(self, fr.bytes());
-                if let Some(p) = s.hashed().and_then(|h| self.table.sig_line(h)) {
+            let mut lanes = [None; MAX_BURST];
+            for (lane, fr) in lanes.iter_mut().zip(frames.iter()) {
+                *lane = fast::stage(self, fr.bytes());
+                if let Some(p) = lane.as_ref().and_then(|l| self.table.sig_line(&l.hashed)) {
                     prefetch(p);
                 }
             }
-            for s in &mut staged[..frames.len()] {
-                if let Some(p) = s.hashed().and_then(|h| self.table.probe(h)) {
+            for lane in lanes.iter_mut().flatten() {
+                if let Some(p) = self.table.probe(&mut lane.hashed) {
                     prefetch(p);
                 }
             }
-            for ((fr, s), v) in frames.iter_mut().zip(staged).zip(verdicts.iter_mut()) {
+            for ((fr, lane), v) in frames.iter_mut().zip(&lanes).zip(verdicts.iter_mut()) {
                 let (buf, start, len) = fr.room_mut();
-                let verdict = datapath::act(self, now_ns, buf, start, len, s);
+                let hit = match lane {
+                    Some(l) => fast::act(self, now, buf, start, l),
+                    None => None,
+                };
+                let verdict = match hit {
+                    Some(v) => v,
+                    None => datapath::process(self, now_ns, buf, start, len),
+                };
                 *v = self.count(verdict);
             }
         }
