@@ -41,6 +41,7 @@ say() { printf '\n=== %s\n' "$*" >&2; }
 # ============================================================================ forward
 # scripts/bench.sh forward [--duration S] [--warmup S] [--small-flows N]
 #                          [--large-flows N] [--sizes "64 512"] [--profile] [--prefix P]
+#                          [--no-huge]
 #
 # Packets per second through the dataplane's forwarding path (DSR VIP
 # 198.18.1.2:80, three backends with configured MACs, per-lcore conntrack) on ONE
@@ -52,8 +53,14 @@ say() { printf '\n=== %s\n' "$*" >&2; }
 # replays them in a loop (one rte_ring dequeue/enqueue and one memcpy per packet);
 # with no tx_pcap/tx_iface its TX is eth_tx_drop (frees the mbufs, counts them).
 # The port's MAC is net_pcap's fixed 02:70:63:61:70:00 (first pcap port of a
-# process), checked against the dataplane's `ready:` line. --no-pci, no hugepages
-# (`--no-huge -m`, sized from the pool), unique --file-prefix per process.
+# process), checked against the dataplane's `ready:` line. --no-pci, unique
+# --file-prefix per process.
+# Memory: 2 MB hugepages, as DPDK is meant to run (both programs; every mbuf, and
+# so every pcap packet, is then within TLB reach). The script reserves what the
+# largest case's pool needs (nr_hugepages raised, and put back as it was on exit,
+# also on failure) when hugetlbfs is mounted and the kernel grants the pages;
+# otherwise, or with --no-huge, both run with `--no-huge -m` (4 KiB pages: every
+# mbuf a TLB miss) and the table says so.
 # Files: scripts/fwd_pcapgen.py writes one TCP packet per flow (64-byte frames:
 # pure ACKs; 512-byte frames: PSH+ACK with data; FCS excluded, so 60/508 bytes in
 # the file), clients 198.19.0.0/16. The first pass over the file creates the
@@ -78,6 +85,34 @@ FWD_DP_PID=""
 FWD_TP_PID=""
 FWD_WORK=""
 FWD_PREFIXES=()
+FWD_HUGE=1
+FWD_HP_SYSFS=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+FWD_HP_RESTORE=""
+
+# The memory options of each program: hugepages (files unlinked once mapped, so
+# none outlives the process), or --no-huge with MEM MiB.
+fwd_dp_memory() { if [ "$FWD_HUGE" = 1 ]; then echo 'hugepages = "on"'; else echo "hugepages = \"off\", no_huge_memory_mb = $1"; fi; }
+fwd_tp_memory() { if [ "$FWD_HUGE" = 1 ]; then echo "--huge-unlink"; else echo "--no-huge -m $1"; fi; }
+
+# fwd_reserve_hugepages MBUFS: makes sure MBUFS mbufs fit in free 2 MB hugepages
+# (2368 bytes each, as the dataplane counts them, plus 256 MiB for EAL, rings and
+# testpmd's extras); raises nr_hugepages if needed, remembering the old value.
+# Returns 1, with the reason on stderr, when it cannot.
+fwd_reserve_hugepages() {
+    local need free total got
+    need=$(( ($1 * 2368 + (256 << 20)) / (2 << 20) + 1 ))
+    [ -w "$FWD_HP_SYSFS" ] || { echo "no writable $FWD_HP_SYSFS" >&2; return 1; }
+    awk '$3 == "hugetlbfs" { f = 1 } END { exit !f }' /proc/mounts || { echo "hugetlbfs is not mounted (scripts/setup.sh mounts it)" >&2; return 1; }
+    free=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+    [ "$free" -ge "$need" ] && return 0
+    total=$(cat "$FWD_HP_SYSFS")
+    FWD_HP_RESTORE=$total
+    echo $((total + need - free)) >"$FWD_HP_SYSFS" 2>/dev/null || true
+    got=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+    [ "$got" -ge "$need" ] && return 0
+    echo "the kernel granted $got free 2 MB pages of the $need needed" >&2
+    return 1
+}
 
 fwd_cleanup() {
     local rc=$? p
@@ -86,6 +121,7 @@ fwd_cleanup() {
     [ -n "$FWD_TP_PID" ] && kill -KILL "$FWD_TP_PID" 2>/dev/null
     for p in "${FWD_PREFIXES[@]}"; do rm -rf "/var/run/dpdk/$p"; done
     [ -n "$FWD_WORK" ] && rm -rf "$FWD_WORK"
+    [ -n "$FWD_HP_RESTORE" ] && echo "$FWD_HP_RESTORE" >"$FWD_HP_SYSFS" 2>/dev/null
     [ "$rc" -eq 0 ] || echo "bench forward: FAILED (exit $rc)" >&2
 }
 
@@ -164,7 +200,7 @@ address = "198.18.0.2/24"
 lcores = "1"
 mbufs = $mbufs
 file_prefix = "$prefix"
-software = { vdev = "net_pcap0,rx_pcap=$pcap,infinite_rx=1", hugepages = "off", no_huge_memory_mb = $mem }
+software = { vdev = "net_pcap0,rx_pcap=$pcap,infinite_rx=1", $(fwd_dp_memory "$mem") }
 
 [forward]
 # Twice the largest flow count: 31-way buckets at <= 50% load spill (rarely) and never evict.
@@ -227,7 +263,8 @@ fwd_run_testpmd() {
     mkdir -p "$dir"
     FWD_PREFIXES+=("$prefix")
     # testpmd without a terminal: --stats-period, or it exits at once; stdin from /dev/null.
-    dpdk-testpmd --no-pci -l 0,1 --main-lcore 0 --file-prefix "$prefix" --no-huge -m "$mem" \
+    # shellcheck disable=SC2046
+    dpdk-testpmd --no-pci -l 0,1 --main-lcore 0 --file-prefix "$prefix" $(fwd_tp_memory "$mem") \
         --vdev="net_pcap0,rx_pcap=$pcap,infinite_rx=1" -- \
         --forward-mode=macswap --port-topology=loop --nb-cores=1 --rxq=1 --txq=1 \
         --total-num-mbufs="$mbufs" --stats-period 1 </dev/null >"$dir/testpmd.log" 2>&1 &
@@ -279,6 +316,7 @@ fwd_main() {
             --sizes) FWD_SIZES=$2; shift 2 ;;
             --profile) FWD_PROFILE=1; shift ;;
             --prefix) FWD_P=$2; shift 2 ;;
+            --no-huge) FWD_HUGE=0; shift ;;
             -h|--help) fwd_usage ;;
             *) die "unknown argument: $1" ;;
         esac
@@ -335,6 +373,11 @@ fwd_main() {
         FWD_NOTE="only $avail_mb MiB available: the large case uses $large flows instead of $FWD_LARGE"
         echo "bench forward: $FWD_NOTE" >&2
     fi
+    # Not in $(...): the old nr_hugepages must reach the EXIT trap.
+    if [ "$FWD_HUGE" = 1 ] && ! fwd_reserve_hugepages $((large + 32767)) 2>"$FWD_WORK/hugepages.err"; then
+        FWD_HUGE=0
+        echo "bench forward: no hugepages ($(cat "$FWD_WORK/hugepages.err")): both run with --no-huge" >&2
+    fi
     FWD_CONNTRACK=1024
     while [ "$FWD_CONNTRACK" -lt $((2 * large)) ] || [ "$FWD_CONNTRACK" -lt $((2 * FWD_SMALL)) ]; do FWD_CONNTRACK=$((FWD_CONNTRACK * 2)); done
 
@@ -348,7 +391,7 @@ fwd_main() {
             pcap="$FWD_WORK/$name.pcap"
             mbufs=$((flows + 32767))
             mem=$(fwd_mem_for "$flows")
-            say "$size-byte frames, $flows flows: pcap, then Fulcrum, then testpmd macswap (-m $mem, $mbufs mbufs, ${FWD_WARMUP}s warm-up, ${FWD_DURATION}s window)"
+            say "$size-byte frames, $flows flows: pcap, then Fulcrum, then testpmd macswap ($(fwd_tp_memory "$mem"), $mbufs mbufs, ${FWD_WARMUP}s warm-up, ${FWD_DURATION}s window)"
             python3 "$ROOT/scripts/fwd_pcapgen.py" --out "$pcap" --flows "$flows" \
                 --frame-len $((size - 4)) --dst-mac "$FWD_MAC" --vip 198.18.1.2 --port 80 ||
                 die "writing $pcap"
@@ -370,7 +413,7 @@ fwd_main() {
     fwd_cyc() { awk -v p="$1" -v m="$mhz" 'BEGIN { if (p == "n/a" || p + 0 == 0) print "n/a"; else printf "%.0f", m / p }'; }
     echo
     echo "Fulcrum forwarding (DSR VIP, per-lcore conntrack) vs dpdk-testpmd macswap, one forwarding lcore each"
-    echo "(CPU 1), one net_pcap port (rx_pcap, infinite_rx=1; tx dropped by the PMD), --no-pci --no-huge,"
+    echo "(CPU 1), one net_pcap port (rx_pcap, infinite_rx=1; tx dropped by the PMD), --no-pci, $([ "$FWD_HUGE" = 1 ] && echo "2 MB hugepages" || echo "--no-huge (4 KiB pages)"),"
     echo "${FWD_WARMUP}s warm-up then a ${FWD_DURATION}s window; TSC ${mhz} MHz (/proc/cpuinfo; no PMU cycle counter in this VM)."
     local fmt='%-5s %8s | %8s %8s %9s | %8s %8s %6s | %8s %8s | %6s\n'
     # shellcheck disable=SC2059

@@ -447,6 +447,7 @@ fn forwarder_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) 
         local_ports: (1024, u16::MAX),
         capacity: f.conntrack_entries,
         timeouts: Timeouts::default(),
+        table_memory_hint: dpdk::advise_huge_pages,
         mtu: f.mtu,
         neighbours: 4096,
         vips: config

@@ -21,7 +21,9 @@
 //! and only then acts: its misses overlap instead of queueing.
 //!
 //! Allocated once and written through (no page faults on the packet path),
-//! never resized; entries never move, so an entry's index is a stable
+//! then shown to the caller's memory hint (the dataplane has it collapsed
+//! into transparent huge pages: a 1M-entry table is 66 MiB, and with 4 KiB
+//! pages nearly every lookup would also miss the TLB); never resized; entries never move, so an entry's index is a stable
 //! handle (FullNAT pairs point at each other by index).
 //!
 //! # Eviction and expiry
@@ -39,6 +41,8 @@
 //! arithmetic: valid for differences up to 2^31 ticks (about 1.1 years).
 
 use std::hash::BuildHasher;
+
+use bytemuck::{Pod, Zeroable};
 
 /// Ways per bucket: a cache line of 16-bit signatures holds 31 and the
 /// bucket's spill count.
@@ -131,7 +135,7 @@ impl State {
 /// entry never refers to backend configuration that may have gone away;
 /// `backend` is only a hint for per-backend counters, checked against
 /// `new_dst`/`new_dport` before use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C, align(64))]
 pub(crate) struct Entry {
     pub src: u32,
@@ -184,7 +188,7 @@ impl Entry {
 }
 
 /// One bucket's signatures and (last) spill count: one cache line.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
 #[repr(C, align(64))]
 struct Sigs([u16; STRIDE]);
 
@@ -220,13 +224,16 @@ impl Sigs {
     }
 }
 
-/// `n` zeroed `T`s, written once here so that the packet path never takes
-/// the page faults; an allocation failure is an error, not an abort.
-fn zeroed<T: Default + Clone>(n: usize) -> Result<Box<[T]>, std::collections::TryReserveError> {
+/// `n` zeroed blocks, written once here so that the packet path never takes
+/// the page faults, then shown to `hint` as bytes. An allocation failure is
+/// an error, not an abort.
+fn zeroed(n: usize, hint: impl FnOnce(&mut [u8])) -> Result<Box<[Block]>, std::collections::TryReserveError> {
     let mut v = Vec::new();
     v.try_reserve_exact(n)?;
-    v.resize(n, T::default());
-    Ok(v.into_boxed_slice())
+    v.resize(n, Block::zeroed());
+    let mut blocks = v.into_boxed_slice();
+    hint(bytemuck::cast_slice_mut(&mut blocks[..]));
+    Ok(blocks)
 }
 
 /// What an insertion displaced, for the caller's counters.
@@ -238,7 +245,7 @@ pub(crate) struct Reclaimed {
 
 /// A bucket: its signature line, then its entries, in one 2 KiB block
 /// aligned to its size, so that a lookup touches one page (one TLB entry).
-#[derive(Clone, Default)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 #[repr(C, align(2048))]
 struct Block {
     sigs: Sigs,
@@ -258,12 +265,13 @@ pub(crate) struct Table {
 
 impl Table {
     /// Allocates at least `capacity` entries (whole buckets; at least one,
-    /// at most [`MAX_CAPACITY`] entries).
-    pub(crate) fn new(capacity: usize) -> Result<Self, std::collections::TryReserveError> {
+    /// at most [`MAX_CAPACITY`] entries); `hint` sees the memory first (see
+    /// [`zeroed`]).
+    pub(crate) fn new(capacity: usize, hint: impl FnOnce(&mut [u8])) -> Result<Self, std::collections::TryReserveError> {
         let random = std::collections::hash_map::RandomState::new();
         let buckets = capacity.clamp(WAYS, MAX_CAPACITY).div_ceil(WAYS);
         Ok(Table {
-            blocks: zeroed(buckets)?,
+            blocks: zeroed(buckets, hint)?,
             buckets: buckets as u32,
             keys: [0, 1, 2].map(|i| random.hash_one(i) | 1),
             live: 0,
@@ -565,7 +573,7 @@ mod tests {
     /// the two buckets have room.
     #[test]
     fn spill_to_second_bucket_and_back() {
-        let mut t = Table::new(2 * WAYS).unwrap();
+        let mut t = Table::new(2 * WAYS, |_| {}).unwrap();
         assert_eq!(t.capacity(), 62);
         let mut rec = Reclaimed::default();
         // 40 keys whose home is bucket 0: 9 must spill to bucket 1.

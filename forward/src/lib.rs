@@ -240,6 +240,10 @@ pub struct ForwarderConfig {
     pub capacity: usize,
     /// Connection-tracking timeouts.
     pub timeouts: Timeouts,
+    /// Shown the connection-tracking table's memory once, when it has been
+    /// allocated and zeroed: the dataplane has the kernel move it onto
+    /// transparent huge pages. `|_| {}` for none.
+    pub table_memory_hint: fn(&mut [u8]),
     /// IPv4 MTU towards backends (encapsulated packets must fit).
     pub mtu: u16,
     /// Most addresses the ARP table tracks.
@@ -522,7 +526,7 @@ impl Forwarder {
             lcores,
             ports,
             port_cursor: 0,
-            table: Table::new(config.capacity).map_err(|e| {
+            table: Table::new(config.capacity, config.table_memory_hint).map_err(|e| {
                 ForwardError::Memory {
                     entries: config.capacity,
                     bytes: config.capacity.saturating_mul(ENTRY_BYTES),

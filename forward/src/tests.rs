@@ -53,6 +53,7 @@ fn config(capacity: usize) -> ForwarderConfig {
         local_ports: (40000, 40100),
         capacity,
         timeouts: Timeouts::default(),
+        table_memory_hint: |_| {},
         mtu: 1500,
         neighbours: 64,
         vips: vec![
