@@ -2,12 +2,14 @@
 //! for the cache.
 //!
 //! # Layout
-//! Buckets of 32 cache lines (2 KiB): a line of 16-bit signatures, one
-//! per way (0 = free), and a spill count; then [`WAYS`] entries of one
-//! line each. A lookup reads the signature line, then only the entry whose
-//! signature matches (a false match costs one more line, 1 in 65535 per
-//! occupied way): two cache lines, in one page. [`BYTES_PER_ENTRY`] =
-//! 2048 / 31.
+//! Buckets of [`WAYS`] entries of one cache line each, and per bucket one
+//! line of 16-bit signatures, one per way (0 = free), and a spill count.
+//! The signature lines are an array of their own: 64 bytes per 31 entries,
+//! 4 MiB for 2M entries, so they stay in the last-level cache while the
+//! entries (the other 98 %) come from memory. A lookup reads the signature
+//! line, then only the entry whose signature matches (a false match costs
+//! one more line, 1 in 65535 per occupied way): one memory access for a
+//! hit. [`BYTES_PER_ENTRY`] = (64 + 31 x 64) / 31.
 //!
 //! A key's home is the bucket its hash picks; only when that is full does
 //! it go to a second bucket (also from the hash), and the home's spill
@@ -21,9 +23,10 @@
 //! and only then acts: its misses overlap instead of queueing.
 //!
 //! Allocated once and written through (no page faults on the packet path),
-//! then shown to the caller's memory hint (the dataplane has it collapsed
-//! into transparent huge pages: a 1M-entry table is 66 MiB, and with 4 KiB
-//! pages nearly every lookup would also miss the TLB); never resized; entries never move, so an entry's index is a stable
+//! then shown to the caller's memory hint (the dataplane has both arrays
+//! collapsed into transparent huge pages: a 1M-entry table is 66 MiB, and
+//! with 4 KiB pages nearly every lookup would also miss the TLB, twice);
+//! never resized; entries never move, so an entry's index is a stable
 //! handle (FullNAT pairs point at each other by index).
 //!
 //! # Eviction and expiry
@@ -48,12 +51,12 @@ use bytemuck::{Pod, Zeroable};
 /// bucket's spill count.
 pub(crate) const WAYS: usize = 31;
 
-/// Entry indexes per bucket (one more than the ways: index arithmetic by
-/// shift; the first of a bucket's 32 lines holds its signatures).
+/// Entry indexes per bucket (one more than the ways, so that index
+/// arithmetic is a shift; index 31 of a bucket names no entry).
 const STRIDE: usize = 32;
 
 /// Memory per entry: a bucket's 32 lines over its 31 entries.
-pub(crate) const BYTES_PER_ENTRY: usize = std::mem::size_of::<Block>() / WAYS;
+pub(crate) const BYTES_PER_ENTRY: usize = (std::mem::size_of::<Sigs>() + std::mem::size_of::<Ways>()) / WAYS;
 
 /// Most entries a table may have (indexes are `u32`, `u32::MAX` is `NO_TWIN`).
 pub(crate) const MAX_CAPACITY: usize = 1 << 31;
@@ -115,6 +118,7 @@ pub(crate) enum State {
 }
 
 impl State {
+    #[inline]
     pub(crate) fn from_u8(v: u8) -> State {
         match v {
             1 => State::SynSent,
@@ -176,9 +180,13 @@ impl Entry {
         }
     }
 
+    /// Two word compares (the key's fields are adjacent in both).
     #[inline]
     fn key_is(&self, k: &Key) -> bool {
-        self.src == k.src && self.dst == k.dst && self.sport == k.sport && self.dport == k.dport && self.proto == k.proto
+        let words = |src: u32, dst: u32, sport: u16, dport: u16, proto: u8| {
+            (u64::from(src) | u64::from(dst) << 32, u64::from(sport) | u64::from(dport) << 16 | u64::from(proto) << 32)
+        };
+        words(self.src, self.dst, self.sport, self.dport, self.proto) == words(k.src, k.dst, k.sport, k.dport, k.proto)
     }
 
     #[inline]
@@ -194,6 +202,7 @@ struct Sigs([u16; STRIDE]);
 
 impl Sigs {
     /// Keys whose home is this bucket but which are stored in their second.
+    #[inline]
     fn spilled(&self) -> u16 {
         self.0[WAYS]
     }
@@ -224,16 +233,16 @@ impl Sigs {
     }
 }
 
-/// `n` zeroed blocks, written once here so that the packet path never takes
+/// `n` zeroed `T`s, written once here so that the packet path never takes
 /// the page faults, then shown to `hint` as bytes. An allocation failure is
 /// an error, not an abort.
-fn zeroed(n: usize, hint: impl FnOnce(&mut [u8])) -> Result<Box<[Block]>, std::collections::TryReserveError> {
+fn zeroed<T: Pod>(n: usize, hint: impl FnOnce(&mut [u8])) -> Result<Box<[T]>, std::collections::TryReserveError> {
     let mut v = Vec::new();
     v.try_reserve_exact(n)?;
-    v.resize(n, Block::zeroed());
-    let mut blocks = v.into_boxed_slice();
-    hint(bytemuck::cast_slice_mut(&mut blocks[..]));
-    Ok(blocks)
+    v.resize(n, T::zeroed());
+    let mut all = v.into_boxed_slice();
+    hint(bytemuck::cast_slice_mut(&mut all[..]));
+    Ok(all)
 }
 
 /// What an insertion displaced, for the caller's counters.
@@ -243,17 +252,15 @@ pub(crate) struct Reclaimed {
     pub expired: u64,
 }
 
-/// A bucket: its signature line, then its entries, in one 2 KiB block
-/// aligned to its size, so that a lookup touches one page (one TLB entry).
+/// A bucket's entries.
 #[derive(Clone, Copy, Pod, Zeroable)]
-#[repr(C, align(2048))]
-struct Block {
-    sigs: Sigs,
-    entries: [Entry; WAYS],
-}
+#[repr(transparent)]
+struct Ways([Entry; WAYS]);
 
 pub(crate) struct Table {
-    blocks: Box<[Block]>,
+    /// Each bucket's signature line, then each bucket's entries.
+    sigs: Box<[Sigs]>,
+    ways: Box<[Ways]>,
     /// Bucket count.
     buckets: u32,
     /// Per-process random keys of the hash: table positions cannot be
@@ -267,11 +274,12 @@ impl Table {
     /// Allocates at least `capacity` entries (whole buckets; at least one,
     /// at most [`MAX_CAPACITY`] entries); `hint` sees the memory first (see
     /// [`zeroed`]).
-    pub(crate) fn new(capacity: usize, hint: impl FnOnce(&mut [u8])) -> Result<Self, std::collections::TryReserveError> {
+    pub(crate) fn new(capacity: usize, mut hint: impl FnMut(&mut [u8])) -> Result<Self, std::collections::TryReserveError> {
         let random = std::collections::hash_map::RandomState::new();
         let buckets = capacity.clamp(WAYS, MAX_CAPACITY).div_ceil(WAYS);
         Ok(Table {
-            blocks: zeroed(buckets, hint)?,
+            sigs: zeroed(buckets, &mut hint)?,
+            ways: zeroed(buckets, &mut hint)?,
             buckets: buckets as u32,
             keys: [0, 1, 2].map(|i| random.hash_one(i) | 1),
             live: 0,
@@ -280,7 +288,7 @@ impl Table {
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.blocks.len() * WAYS
+        self.ways.len() * WAYS
     }
 
     /// Entries in use, expired ones not yet reclaimed included.
@@ -355,24 +363,33 @@ impl Table {
         Some(i as u32)
     }
 
-    /// Index of the live entry for `k`, with no side effects: an expired
-    /// match is left for [`Table::find`] to free.
-    #[inline]
-    pub(crate) fn lookup(&self, k: &Key, h: &Hashed, now: u32) -> Option<u32> {
-        let i = self.position(k, h)?;
-        self.entry(i).filter(|e| !e.expired(now)).map(|_| i as u32)
+    /// The entry [`Table::probe`] found, if it still holds `k` and is live;
+    /// no side effects (anything else, e.g. a key in its second bucket or an
+    /// expired entry, is for [`Table::find`]).
+    #[inline(always)]
+    pub(crate) fn probed(&self, k: &Key, h: &Hashed, now: u32) -> Option<u32> {
+        let i = h.probed?;
+        let (b, w) = (i as usize / STRIDE, i as usize % STRIDE);
+        let live = self.sigs.get(b)?.0[w] == h.sig && self.ways.get(b)?.0.get(w).is_some_and(|e| e.key_is(k) && !e.expired(now));
+        live.then_some(i)
     }
 
     /// Where `k` is stored, live or expired: the probed entry if it still
     /// holds `k`, else a scan of the home bucket, and of the second one if
     /// the home has spilled.
-    #[inline]
+    #[inline(always)]
     fn position(&self, k: &Key, h: &Hashed) -> Option<usize> {
         if let Some(i) = h.probed {
             if self.sig(i as usize) == h.sig && self.entry(i as usize).is_some_and(|e| e.key_is(k)) {
                 return Some(i as usize);
             }
         }
+        self.scan(k, h)
+    }
+
+    /// [`Table::position`] without (or past a stale) probe.
+    #[inline(never)]
+    fn scan(&self, k: &Key, h: &Hashed) -> Option<usize> {
         let home = self.sigs(h.bucket as usize)?;
         let scan = |b: u32, s: &Sigs| {
             let mut from = 0;
@@ -393,26 +410,29 @@ impl Table {
         })
     }
 
+    #[inline]
     fn sigs(&self, b: usize) -> Option<&Sigs> {
-        self.blocks.get(b).map(|b| &b.sigs)
+        self.sigs.get(b)
     }
 
+    #[inline]
     fn sigs_mut(&mut self, b: usize) -> Option<&mut Sigs> {
-        self.blocks.get_mut(b).map(|b| &mut b.sigs)
+        self.sigs.get_mut(b)
     }
 
     /// Entry `i` (bucket `i / STRIDE`, way `i % STRIDE`).
     #[inline]
     fn entry(&self, i: usize) -> Option<&Entry> {
-        self.blocks.get(i / STRIDE)?.entries.get(i % STRIDE)
+        self.ways.get(i / STRIDE)?.0.get(i % STRIDE)
     }
 
     #[inline]
     fn entry_mut(&mut self, i: usize) -> Option<&mut Entry> {
-        self.blocks.get_mut(i / STRIDE)?.entries.get_mut(i % STRIDE)
+        self.ways.get_mut(i / STRIDE)?.0.get_mut(i % STRIDE)
     }
 
     /// Entry `i`'s signature (0: free, or not an entry).
+    #[inline]
     fn sig(&self, i: usize) -> u16 {
         let (b, w) = (i / STRIDE, i % STRIDE);
         if w < WAYS {
@@ -502,7 +522,7 @@ impl Table {
             let base = h.bucket as usize * STRIDE;
             let mut expired = None;
             let mut victim: Option<(usize, i32)> = None;
-            for (i, e) in (base..).zip(self.blocks.get(h.bucket as usize).map_or(&[][..], |b| &b.entries[..])) {
+            for (i, e) in (base..).zip(self.ways.get(h.bucket as usize).map_or(&[][..], |b| &b.0[..])) {
                 if i as u32 == protect {
                     continue;
                 }
@@ -536,7 +556,7 @@ impl Table {
 
     /// Frees expired entries among the next `budget` ways; returns how many.
     pub(crate) fn sweep(&mut self, now: u32, budget: usize) -> u64 {
-        let n = self.blocks.len() * STRIDE;
+        let n = self.ways.len() * STRIDE;
         let mut freed = 0;
         for _ in 0..budget.min(n) {
             let i = self.sweep_cursor;
@@ -581,7 +601,7 @@ mod tests {
         assert_eq!(keys.len(), 40);
         let idx: Vec<u32> = keys.iter().map(|&i| t.insert(entry(i), 0, NO_TWIN, &mut rec)).collect();
         assert_eq!((rec.evicted, rec.expired, t.live()), (0, 0, 40));
-        assert_eq!((t.blocks[0].sigs.spilled(), t.blocks[1].sigs.spilled()), (9, 0));
+        assert_eq!((t.sigs[0].spilled(), t.sigs[1].spilled()), (9, 0));
         assert_eq!(idx.iter().filter(|&&i| i as usize >= STRIDE).count(), 9);
         for (&key, &at) in keys.iter().zip(&idx) {
             let k = entry(key).key();
@@ -591,7 +611,7 @@ mod tests {
             t.remove(at);
         }
         assert_eq!(t.live(), 0);
-        assert_eq!(t.blocks.iter().map(|b| b.sigs.spilled()).sum::<u16>(), 0);
+        assert_eq!(t.sigs.iter().map(|s| s.spilled()).sum::<u16>(), 0);
         // Full table: the next key evicts one of its home bucket's ways.
         for i in 0..62 {
             t.insert(entry(100 + i), 0, NO_TWIN, &mut rec);

@@ -31,28 +31,36 @@ pub(crate) struct Ip {
     pub ttl: u8,
 }
 
-/// TCP flags that drive the tracking state (all false for UDP).
+/// TCP flags that drive the tracking state (none for UDP): the header's
+/// flags byte as it is.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Flags {
-    syn: bool,
-    ack: bool,
-    fin: bool,
-    rst: bool,
-}
+pub(crate) struct Flags(u8);
 
 impl Flags {
     /// From the TCP header's flags byte.
     #[inline]
     pub(crate) fn tcp(byte: u8) -> Flags {
-        Flags {
-            fin: byte & 0x01 != 0,
-            syn: byte & 0x02 != 0,
-            rst: byte & 0x04 != 0,
-            ack: byte & 0x10 != 0,
-        }
+        Flags(byte)
+    }
+    #[inline]
+    fn fin(self) -> bool {
+        self.0 & 0x01 != 0
+    }
+    #[inline]
+    fn syn(self) -> bool {
+        self.0 & 0x02 != 0
+    }
+    #[inline]
+    fn rst(self) -> bool {
+        self.0 & 0x04 != 0
+    }
+    #[inline]
+    fn ack(self) -> bool {
+        self.0 & 0x10 != 0
     }
 }
 
+#[inline]
 fn rd16(b: &[u8], at: usize) -> u16 {
     match b.get(at..at + 2) {
         Some(s) => u16::from_be_bytes([s[0], s[1]]),
@@ -60,6 +68,7 @@ fn rd16(b: &[u8], at: usize) -> u16 {
     }
 }
 
+#[inline]
 fn rd32(b: &[u8], at: usize) -> u32 {
     match b.get(at..at + 4) {
         Some(s) => u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
@@ -67,18 +76,21 @@ fn rd32(b: &[u8], at: usize) -> u32 {
     }
 }
 
+#[inline]
 fn wr16(b: &mut [u8], at: usize, v: u16) {
     if let Some(s) = b.get_mut(at..at + 2) {
         s.copy_from_slice(&v.to_be_bytes());
     }
 }
 
+#[inline]
 fn wr32(b: &mut [u8], at: usize, v: u32) {
     if let Some(s) = b.get_mut(at..at + 4) {
         s.copy_from_slice(&v.to_be_bytes());
     }
 }
 
+#[inline]
 fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
     if let Some(h) = frame.get_mut(..12) {
         h[..6].copy_from_slice(&dst);
@@ -365,25 +377,26 @@ fn timeout(f: &Forwarder, s: State) -> u32 {
 fn initial_state(proto: u8, fl: Flags) -> State {
     if proto != TCP {
         State::Udp
-    } else if fl.rst {
+    } else if fl.rst() {
         State::Closed
-    } else if fl.fin {
+    } else if fl.fin() {
         State::Closing
-    } else if fl.syn && !fl.ack {
+    } else if fl.syn() && !fl.ack() {
         State::SynSent
     } else {
         State::Established
     }
 }
 
+#[inline]
 fn next_state(s: State, fl: Flags) -> State {
     match s {
         State::Udp => State::Udp,
-        _ if fl.rst => State::Closed,
-        _ if fl.fin => State::Closing,
+        _ if fl.rst() => State::Closed,
+        _ if fl.fin() => State::Closing,
         // A new SYN on a closed tuple: the port is being reused.
-        State::Closing | State::Closed if fl.syn && !fl.ack => State::SynSent,
-        State::SynSent if fl.ack && !fl.syn => State::Established,
+        State::Closing | State::Closed if fl.syn() && !fl.ack() => State::SynSent,
+        State::SynSent if fl.ack() && !fl.syn() => State::Established,
         s => s,
     }
 }
@@ -397,10 +410,9 @@ fn touch(e: &mut Entry, timeouts: &[u32; 6], now: u32, fl: Flags) {
     e.deadline = now.wrapping_add(timeouts.get(s as usize).copied().unwrap_or(1));
 }
 
-/// Copies entry `i`'s state and deadline to its twin, if it has one.
+/// Gives entry `e`'s twin (if it has one) `e`'s state and deadline.
 #[inline]
-fn sync_twin(table: &mut Table, i: u32) {
-    let Some(&Entry { twin, state, deadline, .. }) = table.get(i) else { return };
+fn sync_twin(table: &mut Table, &Entry { twin, state, deadline, .. }: &Entry) {
     if twin != NO_TWIN {
         if let Some(t) = table.get_mut(twin) {
             t.state = state;
@@ -409,6 +421,7 @@ fn sync_twin(table: &mut Table, i: u32) {
     }
 }
 
+#[inline]
 fn account_reclaimed(f: &mut Forwarder, rec: Reclaimed) {
     f.counters.evictions += rec.evicted;
     f.counters.expired += rec.expired;
@@ -555,7 +568,8 @@ pub(crate) fn deliver(
     account(vips, e, ip.total, fl.is_none());
     let v = apply(mac.0, buf, start, ip, e, mode, key);
     if fl.is_some() {
-        sync_twin(table, idx);
+        let e = *e;
+        sync_twin(table, &e);
     }
     v
 }
@@ -572,7 +586,7 @@ fn create(
     key: Key,
     fl: Flags,
 ) -> Result<u32, DropReason> {
-    let is_syn = fl.syn && !fl.ack;
+    let is_syn = fl.syn() && !fl.ack();
     if mode == Mode::FullNat && key.proto == TCP && !is_syn {
         return Err(DropReason::NoSyn);
     }
@@ -829,6 +843,7 @@ pub(crate) fn reply_hit(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usiz
     }
     touch(e, timeouts, now, fl);
     account(vips, e, ip.total, false);
+    let synced = *e;
     let v = match buf.get_mut(start..start + ETH + ip.total) {
         Some(frame) => {
             nat(frame, ip, e);
@@ -840,7 +855,7 @@ pub(crate) fn reply_hit(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usiz
         }
         None => Verdict::Drop(DropReason::BadBuffer),
     };
-    sync_twin(table, i);
+    sync_twin(table, &synced);
     v
 }
 

@@ -8,8 +8,8 @@
 //! the general path's own per-flow steps (`refuse`, `deliver`,
 //! `reply_hit`), skipping its general parse and staging.
 //!
-//! Anything else, another shape, a miss (a new flow) or an expired entry,
-//! is `None`, and the general path (`datapath::process`) handles the frame
+//! Anything else, another shape, a miss (a new flow), an expired entry or
+//! one the probe did not point at (a spilled key), is `None`, and the general path (`datapath::process`) handles the frame
 //! from scratch: it stays the one definition of behaviour. The fast path
 //! therefore only takes frames the general path would treat the same way,
 //! and before acting it changes nothing (the lookup has no side effects);
@@ -55,7 +55,7 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
     let total = u16::from_be_bytes([h[16], h[17]]);
     let payload = usize::from(total).checked_sub(20)?;
     // Frame shorter than its IPv4 length; MF set or an offset (a fragment).
-    if ETH + usize::from(total) > frame.len() || h[20] & 0x3f != 0 || h[21] != 0 {
+    if ETH + usize::from(total) > frame.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
         return None;
     }
     let ip = h[ETH..].first_chunk::<20>()?;
@@ -65,7 +65,8 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
     // 0/8, loopback, multicast and above: perhaps martian, the general path decides.
-    if matches!(src >> 24, 0 | 127 | 224..) {
+    let first = src >> 24;
+    if first == 0 || first == 127 || first >= 224 {
         return None;
     }
     let l4 = &h[ETH + 20..];
@@ -109,7 +110,7 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
 /// looked at, unchanged.
 #[inline(always)]
 pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane) -> Option<Verdict> {
-    let i = f.table.lookup(&lane.key, &lane.hashed, now)?;
+    let i = f.table.probed(&lane.key, &lane.hashed, now)?;
     let ip = Ip {
         ihl: 20,
         total: usize::from(lane.total),

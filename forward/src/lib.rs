@@ -469,6 +469,7 @@ pub struct Forwarder {
 
 /// A VIP's address, port and protocol in one word, for
 /// [`datapath::find_vip`]'s scan.
+#[inline]
 fn vip_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
     u64::from(u32::from(addr)) << 24 | u64::from(port) << 8 | u64::from(proto)
 }
@@ -743,6 +744,7 @@ impl Forwarder {
         }
     }
 
+    #[inline]
     fn count(&mut self, v: Verdict) -> Verdict {
         match v {
             Verdict::Transmit { .. } => self.counters.transmitted += 1,
