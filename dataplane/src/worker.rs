@@ -273,7 +273,7 @@ impl Worker<'_> {
             match v {
                 FwdVerdict::NotMine => self.dispatch(m, now_ns, from_ring),
                 FwdVerdict::Transmit { start, len } => {
-                    if m.set_frame(start, len) {
+                    if m.set_frame(start as usize, len as usize) {
                         self.tx.push(m);
                     } else {
                         self.counters.drop_local(LocalDrop::ForwardBadFrame, 1);

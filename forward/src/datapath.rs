@@ -360,7 +360,7 @@ pub(crate) fn act(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, 
 }
 
 pub(crate) fn process(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize) -> Verdict {
-    let Some(end) = start.checked_add(len) else {
+    let Some(end) = start.checked_add(len).filter(|_| buf.len() <= u32::MAX as usize) else {
         return Verdict::Drop(DropReason::BadBuffer);
     };
     let Some(frame) = buf.get(start..end) else {
@@ -674,8 +674,8 @@ fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mod
             };
             set_macs(frame, e.mac, our_mac);
             Verdict::Transmit {
-                start,
-                len: ETH + ip.total,
+                start: start as u32,
+                len: (ETH + ip.total) as u32,
             }
         }
         Mode::Tunnel {
@@ -690,8 +690,8 @@ fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mod
             nat(frame, ip, e);
             set_macs(frame, e.mac, our_mac);
             Verdict::Transmit {
-                start,
-                len: ETH + ip.total,
+                start: start as u32,
+                len: (ETH + ip.total) as u32,
             }
         }
     }
@@ -777,8 +777,8 @@ fn encapsulate(
         wr16(u, 6, 0);
     }
     Verdict::Transmit {
-        start: ns,
-        len: ETH + total,
+        start: ns as u32,
+        len: (ETH + total) as u32,
     }
 }
 
@@ -849,8 +849,8 @@ pub(crate) fn reply_hit(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usiz
             nat(frame, ip, e);
             set_macs(frame, e.mac, mac.0);
             Verdict::Transmit {
-                start,
-                len: ETH + ip.total,
+                start: start as u32,
+                len: (ETH + ip.total) as u32,
             }
         }
         None => Verdict::Drop(DropReason::BadBuffer),
@@ -887,7 +887,7 @@ fn too_big(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, mtu: u16) -
     let c = checksum(m);
     wr16(m, 2, c);
     f.counters.icmp_too_big_sent += 1;
-    Verdict::Transmit { start, len }
+    Verdict::Transmit { start: start as u32, len: len as u32 }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -913,7 +913,7 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
         return match fulcrum_packet::respond(frame, &local) {
             fulcrum_packet::Verdict::Reply { len } => {
                 f.counters.echo_replies += 1;
-                Verdict::Transmit { start, len }
+                Verdict::Transmit { start: start as u32, len: len as u32 }
             }
             fulcrum_packet::Verdict::Drop(fulcrum_packet::DropReason::IcmpBadChecksum) => {
                 Verdict::Drop(DropReason::IcmpBadChecksum)
@@ -1079,8 +1079,8 @@ fn translate_icmp(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, q: &Quot
     }
     set_macs(frame, t.mac, f.mac.0);
     Verdict::Transmit {
-        start,
-        len: ETH + ip.total,
+        start: start as u32,
+        len: (ETH + ip.total) as u32,
     }
 }
 

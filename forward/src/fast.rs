@@ -110,6 +110,9 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
 /// looked at, unchanged.
 #[inline(always)]
 pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane) -> Option<Verdict> {
+    if buf.len() > u32::MAX as usize {
+        return None;
+    }
     let i = f.table.probed(&lane.key, &lane.hashed, now)?;
     let ip = Ip {
         ihl: 20,

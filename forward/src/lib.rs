@@ -341,12 +341,14 @@ fulcrum_packet::drop_reasons! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Send `buf[start..start + len]` out of the port it came in on (may
-    /// differ from the input's start and length).
+    /// differ from the input's start and length). `u32`s (buffers beyond
+    /// 4 GiB are refused as [`DropReason::BadBuffer`]), so that a verdict
+    /// travels in registers, not through memory.
     Transmit {
         /// New start of the frame in the buffer.
-        start: usize,
+        start: u32,
         /// New length.
-        len: usize,
+        len: u32,
     },
     /// Free it; counted under the reason.
     Drop(DropReason),

@@ -79,7 +79,7 @@ fn run(f: &mut Forwarder, now: u64, frame: &[u8]) -> (Verdict, Vec<u8>) {
     buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
     let v = f.process(now, &mut buf, HEADROOM, frame.len());
     match v {
-        Verdict::Transmit { start, len } => (v, buf[start..start + len].to_vec()),
+        Verdict::Transmit { start, len } => (v, buf[start as usize..(start + len) as usize].to_vec()),
         _ => {
             assert_eq!(&buf[HEADROOM..HEADROOM + frame.len()], frame, "dropped frame modified");
             (v, buf[HEADROOM..HEADROOM + frame.len()].to_vec())
@@ -183,7 +183,7 @@ fn dsr_leaves_ttl_and_options_alone() {
 fn ipip_encapsulation() {
     let mut f = fwd();
     let (v, out) = run(&mut f, 0, &IPIP_SYN);
-    assert_eq!(v, Verdict::Transmit { start: HEADROOM - 20, len: IPIP_SYN_OUT.len() });
+    assert_eq!(v, Verdict::Transmit { start: HEADROOM as u32 - 20, len: IPIP_SYN_OUT.len() as u32 });
     assert_eq!(hex(&out), hex(&IPIP_SYN_OUT));
     verify(&out);
 }
@@ -192,7 +192,7 @@ fn ipip_encapsulation() {
 fn gue_encapsulation() {
     let mut f = fwd();
     let (v, out) = run(&mut f, 0, &GUE_SYN);
-    assert_eq!(v, Verdict::Transmit { start: HEADROOM - 28, len: GUE_SYN_OUT.len() });
+    assert_eq!(v, Verdict::Transmit { start: HEADROOM as u32 - 28, len: GUE_SYN_OUT.len() as u32 });
     assert_eq!(hex(&out), hex(&GUE_SYN_OUT));
     verify(&out);
 }
@@ -382,7 +382,7 @@ fn truncation_and_corruption_sweep_never_panics() {
         }
         for len in 0..input.len() {
             let (v, _) = run(&mut f, 0, &input[..len]);
-            assert!(!matches!(v, Verdict::Transmit { len: l, .. } if l > len + MAX_ENCAP_OVERHEAD));
+            assert!(!matches!(v, Verdict::Transmit { len: l, .. } if l as usize > len + MAX_ENCAP_OVERHEAD));
             n += 1;
         }
         for i in 0..input.len() {
@@ -715,7 +715,7 @@ fn burst_equals_one_at_a_time() {
             for ((fr, v), (wv, wout)) in batch.iter().zip(&verdicts).zip(&want) {
                 assert_eq!(v, wv, "burst {burst}");
                 let out = match *v {
-                    Verdict::Transmit { start, len } => &fr.buf[start..start + len],
+                    Verdict::Transmit { start, len } => &fr.buf[start as usize..(start + len) as usize],
                     _ => fr.bytes(),
                 };
                 assert_eq!(hex(out), hex(wout), "burst {burst}");
