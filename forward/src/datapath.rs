@@ -512,7 +512,7 @@ fn forward(
             Err(r) => return Verdict::Drop(r),
         },
     };
-    deliver(f, now, buf, start, ip, idx, mode, key, fl)
+    deliver(f, now, buf, start, ip, idx, mode, key, fl).unwrap_or(Verdict::Drop(DropReason::NoBackend))
 }
 
 /// What the VIP's mode does instead of forwarding, decided before any
@@ -546,7 +546,7 @@ pub(crate) fn refuse(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, m
 
 /// A client -> VIP packet of the flow in entry `idx`: its state (`fl`, the
 /// packet's flags; `None` for the packet that just created the flow),
-/// counters and rewrite.
+/// counters and rewrite. `None` if there is no entry `idx`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn deliver(
@@ -559,9 +559,9 @@ pub(crate) fn deliver(
     mode: Mode,
     key: Key,
     fl: Option<Flags>,
-) -> Verdict {
+) -> Option<Verdict> {
     let Forwarder { table, vips, timeouts, mac, .. } = f;
-    let Some(e) = table.get_mut(idx) else { return Verdict::Drop(DropReason::NoBackend) };
+    let e = table.get_mut(idx)?;
     if let Some(fl) = fl {
         touch(e, timeouts, now, fl);
     }
@@ -571,7 +571,7 @@ pub(crate) fn deliver(
         let e = *e;
         sync_twin(table, &e);
     }
-    v
+    Some(v)
 }
 
 #[allow(clippy::too_many_arguments)]

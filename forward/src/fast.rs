@@ -130,5 +130,5 @@ pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lan
     if let Some(v) = refuse(f, buf, start, &ip, mode) {
         return Some(v);
     }
-    Some(deliver(f, now, buf, start, &ip, i, mode, lane.key, Some(fl)))
+    deliver(f, now, buf, start, &ip, i, mode, lane.key, Some(fl))
 }
