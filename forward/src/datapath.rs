@@ -36,6 +36,11 @@ pub(crate) struct Ip {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Flags(u8);
 
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const ACK: u8 = 0x10;
+
 impl Flags {
     /// From the TCP header's flags byte.
     #[inline]
@@ -43,20 +48,8 @@ impl Flags {
         Flags(byte)
     }
     #[inline]
-    fn fin(self) -> bool {
-        self.0 & 0x01 != 0
-    }
-    #[inline]
-    fn syn(self) -> bool {
-        self.0 & 0x02 != 0
-    }
-    #[inline]
-    fn rst(self) -> bool {
-        self.0 & 0x04 != 0
-    }
-    #[inline]
-    fn ack(self) -> bool {
-        self.0 & 0x10 != 0
+    fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
     }
 }
 
@@ -377,11 +370,11 @@ fn timeout(f: &Forwarder, s: State) -> u32 {
 fn initial_state(proto: u8, fl: Flags) -> State {
     if proto != TCP {
         State::Udp
-    } else if fl.rst() {
+    } else if fl.has(RST) {
         State::Closed
-    } else if fl.fin() {
+    } else if fl.has(FIN) {
         State::Closing
-    } else if fl.syn() && !fl.ack() {
+    } else if fl.has(SYN) && !fl.has(ACK) {
         State::SynSent
     } else {
         State::Established
@@ -392,11 +385,11 @@ fn initial_state(proto: u8, fl: Flags) -> State {
 fn next_state(s: State, fl: Flags) -> State {
     match s {
         State::Udp => State::Udp,
-        _ if fl.rst() => State::Closed,
-        _ if fl.fin() => State::Closing,
+        _ if fl.has(RST) => State::Closed,
+        _ if fl.has(FIN) => State::Closing,
         // A new SYN on a closed tuple: the port is being reused.
-        State::Closing | State::Closed if fl.syn() && !fl.ack() => State::SynSent,
-        State::SynSent if fl.ack() && !fl.syn() => State::Established,
+        State::Closing | State::Closed if fl.has(SYN) && !fl.has(ACK) => State::SynSent,
+        State::SynSent if fl.has(ACK) && !fl.has(SYN) => State::Established,
         s => s,
     }
 }
@@ -586,7 +579,7 @@ fn create(
     key: Key,
     fl: Flags,
 ) -> Result<u32, DropReason> {
-    let is_syn = fl.syn() && !fl.ack();
+    let is_syn = fl.has(SYN) && !fl.has(ACK);
     if mode == Mode::FullNat && key.proto == TCP && !is_syn {
         return Err(DropReason::NoSyn);
     }
