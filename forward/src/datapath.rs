@@ -675,7 +675,7 @@ fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mod
             encap,
             src_prefix,
             src_prefix_len,
-        } => tunnel(our_mac, buf, start, ip, e, encap, (src_prefix, src_prefix_len), client),
+        } => encapsulate(our_mac, buf, start, ip, e, encap, (src_prefix, src_prefix_len), client),
         Mode::FullNat => {
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
                 return Verdict::Drop(DropReason::BadBuffer);
@@ -690,11 +690,20 @@ fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mod
     }
 }
 
+/// Decrements the TTL of the IPv4 header at `ip` (caller checked TTL > 1).
+fn dec_ttl(ip: &mut [u8]) {
+    let old = rd16(ip, 8);
+    let new = old.wrapping_sub(0x0100);
+    wr16(ip, 8, new);
+    let c = update16(rd16(ip, 10), old, new);
+    wr16(ip, 10, c);
+}
+
 /// Encapsulates towards entry `e`'s backend, the outer source drawn from
 /// the VIP's source prefix with the client flow's entropy.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn tunnel(
+fn encapsulate(
     our_mac: [u8; 6],
     buf: &mut [u8],
     start: usize,
@@ -707,29 +716,6 @@ fn tunnel(
     let entropy = tunnel_entropy(Ipv4Addr::from(client.src), client.sport);
     let mask = if src_prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(src_prefix_len.min(32))) };
     let outer_src = (u32::from(src_prefix) & mask) | (entropy & !mask);
-    encapsulate(our_mac, buf, start, ip, e, encap, outer_src, entropy)
-}
-
-/// Decrements the TTL of the IPv4 header at `ip` (caller checked TTL > 1).
-fn dec_ttl(ip: &mut [u8]) {
-    let old = rd16(ip, 8);
-    let new = old.wrapping_sub(0x0100);
-    wr16(ip, 8, new);
-    let c = update16(rd16(ip, 10), old, new);
-    wr16(ip, 10, c);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn encapsulate(
-    our_mac: [u8; 6],
-    buf: &mut [u8],
-    start: usize,
-    ip: &Ip,
-    e: &Entry,
-    encap: Encap,
-    outer_src: u32,
-    entropy: u32,
-) -> Verdict {
     let ov = overhead(encap);
     let Some(ns) = start.checked_sub(ov) else { return Verdict::Drop(DropReason::NoHeadroom) };
     let end = start + ETH + ip.total;
