@@ -368,10 +368,17 @@ impl Table {
     /// expired entry, is for [`Table::find`]).
     #[inline(always)]
     pub(crate) fn probed(&self, k: &Key, h: &Hashed, now: u32) -> Option<u32> {
-        let i = h.probed?;
-        let (b, w) = (i as usize / STRIDE, i as usize % STRIDE);
-        let live = self.sigs.get(b)?.0[w] == h.sig && self.ways.get(b)?.0.get(w).is_some_and(|e| e.key_is(k) && !e.expired(now));
-        live.then_some(i)
+        self.at_probe(k, h).filter(|(_, e)| !e.expired(now)).map(|(i, _)| i as u32)
+    }
+
+    /// The entry [`Table::probe`] noted, if it still holds `k` (the table
+    /// may have changed since), live or expired.
+    #[inline(always)]
+    fn at_probe(&self, k: &Key, h: &Hashed) -> Option<(usize, &Entry)> {
+        let i = h.probed? as usize;
+        let (b, w) = (i / STRIDE, i % STRIDE);
+        let e = self.ways.get(b)?.0.get(w)?;
+        (self.sigs.get(b)?.0[w] == h.sig && e.key_is(k)).then_some((i, e))
     }
 
     /// Where `k` is stored, live or expired: the probed entry if it still
@@ -379,12 +386,10 @@ impl Table {
     /// the home has spilled.
     #[inline(always)]
     fn position(&self, k: &Key, h: &Hashed) -> Option<usize> {
-        if let Some(i) = h.probed {
-            if self.sig(i as usize) == h.sig && self.entry(i as usize).is_some_and(|e| e.key_is(k)) {
-                return Some(i as usize);
-            }
+        match self.at_probe(k, h) {
+            Some((i, _)) => Some(i),
+            None => self.scan(k, h),
         }
-        self.scan(k, h)
     }
 
     /// [`Table::position`] without (or past a stale) probe.

@@ -10,9 +10,9 @@ use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, Table, F_REVE
 use crate::csum::{checksum, checksum20, update16, update32};
 use crate::{owner_of_flow, owner_of_port, tunnel_entropy, vip_key, Affinity, DropReason, Encap, Forwarder, Mode, Verdict, VipRt};
 
-const ETH: usize = 14;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+pub(crate) const ETH: usize = 14;
+pub(crate) const TCP: u8 = 6;
+pub(crate) const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const ICMP_DST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
@@ -264,10 +264,10 @@ pub(crate) fn owner(f: &Forwarder, frame: &[u8]) -> Option<usize> {
     }
 }
 
-/// What a read-only first look at a frame found: a burst stages every frame
-/// (and prefetches the table lines a flow needs) before acting on any.
+/// What a read-only first look at a frame found, so that every drop is
+/// decided before the first byte is written (see the module docs).
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Staged {
+enum Staged {
     /// Decided without the table.
     Done(Verdict),
     /// TCP/UDP to a forwarding VIP (`vip`), or to an own address (`None`:
@@ -285,7 +285,7 @@ pub(crate) enum Staged {
 
 /// Parses and validates `frame` (everything that does not need the table).
 #[inline]
-pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
+fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
     let ip = match parse_ip(f, frame, true) {
         Parsed::Ip(ip) => ip,
         Parsed::Done(v) => return Staged::Done(v),
@@ -330,7 +330,7 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
 /// Acts on a staged frame: `buf[start..start + len]` must be the frame
 /// `stage` looked at, unchanged.
 #[inline]
-pub(crate) fn act(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize, staged: Staged) -> Verdict {
+fn act(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize, staged: Staged) -> Verdict {
     let now = tick(now_ns);
     match staged {
         Staged::Done(v) => v,

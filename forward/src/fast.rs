@@ -9,8 +9,9 @@
 //! `reply_hit`), skipping its general parse and staging.
 //!
 //! Anything else, another shape, a miss (a new flow), an expired entry or
-//! one the probe did not point at (a spilled key), is `None`, and the general path (`datapath::process`) handles the frame
-//! from scratch: it stays the one definition of behaviour. The fast path
+//! one the probe did not point at (a spilled key), is `None`, and the
+//! general path (`datapath::process`) handles the frame from scratch: it
+//! stays the one definition of behaviour. The fast path
 //! therefore only takes frames the general path would treat the same way,
 //! and before acting it changes nothing (the lookup has no side effects);
 //! `burst_equals_one_at_a_time` holds it to that.
@@ -19,15 +20,12 @@ use std::net::Ipv4Addr;
 
 use crate::conntrack::{Hashed, Key};
 use crate::csum::checksum20;
-use crate::datapath::{deliver, find_vip, refuse, reply_hit, Flags, Ip};
+use crate::datapath::{deliver, find_vip, refuse, reply_hit, Flags, Ip, ETH, TCP, UDP};
 use crate::{Forwarder, Verdict};
 
-const ETH: usize = 14;
 /// Ethernet, IPv4 without options, and the first 14 bytes of TCP (through
 /// its flags) or UDP and 6 more.
 const HEAD: usize = ETH + 20 + 14;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
 /// `Lane::vip` of a packet to an own address (a FullNAT reply, perhaps).
 /// `Forwarder::new` allows at most `u16::MAX` VIPs, so no VIP has this id.
 const OWN_ADDRESS: u16 = u16::MAX;

@@ -706,9 +706,9 @@ impl Forwarder {
     /// points at, and only then acts, so a burst waits for its table misses
     /// together, not one after another; an established flow's packet then
     /// goes straight to its rewrite. Other frames, and new flows, take
-    /// [`Forwarder::process`]'s path. `prefetch` is a cache hint for an address (it must not
-    /// dereference it; this crate has no unsafe code to issue one itself);
-    /// a no-op hint is correct, only slower.
+    /// [`Forwarder::process`]'s path. `prefetch` is a cache hint for an
+    /// address (it must not dereference it; this crate has no unsafe code to
+    /// issue one itself); a no-op hint is correct, only slower.
     pub fn process_burst<F: Frame>(
         &mut self,
         now_ns: u64,
