@@ -29,6 +29,16 @@
 # Metrics: wrk requests/s with a new connection per request (Connection: close) and
 # with keepalive, p50/p99 latency from wrk --latency, iperf3 throughput with 1 and 8
 # parallel streams. Prints a table: metric, Fulcrum, HAProxy, Fulcrum/HAProxy.
+# Then CPU per request with 100, 1 000, 9 000 and 10 000 connections open (HAProxy
+# only up to what the open-files limit allows it, two descriptors a connection):
+# fulcrum-keepalive-load (tests/src/bin) opens N keep-alive connections, and once
+# all are open sends requests round-robin over all N, 64 in flight, so only the
+# number of open connections changes between the runs. CPU is read with all N open,
+# before and after: for Fulcrum its lcores' busy_ns (time in loop iterations that
+# had work, from the stats file; in software mode that includes the tap's read and
+# write system calls), for HAProxy its process's utime + stime (its socket system
+# calls; the kernel's TCP receive work for its packets mostly runs in softirq on
+# the sender's side and is not counted). Prints us/request per N and 10k/100.
 # Every run is bounded (--duration, default 10 s each); every wait is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +47,34 @@ ROOT=$PWD
 BENCH=${1:-}
 die() { printf 'bench%s: error: %s\n' "${BENCH:+ $BENCH}" "$*" >&2; exit 1; }
 say() { printf '\n=== %s\n' "$*" >&2; }
+
+# stats_sample FILE JQ: "mtime_s <JQ's output>" from one consistent version of
+# the dataplane's stats file (it is replaced by rename about once a second).
+stats_sample() {
+    local f=$1 filter=$2 m1 m2 body i
+    for i in $(seq 100); do
+        m1=$(stat -c %.9Y "$f" 2>/dev/null) || { sleep 0.05; continue; }
+        body=$(jq -r "$filter" "$f" 2>/dev/null) || { sleep 0.05; continue; }
+        m2=$(stat -c %.9Y "$f" 2>/dev/null) || continue
+        if [ "$m1" = "$m2" ]; then
+            echo "$m1 $body"
+            return 0
+        fi
+    done
+    die "could not read $f"
+}
+
+# stats_fresh_sample FILE JQ: waits (bounded) for the next rewrite of FILE, then
+# samples it: what it shows was counted after this call began.
+stats_fresh_sample() {
+    local f=$1 m0 i
+    m0=$(stat -c %.9Y "$f" 2>/dev/null || echo 0)
+    for i in $(seq 100); do
+        [ "$(stat -c %.9Y "$f" 2>/dev/null || echo 0)" != "$m0" ] && break
+        sleep 0.02
+    done
+    stats_sample "$f" "$2"
+}
 
 # ============================================================================ forward
 # scripts/bench.sh forward [--duration S] [--warmup S] [--small-flows N]
@@ -137,32 +175,10 @@ fwd_stop() {
     wait "$pid" 2>/dev/null || true
 }
 
-# fwd_sample FILE: "mtime_s tx rx new_flows evictions" from one consistent version
-# of the stats file (it is replaced by rename about once a second).
-fwd_sample() {
-    local f=$1 m1 m2 body i
-    for i in $(seq 100); do
-        m1=$(stat -c %.9Y "$f" 2>/dev/null) || { sleep 0.05; continue; }
-        body=$(jq -r '[([.lcores[].tx_packets] | add), ([.lcores[].rx_packets] | add),
-            (.forward.new_flows // 0), (.forward.evictions // 0)] | @tsv' "$f" 2>/dev/null) || { sleep 0.05; continue; }
-        m2=$(stat -c %.9Y "$f" 2>/dev/null) || continue
-        if [ "$m1" = "$m2" ]; then
-            echo "$m1 $body"
-            return 0
-        fi
-    done
-    die "could not read $f"
-}
-
-# fwd_fresh_sample FILE: waits (bounded) for the next rewrite of FILE, then samples it.
+# fwd_fresh_sample FILE: "mtime_s tx rx new_flows evictions", counted after the call.
 fwd_fresh_sample() {
-    local f=$1 m0 i
-    m0=$(stat -c %.9Y "$f" 2>/dev/null || echo 0)
-    for i in $(seq 100); do
-        [ "$(stat -c %.9Y "$f" 2>/dev/null || echo 0)" != "$m0" ] && break
-        sleep 0.02
-    done
-    fwd_sample "$f"
+    stats_fresh_sample "$1" '[([.lcores[].tx_packets] | add), ([.lcores[].rx_packets] | add),
+        (.forward.new_flows // 0), (.forward.evictions // 0)] | @tsv'
 }
 
 # fwd_tasks PID: "tid ticks" (utime + stime) of every thread of PID, one a line.
@@ -458,10 +474,12 @@ fi
 # Cost per request of the proxy engine (crate proxy) with 100, 1 000 and 10 000
 # open connections, in-process: proxy/examples/scale.rs opens N idle client
 # connections through the engine on the in-memory wire and fake clock of
-# proxy/tests/common (the scenario of proxy/tests/scale.rs), then sends K
-# sequential echo requests (default 100, at most 100 so that every request uses
-# a different connection) over connections spread across the N, inside one
-# function, `scale_measured`. Per N it prints:
+# proxy/tests/common (the scenario of proxy/tests/scale.rs; every connection
+# carries one request during set-up, so all are in their steady state), then
+# sends K sequential echo requests (default 10 000) round-robin over the N
+# connections, inside one function, `scale_measured`: at 10 000 connections
+# each request meets a connection the 9 999 others have pushed out of the
+# caches, at 100 every connection stays cached. Per N it prints:
 #   instructions/request  instructions executed inside Engine::poll during the
 #       requests only, counted by valgrind's callgrind: collection off at start,
 #       toggled on and off on entry and exit of Engine::poll
@@ -505,7 +523,7 @@ scale_self_costs() {
 scale_short() { awk -v w=72 '{ if (length($0) > w) print substr($0, 1, w - 3) "..."; else print }'; }
 
 scale_main() {
-    local requests=100 runs=5 top=12 keep=""
+    local requests=10000 runs=5 top=12 keep=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --requests) requests=$2; shift 2 ;;
@@ -516,7 +534,7 @@ scale_main() {
             *) die "unknown argument: $1" ;;
         esac
     done
-    [[ "$requests" =~ ^[0-9]+$ ]] && [ "$requests" -ge 1 ] && [ "$requests" -le 100 ] || die "--requests: 1..100"
+    [[ "$requests" =~ ^[0-9]+$ ]] && [ "$requests" -ge 1 ] && [ "$requests" -le 100000 ] || die "--requests: 1..100000"
     [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 1 ] && [ "$runs" -le 50 ] || die "--wall-runs: 1..50"
     [[ "$top" =~ ^[0-9]+$ ]] && [ "$top" -ge 1 ] && [ "$top" -le 100 ] || die "--top: 1..100"
     for t in valgrind callgrind_annotate cargo; do
@@ -573,7 +591,7 @@ scale_main() {
     scale_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
     echo
     echo "Proxy engine cost per request vs open connections (proxy/examples/scale.rs: in-memory wire, fake clock;"
-    echo "$requests sequential echo requests, each on a different open connection; Engine::poll only, simulated peers excluded)"
+    echo "$requests sequential echo requests, round-robin over the open connections; Engine::poll only, simulated peers excluded)"
     printf '%-18s %14s %12s %12s %14s\n' "open connections" "instr/request" "us/req min" "us/req med" "visits/request"
     printf '%-18s %14s %12s %12s %14s\n' ---------------- ------------- ---------- ---------- --------------
     for n in "${sizes[@]}"; do
@@ -646,6 +664,7 @@ done
 
 BIN_DIR=${FULCRUM_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 DP_BIN=$BIN_DIR/fulcrum-dataplane
+LOAD_BIN=$BIN_DIR/fulcrum-keepalive-load
 WORK=$(mktemp -d /tmp/fulcrum-bench.XXXXXX)
 DP_PID=""
 HA_PID=""
@@ -663,11 +682,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ ! -x "$DP_BIN" ]; then
+if [ ! -x "$DP_BIN" ] || [ ! -x "$LOAD_BIN" ]; then
     say "build (release)"
-    cargo build --release -p fulcrum-dataplane 2>&1 | tail -n 3 >&2
+    cargo build --release -p fulcrum-dataplane -p fulcrum-tests --bins 2>&1 | tail -n 3 >&2
 fi
 [ -x "$DP_BIN" ] || die "$DP_BIN not found"
+[ -x "$LOAD_BIN" ] || die "$LOAD_BIN not found"
+# HAProxy holds two descriptors per connection: the open-files limit (which a
+# container may not let even root raise) bounds its connections.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+HA_MAXCONN=$(( (NOFILE - 100) / 2 ))
+[ "$HA_MAXCONN" -gt 12000 ] && HA_MAXCONN=12000
 
 nsx() { local ns=$1; shift; ip netns exec "$P-$ns" "$@"; }
 NCPU=$(nproc)
@@ -772,6 +798,64 @@ iperf_run() {
 
 declare -A R
 
+# Open connections for the CPU-per-request runs: the cost of a request with
+# this many other connections open (their state pushed out of the caches).
+OPEN_SIZES=(100 1000 9000 10000)
+
+# fulcrum_cost: nanoseconds the dataplane's lcores spent in iterations with
+# work (busy_ns, summed), from a stats file written after the call began.
+fulcrum_cost() { stats_fresh_sample "$WORK/stats.json" '[.lcores[].busy_ns] | add' | awk '{ print $2 }'; }
+# haproxy_cost: HAProxy's CPU time in nanoseconds (utime + stime of the haproxy
+# process in the fabric namespace; $HA_PID is the shell that started it).
+haproxy_cost() {
+    local p
+    for p in $(ip netns pids "$P-fab"); do
+        [ "$(cat "/proc/$p/comm" 2>/dev/null)" = haproxy ] || continue
+        awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.0f\n", ($12 + $13) * 1e9 / hz }' "/proc/$p/stat"
+        return 0
+    done
+    die "no haproxy process in $P-fab"
+}
+
+# open_load WHO HOST:PORT N COST: $LOAD_BIN holds N keep-alive connections open,
+# then sends requests round-robin over them for DURATION with 64 in flight; COST
+# (a function printing nanoseconds) is read with all N open, before and after.
+# Sets R[WHO.open.N.rps] and R[WHO.open.N.us] (CPU microseconds per request).
+open_load() {
+    local who=$1 target=$2 n=$3 cost=$4 go=$WORK/go.$who.$n log=$WORK/load.$who.$n pid c0 c1 line i
+    say "$who: $n open connections, keep-alive requests round-robin over them, ${DURATION}s"
+    R[$who.open.$n.rps]=nan
+    R[$who.open.$n.us]=nan
+    nsx cli "${PEERS_CPU[@]}" timeout --kill-after=5 $((DURATION + 150)) "$LOAD_BIN" --connect "$target" \
+        --connections "$n" --threads 2 --window 32 --seconds "$DURATION" --go "$go" >"$log" 2>"$log.err" &
+    pid=$!
+    for i in $(seq 600); do
+        grep -q '^open ' "$log" && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! grep -q '^open ' "$log"; then
+        kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null
+        sed 's/^/    /' "$log.err" | tail -n 5 >&2
+        echo "    could not open $n connections" >&2
+        return 0
+    fi
+    c0=$($cost) || { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; echo "    CPU not readable" >&2; return 0; }
+    touch "$go"
+    if ! wait "$pid"; then
+        sed 's/^/    /' "$log.err" | tail -n 5 >&2
+        echo "    the load failed: $(tail -n 1 "$log")" >&2
+        return 0
+    fi
+    c1=$($cost) || { echo "    CPU not readable" >&2; return 0; }
+    line=$(grep '^done ' "$log")
+    echo "    $line" >&2
+    read -r R[$who.open.$n.rps] R[$who.open.$n.us] <<<"$(echo "$line" | awk -v c0="$c0" -v c1="$c1" '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        printf "%.0f %.2f\n", v["requests"] / v["seconds"], (c1 - c0) / 1000 / v["requests"] }')"
+    echo "    ${R[$who.open.$n.rps]} requests/s, ${R[$who.open.$n.us]} us of CPU per request" >&2
+}
+
 measure() {
     local who=$1 http_host=$2 iperf_host=$3 r
     say "$who: wrk, new connection per request (Connection: close), ${DURATION}s, $CONNS connections"
@@ -783,6 +867,16 @@ measure() {
     R[$who.iperf1]=$(iperf_run "$iperf_host" 1)
     say "$who: iperf3, 8 parallel streams, ${DURATION}s"
     R[$who.iperf8]=$(iperf_run "$iperf_host" 8)
+    local n
+    for n in "${OPEN_SIZES[@]}"; do
+        if [ "$who" = haproxy ] && [ "$n" -gt "$HA_MAXCONN" ]; then
+            say "haproxy: $n open connections: skipped, maxconn $HA_MAXCONN (open-files limit $NOFILE)"
+            R[$who.open.$n.rps]=n/a
+            R[$who.open.$n.us]=n/a
+            continue
+        fi
+        open_load "$who" "$http_host:80" "$n" "${who}_cost"
+    done
 }
 
 # ---------------------------------------------------------------------------- Fulcrum
@@ -799,7 +893,7 @@ software = { tap = "$P-dp" }
 address = "198.18.1.1"
 port = 80
 mode = "proxy"
-max_connections = 10000
+max_connections = 12000
 backends = [
   { address = "198.18.0.21", port = 8080, weight = 1 },
   { address = "198.18.0.22", port = 8080, weight = 1 },
@@ -858,8 +952,8 @@ say "HAProxy $(haproxy -v | awk 'NR==1 {print $3}'): mode tcp, nbthread 1, on 19
 cat >"$WORK/haproxy.cfg" <<CONF
 global
     nbthread 1
-    # Two descriptors per proxied connection: stay inside RLIMIT_NOFILE (often 20000 here).
-    maxconn 8000
+    # Two descriptors per proxied connection: stay inside RLIMIT_NOFILE ($NOFILE).
+    maxconn $HA_MAXCONN
     log stderr format short local0 warning
 
 defaults
@@ -907,7 +1001,7 @@ HA_PID=""
 # ---------------------------------------------------------------------------- table
 
 ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
 }
 row() {
     local name=$1 key=$2
@@ -928,3 +1022,21 @@ row "keepalive: errors"                        ka.err
 row "iperf3, 1 stream: Gbit/s"                 iperf1
 row "iperf3, 8 streams: Gbit/s"                iperf8
 echo "(requests/s and Gbit/s: higher is better; latency: lower is better)"
+
+echo
+echo "CPU per request vs open connections (fulcrum-keepalive-load: N keep-alive connections open, requests"
+echo "round-robin over all N, 64 in flight; microseconds of CPU per request: Fulcrum = its lcore's busy time,"
+echo "HAProxy = its process CPU time, user + system)"
+printf '%-22s %12s %12s %12s %12s %10s\n' "open connections" "Fulcrum us" "HAProxy us" "Fulcrum rps" "HAProxy rps" "Ful/HAP us"
+printf '%-22s %12s %12s %12s %12s %10s\n' ---------------- ---------- ---------- ----------- ----------- ----------
+for n in "${OPEN_SIZES[@]}"; do
+    printf '%-22s %12s %12s %12s %12s %10s\n' "$n" "${R[fulcrum.open.$n.us]}" "${R[haproxy.open.$n.us]}" \
+        "${R[fulcrum.open.$n.rps]}" "${R[haproxy.open.$n.rps]}" "$(ratio "${R[fulcrum.open.$n.us]}" "${R[haproxy.open.$n.us]}")"
+done
+first=${OPEN_SIZES[0]}
+for n in "${OPEN_SIZES[@]:1}"; do
+    printf '%-22s %12s %12s\n' "ratio $n/$first" "$(ratio "${R[fulcrum.open.$n.us]}" "${R[fulcrum.open.$first.us]}")" \
+        "$(ratio "${R[haproxy.open.$n.us]}" "${R[haproxy.open.$first.us]}")"
+done
+[ "$HA_MAXCONN" -ge "${OPEN_SIZES[-1]}" ] ||
+    echo "(HAProxy n/a: maxconn $HA_MAXCONN, two descriptors per connection within the open-files limit $NOFILE)"

@@ -138,9 +138,9 @@ pub fn prepare(
     })
 }
 
-/// Lcore-level counter names in the segment: traffic, then drop reasons.
+/// Lcore-level counter names in the segment: traffic and load, then drop reasons.
 pub fn lcore_counter_names(example: &LcoreSnapshot) -> Vec<String> {
-    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes"]
+    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "busy_ns"]
         .into_iter()
         .map(str::to_owned)
         .chain(example.drops.keys().map(|k| format!("drop_{k}")))
@@ -154,7 +154,7 @@ pub fn publish(
     report: Option<&LcoreReport>,
     ids: Option<&CounterIds>,
 ) {
-    let traffic = [lcore.rx_packets, lcore.rx_bytes, lcore.tx_packets, lcore.tx_bytes];
+    let traffic = [lcore.rx_packets, lcore.rx_bytes, lcore.tx_packets, lcore.tx_bytes, lcore.busy_ns];
     for (i, v) in traffic.into_iter().chain(lcore.drops.values().copied()).enumerate() {
         block.set(i, v);
     }

@@ -73,6 +73,10 @@ pub struct LcoreCounters {
     pub rx_bytes: Counter,
     pub tx_packets: Counter,
     pub tx_bytes: Counter,
+    /// Nanoseconds spent in loop iterations that had work (frames received
+    /// or handed over, an engine poll): the lcore's load, which its thread's
+    /// CPU time does not show while it busy-polls.
+    pub busy_ns: Counter,
     packet_drops: [Counter; DropReason::COUNT],
     local_drops: [Counter; LocalDrop::ALL.len()],
 }
@@ -100,6 +104,7 @@ impl LcoreCounters {
             rx_bytes: self.rx_bytes.get(),
             tx_packets: self.tx_packets.get(),
             tx_bytes: self.tx_bytes.get(),
+            busy_ns: self.busy_ns.get(),
             drops,
         }
     }
@@ -113,6 +118,7 @@ pub struct LcoreSnapshot {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    pub busy_ns: u64,
     /// Every drop reason, zero or not, so readers can rely on the keys.
     pub drops: BTreeMap<&'static str, u64>,
 }
@@ -127,12 +133,13 @@ impl LcoreSnapshot {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         format!(
-            "lcore {}: rx {} pkts {} bytes, tx {} pkts {} bytes, drops: {}",
+            "lcore {}: rx {} pkts {} bytes, tx {} pkts {} bytes, busy {:.3} s, drops: {}",
             self.lcore,
             self.rx_packets,
             self.rx_bytes,
             self.tx_packets,
             self.tx_bytes,
+            self.busy_ns as f64 / 1e9,
             if drops.is_empty() { "none".into() } else { drops.join(" ") }
         )
     }

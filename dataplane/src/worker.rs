@@ -111,8 +111,14 @@ impl Worker<'_> {
         let start = Instant::now();
         let mut next_report = start;
         let mut batch = MbufBatch::default();
+        // Start of the previous iteration, when it had work: its length is
+        // measured by this iteration's clock read, not an extra one.
+        let mut busy_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
+            if let Some(t) = busy_since.take() {
+                self.counters.busy_ns.add((now - t).as_nanos() as u64);
+            }
             let now_ns = (now - start).as_nanos() as u64;
             let mut busy = false;
             self.install_new_generation();
@@ -158,6 +164,7 @@ impl Worker<'_> {
             }
             self.tx.flush();
             if busy {
+                busy_since = Some(now);
                 self.backoff.reset();
             } else {
                 self.backoff.idle(idle_for);

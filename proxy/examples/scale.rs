@@ -4,7 +4,7 @@
 //!
 //! Opens N idle client connections through the engine on the in-memory wire
 //! of tests/common (the scenario of tests/scale.rs), then sends K sequential
-//! echo requests over connections spread across them, and prints one line:
+//! echo requests round-robin over them, and prints one line:
 //!
 //!     scale_result connections=N requests=K sockets_visited_per_request=V us_per_request=T
 //!

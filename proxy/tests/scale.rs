@@ -15,8 +15,8 @@ struct Cost {
 
 fn cost_with_open_connections(n: u16) -> Cost {
     let (mut w, socks) = scale_open_connections(n);
-    // Sequential echo requests over 100 of the open connections.
-    let c = scale_echo_requests(&mut w, &socks, 100);
+    // Sequential echo requests spread over the open connections.
+    let c = scale_echo_requests(&mut w, &socks, 1_000);
     Cost {
         visits_per_request: c.sockets_visited as f64 / c.requests as f64,
         micros_per_request: c.engine_time.as_secs_f64() * 1e6 / c.requests as f64,

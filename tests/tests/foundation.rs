@@ -8,6 +8,7 @@ use std::time::Duration;
 #[test]
 fn ping_and_arp() {
     let topo = Topology::up();
+    let started = std::time::Instant::now();
     let mut dp = Dataplane::start(&topo, "");
     let mac = dp.mac();
 
@@ -22,7 +23,9 @@ fn ping_and_arp() {
     );
 
     // An address nobody owns: the dataplane must not answer ARP for it.
-    let before = dp.wait_stats(Duration::from_secs(5), "first stats file", |s| Ok(drop_count(s, "arp_not_for_us")));
+    let (before, busy_before) = dp.wait_stats(Duration::from_secs(5), "first stats file", |s| {
+        Ok((drop_count(s, "arp_not_for_us"), busy_ns(s)))
+    });
     let out = topo.exec("cli", &["arping", "-c", "2", "-w", "3", "-I", "eth0", "198.18.0.99"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!out.status.success(), "arping 198.18.0.99 got an answer: {}", describe(&out));
@@ -46,6 +49,24 @@ fn ping_and_arp() {
     // And it still answers for its own address afterwards.
     topo.exec_ok("cli", &["ping", "-c", "1", "-W", "1", DATAPLANE_IP]);
     dp.assert_running();
+
+    // The lcore's load: the frames since the first sample took some time,
+    // and an almost idle lcore was busy for far less than its lifetime.
+    let busy = dp.wait_stats(Duration::from_secs(5), "busy_ns to grow with the frames handled", |s| {
+        let now = busy_ns(s);
+        if now > busy_before {
+            Ok(now)
+        } else {
+            Err(format!("busy_ns {busy_before} -> {now}"))
+        }
+    });
+    let lifetime = started.elapsed().as_nanos() as u64;
+    assert!(busy < lifetime / 2, "busy_ns {busy} over a lifetime of {lifetime} ns, nearly idle");
+}
+
+/// The lcores' busy time, summed.
+fn busy_ns(stats: &serde_json::Value) -> u64 {
+    stats["lcores"].as_array().into_iter().flatten().filter_map(|l| l["busy_ns"].as_u64()).sum()
 }
 
 #[test]
