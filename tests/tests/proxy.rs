@@ -73,6 +73,21 @@ fn opened_since(stats: &Value, before: &Value) -> Vec<u64> {
 
 // ---------------------------------------------------------------------------- spread
 
+/// Each backend's share of the VIP's Maglev table, in percent: the table the
+/// dataplane builds for `start_proxy`'s VIP (default size), built here again.
+fn maglev_table_shares(weights: [u32; 3]) -> Vec<f64> {
+    let backends: Vec<_> = BACKEND_IPS
+        .iter()
+        .zip(weights)
+        .map(|(ip, w)| fulcrum_maglev::Backend::at(ip.parse().expect("backend address"), BACKEND_PORT, w))
+        .collect();
+    let table = fulcrum_maglev::MaglevTable::build(&backends, fulcrum_shm::defaults::table_size())
+        .expect("the test VIP's Maglev table");
+    let slots = table.slot_counts();
+    let total: u32 = slots.iter().sum();
+    slots.iter().map(|&n| 100.0 * f64::from(n) / f64::from(total)).collect()
+}
+
 fn spread_test(weights: [u32; 3], connections: u64) {
     let topo = Topology::up();
     let _nginx = start_nginx_backends(&topo, BACKEND_PORT);
@@ -80,6 +95,7 @@ fn spread_test(weights: [u32; 3], connections: u64) {
     let before = dp.stats();
 
     let spread = on_client(&topo, || client::http_spread(vip(), connections, 16, Duration::from_secs(10)));
+    let table_share = maglev_table_shares(weights);
     let total_w: u32 = weights.iter().sum();
     eprintln!(
         "{connections} connections in {:.2?} ({:.0} conn/s), {} failed",
@@ -87,9 +103,9 @@ fn spread_test(weights: [u32; 3], connections: u64) {
         connections as f64 / spread.elapsed.as_secs_f64(),
         spread.failed
     );
-    for (name, w) in BACKENDS.iter().zip(weights) {
+    for ((name, w), table) in BACKENDS.iter().zip(weights).zip(&table_share) {
         eprintln!(
-            "  {name}: {:5} answers, share {:5.2}% (weight share {:5.2}%)",
+            "  {name}: {:5} answers, share {:5.2}% (Maglev table share {table:5.2}%, weight share {:5.2}%)",
             spread.counts.get(*name).unwrap_or(&0),
             spread.share(name),
             100.0 * w as f64 / total_w as f64
@@ -100,12 +116,11 @@ fn spread_test(weights: [u32; 3], connections: u64) {
     for k in spread.counts.keys() {
         assert!(BACKENDS.contains(&k.as_str()), "unexpected answer {k:?}: {:?}", spread.counts);
     }
-    for (name, w) in BACKENDS.iter().zip(weights) {
-        let want = 100.0 * w as f64 / total_w as f64;
+    for (name, want) in BACKENDS.iter().zip(table_share) {
         let got = spread.share(name);
         assert!(
             (got - want).abs() <= 3.0,
-            "{name}: share {got:.2}% is more than 3 points from its weight share {want:.2}%: {:?}",
+            "{name}: share {got:.2}% is more than 3 points from its Maglev table share {want:.2}%: {:?}",
             spread.counts
         );
     }
