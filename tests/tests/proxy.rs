@@ -355,19 +355,52 @@ fn slow_reader_bounded_memory() {
 
 #[test]
 fn closed_backend_port_fails_over() {
-    const CONNS: u64 = 300;
-    let topo = Topology::up();
     // be2 has nothing listening on the port: its kernel answers SYNs with RST.
+    failover_test(300, |_| None, |_| {});
+}
+
+#[test]
+fn unanswered_backend_times_out_and_fails_over() {
+    // be2 serves, but everything it sends to the dataplane is discarded (a
+    // blackhole route): SYNs go unanswered and each try ends at the connect
+    // timeout, not on a RST.
+    failover_test(
+        60,
+        |topo| {
+            let nginx = Nginx::start(topo, "be2", sa(BACKEND_IPS[1], BACKEND_PORT), "be2");
+            topo.exec_ok("be2", &["ip", "route", "add", "blackhole", &format!("{DATAPLANE_IP}/32")]);
+            Some(nginx)
+        },
+        |v| {
+            v.connect_timeout_ms = 200;
+            v.connect_tries = 3;
+        },
+    );
+}
+
+/// Every connection attempt to be2 fails (`break_be2` arranges how); the
+/// clients still all succeed, through be1 and be3 (the next backends in each
+/// flow's Maglev preference order), and each failure is counted against be2.
+fn failover_test(conns: u64, break_be2: impl FnOnce(&Topology) -> Option<Nginx>, tweak: impl FnOnce(&mut VipSpec)) {
+    let topo = Topology::up();
     let _be1 = Nginx::start(&topo, "be1", sa(BACKEND_IPS[0], BACKEND_PORT), "be1");
     let _be3 = Nginx::start(&topo, "be3", sa(BACKEND_IPS[2], BACKEND_PORT), "be3");
-    let mut dp = start_proxy(&topo, [1, 1, 1], None, |_| {});
+    let _be2 = break_be2(&topo);
+    let mut dp = start_proxy(&topo, [1, 1, 1], None, tweak);
+    // The working backends' ARP requests teach the dataplane their MACs, so
+    // no first connection to them waits on address resolution (smoltcp asks
+    // at most once a second), which a short connect timeout would count as
+    // their failure.
+    for b in ["be1", "be3"] {
+        topo.exec_ok(b, &["ping", "-c", "1", "-W", "1", DATAPLANE_IP]);
+    }
     let before = dp.stats();
 
-    let spread = on_client(&topo, || client::http_spread(vip(), CONNS, 8, Duration::from_secs(10)));
-    eprintln!("{CONNS} connections in {:.2?}: {:?}, {} failed", spread.elapsed, spread.counts, spread.failed);
+    let spread = on_client(&topo, || client::http_spread(vip(), conns, 8, Duration::from_secs(10)));
+    eprintln!("{conns} connections in {:.2?}: {:?}, {} failed", spread.elapsed, spread.counts, spread.failed);
     assert_eq!(spread.failed, 0, "failed requests: {:#?}", spread.failures);
-    assert_eq!(spread.total_ok(), CONNS);
-    assert_eq!(spread.counts.get("be2"), None, "be2 has no server, yet answered");
+    assert_eq!(spread.total_ok(), conns);
+    assert_eq!(spread.counts.get("be2"), None, "be2 cannot be reached, yet answered");
 
     let be = |s: &Value, b: &str, f: &str| {
         backend_counter(s, VIP_IP, VIP_PORT, backend_ip(b), f).saturating_sub(backend_counter(
@@ -380,10 +413,10 @@ fn closed_backend_port_fails_over() {
     };
     let after = dp.wait_stats(Duration::from_secs(10), "opened counters to account for every connection", |s| {
         let opened: u64 = BACKENDS.iter().map(|b| be(s, b, "opened")).sum();
-        if opened == CONNS {
+        if opened == conns {
             Ok(s.clone())
         } else {
-            Err(format!("opened +{opened}, {CONNS} connections made"))
+            Err(format!("opened +{opened}, {conns} connections made"))
         }
     });
     for b in BACKENDS {
@@ -396,6 +429,11 @@ fn closed_backend_port_fails_over() {
     }
     eprintln!("{}", format_vips(&after));
     assert!(be(&after, "be2", "connect_failures") > 0, "be2 connect_failures did not grow");
+    assert_eq!(
+        be(&after, "be2", "connect_failures"),
+        be(&after, "be2", "attempts"),
+        "every attempt on be2 must fail and be counted"
+    );
     assert_eq!(be(&after, "be1", "connect_failures"), 0, "be1 connect_failures");
     assert_eq!(be(&after, "be3", "connect_failures"), 0, "be3 connect_failures");
     assert_eq!(be(&after, "be2", "opened"), 0, "be2 opened");
