@@ -140,7 +140,7 @@ pub fn prepare(
 
 /// Lcore-level counter names in the segment: traffic and load, then drop reasons.
 pub fn lcore_counter_names(example: &LcoreSnapshot) -> Vec<String> {
-    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "busy_ns"]
+    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "busy_ns", "handed_over", "taken_over"]
         .into_iter()
         .map(str::to_owned)
         .chain(example.drops.keys().map(|k| format!("drop_{k}")))
@@ -154,7 +154,15 @@ pub fn publish(
     report: Option<&LcoreReport>,
     ids: Option<&CounterIds>,
 ) {
-    let traffic = [lcore.rx_packets, lcore.rx_bytes, lcore.tx_packets, lcore.tx_bytes, lcore.busy_ns];
+    let traffic = [
+        lcore.rx_packets,
+        lcore.rx_bytes,
+        lcore.tx_packets,
+        lcore.tx_bytes,
+        lcore.busy_ns,
+        lcore.handed_over,
+        lcore.taken_over,
+    ];
     for (i, v) in traffic.into_iter().chain(lcore.drops.values().copied()).enumerate() {
         block.set(i, v);
     }

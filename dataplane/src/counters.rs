@@ -77,6 +77,12 @@ pub struct LcoreCounters {
     /// or handed over, an engine poll): the lcore's load, which its thread's
     /// CPU time does not show while it busy-polls.
     pub busy_ns: Counter,
+    /// Frames this lcore received but another owns, passed to that lcore's ring.
+    pub handed_over: Counter,
+    /// Frames taken from this lcore's ring: those handed over to it, and
+    /// copies of the ARP frames other lcores received (every engine learns
+    /// its neighbours from them).
+    pub taken_over: Counter,
     packet_drops: [Counter; DropReason::COUNT],
     local_drops: [Counter; LocalDrop::ALL.len()],
 }
@@ -105,6 +111,8 @@ impl LcoreCounters {
             tx_packets: self.tx_packets.get(),
             tx_bytes: self.tx_bytes.get(),
             busy_ns: self.busy_ns.get(),
+            handed_over: self.handed_over.get(),
+            taken_over: self.taken_over.get(),
             drops,
         }
     }
@@ -119,6 +127,8 @@ pub struct LcoreSnapshot {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub busy_ns: u64,
+    pub handed_over: u64,
+    pub taken_over: u64,
     /// Every drop reason, zero or not, so readers can rely on the keys.
     pub drops: BTreeMap<&'static str, u64>,
 }

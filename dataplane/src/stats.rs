@@ -96,6 +96,16 @@ impl Stats {
                 "frames_in": engines.iter().map(|r| r.counters.frames_in).sum::<u64>(),
                 "frames_not_ours": engines.iter().map(|r| r.counters.frames_not_ours).sum::<u64>(),
                 "unknown_flow": engines.iter().map(|r| r.counters.unknown_flow).sum::<u64>(),
+                // Which lcore owns what: each connection lives on one engine.
+                "per_lcore": lcores.iter().zip(reports).filter_map(|((id, _), r)| {
+                    let e = r.as_ref()?.proxy.as_ref()?;
+                    Some(json!({
+                        "lcore": id,
+                        "connections": e.connections,
+                        "accepted": e.vips.iter().map(|v| v.counters.accepted).sum::<u64>(),
+                        "frames_in": e.counters.frames_in,
+                    }))
+                }).collect::<Vec<_>>(),
             })
         });
         let mut vips = sum_proxy_vips(&engines);

@@ -130,6 +130,7 @@ impl Worker<'_> {
             }
             if self.handover.as_mut().is_some_and(|h| h.inbound.dequeue(&mut batch) > 0) {
                 busy = true;
+                self.counters.taken_over.add(batch.len() as u64);
                 self.receive(&mut batch, now_ns, true);
             }
             if let Some(f) = &mut self.forward {
@@ -239,8 +240,9 @@ impl Worker<'_> {
         if owner == h.me || from_ring {
             return Err(m);
         }
-        if h.rings[owner].enqueue(m).is_err() {
-            self.counters.drop_local(LocalDrop::HandoverFull, 1);
+        match h.rings[owner].enqueue(m) {
+            Ok(()) => self.counters.handed_over.add(1),
+            Err(_) => self.counters.drop_local(LocalDrop::HandoverFull, 1),
         }
         Ok(())
     }
