@@ -35,8 +35,14 @@ fn scoped_spawn<'scope, 'env, T: Send + 'scope>(
 /// One `GET /` over a fresh connection (HTTP/1.0, the server closes); returns the
 /// trimmed body (the backend's name) or what went wrong.
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
+    http_get_from(addr, timeout).map(|(_, body)| body)
+}
+
+/// [`http_get`], also returning the connection's local (client) address.
+pub fn http_get_from(addr: SocketAddr, timeout: Duration) -> Result<(SocketAddr, String), String> {
     let deadline = Instant::now() + timeout;
     let mut s = tcp::connect(addr, timeout, STEP).map_err(|e| format!("connect {addr}: {e}"))?;
+    let local = s.local_addr().map_err(|e| format!("local address: {e}"))?;
     let req = format!("GET / HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: fulcrum-tests\r\n\r\n");
     write_all_until(&mut s, req.as_bytes(), Until::deadline(deadline)).map_err(|e| format!("send request: {e:?}"))?;
     let mut resp = Vec::new();
@@ -65,7 +71,7 @@ pub fn http_get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     if !(status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200")) {
         return Err(format!("status {status:?}"));
     }
-    Ok(body.trim().to_string())
+    Ok((local, body.trim().to_string()))
 }
 
 /// Result of [`http_spread`].

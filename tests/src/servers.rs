@@ -645,11 +645,14 @@ pub struct NginxOptions {
     pub keepalive: bool,
     /// `worker_connections`.
     pub worker_connections: u32,
+    /// Expect a PROXY protocol header (v1 or v2) on every connection, and
+    /// answer `"<name> <address>:<port>\n"` with the client it names.
+    pub proxy_protocol: bool,
 }
 
 impl Default for NginxOptions {
     fn default() -> Self {
-        NginxOptions { keepalive: false, worker_connections: 16384 }
+        NginxOptions { keepalive: false, worker_connections: 16384, proxy_protocol: false }
     }
 }
 
@@ -658,6 +661,11 @@ pub fn nginx_conf(dir: &Path, addr: SocketAddr, name: &str, opts: &NginxOptions)
     let d = dir.display();
     let keepalive =
         if opts.keepalive { "keepalive_timeout 65s;\n    keepalive_requests 1000000;" } else { "keepalive_timeout 0;" };
+    let (listen, answer) = if opts.proxy_protocol {
+        (" proxy_protocol", format!("{name} $proxy_protocol_addr:$proxy_protocol_port"))
+    } else {
+        ("", name.to_string())
+    };
     format!(
         "daemon off;\n\
          master_process off;\n\
@@ -675,8 +683,8 @@ pub fn nginx_conf(dir: &Path, addr: SocketAddr, name: &str, opts: &NginxOptions)
            scgi_temp_path {d}/scgi;\n    \
            {keepalive}\n    \
            server {{\n        \
-             listen {addr} backlog=4096;\n        \
-             location / {{ default_type text/plain; return 200 \"{name}\\n\"; }}\n    \
+             listen {addr}{listen} backlog=4096;\n        \
+             location / {{ default_type text/plain; return 200 \"{answer}\\n\"; }}\n    \
            }}\n\
          }}\n",
         wc = opts.worker_connections,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_tests::client::{self, Pace};
 use fulcrum_tests::pattern::checksum_of;
-use fulcrum_tests::servers::{start_backend_processes, start_backends, start_nginx_backends, Mode, Nginx, Server};
+use fulcrum_tests::servers::{start_backend_processes, start_backends, start_nginx_backends, Mode, Nginx, NginxOptions, Server};
 use fulcrum_tests::tcp::{self, End};
 use fulcrum_tests::vip::*;
 use fulcrum_tests::*;
@@ -517,6 +517,102 @@ fn two_lcores_hand_over_and_keep_every_byte() {
     for reason in ["handover_full", "engine_inbox_full"] {
         assert_eq!(drop_count(&after, reason), drop_count(&before, reason), "{reason} drops");
     }
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- PROXY protocol
+
+/// PROXY protocol v1 (VIP port 80) and v2 (port 81) read by a real parser:
+/// nginx listening with `proxy_protocol` answers with the client address the
+/// header named, which must be the client's own address and port.
+#[test]
+fn proxy_protocol_v1_and_v2_name_the_client_to_nginx() {
+    const PER_VERSION: usize = 30;
+    let topo = Topology::up();
+    let opts = NginxOptions { proxy_protocol: true, ..NginxOptions::default() };
+    let _nginx: Vec<Nginx> = BACKENDS
+        .iter()
+        .zip(BACKEND_IPS)
+        .map(|(b, ip)| Nginx::start_with(&topo, b, sa(ip, BACKEND_PORT), b, &opts))
+        .collect();
+    let vips: Vec<VipSpec> = [(VIP_PORT, "v1"), (VIP_PORT + 1, "v2")]
+        .into_iter()
+        .map(|(port, version)| {
+            let mut v = VipSpec::new(VIP_IP, port).three_backends(BACKEND_PORT, [1, 1, 1]);
+            v.proxy_protocol = version.into();
+            v
+        })
+        .collect();
+    let mut dp = Dataplane::start(&topo, &proxy_config(None, &vips));
+    for (port, version) in [(VIP_PORT, "v1"), (VIP_PORT + 1, "v2")] {
+        let answers = on_client(&topo, || {
+            (0..PER_VERSION)
+                .map(|_| client::http_get_from(sa(VIP_IP, port), Duration::from_secs(5)))
+                .collect::<Vec<_>>()
+        });
+        let mut by = std::collections::BTreeMap::new();
+        for a in answers {
+            let (local, body) = a.unwrap_or_else(|e| panic!("PROXY {version}: request failed: {e}"));
+            let (name, named) = body.split_once(' ').unwrap_or_else(|| panic!("PROXY {version}: answer {body:?}"));
+            assert_eq!(named, local.to_string(), "PROXY {version}: {name} was told the client is {named}, it is {local}");
+            *by.entry(name.to_string()).or_insert(0) += 1;
+        }
+        eprintln!("PROXY {version}: {PER_VERSION} requests, nginx saw each client's own address and port; by backend {by:?}");
+    }
+    dp.assert_running();
+}
+
+// ---------------------------------------------------------------------------- connection limit
+
+/// `max_connections` over real TCP: up to the limit every SYN is accepted;
+/// beyond it the client's connect is refused (RST) and counted; when one
+/// connection closes there is room again.
+#[test]
+fn connection_limit_refuses_beyond_and_counts() {
+    const LIMIT: usize = 20;
+    const EXTRA: u64 = 10;
+    let topo = Topology::up();
+    let _servers = start_backends(&topo, BACKEND_PORT, Mode::Echo, &[]);
+    let mut dp = start_proxy(&topo, [1, 1, 1], None, |v| v.max_connections = LIMIT as u32);
+    let before = dp.stats();
+    let vip_delta = |s: &Value, f: &str| vip_counter(s, VIP_IP, VIP_PORT, f) - vip_counter(&before, VIP_IP, VIP_PORT, f);
+
+    let (mut held, errors, failed) =
+        on_client(&topo, || client::open_idle(vip(), LIMIT, 4, None, Duration::from_secs(20)));
+    assert_eq!((held.len(), failed), (LIMIT, 0), "opening {LIMIT} under the limit: {errors:?}");
+    dp.wait_stats(Duration::from_secs(5), "the VIP to count every held connection active", |s| {
+        let active = vip_counter(s, VIP_IP, VIP_PORT, "active");
+        if active == LIMIT as u64 { Ok(()) } else { Err(format!("active {active}")) }
+    });
+
+    let refused = on_client(&topo, || {
+        (0..EXTRA)
+            .map(|_| match std::net::TcpStream::connect_timeout(&vip(), Duration::from_secs(5)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                Err(e) => Err(format!("not refused but {e}")),
+                Ok(_) => Err("accepted beyond the limit".to_string()),
+            })
+            .collect::<Vec<_>>()
+    });
+    for r in &refused {
+        assert_eq!(r, &Ok(()), "connect beyond the limit of {LIMIT}");
+    }
+    let after = dp.wait_stats(Duration::from_secs(5), "drop_limit to count the refused SYNs", |s| {
+        let d = vip_delta(s, "drop_limit");
+        if d >= EXTRA { Ok(s.clone()) } else { Err(format!("drop_limit +{d}")) }
+    });
+    eprintln!("{LIMIT} held, {EXTRA} refused: drop_limit +{}, accepted +{}", vip_delta(&after, "drop_limit"), vip_delta(&after, "accepted"));
+    assert_eq!(vip_delta(&after, "accepted"), LIMIT as u64, "accepted");
+
+    // One closes: room for exactly one more.
+    drop(held.pop());
+    dp.wait_stats(Duration::from_secs(5), "the closed connection to leave the active count", |s| {
+        let active = vip_counter(s, VIP_IP, VIP_PORT, "active");
+        if active == LIMIT as u64 - 1 { Ok(()) } else { Err(format!("active {active}")) }
+    });
+    let mut s = on_client(&topo, || client::connect_and_roundtrip(vip(), b"ping\n", Duration::from_secs(5)))
+        .expect("a connection once there is room again");
+    let _ = std::io::Write::write_all(&mut s, b"bye\n");
     dp.assert_running();
 }
 
