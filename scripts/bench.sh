@@ -64,6 +64,15 @@ stats_sample() {
     die "could not read $f"
 }
 
+# thread_ticks PID: "tid ticks" (utime + stime, in CLK_TCK ticks) of every
+# thread of PID, one a line.
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk -v tid="${t##*/}" '{ sub(/^.*\) /, ""); print tid, $12 + $13 }' "$t/stat" 2>/dev/null || true
+    done
+}
+
 # stats_fresh_sample FILE JQ: waits (bounded) for the next rewrite of FILE, then
 # samples it: what it shows was counted after this call began.
 stats_fresh_sample() {
@@ -181,13 +190,6 @@ fwd_fresh_sample() {
         (.forward.new_flows // 0), (.forward.evictions // 0)] | @tsv'
 }
 
-# fwd_tasks PID: "tid ticks" (utime + stime) of every thread of PID, one a line.
-fwd_tasks() {
-    local t
-    for t in /proc/"$1"/task/*; do
-        awk -v tid="${t##*/}" '{ sub(/^.*\) /, ""); print tid, $12 + $13 }' "$t/stat" 2>/dev/null || true
-    done
-}
 # fwd_max_delta BEFORE AFTER: the largest per-thread tick increase (the polling lcore's).
 fwd_max_delta() { awk 'NR == FNR { a[$1] = $2; next } ($1 in a) && $2 - a[$1] > m { m = $2 - a[$1] } END { print m + 0 }' <(echo "$1") <(echo "$2"); }
 # fwd_share TICKS1 TICKS2 SECONDS: the thread's share of one CPU over the window.
@@ -247,12 +249,12 @@ CONF
     echo "    ready ($(grep -o 'ready: port [0-9]* ([a-z_0-9]*) mac [0-9a-f:]*' "$dir/dataplane.log"))" >&2
     sleep "$FWD_WARMUP"
     local a b k1 k2 w1 w2
-    k1=$(fwd_tasks "$FWD_DP_PID")
+    k1=$(thread_ticks "$FWD_DP_PID")
     w1=$(date +%s.%N)
     a=$(fwd_fresh_sample "$dir/stats.json") || die "no stats from the dataplane"
     sleep "$FWD_DURATION"
     b=$(fwd_fresh_sample "$dir/stats.json") || die "no stats from the dataplane"
-    k2=$(fwd_tasks "$FWD_DP_PID")
+    k2=$(thread_ticks "$FWD_DP_PID")
     w2=$(date +%s.%N)
     FWD_R_SHARE=$(fwd_share 0 "$(fwd_max_delta "$k1" "$k2")" "$(awk -v a="$w1" -v b="$w2" 'BEGIN { print b - a }')")
     [ "$FWD_PROFILE" = 1 ] && fwd_profile "$dir/perf.data" "$FWD_DP_PID"
@@ -295,7 +297,7 @@ fwd_run_testpmd() {
     sleep "$FWD_WARMUP"
     local skip k1 k2 w1 w2
     skip=$(grep -c 'Rx-pps' "$dir/testpmd.log")
-    k1=$(fwd_tasks "$FWD_TP_PID")
+    k1=$(thread_ticks "$FWD_TP_PID")
     w1=$(date +%s.%N)
     # Its stats loop prints about every 2 s here: make sure at least 2 lines fall in the window.
     sleep "$FWD_DURATION"
@@ -303,7 +305,7 @@ fwd_run_testpmd() {
         [ "$(grep -c 'Rx-pps' "$dir/testpmd.log")" -ge $((skip + 2)) ] && break
         sleep 0.1
     done
-    k2=$(fwd_tasks "$FWD_TP_PID")
+    k2=$(thread_ticks "$FWD_TP_PID")
     w2=$(date +%s.%N)
     FWD_R_SHARE=$(fwd_share 0 "$(fwd_max_delta "$k1" "$k2")" "$(awk -v a="$w1" -v b="$w2" 'BEGIN { print b - a }')")
     fwd_stop "$FWD_TP_PID" 30
@@ -811,7 +813,7 @@ haproxy_cost() {
     local p
     for p in $(ip netns pids "$P-fab"); do
         [ "$(cat "/proc/$p/comm" 2>/dev/null)" = haproxy ] || continue
-        awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.0f\n", ($12 + $13) * 1e9 / hz }' "/proc/$p/stat"
+        thread_ticks "$p" | awk -v hz="$(getconf CLK_TCK)" '{ t += $2 } END { printf "%.0f\n", t * 1e9 / hz }'
         return 0
     done
     die "no haproxy process in $P-fab"

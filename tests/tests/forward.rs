@@ -95,22 +95,18 @@ fn with_captures<T>(
     (r, seen)
 }
 
-/// A 3 s iperf3 UDP upload at 50 Mbit/s to `vip`:5201, captured in every
-/// backend with `filter`, and the dataplane's stats around it.
+/// What the backends captured during a UDP upload, and the dataplane's stats
+/// around it.
 struct UdpUpload {
-    result: serde_json::Value,
     seen: Seen,
-    bytes: u64,
-    bps: f64,
-    lost: f64,
-    datagrams: u64,
-    /// Packets the VIP's UDP counter rose by.
-    vip_pkts: u64,
     before: serde_json::Value,
     after: serde_json::Value,
 }
 
-fn udp_upload_through(topo: &Topology, dp: &Dataplane, vip: &str, filter: &str) -> UdpUpload {
+/// A 3 s iperf3 UDP upload at 50 Mbit/s to `vip`:5201 through `mode`,
+/// captured in every backend with `filter`: prints the figures and asserts
+/// that bytes arrived and the VIP forwarded datagrams.
+fn udp_upload_through(topo: &Topology, dp: &Dataplane, mode: &str, vip: &str, filter: &str) -> UdpUpload {
     let before = fresh_stats(dp);
     let (result, seen) = with_captures(topo, filter, 20, || {
         iperf3(topo, vip, &["-u", "-b", "50M", "-t", "3"])
@@ -119,7 +115,12 @@ fn udp_upload_through(topo: &Topology, dp: &Dataplane, vip: &str, filter: &str) 
     let after = fresh_stats(dp);
     let vip_pkts = vip_counter(&after, vip, 5201, "udp", "packets")
         - vip_counter(&before, vip, 5201, "udp", "packets");
-    UdpUpload { result, seen, bytes, bps, lost, datagrams, vip_pkts, before, after }
+    eprintln!(
+        "{mode} iperf3 UDP 50M: {:.1} Mbit/s, {bytes} bytes, {datagrams} datagrams, lost {lost:.2} %; VIP forwarded {vip_pkts} datagrams",
+        mbit(bps)
+    );
+    assert!(bytes > 0 && vip_pkts > 0, "UDP through {mode} moved nothing: {result}");
+    UdpUpload { seen, before, after }
 }
 
 /// The sources of the packets captured in any backend.
@@ -277,25 +278,7 @@ fn dsr_http_and_iperf3() {
 
     // iperf3 UDP upload at 50 Mbit/s.
     let filter = format!("dst host {DSR_VIP} and udp dst port 5201");
-    let UdpUpload {
-        result: udp,
-        seen,
-        bytes: ubytes,
-        bps: ubps,
-        lost,
-        datagrams: upkts,
-        vip_pkts: vip_upkts,
-        before,
-        after,
-    } = udp_upload_through(&topo, &dp, DSR_VIP, &filter);
-    eprintln!(
-        "DSR iperf3 UDP 50M: {:.1} Mbit/s, {ubytes} bytes, {upkts} datagrams, lost {lost:.2} %; VIP forwarded {vip_upkts} datagrams",
-        mbit(ubps)
-    );
-    assert!(
-        ubytes > 0 && vip_upkts > 0,
-        "UDP through DSR moved nothing: {udp}"
-    );
+    let UdpUpload { seen, before, after } = udp_upload_through(&topo, &dp, "DSR", DSR_VIP, &filter);
     let udp_serving = backends_with_traffic(&before, &after, DSR_VIP, 5201, "udp");
     eprintln!("DSR UDP backends with traffic: {udp_serving:?}");
     assert_eq!(
@@ -401,24 +384,7 @@ fn fullnat_http_and_iperf3() {
     );
 
     // UDP upload, captured: SNAT source too.
-    let UdpUpload {
-        result: udp,
-        seen,
-        bytes: ubytes,
-        bps: ubps,
-        lost,
-        datagrams: upkts,
-        vip_pkts: vip_upkts,
-        ..
-    } = udp_upload_through(&topo, &dp, FNAT_VIP, "udp dst port 5201");
-    eprintln!(
-        "FullNAT iperf3 UDP 50M: {:.1} Mbit/s, {ubytes} bytes, {upkts} datagrams, lost {lost:.2} %; VIP forwarded {vip_upkts} packets",
-        mbit(ubps)
-    );
-    assert!(
-        ubytes > 0 && vip_upkts > 0,
-        "UDP through FullNAT moved nothing: {udp}"
-    );
+    let UdpUpload { seen, .. } = udp_upload_through(&topo, &dp, "FullNAT", FNAT_VIP, "udp dst port 5201");
     let srcs = sources(&seen);
     assert_eq!(
         srcs,

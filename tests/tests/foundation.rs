@@ -24,7 +24,7 @@ fn ping_and_arp() {
 
     // An address nobody owns: the dataplane must not answer ARP for it.
     let (before, busy_before) = dp.wait_stats(Duration::from_secs(5), "first stats file", |s| {
-        Ok((drop_count(s, "arp_not_for_us"), busy_ns(s)))
+        Ok((drop_count(s, "arp_not_for_us"), lcore_sum(s, "busy_ns")))
     });
     let out = topo.exec("cli", &["arping", "-c", "2", "-w", "3", "-I", "eth0", "198.18.0.99"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -53,7 +53,7 @@ fn ping_and_arp() {
     // The lcore's load: the frames since the first sample took some time,
     // and an almost idle lcore was busy for far less than its lifetime.
     let busy = dp.wait_stats(Duration::from_secs(5), "busy_ns to grow with the frames handled", |s| {
-        let now = busy_ns(s);
+        let now = lcore_sum(s, "busy_ns");
         if now > busy_before {
             Ok(now)
         } else {
@@ -62,11 +62,6 @@ fn ping_and_arp() {
     });
     let lifetime = started.elapsed().as_nanos() as u64;
     assert!(busy < lifetime / 2, "busy_ns {busy} over a lifetime of {lifetime} ns, nearly idle");
-}
-
-/// The lcores' busy time, summed.
-fn busy_ns(stats: &serde_json::Value) -> u64 {
-    stats["lcores"].as_array().into_iter().flatten().filter_map(|l| l["busy_ns"].as_u64()).sum()
 }
 
 #[test]

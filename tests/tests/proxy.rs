@@ -476,27 +476,18 @@ fn two_lcores_hand_over_and_keep_every_byte() {
     assert_eq!((rep.ok, rep.failed), (CONNS as u64, 0), "echo results: {:?}", rep.failures);
     assert_eq!(rep.bytes_received, CONNS as u64 * BYTES, "bytes echoed back intact");
 
-    let after = dp.wait_stats(Duration::from_secs(10), "per-lcore accepted to add up", |s| {
-        let accepted: u64 = s["proxy"]["per_lcore"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|l| l["accepted"].as_u64().unwrap_or(0))
-            .sum();
-        let before: u64 = before["proxy"]["per_lcore"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|l| l["accepted"].as_u64().unwrap_or(0))
-            .sum();
-        if accepted - before == CONNS as u64 {
-            Ok(s.clone())
-        } else {
-            Err(format!("accepted +{} of {CONNS}", accepted - before))
-        }
-    });
     let lcore = |s: &Value, i: usize, f: &str| s["lcores"][i][f].as_u64().unwrap_or(0);
     let engine = |s: &Value, i: usize, f: &str| s["proxy"]["per_lcore"][i][f].as_u64().unwrap_or(0);
+    let accepted = |s: &Value| engine(s, 0, "accepted") + engine(s, 1, "accepted");
+    let accepted_before = accepted(&before);
+    let after = dp.wait_stats(Duration::from_secs(10), "per-lcore accepted to add up", |s| {
+        let new = accepted(s) - accepted_before;
+        if new == CONNS as u64 {
+            Ok(s.clone())
+        } else {
+            Err(format!("accepted +{new} of {CONNS}"))
+        }
+    });
     for i in 0..2 {
         eprintln!(
             "lcore {i}: rx_packets +{}, handed_over +{}, taken_over +{}; engine accepted +{}, frames_in +{}",
