@@ -1,12 +1,13 @@
-//! Check specifications: what to probe, how often, and the rise/fall/jitter/passive
-//! parameters. Deserialised from TOML (`health = { kind = "http", ... }`) through a flat
-//! raw form, then validated; every validation error names the offending field.
+//! Health checks: [`HealthCheck`] is the `health = { kind = "http", ... }` table
+//! as an operator writes it (what the model carries, files and state file
+//! included); [`CheckSpec`] is its validated meaning, which the control plane's
+//! checker runs. Every validation error names the offending field.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Defaults, shared by the TOML form and the programmatic constructors.
 pub const DEFAULT_INTERVAL_MS: u64 = 1000;
@@ -161,7 +162,7 @@ impl Default for PassiveSpec {
 
 /// A complete, validated check specification for one target.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "RawCheckSpec")]
+#[serde(try_from = "HealthCheck")]
 pub struct CheckSpec {
     pub kind: CheckKind,
     /// Upper bound on the gap between two check starts (jitter only shortens it).
@@ -174,7 +175,7 @@ pub struct CheckSpec {
     pub fall: u32,
     /// Each gap is drawn uniformly from `[interval × (1 − jitter_pct/100), interval]`.
     pub jitter_pct: u8,
-    /// Source address to bind; overrides [`super::CheckerConfig::source_addr`].
+    /// Source address to bind; overrides the checker's default source.
     pub source: Option<Ipv4Addr>,
     pub passive: PassiveSpec,
 }
@@ -360,49 +361,98 @@ impl CheckSpec {
 }
 
 /// `expect_status = 200` or `expect_status = "200-399"`.
-#[derive(Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
-enum RawStatus {
+pub enum RawStatus {
     Code(i64),
     Text(String),
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum RawKind {
+pub enum RawKind {
     Tcp,
     Http,
     Udp,
 }
 
-/// Flat TOML form; unknown fields are rejected (a typo must not silently use a default).
-#[derive(Deserialize)]
+/// A health check as written: the flat TOML table, every field but `kind`
+/// optional (defaults above). Unknown fields are rejected (a typo must not
+/// silently use a default). Its meaning, validated: [`CheckSpec::try_from`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCheckSpec {
-    kind: RawKind,
+pub struct HealthCheck {
+    pub kind: RawKind,
     // http
-    path: Option<String>,
-    host: Option<String>,
-    expect_status: Option<RawStatus>,
-    body: Option<String>,
-    max_read_kib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<RawStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_read_kib: Option<u32>,
     // udp
-    payload: Option<String>,
-    payload_hex: Option<String>,
-    expect: Option<String>,
-    expect_hex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_hex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_hex: Option<String>,
     // common
-    interval_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-    rise: Option<u32>,
-    fall: Option<u32>,
-    jitter_pct: Option<u8>,
-    source: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rise: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fall: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_pct: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ipv4Addr>,
     // passive
-    passive_failures: Option<u32>,
-    passive_window_ms: Option<u64>,
-    ejection_base_ms: Option<u64>,
-    ejection_max_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive_failures: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive_window_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection_base_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection_max_ms: Option<u64>,
+}
+
+impl HealthCheck {
+    /// A check of this kind with every default.
+    pub fn new(kind: RawKind) -> HealthCheck {
+        HealthCheck {
+            kind,
+            path: None,
+            host: None,
+            expect_status: None,
+            body: None,
+            max_read_kib: None,
+            payload: None,
+            payload_hex: None,
+            expect: None,
+            expect_hex: None,
+            interval_ms: None,
+            timeout_ms: None,
+            rise: None,
+            fall: None,
+            jitter_pct: None,
+            source: None,
+            passive_failures: None,
+            passive_window_ms: None,
+            ejection_base_ms: None,
+            ejection_max_ms: None,
+        }
+    }
 }
 
 fn parse_hex(field: &'static str, s: &str) -> Result<Vec<u8>, SpecError> {
@@ -454,10 +504,10 @@ fn nonzero_ms(field: &'static str, v: Option<u64>, default: u64) -> Result<Durat
     Ok(Duration::from_millis(ms))
 }
 
-impl TryFrom<RawCheckSpec> for CheckSpec {
+impl TryFrom<HealthCheck> for CheckSpec {
     type Error = SpecError;
 
-    fn try_from(r: RawCheckSpec) -> Result<Self, SpecError> {
+    fn try_from(r: HealthCheck) -> Result<Self, SpecError> {
         let not_for = |field: &'static str, present: bool, kind: &str| {
             if present {
                 Err(SpecError::new(
