@@ -37,7 +37,9 @@ pub const VIP_DROP_IDLE: usize = 12;
 pub const VIP_RESETS: usize = 13;
 /// Connections closed normally.
 pub const VIP_CLOSED: usize = 14;
-pub const VIP_RESERVED_15: usize = 15;
+/// Forwarding VIPs: packets dropped after the VIP was identified (no
+/// backend, neighbour unresolved, TTL, too big, ...).
+pub const VIP_DROPS: usize = 15;
 /// Names of the per-VIP counters, by index.
 pub const VIP_COUNTER_NAMES: [&str; VIP_COUNTERS] = [
     "accepted",
@@ -55,7 +57,7 @@ pub const VIP_COUNTER_NAMES: [&str; VIP_COUNTERS] = [
     "drop_idle",
     "resets",
     "closed",
-    "reserved",
+    "drops",
 ];
 /// Bit i set = per-VIP counter i is a gauge (not rebased across restarts).
 pub const VIP_GAUGES: u64 = 1 << VIP_ACTIVE;
@@ -70,6 +72,9 @@ pub const BACKEND_RESETS: usize = 4;
 pub const BACKEND_BYTES_TO: usize = 5;
 pub const BACKEND_BYTES_FROM: usize = 6;
 pub const BACKEND_CLOSED: usize = 7;
+/// Forwarding VIPs: packets forwarded to this backend.
+pub const BACKEND_PACKETS: usize = 8;
+pub const BACKEND_RESERVED_9: usize = 9;
 pub const BACKEND_COUNTER_NAMES: [&str; BACKEND_COUNTERS] = [
     "attempts",
     "opened",
@@ -79,6 +84,8 @@ pub const BACKEND_COUNTER_NAMES: [&str; BACKEND_COUNTERS] = [
     "bytes_to",
     "bytes_from",
     "closed",
+    "packets",
+    "reserved",
 ];
 pub const BACKEND_GAUGES: u64 = 1 << BACKEND_ACTIVE;
 
@@ -263,6 +270,10 @@ impl Segment {
 }
 
 impl<'a> Dataplane<'a> {
+    pub(crate) fn segment(&self) -> &'a Segment {
+        self.seg
+    }
+
     /// This dataplane's epoch (even, > 0).
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -422,7 +433,7 @@ pub struct Snapshot {
     pub lcore: [u64; LCORE_COUNTERS],
     /// Each in-use lcore's own lcore-level counters.
     pub per_lcore: Vec<(usize, [u64; LCORE_COUNTERS])>,
-    /// `MAX_VIPS` entries, indexed by `VipConf::id`.
+    /// `MAX_VIPS` entries, indexed by `Published::id`.
     pub vips: Vec<[u64; VIP_COUNTERS]>,
     /// `MAX_BACKENDS` entries, indexed by `BackendConf::slot`.
     pub backends: Vec<[u64; BACKEND_COUNTERS]>,

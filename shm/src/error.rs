@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::config::ValidationError;
+use fulcrum_model::Invalid;
 
 /// Errors of segment setup and of the control-plane side.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ pub enum Error {
         age_ms: u64,
     },
     #[error("configuration rejected before publication: {0}")]
-    Invalid(#[from] ValidationError),
+    Invalid(#[from] Invalid),
     #[error("encoded configuration is {len} bytes, maximum is {max}")]
     PayloadTooLarge { len: usize, max: usize },
     #[error("configuration encoding failed: {0}")]
@@ -59,6 +59,8 @@ pub enum Error {
     TooManyNames { count: usize, max: usize },
     #[error("{count} lcores requested, maximum is {max}")]
     TooManyLcores { count: usize, max: usize },
+    #[error("the dataplane's report is {len} bytes, maximum is {max}")]
+    ReportTooLarge { len: usize, max: usize },
     #[error("configuration generation space exhausted")]
     GenerationExhausted,
 }

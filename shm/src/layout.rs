@@ -5,7 +5,7 @@
 /// File magic, first 8 bytes of the file.
 pub const MAGIC: [u8; 8] = *b"FULCRUM\0";
 /// Layout version; bump on any incompatible change of this file.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Number of per-lcore counter blocks.
 pub const MAX_LCORES: usize = 32;
@@ -18,11 +18,13 @@ pub const LCORE_COUNTERS: usize = 64;
 /// Counters per VIP per lcore block.
 pub const VIP_COUNTERS: usize = 16;
 /// Counters per backend per lcore block.
-pub const BACKEND_COUNTERS: usize = 8;
+pub const BACKEND_COUNTERS: usize = 10;
 /// Maximum encoded configuration payload.
 pub const MAX_PAYLOAD: usize = 4 << 20;
 /// Bytes per lcore counter name (NUL padded, so at most `NAME_LEN - 1` bytes of text).
 pub const NAME_LEN: usize = 32;
+/// Largest encoded dataplane report (JSON `DataplaneReport`).
+pub const MAX_REPORT: usize = (128 << 10) - REPORT_HDR;
 
 const PAGE: usize = 4096;
 const fn round_up(v: usize, to: usize) -> usize {
@@ -67,6 +69,17 @@ pub const DP_GAUGE_MASK: usize = DP_OFF + 72;
 /// Lcore counter name table: `LCORE_COUNTERS` x `NAME_LEN` bytes.
 pub const NAMES_OFF: usize = 2048;
 
+// ---- dataplane report -----------------------------------------------------
+/// The dataplane's report (its facts, the generation every lcore installed,
+/// the VIPs it refused): seq, length, checksum, then the JSON payload at
+/// +REPORT_HDR. Written only by the dataplane, under its own sequence counter.
+pub const REPORT_OFF: usize = PAGE;
+pub const REPORT_HDR: usize = 64;
+pub const REPORT_SEQ: usize = REPORT_OFF;
+pub const REPORT_LEN: usize = REPORT_OFF + 8;
+pub const REPORT_SUM: usize = REPORT_OFF + 16;
+pub const REPORT_SIZE: usize = REPORT_HDR + MAX_REPORT;
+
 // ---- config slots ---------------------------------------------------------
 /// Slot header: seq, generation, payload length, checksum; payload at +SLOT_HDR.
 pub const SLOT_HDR: usize = PAGE;
@@ -75,7 +88,7 @@ pub const SLOT_GEN: usize = 8;
 pub const SLOT_LEN: usize = 16;
 pub const SLOT_SUM: usize = 24;
 pub const SLOT_SIZE: usize = SLOT_HDR + MAX_PAYLOAD;
-pub const SLOT0_OFF: usize = PAGE;
+pub const SLOT0_OFF: usize = REPORT_OFF + REPORT_SIZE;
 pub const SLOT1_OFF: usize = SLOT0_OFF + SLOT_SIZE;
 
 // ---- per-lcore counter blocks --------------------------------------------
@@ -91,13 +104,16 @@ pub const FILE_SIZE: usize = COUNTERS_OFF + MAX_LCORES * BLOCK_SIZE;
 
 const _: () = assert!(HEADER_LEN <= CFG_ACTIVE);
 const _: () = assert!(DP_GAUGE_MASK + 8 <= NAMES_OFF);
-const _: () = assert!(NAMES_OFF + LCORE_COUNTERS * NAME_LEN <= SLOT0_OFF);
+const _: () = assert!(NAMES_OFF + LCORE_COUNTERS * NAME_LEN <= REPORT_OFF);
+const _: () = assert!(SLOT0_OFF % PAGE == 0);
 const _: () = assert!(COUNTERS_OFF % PAGE == 0);
 const _: () = assert!(NAME_LEN % 8 == 0 && MAX_PAYLOAD % 8 == 0);
 
 /// Geometry words stored at `H_GEOMETRY..H_CREATED_NS`, with their names for
 /// error messages. A reader compares each with its own compiled value.
 pub(crate) const GEOMETRY: [(&str, u64); 17] = [
+    // The report region sits between the names and slot 0, so slot0_offset
+    // below changes with it.
     ("max_lcores", MAX_LCORES as u64),
     ("max_vips", MAX_VIPS as u64),
     ("max_backends", MAX_BACKENDS as u64),

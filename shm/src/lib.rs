@@ -10,14 +10,14 @@
 //! an epoch plus in-progress flag that readers check before and after
 //! copying, and per-thread counter vectors that readers sum).
 //!
-//! ## Layout (layout version 1, all integers little-endian u64 words)
+//! ## Layout (layout version 2, all integers little-endian u64 words)
 //!
 //! ```text
 //! offset      size        content                                   writer
 //! 0           176         header (immutable after creation):
 //!   0           8           magic b"FULCRUM\0"
 //!   8           8           layout version (u32 value, upper half 0)
-//!   16          8           file size (17_969_152)
+//!   16          8           file size (FILE_SIZE)
 //!   24          136         geometry, 17 words: MAX_LCORES=32, MAX_VIPS=256,
 //!                           MAX_BACKENDS=4096, LCORE_COUNTERS=64,
 //!                           VIP_COUNTERS=16, BACKEND_COUNTERS=8,
@@ -37,15 +37,18 @@
 //!                         last_reject_code, last_reject_generation,
 //!                         lcore_mask, lcore_gauge_mask
 //! 2048        2048        lcore counter names: 64 x 32 bytes, NUL-padded dataplane
-//! 4096        4 MiB+4 KiB config slot 0: seq, generation, length,       control plane
+//! 4096        128 KiB     dataplane report: seq, length, xxh3; JSON     dataplane
+//!                         `fulcrum_model::DataplaneReport` at +64 (facts,
+//!                         generation installed by every lcore, refused VIPs)
+//! 135_168     4 MiB+4 KiB config slot 0: seq, generation, length,       control plane
 //!                         xxh3 checksum (seed = generation); payload
-//!                         (postcard-encoded ConfigGeneration) at +4096
-//! 4_202_496   4 MiB+4 KiB config slot 1 (same)                          control plane
-//! 8_400_896   32 x 299_008  per-lcore counter blocks, page aligned:     lcore i only
+//!                         (JSON `fulcrum_model::Generation`) at +4096
+//! 4_333_568   4 MiB+4 KiB config slot 1 (same)                          control plane
+//! 8_531_968   32 x 364_544  per-lcore counter blocks, page aligned:     lcore i only
 //!   +0          512         64 lcore-level counters (names above)
 //!   +512        32 KiB      256 VIPs x 16 counters (VIP_* indices)
-//!   +33_280     256 KiB     4096 backends x 8 counters (BACKEND_* indices)
-//! 17_969_152              end of file (FILE_SIZE, ~17.1 MiB; tmpfs only
+//!   +33_280     320 KiB     4096 backends x 10 counters (BACKEND_* indices)
+//! 20_197_376              end of file (FILE_SIZE, ~19.3 MiB; tmpfs only
 //!                         allocates pages that are touched)
 //! ```
 //!
@@ -67,12 +70,13 @@
 //!   the file, so they stay strictly increasing across restarts.
 //! * Dataplane: [`Segment::dataplane`] (new epoch, zeroed counters, names)
 //!   → [`Dataplane::take_lcore`] (one [`LcoreCounters`] per lcore),
-//!   [`Dataplane::subscriber`] → [`Subscriber::poll`],
-//!   [`Dataplane::heartbeat`].
+//!   [`Dataplane::subscriber`] → [`Subscriber::poll`] (a generation is
+//!   *accepted*), [`Subscriber::mark_applied`] (every lcore installed it),
+//!   [`Dataplane::write_report`], [`Dataplane::heartbeat`].
 //! * Readers (control plane, tools): [`Segment::snapshot`] (+
 //!   [`CounterTotals`] to rebase across dataplane restarts),
 //!   [`Segment::dataplane_status`], [`Segment::control_plane_status`],
-//!   [`Segment::current_config`].
+//!   [`Segment::current_config`], [`Segment::dataplane_report`].
 //!
 //! A role is refused ([`Error::AlreadyRunning`]) while another pid holds it
 //! with a heartbeat younger than [`CLAIM_STALE_AFTER`]; dropping the handle
@@ -90,26 +94,24 @@
 //! mapping lives in `src/raw.rs`; the rest of the crate denies `unsafe`.
 #![deny(unsafe_code)]
 
-mod config;
 mod counters;
 mod error;
 pub mod layout;
 mod publish;
 mod raw;
+mod reject;
+mod report;
 mod segment;
 
-pub use config::{
-    defaults, reject_code_name, Affinity, BackendConf, BackendState, ConfigGeneration, Mode, Proto,
-    ProxyProtocol, RateLimit, RejectReason, ValidationError, VipConf, MAX_CONNECT_TRIES,
-    MAX_TABLE_SIZE,
-};
 pub use counters::*;
-pub use fulcrum_maglev::is_prime;
 pub use error::{Error, Result};
 pub use layout::{
     BACKEND_COUNTERS, FILE_SIZE, LAYOUT_VERSION, LCORE_COUNTERS, MAGIC, MAX_BACKENDS, MAX_LCORES,
-    MAX_PAYLOAD, MAX_VIPS, NAME_LEN, VIP_COUNTERS,
+    MAX_PAYLOAD, MAX_REPORT, MAX_VIPS, NAME_LEN, VIP_COUNTERS,
 };
+pub use reject::{reject_code_name, RejectReason};
+
+const _: () = assert!(MAX_VIPS == fulcrum_model::MAX_VIPS && MAX_BACKENDS == fulcrum_model::MAX_BACKENDS);
 pub use publish::{Poll, Publisher, Subscriber, SubscriberStats, MAX_ATTEMPTS};
 pub use segment::{
     now_ns, ControlPlaneStatus, DataplaneStatus, Segment, CLAIM_STALE_AFTER, DEFAULT_PATH,

@@ -20,8 +20,8 @@
 //!    `MAX_ATTEMPTS` attempts, then `Unchanged` (try again at the next poll).
 //! 3. On a consistent copy: length in range, `xxh3_64_with_seed(payload,
 //!    generation)` equals the stored checksum, generation greater than the
-//!    applied one, payload decodes with nothing left over, and
-//!    `ConfigGeneration::validate` passes → `New`; otherwise `Rejected`, and
+//!    accepted one, the payload (JSON) decodes, and
+//!    `fulcrum_model::Generation::validate` passes → `New`; otherwise `Rejected`, and
 //!    the rejection is recorded in the dataplane status (count, reason code,
 //!    generation). The previously applied configuration stays in force.
 //!
@@ -36,7 +36,9 @@ use std::sync::atomic::{fence, Ordering};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::config::{ConfigGeneration, RejectReason};
+use fulcrum_model::Generation;
+
+use crate::reject::RejectReason;
 use crate::error::{Error, Result};
 use crate::layout::*;
 use crate::segment::{now_ns, Segment};
@@ -52,7 +54,7 @@ pub enum Poll {
     /// Nothing new (or a publication is in progress: poll again later).
     Unchanged,
     /// A new, verified and validated generation.
-    New(ConfigGeneration, u64),
+    New(Generation, u64),
     /// The newest publication is unusable; the previous one stays applied.
     /// Reported once per published generation.
     Rejected(RejectReason),
@@ -84,10 +86,12 @@ pub struct Publisher<'a> {
     pub(crate) force_slot: Option<usize>,
 }
 
-/// The dataplane's reader handle.
+/// The dataplane's reader handle. A generation it returns is *accepted*;
+/// the dataplane records it as *applied* ([`Subscriber::mark_applied`]) only
+/// once every lcore has installed it.
 pub struct Subscriber<'a> {
     seg: &'a Segment,
-    applied: u64,
+    accepted: u64,
     rejected_hint: u64,
     record: bool,
     stats: SubscriberStats,
@@ -183,9 +187,9 @@ impl Segment {
 impl<'a> Publisher<'a> {
     /// Validates, encodes and publishes `cfg`; returns its generation number.
     /// Never blocks on readers.
-    pub fn publish(&mut self, cfg: &ConfigGeneration) -> Result<u64> {
+    pub fn publish(&mut self, cfg: &Generation) -> Result<u64> {
         cfg.validate()?;
-        let bytes = postcard::to_allocvec(cfg).map_err(|e| Error::Encode(e.to_string()))?;
+        let bytes = serde_json::to_vec(cfg).map_err(|e| Error::Encode(e.to_string()))?;
         if bytes.is_empty() || bytes.len() > MAX_PAYLOAD {
             return Err(Error::PayloadTooLarge {
                 len: bytes.len(),
@@ -268,7 +272,7 @@ impl<'a> Subscriber<'a> {
     pub fn new(seg: &'a Segment) -> Subscriber<'a> {
         Subscriber {
             seg,
-            applied: 0,
+            accepted: 0,
             rejected_hint: 0,
             record: true,
             stats: SubscriberStats::default(),
@@ -286,8 +290,15 @@ impl<'a> Subscriber<'a> {
     }
 
     /// Generation of the last `New` returned (0 = none yet).
-    pub fn applied_generation(&self) -> u64 {
-        self.applied
+    pub fn accepted_generation(&self) -> u64 {
+        self.accepted
+    }
+
+    /// Records `generation` as applied: every lcore has installed it.
+    pub fn mark_applied(&self, generation: u64) {
+        if self.record {
+            self.seg.store(DP_APPLIED_GEN, generation);
+        }
     }
 
     pub fn stats(&self) -> SubscriberStats {
@@ -300,7 +311,7 @@ impl<'a> Subscriber<'a> {
         let active = self.seg.word(CFG_ACTIVE);
         let mut a = active.load(Ordering::Acquire);
         let hint = a >> 1;
-        if a == 0 || hint == self.applied || hint == self.rejected_hint {
+        if a == 0 || hint == self.accepted || hint == self.rejected_hint {
             return Poll::Unchanged;
         }
         #[cfg(test)]
@@ -324,11 +335,8 @@ impl<'a> Subscriber<'a> {
     fn check(&mut self, raw: RawSlot, hint: u64) -> Poll {
         match self.verify(raw) {
             Ok((cfg, generation)) => {
-                self.applied = generation;
+                self.accepted = generation;
                 self.stats.accepted += 1;
-                if self.record {
-                    self.seg.store(DP_APPLIED_GEN, generation);
-                }
                 Poll::New(cfg, generation)
             }
             Err(reason) => {
@@ -342,7 +350,7 @@ impl<'a> Subscriber<'a> {
         }
     }
 
-    fn verify(&mut self, raw: RawSlot) -> Result<(ConfigGeneration, u64), RejectReason> {
+    fn verify(&mut self, raw: RawSlot) -> Result<(Generation, u64), RejectReason> {
         let Some(payload) = raw.payload else {
             return Err(RejectReason::LengthOutOfRange(raw.len));
         };
@@ -351,22 +359,14 @@ impl<'a> Subscriber<'a> {
             self.stats.checksum_failures += 1;
             return Err(RejectReason::ChecksumMismatch);
         }
-        if raw.generation <= self.applied {
+        if raw.generation <= self.accepted {
             return Err(RejectReason::GenerationNotIncreasing {
                 found: raw.generation,
-                applied: self.applied,
+                accepted: self.accepted,
             });
         }
-        let cfg = match postcard::take_from_bytes::<ConfigGeneration>(&payload) {
-            Ok((cfg, [])) => cfg,
-            Ok((_, rest)) => {
-                return Err(RejectReason::Undecodable(format!(
-                    "{} trailing bytes",
-                    rest.len()
-                )))
-            }
-            Err(e) => return Err(RejectReason::Undecodable(e.to_string())),
-        };
+        let cfg = serde_json::from_slice::<Generation>(&payload)
+            .map_err(|e| RejectReason::Undecodable(e.to_string()))?;
         cfg.validate().map_err(RejectReason::Invalid)?;
         Ok((cfg, raw.generation))
     }
@@ -381,19 +381,6 @@ impl<'a> Subscriber<'a> {
         seg.store(DP_LAST_REJECT_CODE, u64::from(reason.code()));
         seg.store(DP_LAST_REJECT_GEN, generation);
     }
-
-    /// The dataplane could not install the generation that the last `New`
-    /// returned (e.g. out of memory): records the rejection with `reason`
-    /// and makes `previous` (the generation still in force) the applied one.
-    pub fn reject_applied(&mut self, reason: &RejectReason, previous: u64) {
-        let generation = self.applied;
-        self.rejected_hint = generation;
-        self.applied = previous;
-        if self.record {
-            self.record_reject(reason, generation);
-            self.seg.store(DP_APPLIED_GEN, previous);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -402,7 +389,7 @@ mod tests {
     //! to overwrite the slot readers read: only the checksum stands between
     //! the reader and a torn mix of two generations.
     use super::*;
-    use crate::config::*;
+    use fulcrum_model::{Backend, BackendState, Mode, Published, Vip};
     use std::net::Ipv4Addr;
     use std::sync::atomic::AtomicBool;
 
@@ -415,32 +402,20 @@ mod tests {
         }
     }
 
-    pub(crate) fn big_config(seed: u8, vips: u16) -> ConfigGeneration {
-        let mut cfg = ConfigGeneration::default();
+    pub(crate) fn big_config(seed: u8, vips: u16) -> Generation {
+        let mut cfg = Generation::default();
         let mut slot = 0u32;
         for id in 0..vips {
-            let mut v = VipConf::new(
-                id,
-                Ipv4Addr::new(10, seed, (id >> 8) as u8, id as u8),
-                80 + seed as u16,
-                Proto::Tcp,
-            );
-            v.table_size = 65_537;
+            let mut vip = Vip::new(Ipv4Addr::new(10, seed, (id >> 8) as u8, id as u8), 80 + seed as u16, Mode::Proxy);
+            let mut slots = Vec::new();
             for b in 0..16u32 {
-                v.backends.push(BackendConf {
-                    slot,
-                    addr: Ipv4Addr::new(192, 168, seed, (b + 1) as u8),
-                    port: 8000 + id,
-                    weight: u32::from(seed) * 1000 + b,
-                    state: if seed % 2 == 0 {
-                        BackendState::Up
-                    } else {
-                        BackendState::Drain
-                    },
-                });
+                let mut backend = Backend::new(Ipv4Addr::new(192, 168, seed, (b + 1) as u8), 8000 + id, u32::from(seed) * 1000 + b);
+                backend.state = if seed % 2 == 0 { BackendState::Up } else { BackendState::Drain };
+                vip.backends.push(backend);
+                slots.push(slot);
                 slot += 1;
             }
-            cfg.vips.push(v);
+            cfg.vips.push(Published { id, slots, vip });
         }
         cfg
     }
