@@ -1,5 +1,6 @@
 //! The dataplane's configuration file and the EAL arguments derived from it.
 
+use fulcrum_model::{validate_set, Cidr, Facts, Vip};
 use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -14,7 +15,7 @@ pub struct Config {
     pub proxy: Proxy,
     #[serde(default)]
     pub forward: Forward,
-    /// Virtual services: `[[vip]]` tables.
+    /// Virtual services: `[[vip]]` tables (the model's one VIP type).
     #[serde(default, rename = "vip")]
     pub vips: Vec<Vip>,
 }
@@ -80,140 +81,6 @@ impl Default for Forward {
             conntrack_entries: 1 << 20,
             mtu: 1500,
         }
-    }
-}
-
-/// How a VIP handles its traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Terminate TCP and proxy each connection to a backend.
-    Proxy,
-    /// L2 direct server return: only the destination MAC changes.
-    Dsr,
-    /// Source and destination NAT; replies come back through the dataplane.
-    Fullnat,
-    /// IPIP or GUE encapsulation towards the backend.
-    Tunnel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    #[default]
-    Tcp,
-    Udp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encap {
-    Ipip,
-    Gue,
-}
-
-/// Tunnel mode's encapsulation.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tunnel {
-    pub encap: Encap,
-    /// Outer source addresses are drawn from this prefix, host bits from the
-    /// flow, so the backend's NIC spreads flows over its queues (as Katran).
-    pub source_prefix: Cidr,
-}
-
-/// Which client identity picks the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Affinity {
-    /// Client address and port: each connection is placed on its own.
-    #[default]
-    Flow,
-    /// Client address alone: all of a client's connections share a backend.
-    Client,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProxyProtocol {
-    #[default]
-    Off,
-    V1,
-    V2,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Vip {
-    pub address: Ipv4Addr,
-    /// 0 in a forwarding mode: every port.
-    pub port: u16,
-    pub mode: Mode,
-    /// Forwarding modes: which protocol the VIP forwards (proxy is TCP).
-    #[serde(default)]
-    pub proto: Proto,
-    /// Required by `mode = "tunnel"`.
-    pub tunnel: Option<Tunnel>,
-    #[serde(default)]
-    pub affinity: Affinity,
-    /// Concurrent connections per lcore; SYNs beyond it are reset and counted.
-    #[serde(default = "fulcrum_shm::defaults::max_connections")]
-    pub max_connections: u32,
-    #[serde(default = "fulcrum_shm::defaults::connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Backends tried, in the flow's Maglev preference order, before the
-    /// client is reset.
-    #[serde(default = "fulcrum_shm::defaults::connect_tries")]
-    pub connect_tries: u8,
-    #[serde(default = "fulcrum_shm::defaults::idle_timeout_ms")]
-    pub idle_timeout_ms: u64,
-    /// New connections per second accepted, with a burst (over it: RST, counted).
-    pub new_conn_rate: Option<Rate>,
-    /// New connections per second from one client address.
-    pub client_rate: Option<Rate>,
-    /// Bytes per second relayed, both directions together (over it, relaying
-    /// pauses and TCP windows close: backpressure, not drops).
-    pub bandwidth_bytes_per_sec: Option<u64>,
-    /// PROXY protocol header sent to the backend before any client byte.
-    #[serde(default)]
-    pub proxy_protocol: ProxyProtocol,
-    /// Maglev lookup table size: a prime, ideally >= 100 x backends.
-    #[serde(default = "fulcrum_shm::defaults::table_size")]
-    pub table_size: u32,
-    pub backends: Vec<Backend>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Backend {
-    pub address: Ipv4Addr,
-    pub port: u16,
-    /// Relative share of new connections; 0 drains the backend.
-    #[serde(default = "fulcrum_shm::defaults::weight")]
-    pub weight: u32,
-    /// Forwarding modes: next-hop MAC (`"aa:bb:cc:dd:ee:ff"`) instead of ARP.
-    pub mac: Option<Mac>,
-}
-
-/// A rate with a burst, e.g. `{ per_sec = 200, burst = 20 }`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rate {
-    pub per_sec: u32,
-    pub burst: u32,
-}
-
-/// A MAC address written `aa:bb:cc:dd:ee:ff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mac(pub [u8; 6]);
-
-impl<'de> Deserialize<'de> for Mac {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let bytes: Vec<u8> = s.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok().filter(|_| b.len() == 2)).collect();
-        <[u8; 6]>::try_from(bytes)
-            .map(Mac)
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a MAC address like 02:00:00:00:00:01")))
     }
 }
 
@@ -324,40 +191,6 @@ mod defaults {
     }
     pub fn tap_queue_len() -> u32 {
         16384
-    }
-}
-
-/// An IPv4 address with prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, len) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not an IPv4 address with a prefix length (like 198.18.0.2/24)"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| (1..=32).contains(l))
-            .ok_or_else(|| format!("prefix length {len:?} is not a number from 1 to 32"))?;
-        if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() {
-            return Err(format!("{addr} cannot be a host address"));
-        }
-        Ok(Cidr { addr, prefix_len })
     }
 }
 
@@ -537,71 +370,27 @@ impl Config {
         if !(1024..=1 << 26).contains(&self.forward.conntrack_entries) {
             return Err(format!("forward.conntrack_entries: {} must be from 1024 to 67108864", self.forward.conntrack_entries));
         }
-        let mut seen = std::collections::HashSet::new();
+        validate_set(&self.vips).map_err(|e| e.to_string())?;
+        let facts = self.facts(true);
         for (i, v) in self.vips.iter().enumerate() {
-            let at = format!("vip[{i}] ({}:{})", v.address, v.port);
-            if v.address == own {
-                return Err(format!("{at}.address: is the dataplane's own address"));
+            let at = format!("vip[{i}] ({})", v.endpoint());
+            v.validate_for(&facts).map_err(|e| e.at(&at).to_string())?;
+            if v.health.is_some() {
+                return Err(format!("{at}.health: health checks are run by the control plane, not by the dataplane's file"));
             }
-            if v.address.is_unspecified() || v.address.is_broadcast() || v.address.is_multicast() || v.address.is_loopback() {
-                return Err(format!("{at}.address: {} cannot be a VIP", v.address));
-            }
-            if v.port == 0 && v.mode == Mode::Proxy {
-                return Err(format!("{at}.port: a proxy VIP needs a port"));
-            }
-            if v.mode == Mode::Proxy && v.proto != Proto::Tcp {
-                return Err(format!("{at}.proto: proxy mode terminates TCP only"));
-            }
-            match (v.mode, &v.tunnel) {
-                (Mode::Tunnel, None) => return Err(format!("{at}.tunnel: tunnel mode needs `tunnel = {{ encap = \"ipip\" | \"gue\", source_prefix = \"A.B.C.D/N\" }}`")),
-                (Mode::Tunnel, Some(_)) | (_, None) => {}
-                (_, Some(_)) => return Err(format!("{at}.tunnel: only for mode = \"tunnel\"")),
-            }
-            if v.mode == Mode::Fullnat && self.forward.snat_addresses.is_empty() {
-                return Err(format!("{at}: fullnat needs [forward] snat_addresses"));
-            }
-            if v.mode == Mode::Proxy && v.backends.iter().any(|b| b.mac.is_some()) {
-                return Err(format!("{at}.backends: `mac` is for forwarding modes"));
-            }
-            if !seen.insert((v.address, v.port, v.proto)) {
-                return Err(format!("{at}: listed twice"));
-            }
-            if v.connect_tries == 0 {
-                return Err(format!("{at}.connect_tries: must be at least 1"));
-            }
-            if v.connect_timeout_ms == 0 || v.idle_timeout_ms == 0 {
-                return Err(format!("{at}: connect_timeout_ms and idle_timeout_ms must be above 0"));
-            }
-            for (name, r) in [("new_conn_rate", v.new_conn_rate), ("client_rate", v.client_rate)] {
-                if let Some(r) = r {
-                    if r.per_sec == 0 || r.burst == 0 || r.per_sec > 10_000_000 {
-                        return Err(format!("{at}.{name}: per_sec must be 1..=10000000 and burst at least 1"));
-                    }
-                }
-            }
-            if v.bandwidth_bytes_per_sec == Some(0) {
-                return Err(format!("{at}.bandwidth_bytes_per_sec: must be above 0"));
-            }
-            if v.max_connections == 0 {
-                return Err(format!("{at}.max_connections: must be at least 1"));
-            }
-            let mut backends = std::collections::HashSet::new();
-            for (j, b) in v.backends.iter().enumerate() {
-                if (b.port == 0 && v.mode == Mode::Proxy) || b.address.is_unspecified() || b.address.is_broadcast() || b.address.is_multicast() {
-                    return Err(format!("{at}.backends[{j}]: {}:{} is not a usable backend address", b.address, b.port));
-                }
-                if !backends.insert((b.address, b.port)) {
-                    return Err(format!("{at}.backends[{j}]: {}:{} is listed twice", b.address, b.port));
-                }
-            }
-            let keys: Vec<_> = v
-                .backends
-                .iter()
-                .map(|b| fulcrum_maglev::Backend::at(b.address.into(), b.port, b.weight))
-                .collect();
-            fulcrum_maglev::MaglevTable::validate(&keys, v.table_size).map_err(|e| format!("{at}.table_size: {e}"))?;
         }
         Ok(())
+    }
+
+    /// What this dataplane is, for the checks that depend on it; the control
+    /// plane validates against the same (published in the segment's report).
+    pub fn facts(&self, forwarding: bool) -> Facts {
+        Facts {
+            address: self.dataplane.address.addr,
+            snat_addresses: self.forward.snat_addresses.clone(),
+            lcores: self.dataplane.lcores.0.len() as u32,
+            forwarding,
+        }
     }
 
     /// What the RX rings, the lcore caches and one burst in flight per lcore
@@ -650,16 +439,6 @@ impl Config {
         }
         args.extend(extra.iter().cloned());
         args
-    }
-
-    /// The VIPs whose packets the forwarders forward.
-    pub fn forward_vips(&self) -> impl Iterator<Item = &Vip> {
-        self.vips.iter().filter(|v| v.mode != Mode::Proxy)
-    }
-
-    /// The VIPs whose connections the proxy engines terminate.
-    pub fn proxy_vips(&self) -> impl Iterator<Item = &Vip> {
-        self.vips.iter().filter(|v| v.mode == Mode::Proxy)
     }
 
     /// Whether this is software mode (whose idle lcores back off).

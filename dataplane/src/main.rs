@@ -21,8 +21,9 @@ use dpdk::{Eal, LcoreJob, LcoreOutcome, MbufBatch, Mempool, Port, PortConf, Ring
 use fulcrum_packet::EthernetAddress;
 use fulcrum_proxy::Engine;
 use fulcrum_forward::Forwarder;
-use stats::{ForwardVipName, LcoreReport, Stats};
-use std::net::Ipv4Addr;
+use control::{LcoreAck, Prepared};
+use fulcrum_model::{DataplaneReport, Facts, Mode, Published, VipRefusal};
+use stats::{LcoreReport, Stats};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -155,37 +156,22 @@ fn serve_port(
         deepen_tap_queue(tap, len);
     }
     let mac = port.mac();
-    let proxy_vips: Vec<(Ipv4Addr, u16)> = config.proxy_vips().map(|v| (v.address, v.port)).collect();
-    let forward_names: Vec<ForwardVipName> = config
-        .forward_vips()
-        .map(|v| ForwardVipName {
-            address: v.address,
-            port: v.port,
-            proto: match v.proto {
-                config::Proto::Tcp => "tcp",
-                config::Proto::Udp => "udp",
-            },
-            mode: match v.mode {
-                config::Mode::Dsr => "dsr",
-                config::Mode::Fullnat => "fullnat",
-                config::Mode::Tunnel => "tunnel",
-                config::Mode::Proxy => "proxy",
-            },
-        })
-        .collect();
-    // The dataplane answers ARP and ping for its own address, every VIP and
-    // every FullNAT source address; the first is the ARP sender address.
-    let mut addrs = vec![d.address.addr];
-    for addr in config.vips.iter().map(|v| v.address).chain(config.forward.snat_addresses.iter().copied()) {
-        if !addrs.contains(&addr) {
-            addrs.push(addr);
-        }
+    // With a control plane, VIPs of every mode may arrive at any time: have
+    // engines and forwarders. Without one, only what the file needs.
+    let proxying = d.shm.is_some() || config.vips.iter().any(|v| v.mode == Mode::Proxy);
+    let forwarding = d.shm.is_some() || config.vips.iter().any(|v| v.mode.is_forwarding());
+    let facts = config.facts(forwarding);
+    // The file's VIPs are generation 0, prepared like any other.
+    let file_vips = file_generation(config);
+    let Prepared { applied: initial, refused } = control::prepare(&file_vips, 0, &facts, lcores.len())
+        .map_err(|e| anyhow::anyhow!("the file's VIPs: {e}"))?;
+    if let Some(r) = refused.first() {
+        bail!("the file's VIP {}: {}", r.vip, r.reason);
     }
+    let (proxy_count, forward_count) = (initial.proxy_vips.len(), initial.forward.len());
+    let initial = Arc::new(initial);
     let counters: Vec<(u32, LcoreCounters)> = lcores.iter().map(|l| (l.0, LcoreCounters::default())).collect();
     let queues = port.take_queues().context("port queues already taken")?;
-    // With a control plane, proxy VIPs may arrive at any time: have engines.
-    let proxying = !proxy_vips.is_empty() || d.shm.is_some();
-    let forwarding = !forward_names.is_empty();
     // A connection belongs to one lcore; frames reaching another are handed
     // over through the owner's ring.
     let rings: Vec<Ring> = if proxying || forwarding {
@@ -197,6 +183,10 @@ fn serve_port(
     };
     let reports: Vec<ArrayQueue<LcoreReport>> = (0..lcores.len()).map(|_| ArrayQueue::new(1)).collect();
     let commands: Vec<ArrayQueue<Arc<control::Applied>>> = (0..lcores.len()).map(|_| ArrayQueue::new(1)).collect();
+    for queue in &commands {
+        queue.force_push(Arc::clone(&initial));
+    }
+    let acks: Vec<ArrayQueue<LcoreAck>> = (0..lcores.len()).map(|_| ArrayQueue::new(4)).collect();
     let counter_names = control::lcore_counter_names(&counters[0].1.snapshot(0));
     let segment = match &d.shm {
         Some(path) => Some(
@@ -244,7 +234,7 @@ fn serve_port(
             .map(|s| format!(", software mode on {}", s.tap.as_deref().map_or_else(|| s.vdev.clone().unwrap_or_default(), |t| format!("tap {t}"))))
             .unwrap_or_default(),
         if proxying || forwarding {
-            format!(", {} proxy and {} forwarding VIP(s)", proxy_vips.len(), forward_names.len())
+            format!(", {proxy_count} proxy and {forward_count} forwarding VIP(s) from the file")
         } else {
             String::new()
         },
@@ -260,20 +250,11 @@ fn serve_port(
                 *slot = Some(r);
             }
         }
-        Stats::collect(&counters, pool, &latest, &forward_names)
+        Stats::collect(&counters, pool, &latest)
     };
     let outcomes = std::thread::scope(|scope| {
-        let forward_files: Vec<control::ForwardVipFile> = config
-            .forward_vips()
-            .map(|v| control::ForwardVipFile {
-                addr: v.address,
-                port: v.port,
-                tcp: v.proto == config::Proto::Tcp,
-                macs: v.backends.iter().filter_map(|b| Some((b.address, b.mac?.0))).collect(),
-            })
-            .collect();
-        let (collect, shm_role, commands) = (&collect, shm_role.as_ref(), &commands);
-        scope.spawn(move || control_thread(cli, stop, collect, shm_role, commands, lcores.len(), &forward_files));
+        let (collect, shm_role, commands, acks, facts) = (&collect, shm_role.as_ref(), &commands, &acks, &facts);
+        scope.spawn(move || control_thread(cli, stop, collect, shm_role, commands, acks, facts));
         let mut consumers: Vec<_> = rings.iter().map(|r| r.consumer()).collect();
         let jobs: Vec<(dpdk::LcoreId, LcoreJob<'_>)> = lcores
             .iter()
@@ -291,7 +272,7 @@ fn serve_port(
                 let proxy = engine.map(|engine| ProxySide {
                     engine,
                     steering: ProxySteering {
-                        vips: proxy_vips.clone(),
+                        vips: Vec::new(),
                         own_addr: d.address.addr,
                         local_ports: (config.proxy.local_ports.0, config.proxy.local_ports.1),
                     },
@@ -307,9 +288,10 @@ fn serve_port(
                         counters,
                     },
                     mac: EthernetAddress(mac),
-                    addrs: addrs.clone(),
+                    addrs: vec![d.address.addr],
                     shm: shm_blocks[i].take(),
-                    commands: shm_role.map(|_| &commands[i]),
+                    commands: &commands[i],
+                    acks: &acks[i],
                     applied: None,
                     counters,
                     stop,
@@ -380,9 +362,8 @@ fn serve_port(
     Ok(())
 }
 
-/// One lcore's proxy engine configuration, from the file's VIPs.
+/// One lcore's proxy engine configuration; its VIPs come as generation 0.
 fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_proxy::EngineConfig {
-    use fulcrum_proxy::{Affinity, BackendConfig, ProxyProtocol, RateLimit, VipConfig};
     let d = &config.dataplane;
     let mut e = fulcrum_proxy::EngineConfig::new(EthernetAddress(mac), d.address.addr, d.address.prefix_len);
     e.lcore = lcore;
@@ -396,44 +377,27 @@ fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> 
         .map(|t| t.as_nanos() as u64)
         .unwrap_or(0);
     e.random_seed = clock ^ ((lcore as u64) << 48) ^ u64::from(std::process::id());
-    e.vips = config
-        .proxy_vips()
-        .map(|v| {
-            let backends = v
-                .backends
-                .iter()
-                .map(|b| BackendConfig::new(b.address, b.port, b.weight))
-                .collect();
-            let mut vip = VipConfig::new(v.address, v.port, backends);
-            vip.table_size = v.table_size;
-            vip.affinity = match v.affinity {
-                config::Affinity::Flow => Affinity::ClientAddrPort,
-                config::Affinity::Client => Affinity::ClientAddr,
-            };
-            vip.max_connections = v.max_connections;
-            vip.connect_timeout = Duration::from_millis(v.connect_timeout_ms);
-            vip.max_connect_tries = v.connect_tries;
-            vip.idle_timeout = Duration::from_millis(v.idle_timeout_ms);
-            // Limits are enforced per lcore without locks: each engine gets
-            // its share, rounded up.
-            let share = |n: u32| n.div_ceil(lcores as u32).max(1);
-            vip.new_conn_rate = v.new_conn_rate.map(|r| RateLimit::new(share(r.per_sec), share(r.burst)));
-            vip.client_rate = v.client_rate.map(|r| RateLimit::new(share(r.per_sec), share(r.burst)));
-            vip.bandwidth = v.bandwidth_bytes_per_sec.map(|b| b.div_ceil(lcores as u64).max(1));
-            vip.proxy_protocol = match v.proxy_protocol {
-                config::ProxyProtocol::Off => ProxyProtocol::Off,
-                config::ProxyProtocol::V1 => ProxyProtocol::V1,
-                config::ProxyProtocol::V2 => ProxyProtocol::V2,
-            };
-            vip
-        })
-        .collect();
     e
 }
 
-/// One lcore's forwarder configuration, from the file's forwarding VIPs.
+/// The file's VIPs as a generation: ids and counter slots in file order.
+fn file_generation(config: &Config) -> Vec<Published> {
+    let mut slot = 0;
+    config
+        .vips
+        .iter()
+        .enumerate()
+        .map(|(id, vip)| {
+            let slots = (slot..slot + vip.backends.len() as u32).collect();
+            slot += vip.backends.len() as u32;
+            Published { id: id as u16, slots, vip: vip.clone() }
+        })
+        .collect()
+}
+
+/// One lcore's forwarder configuration; its VIPs come as generation 0.
 fn forwarder_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_forward::ForwarderConfig {
-    use fulcrum_forward::{Encap, ForwardBackend, ForwardVip, ForwarderConfig, Mode, Proto, Timeouts};
+    use fulcrum_forward::{ForwarderConfig, Timeouts};
     let d = &config.dataplane;
     let f = &config.forward;
     // FullNAT sources; with none, the dataplane's own address is the ARP
@@ -450,44 +414,6 @@ fn forwarder_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) 
         table_memory_hint: dpdk::advise_huge_pages,
         mtu: f.mtu,
         neighbours: 4096,
-        vips: config
-            .forward_vips()
-            .map(|v| ForwardVip {
-                addr: v.address,
-                port: v.port,
-                proto: match v.proto {
-                    config::Proto::Tcp => Proto::Tcp,
-                    config::Proto::Udp => Proto::Udp,
-                },
-                mode: match (v.mode, v.tunnel) {
-                    (config::Mode::Tunnel, Some(t)) => Mode::Tunnel {
-                        encap: match t.encap {
-                            config::Encap::Ipip => Encap::Ipip,
-                            config::Encap::Gue => Encap::Gue { port: fulcrum_forward::GUE_PORT },
-                        },
-                        src_prefix: t.source_prefix.addr,
-                        src_prefix_len: t.source_prefix.prefix_len,
-                    },
-                    (config::Mode::Fullnat, _) => Mode::FullNat,
-                    _ => Mode::Dsr,
-                },
-                affinity: match v.affinity {
-                    config::Affinity::Flow => fulcrum_forward::Affinity::Flow,
-                    config::Affinity::Client => fulcrum_forward::Affinity::Client,
-                },
-                backends: v
-                    .backends
-                    .iter()
-                    .map(|b| ForwardBackend {
-                        addr: b.address,
-                        port: b.port,
-                        weight: b.weight,
-                        mac: b.mac.map(|m| m.0),
-                    })
-                    .collect(),
-                table_size: v.table_size,
-            })
-            .collect(),
         flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
     }
 }
@@ -508,45 +434,84 @@ impl Drop for StopOnPanic<'_> {
     }
 }
 
-/// The control thread: heartbeat and new generations from the control plane
-/// (every 100 ms), and the stats file (every second), until `stop`.
+/// The control thread: heartbeat, new generations from the control plane and
+/// the report back (every 100 ms), and the stats file (every second), until `stop`.
 fn control_thread(
     cli: &Cli,
     stop: &AtomicBool,
     collect: &dyn Fn() -> Stats,
     shm: Option<&fulcrum_shm::Dataplane<'_>>,
     commands: &[ArrayQueue<Arc<control::Applied>>],
-    lcores: usize,
-    forward_vips: &[control::ForwardVipFile],
+    acks: &[ArrayQueue<LcoreAck>],
+    facts: &Facts,
 ) {
     let mut subscriber = shm.map(|s| s.subscriber());
+    let mut report = DataplaneReport { facts: facts.clone(), generation: 0, refused: Vec::new() };
+    if let Some(role) = shm {
+        write_report(role, &report);
+    }
+    // Generation handed to the lcores and not yet installed by all, with the
+    // VIPs it leaves out so far; what each lcore installed last.
+    let mut pending: Option<(u64, Vec<VipRefusal>)> = Some((0, Vec::new()));
+    let mut installed: Vec<Option<u64>> = vec![None; commands.len()];
     let mut next_stats = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let (Some(role), Some(sub)) = (shm, subscriber.as_mut()) {
             role.heartbeat();
-            let previous = sub.applied_generation();
             match sub.poll() {
                 fulcrum_shm::Poll::Unchanged => {}
-                fulcrum_shm::Poll::New(generation, number) => match control::prepare(&generation, number, lcores, forward_vips) {
-                    Ok(applied) => {
-                        tracing::info!(
-                            "control plane generation {number}: {} proxy VIP(s), {} forwarding backend set(s)",
-                            applied.vips.len(),
-                            applied.forward.len()
-                        );
-                        let applied = Arc::new(applied);
-                        for queue in commands {
-                            queue.force_push(Arc::clone(&applied));
+                fulcrum_shm::Poll::New(generation, number) => {
+                    match control::prepare(&generation.vips, number, facts, commands.len()) {
+                        Ok(Prepared { applied, refused }) => {
+                            tracing::info!(
+                                "control plane generation {number}: {} proxy and {} forwarding VIP(s), {} refused",
+                                applied.proxy_vips.len(),
+                                applied.forward.len(),
+                                refused.len()
+                            );
+                            for r in &refused {
+                                tracing::warn!("generation {number}: VIP {} (id {}) refused: {}", r.vip, r.id, r.reason);
+                            }
+                            let applied = Arc::new(applied);
+                            for queue in commands {
+                                queue.force_push(Arc::clone(&applied));
+                            }
+                            pending = Some((number, refused));
+                        }
+                        Err(e) => {
+                            tracing::error!("control plane generation {number} refused: {e}");
+                            let reason = fulcrum_shm::RejectReason::Undecodable(format!("dataplane: {e}"));
+                            sub.record_rejection(&reason, number);
                         }
                     }
-                    Err(e) => {
-                        tracing::error!("control plane generation {number} refused: {e}");
-                        sub.reject_applied(&fulcrum_shm::RejectReason::Undecodable(format!("dataplane: {e}")), previous);
-                    }
-                },
+                }
                 fulcrum_shm::Poll::Rejected(reason) => {
                     tracing::error!("control plane generation rejected ({reason}); serving the previous one")
                 }
+            }
+        }
+        for (i, queue) in acks.iter().enumerate() {
+            while let Some(ack) = queue.pop() {
+                installed[i] = Some(ack.generation);
+                if let Some((g, refused)) = pending.as_mut().filter(|(g, _)| *g == ack.generation) {
+                    for r in ack.refused {
+                        if !refused.iter().any(|x| x.id == r.id) {
+                            tracing::warn!("generation {g}: lcore {i} refused VIP {} (id {}): {}", r.vip, r.id, r.reason);
+                            refused.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((g, refused)) = pending.take_if(|(g, _)| installed.iter().all(|i| i.is_some_and(|i| i >= *g))) {
+            tracing::info!("generation {g} installed on every lcore ({} VIP(s) refused)", refused.len());
+            report.generation = g;
+            report.refused = refused;
+            if let (Some(role), Some(sub)) = (shm, subscriber.as_ref()) {
+                if g != 0 {
+                    sub.mark_applied(g);
+                }
+                write_report(role, &report);
             }
         }
         if let Some(path) = &cli.stats_file {
@@ -558,6 +523,12 @@ fn control_thread(
             }
         }
         sleep_unless(stop, CONTROL_PERIOD);
+    }
+}
+
+fn write_report(role: &fulcrum_shm::Dataplane<'_>, report: &DataplaneReport) {
+    if let Err(e) = role.write_report(report) {
+        tracing::error!("writing the report to the shared segment: {e}");
     }
 }
 

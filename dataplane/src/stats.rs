@@ -4,7 +4,7 @@
 
 use crate::counters::{LcoreCounters, LcoreSnapshot};
 use crate::dpdk::Mempool;
-use fulcrum_forward::{BackendStats, Counters as ForwardCounters, DropReason as ForwardDrop, Forwarder, Traffic};
+use fulcrum_forward::{Counters as ForwardCounters, DropReason as ForwardDrop, Forwarder, VipStats};
 use fulcrum_proxy::{BackendCounters, Engine, VipSnapshot};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -39,10 +39,10 @@ impl EngineReport {
     }
 }
 
-/// One forwarder's counters; `vips[i]` is forwarding VIP `i` in config order.
+/// One forwarder's counters, with its installed VIPs'.
 pub struct ForwardReport {
     pub counters: ForwardCounters,
-    pub vips: Vec<(Traffic, Vec<BackendStats>)>,
+    pub vips: Vec<VipStats>,
     pub conntrack_entries: usize,
     pub conntrack_capacity: usize,
 }
@@ -51,19 +51,11 @@ impl ForwardReport {
     pub fn of(f: &Forwarder) -> ForwardReport {
         ForwardReport {
             counters: f.counters().clone(),
-            vips: (0..).map_while(|id| f.vip_stats(id)).collect(),
+            vips: f.vip_stats().collect(),
             conntrack_entries: f.conntrack_len(),
             conntrack_capacity: f.conntrack_capacity(),
         }
     }
-}
-
-/// How a forwarding VIP is named in the stats.
-pub struct ForwardVipName {
-    pub address: Ipv4Addr,
-    pub port: u16,
-    pub proto: &'static str,
-    pub mode: &'static str,
 }
 
 #[derive(Serialize)]
@@ -84,7 +76,6 @@ impl Stats {
         lcores: &[(u32, LcoreCounters)],
         pool: &Mempool,
         reports: &[Option<LcoreReport>],
-        forward_names: &[ForwardVipName],
     ) -> Stats {
         let engines: Vec<&EngineReport> = reports.iter().flatten().filter_map(|r| r.proxy.as_ref()).collect();
         let forwarders: Vec<&ForwardReport> = reports.iter().flatten().filter_map(|r| r.forward.as_ref()).collect();
@@ -109,7 +100,7 @@ impl Stats {
             })
         });
         let mut vips = sum_proxy_vips(&engines);
-        vips.extend(sum_forward_vips(&forwarders, forward_names));
+        vips.extend(sum_forward_vips(&forwarders));
         Stats {
             lcores: lcores.iter().map(|(id, c)| c.snapshot(*id)).collect(),
             mbufs_in_use: pool.in_use(),
@@ -198,30 +189,27 @@ fn sum_proxy_vips(engines: &[&EngineReport]) -> Vec<Value> {
         .collect()
 }
 
-/// Forwarding VIPs (same order on every lcore) and their backends.
-fn sum_forward_vips(forwarders: &[&ForwardReport], names: &[ForwardVipName]) -> Vec<Value> {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let mut v = Map::new();
-            v.insert("address".into(), json!(name.address.to_string()));
-            v.insert("port".into(), json!(name.port));
-            v.insert("proto".into(), json!(name.proto));
-            v.insert("mode".into(), json!(name.mode));
-            let mut backends: BTreeMap<(Ipv4Addr, u16), Map<String, Value>> = BTreeMap::new();
-            for (traffic, bs) in forwarders.iter().filter_map(|f| f.vips.get(i)) {
-                add(&mut v, &[("packets", traffic.packets), ("bytes", traffic.bytes), ("new_flows", traffic.new_flows)]);
-                for b in bs {
-                    let m = backends.entry((b.addr, b.port)).or_default();
-                    m.insert("address".into(), json!(b.addr.to_string()));
-                    m.insert("port".into(), json!(b.port));
-                    add(
-                        m,
-                        &[("packets", b.traffic.packets), ("bytes", b.traffic.bytes), ("new_flows", b.traffic.new_flows)],
-                    );
-                }
-            }
+/// Forwarding VIPs and their backends, summed over forwarders by VIP id.
+fn sum_forward_vips(forwarders: &[&ForwardReport]) -> Vec<Value> {
+    type Backends = BTreeMap<(Ipv4Addr, u16), Map<String, Value>>;
+    let mut vips: BTreeMap<u16, (Map<String, Value>, Backends)> = BTreeMap::new();
+    for vip in forwarders.iter().flat_map(|f| &f.vips) {
+        let (v, backends) = vips.entry(vip.id).or_default();
+        v.insert("address".into(), json!(vip.addr.to_string()));
+        v.insert("port".into(), json!(vip.port));
+        v.insert("proto".into(), json!(vip.proto.name()));
+        v.insert("mode".into(), json!(vip.mode.name()));
+        let t = &vip.traffic;
+        add(v, &[("packets", t.packets), ("bytes", t.bytes), ("new_flows", t.new_flows), ("drops", vip.drops)]);
+        for b in &vip.backends {
+            let m = backends.entry((b.addr, b.port)).or_default();
+            m.insert("address".into(), json!(b.addr.to_string()));
+            m.insert("port".into(), json!(b.port));
+            add(m, &[("packets", b.traffic.packets), ("bytes", b.traffic.bytes), ("new_flows", b.traffic.new_flows)]);
+        }
+    }
+    vips.into_values()
+        .map(|(mut v, backends)| {
             v.insert("backends".into(), Value::Array(backends.into_values().map(Value::Object).collect()));
             Value::Object(v)
         })

@@ -10,14 +10,16 @@
 use crate::counters::{LcoreCounters, LocalDrop};
 use crate::device::{EngineInbox, MbufDevice, TxSide};
 use crate::dpdk::{prefetch, Mbuf, MbufBatch, Ring, RingConsumer, RxQueue, BURST};
-use crate::control::{self, Applied};
+use crate::control::{self, Applied, LcoreAck};
 use crate::stats::{EngineReport, ForwardReport, LcoreReport};
 use fulcrum_packet::EthernetAddress;
 use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 use fulcrum_packet::{classify, emit_arp_reply, respond, Classified, DropReason, Local, Verdict, ARP_FRAME_LEN};
 use fulcrum_forward::{Forwarder, Verdict as FwdVerdict, ARP_REQUEST_LEN};
-use fulcrum_proxy::{owner_of_flow, owner_of_port, Engine};
+use fulcrum_model::steer::{owner_of_flow, owner_of_port};
+use fulcrum_model::VipRefusal;
+use fulcrum_proxy::Engine;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -72,12 +74,16 @@ pub struct Worker<'a> {
     pub rx: RxQueue<'a>,
     pub tx: TxSide<'a>,
     pub mac: EthernetAddress,
-    /// Addresses answered for: our own first, then VIPs and SNAT addresses.
+    /// Addresses answered for: our own first, then VIPs and SNAT addresses
+    /// (replaced with each installed generation).
     pub addrs: Vec<Ipv4Addr>,
     /// This lcore's counter block in the shared segment, when there is one.
     pub shm: Option<fulcrum_shm::LcoreCounters<'a>>,
-    /// New configuration generations from the control thread (newest wins).
-    pub commands: Option<&'a ArrayQueue<Arc<Applied>>>,
+    /// New configuration generations from the control thread (newest wins);
+    /// the first is the file's.
+    pub commands: &'a ArrayQueue<Arc<Applied>>,
+    /// Where this lcore says what it installed.
+    pub acks: &'a ArrayQueue<LcoreAck>,
     /// The generation installed last, if any.
     pub applied: Option<Arc<Applied>>,
     pub counters: &'a LcoreCounters,
@@ -190,44 +196,41 @@ impl Worker<'_> {
 
     /// Installs the newest configuration generation, if one is waiting: the
     /// engine keeps established connections and the forwarder its tracked
-    /// flows; new ones follow the new tables.
+    /// flows; new ones follow the new tables. Acknowledged to the control
+    /// thread only once installed (with the VIPs this lcore left out).
     fn install_new_generation(&mut self) {
-        let Some(applied) = self.commands.and_then(ArrayQueue::pop) else {
+        let Some(applied) = self.commands.pop() else {
             return;
         };
         if let Some(p) = &mut self.proxy {
             match p.engine.reconfigure_with(&applied.tables) {
-                Ok(r) => {
-                    for (addr, _) in &applied.vips {
-                        if !self.addrs.contains(addr) {
-                            self.addrs.push(*addr);
-                        }
-                    }
-                    p.steering.vips = applied.vips.clone();
-                    tracing::info!(
-                        "lcore {}: generation {} installed ({} VIPs added, {} removed, {} backends added, {} removed, {} connections draining)",
-                        self.lcore,
-                        applied.generation,
-                        r.vips_added,
-                        r.vips_removed,
-                        r.backends_added,
-                        r.backends_removed,
-                        r.draining_connections
-                    );
-                }
+                Ok(r) => tracing::info!(
+                    "lcore {}: generation {} installed ({} VIPs added, {} removed, {} backends added, {} removed, {} connections draining)",
+                    self.lcore,
+                    applied.generation,
+                    r.vips_added,
+                    r.vips_removed,
+                    r.backends_added,
+                    r.backends_removed,
+                    r.draining_connections
+                ),
                 Err(e) => {
+                    // Not acknowledged: the generation never counts as applied.
                     tracing::error!("lcore {}: generation {} refused: {e}", self.lcore, applied.generation);
                     return;
                 }
             }
+            p.steering.vips.clone_from(&applied.proxy_vips);
         }
+        let mut refused = Vec::new();
         if let Some(f) = &mut self.forward {
-            for (vip, set) in &applied.forward {
-                if let Err(e) = f.forwarder.set_backends(*vip, set.clone()) {
-                    tracing::error!("lcore {}: generation {}: forwarding VIP {vip}: {e}", self.lcore, applied.generation);
-                }
+            for (id, e) in f.forwarder.install(&applied.forward) {
+                let vip = applied.forward.iter().find(|v| v.id() == id).map(|v| v.name()).unwrap_or_default();
+                refused.push(VipRefusal { id, vip, reason: format!("lcore {}: {e}", self.lcore) });
             }
         }
+        self.addrs.clone_from(&applied.addrs);
+        self.acks.force_push(LcoreAck { generation: applied.generation, refused });
         self.applied = Some(applied);
     }
 
@@ -252,7 +255,7 @@ impl Worker<'_> {
     /// flow, a burst at a time; what it hands back (not a forwarding frame)
     /// goes on to [`Worker::dispatch`].
     fn receive(&mut self, batch: &mut MbufBatch, now_ns: u64, from_ring: bool) {
-        if self.forward.is_none() {
+        if !self.forward.as_ref().is_some_and(|f| f.forwarder.has_vips()) {
             batch.drain().for_each(|m| self.dispatch(m, now_ns, from_ring));
             return;
         }

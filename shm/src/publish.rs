@@ -294,6 +294,14 @@ impl<'a> Subscriber<'a> {
         self.accepted
     }
 
+    /// Records that the dataplane could not install `generation` at all (it
+    /// keeps serving the one it has).
+    pub fn record_rejection(&self, reason: &RejectReason, generation: u64) {
+        if self.record {
+            self.record_reject(reason, generation);
+        }
+    }
+
     /// Records `generation` as applied: every lcore has installed it.
     pub fn mark_applied(&self, generation: u64) {
         if self.record {

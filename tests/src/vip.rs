@@ -3,90 +3,43 @@
 
 use std::fmt::Write as _;
 
+use fulcrum_model::{Backend, Mode, Vip};
 use serde_json::Value;
 
 /// The VIP the proxy tests use.
 pub const VIP_IP: &str = "198.18.1.1";
 pub const VIP_PORT: u16 = 80;
 
-/// One `[[vip]]` table.
-#[derive(Clone, Debug)]
-pub struct VipSpec {
-    pub address: String,
-    pub port: u16,
-    /// `"flow"` or `"client"`.
-    pub affinity: String,
-    pub max_connections: u32,
-    pub connect_timeout_ms: u64,
-    pub connect_tries: u32,
-    pub idle_timeout_ms: u64,
-    /// `"off"`, `"v1"`, `"v2"`.
-    pub proxy_protocol: String,
-    /// `(address, port, weight)`.
-    pub backends: Vec<(String, u16, u32)>,
+/// A proxy VIP `address:port` with the model's defaults and no backend.
+pub fn proxy_vip(address: &str, port: u16) -> Vip {
+    Vip::new(address.parse().expect("an IPv4 address"), port, Mode::Proxy)
 }
 
-impl VipSpec {
-    /// A proxy VIP with the documented defaults.
-    pub fn new(address: &str, port: u16) -> Self {
-        VipSpec {
-            address: address.to_string(),
-            port,
-            affinity: "flow".into(),
-            max_connections: 10_000,
-            connect_timeout_ms: 1000,
-            connect_tries: 3,
-            idle_timeout_ms: 60_000,
-            proxy_protocol: "off".into(),
-            backends: Vec::new(),
-        }
+/// Adds the three topology backends on `port` with the given weights.
+pub fn three_backends(mut v: Vip, port: u16, weights: [u32; 3]) -> Vip {
+    for (ip, w) in crate::BACKEND_IPS.iter().zip(weights) {
+        v.backends.push(Backend::new(ip.parse().expect("an IPv4 address"), port, w));
     }
+    v
+}
 
-    /// Add a backend.
-    pub fn backend(mut self, address: &str, port: u16, weight: u32) -> Self {
-        self.backends.push((address.to_string(), port, weight));
-        self
+/// `[[vip]]` tables for the dataplane's (or the control plane's) file: the
+/// model's own serialisation, so the files say exactly what the model holds.
+pub fn vips_toml(vips: &[Vip]) -> String {
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        vip: &'a [Vip],
     }
-
-    /// The three topology backends on `port` with the given weights.
-    pub fn three_backends(mut self, port: u16, weights: [u32; 3]) -> Self {
-        for (ip, w) in crate::BACKEND_IPS.iter().zip(weights) {
-            self.backends.push((ip.to_string(), port, w));
-        }
-        self
-    }
-
-    pub fn to_toml(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "[[vip]]");
-        let _ = writeln!(s, "address = \"{}\"", self.address);
-        let _ = writeln!(s, "port = {}", self.port);
-        let _ = writeln!(s, "mode = \"proxy\"");
-        let _ = writeln!(s, "affinity = \"{}\"", self.affinity);
-        let _ = writeln!(s, "max_connections = {}", self.max_connections);
-        let _ = writeln!(s, "connect_timeout_ms = {}", self.connect_timeout_ms);
-        let _ = writeln!(s, "connect_tries = {}", self.connect_tries);
-        let _ = writeln!(s, "idle_timeout_ms = {}", self.idle_timeout_ms);
-        let _ = writeln!(s, "proxy_protocol = \"{}\"", self.proxy_protocol);
-        let _ = writeln!(s, "backends = [");
-        for (a, p, w) in &self.backends {
-            let _ = writeln!(s, "  {{ address = \"{a}\", port = {p}, weight = {w} }},");
-        }
-        let _ = writeln!(s, "]");
-        s
-    }
+    toml::to_string(&File { vip: vips }).expect("a VIP serialises to TOML")
 }
 
 /// Extra config for `Dataplane::start`: an optional `[proxy] buffer_size` and VIPs.
-pub fn proxy_config(buffer_size: Option<usize>, vips: &[VipSpec]) -> String {
+pub fn proxy_config(buffer_size: Option<usize>, vips: &[Vip]) -> String {
     let mut s = String::new();
     if let Some(b) = buffer_size {
         let _ = writeln!(s, "[proxy]\nbuffer_size = {b}\n");
     }
-    for v in vips {
-        s.push_str(&v.to_toml());
-        s.push('\n');
-    }
+    s.push_str(&vips_toml(vips));
     s
 }
 

@@ -130,41 +130,6 @@ fn sources(seen: &Seen) -> BTreeSet<String> {
         .collect()
 }
 
-/// HTTP through a VIP: `n` GETs all succeed and several backends serve them.
-fn http_check(topo: &Topology, dp: &Dataplane, vip_addr: &str, n: usize) {
-    let res = http_gets(topo, &format!("http://{vip_addr}:80/"), n);
-    let by = served_by(&res);
-    eprintln!("HTTP via {vip_addr}: {n} GETs, all 200; served by {by:?}");
-    assert!(
-        by.len() >= 2,
-        "{n} GETs with affinity \"flow\" all served by one backend: {by:?}"
-    );
-    for body in by.keys() {
-        assert!(
-            BACKENDS.iter().any(|b| *body == format!("backend={b}")),
-            "unexpected body {body:?}"
-        );
-    }
-    // The stats agree: every backend that answered has forwarded packets.
-    dp.wait_stats(Duration::from_secs(10), "HTTP VIP stats to show the flows", |s| {
-        let flows = vip_counter(s, vip_addr, 80, "tcp", "new_flows");
-        let bs = vip_backends(s, vip_addr, 80, "tcp");
-        let missing: Vec<&String> = by
-            .keys()
-            .filter(|body| {
-                let leaf = body.trim_start_matches("backend=");
-                !bs.iter().any(|(a, p, _, _)| leaf_of(a) == Some(leaf) && *p > 0)
-            })
-            .collect();
-        if flows >= n as u64 && missing.is_empty() {
-            eprintln!("HTTP VIP {vip_addr}:80 new_flows={flows}, backends (addr, packets, bytes, flows): {bs:?}");
-            Ok(())
-        } else {
-            Err(format!("new_flows {flows} (want >= {n}); backends without packets: {missing:?}; {bs:?}"))
-        }
-    });
-}
-
 // ---------------------------------------------------------------------------- DSR
 
 #[test]

@@ -16,6 +16,7 @@ use fulcrum_tests::client::{self, Pace};
 use fulcrum_tests::pattern::checksum_of;
 use fulcrum_tests::servers::{start_backend_processes, start_backends, start_nginx_backends, Mode, Nginx, NginxOptions, Server};
 use fulcrum_tests::tcp::{self, End};
+use fulcrum_model::{ProxyProtocol, Vip};
 use fulcrum_tests::vip::*;
 use fulcrum_tests::*;
 
@@ -48,9 +49,9 @@ fn start_proxy(
     topo: &Topology,
     weights: [u32; 3],
     buffer_size: Option<usize>,
-    tweak: impl FnOnce(&mut VipSpec),
+    tweak: impl FnOnce(&mut Vip),
 ) -> Dataplane {
-    let mut v = VipSpec::new(VIP_IP, VIP_PORT).three_backends(BACKEND_PORT, weights);
+    let mut v = three_backends(proxy_vip(VIP_IP, VIP_PORT), BACKEND_PORT, weights);
     tweak(&mut v);
     let dp = Dataplane::start(topo, &proxy_config(buffer_size, &[v]));
     // The stats file must describe the VIP: fail early and clearly if it does not.
@@ -76,12 +77,8 @@ fn opened_since(stats: &Value, before: &Value) -> Vec<u64> {
 /// Each backend's share of the VIP's Maglev table, in percent: the table the
 /// dataplane builds for `start_proxy`'s VIP (default size), built here again.
 fn maglev_table_shares(weights: [u32; 3]) -> Vec<f64> {
-    let backends: Vec<_> = BACKEND_IPS
-        .iter()
-        .zip(weights)
-        .map(|(ip, w)| fulcrum_maglev::Backend::at(ip.parse().expect("backend address"), BACKEND_PORT, w))
-        .collect();
-    let table = fulcrum_maglev::MaglevTable::build(&backends, fulcrum_shm::defaults::table_size())
+    let vip = three_backends(proxy_vip(VIP_IP, VIP_PORT), BACKEND_PORT, weights);
+    let table = fulcrum_maglev::MaglevTable::build(&vip.maglev_backends(), vip.table_size)
         .expect("the test VIP's Maglev table");
     let slots = table.slot_counts();
     let total: u32 = slots.iter().sum();
@@ -381,7 +378,7 @@ fn unanswered_backend_times_out_and_fails_over() {
 /// Every connection attempt to be2 fails (`break_be2` arranges how); the
 /// clients still all succeed, through be1 and be3 (the next backends in each
 /// flow's Maglev preference order), and each failure is counted against be2.
-fn failover_test(conns: u64, break_be2: impl FnOnce(&Topology) -> Option<Nginx>, tweak: impl FnOnce(&mut VipSpec)) {
+fn failover_test(conns: u64, break_be2: impl FnOnce(&Topology) -> Option<Nginx>, tweak: impl FnOnce(&mut Vip)) {
     let topo = Topology::up();
     let _be1 = Nginx::start(&topo, "be1", sa(BACKEND_IPS[0], BACKEND_PORT), "be1");
     let _be3 = Nginx::start(&topo, "be3", sa(BACKEND_IPS[2], BACKEND_PORT), "be3");
@@ -455,7 +452,7 @@ fn two_lcores_hand_over_and_keep_every_byte() {
     const BYTES: u64 = 256 * 1024;
     let topo = Topology::up();
     let _servers = start_backends(&topo, BACKEND_PORT, Mode::Echo, &[]);
-    let v = VipSpec::new(VIP_IP, VIP_PORT).three_backends(BACKEND_PORT, [1, 1, 1]);
+    let v = three_backends(proxy_vip(VIP_IP, VIP_PORT), BACKEND_PORT, [1, 1, 1]);
     let config = format!("[dataplane]\nlcores = \"0-1\"\n{}", proxy_config(None, &[v]));
     let mut dp = Dataplane::start(&topo, &config);
     let before = dp.wait_stats(Duration::from_secs(5), "two lcores with an engine each", |s| {
@@ -526,11 +523,11 @@ fn proxy_protocol_v1_and_v2_name_the_client_to_nginx() {
         .zip(BACKEND_IPS)
         .map(|(b, ip)| Nginx::start_with(&topo, b, sa(ip, BACKEND_PORT), b, &opts))
         .collect();
-    let vips: Vec<VipSpec> = [(VIP_PORT, "v1"), (VIP_PORT + 1, "v2")]
+    let vips: Vec<Vip> = [(VIP_PORT, "v1"), (VIP_PORT + 1, "v2")]
         .into_iter()
         .map(|(port, version)| {
-            let mut v = VipSpec::new(VIP_IP, port).three_backends(BACKEND_PORT, [1, 1, 1]);
-            v.proxy_protocol = version.into();
+            let mut v = three_backends(proxy_vip(VIP_IP, port), BACKEND_PORT, [1, 1, 1]);
+            v.proxy_protocol = if version == "v1" { ProxyProtocol::V1 } else { ProxyProtocol::V2 };
             v
         })
         .collect();
@@ -652,7 +649,7 @@ fn half_close_gets_whole_response() {
 #[test]
 fn idle_connections_reclaimed() {
     const K: u64 = 10_000;
-    const IDLE_MS: u64 = 4000;
+    const IDLE_MS: u32 = 4000;
     // The client's sockets are in this process; the backends' are in their own
     // processes (the hard RLIMIT_NOFILE may not allow both here).
     let limit = raise_nofile_limit(65536);
@@ -673,7 +670,7 @@ fn idle_connections_reclaimed() {
     // KEEPALIVE), so the idle timeout counts from the end of the opening, however
     // long that takes; the sweep below keeps the same pace, so no connection goes
     // more than 2 * KEEPALIVE untouched.
-    const KEEPALIVE: Duration = Duration::from_millis(IDLE_MS / 4);
+    const KEEPALIVE: Duration = Duration::from_millis(IDLE_MS as u64 / 4);
     let t0 = Instant::now();
     let (conns, errors, nerr) =
         on_client(&topo, || client::open_idle(vip(), K as usize, 16, Some(KEEPALIVE), Duration::from_secs(180)));
@@ -783,8 +780,8 @@ fn rst_propagates() {
     let echo = start_backends(&topo, BACKEND_PORT, Mode::Echo, &[]);
     let resetters = start_backends(&topo, RESET_PORT, Mode::Reset, &[]);
     let vips = [
-        VipSpec::new(VIP_IP, VIP_PORT).three_backends(BACKEND_PORT, [1, 1, 1]),
-        VipSpec::new(VIP_IP, VIP_RESET_PORT).three_backends(RESET_PORT, [1, 1, 1]),
+        three_backends(proxy_vip(VIP_IP, VIP_PORT), BACKEND_PORT, [1, 1, 1]),
+        three_backends(proxy_vip(VIP_IP, VIP_RESET_PORT), RESET_PORT, [1, 1, 1]),
     ];
     let mut dp = Dataplane::start(&topo, &proxy_config(None, &vips));
     let before = dp.stats();
