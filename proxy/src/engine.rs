@@ -33,7 +33,7 @@
 //! gets a RST to its SYN (connection refused) instead of an accepted
 //! connection that is reset later, and no client data needs buffering before
 //! a backend exists. A client's retransmitted SYN is ignored by the paused
-//! socket, so `connect_timeout * max_connect_tries` should stay below the
+//! socket, so `connect_timeout * connect_tries` should stay below the
 //! client's SYN retry budget (Linux: 1 s, 3 s, 7 s, ...).
 //!
 //! # TIME-WAIT
@@ -65,8 +65,9 @@
 //!   connection at admission: changes apply to new connections only.
 //!
 //! # Limits
-//! All limits are per engine (the dataplane divides a VIP's limits by the
-//! number of lcores) and need no lock: one engine, one thread. Admission
+//! All limits are per engine (each engine enforces its lcore's share of a
+//! VIP's limits, [`fulcrum_model::Rate::per_lcore`], applied by
+//! [`VipTables::build`]) and need no lock: one engine, one thread. Admission
 //! checks, in order, `max_connections`, the client's `client_rate` (token
 //! bucket per client address in a fixed-size CLOCK table), the VIP's
 //! `new_conn_rate`, then a backend; a refused SYN is answered with RST and
@@ -91,12 +92,15 @@ use smoltcp::wire::{
     EthernetRepr, HardwareAddress, IpAddress, IpCidr, IpListenEndpoint, Ipv4Cidr,
 };
 
-use crate::config::{Affinity, BackendConfig, ConfigError, EngineConfig, VipConfig};
+use fulcrum_model::steer::owner_of_port;
+use fulcrum_model::{Affinity, Backend, ProxyProtocol, Vip};
+
+use crate::config::{ConfigError, EngineConfig};
 use crate::counters::{BackendCounters, BackendSnapshot, EngineCounters, VipCounters, VipSnapshot};
+use crate::frame::{classify, Frame, TcpMeta};
 use crate::limits::{bandwidth_burst, bandwidth_quantum, Bucket, ClientTable};
-use crate::proxy_protocol::{Header, ProxyProtocol};
-use crate::steer::{classify, owner_of_port, Frame, TcpMeta};
-use crate::tables::{PreparedVip, Reconfigured, VipTables};
+use crate::proxy_protocol::Header;
+use crate::tables::{LcoreLimits, PreparedVip, Reconfigured, VipTables};
 use crate::timer::Timers;
 
 /// Frames taken from the device between two passes over the dirty
@@ -118,7 +122,7 @@ fn smol(d: std::time::Duration) -> Duration {
 /// A backend of a VIP on this engine. Its slot index is stable for its
 /// lifetime (connections refer to it), whatever the configured list order.
 struct BackendSlot {
-    cfg: BackendConfig,
+    cfg: Backend,
     counters: BackendCounters,
     /// Listed by the VIP's current configuration. A removed backend's slot
     /// stays (counters included) until no connection refers to it.
@@ -129,7 +133,10 @@ struct BackendSlot {
 
 /// A VIP on this engine. Its slot index is stable for its lifetime.
 struct VipState {
-    cfg: VipConfig,
+    /// As configured: VIP-wide limits (the engine enforces `limits`).
+    cfg: Vip,
+    /// This lcore's share of the VIP's limits.
+    limits: LcoreLimits,
     /// Unique per VIP instance (keys the client table, so a slot reused by
     /// another VIP does not inherit client state).
     uid: u32,
@@ -142,9 +149,9 @@ struct VipState {
     /// stays until its last connection is released.
     configured: bool,
     counters: VipCounters,
-    /// New-connection bucket (`cfg.new_conn_rate`).
+    /// New-connection bucket (`limits.new_conn_rate`).
     conn_bucket: Bucket,
-    /// Byte bucket (`cfg.bandwidth`), both directions.
+    /// Byte bucket (`limits.bandwidth`), both directions.
     bw_bucket: Bucket,
 }
 
@@ -152,6 +159,7 @@ impl VipState {
     fn new(p: &PreparedVip, uid: u32, r: &mut Reconfigured) -> Self {
         let mut v = Self {
             cfg: p.cfg.clone(),
+            limits: p.limits,
             uid,
             table: p.table.clone(),
             table_slots: Vec::new(),
@@ -170,13 +178,13 @@ impl VipState {
     /// A limit newly set starts with a full bucket; a changed one keeps the
     /// tokens it has (clamped to the new burst on next use).
     fn reset_buckets(&mut self, had_rate: bool, had_bw: bool) {
-        match self.cfg.new_conn_rate {
+        match self.limits.new_conn_rate {
             Some(r) if !had_rate => {
                 self.conn_bucket = Bucket::full(u64::from(r.burst), Instant::ZERO)
             }
             _ => {}
         }
-        match self.cfg.bandwidth {
+        match self.limits.bandwidth {
             Some(bw) if !had_bw => {
                 self.bw_bucket = Bucket::full(bandwidth_burst(bw), Instant::ZERO)
             }
@@ -188,13 +196,14 @@ impl VipState {
     /// connections), backends matched by (addr, port) to keep their slots
     /// and counters.
     fn update(&mut self, p: &PreparedVip, r: &mut Reconfigured) {
-        let had_rate = self.cfg.new_conn_rate.is_some();
-        let had_bw = self.cfg.bandwidth.is_some();
+        let had_rate = self.limits.new_conn_rate.is_some();
+        let had_bw = self.limits.bandwidth.is_some();
         if !self.configured {
             r.vips_added += 1;
         }
         self.configured = true;
         self.cfg = p.cfg.clone();
+        self.limits = p.limits;
         self.table = p.table.clone();
         self.reset_buckets(had_rate, had_bw);
 
@@ -202,18 +211,18 @@ impl VipState {
             .backends
             .iter()
             .enumerate()
-            .filter_map(|(i, b)| b.as_ref().map(|b| ((b.cfg.addr, b.cfg.port), i)))
+            .filter_map(|(i, b)| b.as_ref().map(|b| ((b.cfg.address, b.cfg.port), i)))
             .collect();
         let mut listed = vec![false; self.backends.len()];
         self.table_slots.clear();
         for cfg in &p.cfg.backends {
-            let slot = match by_ep.get(&(cfg.addr, cfg.port)) {
+            let slot = match by_ep.get(&(cfg.address, cfg.port)) {
                 Some(&slot) => {
                     let b = self.backends[slot].as_mut().expect("indexed slot");
                     if !b.configured {
                         r.backends_added += 1;
                     }
-                    b.cfg = *cfg;
+                    b.cfg = cfg.clone();
                     b.configured = true;
                     listed[slot] = true;
                     slot
@@ -221,7 +230,7 @@ impl VipState {
                 None => {
                     r.backends_added += 1;
                     let b = BackendSlot {
-                        cfg: *cfg,
+                        cfg: cfg.clone(),
                         counters: BackendCounters::default(),
                         configured: true,
                         refs: 0,
@@ -303,14 +312,14 @@ impl VipState {
             .filter_map(|&s| self.backends[s].as_ref());
         let removed = self.backends.iter().flatten().filter(|b| !b.configured);
         VipSnapshot {
-            addr: self.cfg.addr,
+            addr: self.cfg.address,
             port: self.cfg.port,
             removed: !self.configured,
             counters: self.counters,
             backends: listed
                 .chain(removed)
                 .map(|b| BackendSnapshot {
-                    addr: b.cfg.addr,
+                    addr: b.cfg.address,
                     port: b.cfg.port,
                     weight: b.cfg.weight,
                     state: b.cfg.state,
@@ -442,6 +451,8 @@ pub struct Engine {
     buffer_size: usize,
     max_spare: usize,
     flow_seed: u64,
+    /// Lcores sharing the VIPs' limits (prepared tables must be split for as many).
+    lcores: usize,
     /// VIP slots: configured VIPs and removed ones still draining.
     vips: Vec<Option<VipState>>,
     free_vips: Vec<usize>,
@@ -482,13 +493,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine: Maglev tables, the interface (our address with its
-    /// prefix; VIPs are accepted through smoltcp's AnyIP, filtered by the
-    /// engine, because smoltcp caps interface addresses at compile time) and
-    /// this lcore's port pool.
+    /// Builds the engine: Maglev tables and its lcore's share of the VIPs'
+    /// limits (as [`VipTables::build`] with `config.lcores`), the interface
+    /// (our address with its prefix; VIPs are accepted through smoltcp's
+    /// AnyIP, filtered by the engine, because smoltcp caps interface
+    /// addresses at compile time) and this lcore's port pool.
     pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let tables = VipTables::build(config.vips.clone())?;
+        let tables = VipTables::build(config.vips.clone(), config.lcores)?;
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = config.mtu;
@@ -524,6 +536,7 @@ impl Engine {
             buffer_size: config.buffer_size,
             max_spare: config.max_spare_connections,
             flow_seed: config.flow_seed,
+            lcores: config.lcores,
             vips: Vec::new(),
             free_vips: Vec::new(),
             vip_order: Vec::new(),
@@ -558,12 +571,13 @@ impl Engine {
     /// only when the configuration changed. To keep that work off the lcore,
     /// build [`VipTables`] on a control thread and use
     /// [`reconfigure_with`](Self::reconfigure_with). On error nothing changes.
-    pub fn reconfigure(&mut self, vips: Vec<VipConfig>) -> Result<Reconfigured, ConfigError> {
-        let tables = VipTables::build(vips)?;
+    pub fn reconfigure(&mut self, vips: Vec<Vip>) -> Result<Reconfigured, ConfigError> {
+        let tables = VipTables::build(vips, self.lcores)?;
         self.reconfigure_with(&tables)
     }
 
-    /// Applies prepared tables (see [`VipTables`]): no table is built here,
+    /// Applies prepared tables (see [`VipTables`], built for this engine's
+    /// lcore count: their limits are split for it): no table is built here,
     /// each VIP's table is shared by pointer. On error nothing changes.
     ///
     /// VIPs and backends are matched by `(addr, port)` with what the engine
@@ -582,11 +596,17 @@ impl Engine {
     ///   their own (or by the backend's RST / idle timeout). A removed
     ///   backend's counters stay until its last connection is released.
     pub fn reconfigure_with(&mut self, tables: &VipTables) -> Result<Reconfigured, ConfigError> {
+        if tables.lcores != self.lcores {
+            return Err(ConfigError::Lcores {
+                tables: tables.lcores,
+                engine: self.lcores,
+            });
+        }
         for p in &tables.vips {
-            if p.cfg.addr == self.addr {
-                return Err(ConfigError::VipIsOwnAddress(p.cfg.addr));
+            if p.cfg.address == self.addr {
+                return Err(ConfigError::VipIsOwnAddress(p.cfg.address));
             }
-            if p.cfg.client_rate.is_some() && self.client_table_capacity == 0 {
+            if p.limits.client_rate.is_some() && self.client_table_capacity == 0 {
                 return Err(ConfigError::ClientTableCapacity(0));
             }
         }
@@ -595,12 +615,12 @@ impl Engine {
             .vips
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| v.as_ref().map(|v| ((v.cfg.addr, v.cfg.port), i)))
+            .filter_map(|(i, v)| v.as_ref().map(|v| ((v.cfg.address, v.cfg.port), i)))
             .collect();
         let mut listed = vec![false; self.vips.len()];
         self.vip_order.clear();
         for p in &tables.vips {
-            let slot = match existing.get(&(p.cfg.addr, p.cfg.port)) {
+            let slot = match existing.get(&(p.cfg.address, p.cfg.port)) {
                 Some(&slot) => {
                     vip_mut(&mut self.vips, slot).update(p, &mut r);
                     slot
@@ -646,7 +666,7 @@ impl Engine {
             .iter()
             .map(|&slot| {
                 let v = self.vips[slot].as_ref().expect("configured VIP");
-                ((v.cfg.addr, v.cfg.port), slot)
+                ((v.cfg.address, v.cfg.port), slot)
             })
             .collect();
         r.draining_connections = self.vips.iter().flatten().map(VipState::draining).sum();
@@ -657,7 +677,7 @@ impl Engine {
             .vips
             .iter()
             .flatten()
-            .flat_map(|v| v.backends.iter().flatten().map(|b| b.cfg.addr))
+            .flat_map(|v| v.backends.iter().flatten().map(|b| b.cfg.address))
             .filter(|a| self.network.contains_addr(a))
             .chain(self.gateway)
             .collect();
@@ -774,7 +794,7 @@ impl Engine {
         self.vips
             .iter()
             .flatten()
-            .find(|v| v.cfg.addr == addr && v.cfg.port == port)
+            .find(|v| v.cfg.address == addr && v.cfg.port == port)
     }
 
     /// Counters of VIP `addr:port`, configured or still draining.
@@ -796,7 +816,7 @@ impl Engine {
             .backends
             .iter()
             .flatten()
-            .find(|b| b.cfg.addr == backend_addr && b.cfg.port == backend_port)
+            .find(|b| b.cfg.address == backend_addr && b.cfg.port == backend_port)
             .map(|b| b.counters.active)
     }
 
@@ -852,7 +872,7 @@ impl Engine {
     }
 
     fn is_ours(&self, addr: Ipv4Addr) -> bool {
-        addr == self.addr || self.vips.iter().flatten().any(|v| v.cfg.addr == addr)
+        addr == self.addr || self.vips.iter().flatten().any(|v| v.cfg.address == addr)
     }
 
     fn ingress<T: TxToken>(&mut self, now: Instant, frame: &[u8], tx: T) {
@@ -930,7 +950,7 @@ impl Engine {
             vip.counters.drop_limit += 1;
             return None;
         }
-        let client_entry = match vip.cfg.client_rate {
+        let client_entry = match vip.limits.client_rate {
             Some(rate) => {
                 let (i, evicted) = self.clients.lookup((vip.uid, key.remote), now, rate);
                 if evicted {
@@ -945,7 +965,7 @@ impl Engine {
             }
             None => None,
         };
-        if let Some(rate) = vip.cfg.new_conn_rate {
+        if let Some(rate) = vip.limits.new_conn_rate {
             vip.conn_bucket
                 .refill(now, u64::from(rate.per_sec), u64::from(rate.burst));
             if vip.conn_bucket.available() == 0 {
@@ -954,7 +974,7 @@ impl Engine {
             }
         }
         let hash = match vip.cfg.affinity {
-            Affinity::ClientAddrPort => flow_hash(
+            Affinity::Flow => flow_hash(
                 seed,
                 IpAddr::V4(key.remote),
                 key.remote_port,
@@ -962,7 +982,7 @@ impl Engine {
                 key.local_port,
                 6,
             ),
-            Affinity::ClientAddr => addr_hash(seed, IpAddr::V4(key.remote)),
+            Affinity::Client => addr_hash(seed, IpAddr::V4(key.remote)),
         };
         if vip.table.lookup(hash).is_none() {
             vip.counters.drop_no_backend += 1;
@@ -971,14 +991,16 @@ impl Engine {
         if let Some(i) = client_entry {
             self.clients.bucket(i).take(1);
         }
-        if vip.cfg.new_conn_rate.is_some() {
+        if vip.limits.new_conn_rate.is_some() {
             vip.conn_bucket.take(1);
         }
         vip.counters.accepted += 1;
         vip.counters.active += 1;
-        let (connect_timeout, idle_timeout) =
-            (smol(vip.cfg.connect_timeout), smol(vip.cfg.idle_timeout));
-        let (max_tries, proxy_protocol) = (vip.cfg.max_connect_tries, vip.cfg.proxy_protocol);
+        let (connect_timeout, idle_timeout) = (
+            smol(vip.cfg.connect_timeout()),
+            smol(vip.cfg.idle_timeout()),
+        );
+        let (max_tries, proxy_protocol) = (vip.cfg.connect_tries, vip.cfg.proxy_protocol);
 
         let mut conn = self
             .spare
@@ -1089,7 +1111,7 @@ impl Engine {
                         be.opened += 1;
                         be.active += 1;
                         conn.opened = true;
-                        let vip_ep = SocketAddrV4::new(vip.cfg.addr, vip.cfg.port);
+                        let vip_ep = vip.cfg.endpoint();
                         if let Some(h) = Header::encode(conn.proxy_protocol, conn.client_ep, vip_ep)
                         {
                             // Fits: buffers are at least 1 KiB and empty.
@@ -1119,7 +1141,7 @@ impl Engine {
                 // Bandwidth: a byte budget from the VIP's bucket; what it
                 // does not cover stays in the receive buffers (windows
                 // close: back pressure) until `settle`'s wake-up at refill.
-                let budget = match vip.cfg.bandwidth {
+                let budget = match vip.limits.bandwidth {
                     Some(bw) => {
                         vip.bw_bucket.refill(now, bw, bandwidth_burst(bw));
                         usize::try_from(vip.bw_bucket.available()).unwrap_or(usize::MAX)
@@ -1135,7 +1157,7 @@ impl Engine {
                 };
                 conn.down_first = !conn.down_first;
                 conn.throttled = false;
-                if vip.cfg.bandwidth.is_some() {
+                if vip.limits.bandwidth.is_some() {
                     vip.bw_bucket.take((up + down) as u64);
                     // `splice` stops at an empty source, a full destination
                     // or the budget: data left with room for it is throttled.
@@ -1198,7 +1220,7 @@ impl Engine {
             if conn.local_port != 0 {
                 let be = &vip.be(old).cfg;
                 self.flows.remove(&FlowKey {
-                    remote: be.addr,
+                    remote: be.address,
                     local: self.addr,
                     remote_port: be.port,
                     local_port: conn.local_port,
@@ -1237,7 +1259,7 @@ impl Engine {
         tune_backend(b, self.ack_delay);
         let connected = b.connect(
             self.iface.context(),
-            (IpAddress::Ipv4(be.cfg.addr), be.cfg.port),
+            (IpAddress::Ipv4(be.cfg.address), be.cfg.port),
             IpListenEndpoint {
                 addr: Some(IpAddress::Ipv4(self.addr)),
                 port,
@@ -1248,7 +1270,7 @@ impl Engine {
         conn.local_port = port;
         self.flows.insert(
             FlowKey {
-                remote: be.cfg.addr,
+                remote: be.cfg.address,
                 local: self.addr,
                 remote_port: be.cfg.port,
                 local_port: port,
@@ -1304,7 +1326,7 @@ impl Engine {
             Phase::Connecting { deadline } => Some(deadline),
             Phase::Proxying => {
                 let idle = conn.last_active + conn.idle_timeout;
-                match vip.cfg.bandwidth {
+                match vip.limits.bandwidth {
                     Some(bw) if conn.throttled => {
                         Some(idle.min(vip.bw_bucket.ready_at(bandwidth_quantum(bw), bw)))
                     }
@@ -1329,7 +1351,7 @@ impl Engine {
         let vip = vip_mut(&mut self.vips, conn.vip);
         self.flows.remove(&FlowKey {
             remote: *conn.client_ep.ip(),
-            local: vip.cfg.addr,
+            local: vip.cfg.address,
             remote_port: conn.client_ep.port(),
             local_port: vip.cfg.port,
         });
@@ -1337,7 +1359,7 @@ impl Engine {
             let be = vip.be_mut(bi);
             if conn.local_port != 0 {
                 self.flows.remove(&FlowKey {
-                    remote: be.cfg.addr,
+                    remote: be.cfg.address,
                     local: self.addr,
                     remote_port: be.cfg.port,
                     local_port: conn.local_port,
