@@ -1,188 +1,22 @@
 //! Engine configuration and its validation.
+//!
+//! A VIP is a [`fulcrum_model::Vip`], the one type from the TOML files to the
+//! packet path; its own fields are checked by [`Vip::validate`]. What is
+//! checked here is what only the engine knows: its lcore, ports, buffers and
+//! frame size, and (when VIPs are applied) that a VIP is a proxy VIP, is not
+//! the engine's own address and has a client table if it limits clients.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::time::Duration;
 
+use fulcrum_model::steer::owner_of_port;
+use fulcrum_model::{Invalid, Mode, Vip};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::EthernetAddress;
 
-use crate::proxy_protocol::ProxyProtocol;
-use crate::steer::owner_of_port;
-
-/// Which client identity picks the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Affinity {
-    /// Client address and port: every connection is placed independently.
-    #[default]
-    ClientAddrPort,
-    /// Client address alone: all of a client's connections go to the same
-    /// backend (while it is up), for servers keeping per-client state.
-    ClientAddr,
-}
-
-/// Administrative/health state of a backend.
-///
-/// Only `Up` backends with weight > 0 are in the Maglev table, so only they
-/// receive new connections. Established connections of a `Drain` or `Down`
-/// backend are kept until they end: health checks can be wrong, and a backend
-/// that really died resets or times them out anyway (HAProxy's default, without
-/// `on-marked-down shutdown-sessions`). `Drain` and `Down` therefore differ
-/// only in what they report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub enum BackendState {
-    #[default]
-    Up,
-    /// Taken out of rotation on purpose; existing connections finish.
-    Drain,
-    /// Failed its health checks; existing connections are kept too.
-    Down,
-}
-
-/// One backend of a VIP, identified by `(addr, port)` (counters follow that
-/// identity across reconfigurations, whatever the list order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendConfig {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    /// Relative share of new connections; 0 drains the backend.
-    pub weight: u32,
-    /// Only `Up` backends get new connections.
-    pub state: BackendState,
-}
-
-impl BackendConfig {
-    /// An `Up` backend.
-    pub fn new(addr: Ipv4Addr, port: u16, weight: u32) -> Self {
-        Self {
-            addr,
-            port,
-            weight,
-            state: BackendState::Up,
-        }
-    }
-
-    /// Weight in the Maglev table: 0 unless `Up`.
-    pub(crate) fn table_weight(&self) -> u32 {
-        if self.state == BackendState::Up {
-            self.weight
-        } else {
-            0
-        }
-    }
-}
-
-/// A token-bucket rate: `per_sec` tokens per second, at most `burst` saved up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub per_sec: u32,
-    pub burst: u32,
-}
-
-impl RateLimit {
-    pub fn new(per_sec: u32, burst: u32) -> Self {
-        Self { per_sec, burst }
-    }
-}
-
-/// Largest accepted connection rate or burst (per engine).
-pub const MAX_CONN_RATE: u32 = 10_000_000;
-/// Largest accepted bandwidth limit (bytes per second, per engine): 1 TB/s.
-pub const MAX_BANDWIDTH: u64 = 1_000_000_000_000;
 /// Largest accepted [`EngineConfig::client_table_capacity`].
 pub const MAX_CLIENT_TABLE: usize = 1 << 24;
-
-/// One virtual service: `addr:port` terminated by the engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VipConfig {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    pub backends: Vec<BackendConfig>,
-    /// Maglev table size; must be prime (default [`fulcrum_maglev::DEFAULT_TABLE_SIZE`]).
-    pub table_size: u32,
-    pub affinity: Affinity,
-    /// Concurrent connections on this lcore; SYNs beyond it are reset.
-    pub max_connections: u32,
-    /// How long one backend gets to answer the SYN before the next is tried.
-    pub connect_timeout: Duration,
-    /// Backends tried per client connection (at least 1).
-    pub max_connect_tries: u8,
-    /// A connection that moved no payload either way for this long is reset
-    /// both ways (also when stalled by a reader that stopped reading).
-    pub idle_timeout: Duration,
-    pub proxy_protocol: ProxyProtocol,
-    /// New connections per second on this engine (token bucket, refilled
-    /// from the poll clock); SYNs beyond it are reset (`drop_rate`).
-    /// The dataplane passes the VIP's rate divided by the number of lcores.
-    pub new_conn_rate: Option<RateLimit>,
-    /// New connections per second per client address on this engine (table
-    /// of [`EngineConfig::client_table_capacity`] clients); SYNs beyond it
-    /// are reset (`drop_client_rate`).
-    pub client_rate: Option<RateLimit>,
-    /// Payload bytes per second relayed by this engine for the VIP, both
-    /// directions summed. Beyond it relaying pauses (TCP windows close: back
-    /// pressure, nothing is dropped). Burst: 50 ms worth (at least 1500 bytes).
-    pub bandwidth: Option<u64>,
-}
-
-impl VipConfig {
-    /// A VIP with the defaults: Maglev size 65537, per-connection placement,
-    /// 10 000 connections, 1 s connect timeout, 3 tries, 60 s idle, no PROXY
-    /// header, no rate or bandwidth limit.
-    pub fn new(addr: Ipv4Addr, port: u16, backends: Vec<BackendConfig>) -> Self {
-        Self {
-            addr,
-            port,
-            backends,
-            table_size: fulcrum_maglev::DEFAULT_TABLE_SIZE,
-            affinity: Affinity::ClientAddrPort,
-            max_connections: 10_000,
-            connect_timeout: Duration::from_secs(1),
-            max_connect_tries: 3,
-            idle_timeout: Duration::from_secs(60),
-            proxy_protocol: ProxyProtocol::Off,
-            new_conn_rate: None,
-            client_rate: None,
-            bandwidth: None,
-        }
-    }
-
-    /// Checks what can be checked without the engine (see also
-    /// [`VipTables::build`](crate::VipTables::build)).
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        let limit = |what: &'static str, value: u64| ConfigError::Limit {
-            addr: self.addr,
-            port: self.port,
-            what,
-            value,
-        };
-        if self.port == 0 {
-            return Err(ConfigError::DuplicateVip(self.addr, self.port));
-        }
-        if self.max_connect_tries == 0 {
-            return Err(ConfigError::NoTries(self.addr, self.port));
-        }
-        for (name, rate) in [
-            ("new_conn_rate", self.new_conn_rate),
-            ("client_rate", self.client_rate),
-        ] {
-            if let Some(r) = rate {
-                if r.per_sec == 0 || r.per_sec > MAX_CONN_RATE {
-                    return Err(limit(name, u64::from(r.per_sec)));
-                }
-                if r.burst == 0 || r.burst > MAX_CONN_RATE {
-                    return Err(limit(name, u64::from(r.burst)));
-                }
-            }
-        }
-        if let Some(b) = self.bandwidth {
-            if b == 0 || b > MAX_BANDWIDTH {
-                return Err(limit("bandwidth", b));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Everything one lcore's [`Engine`](crate::Engine) needs.
 #[derive(Debug, Clone)]
@@ -195,10 +29,13 @@ pub struct EngineConfig {
     pub prefix_len: u8,
     /// Router for destinations off our network (remote clients, routed backends).
     pub gateway: Option<Ipv4Addr>,
-    pub vips: Vec<VipConfig>,
+    /// Proxy VIPs ([`Mode::Proxy`]), with their VIP-wide limits: the engine
+    /// applies its lcore's share ([`fulcrum_model::Rate::per_lcore`]).
+    pub vips: Vec<Vip>,
     /// This engine's lcore index, `< lcores`.
     pub lcore: usize,
-    /// Number of lcores sharing the VIPs (and the port range below).
+    /// Number of lcores sharing the VIPs (their limits are split between
+    /// them) and the port range below.
     pub lcores: usize,
     /// Dataplane-wide range of local ports for backend connections. This
     /// engine uses only the ports [`owner_of_port`] gives to `lcore`, so the
@@ -221,7 +58,7 @@ pub struct EngineConfig {
     pub random_seed: u64,
     /// Maglev flow-hash seed; every load balancer serving the VIPs must agree.
     pub flow_seed: u64,
-    /// Client addresses tracked for [`VipConfig::client_rate`] (all VIPs
+    /// Client addresses tracked for [`Vip::client_rate`] (all VIPs
     /// together), allocated once; when full the least recently used entry
     /// (CLOCK approximation) is evicted.
     pub client_table_capacity: usize,
@@ -301,17 +138,15 @@ pub enum ConfigError {
     NoLocalPorts(Range<u16>),
     #[error("VIP {0} is the engine's own address")]
     VipIsOwnAddress(Ipv4Addr),
-    #[error("VIP {0}:{1} has port 0 or is listed twice")]
+    #[error("VIP {0}:{1} is listed twice")]
     DuplicateVip(Ipv4Addr, u16),
-    #[error("VIP {0}:{1} allows no connect tries")]
-    NoTries(Ipv4Addr, u16),
-    #[error("VIP {addr}:{port}: {what} value {value} is zero or too large")]
-    Limit {
-        addr: Ipv4Addr,
-        port: u16,
-        what: &'static str,
-        value: u64,
-    },
+    #[error("VIP {vip} is a {} VIP: the proxy engine takes proxy VIPs only", .mode.name())]
+    NotProxy { vip: String, mode: Mode },
+    /// A VIP's own field refused by [`Vip::validate`] (`error.field` names it).
+    #[error("VIP {vip}: {error}")]
+    Invalid { vip: String, error: Invalid },
+    #[error("VIP tables were built for {tables} lcores, this engine is one of {engine}")]
+    Lcores { tables: usize, engine: usize },
     #[error(
         "client table capacity {0} is above {MAX_CLIENT_TABLE} (or 0 while a VIP limits clients)"
     )]

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::config::BackendState;
+use fulcrum_model::BackendState;
 
 /// Per VIP (on this engine).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

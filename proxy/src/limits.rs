@@ -1,18 +1,20 @@
 //! Rate limiting state, single-threaded (one per engine, no locks): token
 //! buckets and the bounded per-client table.
 //!
-//! Limits are per engine. The dataplane runs one engine per lcore and splits a
-//! VIP's limits evenly: each engine is configured with `rate / lcores` (and
-//! `burst / lcores`, rounded up, at least 1). Client connections are spread
-//! over lcores by their 4-tuple, so a client using many source ports meets
-//! about `1 / lcores` of its limit on each lcore, and the sum is the VIP's.
+//! Limits are per engine. The dataplane runs one engine per lcore and each
+//! engine enforces its share of a VIP's limits, `rate / lcores` (and
+//! `burst / lcores`, rounded up, at least 1: [`fulcrum_model::Rate::per_lcore`],
+//! applied by [`VipTables::build`](crate::VipTables::build)). Client
+//! connections are spread over lcores by their 4-tuple, so a client using many
+//! source ports meets about `1 / lcores` of its limit on each lcore, and the
+//! sum is the VIP's.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use smoltcp::time::{Duration, Instant};
 
-use crate::config::RateLimit;
+use fulcrum_model::Rate;
 
 /// Fixed point: a bucket counts millionths of a token, so refills at any
 /// rate are exact to the microsecond with integer arithmetic.
@@ -119,12 +121,7 @@ impl ClientTable {
     /// The entry for `key` (created full if absent), refilled to `now`;
     /// returns its index and whether another client was evicted for it.
     /// Capacity must be non-zero (checked when the configuration is applied).
-    pub(crate) fn lookup(
-        &mut self,
-        key: ClientKey,
-        now: Instant,
-        rate: RateLimit,
-    ) -> (usize, bool) {
+    pub(crate) fn lookup(&mut self, key: ClientKey, now: Instant, rate: Rate) -> (usize, bool) {
         let (per_sec, burst) = (u64::from(rate.per_sec), u64::from(rate.burst));
         if let Some(&i) = self.index.get(&key) {
             let e = &mut self.entries[i as usize];
@@ -207,7 +204,7 @@ mod tests {
 
     #[test]
     fn client_table_evicts_unreferenced_first() {
-        let rate = RateLimit::new(1, 5);
+        let rate = Rate::new(1, 5);
         let now = Instant::from_secs(1);
         let mut t = ClientTable::new(2);
         let a = (1, Ipv4Addr::new(10, 0, 0, 1));

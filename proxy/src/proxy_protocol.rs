@@ -8,17 +8,7 @@
 use std::io::Write;
 use std::net::SocketAddrV4;
 
-/// Which PROXY protocol header, if any, precedes the client's bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProxyProtocol {
-    /// Send the client's bytes unchanged.
-    #[default]
-    Off,
-    /// Human-readable line, e.g. `PROXY TCP4 198.18.0.10 198.18.1.1 40000 80\r\n`.
-    V1,
-    /// 28-byte binary header.
-    V2,
-}
+use fulcrum_model::ProxyProtocol;
 
 /// Longest header this module produces: a v1 TCP4 line with four
 /// 15-character addresses and 5-digit ports is 56 bytes; v2 is 28.
@@ -36,8 +26,9 @@ pub struct Header {
 
 impl Header {
     /// Encodes the header announcing a connection from `client` to `vip`
-    /// (source = client, destination = the address the client connected to).
-    /// `None` for [`ProxyProtocol::Off`].
+    /// (source = client, destination = the address the client connected to):
+    /// v1, a human-readable line (`PROXY TCP4 198.18.0.10 198.18.1.1 40000 80\r\n`);
+    /// v2, 28 binary bytes. `None` for [`ProxyProtocol::Off`].
     pub fn encode(kind: ProxyProtocol, client: SocketAddrV4, vip: SocketAddrV4) -> Option<Self> {
         let mut buf = [0u8; MAX_HEADER_LEN];
         let len = match kind {

@@ -5,7 +5,7 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use fulcrum_proxy::RateLimit;
+use fulcrum_model::Rate;
 use smoltcp::socket::tcp::State;
 use smoltcp::time::{Duration, Instant};
 
@@ -38,7 +38,7 @@ fn vip_new_connection_rate_with_burst() {
     let mut s = Setup::new(1);
     s.shards = 64;
     s.config.buffer_size = 4096;
-    s.vip.new_conn_rate = Some(RateLimit::new(200, 20));
+    s.vip.new_conn_rate = Some(Rate::new(200, 20));
     let mut w = s.build();
     for h in &mut w.hosts {
         h.set_buffer(4096);
@@ -72,11 +72,43 @@ fn vip_new_connection_rate_with_burst() {
     );
 }
 
+/// The VIP's limit is split between lcores: the engine of lcore 0 of 2
+/// enforces half the rate and half the burst (rounded up).
+#[test]
+fn vip_rate_is_split_between_lcores() {
+    let mut s = Setup::new(1);
+    s.shards = 64;
+    s.config.buffer_size = 4096;
+    s.config.lcores = 2;
+    s.vip.new_conn_rate = Some(Rate::new(200, 21));
+    let mut w = s.build();
+    for h in &mut w.hosts {
+        h.set_buffer(4096);
+    }
+    let socks = offer(
+        &mut w,
+        0,
+        10000,
+        Duration::from_millis(2),
+        Duration::from_secs(2),
+    );
+    w.run_for(Duration::from_millis(200), |_| {});
+    assert_eq!(socks.len(), 1000);
+    let vip = *w.engine.vip_counters(0).unwrap();
+    let expected = 100.0 * 2.0 + 11.0;
+    let accepted = vip.accepted as f64;
+    assert!(
+        (accepted - expected).abs() <= expected * 0.1,
+        "accepted {accepted}, expected ~{expected}"
+    );
+    assert_eq!(vip.accepted + vip.drop_rate, 1000, "{vip:?}");
+}
+
 #[test]
 fn client_over_its_rate_is_throttled_other_client_is_not() {
     let mut s = Setup::new(1);
     s.shards = 16;
-    s.vip.client_rate = Some(RateLimit::new(10, 5));
+    s.vip.client_rate = Some(Rate::new(10, 5));
     let mut w = s.build();
     let b = w.add_client(Ipv4Addr::new(198, 18, 0, 11));
     // A: 500/s; B: 5/s, interleaved over 2 s.
@@ -116,7 +148,7 @@ fn client_over_its_rate_is_throttled_other_client_is_not() {
 fn client_table_evicts_when_full() {
     let mut s = Setup::new(1);
     s.config.client_table_capacity = 2;
-    s.vip.client_rate = Some(RateLimit::new(100, 100));
+    s.vip.client_rate = Some(Rate::new(100, 100));
     let mut w = s.build();
     let hosts: Vec<usize> = std::iter::once(0)
         .chain((11..14).map(|i| w.add_client(Ipv4Addr::new(198, 18, 0, i))))
@@ -149,7 +181,7 @@ fn bandwidth_limit_paces_a_transfer() {
     const N: usize = 3_000_000;
     let data: Vec<u8> = (0..N).map(|i| (i * 7 + i / 1001) as u8).collect();
     let mut s = Setup::new(1);
-    s.vip.bandwidth = Some(1_000_000);
+    s.vip.bandwidth_bytes_per_sec = Some(1_000_000);
     let mut w = s.build();
     // The engine is polled only for frames or at its `poll_at`: a throttled
     // connection must be woken by the engine's own deadline (the refill).

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::*;
-use fulcrum_proxy::ProxyProtocol;
+use fulcrum_model::ProxyProtocol;
 use smoltcp::socket::tcp::State;
 use smoltcp::time::Duration;
 
@@ -354,7 +354,7 @@ fn connection_limit_resets_and_counts() {
 #[test]
 fn idle_timeout_closes_both_and_reclaims() {
     let mut s = Setup::new(1);
-    s.vip.idle_timeout = std::time::Duration::from_secs(30);
+    s.vip.idle_timeout_ms = 30_000;
     let mut w = s.build();
     let baseline = w.engine.socket_count();
     let ports = w.engine.free_ports();

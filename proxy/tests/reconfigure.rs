@@ -5,12 +5,13 @@ mod common;
 use std::net::Ipv4Addr;
 
 use common::*;
-use fulcrum_proxy::{BackendConfig, BackendState, ConfigError, RateLimit, VipConfig, VipTables};
+use fulcrum_model::{Backend, BackendState, Mac, Mode, Rate, Vip};
+use fulcrum_proxy::{ConfigError, VipTables};
 use smoltcp::socket::tcp::State;
 use smoltcp::time::Duration;
 
-fn backend(i: usize, weight: u32) -> BackendConfig {
-    BackendConfig::new(backend_ip(i), BACKEND_PORT, weight)
+fn backend(i: usize, weight: u32) -> Backend {
+    Backend::new(backend_ip(i), BACKEND_PORT, weight)
 }
 
 /// Backend index that answered (responses are "<backend>:<request>").
@@ -43,11 +44,10 @@ fn added_backend_gets_new_connections_old_ones_unaffected() {
     assert_eq!(on, 0);
 
     // Tables built "off-lcore" and applied by pointer.
-    let tables = VipTables::build(vec![VipConfig::new(
-        VIP,
-        VIP_PORT,
-        vec![backend(0, 1), backend(1, 1)],
-    )])
+    let tables = VipTables::build(
+        vec![Vip::proxy(VIP, VIP_PORT, vec![backend(0, 1), backend(1, 1)])],
+        1,
+    )
     .unwrap();
     let r = w.engine.reconfigure_with(&tables).unwrap();
     assert_eq!((r.vips_added, r.vips_removed), (0, 0));
@@ -104,7 +104,7 @@ fn removed_backend_finishes_its_transfer_new_connections_avoid_it() {
             // Backend x leaves the configuration mid-transfer.
             let r = w
                 .engine
-                .reconfigure(vec![VipConfig::new(VIP, VIP_PORT, vec![backend(y, 1)])])
+                .reconfigure(vec![Vip::proxy(VIP, VIP_PORT, vec![backend(y, 1)])])
                 .unwrap();
             assert_eq!(r.backends_removed, 1);
             assert_eq!(r.draining_connections, 1);
@@ -168,7 +168,7 @@ fn weight_zero_drain_and_down_take_no_new_connections_existing_finish() {
         list[x] = bx;
         let r = w
             .engine
-            .reconfigure(vec![VipConfig::new(VIP, VIP_PORT, list)])
+            .reconfigure(vec![Vip::proxy(VIP, VIP_PORT, list)])
             .unwrap();
         assert_eq!(
             (r.backends_added, r.backends_removed, r.draining_connections),
@@ -209,7 +209,7 @@ fn weight_zero_drain_and_down_take_no_new_connections_existing_finish() {
 fn add_and_remove_vip() {
     let mut w = Setup::new(1).build();
     let (old, _) = open_at(&mut w, 50000, 1);
-    let vip2 = VipConfig::new(VIP, 81, vec![backend(0, 1)]);
+    let vip2 = Vip::proxy(VIP, 81, vec![backend(0, 1)]);
     let r = w.engine.reconfigure(vec![vip2.clone()]).unwrap();
     assert_eq!(
         (r.vips_added, r.vips_removed, r.draining_connections),
@@ -253,7 +253,7 @@ fn add_and_remove_vip() {
         .engine
         .reconfigure(vec![
             vip2,
-            VipConfig::new(VIP, VIP_PORT, vec![backend(0, 1)]),
+            Vip::proxy(VIP, VIP_PORT, vec![backend(0, 1)]),
         ])
         .unwrap();
     assert_eq!((r.vips_added, r.vips_removed), (1, 0));
@@ -265,66 +265,59 @@ fn add_and_remove_vip() {
 #[test]
 fn invalid_reconfiguration_is_refused_and_old_config_stays() {
     let mut w = Setup::new(2).build();
-    let good = || VipConfig::new(VIP, VIP_PORT, vec![backend(0, 1), backend(1, 1)]);
+    let good = || Vip::proxy(VIP, VIP_PORT, vec![backend(0, 1), backend(1, 1)]);
     let mut not_prime = good();
     not_prime.table_size = 65536;
-    let dup_backend = VipConfig::new(VIP, VIP_PORT, vec![backend(0, 1), backend(0, 1)]);
+    let dup_backend = Vip::proxy(VIP, VIP_PORT, vec![backend(0, 1), backend(0, 1)]);
     let mut zero_rate = good();
-    zero_rate.new_conn_rate = Some(RateLimit::new(0, 10));
+    zero_rate.new_conn_rate = Some(Rate::new(0, 10));
     let mut zero_burst = good();
-    zero_burst.client_rate = Some(RateLimit::new(10, 0));
+    zero_burst.client_rate = Some(Rate::new(10, 0));
     let mut zero_bw = good();
-    zero_bw.bandwidth = Some(0);
-    let own = VipConfig::new(ENGINE_IP, 80, vec![backend(0, 1)]);
+    zero_bw.bandwidth_bytes_per_sec = Some(0);
+    let own = Vip::proxy(ENGINE_IP, 80, vec![backend(0, 1)]);
     let mut no_tries = good();
-    no_tries.max_connect_tries = 0;
+    no_tries.connect_tries = 0;
+    let mut not_proxy = good();
+    not_proxy.mode = Mode::Fullnat;
+    let mut with_mac = good();
+    with_mac.backends[0].mac = Some(Mac([2, 0, 0, 0, 0, 0x21]));
     type Check = fn(&ConfigError) -> bool;
-    let cases: Vec<(Vec<VipConfig>, &str, Check)> = vec![
-        (vec![not_prime], "not prime", |e| {
-            matches!(e, ConfigError::Maglev { .. })
-        }),
+    /// The VIP's own field `field` refused by the model's validation.
+    fn invalid(e: &ConfigError, field: &str) -> bool {
+        matches!(e, ConfigError::Invalid { vip, error } if vip == "198.18.1.1:80/tcp" && error.field == field)
+    }
+    let cases: Vec<(Vec<Vip>, &str, Check)> = vec![
+        (vec![not_prime], "not prime", |e| invalid(e, "table_size")),
         (vec![dup_backend], "duplicate backend", |e| {
-            matches!(e, ConfigError::Maglev { .. })
+            matches!(e, ConfigError::Invalid { error, .. } if error.reason == "listed twice")
+                && invalid(e, &format!("backends[1] ({}:{BACKEND_PORT})", backend_ip(0)))
         }),
         (vec![good(), good()], "duplicate VIP", |e| {
             matches!(e, ConfigError::DuplicateVip(..))
         }),
         (vec![zero_rate], "zero rate", |e| {
-            matches!(
-                e,
-                ConfigError::Limit {
-                    what: "new_conn_rate",
-                    ..
-                }
-            )
+            invalid(e, "new_conn_rate.per_sec")
         }),
         (vec![zero_burst], "zero burst", |e| {
-            matches!(
-                e,
-                ConfigError::Limit {
-                    what: "client_rate",
-                    ..
-                }
-            )
+            invalid(e, "client_rate.burst")
         }),
         (vec![zero_bw], "zero bandwidth", |e| {
-            matches!(
-                e,
-                ConfigError::Limit {
-                    what: "bandwidth",
-                    ..
-                }
-            )
+            invalid(e, "bandwidth_bytes_per_sec")
         }),
         (vec![own], "own address", |e| {
             matches!(e, ConfigError::VipIsOwnAddress(_))
         }),
-        (vec![no_tries], "no tries", |e| {
-            matches!(e, ConfigError::NoTries(..))
+        (vec![no_tries], "no tries", |e| invalid(e, "connect_tries")),
+        (vec![not_proxy], "not a proxy VIP", |e| {
+            matches!(e, ConfigError::NotProxy { mode: Mode::Fullnat, .. })
+        }),
+        (vec![with_mac], "backend MAC", |e| {
+            invalid(e, &format!("backends[0] ({}:{BACKEND_PORT}).mac", backend_ip(0)))
         }),
     ];
     // Each after a valid VIP, so a partial apply would show.
-    let other = VipConfig::new(Ipv4Addr::new(198, 18, 1, 2), 80, vec![backend(1, 1)]);
+    let other = Vip::proxy(Ipv4Addr::new(198, 18, 1, 2), 80, vec![backend(1, 1)]);
     for (mut vips, what, check) in cases {
         vips.insert(0, other.clone());
         let err = w.engine.reconfigure(vips).unwrap_err();
@@ -341,7 +334,7 @@ fn invalid_reconfiguration_is_refused_and_old_config_stays() {
     // A client limit needs a client table.
     let mut s = Setup::new(1);
     s.config.client_table_capacity = 0;
-    s.vip.client_rate = Some(RateLimit::new(10, 10));
+    s.vip.client_rate = Some(Rate::new(10, 10));
     s.config.vips = vec![s.vip.clone()];
     assert!(matches!(
         fulcrum_proxy::Engine::new(s.config),
@@ -359,11 +352,26 @@ fn vip_installed_into_an_engine_started_without_vips() {
     let mut w = setup.build();
     w.engine = fulcrum_proxy::Engine::new(config).unwrap();
     settle(&mut w);
-    let vip = VipConfig::new(VIP, VIP_PORT, vec![backend(0, 1), backend(1, 1)]);
-    let tables = fulcrum_proxy::VipTables::build(vec![vip]).unwrap();
+    let vip = Vip::proxy(VIP, VIP_PORT, vec![backend(0, 1), backend(1, 1)]);
+    let tables = fulcrum_proxy::VipTables::build(vec![vip], 1).unwrap();
     let r = w.engine.reconfigure_with(&tables).unwrap();
     assert_eq!((r.vips_added, r.backends_added), (1, 2));
     let r = Exchange::open(&mut w, 0, (VIP, VIP_PORT), 42000..42010).run(&mut w, 2);
     assert_eq!(r.len(), 10, "{r:?}");
     assert_eq!(w.engine.vip_counters(0).unwrap().accepted, 10);
+}
+
+/// Tables carry the lcore count their limits were split for; an engine of
+/// another count refuses them and keeps its configuration.
+#[test]
+fn tables_for_another_lcore_count_are_refused() {
+    let mut w = Setup::new(2).build();
+    let vip = Vip::proxy(VIP, VIP_PORT, vec![backend(0, 1)]);
+    let tables = VipTables::build(vec![vip], 2).unwrap();
+    assert_eq!(tables.lcores(), 2);
+    assert!(matches!(
+        w.engine.reconfigure_with(&tables),
+        Err(ConfigError::Lcores { tables: 2, engine: 1 })
+    ));
+    assert_eq!(w.engine.snapshot()[0].backends.len(), 2);
 }

@@ -6,7 +6,8 @@
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
-use fulcrum_proxy::{BackendConfig, Engine, EngineConfig, VipConfig};
+use fulcrum_model::{Backend, Vip};
+use fulcrum_proxy::{Engine, EngineConfig};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::{tcp, AnySocket};
@@ -326,18 +327,18 @@ pub struct Setup {
     pub weights: Vec<u32>,
     pub shards: usize,
     pub config: EngineConfig,
-    pub vip: VipConfig,
+    pub vip: Vip,
 }
 
 impl Setup {
     pub fn new(backends: usize) -> Self {
         let mut config = EngineConfig::new(mac(2), ENGINE_IP, 24);
         config.buffer_size = 64 * 1024;
-        let vip = VipConfig::new(
+        let vip = Vip::proxy(
             VIP,
             VIP_PORT,
             (0..backends)
-                .map(|i| BackendConfig::new(backend_ip(i), BACKEND_PORT, 1))
+                .map(|i| Backend::new(backend_ip(i), BACKEND_PORT, 1))
                 .collect(),
         );
         Self {

@@ -1,0 +1,110 @@
+//! After each service: a finished connection is released at once (no
+//! TIME-WAIT: see the engine's "TIME-WAIT"), its flow-table entries, local
+//! port, backend and VIP references dropped and its sockets kept for reuse;
+//! a live one files its next deadline (smoltcp's, connect, idle, bandwidth
+//! refill) in the timer heap.
+
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::Instant;
+
+use super::conn::{FlowKey, Phase};
+use super::vip::vip_mut;
+use super::Engine;
+use crate::limits::bandwidth_quantum;
+
+impl Engine {
+    /// Releases a finished connection, or files its next deadline.
+    pub(super) fn settle(&mut self, id: usize, now: Instant) {
+        let conn = self.conns[id].as_ref().expect("live");
+        let vip = self.vips[conn.vip].as_ref().expect("VIP slot in use");
+        let done_state = |s: State| matches!(s, State::Closed | State::TimeWait);
+        self.counters.sockets_visited += 2;
+        let client_at = self.iface.poll_at(now, &conn.client);
+        let backend_at = self.iface.poll_at(now, &conn.backend);
+        let c = conn.client.get::<tcp::Socket>(conn.ch).state();
+        let b = conn.backend.get::<tcp::Socket>(conn.bh).state();
+        let quiet = |at: Option<Instant>| at.is_none_or(|at| at > now);
+        if matches!(conn.phase, Phase::Proxying | Phase::Closing)
+            && done_state(c)
+            && done_state(b)
+            && quiet(client_at)
+            && quiet(backend_at)
+        {
+            self.release(id);
+            return;
+        }
+        let own = match conn.phase {
+            Phase::New => Some(now),
+            Phase::Connecting { deadline } => Some(deadline),
+            Phase::Proxying => {
+                let idle = conn.last_active + conn.idle_timeout;
+                match vip.limits.bandwidth {
+                    Some(bw) if conn.throttled => {
+                        Some(idle.min(vip.bw_bucket.ready_at(bandwidth_quantum(bw), bw)))
+                    }
+                    _ => Some(idle),
+                }
+            }
+            Phase::Closing => None,
+        };
+        // A paused client socket always claims to want the CPU (its SYN-ACK is
+        // due); its real wake-up is the backend's progress.
+        let client_at = match conn.phase {
+            Phase::New | Phase::Connecting { .. } => None,
+            _ => client_at,
+        };
+        let at = [own, client_at, backend_at].into_iter().flatten().min();
+        self.timers.set(id as u32, at);
+    }
+
+    pub(super) fn release(&mut self, id: usize) {
+        self.unlist_handshake(id);
+        let conn = self.conns[id].take().expect("live");
+        let vip = vip_mut(&mut self.vips, conn.vip);
+        self.flows.remove(&FlowKey {
+            remote: *conn.client_ep.ip(),
+            local: vip.cfg.address,
+            remote_port: conn.client_ep.port(),
+            local_port: vip.cfg.port,
+        });
+        if let Some(bi) = conn.backend_idx {
+            let be = vip.be_mut(bi);
+            if conn.local_port != 0 {
+                self.flows.remove(&FlowKey {
+                    remote: be.cfg.address,
+                    local: self.addr,
+                    remote_port: be.cfg.port,
+                    local_port: conn.local_port,
+                });
+                self.ports.push_back(conn.local_port);
+            }
+            if conn.opened {
+                be.counters.active -= 1;
+            }
+            vip.unref_backend(bi);
+        }
+        vip.counters.active -= 1;
+        if vip.counters.active == 0 && !vip.configured {
+            // The last connection of a removed VIP: its drain is over.
+            self.vips[conn.vip] = None;
+            self.free_vips.push(conn.vip);
+        }
+        self.timers.set(id as u32, None);
+        self.free_ids.push(id);
+        if self.spare.len() < self.max_spare {
+            self.spare.push(conn);
+        }
+    }
+
+    pub(super) fn unlist_handshake(&mut self, id: usize) {
+        let Some(pos) = self.conns[id].as_mut().and_then(|c| c.handshake_pos.take()) else {
+            return;
+        };
+        self.handshaking.swap_remove(pos);
+        if let Some(&moved) = self.handshaking.get(pos) {
+            if let Some(c) = self.conns[moved].as_mut() {
+                c.handshake_pos = Some(pos);
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Frames in: each frame is classified (ARP, or a TCP 4-tuple) and handed to
+//! smoltcp with the one socket set it concerns, found by one flow-table
+//! lookup, through a one-frame device that lends it without copying. A SYN
+//! to a VIP with no connection is admitted first ([`Engine::admit`]); any
+//! other segment of an unknown connection goes to the empty sink set, and
+//! smoltcp answers it with RST.
+
+use std::net::Ipv4Addr;
+
+use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
+use smoltcp::time::Instant;
+
+use super::conn::FlowKey;
+use super::Engine;
+use crate::frame::{classify, Frame, TcpMeta};
+
+impl Engine {
+    pub(super) fn is_ours(&self, addr: Ipv4Addr) -> bool {
+        addr == self.addr || self.vips.iter().flatten().any(|v| v.cfg.address == addr)
+    }
+
+    pub(super) fn ingress<T: TxToken>(&mut self, now: Instant, frame: &[u8], tx: T) {
+        self.counters.frames_in += 1;
+        let target = match classify(frame) {
+            Frame::Arp { sender, target } if self.is_ours(target) => {
+                if let Ok(i) = self.neighbors.binary_search(&sender) {
+                    self.neighbor_heard[i] = true;
+                }
+                for i in 0..self.handshaking.len() {
+                    self.mark_dirty(self.handshaking[i]);
+                }
+                None
+            }
+            Frame::Tcp(meta) if self.is_ours(meta.dst) => self.tcp_target(now, &meta),
+            _ => {
+                self.counters.frames_not_ours += 1;
+                return;
+            }
+        };
+        let set = match target {
+            None => &mut self.sink,
+            Some((id, client_side)) => {
+                let conn = self.conns[id]
+                    .as_mut()
+                    .expect("flow table points at live slots");
+                if client_side {
+                    &mut conn.client
+                } else {
+                    &mut conn.backend
+                }
+            }
+        };
+        self.counters.sockets_visited += set.iter().count() as u64;
+        let mut device = OneFrame {
+            frame: Some(frame),
+            tx: Some(tx),
+            caps: &self.caps,
+        };
+        self.iface.poll_ingress_single(now, &mut device, set);
+    }
+
+    /// Connection (and side: true = client) a TCP segment belongs to,
+    /// admitting a new connection for a SYN to a VIP; `None` = answer with RST.
+    pub(super) fn tcp_target(&mut self, now: Instant, m: &TcpMeta) -> Option<(usize, bool)> {
+        let key = FlowKey {
+            remote: m.src,
+            local: m.dst,
+            remote_port: m.src_port,
+            local_port: m.dst_port,
+        };
+        let client_side = m.dst != self.addr;
+        if let Some(&id) = self.flows.get(&key) {
+            self.mark_dirty(id);
+            return Some((id, client_side));
+        }
+        let vip = match self.vip_by_endpoint.get(&(m.dst, m.dst_port)) {
+            Some(&vip) if m.syn_only => vip,
+            _ => {
+                self.counters.unknown_flow += 1;
+                return None;
+            }
+        };
+        self.admit(now, vip, key).map(|id| (id, true))
+    }
+}
+
+/// A one-frame smoltcp device: lends the frame the engine already took from
+/// the real device (and that frame's TX token for an immediate reply) to
+/// `poll_ingress_single`, so the engine can choose the socket set after
+/// looking at the frame, without copying it.
+pub(super) struct OneFrame<'f, T> {
+    pub(super) frame: Option<&'f [u8]>,
+    pub(super) tx: Option<T>,
+    pub(super) caps: &'f DeviceCapabilities,
+}
+
+impl<'f> OneFrame<'f, NoTx> {
+    /// For `Interface::new`, which only reads the capabilities.
+    pub(super) fn caps_only(caps: &'f DeviceCapabilities) -> Self {
+        Self {
+            frame: None,
+            tx: None,
+            caps,
+        }
+    }
+}
+
+impl<'f, T: TxToken> Device for OneFrame<'f, T> {
+    type RxToken<'a>
+        = FrameRx<'f>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = T
+    where
+        Self: 'a;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(FrameRx<'f>, T)> {
+        let frame = self.frame.take()?;
+        Some((FrameRx(frame), self.tx.take()?))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<T> {
+        self.tx.take()
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+pub(super) struct FrameRx<'f>(&'f [u8]);
+
+impl RxToken for FrameRx<'_> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(self.0)
+    }
+}
+
+/// TX token type of [`OneFrame::caps_only`], which never hands one out.
+pub(super) enum NoTx {}
+
+impl TxToken for NoTx {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, _len: usize, _f: F) -> R {
+        match self {}
+    }
+}

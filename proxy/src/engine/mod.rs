@@ -1,0 +1,362 @@
+//! The per-lcore proxy engine.
+//!
+//! # Shape
+//! One smoltcp [`Interface`] (addresses, neighbour cache, routes) and, per
+//! connection, two one-socket [`SocketSet`]s: the client-facing socket and the
+//! backend-facing socket. smoltcp walks the whole set it is given for every
+//! ingress segment, every egress pass and every `poll_at`; giving it a set of
+//! one socket makes that walk constant. The engine does the dispatch itself:
+//! it classifies each frame's 4-tuple, looks it up in a flow table (one hash
+//! lookup) and hands the frame to `poll_ingress_single` with that connection's
+//! set. This is sharding taken to shards of one connection: both sockets of a
+//! connection share its shard, no port arithmetic ties shards to local ports,
+//! and a hot shard cannot exist.
+//!
+//! Only connections with work are visited: those a frame touched this poll
+//! (the dirty list) and those whose deadline passed ([`Timers`], one entry per
+//! connection: the earliest of smoltcp's `poll_at` for its sets, the connect
+//! timeout and the idle timeout). Cost per packet is therefore O(1) plus an
+//! O(log n) heap update, independent of how many connections are open.
+//!
+//! # Accepting
+//! There is no listen backlog in smoltcp, so no listener waits in advance: a
+//! SYN to a VIP:port with no connection is admitted by creating a connection
+//! whose client socket listens on the VIP:port, then the SYN is handed to it.
+//! A SYN beyond the VIP's limit (or with no backend) goes to an empty socket
+//! set and smoltcp answers it with RST, as it does for any segment of an
+//! unknown connection.
+//!
+//! # SYN-ACK held until the backend is up
+//! The client socket pauses its SYN-ACK (`socket-tcp-pause-synack`) while the
+//! engine connects to the backend. Why: a client then only sees an established
+//! connection when there is a backend behind it; if every backend fails it
+//! gets a RST to its SYN (connection refused) instead of an accepted
+//! connection that is reset later, and no client data needs buffering before
+//! a backend exists. A client's retransmitted SYN is ignored by the paused
+//! socket, so `connect_timeout * connect_tries` should stay below the
+//! client's SYN retry budget (Linux: 1 s, 3 s, 7 s, ...).
+//!
+//! # TIME-WAIT
+//! smoltcp holds TIME-WAIT for 10 s. The engine does not: a connection whose
+//! two sockets are closed or in TIME-WAIT, with nothing left to transmit, is
+//! released at once and its sockets reused (a reused socket forgets its
+//! TIME-WAIT without sending anything). A late retransmitted FIN then meets no
+//! connection and is answered with RST, which ends the peer's LAST-ACK just as
+//! well. Local ports go back to the tail of a FIFO, so a port is reused as late
+//! as possible, which is what protects the backend's own TIME-WAIT.
+//!
+//! # Reconfiguration
+//! [`Engine::reconfigure`] takes the full VIP list of a new configuration
+//! generation; [`Engine::reconfigure_with`] takes the same already validated
+//! and with its Maglev tables built ([`VipTables`], built once on a control
+//! thread and shared by every lcore through an `Arc`: the lcore only moves
+//! pointers and merges lists). Either is called on the lcore between two
+//! polls, never per packet. VIPs and backends live in slots whose index never
+//! changes while a connection refers to them, matched by `(addr, port)` on
+//! every reconfiguration, so counters survive reorderings:
+//! - removed VIP: out of `vip_by_endpoint` at once (its SYNs get RST), its
+//!   connections drain to their natural end, then its slot is freed;
+//! - removed backend, weight 0, `Drain`, `Down`: out of the new Maglev table
+//!   (no new connections); connections already on it keep it until they end
+//!   (also for `Down`: a health check can be wrong, and a dead backend ends
+//!   its connections itself by RST or idle timeout); a removed backend's
+//!   slot and counters go with its last connection;
+//! - VIP settings (timeouts, tries, PROXY protocol) are copied into each
+//!   connection at admission: changes apply to new connections only.
+//!
+//! # Limits
+//! All limits are per engine (each engine enforces its lcore's share of a
+//! VIP's limits, [`fulcrum_model::Rate::per_lcore`], applied by
+//! [`VipTables::build`]) and need no lock: one engine, one thread. Admission
+//! checks, in order, `max_connections`, the client's `client_rate` (token
+//! bucket per client address in a fixed-size CLOCK table), the VIP's
+//! `new_conn_rate`, then a backend; a refused SYN is answered with RST and
+//! counted by reason. `bandwidth` is a byte bucket per VIP, both directions
+//! summed, consulted by the splice: when it is empty, bytes stay in the
+//! receive buffers (TCP windows close, nothing is dropped) and the connection
+//! is given a timer for when the bucket holds a few KiB again, so
+//! [`Engine::poll_at`] includes that wake-up. Buckets refill from the `now`
+//! given to `poll`.
+//!
+//! # Rooms
+//! - this file: the [`Engine`] struct, its construction and its poll loop
+//!   (frames in, dirty connections serviced, transmitted and settled);
+//! - `ingress`: frames to the one socket set they concern;
+//! - `admit`: accepting a SYN, admission and limits;
+//! - `connect`: connecting to backends, failover, the held SYN-ACK;
+//! - `splice`: relaying bytes, half-close, resets, idle timeout;
+//! - `close`: releasing finished connections, filing deadlines;
+//! - `reconfigure`: new VIP tables applied between polls;
+//! - `neighbors`: our own ARP requests for backends and the gateway;
+//! - `report`: counters and snapshots;
+//! - `vip`, `conn`: the VIP/backend slots and the connection slot.
+
+mod admit;
+mod close;
+mod conn;
+mod connect;
+mod ingress;
+mod neighbors;
+mod reconfigure;
+mod report;
+mod splice;
+mod vip;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+
+use fulcrum_model::steer::owner_of_port;
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken};
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr};
+
+use crate::config::{ConfigError, EngineConfig};
+use crate::counters::EngineCounters;
+use crate::limits::ClientTable;
+use crate::tables::VipTables;
+use crate::timer::Timers;
+
+use conn::{Conn, FlowKey, Phase};
+use ingress::{NoTx, OneFrame};
+use vip::{vip_mut, VipState};
+
+/// Frames taken from the device between two passes over the dirty
+/// connections, so a long burst cannot fill receive windows unrelayed.
+const INGRESS_BURST: usize = 64;
+
+fn smol(d: std::time::Duration) -> Duration {
+    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// One lcore's proxy: owns its connections, fed frames by the dataplane.
+pub struct Engine {
+    iface: Interface,
+    caps: DeviceCapabilities,
+    addr: Ipv4Addr,
+    ack_delay: Option<Duration>,
+    buffer_size: usize,
+    max_spare: usize,
+    flow_seed: u64,
+    /// Lcores sharing the VIPs' limits (prepared tables must be split for as many).
+    lcores: usize,
+    /// VIP slots: configured VIPs and removed ones still draining.
+    vips: Vec<Option<VipState>>,
+    free_vips: Vec<usize>,
+    /// Configured VIPs in configuration order (slot indexes).
+    vip_order: Vec<usize>,
+    next_vip_uid: u32,
+    /// Configured VIPs only: SYNs to anything else are not admitted.
+    vip_by_endpoint: HashMap<(Ipv4Addr, u16), usize>,
+    clients: ClientTable,
+    client_table_capacity: usize,
+    network: Ipv4Cidr,
+    gateway: Option<Ipv4Addr>,
+    /// Slab of live connections; `free_ids` are its empty slots.
+    conns: Vec<Option<Conn>>,
+    free_ids: Vec<usize>,
+    spare: Vec<Conn>,
+    /// Both sides of every live connection (client 4-tuple, backend 4-tuple).
+    flows: HashMap<FlowKey, usize>,
+    /// This lcore's local ports not in use, least recently used first.
+    ports: VecDeque<u16>,
+    timers: Timers,
+    dirty: Vec<usize>,
+    /// Connections whose client has not had its SYN-ACK: woken by ARP, since
+    /// smoltcp would otherwise keep a socket waiting for a neighbour silent
+    /// for a whole second after the answer arrived.
+    handshaking: Vec<usize>,
+    /// Empty set: segments of unknown connections go here and smoltcp answers
+    /// them with RST; ARP goes here too (it touches no socket).
+    sink: SocketSet<'static>,
+    /// On-link backends and the gateway, kept resolved by our own ARP
+    /// requests (see [`Engine::refresh_neighbors`]).
+    neighbors: Vec<Ipv4Addr>,
+    /// Per neighbour (same order): heard from since the last refresh.
+    neighbor_heard: Vec<bool>,
+    next_neighbor_refresh: Instant,
+    mac: EthernetAddress,
+    counters: EngineCounters,
+}
+
+impl Engine {
+    /// Builds the engine: Maglev tables and its lcore's share of the VIPs'
+    /// limits (as [`VipTables::build`] with `config.lcores`), the interface
+    /// (our address with its prefix; VIPs are accepted through smoltcp's
+    /// AnyIP, filtered by the engine, because smoltcp caps interface
+    /// addresses at compile time) and this lcore's port pool.
+    pub fn new(config: EngineConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let tables = VipTables::build(config.vips.clone(), config.lcores)?;
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = config.mtu;
+        caps.checksum = config.checksum.clone();
+        let mut icfg = Config::new(HardwareAddress::Ethernet(config.mac));
+        icfg.random_seed = config.random_seed;
+        let mut iface =
+            Interface::new(icfg, &mut OneFrame::<NoTx>::caps_only(&caps), Instant::ZERO);
+        iface.update_ip_addrs(|addrs| {
+            addrs
+                .push(IpCidr::new(IpAddress::Ipv4(config.addr), config.prefix_len))
+                .expect("a fresh interface has room for one address");
+        });
+        iface.set_any_ip(true);
+        if let Some(gw) = config.gateway {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(gw)
+                .expect("a fresh interface has room for one route");
+        }
+
+        let ports = config
+            .local_ports
+            .clone()
+            .filter(|&p| owner_of_port(p, config.lcores) == config.lcore)
+            .collect();
+
+        let mut engine = Self {
+            iface,
+            caps,
+            addr: config.addr,
+            ack_delay: config.ack_delay.map(smol),
+            buffer_size: config.buffer_size,
+            max_spare: config.max_spare_connections,
+            flow_seed: config.flow_seed,
+            lcores: config.lcores,
+            vips: Vec::new(),
+            free_vips: Vec::new(),
+            vip_order: Vec::new(),
+            next_vip_uid: 0,
+            vip_by_endpoint: HashMap::new(),
+            clients: ClientTable::new(config.client_table_capacity),
+            client_table_capacity: config.client_table_capacity,
+            network: Ipv4Cidr::new(config.addr, config.prefix_len),
+            gateway: config.gateway,
+            conns: Vec::new(),
+            free_ids: Vec::new(),
+            spare: Vec::new(),
+            flows: HashMap::new(),
+            ports,
+            timers: Timers::default(),
+            dirty: Vec::new(),
+            handshaking: Vec::new(),
+            sink: SocketSet::new(Vec::new()),
+            neighbors: Vec::new(),
+            neighbor_heard: Vec::new(),
+            next_neighbor_refresh: Instant::ZERO,
+            mac: config.mac,
+            counters: EngineCounters::default(),
+        };
+        engine.reconfigure_with(&tables)?;
+        Ok(engine)
+    }
+
+    /// Takes every frame the device has, runs the connections those frames
+    /// and expired timers touched, and transmits what they have to send.
+    pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) {
+        let mut frames = 0usize;
+        loop {
+            let Some((rx, tx)) = device.receive(now) else {
+                break;
+            };
+            rx.consume(|frame| self.ingress(now, frame, tx));
+            frames += 1;
+            if frames % INGRESS_BURST == 0 {
+                self.run_dirty(now, device);
+            }
+        }
+        while let Some(id) = self.timers.pop_expired(now) {
+            self.mark_dirty(id as usize);
+        }
+        self.run_dirty(now, device);
+        if now >= self.next_neighbor_refresh {
+            self.refresh_neighbors(now, device);
+        }
+    }
+
+    /// When the engine must be polled again if no frame arrives first.
+    pub fn poll_at(&self) -> Option<Instant> {
+        let refresh = (!self.neighbors.is_empty()).then_some(self.next_neighbor_refresh);
+        [self.timers.next_at(), refresh].into_iter().flatten().min()
+    }
+
+    /// [`poll_at`](Self::poll_at) as a delay from `now` (zero if overdue).
+    pub fn poll_delay(&self, now: Instant) -> Option<Duration> {
+        self.poll_at()
+            .map(|at| if at > now { at - now } else { Duration::ZERO })
+    }
+
+    fn mark_dirty(&mut self, id: usize) {
+        if let Some(conn) = self.conns[id].as_mut() {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(id);
+            }
+        }
+    }
+
+    fn run_dirty<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) {
+        let mut list = std::mem::take(&mut self.dirty);
+        for &id in &list {
+            if let Some(conn) = self.conns[id].as_mut() {
+                conn.dirty = false;
+                self.service(id, now);
+                self.transmit(id, now, device);
+                self.settle(id, now);
+            }
+        }
+        list.clear();
+        // Keep the allocation; nothing marks connections dirty while serving.
+        if self.dirty.is_empty() {
+            self.dirty = list;
+        }
+    }
+
+    /// Connection logic for one connection: connect / fail over, relay,
+    /// propagate FIN and RST, idle timeout.
+    fn service(&mut self, id: usize, now: Instant) {
+        let conn = self.conns[id].as_ref().expect("live");
+        let client_state = conn.client.get::<tcp::Socket>(conn.ch).state();
+        if !matches!(client_state, State::Listen | State::SynReceived) {
+            self.unlist_handshake(id);
+        }
+        let conn = self.conns[id].as_mut().expect("live");
+        let vip = vip_mut(&mut self.vips, conn.vip);
+        match conn.phase {
+            Phase::New | Phase::Connecting { .. } if client_state != State::SynReceived => {
+                // Our SYN-ACK is still held, so the client can only have left
+                // by RST (which puts the socket back to LISTEN) or never
+                // completed its SYN (e.g. bad checksum).
+                conn.client.get_mut::<tcp::Socket>(conn.ch).abort();
+                conn.backend.get_mut::<tcp::Socket>(conn.bh).abort();
+                if conn.phase != Phase::New {
+                    vip.counters.client_resets += 1;
+                }
+                conn.phase = Phase::Closing;
+            }
+            Phase::New => self.connect_next(id, now),
+            Phase::Connecting { deadline } => {
+                if !connect::connecting(conn, vip, deadline, now) {
+                    self.connect_next(id, now);
+                }
+            }
+            Phase::Proxying => splice::relay(conn, vip, now),
+            Phase::Closing => {}
+        }
+    }
+
+    fn transmit<D: Device + ?Sized>(&mut self, id: usize, now: Instant, device: &mut D) {
+        let conn = self.conns[id].as_mut().expect("live");
+        for set in [&mut conn.client, &mut conn.backend] {
+            // One segment per socket per pass: repeat while something is sent.
+            loop {
+                self.counters.sockets_visited += 1;
+                if self.iface.poll_egress(now, device, set) == PollResult::None {
+                    break;
+                }
+            }
+        }
+    }
+}
