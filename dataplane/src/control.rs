@@ -193,12 +193,12 @@ pub fn publish(block: &shm::LcoreCounters<'_>, lcore: &LcoreSnapshot, report: Op
                 (shm::VIP_ACCEPTED, t.new_flows),
                 (shm::VIP_PACKETS_IN, t.packets),
                 (shm::VIP_BYTES_IN, t.bytes),
-                (shm::VIP_DROPS, vip.drops),
+                (shm::VIP_DROPS, vip.drops.iter().sum()),
             ] {
                 block.vip_set(vip.id, field, v);
             }
             for b in &vip.backends {
-                let Some(slot) = ids.backend(vip.id, SocketAddrV4::new(b.addr, b.port)) else {
+                let Some(slot) = ids.backend(vip.id, SocketAddrV4::new(b.address, b.port)) else {
                     continue;
                 };
                 let t = &b.traffic;

@@ -195,15 +195,16 @@ fn sum_forward_vips(forwarders: &[&ForwardReport]) -> Vec<Value> {
     let mut vips: BTreeMap<u16, (Map<String, Value>, Backends)> = BTreeMap::new();
     for vip in forwarders.iter().flat_map(|f| &f.vips) {
         let (v, backends) = vips.entry(vip.id).or_default();
-        v.insert("address".into(), json!(vip.addr.to_string()));
+        v.insert("address".into(), json!(vip.address.to_string()));
         v.insert("port".into(), json!(vip.port));
         v.insert("proto".into(), json!(vip.proto.name()));
         v.insert("mode".into(), json!(vip.mode.name()));
         let t = &vip.traffic;
-        add(v, &[("packets", t.packets), ("bytes", t.bytes), ("new_flows", t.new_flows), ("drops", vip.drops)]);
+        let drops = vip.drops.iter().sum();
+        add(v, &[("packets", t.packets), ("bytes", t.bytes), ("new_flows", t.new_flows), ("drops", drops)]);
         for b in &vip.backends {
-            let m = backends.entry((b.addr, b.port)).or_default();
-            m.insert("address".into(), json!(b.addr.to_string()));
+            let m = backends.entry((b.address, b.port)).or_default();
+            m.insert("address".into(), json!(b.address.to_string()));
             m.insert("port".into(), json!(b.port));
             add(m, &[("packets", b.traffic.packets), ("bytes", b.traffic.bytes), ("new_flows", b.traffic.new_flows)]);
         }

@@ -224,7 +224,7 @@ impl Worker<'_> {
         }
         let mut refused = Vec::new();
         if let Some(f) = &mut self.forward {
-            for (id, e) in f.forwarder.install(&applied.forward) {
+            for (id, e) in f.forwarder.install(&applied.forward).refused {
                 let vip = applied.forward.iter().find(|v| v.id() == id).map(|v| v.name()).unwrap_or_default();
                 refused.push(VipRefusal { id, vip, reason: format!("lcore {}: {e}", self.lcore) });
             }
