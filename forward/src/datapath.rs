@@ -8,7 +8,10 @@ use smoltcp::wire::Icmpv4Packet;
 
 use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, Table, F_REVERSE, NO_TWIN};
 use crate::csum::{checksum, checksum20, update16, update32};
-use crate::{owner_of_flow, owner_of_port, tunnel_entropy, vip_key, Affinity, DropReason, Encap, Forwarder, Mode, Verdict, VipRt};
+use crate::vips::{Rewrite, VipRt};
+use crate::{tunnel_entropy, vip_key, DropReason, Forwarder, Verdict};
+use fulcrum_model::steer::{owner_of_flow, owner_of_port};
+use fulcrum_model::{Affinity, Encap};
 
 pub(crate) const ETH: usize = 14;
 pub(crate) const TCP: u8 = 6;
@@ -179,13 +182,40 @@ pub(crate) fn find_vip(f: &Forwarder, addr: Ipv4Addr, port: u16, proto: u8) -> O
     let mut any_port = None;
     for (i, &k) in f.vip_keys.iter().enumerate() {
         if k == exact {
-            return Some(i);
+            return f.vip_ids.get(i).map(|&id| usize::from(id));
         }
         if k == any && any_port.is_none() {
             any_port = Some(i);
         }
     }
-    any_port
+    any_port.and_then(|i| f.vip_ids.get(i)).map(|&id| usize::from(id))
+}
+
+/// The VIP installed under `id`.
+#[inline]
+pub(crate) fn vip_rt(vips: &[Option<VipRt>], id: usize) -> Option<&VipRt> {
+    vips.get(id)?.as_ref()
+}
+
+/// The VIP that created entry `e`, if it is still installed as it was.
+#[inline]
+fn owner_vip<'a>(vips: &'a mut [Option<VipRt>], e: &Entry) -> Option<&'a mut VipRt> {
+    let id = usize::from(e.vip);
+    vips.get_mut(id)?.as_mut().filter(|v| v.owns(id, e))
+}
+
+/// Counts `v` under VIP `id` when it is a drop: the VIP's own drop counters
+/// (the lcore's are counted by the caller of `process`).
+#[inline]
+pub(crate) fn attribute(f: &mut Forwarder, id: usize, v: Verdict) -> Verdict {
+    if let Verdict::Drop(r) = v {
+        if let Some(Some(vip)) = f.vips.get_mut(id) {
+            if let Some(n) = vip.drops.get_mut(r.index()) {
+                *n += 1;
+            }
+        }
+    }
+    v
 }
 
 /// A quoted (inner) TCP/UDP header inside an ICMP error.
@@ -270,6 +300,8 @@ pub(crate) fn owner(f: &Forwarder, frame: &[u8]) -> Option<usize> {
 enum Staged {
     /// Decided without the table.
     Done(Verdict),
+    /// Dropped, and counted under VIP `vip` too.
+    Refused { vip: usize, reason: DropReason },
     /// TCP/UDP to a forwarding VIP (`vip`), or to an own address (`None`:
     /// perhaps a FullNAT reply).
     Flow {
@@ -283,6 +315,16 @@ enum Staged {
     Icmp { ip: Ip, to_vip: bool },
 }
 
+/// The VIP a fragment to a VIP address is for, when it can be told: the
+/// first fragment by its destination port, a later one (no ports) only when
+/// the address has an all-ports VIP for its protocol.
+fn fragment_vip(f: &Forwarder, frame: &[u8], ip: &Ip) -> Option<usize> {
+    let first = rd16(frame, ETH + 6) & 0x1fff == 0;
+    let l4_at = ETH + ip.ihl;
+    let port = if first && l4_at + 4 <= ETH + ip.total { rd16(frame, l4_at + 2) } else { 0 };
+    find_vip(f, ip.dst, port, ip.proto)
+}
+
 /// Parses and validates `frame` (everything that does not need the table).
 #[inline]
 fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
@@ -292,7 +334,13 @@ fn stage(f: &Forwarder, frame: &[u8]) -> Staged {
     };
     let to_vip = f.vip_addrs.contains(&ip.dst);
     if is_fragment(frame) {
-        return Staged::Done(if to_vip { Verdict::Drop(DropReason::Fragment) } else { Verdict::NotMine });
+        if !to_vip {
+            return Staged::Done(Verdict::NotMine);
+        }
+        return match fragment_vip(f, frame, &ip) {
+            Some(vip) => Staged::Refused { vip, reason: DropReason::Fragment },
+            None => Staged::Done(Verdict::Drop(DropReason::Fragment)),
+        };
     }
     let Some(payload) = frame.get(ETH + ip.ihl..ETH + ip.total) else {
         return Staged::Done(Verdict::Drop(DropReason::Ipv4BadHeader));
@@ -334,13 +382,17 @@ fn act(f: &mut Forwarder, now_ns: u64, buf: &mut [u8], start: usize, len: usize,
     let now = tick(now_ns);
     match staged {
         Staged::Done(v) => v,
+        Staged::Refused { vip, reason } => attribute(f, vip, Verdict::Drop(reason)),
         Staged::Flow {
             ip,
             key,
             hashed,
             flags,
             vip: Some(vip),
-        } => forward(f, now_ns, now, buf, start, &ip, vip, (key, hashed), flags),
+        } => {
+            let v = forward(f, now_ns, now, buf, start, &ip, vip, (key, hashed), flags);
+            attribute(f, vip, v)
+        }
         Staged::Flow {
             ip,
             key,
@@ -422,8 +474,8 @@ fn account_reclaimed(f: &mut Forwarder, rec: Reclaimed) {
 
 /// Counts a forwarded packet under its VIP and (if still installed) backend.
 #[inline]
-fn account(vips: &mut [VipRt], e: &Entry, bytes: usize, new_flow: bool) {
-    let Some(v) = vips.get_mut(usize::from(e.vip)) else { return };
+fn account(vips: &mut [Option<VipRt>], e: &Entry, bytes: usize, new_flow: bool) {
+    let Some(v) = owner_vip(vips, e) else { return };
     let (baddr, bport) = if e.flags & F_REVERSE != 0 { (e.src, e.sport) } else { (e.new_dst, e.new_dport) };
     v.traffic.packets += 1;
     v.traffic.bytes += bytes as u64;
@@ -432,7 +484,7 @@ fn account(vips: &mut [VipRt], e: &Entry, bytes: usize, new_flow: bool) {
     if let (Some(b), Some(t)) = (v.backends.get(bi), v.backend_traffic.get_mut(bi)) {
         // Port 0: the backend takes the client's destination port.
         let port_ok = b.cfg.port == bport || b.cfg.port == 0;
-        if u32::from(b.cfg.addr) == baddr && port_ok {
+        if u32::from(b.cfg.address) == baddr && port_ok {
             t.packets += 1;
             t.bytes += bytes as u64;
             t.new_flows += u64::from(new_flow);
@@ -442,7 +494,7 @@ fn account(vips: &mut [VipRt], e: &Entry, bytes: usize, new_flow: bool) {
 
 /// MAC of backend `bi` of VIP `vip`: configured, or resolved.
 fn backend_mac(f: &mut Forwarder, vip: usize, bi: usize, now_ns: u64) -> Option<[u8; 6]> {
-    let b = *f.vips.get(vip)?.backends.get(bi)?;
+    let b = *vip_rt(&f.vips, vip)?.backends.get(bi)?;
     match (b.cfg.mac, b.neigh) {
         (Some(m), _) => Some(m),
         (None, Some(n)) => f.neigh.resolve(n, now_ns),
@@ -490,13 +542,26 @@ fn forward(
     (key, hashed): (Key, Hashed),
     fl: Flags,
 ) -> Verdict {
-    let Some(v) = f.vips.get(vip) else { return Verdict::NotMine };
-    let mode = v.mode;
+    let Some(v) = vip_rt(&f.vips, vip) else { return Verdict::NotMine };
+    let mode = v.rewrite;
     if let Some(v) = refuse(f, buf, start, ip, mode) {
         return v;
     }
     let mut rec = Reclaimed::default();
-    let hit = f.table.find(&key, &hashed, now, &mut rec);
+    let mut hit = f.table.find(&key, &hashed, now, &mut rec);
+    if let Some(i) = hit {
+        // An entry of a VIP that is gone, or that changed identity under this
+        // id: never applied; freed (with its twin) as if it had expired.
+        let stale = match (f.table.get(i), vip_rt(&f.vips, vip)) {
+            (Some(e), Some(v)) => !v.owns(vip, e),
+            _ => true,
+        };
+        if stale {
+            f.table.remove(i);
+            rec.expired += 1;
+            hit = None;
+        }
+    }
     account_reclaimed(f, rec);
     let (idx, fl) = match hit {
         Some(i) => (i, Some(fl)),
@@ -511,10 +576,10 @@ fn forward(
 /// What the VIP's mode does instead of forwarding, decided before any
 /// lookup: a drop, or an ICMP fragmentation-needed answer.
 #[inline]
-pub(crate) fn refuse(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, mode: Mode) -> Option<Verdict> {
+pub(crate) fn refuse(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, mode: Rewrite) -> Option<Verdict> {
     match mode {
-        Mode::Dsr => None,
-        Mode::Tunnel { encap, .. } => {
+        Rewrite::Dsr => None,
+        Rewrite::Tunnel { encap, .. } => {
             if ip.ttl <= 1 {
                 return Some(Verdict::Drop(DropReason::TtlExceeded));
             }
@@ -528,7 +593,7 @@ pub(crate) fn refuse(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, m
             }
             (start < overhead).then_some(Verdict::Drop(DropReason::NoHeadroom))
         }
-        Mode::FullNat => {
+        Rewrite::FullNat => {
             if ip.ihl > 20 {
                 return Some(Verdict::Drop(DropReason::IpOptions));
             }
@@ -549,7 +614,7 @@ pub(crate) fn deliver(
     start: usize,
     ip: &Ip,
     idx: u32,
-    mode: Mode,
+    mode: Rewrite,
     key: Key,
     fl: Option<Flags>,
 ) -> Option<Verdict> {
@@ -575,17 +640,18 @@ fn create(
     buf: &[u8],
     start: usize,
     vip: usize,
-    mode: Mode,
+    mode: Rewrite,
     key: Key,
     fl: Flags,
 ) -> Result<u32, DropReason> {
     let is_syn = fl.has(SYN) && !fl.has(ACK);
-    if mode == Mode::FullNat && key.proto == TCP && !is_syn {
+    if mode == Rewrite::FullNat && key.proto == TCP && !is_syn {
         return Err(DropReason::NoSyn);
     }
-    let v = f.vips.get(vip).ok_or(DropReason::NoBackend)?;
+    let v = vip_rt(&f.vips, vip).ok_or(DropReason::NoBackend)?;
+    let vip_index = v.index;
     let fh = maglev_key(f.flow_seed, v.affinity, key.src, key.sport, key.dst, key.dport, key.proto);
-    let bi = v.table.lookup(fh).ok_or(DropReason::NoBackend)?;
+    let bi = v.table().lookup(fh).ok_or(DropReason::NoBackend)?;
     let b = v.backends.get(bi).ok_or(DropReason::NoBackend)?.cfg;
     let mac = backend_mac(f, vip, bi, now_ns).ok_or(DropReason::NeighbourUnresolved)?;
     let state = initial_state(key.proto, fl);
@@ -599,17 +665,18 @@ fn create(
         proto: key.proto,
         state: state as u8,
         deadline,
-        new_dst: u32::from(b.addr),
+        new_dst: u32::from(b.address),
         new_dport: bport,
         mac,
         vip: vip as u16,
+        vip_index,
         backend: bi as u16,
         twin: NO_TWIN,
         ..Entry::default()
     };
     let mut rec = Reclaimed::default();
-    let idx = if mode == Mode::FullNat {
-        let (snat, sport) = alloc_port(f, u32::from(b.addr), bport, key.proto, now).ok_or(DropReason::NoPort)?;
+    let idx = if mode == Rewrite::FullNat {
+        let (snat, sport) = alloc_port(f, u32::from(b.address), bport, key.proto, now).ok_or(DropReason::NoPort)?;
         let mut client_mac = [0u8; 6];
         if let Some(m) = buf.get(start + 6..start + 12) {
             client_mac.copy_from_slice(m);
@@ -620,7 +687,7 @@ fn create(
             ..base
         };
         let rev = Entry {
-            src: u32::from(b.addr),
+            src: u32::from(b.address),
             dst: snat,
             sport: bport,
             dport: sport,
@@ -652,16 +719,16 @@ fn create(
 fn overhead(encap: Encap) -> usize {
     match encap {
         Encap::Ipip => 20,
-        Encap::Gue { .. } => 28,
+        Encap::Gue => 28,
     }
 }
 
 /// Rewrites the frame for entry `e` (a client -> VIP flow, or an ICMP error
 /// about one in DSR/tunnel mode, with `client` its client side).
 #[inline(always)]
-fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Mode, client: Key) -> Verdict {
+fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Rewrite, client: Key) -> Verdict {
     match mode {
-        Mode::Dsr => {
+        Rewrite::Dsr => {
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
                 return Verdict::Drop(DropReason::BadBuffer);
             };
@@ -671,12 +738,13 @@ fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mod
                 len: (ETH + ip.total) as u32,
             }
         }
-        Mode::Tunnel {
+        Rewrite::Tunnel {
             encap,
             src_prefix,
             src_prefix_len,
-        } => encapsulate(our_mac, buf, start, ip, e, encap, (src_prefix, src_prefix_len), client),
-        Mode::FullNat => {
+            gue_port,
+        } => encapsulate(our_mac, buf, start, ip, e, (encap, gue_port), (src_prefix, src_prefix_len), client),
+        Rewrite::FullNat => {
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
                 return Verdict::Drop(DropReason::BadBuffer);
             };
@@ -709,7 +777,7 @@ fn encapsulate(
     start: usize,
     ip: &Ip,
     e: &Entry,
-    encap: Encap,
+    (encap, gue_port): (Encap, u16),
     (src_prefix, src_prefix_len): (Ipv4Addr, u8),
     client: Key,
 ) -> Verdict {
@@ -732,7 +800,7 @@ fn encapsulate(
     let total = ip.total + ov;
     let proto = match encap {
         Encap::Ipip => 4,
-        Encap::Gue { .. } => UDP,
+        Encap::Gue => UDP,
     };
     let Some(h) = frame.get_mut(ETH..ETH + 20) else { return Verdict::Drop(DropReason::BadBuffer) };
     h[0] = 0x45;
@@ -747,11 +815,11 @@ fn encapsulate(
     wr32(h, 16, e.new_dst);
     let c = checksum(h);
     wr16(h, 10, c);
-    if let Encap::Gue { port } = encap {
+    if encap == Encap::Gue {
         let sport = 0xc000 | ((entropy >> 16) as u16 & 0x3fff);
         let Some(u) = frame.get_mut(ETH + 20..ETH + 28) else { return Verdict::Drop(DropReason::BadBuffer) };
         wr16(u, 0, sport);
-        wr16(u, 2, port);
+        wr16(u, 2, gue_port);
         wr16(u, 4, (ip.total + 8) as u16);
         wr16(u, 6, 0);
     }
@@ -811,14 +879,22 @@ fn reply(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, (ke
 pub(crate) fn reply_hit(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, i: u32, fl: Flags) -> Verdict {
     let Forwarder { table, vips, timeouts, mac, .. } = f;
     let Some(e) = table.get_mut(i) else { return Verdict::NotMine };
-    if e.flags & F_REVERSE == 0 {
+    // Only replies of a flow whose VIP is still installed as it was.
+    let Some(owner) = owner_vip(vips, e).filter(|_| e.flags & F_REVERSE != 0) else {
         return Verdict::NotMine;
-    }
-    if ip.ihl > 20 {
-        return Verdict::Drop(DropReason::IpOptions);
-    }
-    if ip.ttl <= 1 {
-        return Verdict::Drop(DropReason::TtlExceeded);
+    };
+    let refused = if ip.ihl > 20 {
+        Some(DropReason::IpOptions)
+    } else if ip.ttl <= 1 {
+        Some(DropReason::TtlExceeded)
+    } else {
+        None
+    };
+    if let Some(r) = refused {
+        if let Some(n) = owner.drops.get_mut(r.index()) {
+            *n += 1;
+        }
+        return Verdict::Drop(r);
     }
     touch(e, timeouts, now, fl);
     account(vips, e, ip.total, false);
@@ -900,7 +976,6 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
             fulcrum_packet::Verdict::Drop(_) => Verdict::Drop(DropReason::IcmpMalformed),
         };
     };
-    let msg = frame.get(q.icmp..ETH + ip.total).unwrap_or(&[]);
     let k = q.key;
     // The flow the quoted packet belongs to, as its client-side key: the
     // quote is a packet *from* the VIP (to a VIP) or from our SNAT address.
@@ -915,71 +990,97 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
         let Some(vip) = find_vip(f, Ipv4Addr::from(k.src), k.sport, k.proto) else {
             return Verdict::NotMine;
         };
-        if checksum(msg) != 0 {
-            return Verdict::Drop(DropReason::IcmpBadChecksum);
-        }
-        let mode = f.vips[vip].mode;
-        let mut rec = Reclaimed::default();
-        let hit = f.table.find(&flow, &f.table.hash(&flow), now, &mut rec);
-        account_reclaimed(f, rec);
-        match mode {
-            Mode::Dsr | Mode::Tunnel { .. } => {
-                if let Mode::Tunnel { encap, .. } = mode {
-                    if ip.ttl <= 1 {
-                        return Verdict::Drop(DropReason::TtlExceeded);
-                    }
-                    if ip.total + overhead(encap) > usize::from(f.mtu) {
-                        return Verdict::Drop(DropReason::TooBig);
-                    }
-                    if start < overhead(encap) {
-                        return Verdict::Drop(DropReason::NoHeadroom);
-                    }
-                }
-                let e = match hit.and_then(|i| f.table.get(i)) {
-                    Some(&e) => e,
-                    None => {
-                        // Stateless, like Katran: the backend Maglev picks
-                        // for this flow now. No entry is created.
-                        let v = &f.vips[vip];
-                        let fh = maglev_key(f.flow_seed, v.affinity, flow.src, flow.sport, flow.dst, flow.dport, flow.proto);
-                        let Some(bi) = v.table.lookup(fh) else { return Verdict::Drop(DropReason::NoBackend) };
-                        let Some(b) = v.backends.get(bi).map(|b| b.cfg) else {
-                            return Verdict::Drop(DropReason::NoBackend);
-                        };
-                        let Some(mac) = backend_mac(f, vip, bi, now_ns) else {
-                            return Verdict::Drop(DropReason::NeighbourUnresolved);
-                        };
-                        Entry {
-                            new_dst: u32::from(b.addr),
-                            mac,
-                            ..Entry::default()
-                        }
-                    }
-                };
-                f.counters.icmp_errors_forwarded += 1;
-                apply(f.mac.0, buf, start, ip, &e, mode, flow)
-            }
-            Mode::FullNat => {
-                let Some(&e) = hit.and_then(|i| f.table.get(i)) else {
-                    return Verdict::Drop(DropReason::IcmpNoFlow);
-                };
-                // Towards the backend, about its packet backend -> SNAT.
-                translate_icmp_for_entry(f, buf, start, ip, &q, &e)
-            }
-        }
+        let v = icmp_to_vip(f, now_ns, now, buf, start, ip, &q, flow, vip);
+        attribute(f, vip, v)
     } else {
         let mut rec = Reclaimed::default();
         let hit = f.table.find(&flow, &f.table.hash(&flow), now, &mut rec);
         account_reclaimed(f, rec);
         let Some(&e) = hit.and_then(|i| f.table.get(i)) else { return Verdict::NotMine };
-        if e.flags & F_REVERSE == 0 {
+        if e.flags & F_REVERSE == 0 || owner_vip(&mut f.vips, &e).is_none() {
             return Verdict::NotMine;
         }
-        if checksum(msg) != 0 {
-            return Verdict::Drop(DropReason::IcmpBadChecksum);
+        let msg = frame.get(q.icmp..ETH + ip.total).unwrap_or(&[]);
+        let v = if checksum(msg) != 0 {
+            Verdict::Drop(DropReason::IcmpBadChecksum)
+        } else {
+            // Towards the client, about its packet client -> VIP.
+            translate_icmp_for_entry(f, buf, start, ip, &q, &e)
+        };
+        attribute(f, usize::from(e.vip), v)
+    }
+}
+
+/// An ICMP error to VIP `vip` about its reply in the flow `flow`.
+#[allow(clippy::too_many_arguments)]
+fn icmp_to_vip(
+    f: &mut Forwarder,
+    now_ns: u64,
+    now: u32,
+    buf: &mut [u8],
+    start: usize,
+    ip: &Ip,
+    q: &Quote,
+    flow: Key,
+    vip: usize,
+) -> Verdict {
+    let msg = buf.get(start + q.icmp..start + ETH + ip.total).unwrap_or(&[]);
+    if checksum(msg) != 0 {
+        return Verdict::Drop(DropReason::IcmpBadChecksum);
+    }
+    let Some(mode) = vip_rt(&f.vips, vip).map(|v| v.rewrite) else { return Verdict::NotMine };
+    let mut rec = Reclaimed::default();
+    let hit = f.table.find(&flow, &f.table.hash(&flow), now, &mut rec);
+    account_reclaimed(f, rec);
+    // Only an entry this VIP created, as it is installed now.
+    let hit = hit.filter(|&i| match (f.table.get(i), vip_rt(&f.vips, vip)) {
+        (Some(e), Some(v)) => v.owns(vip, e),
+        _ => false,
+    });
+    match mode {
+        Rewrite::Dsr | Rewrite::Tunnel { .. } => {
+            if let Rewrite::Tunnel { encap, .. } = mode {
+                if ip.ttl <= 1 {
+                    return Verdict::Drop(DropReason::TtlExceeded);
+                }
+                if ip.total + overhead(encap) > usize::from(f.mtu) {
+                    return Verdict::Drop(DropReason::TooBig);
+                }
+                if start < overhead(encap) {
+                    return Verdict::Drop(DropReason::NoHeadroom);
+                }
+            }
+            let e = match hit.and_then(|i| f.table.get(i)) {
+                Some(&e) => e,
+                None => {
+                    // Stateless, like Katran: the backend Maglev picks
+                    // for this flow now. No entry is created.
+                    let Some(v) = vip_rt(&f.vips, vip) else { return Verdict::NotMine };
+                    let fh = maglev_key(f.flow_seed, v.affinity, flow.src, flow.sport, flow.dst, flow.dport, flow.proto);
+                    let Some(bi) = v.table().lookup(fh) else { return Verdict::Drop(DropReason::NoBackend) };
+                    let Some(b) = v.backends.get(bi).map(|b| b.cfg) else {
+                        return Verdict::Drop(DropReason::NoBackend);
+                    };
+                    let Some(mac) = backend_mac(f, vip, bi, now_ns) else {
+                        return Verdict::Drop(DropReason::NeighbourUnresolved);
+                    };
+                    Entry {
+                        new_dst: u32::from(b.address),
+                        mac,
+                        ..Entry::default()
+                    }
+                }
+            };
+            f.counters.icmp_errors_forwarded += 1;
+            apply(f.mac.0, buf, start, ip, &e, mode, flow)
         }
-        // Towards the client, about its packet client -> VIP.
-        translate_icmp_for_entry(f, buf, start, ip, &q, &e)
+        Rewrite::FullNat => {
+            let Some(&e) = hit.and_then(|i| f.table.get(i)) else {
+                return Verdict::Drop(DropReason::IcmpNoFlow);
+            };
+            // Towards the backend, about its packet backend -> SNAT.
+            translate_icmp_for_entry(f, buf, start, ip, q, &e)
+        }
     }
 }
 

@@ -20,14 +20,14 @@ use std::net::Ipv4Addr;
 
 use crate::conntrack::{Hashed, Key};
 use crate::csum::checksum20;
-use crate::datapath::{deliver, find_vip, refuse, reply_hit, Flags, Ip, ETH, TCP, UDP};
+use crate::datapath::{attribute, deliver, find_vip, refuse, reply_hit, vip_rt, Flags, Ip, ETH, TCP, UDP};
 use crate::{Forwarder, Verdict};
 
 /// Ethernet, IPv4 without options, and the first 14 bytes of TCP (through
 /// its flags) or UDP and 6 more.
 const HEAD: usize = ETH + 20 + 14;
 /// `Lane::vip` of a packet to an own address (a FullNAT reply, perhaps).
-/// `Forwarder::new` allows at most `u16::MAX` VIPs, so no VIP has this id.
+/// VIP ids are below `fulcrum_model::MAX_VIPS`, so no VIP has this id.
 const OWN_ADDRESS: u16 = u16::MAX;
 
 /// A frame of the plain shape, parsed and hashed.
@@ -124,9 +124,17 @@ pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lan
     if lane.vip == OWN_ADDRESS {
         return Some(reply_hit(f, now, buf, start, &ip, i, fl));
     }
-    let mode = f.vips.get(usize::from(lane.vip))?.mode;
-    if let Some(v) = refuse(f, buf, start, &ip, mode) {
-        return Some(v);
+    let id = usize::from(lane.vip);
+    let v = vip_rt(&f.vips, id)?;
+    // An entry of another VIP (removed, or changed under this id): the
+    // general path frees it.
+    if !v.owns(id, f.table.get(i)?) {
+        return None;
     }
-    deliver(f, now, buf, start, &ip, i, mode, lane.key, Some(fl))
+    let mode = v.rewrite;
+    if let Some(v) = refuse(f, buf, start, &ip, mode) {
+        return Some(attribute(f, id, v));
+    }
+    let v = deliver(f, now, buf, start, &ip, i, mode, lane.key, Some(fl))?;
+    Some(attribute(f, id, v))
 }
