@@ -8,18 +8,21 @@ use smoltcp::wire::Icmpv4Packet;
 
 use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, Table, F_REVERSE, NO_TWIN};
 use crate::csum::{checksum, checksum20, update16, update32};
+use crate::field::{at, ethernet, icmp, ipv4, tcp, udp, Field};
 use crate::vips::{Rewrite, VipRt};
 use crate::{tunnel_entropy, vip_key, DropReason, Forwarder, Verdict};
 use fulcrum_model::steer::{owner_of_flow, owner_of_port};
 use fulcrum_model::{Affinity, Encap};
 
-pub(crate) const ETH: usize = 14;
+pub(crate) const ETH: usize = ethernet::HEADER_LEN;
 pub(crate) const TCP: u8 = 6;
 pub(crate) const UDP: u8 = 17;
 const ICMP: u8 = 1;
 const ICMP_DST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_ECHO_REQUEST: u8 = 8;
+/// Destination unreachable's code: fragmentation needed and DF set.
+const ICMP_FRAG_NEEDED: u8 = 4;
 /// TTL of headers we originate (outer tunnel headers, ICMP errors).
 const OUR_TTL: u8 = 64;
 
@@ -56,41 +59,44 @@ impl Flags {
     }
 }
 
+/// The 16-bit field `f` of `b` (0 if `b` is too short).
 #[inline]
-fn rd16(b: &[u8], at: usize) -> u16 {
-    match b.get(at..at + 2) {
-        Some(s) => u16::from_be_bytes([s[0], s[1]]),
-        None => 0,
+pub(crate) fn rd16(b: &[u8], f: Field) -> u16 {
+    match b.get(f) {
+        Some(&[x, y]) => u16::from_be_bytes([x, y]),
+        _ => 0,
     }
 }
 
 #[inline]
-fn rd32(b: &[u8], at: usize) -> u32 {
-    match b.get(at..at + 4) {
-        Some(s) => u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
-        None => 0,
+pub(crate) fn rd32(b: &[u8], f: Field) -> u32 {
+    match b.get(f) {
+        Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
+        _ => 0,
     }
 }
 
 #[inline]
-fn wr16(b: &mut [u8], at: usize, v: u16) {
-    if let Some(s) = b.get_mut(at..at + 2) {
+fn wr16(b: &mut [u8], f: Field, v: u16) {
+    if let Some(s) = b.get_mut(f).filter(|s| s.len() == 2) {
         s.copy_from_slice(&v.to_be_bytes());
     }
 }
 
 #[inline]
-fn wr32(b: &mut [u8], at: usize, v: u32) {
-    if let Some(s) = b.get_mut(at..at + 4) {
+fn wr32(b: &mut [u8], f: Field, v: u32) {
+    if let Some(s) = b.get_mut(f).filter(|s| s.len() == 4) {
         s.copy_from_slice(&v.to_be_bytes());
     }
 }
 
 #[inline]
 fn set_macs(frame: &mut [u8], dst: [u8; 6], src: [u8; 6]) {
-    if let Some(h) = frame.get_mut(..12) {
-        h[..6].copy_from_slice(&dst);
-        h[6..].copy_from_slice(&src);
+    if let Some(d) = frame.get_mut(ethernet::DESTINATION) {
+        d.copy_from_slice(&dst);
+    }
+    if let Some(s) = frame.get_mut(ethernet::SOURCE) {
+        s.copy_from_slice(&src);
     }
 }
 
@@ -109,23 +115,23 @@ fn parse_ip(f: &Forwarder, frame: &[u8], verify: bool) -> Parsed {
     let Some((eth, bytes)) = frame.split_first_chunk::<ETH>() else {
         return Parsed::Done(Verdict::NotMine);
     };
-    if eth[..6] != f.mac.0 || eth[12..14] != [0x08, 0x00] {
+    if eth[ethernet::DESTINATION] != f.mac.0 || eth[ethernet::ETHERTYPE] != ethernet::IPV4 {
         return Parsed::Done(Verdict::NotMine);
     }
-    let Some(h) = bytes.first_chunk::<20>() else {
+    let Some(h) = bytes.first_chunk::<{ ipv4::HEADER_LEN }>() else {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4Truncated));
     };
-    let ihl = usize::from(h[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if h[0] >> 4 != 4 || ihl < 20 || total < ihl || bytes.len() < total {
+    let ihl = usize::from(h[ipv4::VER_IHL] & 0x0f) * 4;
+    let total = usize::from(rd16(h, ipv4::LENGTH));
+    if h[ipv4::VER_IHL] >> 4 != 4 || ihl < ipv4::HEADER_LEN || total < ihl || bytes.len() < total {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadHeader));
     }
-    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    let src = Ipv4Addr::from(rd32(h, ipv4::SRC_ADDR));
+    let dst = Ipv4Addr::from(rd32(h, ipv4::DST_ADDR));
     if !f.vip_addrs.contains(&dst) && !f.addrs.contains(&dst) {
         return Parsed::Done(Verdict::NotMine);
     }
-    let bad_checksum = || if ihl == 20 { checksum20(h) != 0 } else { bytes.get(..ihl).is_none_or(|h| checksum(h) != 0) };
+    let bad_checksum = || if ihl == ipv4::HEADER_LEN { checksum20(h) != 0 } else { bytes.get(..ihl).is_none_or(|h| checksum(h) != 0) };
     if verify && bad_checksum() {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadChecksum));
     }
@@ -137,14 +143,14 @@ fn parse_ip(f: &Forwarder, frame: &[u8], verify: bool) -> Parsed {
         total,
         src,
         dst,
-        proto: h[9],
-        ttl: h[8],
+        proto: h[ipv4::PROTOCOL],
+        ttl: h[ipv4::TTL],
     })
 }
 
 fn is_fragment(frame: &[u8]) -> bool {
     // Flags/fragment offset word: MF bit or a non-zero offset.
-    rd16(frame, ETH + 6) & 0x3fff != 0
+    rd16(frame, at(ipv4::FLG_OFF, ETH)) & ipv4::MF_OFFSET != 0
 }
 
 /// Ports and flags of a TCP/UDP payload, with the checks of smoltcp's
@@ -152,24 +158,21 @@ fn is_fragment(frame: &[u8]) -> bool {
 /// offset at least 5 words; UDP length at least 8 and within the payload).
 #[inline]
 fn l4(proto: u8, payload: &[u8]) -> Result<(u16, u16, Flags), DropReason> {
-    let ports = |p: &[u8; 8]| (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
     if proto == TCP {
-        let Some(t) = payload.first_chunk::<20>() else { return Err(DropReason::TcpMalformed) };
-        let doff = usize::from(t[12] >> 4) * 4;
-        if doff < 20 || doff > payload.len() {
+        let Some(t) = payload.first_chunk::<{ tcp::HEADER_LEN }>() else { return Err(DropReason::TcpMalformed) };
+        let doff = usize::from(t[tcp::DATA_OFF] >> 4) * 4;
+        if doff < tcp::HEADER_LEN || doff > payload.len() {
             return Err(DropReason::TcpMalformed);
         }
-        let flags = Flags::tcp(t[13]);
-        let (sport, dport) = ports(t.first_chunk::<8>().ok_or(DropReason::TcpMalformed)?);
-        Ok((sport, dport, flags))
+        let flags = Flags::tcp(t[tcp::FLAGS]);
+        Ok((rd16(t, tcp::SRC_PORT), rd16(t, tcp::DST_PORT), flags))
     } else {
-        let Some(u) = payload.first_chunk::<8>() else { return Err(DropReason::UdpMalformed) };
-        let len = usize::from(u16::from_be_bytes([u[4], u[5]]));
-        if len < 8 || len > payload.len() {
+        let Some(u) = payload.first_chunk::<{ udp::HEADER_LEN }>() else { return Err(DropReason::UdpMalformed) };
+        let len = usize::from(rd16(u, udp::LENGTH));
+        if len < udp::HEADER_LEN || len > payload.len() {
             return Err(DropReason::UdpMalformed);
         }
-        let (sport, dport) = ports(u);
-        Ok((sport, dport, Flags::default()))
+        Ok((rd16(u, udp::SRC_PORT), rd16(u, udp::DST_PORT), Flags::default()))
     }
 }
 
@@ -238,12 +241,13 @@ fn quote(frame: &[u8], ip: &Ip) -> Result<Option<Quote>, DropReason> {
     if ty != ICMP_DST_UNREACHABLE && ty != ICMP_TIME_EXCEEDED {
         return Ok(None);
     }
-    let inner = msg.get(8..).ok_or(DropReason::IcmpMalformed)?;
-    let ihl = usize::from(inner.first().copied().unwrap_or(0) & 0x0f) * 4;
-    if inner.first().copied().unwrap_or(0) >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
+    let inner = msg.get(icmp::HEADER_LEN..).ok_or(DropReason::IcmpMalformed)?;
+    let ver_ihl = inner.get(ipv4::VER_IHL).copied().unwrap_or(0);
+    let ihl = usize::from(ver_ihl & 0x0f) * 4;
+    if ver_ihl >> 4 != 4 || ihl < ipv4::HEADER_LEN || inner.len() < ihl + udp::HEADER_LEN {
         return Err(DropReason::IcmpMalformed);
     }
-    let proto = inner[9];
+    let proto = inner.get(ipv4::PROTOCOL).copied().unwrap_or(0);
     if proto != TCP && proto != UDP {
         return Err(DropReason::IcmpUnsupported);
     }
@@ -251,10 +255,10 @@ fn quote(frame: &[u8], ip: &Ip) -> Result<Option<Quote>, DropReason> {
         icmp: start,
         ihl,
         key: Key {
-            src: rd32(inner, 12),
-            dst: rd32(inner, 16),
-            sport: rd16(inner, ihl),
-            dport: rd16(inner, ihl + 2),
+            src: rd32(inner, ipv4::SRC_ADDR),
+            dst: rd32(inner, ipv4::DST_ADDR),
+            sport: rd16(inner, at(udp::SRC_PORT, ihl)),
+            dport: rd16(inner, at(udp::DST_PORT, ihl)),
             proto,
         },
     }))
@@ -319,9 +323,10 @@ enum Staged {
 /// first fragment by its destination port, a later one (no ports) only when
 /// the address has an all-ports VIP for its protocol.
 fn fragment_vip(f: &Forwarder, frame: &[u8], ip: &Ip) -> Option<usize> {
-    let first = rd16(frame, ETH + 6) & 0x1fff == 0;
-    let l4_at = ETH + ip.ihl;
-    let port = if first && l4_at + 4 <= ETH + ip.total { rd16(frame, l4_at + 2) } else { 0 };
+    let first = rd16(frame, at(ipv4::FLG_OFF, ETH)) & ipv4::OFFSET == 0;
+    let payload = frame.get(ETH + ip.ihl..ETH + ip.total).unwrap_or(&[]);
+    // 0 when the ports are not there (rd16 of a short slice).
+    let port = if first { rd16(payload, udp::DST_PORT) } else { 0 };
     find_vip(f, ip.dst, port, ip.proto)
 }
 
@@ -585,7 +590,7 @@ pub(crate) fn refuse(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, m
             }
             let overhead = overhead(encap);
             if ip.total + overhead > usize::from(f.mtu) {
-                if rd16(buf, start + ETH + 6) & 0x4000 == 0 {
+                if rd16(buf, at(ipv4::FLG_OFF, start + ETH)) & ipv4::DF == 0 {
                     return Some(Verdict::Drop(DropReason::TooBig));
                 }
                 let next_hop_mtu = usize::from(f.mtu).saturating_sub(overhead) as u16;
@@ -678,7 +683,7 @@ fn create(
     let idx = if mode == Rewrite::FullNat {
         let (snat, sport) = alloc_port(f, u32::from(b.address), bport, key.proto, now).ok_or(DropReason::NoPort)?;
         let mut client_mac = [0u8; 6];
-        if let Some(m) = buf.get(start + 6..start + 12) {
+        if let Some(m) = buf.get(at(ethernet::SOURCE, start)) {
             client_mac.copy_from_slice(m);
         }
         let fwd = Entry {
@@ -760,11 +765,11 @@ fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mod
 
 /// Decrements the TTL of the IPv4 header at `ip` (caller checked TTL > 1).
 fn dec_ttl(ip: &mut [u8]) {
-    let old = rd16(ip, 8);
+    let old = rd16(ip, ipv4::TTL_PROTOCOL);
     let new = old.wrapping_sub(0x0100);
-    wr16(ip, 8, new);
-    let c = update16(rd16(ip, 10), old, new);
-    wr16(ip, 10, c);
+    wr16(ip, ipv4::TTL_PROTOCOL, new);
+    let c = update16(rd16(ip, ipv4::CHECKSUM), old, new);
+    wr16(ip, ipv4::CHECKSUM, c);
 }
 
 /// Encapsulates towards entry `e`'s backend, the outer source drawn from
@@ -789,39 +794,44 @@ fn encapsulate(
     let end = start + ETH + ip.total;
     let Some(frame) = buf.get_mut(ns..end) else { return Verdict::Drop(DropReason::BadBuffer) };
     let inner_at = ov + ETH;
-    let tos = frame.get(inner_at + 1).copied().unwrap_or(0);
-    let ident = rd16(frame, inner_at + 4);
-    let df = rd16(frame, inner_at + 6) & 0x4000;
+    let tos = frame.get(inner_at + ipv4::DSCP_ECN).copied().unwrap_or(0);
+    let ident = rd16(frame, at(ipv4::IDENT, inner_at));
+    let df = rd16(frame, at(ipv4::FLG_OFF, inner_at)) & ipv4::DF;
     if let Some(inner) = frame.get_mut(inner_at..) {
         dec_ttl(inner);
     }
     set_macs(frame, e.mac, our_mac);
-    wr16(frame, 12, 0x0800);
+    if let Some(t) = frame.get_mut(ethernet::ETHERTYPE) {
+        t.copy_from_slice(&ethernet::IPV4);
+    }
     let total = ip.total + ov;
     let proto = match encap {
         Encap::Ipip => 4,
         Encap::Gue => UDP,
     };
-    let Some(h) = frame.get_mut(ETH..ETH + 20) else { return Verdict::Drop(DropReason::BadBuffer) };
-    h[0] = 0x45;
-    h[1] = tos;
-    wr16(h, 2, total as u16);
-    wr16(h, 4, ident);
-    wr16(h, 6, df);
-    h[8] = OUR_TTL;
-    h[9] = proto;
-    wr16(h, 10, 0);
-    wr32(h, 12, outer_src);
-    wr32(h, 16, e.new_dst);
+    let Some(h) = frame.get_mut(ETH..ETH + ipv4::HEADER_LEN) else { return Verdict::Drop(DropReason::BadBuffer) };
+    h[ipv4::VER_IHL] = ipv4::VER_IHL_PLAIN;
+    h[ipv4::DSCP_ECN] = tos;
+    wr16(h, ipv4::LENGTH, total as u16);
+    wr16(h, ipv4::IDENT, ident);
+    wr16(h, ipv4::FLG_OFF, df);
+    h[ipv4::TTL] = OUR_TTL;
+    h[ipv4::PROTOCOL] = proto;
+    wr16(h, ipv4::CHECKSUM, 0);
+    wr32(h, ipv4::SRC_ADDR, outer_src);
+    wr32(h, ipv4::DST_ADDR, e.new_dst);
     let c = checksum(h);
-    wr16(h, 10, c);
+    wr16(h, ipv4::CHECKSUM, c);
     if encap == Encap::Gue {
         let sport = 0xc000 | ((entropy >> 16) as u16 & 0x3fff);
-        let Some(u) = frame.get_mut(ETH + 20..ETH + 28) else { return Verdict::Drop(DropReason::BadBuffer) };
-        wr16(u, 0, sport);
-        wr16(u, 2, gue_port);
-        wr16(u, 4, (ip.total + 8) as u16);
-        wr16(u, 6, 0);
+        let outer_udp = ETH + ipv4::HEADER_LEN;
+        let Some(u) = frame.get_mut(outer_udp..outer_udp + udp::HEADER_LEN) else {
+            return Verdict::Drop(DropReason::BadBuffer);
+        };
+        wr16(u, udp::SRC_PORT, sport);
+        wr16(u, udp::DST_PORT, gue_port);
+        wr16(u, udp::LENGTH, (ip.total + udp::HEADER_LEN) as u16);
+        wr16(u, udp::CHECKSUM, 0);
     }
     Verdict::Transmit {
         start: ns as u32,
@@ -834,24 +844,24 @@ fn encapsulate(
 #[inline(never)]
 fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
     let Some(h) = frame.get_mut(ETH..ETH + ip.total) else { return };
-    let (old_src, old_dst) = (rd32(h, 12), rd32(h, 16));
-    let mut c = rd16(h, 10);
+    let (old_src, old_dst) = (rd32(h, ipv4::SRC_ADDR), rd32(h, ipv4::DST_ADDR));
+    let mut c = rd16(h, ipv4::CHECKSUM);
     c = update32(c, old_src, e.new_src);
     c = update32(c, old_dst, e.new_dst);
-    let old_ttl = rd16(h, 8);
+    let old_ttl = rd16(h, ipv4::TTL_PROTOCOL);
     let new_ttl = old_ttl.wrapping_sub(0x0100);
     c = update16(c, old_ttl, new_ttl);
-    wr16(h, 8, new_ttl);
-    wr32(h, 12, e.new_src);
-    wr32(h, 16, e.new_dst);
-    wr16(h, 10, c);
+    wr16(h, ipv4::TTL_PROTOCOL, new_ttl);
+    wr32(h, ipv4::SRC_ADDR, e.new_src);
+    wr32(h, ipv4::DST_ADDR, e.new_dst);
+    wr16(h, ipv4::CHECKSUM, c);
     let ihl = ip.ihl;
     let Some(l4) = h.get_mut(ihl..) else { return };
-    let at = if ip.proto == TCP { 16 } else { 6 };
-    let (old_sp, old_dp) = (rd16(l4, 0), rd16(l4, 2));
-    wr16(l4, 0, e.new_sport);
-    wr16(l4, 2, e.new_dport);
-    let c = rd16(l4, at);
+    let csum = if ip.proto == TCP { tcp::CHECKSUM } else { udp::CHECKSUM };
+    let (old_sp, old_dp) = (rd16(l4, udp::SRC_PORT), rd16(l4, udp::DST_PORT));
+    wr16(l4, udp::SRC_PORT, e.new_sport);
+    wr16(l4, udp::DST_PORT, e.new_dport);
+    let c = rd16(l4, csum.clone());
     if ip.proto == UDP && c == 0 {
         return; // no checksum
     }
@@ -862,7 +872,7 @@ fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
     if ip.proto == UDP && c == 0 {
         c = 0xffff;
     }
-    wr16(l4, at, c);
+    wr16(l4, csum, c);
 }
 
 /// Backend -> SNAT address (FullNAT reply).
@@ -918,7 +928,8 @@ pub(crate) fn reply_hit(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usiz
 /// quote is the IPv4 header and the first 8 payload bytes.
 fn too_big(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, mtu: u16) -> Verdict {
     let q = ip.ihl + 8;
-    let len = ETH + 20 + 8 + q;
+    let icmp_at = ETH + ipv4::HEADER_LEN;
+    let len = icmp_at + icmp::HEADER_LEN + q;
     if ip.total < q {
         return Verdict::Drop(DropReason::TooBig);
     }
@@ -926,21 +937,26 @@ fn too_big(f: &mut Forwarder, buf: &mut [u8], start: usize, ip: &Ip, mtu: u16) -
         return Verdict::Drop(DropReason::TooBig);
     };
     let mut client_mac = [0u8; 6];
-    client_mac.copy_from_slice(&frame[6..12]);
-    frame.copy_within(ETH..ETH + q, ETH + 28);
+    client_mac.copy_from_slice(&frame[ethernet::SOURCE]);
+    frame.copy_within(ETH..ETH + q, icmp_at + icmp::HEADER_LEN);
     set_macs(frame, client_mac, f.mac.0);
-    let h = &mut frame[ETH..ETH + 20];
-    h.copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0, 0, OUR_TTL, ICMP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    wr16(h, 2, (20 + 8 + q) as u16);
-    wr32(h, 12, u32::from(ip.dst));
-    wr32(h, 16, u32::from(ip.src));
+    let h = &mut frame[ETH..icmp_at];
+    h.fill(0);
+    h[ipv4::VER_IHL] = ipv4::VER_IHL_PLAIN;
+    h[ipv4::TTL] = OUR_TTL;
+    h[ipv4::PROTOCOL] = ICMP;
+    wr16(h, ipv4::LENGTH, (ipv4::HEADER_LEN + icmp::HEADER_LEN + q) as u16);
+    wr32(h, ipv4::SRC_ADDR, u32::from(ip.dst));
+    wr32(h, ipv4::DST_ADDR, u32::from(ip.src));
     let c = checksum(h);
-    wr16(h, 10, c);
-    let m = &mut frame[ETH + 20..len];
-    m[..8].copy_from_slice(&[ICMP_DST_UNREACHABLE, 4, 0, 0, 0, 0, 0, 0]);
-    wr16(m, 6, mtu);
+    wr16(h, ipv4::CHECKSUM, c);
+    let m = &mut frame[icmp_at..len];
+    m[..icmp::HEADER_LEN].fill(0);
+    m[icmp::TYPE] = ICMP_DST_UNREACHABLE;
+    m[icmp::CODE] = ICMP_FRAG_NEEDED;
+    wr16(m, icmp::NEXT_HOP_MTU, mtu);
     let c = checksum(m);
-    wr16(m, 2, c);
+    wr16(m, icmp::CHECKSUM, c);
     f.counters.icmp_too_big_sent += 1;
     Verdict::Transmit { start: start as u32, len: len as u32 }
 }
@@ -956,7 +972,7 @@ fn icmp(f: &mut Forwarder, now_ns: u64, now: u32, buf: &mut [u8], start: usize, 
         if !to_vip {
             return Verdict::NotMine;
         }
-        let ty = frame.get(ETH + ip.ihl).copied().unwrap_or(0);
+        let ty = frame.get(ETH + ip.ihl + icmp::TYPE).copied().unwrap_or(0);
         if ty != ICMP_ECHO_REQUEST {
             return Verdict::Drop(DropReason::IcmpUnsupported);
         }
@@ -1123,21 +1139,22 @@ fn translate_icmp(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, q: &Quot
     };
     // The quote.
     let Some(inner) = frame.get_mut(q.icmp + 8..) else { return Verdict::Drop(DropReason::IcmpMalformed) };
-    let (os, od) = (rd32(inner, 12), rd32(inner, 16));
-    let (osp, odp) = (rd16(inner, q.ihl), rd16(inner, q.ihl + 2));
+    let (os, od) = (rd32(inner, ipv4::SRC_ADDR), rd32(inner, ipv4::DST_ADDR));
+    let (sport, dport) = (at(udp::SRC_PORT, q.ihl), at(udp::DST_PORT, q.ihl));
+    let (osp, odp) = (rd16(inner, sport.clone()), rd16(inner, dport.clone()));
     let (ns, nsp) = t.inner_src;
     let (nd, ndp) = t.inner_dst;
-    let mut c = rd16(inner, 10);
+    let mut c = rd16(inner, ipv4::CHECKSUM);
     c = update32(c, os, ns);
     c = update32(c, od, nd);
-    wr16(inner, 10, c);
-    wr32(inner, 12, ns);
-    wr32(inner, 16, nd);
-    wr16(inner, q.ihl, nsp);
-    wr16(inner, q.ihl + 2, ndp);
-    let at = q.ihl + if q.key.proto == TCP { 16 } else { 6 };
-    if inner.len() >= at + 2 {
-        let c = rd16(inner, at);
+    wr16(inner, ipv4::CHECKSUM, c);
+    wr32(inner, ipv4::SRC_ADDR, ns);
+    wr32(inner, ipv4::DST_ADDR, nd);
+    wr16(inner, sport, nsp);
+    wr16(inner, dport, ndp);
+    let csum = at(if q.key.proto == TCP { tcp::CHECKSUM } else { udp::CHECKSUM }, q.ihl);
+    if inner.len() >= csum.end {
+        let c = rd16(inner, csum.clone());
         if !(q.key.proto == UDP && c == 0) {
             let mut c = update32(c, os, ns);
             c = update32(c, od, nd);
@@ -1146,16 +1163,16 @@ fn translate_icmp(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, q: &Quot
             if q.key.proto == UDP && c == 0 {
                 c = 0xffff;
             }
-            wr16(inner, at, c);
+            wr16(inner, csum, c);
         }
     }
     // The outer header.
     nat_outer(frame, t.outer_src, t.outer_dst);
     // ICMP checksum over the whole message.
     if let Some(m) = frame.get_mut(q.icmp..ETH + ip.total) {
-        wr16(m, 2, 0);
+        wr16(m, icmp::CHECKSUM, 0);
         let c = checksum(m);
-        wr16(m, 2, c);
+        wr16(m, icmp::CHECKSUM, c);
     }
     set_macs(frame, t.mac, f.mac.0);
     Verdict::Transmit {
@@ -1165,17 +1182,17 @@ fn translate_icmp(f: &Forwarder, buf: &mut [u8], start: usize, ip: &Ip, q: &Quot
 }
 
 fn nat_outer(frame: &mut [u8], src: u32, dst: u32) {
-    let Some(h) = frame.get_mut(ETH..ETH + 20) else { return };
-    let mut c = rd16(h, 10);
-    c = update32(c, rd32(h, 12), src);
-    c = update32(c, rd32(h, 16), dst);
-    let old_ttl = rd16(h, 8);
+    let Some(h) = frame.get_mut(ETH..ETH + ipv4::HEADER_LEN) else { return };
+    let mut c = rd16(h, ipv4::CHECKSUM);
+    c = update32(c, rd32(h, ipv4::SRC_ADDR), src);
+    c = update32(c, rd32(h, ipv4::DST_ADDR), dst);
+    let old_ttl = rd16(h, ipv4::TTL_PROTOCOL);
     let new_ttl = old_ttl.wrapping_sub(0x0100);
     c = update16(c, old_ttl, new_ttl);
-    wr16(h, 8, new_ttl);
-    wr32(h, 12, src);
-    wr32(h, 16, dst);
-    wr16(h, 10, c);
+    wr16(h, ipv4::TTL_PROTOCOL, new_ttl);
+    wr32(h, ipv4::SRC_ADDR, src);
+    wr32(h, ipv4::DST_ADDR, dst);
+    wr16(h, ipv4::CHECKSUM, c);
 }
 
 /// The Maglev key of a new flow: its 5-tuple, or its client address alone.

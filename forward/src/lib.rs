@@ -66,6 +66,7 @@ mod conntrack;
 mod csum;
 mod datapath;
 mod fast;
+mod field;
 mod neigh;
 mod vips;
 
