@@ -163,8 +163,11 @@ pub(crate) struct Entry {
     pub spare2: u16,
     /// Index of the other direction's entry (FullNAT), or `NO_TWIN`.
     pub twin: u32,
+    /// The creating VIP's internal index (`vip` is its id): an entry is
+    /// only applied while that VIP is installed with that index.
+    pub vip_index: u32,
     /// The rest of the cache line: an entry never shares a line.
-    pub reserved: [u8; 16],
+    pub reserved: [u8; 12],
 }
 
 pub(crate) const NO_TWIN: u32 = u32::MAX;

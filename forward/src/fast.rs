@@ -20,14 +20,19 @@ use std::net::Ipv4Addr;
 
 use crate::conntrack::{Hashed, Key};
 use crate::csum::checksum20;
-use crate::datapath::{deliver, find_vip, refuse, reply_hit, Flags, Ip, ETH, TCP, UDP};
+use crate::field::{at, ethernet, ipv4, tcp, udp};
+use crate::datapath::{attribute, deliver, find_vip, rd16, rd32, refuse, reply_hit, vip_rt, Flags, Ip, ETH, TCP, UDP};
 use crate::{Forwarder, Verdict};
 
 /// Ethernet, IPv4 without options, and the first 14 bytes of TCP (through
 /// its flags) or UDP and 6 more.
-const HEAD: usize = ETH + 20 + 14;
+const HEAD: usize = ETH + ipv4::HEADER_LEN + tcp::FLAGS + 1;
+/// The IPv4 header in `HEAD`.
+const IP: usize = ETH;
+/// The TCP/UDP header in `HEAD`.
+const L4: usize = ETH + ipv4::HEADER_LEN;
 /// `Lane::vip` of a packet to an own address (a FullNAT reply, perhaps).
-/// `Forwarder::new` allows at most `u16::MAX` VIPs, so no VIP has this id.
+/// VIP ids are below `fulcrum_model::MAX_VIPS`, so no VIP has this id.
 const OWN_ADDRESS: u16 = u16::MAX;
 
 /// A frame of the plain shape, parsed and hashed.
@@ -47,40 +52,43 @@ pub(crate) struct Lane {
 #[inline(always)]
 pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
     let h = frame.first_chunk::<HEAD>()?;
-    if h[..6] != f.mac.0 || h[12..15] != [0x08, 0x00, 0x45] {
+    if h[ethernet::DESTINATION] != f.mac.0
+        || h[ethernet::ETHERTYPE] != ethernet::IPV4
+        || h[IP + ipv4::VER_IHL] != ipv4::VER_IHL_PLAIN
+    {
         return None;
     }
-    let total = u16::from_be_bytes([h[16], h[17]]);
-    let payload = usize::from(total).checked_sub(20)?;
+    let total = rd16(h, at(ipv4::LENGTH, IP));
+    let payload = usize::from(total).checked_sub(ipv4::HEADER_LEN)?;
     // Frame shorter than its IPv4 length; MF set or an offset (a fragment).
-    if ETH + usize::from(total) > frame.len() || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0 {
+    if ETH + usize::from(total) > frame.len() || rd16(h, at(ipv4::FLG_OFF, IP)) & ipv4::MF_OFFSET != 0 {
         return None;
     }
-    let ip = h[ETH..].first_chunk::<20>()?;
+    let ip = h[IP..].first_chunk::<{ ipv4::HEADER_LEN }>()?;
     if checksum20(ip) != 0 {
         return None;
     }
-    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let src = rd32(ip, ipv4::SRC_ADDR);
+    let dst = rd32(ip, ipv4::DST_ADDR);
     // 0/8, loopback, multicast and above: perhaps martian, the general path decides.
     let first = src >> 24;
     if first == 0 || first == 127 || first >= 224 {
         return None;
     }
-    let l4 = &h[ETH + 20..];
-    let (sport, dport) = (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]]));
-    let proto = ip[9];
+    let l4 = &h[L4..];
+    let (sport, dport) = (rd16(l4, udp::SRC_PORT), rd16(l4, udp::DST_PORT));
+    let proto = ip[ipv4::PROTOCOL];
     let tcp_flags = match proto {
         TCP => {
-            let doff = usize::from(l4[12] >> 4) * 4;
-            if doff < 20 || doff > payload {
+            let doff = usize::from(l4[tcp::DATA_OFF] >> 4) * 4;
+            if doff < tcp::HEADER_LEN || doff > payload {
                 return None;
             }
-            l4[13]
+            l4[tcp::FLAGS]
         }
         UDP => {
-            let len = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-            if len < 8 || len > payload {
+            let len = usize::from(rd16(l4, udp::LENGTH));
+            if len < udp::HEADER_LEN || len > payload {
                 return None;
             }
             0
@@ -97,7 +105,7 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
         key,
         hashed: f.table.hash(&key),
         total,
-        ttl: ip[8],
+        ttl: ip[ipv4::TTL],
         tcp_flags,
         vip,
     })
@@ -113,7 +121,7 @@ pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lan
     }
     let i = f.table.probed(&lane.key, &lane.hashed, now)?;
     let ip = Ip {
-        ihl: 20,
+        ihl: ipv4::HEADER_LEN,
         total: usize::from(lane.total),
         src: Ipv4Addr::from(lane.key.src),
         dst: Ipv4Addr::from(lane.key.dst),
@@ -124,9 +132,17 @@ pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lan
     if lane.vip == OWN_ADDRESS {
         return Some(reply_hit(f, now, buf, start, &ip, i, fl));
     }
-    let mode = f.vips.get(usize::from(lane.vip))?.mode;
-    if let Some(v) = refuse(f, buf, start, &ip, mode) {
-        return Some(v);
+    let id = usize::from(lane.vip);
+    let v = vip_rt(&f.vips, id)?;
+    // An entry of another VIP (removed, or changed under this id): the
+    // general path frees it.
+    if !v.owns(id, f.table.get(i)?) {
+        return None;
     }
-    deliver(f, now, buf, start, &ip, i, mode, lane.key, Some(fl))
+    let mode = v.rewrite;
+    if let Some(v) = refuse(f, buf, start, &ip, mode) {
+        return Some(attribute(f, id, v));
+    }
+    let v = deliver(f, now, buf, start, &ip, i, mode, lane.key, Some(fl))?;
+    Some(attribute(f, id, v))
 }

@@ -3,7 +3,14 @@
 //!
 //! One [`Forwarder`] per lcore, owned by that lcore: no locks, no atomics, no
 //! heap allocation per packet (everything is allocated in [`Forwarder::new`]
-//! and [`Forwarder::set_backends`]), no panics on any input.
+//! and [`Forwarder::install`]), no panics on any input.
+//!
+//! # VIPs
+//! A VIP is a [`fulcrum_model::Vip`] in a forwarding mode, prepared once off
+//! the packet path ([`ForwardVip::build`]: its Maglev table, its rewrite) and
+//! shared between lcores; each lcore's forwarder takes the whole set at once
+//! ([`Forwarder::install`]), at start and whenever the control plane changes
+//! it, keyed by the control plane's VIP id.
 //!
 //! # Per packet
 //! The dataplane passes the mbuf's whole data room and where the frame lies in
@@ -47,7 +54,7 @@
 //!   ([`tunnel_entropy`]), so a backend NIC hashing on the outer header spreads
 //!   flows (Katran puts client bits in the outer source the same way). GUE also
 //!   puts entropy in the UDP source port (49152-65535).
-//! - **Neighbours**: a backend's MAC is configured ([`ForwardBackend::mac`]:
+//! - **Neighbours**: a backend's MAC is configured ([`fulcrum_model::Backend::mac`]:
 //!   its own, or the gateway's for an off-link tunnel endpoint) or resolved by
 //!   ARP ([`Forwarder::observe_arp`], [`Forwarder::poll_arp`]). A flow's entry
 //!   stores the MAC at creation.
@@ -59,23 +66,28 @@ mod conntrack;
 mod csum;
 mod datapath;
 mod fast;
+mod field;
 mod neigh;
+mod vips;
 
 #[cfg(test)]
 mod testdata;
 #[cfg(test)]
 mod tests;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use fulcrum_maglev::{Backend, MaglevTable};
+use fulcrum_model::steer::owner_of_port;
+use fulcrum_model::{Proto, MAX_VIPS};
 use smoltcp::wire::EthernetAddress;
 
 use conntrack::{tick, ticks, Table};
 use neigh::Neighbours;
+use vips::VipRt;
 
 pub use neigh::ARP_REQUEST_LEN;
+pub use vips::{BackendStats, ForwardVip, Installed, VipStats};
 
 /// Memory per connection-tracking entry (one direction of one flow; a
 /// FullNAT flow takes two): its 64-byte cache line and its share of the
@@ -88,109 +100,9 @@ pub const MAX_BURST: usize = 32;
 /// Default entries per lcore.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
 
-/// Katran's default GUE destination port.
-pub const GUE_PORT: u16 = 6080;
-
 /// Headroom [`Forwarder::process`] needs before the frame for the largest
 /// encapsulation (GUE: outer IPv4 + UDP).
 pub const MAX_ENCAP_OVERHEAD: usize = 28;
-
-/// L4 protocol of a VIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Proto {
-    /// TCP (6).
-    Tcp,
-    /// UDP (17).
-    Udp,
-}
-
-impl Proto {
-    /// IP protocol number.
-    pub const fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-        }
-    }
-}
-
-/// Tunnel encapsulation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Encap {
-    /// IPv4-in-IPv4 (protocol 4), RFC 2003.
-    Ipip,
-    /// Direct IPv4-in-UDP to this destination port (GUE variant 1, as Katran).
-    Gue {
-        /// UDP destination port, normally [`GUE_PORT`].
-        port: u16,
-    },
-}
-
-/// How a VIP's packets reach its backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// L2 direct server return: only the MACs change.
-    Dsr,
-    /// Encapsulate towards the backend; the backend decapsulates and answers
-    /// the client directly.
-    Tunnel {
-        /// IPIP or GUE.
-        encap: Encap,
-        /// Prefix outer source addresses are drawn from (host bits from the
-        /// flow); use a /32 for one fixed source.
-        src_prefix: Ipv4Addr,
-        /// Its length, 0..=32.
-        src_prefix_len: u8,
-    },
-    /// Source and destination NAT: replies come back through us.
-    FullNat,
-}
-
-/// A backend of a forwarding VIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ForwardBackend {
-    /// Its address: the tunnel endpoint / the FullNAT destination / (DSR) the
-    /// address to ARP for when `mac` is `None`.
-    pub addr: Ipv4Addr,
-    /// FullNAT destination port (0: keep the client's destination port);
-    /// ignored by DSR and tunnel except as part of the backend's identity.
-    pub port: u16,
-    /// Maglev weight; 0 = drained (keeps its existing flows, gets no new ones).
-    pub weight: u32,
-    /// Next-hop MAC: the backend's own, or its gateway's. `None`: resolve
-    /// `addr` by ARP (on-link backends only).
-    pub mac: Option<[u8; 6]>,
-}
-
-/// What picks a new flow's backend.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Affinity {
-    /// The whole 5-tuple: each flow is placed on its own.
-    #[default]
-    Flow,
-    /// The client address alone: all of a client's flows share a backend
-    /// (protocols with several connections per session, e.g. FTP, iperf3).
-    Client,
-}
-
-/// One forwarding VIP.
-#[derive(Clone, Debug)]
-pub struct ForwardVip {
-    /// VIP address.
-    pub addr: Ipv4Addr,
-    /// VIP port; 0 = every port of `proto`.
-    pub port: u16,
-    /// TCP or UDP.
-    pub proto: Proto,
-    /// Forwarding mode.
-    pub mode: Mode,
-    /// What a new flow's Maglev key is made of.
-    pub affinity: Affinity,
-    /// Initial backends.
-    pub backends: Vec<ForwardBackend>,
-    /// Maglev table size (prime), e.g. `fulcrum_maglev::DEFAULT_TABLE_SIZE`.
-    pub table_size: u32,
-}
 
 /// Connection-tracking timeouts (IPVS/DPVS-like defaults, shortened for
 /// half-open and reset flows).
@@ -248,8 +160,6 @@ pub struct ForwarderConfig {
     pub mtu: u16,
     /// Most addresses the ARP table tracks.
     pub neighbours: usize,
-    /// Forwarding VIPs; their index is the VIP id used by the API.
-    pub vips: Vec<ForwardVip>,
     /// Maglev flow-hash seed (`fulcrum_maglev::DEFAULT_FLOW_SEED`); must be
     /// the same on every load balancer.
     pub flow_seed: u64,
@@ -261,12 +171,28 @@ pub enum ForwardError {
     /// The Maglev table could not be built.
     #[error("maglev: {0}")]
     Maglev(#[from] fulcrum_maglev::MaglevError),
-    /// No such VIP id.
-    #[error("no VIP with id {0}")]
-    NoVip(usize),
-    /// More VIPs than entries can name.
-    #[error("too many VIPs ({0})")]
-    TooManyVips(usize),
+    /// The VIP's own fields are invalid ([`fulcrum_model::Vip::validate`]).
+    #[error("{0}")]
+    Invalid(#[from] fulcrum_model::Invalid),
+    /// A proxy-mode VIP: terminated by the proxy engine, not forwarded.
+    #[error("{0} is a proxy VIP, not a forwarding one")]
+    NotForwarding(String),
+    /// VIP ids are `0..fulcrum_model::MAX_VIPS`.
+    #[error("VIP id {0} is not below {max}", max = fulcrum_model::MAX_VIPS)]
+    BadId(u16),
+    /// The same id twice in one [`Forwarder::install`].
+    #[error("VIP id {0} is listed twice")]
+    DuplicateId(u16),
+    /// The same address, port and protocol under two ids in one install.
+    #[error("{0} is already installed under id {1}")]
+    DuplicateVip(String, u16),
+    /// Every internal VIP index of this forwarder's life has been used (one
+    /// per VIP added or changed in identity; see [`Forwarder::install`]).
+    #[error("internal VIP indices exhausted ({0} VIPs added or changed since start): restart the forwarder")]
+    IndicesExhausted(u32),
+    /// Tunnel mode without its settings.
+    #[error("tunnel mode without tunnel settings")]
+    NoTunnel,
     /// FullNAT needs at least one own address and owned ports.
     #[error("FullNAT VIP configured but no own address or no local port owned by lcore {0}")]
     NoSnatPorts(usize),
@@ -396,65 +322,16 @@ pub struct Traffic {
     pub new_flows: u64,
 }
 
-/// A backend's counters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BackendStats {
-    /// Which backend.
-    pub addr: Ipv4Addr,
-    /// Its port.
-    pub port: u16,
-    /// Its traffic (since it was last installed by `set_backends`).
-    pub traffic: Traffic,
-}
-
-/// A backend set built off the packet path, ready to install.
-#[derive(Clone, Debug)]
-pub struct BackendSet {
-    backends: Vec<ForwardBackend>,
-    table: MaglevTable,
-}
-
-impl BackendSet {
-    /// Builds the Maglev table for `backends` (any thread; allocates).
-    ///
-    /// # Errors
-    /// Whatever [`MaglevTable::build`] refuses (size not prime, duplicates, ...).
-    pub fn build(backends: Vec<ForwardBackend>, table_size: u32) -> Result<Self, ForwardError> {
-        let keys: Vec<Backend> = backends
-            .iter()
-            .map(|b| Backend::at(IpAddr::V4(b.addr), b.port, b.weight))
-            .collect();
-        let table = MaglevTable::build(&keys, table_size)?;
-        Ok(BackendSet { backends, table })
-    }
-}
-
-/// Installed backend: its config, the neighbour slot it resolves through.
-#[derive(Clone, Copy, Debug)]
-struct BackendRt {
-    cfg: ForwardBackend,
-    neigh: Option<u16>,
-}
-
-struct VipRt {
-    addr: Ipv4Addr,
-    port: u16,
-    proto: u8,
-    mode: Mode,
-    affinity: Affinity,
-    backends: Vec<BackendRt>,
-    table: MaglevTable,
-    traffic: Traffic,
-    backend_traffic: Vec<Traffic>,
-}
-
 /// One lcore's forwarding state.
 pub struct Forwarder {
     mac: EthernetAddress,
     addrs: Vec<Ipv4Addr>,
+    /// Addresses of the installed VIPs, each once.
     vip_addrs: Vec<Ipv4Addr>,
-    /// `vip_key` of each VIP, by id: what the per-packet VIP lookup scans.
+    /// `vip_key` of each installed VIP, dense: what the per-packet VIP
+    /// lookup scans; `vip_ids[i]` is the id of the VIP `vip_keys[i]` names.
     vip_keys: Vec<u64>,
+    vip_ids: Vec<u16>,
     lcore: usize,
     lcores: usize,
     /// Our ports in `local_ports`, ascending (allocated once).
@@ -464,7 +341,10 @@ pub struct Forwarder {
     timeouts: [u32; 6],
     mtu: u16,
     neigh: Neighbours,
-    vips: Vec<VipRt>,
+    /// Installed VIPs by id (`MAX_VIPS` slots).
+    vips: Vec<Option<VipRt>>,
+    /// The next internal VIP index (see [`Forwarder::install`]).
+    next_index: u32,
     flow_seed: u64,
     counters: Counters,
 }
@@ -474,22 +354,6 @@ pub struct Forwarder {
 #[inline]
 fn vip_key(addr: Ipv4Addr, port: u16, proto: u8) -> u64 {
     u64::from(u32::from(addr)) << 24 | u64::from(port) << 8 | u64::from(proto)
-}
-
-/// Lcore owning local port `port`: same rule as proxy mode's `owner_of_port`.
-pub fn owner_of_port(port: u16, lcores: usize) -> usize {
-    usize::from(port) % lcores.max(1)
-}
-
-/// Seed of the client-flow steering hash: the same as proxy mode's, so
-/// both modes spread client flows over lcores identically.
-const STEER_SEED: u64 = 0x7374_6565_7266_6c77; // "steerflw"
-
-/// Lcore owning a client flow to a VIP: the same function as proxy mode's
-/// `owner_of_flow` (the protocol is not hashed, so TCP and UDP agree too).
-pub fn owner_of_flow(client: Ipv4Addr, client_port: u16, vip: Ipv4Addr, vip_port: u16, lcores: usize) -> usize {
-    let h = fulcrum_maglev::flow_hash(STEER_SEED, IpAddr::V4(client), client_port, IpAddr::V4(vip), vip_port, 6);
-    (h % lcores.max(1) as u64) as usize
 }
 
 /// The tunnel entropy of a client flow: outer source host bits come from its
@@ -504,7 +368,7 @@ pub fn tunnel_entropy(client: Ipv4Addr, client_port: u16) -> u32 {
 
 impl Forwarder {
     /// Allocates everything: the conntrack table (`capacity` x
-    /// [`ENTRY_BYTES`]), the port list, the VIPs' Maglev tables.
+    /// [`ENTRY_BYTES`]), the port list. No VIP yet: see [`Forwarder::install`].
     ///
     /// # Errors
     /// See [`ForwardError`].
@@ -513,18 +377,16 @@ impl Forwarder {
         if config.lcore >= lcores {
             return Err(ForwardError::BadLcore(config.lcore, lcores));
         }
-        if config.vips.len() > usize::from(u16::MAX) {
-            return Err(ForwardError::TooManyVips(config.vips.len()));
-        }
         let (lo, hi) = config.local_ports;
         let ports: Vec<u16> = (lo..hi).filter(|&p| owner_of_port(p, lcores) == config.lcore).collect();
         let t = &config.timeouts;
         let to = |d: Duration| ticks(d.as_nanos().min(u128::from(u64::MAX)) as u64);
-        let mut fwd = Forwarder {
+        Ok(Forwarder {
             mac: EthernetAddress(config.mac),
             addrs: config.addrs.clone(),
             vip_addrs: Vec::new(),
-            vip_keys: Vec::with_capacity(config.vips.len()),
+            vip_keys: Vec::new(),
+            vip_ids: Vec::new(),
             lcore: config.lcore,
             lcores,
             ports,
@@ -546,95 +408,29 @@ impl Forwarder {
             ],
             mtu: config.mtu,
             neigh: Neighbours::new(config.neighbours),
-            vips: Vec::with_capacity(config.vips.len()),
+            vips: (0..MAX_VIPS).map(|_| None).collect(),
+            next_index: 0,
             flow_seed: config.flow_seed,
             counters: Counters::default(),
-        };
-        for v in config.vips {
-            if let Mode::Tunnel { src_prefix_len, .. } = v.mode {
-                if src_prefix_len > 32 {
-                    return Err(ForwardError::BadPrefix(src_prefix_len));
-                }
-            }
-            if v.mode == Mode::FullNat && (fwd.addrs.is_empty() || fwd.ports.is_empty()) {
-                return Err(ForwardError::NoSnatPorts(fwd.lcore));
-            }
-            let set = BackendSet::build(v.backends, v.table_size)?;
-            fwd.vip_keys.push(vip_key(v.addr, v.port, v.proto.number()));
-            if !fwd.vip_addrs.contains(&v.addr) {
-                fwd.vip_addrs.push(v.addr);
-            }
-            fwd.vips.push(VipRt {
-                addr: v.addr,
-                port: v.port,
-                proto: v.proto.number(),
-                mode: v.mode,
-                affinity: v.affinity,
-                backends: Vec::new(),
-                table: set.table.clone(),
-                traffic: Traffic::default(),
-                backend_traffic: Vec::new(),
-            });
-            let id = fwd.vips.len() - 1;
-            fwd.set_backends(id, set)?;
-        }
-        Ok(fwd)
+        })
     }
 
-    /// The id of the VIP `addr:port/proto` (exact port; 0 for an all-ports VIP).
-    pub fn vip_id(&self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<usize> {
-        self.vips
-            .iter()
-            .position(|v| v.addr == addr && v.port == port && v.proto == proto.number())
+    /// Whether any VIP is installed (the dataplane skips the forwarder when none is).
+    pub fn has_vips(&self) -> bool {
+        !self.vip_ids.is_empty()
     }
 
-    /// Installs a new backend set for VIP `vip`: O(backends), no table
-    /// build (do [`BackendSet::build`] off the packet path). Existing flows
-    /// keep their backend, even one that left the set: their entries hold the
-    /// backend's address, port and MAC, not a reference into the set.
-    /// Per-backend counters restart.
-    ///
-    /// # Errors
-    /// Unknown VIP, or the neighbour table is full.
-    pub fn set_backends(&mut self, vip: usize, set: BackendSet) -> Result<(), ForwardError> {
-        let mut rts = Vec::with_capacity(set.backends.len());
-        for b in &set.backends {
-            let neigh = match b.mac {
-                Some(_) => None,
-                None => Some(
-                    self.neigh
-                        .register(b.addr)
-                        .ok_or(ForwardError::NeighboursFull(usize::from(u16::MAX)))?,
-                ),
-            };
-            rts.push(BackendRt { cfg: *b, neigh });
-        }
-        let v = self.vips.get_mut(vip).ok_or(ForwardError::NoVip(vip))?;
-        v.backend_traffic = vec![Traffic::default(); rts.len()];
-        v.backends = rts;
-        v.table = set.table;
-        Ok(())
+    /// The id of the installed VIP `addr:port/proto` (exact port; 0 for an
+    /// all-ports VIP).
+    pub fn vip_id(&self, addr: Ipv4Addr, port: u16, proto: Proto) -> Option<u16> {
+        let k = vip_key(addr, port, proto.number());
+        let i = self.vip_keys.iter().position(|&x| x == k)?;
+        self.vip_ids.get(i).copied()
     }
 
     /// Counters of this lcore.
     pub fn counters(&self) -> &Counters {
         &self.counters
-    }
-
-    /// A VIP's counters and its current backends' counters.
-    pub fn vip_stats(&self, vip: usize) -> Option<(Traffic, Vec<BackendStats>)> {
-        let v = self.vips.get(vip)?;
-        let b = v
-            .backends
-            .iter()
-            .zip(&v.backend_traffic)
-            .map(|(b, t)| BackendStats {
-                addr: b.cfg.addr,
-                port: b.cfg.port,
-                traffic: *t,
-            })
-            .collect();
-        Some((v.traffic, b))
     }
 
     /// Connection-tracking entries in use (expired, unreclaimed ones included).
@@ -679,8 +475,8 @@ impl Forwarder {
         self.neigh.mac_of(addr)
     }
 
-    /// Which lcore must process `frame` (see [`owner_of_flow`],
-    /// [`owner_of_port`]); `None` when it is not a forwarding frame or
+    /// Which lcore must process `frame` (see
+    /// [`fulcrum_model::steer::owner_of_flow`], [`owner_of_port`]); `None` when it is not a forwarding frame or
     /// cannot be parsed (process it locally: it will be dropped or handed
     /// back as `NotMine`). ICMP errors are steered by their quoted tuple.
     pub fn owner(&self, frame: &[u8]) -> Option<usize> {

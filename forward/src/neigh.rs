@@ -51,6 +51,19 @@ impl Neighbours {
         }
     }
 
+    /// Most addresses tracked.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity.min(u16::MAX as usize)
+    }
+
+    /// Keeps only the addresses `keep` says (with what was learned of them);
+    /// the others' slots are freed. Renumbers: register again afterwards.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(Ipv4Addr) -> bool) {
+        self.slots.retain(|n| keep(n.ip));
+        self.cursor = 0;
+        self.pending = self.slots.iter().any(|n| n.wanted || n.mac.is_none());
+    }
+
     /// Index of `ip`'s entry, creating it; `None` when the table is full.
     pub(crate) fn register(&mut self, ip: Ipv4Addr) -> Option<u16> {
         if let Some(i) = self.slots.iter().position(|n| n.ip == ip) {

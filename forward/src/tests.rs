@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 
 use smoltcp::wire::{EthernetFrame, Icmpv4Packet, IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
 
+use std::sync::Arc;
+
+use fulcrum_model::steer::owner_of_flow;
+use fulcrum_model::{Affinity, Backend, Cidr, Encap, Mac, Mode, Proto, Tunnel, Vip, GUE_PORT};
+
 use crate::testdata::*;
 use crate::*;
 
@@ -15,33 +20,37 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
 const HEADROOM: usize = 128;
 const SEC: u64 = 1_000_000_000;
 
-fn backend(last: u8, port: u16) -> ForwardBackend {
-    ForwardBackend {
-        addr: Ipv4Addr::new(198, 18, 2, last),
-        port,
-        weight: 1,
-        mac: Some([2, 0, 0, 0, 2, last]),
+fn backend(last: u8, port: u16) -> Backend {
+    Backend {
+        mac: Some(Mac([2, 0, 0, 0, 2, last])),
+        ..Backend::new(Ipv4Addr::new(198, 18, 2, last), port, 1)
     }
 }
 
-fn vip(last: u8, port: u16, proto: Proto, mode: Mode, backends: Vec<ForwardBackend>) -> ForwardVip {
-    ForwardVip {
-        affinity: Affinity::Flow,
-        addr: Ipv4Addr::new(198, 18, 1, last),
-        port,
+fn vip(last: u8, port: u16, proto: Proto, mode: Mode, backends: Vec<Backend>) -> Vip {
+    Vip {
         proto,
-        mode,
         backends,
         table_size: 251,
+        ..Vip::new(Ipv4Addr::new(198, 18, 1, last), port, mode)
     }
 }
 
-fn tunnel(encap: Encap) -> Mode {
-    Mode::Tunnel {
-        encap,
-        src_prefix: Ipv4Addr::new(198, 18, 200, 0),
-        src_prefix_len: 24,
-    }
+fn tunnel_vip(last: u8, encap: Encap, backends: Vec<Backend>) -> Vip {
+    let source_prefix = Cidr { addr: Ipv4Addr::new(198, 18, 200, 0), prefix_len: 24 };
+    Vip { tunnel: Some(Tunnel { encap, source_prefix }), ..vip(last, 80, Proto::Tcp, Mode::Tunnel, backends) }
+}
+
+/// The test VIPs; the id of each is its index.
+fn test_vips() -> Vec<Vip> {
+    vec![
+        vip(1, 80, Proto::Tcp, Mode::Dsr, vec![backend(1, 80)]),
+        vip(1, 53, Proto::Udp, Mode::Dsr, vec![backend(1, 53)]),
+        tunnel_vip(2, Encap::Ipip, vec![backend(2, 80)]),
+        tunnel_vip(3, Encap::Gue, vec![backend(3, 80)]),
+        vip(4, 80, Proto::Tcp, Mode::Fullnat, vec![backend(4, 8080)]),
+        vip(4, 53, Proto::Udp, Mode::Fullnat, vec![backend(4, 5353)]),
+    ]
 }
 
 fn config(capacity: usize) -> ForwarderConfig {
@@ -56,20 +65,34 @@ fn config(capacity: usize) -> ForwarderConfig {
         table_memory_hint: |_| {},
         mtu: 1500,
         neighbours: 64,
-        vips: vec![
-            vip(1, 80, Proto::Tcp, Mode::Dsr, vec![backend(1, 0)]),
-            vip(1, 53, Proto::Udp, Mode::Dsr, vec![backend(1, 0)]),
-            vip(2, 80, Proto::Tcp, tunnel(Encap::Ipip), vec![backend(2, 0)]),
-            vip(3, 80, Proto::Tcp, tunnel(Encap::Gue { port: GUE_PORT }), vec![backend(3, 0)]),
-            vip(4, 80, Proto::Tcp, Mode::FullNat, vec![backend(4, 8080)]),
-            vip(4, 53, Proto::Udp, Mode::FullNat, vec![backend(4, 5353)]),
-        ],
         flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
     }
 }
 
+/// Installs `vips` (ids: their indexes), asserting none is refused.
+fn install(f: &mut Forwarder, vips: &[Vip]) -> Installed {
+    let built: Vec<Arc<ForwardVip>> =
+        vips.iter().enumerate().map(|(id, v)| Arc::new(ForwardVip::build(id as u16, v).expect("vip"))).collect();
+    let done = f.install(&built);
+    assert_eq!(done.refused, vec![]);
+    done
+}
+
+/// A forwarder with `cfg` and `vips` installed.
+fn build(cfg: ForwarderConfig, vips: &[Vip]) -> Forwarder {
+    let mut f = Forwarder::new(cfg).expect("config");
+    install(&mut f, vips);
+    f
+}
+
 fn fwd() -> Forwarder {
-    Forwarder::new(config(1024)).expect("config")
+    build(config(1024), &test_vips())
+}
+
+/// VIP `id`'s traffic and its backends' counters.
+fn stats(f: &Forwarder, id: u16) -> (Traffic, Vec<BackendStats>) {
+    let s = f.vip_stats_of(id).expect("installed");
+    (s.traffic, s.backends)
 }
 
 /// Runs `process` on `frame` placed after HEADROOM bytes; returns the verdict
@@ -159,7 +182,7 @@ fn dsr_tcp_syn_rewrites_macs_only() {
     let mut f = fwd();
     expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
     assert_eq!(f.counters().new_flows, 1);
-    let (t, b) = f.vip_stats(0).unwrap();
+    let (t, b) = stats(&f, 0);
     assert_eq!((t.packets, t.new_flows, b[0].traffic.packets), (1, 1, 1));
     // The second packet hits the entry.
     expect_out(&mut f, SEC, &DSR_SYN, &DSR_SYN_OUT);
@@ -227,7 +250,7 @@ fn fullnat_tcp_both_directions() {
     expect_out(&mut f, 0, &FNAT_SYN, &FNAT_SYN_OUT);
     assert_eq!(f.conntrack_len(), 2, "FullNAT keeps both directions");
     expect_out(&mut f, SEC, &FNAT_SYNACK, &FNAT_SYNACK_OUT);
-    let (t, b) = f.vip_stats(4).unwrap();
+    let (t, b) = stats(&f, 4);
     assert_eq!((t.packets, t.new_flows), (2, 1));
     assert_eq!(b[0].traffic.packets, 2);
 }
@@ -415,19 +438,19 @@ fn dst_mac(f: &mut Forwarder, now: u64, frame: &[u8]) -> [u8; 6] {
     out[..6].try_into().unwrap()
 }
 
-fn many_backends(n: u8) -> Vec<ForwardBackend> {
-    (1..=n).map(|i| backend(100 + i, 0)).collect()
+fn many_backends(n: u8) -> Vec<Backend> {
+    (1..=n).map(|i| backend(100 + i, 80)).collect()
 }
 
 #[test]
 fn new_flows_spread_per_maglev_and_keep_backend_when_others_change() {
-    let mut cfg = config(1 << 14);
-    cfg.vips[0].backends = many_backends(4);
-    let mut f = Forwarder::new(cfg).unwrap();
+    let mut vips = test_vips();
+    vips[0].backends = many_backends(4);
+    let mut f = build(config(1 << 14), &vips);
     let table = fulcrum_maglev::MaglevTable::build(
         &many_backends(4)
             .iter()
-            .map(|b| fulcrum_maglev::Backend::at(b.addr.into(), b.port, 1))
+            .map(|b| fulcrum_maglev::Backend::at(b.address.into(), b.port, 1))
             .collect::<Vec<_>>(),
         251,
     )
@@ -447,7 +470,8 @@ fn new_flows_spread_per_maglev_and_keep_backend_when_others_change() {
     // backend, including those on the removed one.
     let mut b = many_backends(6);
     b.remove(3);
-    f.set_backends(0, BackendSet::build(b, 251).unwrap()).unwrap();
+    vips[0].backends = b;
+    assert_eq!(install(&mut f, &vips).updated, vec![0, 1, 2, 3, 4, 5]);
     for (i, p) in (1000..1400u16).enumerate() {
         assert_eq!(dst_mac(&mut f, SEC, &syn_from(p, 1)), first[i]);
     }
@@ -460,7 +484,7 @@ fn new_flows_spread_per_maglev_and_keep_backend_when_others_change() {
 
 #[test]
 fn eviction_when_full_is_counted() {
-    let mut f = Forwarder::new(config(31)).unwrap(); // one bucket of 31
+    let mut f = build(config(31), &test_vips()); // one bucket of 31
     assert_eq!(f.conntrack_capacity(), 31);
     for p in 1000..1031u16 {
         let _ = dst_mac(&mut f, 0, &syn_from(p, 1));
@@ -512,9 +536,9 @@ fn timeouts_expire_entries() {
 
 #[test]
 fn neighbour_resolution_by_arp() {
-    let mut cfg = config(64);
-    cfg.vips[0].backends[0].mac = None;
-    let mut f = Forwarder::new(cfg).unwrap();
+    let mut vips = test_vips();
+    vips[0].backends[0].mac = None;
+    let mut f = build(config(64), &vips);
     let mut arp = [0u8; 64];
     // Registered at install: a request is due at once.
     assert_eq!(f.poll_arp(0, &mut arp), Some(ARP_REQUEST_LEN));
@@ -545,7 +569,7 @@ fn steering() {
     let mut cfg = config(64);
     cfg.lcores = 4;
     cfg.lcore = 1;
-    let f = Forwarder::new(cfg).unwrap();
+    let f = build(cfg, &test_vips());
     let want = owner_of_flow(CLIENT, 40000, Ipv4Addr::new(198, 18, 1, 4), 80, 4);
     assert_eq!(f.owner(&FNAT_SYN), Some(want));
     assert_eq!(f.owner(&FNAT_SYNACK), Some(40000 % 4));
@@ -576,8 +600,9 @@ fn bench_established_flows() {
             let mut cfg = config(flows * 2 * 2);
             cfg.local_ports = (1024, 65535);
             cfg.addrs = vec![OWN, Ipv4Addr::new(198, 18, 0, 11), Ipv4Addr::new(198, 18, 0, 12), Ipv4Addr::new(198, 18, 0, 13)];
-            cfg.vips[mode_vip].backends = many_backends(8);
-            let mut f = Forwarder::new(cfg).unwrap();
+            let mut vips = test_vips();
+            vips[mode_vip].backends = many_backends(8);
+            let mut f = build(cfg, &vips);
             let base = if mode_vip == 0 { &DSR_SYN[..] } else { &FNAT_SYN[..] };
             let mk = |fr: &mut TestFrame, i: usize, flags: u8| {
                 let fr = &mut fr.buf[HEADROOM..HEADROOM + 60];
@@ -722,9 +747,180 @@ fn burst_equals_one_at_a_time() {
             }
         }
         assert_eq!(one.counters(), many.counters(), "burst {burst}");
+        assert_eq!(one.vip_stats().collect::<Vec<_>>(), many.vip_stats().collect::<Vec<_>>(), "burst {burst}");
         assert_eq!(one.conntrack_len(), many.conntrack_len());
         assert!(many.counters().new_flows >= 300);
     }
     // A signature line per flow frame, then an entry line per tracked one.
     assert!(hints.get() >= 4 * 300, "prefetch hints: {}", hints.get());
+}
+
+/// Builds and installs `vips` under the given ids; returns what install said.
+fn install_ids(f: &mut Forwarder, vips: &[(u16, Vip)]) -> Installed {
+    let built: Vec<Arc<ForwardVip>> =
+        vips.iter().map(|(id, v)| Arc::new(ForwardVip::build(*id, v).expect("vip"))).collect();
+    f.install(&built)
+}
+
+/// Runs one frame through `process_burst` (the fast path when it is a hit).
+fn run_burst(f: &mut Forwarder, now: u64, frame: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+    buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+    let mut batch = [TestFrame { buf, start: HEADROOM, len: frame.len() }];
+    let mut v = [Verdict::NotMine];
+    f.process_burst(now, &mut batch, &mut v, |_| {});
+    let out = match v[0] {
+        Verdict::Transmit { start, len } => batch[0].buf[start as usize..(start + len) as usize].to_vec(),
+        _ => batch[0].bytes().to_vec(),
+    };
+    (v[0], out)
+}
+
+#[test]
+fn vips_are_added_and_removed_at_runtime() {
+    let mut f = Forwarder::new(config(1024)).unwrap();
+    assert!(!f.has_vips());
+    assert_eq!(run(&mut f, 0, &DSR_SYN).0, Verdict::NotMine);
+    let vips = test_vips();
+    let done = install_ids(&mut f, &[(7, vips[0].clone())]);
+    assert_eq!((done.added, done.refused), (vec![7], vec![]));
+    assert!(f.has_vips());
+    assert_eq!(f.vip_id(Ipv4Addr::new(198, 18, 1, 1), 80, Proto::Tcp), Some(7));
+    expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
+    let s = f.vip_stats_of(7).unwrap();
+    assert_eq!((s.address, s.port, s.proto, s.mode, s.traffic.packets), (Ipv4Addr::new(198, 18, 1, 1), 80, Proto::Tcp, Mode::Dsr, 1));
+    // Another VIP in, VIP 7 out: its packets, tracked flow or not, are not ours.
+    let done = install_ids(&mut f, &[(2, vips[2].clone())]);
+    assert_eq!((done.added, done.removed), (vec![2], vec![7]));
+    assert_eq!(run(&mut f, SEC, &DSR_SYN).0, Verdict::NotMine);
+    assert_eq!(run_burst(&mut f, SEC, &DSR_SYN).0, Verdict::NotMine);
+    assert!(f.vip_stats_of(7).is_none());
+    assert_eq!(f.vip_stats().map(|s| s.id).collect::<Vec<_>>(), vec![2]);
+    let (v, _) = run(&mut f, SEC, &IPIP_SYN);
+    assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+    // Nothing left.
+    let done = install_ids(&mut f, &[]);
+    assert_eq!(done.removed, vec![2]);
+    assert!(!f.has_vips());
+    assert_eq!(run(&mut f, SEC, &IPIP_SYN).0, Verdict::NotMine);
+}
+
+#[test]
+fn new_backends_keep_an_established_flow_on_its_backend() {
+    let mut f = fwd();
+    let mut ack = DSR_SYN.to_vec();
+    ack[14 + 20 + 13] = 0x10;
+    expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
+    let mut vips = test_vips();
+    vips[0].backends = vec![backend(9, 80)];
+    let done = install(&mut f, &vips);
+    assert_eq!(done.updated, vec![0, 1, 2, 3, 4, 5]);
+    // The tracked flow keeps backend 1 (whose MAC ends in 1), both paths.
+    assert_eq!(dst_mac(&mut f, SEC, &ack)[5], 1);
+    assert_eq!(run_burst(&mut f, SEC, &ack).1[5], 1);
+    // A new flow goes to backend 9; the VIP's counters continued.
+    assert_eq!(dst_mac(&mut f, SEC, &syn_from(5000, 1))[5], 9);
+    let (t, b) = stats(&f, 0);
+    assert_eq!((t.packets, t.new_flows), (4, 2));
+    assert_eq!((b.len(), b[0].address, b[0].traffic.new_flows), (1, Ipv4Addr::new(198, 18, 2, 9), 1));
+}
+
+#[test]
+fn a_changed_mode_under_the_same_id_never_applies_old_entries() {
+    let mut f = fwd();
+    let mut ack = DSR_SYN.to_vec();
+    ack[14 + 20 + 13] = 0x10;
+    expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
+    assert_eq!(dst_mac(&mut f, 0, &ack)[5], 1);
+    assert_eq!(f.conntrack_len(), 1);
+    // Id 0 becomes FullNAT on the same address and port.
+    let mut vips = test_vips();
+    vips[0] = vip(1, 80, Proto::Tcp, Mode::Fullnat, vec![backend(4, 8080)]);
+    let done = install(&mut f, &vips);
+    assert_eq!(done.replaced, vec![0]);
+    // The DSR entry is not applied: an ACK is a FullNAT flow without SYN,
+    // on the fast path as on the general one.
+    assert_eq!(run_burst(&mut f, SEC, &ack).0, Verdict::Drop(DropReason::NoSyn));
+    assert_eq!(run(&mut f, SEC, &ack).0, Verdict::Drop(DropReason::NoSyn));
+    assert_eq!(f.conntrack_len(), 0, "the stale entry is freed");
+    // A SYN starts a FullNAT flow: source rewritten to our address.
+    let (v, out) = run(&mut f, SEC, &DSR_SYN);
+    assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+    verify(&out);
+    assert_eq!(&out[26..30], &OWN.octets());
+    assert_eq!(&out[30..34], &[198, 18, 2, 4]);
+    assert_eq!(f.conntrack_len(), 2);
+    let s = f.vip_stats_of(0).unwrap();
+    assert_eq!((s.mode, s.traffic.packets, s.traffic.new_flows), (Mode::Fullnat, 1, 1));
+    assert_eq!(s.drops[DropReason::NoSyn.index()], 2);
+}
+
+#[test]
+fn a_removed_fullnat_vip_stops_translating_replies() {
+    let mut f = fwd();
+    expect_out(&mut f, 0, &FNAT_SYN, &FNAT_SYN_OUT);
+    let vips = test_vips();
+    let keep: Vec<(u16, Vip)> = vips.iter().cloned().enumerate().map(|(i, v)| (i as u16, v)).filter(|(i, _)| *i != 4).collect();
+    assert_eq!(install_ids(&mut f, &keep).removed, vec![4]);
+    assert_eq!(run(&mut f, SEC, &FNAT_SYNACK).0, Verdict::NotMine);
+    assert_eq!(run_burst(&mut f, SEC, &FNAT_SYNACK).0, Verdict::NotMine);
+    assert_eq!(run(&mut f, SEC, &FNAT_ICMP_CLIENT_SIDE).0, Verdict::NotMine);
+}
+
+#[test]
+fn fullnat_without_snat_address_is_refused_per_vip() {
+    let mut cfg = config(1024);
+    cfg.addrs = vec![];
+    let mut f = Forwarder::new(cfg).unwrap();
+    let vips: Vec<(u16, Vip)> = test_vips().into_iter().enumerate().map(|(i, v)| (i as u16, v)).collect();
+    let done = install_ids(&mut f, &vips);
+    assert_eq!(done.refused, vec![(4, ForwardError::NoSnatPorts(0)), (5, ForwardError::NoSnatPorts(0))]);
+    assert_eq!(done.added, vec![0, 1, 2, 3]);
+    expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
+    assert_eq!(run(&mut f, 0, &FNAT_SYN).0, Verdict::NotMine);
+}
+
+#[test]
+fn install_refuses_duplicates_and_build_refuses_what_is_not_forwarded() {
+    let mut f = Forwarder::new(config(1024)).unwrap();
+    let vips = test_vips();
+    let done = install_ids(&mut f, &[(1, vips[0].clone()), (1, vips[1].clone()), (2, vips[0].clone())]);
+    assert_eq!(done.added, vec![1]);
+    assert_eq!(
+        done.refused,
+        vec![
+            (1, ForwardError::DuplicateId(1)),
+            (2, ForwardError::DuplicateVip("198.18.1.1:80/tcp".into(), 1)),
+        ]
+    );
+    let proxy = Vip::proxy(Ipv4Addr::new(198, 18, 1, 9), 80, vec![backend(1, 80)]);
+    assert!(matches!(ForwardVip::build(0, &proxy), Err(ForwardError::NotForwarding(_))));
+    assert_eq!(ForwardVip::build(256, &vips[0]).unwrap_err(), ForwardError::BadId(256));
+    let no_tunnel = Vip { tunnel: None, ..vips[2].clone() };
+    assert!(matches!(ForwardVip::build(0, &no_tunnel), Err(ForwardError::NoTunnel)));
+    let mut down = vips[0].clone();
+    down.backends[0].state = fulcrum_model::BackendState::Down;
+    let mut g = Forwarder::new(config(64)).unwrap();
+    assert_eq!(install_ids(&mut g, &[(0, down)]).added, vec![0]);
+    assert_eq!(run(&mut g, 0, &DSR_SYN).0, Verdict::Drop(DropReason::NoBackend), "not up: weight 0");
+}
+
+#[test]
+fn drops_are_counted_under_their_vip() {
+    let mut f = fwd();
+    assert_eq!(run(&mut f, 0, &set_ttl(&FNAT_SYN, 1)).0, Verdict::Drop(DropReason::TtlExceeded));
+    let mut frag = DSR_SYN.to_vec();
+    frag[20] |= 0x20; // MF
+    Ipv4Packet::new_unchecked(&mut frag[14..]).fill_checksum();
+    assert_eq!(run(&mut f, 0, &frag).0, Verdict::Drop(DropReason::Fragment));
+    let drops_of = |f: &Forwarder, id| f.vip_stats_of(id).unwrap().drops;
+    assert_eq!(drops_of(&f, 4)[DropReason::TtlExceeded.index()], 1);
+    assert_eq!(drops_of(&f, 0)[DropReason::Fragment.index()], 1);
+    assert_eq!(drops_of(&f, 0).iter().sum::<u64>(), 1);
+    assert_eq!(drops_of(&f, 1).iter().sum::<u64>(), 0);
+    assert_eq!((drops(&f, DropReason::TtlExceeded), drops(&f, DropReason::Fragment)), (1, 1));
+    // An established tunnel flow refused on the fast path is counted too.
+    expect_out(&mut f, 0, &IPIP_SYN, &IPIP_SYN_OUT);
+    assert_eq!(run_burst(&mut f, 0, &set_ttl(&IPIP_SYN, 1)).0, Verdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(drops_of(&f, 2)[DropReason::TtlExceeded.index()], 1);
 }

@@ -1,0 +1,88 @@
+//! FullNAT: the address and port rewrite, and the backend -> SNAT replies.
+
+use super::*;
+
+/// Rewrites addresses, ports and TTL to entry `e`'s action, with
+/// incremental checksum updates.
+#[inline(never)]
+pub(super) fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
+    let Some(h) = frame.get_mut(ETH..ETH + ip.total) else { return };
+    let (old_src, old_dst) = (rd32(h, ipv4::SRC_ADDR), rd32(h, ipv4::DST_ADDR));
+    let mut c = rd16(h, ipv4::CHECKSUM);
+    c = update32(c, old_src, e.new_src);
+    c = update32(c, old_dst, e.new_dst);
+    let old_ttl = rd16(h, ipv4::TTL_PROTOCOL);
+    let new_ttl = old_ttl.wrapping_sub(0x0100);
+    c = update16(c, old_ttl, new_ttl);
+    wr16(h, ipv4::TTL_PROTOCOL, new_ttl);
+    wr32(h, ipv4::SRC_ADDR, e.new_src);
+    wr32(h, ipv4::DST_ADDR, e.new_dst);
+    wr16(h, ipv4::CHECKSUM, c);
+    let ihl = ip.ihl;
+    let Some(l4) = h.get_mut(ihl..) else { return };
+    let csum = if ip.proto == TCP { tcp::CHECKSUM } else { udp::CHECKSUM };
+    let (old_sp, old_dp) = (rd16(l4, udp::SRC_PORT), rd16(l4, udp::DST_PORT));
+    wr16(l4, udp::SRC_PORT, e.new_sport);
+    wr16(l4, udp::DST_PORT, e.new_dport);
+    let c = rd16(l4, csum.clone());
+    if ip.proto == UDP && c == 0 {
+        return; // no checksum
+    }
+    let mut c = update32(c, old_src, e.new_src);
+    c = update32(c, old_dst, e.new_dst);
+    c = update16(c, old_sp, e.new_sport);
+    c = update16(c, old_dp, e.new_dport);
+    if ip.proto == UDP && c == 0 {
+        c = 0xffff;
+    }
+    wr16(l4, csum, c);
+}
+
+/// Backend -> SNAT address (FullNAT reply).
+pub(super) fn reply(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, (key, hashed): (Key, Hashed), fl: Flags) -> Verdict {
+    let mut rec = Reclaimed::default();
+    let hit = f.table.find(&key, &hashed, now, &mut rec);
+    account_reclaimed(f, rec);
+    let Some(i) = hit else { return Verdict::NotMine };
+    reply_hit(f, now, buf, start, ip, i, fl)
+}
+
+/// A backend -> SNAT packet of the flow in entry `i` (if it is a reply entry).
+#[inline]
+pub(crate) fn reply_hit(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, ip: &Ip, i: u32, fl: Flags) -> Verdict {
+    let Forwarder { table, vips, timeouts, mac, .. } = f;
+    let Some(e) = table.get_mut(i) else { return Verdict::NotMine };
+    // Only replies of a flow whose VIP is still installed as it was.
+    let Some(owner) = owner_vip(vips, e).filter(|_| e.flags & F_REVERSE != 0) else {
+        return Verdict::NotMine;
+    };
+    let refused = if ip.ihl > 20 {
+        Some(DropReason::IpOptions)
+    } else if ip.ttl <= 1 {
+        Some(DropReason::TtlExceeded)
+    } else {
+        None
+    };
+    if let Some(r) = refused {
+        if let Some(n) = owner.drops.get_mut(r.index()) {
+            *n += 1;
+        }
+        return Verdict::Drop(r);
+    }
+    touch(e, timeouts, now, fl);
+    account(vips, e, ip.total, false);
+    let synced = *e;
+    let v = match buf.get_mut(start..start + ETH + ip.total) {
+        Some(frame) => {
+            nat(frame, ip, e);
+            set_macs(frame, e.mac, mac.0);
+            Verdict::Transmit {
+                start: start as u32,
+                len: (ETH + ip.total) as u32,
+            }
+        }
+        None => Verdict::Drop(DropReason::BadBuffer),
+    };
+    sync_twin(table, &synced);
+    v
+}
