@@ -163,8 +163,8 @@ fn install(g: &Generation) {
         let s = snapshot.iter().find(|s| (s.addr, s.port) == (v.address, v.port)).expect("proxy VIP installed");
         let mut want: Vec<_> = v.backends.iter().map(|b| (b.address, b.port, b.weight, b.state)).collect();
         let mut got: Vec<_> = s.backends.iter().map(|b| (b.addr, b.port, b.weight, b.state)).collect();
-        want.sort();
-        got.sort();
+        want.sort_by_key(|b| (b.0, b.1));
+        got.sort_by_key(|b| (b.0, b.1));
         assert_eq!(got, want, "{}: backends installed", v.name());
     }
 
@@ -284,6 +284,7 @@ fn random_generations_round_trip_install_or_are_refused() {
     eprintln!("seed {seed} (FULCRUM_PROP_SEED={seed} replays it)");
     let mut rng = Rng(seed | 1);
     let (mut valid, mut refused) = (0, 0);
+    let mut modes = std::collections::BTreeMap::new();
     for case in 0..60 {
         let vips = rng.range(1, 24) as usize;
         let backends = rng.range(0, 200) as usize;
@@ -292,12 +293,17 @@ fn random_generations_round_trip_install_or_are_refused() {
         assert_eq!(round_trip(&g), g, "case {case}: the segment changed the generation");
         install(&g);
         valid += 1;
+        for p in &g.vips {
+            *modes.entry(p.vip.mode.name()).or_insert(0) += 1;
+        }
         if let Some((bad, field)) = break_one(&mut rng, &g) {
             refused_up_front(&bad, field);
             refused += 1;
         }
     }
-    eprintln!("{valid} valid generations round-tripped and installed; {refused} broken ones refused up front");
+    eprintln!("{valid} valid generations round-tripped and installed (VIPs by mode: {modes:?}); {refused} broken ones refused up front");
+    assert_eq!(modes.len(), 4, "every mode generated: {modes:?}");
+    assert!(refused >= 30, "only {refused} broken generations tried");
 }
 
 #[test]
