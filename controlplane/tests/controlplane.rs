@@ -371,16 +371,18 @@ fn prometheus_metrics_have_help_and_type() {
 
 #[test]
 fn health_check_up_then_down_is_published() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A backend on this machine, but not on loopback (not a usable backend address).
+    let ip = local_address();
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let (interval, timeout, fall) = (200u64, 100u64, 2u64);
     let vips = format!(
         "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\nmode = \"proxy\"\ntable_size = 251\n\
-         backends = [{{ address = \"127.0.0.1\", port = {port} }}]\n\
+         backends = [{{ address = \"{ip}\", port = {port} }}]\n\
          health = {{ kind = \"tcp\", interval_ms = {interval}, timeout_ms = {timeout}, rise = 1, fall = {fall} }}\n"
     );
     let d = Daemon::start(&vips);
-    let backend = format!("127.0.0.1:{port}");
+    let backend = format!("{ip}:{port}");
     wait_for(Duration::from_secs(10), "the backend to be checked Up", || {
         let h = d.json(&["health"]);
         (h[0]["state"] == "up").then_some(())
@@ -406,7 +408,7 @@ fn health_check_up_then_down_is_published() {
     assert!(body.contains("fulcrum_backend_health_check_duration_seconds{"), "{body}");
 
     // Back up: a new listener on the same port.
-    let _l2 = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let _l2 = std::net::TcpListener::bind((ip, port)).unwrap();
     wait_for(Duration::from_secs(5), "the backend to be published Up again", || {
         (d.published_backend(V1, &backend)?.state == shm::BackendState::Up).then_some(())
     });
