@@ -147,7 +147,7 @@ pub enum Request {
     VipAdd {
         vip: VipKey,
         #[serde(default)]
-        options: VipOptions,
+        options: Box<VipOptions>,
     },
     VipDel {
         vip: VipKey,

@@ -317,7 +317,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         Command::Vip(VipCmd::List) => Request::VipList,
         Command::Vip(VipCmd::Add { vip, opts }) => {
             let (vip, options) = vip_add(*vip, opts)?;
-            Request::VipAdd { vip, options }
+            Request::VipAdd { vip, options: Box::new(options) }
         }
         Command::Vip(VipCmd::Del { vip }) => Request::VipDel { vip: *vip },
         Command::Backend(b) => match b {

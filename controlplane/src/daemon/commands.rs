@@ -26,11 +26,12 @@ fn find(vips: &mut [Vip], k: VipKey) -> Result<&mut Vip, String> {
 /// health checks publish), and, when the dataplane has published its facts,
 /// [`Vip::validate_for`] them, so that what the dataplane would refuse is
 /// refused up front. VIPs unchanged are not checked again: one the dataplane
-/// refuses (facts published after it was accepted) never blocks the others.
+/// refuses (facts published after it was accepted) never blocks the others;
+/// a change to that VIP itself is refused until it is fixed (or deleted).
 pub fn check_changed(old: &[Vip], new: &[Vip], facts: Option<&Facts>) -> Result<(), String> {
     for v in new.iter().filter(|v| !old.contains(v)) {
         let at = format!("VIP {}", VipKey::of(v));
-        v.validate().map_err(|e| e.at(&at).to_string())?;
+        v.validate().map_err(|e| format!("{at}: {e}"))?;
         if let Some(b) = v.backends.iter().find(|b| b.state == BackendState::Down) {
             return Err(format!(
                 "{at}: backend {}: state \"down\" is what health checks publish; an operator sets up or drain",
@@ -39,7 +40,7 @@ pub fn check_changed(old: &[Vip], new: &[Vip], facts: Option<&Facts>) -> Result<
         }
         if let Some(f) = facts {
             v.validate_for(f)
-                .map_err(|e| format!("{} (the running dataplane would refuse it)", e.at(&at)))?;
+                .map_err(|e| format!("{at}: {e} (the running dataplane would refuse it)"))?;
         }
     }
     Ok(())
@@ -56,7 +57,7 @@ impl Daemon {
             Request::Stats => Ok(Reply::Stats(self.stats())),
             Request::Health => Ok(Reply::Health(self.health_list())),
             Request::Reload => self.reload().map(Reply::Reloaded),
-            Request::VipAdd { vip, options } => self.change(|vips| vip_add(vips, vip, options)),
+            Request::VipAdd { vip, options } => self.change(|vips| vip_add(vips, vip, *options)),
             Request::VipDel { vip } => self.change(|vips| {
                 let i = vips.iter().position(|v| vip.is(v)).ok_or_else(|| no_vip(vip))?;
                 vips.remove(i);
