@@ -1,7 +1,8 @@
 //! The daemon's view of the health module (`crate::health`).
 
+use crate::health::{self, CheckSpec};
+use fulcrum_model::health::HealthCheck;
 use serde::Serialize;
-use crate::health;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +18,7 @@ pub enum HealthState {
 pub struct Target {
     pub slot: u32,
     pub addr: SocketAddrV4,
-    pub spec: serde_json::Value,
+    pub spec: CheckSpec,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -32,17 +33,10 @@ pub struct Status {
     pub latency_p99_ms: Option<f64>,
 }
 
-fn parse(spec: &serde_json::Value) -> Result<health::CheckSpec, String> {
-    serde_json::from_value::<health::CheckSpec>(spec.clone()).map_err(|e| {
-        let m = e.to_string();
-        m.strip_prefix("health.").map(str::to_owned).unwrap_or(m)
-    })
-}
-
-/// Checks that a `health = {...}` table is a valid check specification.
-pub fn validate_spec(spec: &serde_json::Value) -> Result<(), String> {
-    let s = parse(spec)?;
-    s.validate().map_err(|e| e.to_string().strip_prefix("health.").map(str::to_owned).unwrap_or_else(|| e.to_string()))
+/// The validated meaning of a VIP's `health` table (`None`: it has none,
+/// or it is invalid, which validation refuses before it is ever stored).
+pub fn spec_of(h: Option<&HealthCheck>) -> Option<CheckSpec> {
+    CheckSpec::try_from(h?.clone()).ok()
 }
 
 pub struct Checker {
@@ -59,7 +53,7 @@ impl Checker {
     pub fn set_targets(&self, targets: Vec<Target>) {
         let t: Vec<health::Target> = targets
             .into_iter()
-            .filter_map(|t| Some(health::Target { key: u64::from(t.slot), addr: t.addr, spec: parse(&t.spec).ok()? }))
+            .map(|t| health::Target { key: u64::from(t.slot), addr: t.addr, spec: t.spec })
             .collect();
         if let Err(e) = self.inner.set_targets(t) {
             eprintln!("fulcrum-controlplane: health targets refused: {e}");

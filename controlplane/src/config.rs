@@ -1,6 +1,6 @@
 //! The control plane's TOML file: `[controlplane]` and `[[vip]]` tables.
 
-use crate::model::{self, defaults, Affinity, BackendSpec, Mode, ProxyProtocol, Rate, VipSpec};
+use fulcrum_model::{BackendState, Vip};
 use serde::Deserialize;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ struct File {
     #[serde(default)]
     controlplane: Controlplane,
     #[serde(default, rename = "vip")]
-    vips: Vec<TomlVip>,
+    vips: Vec<Vip>,
 }
 
 /// `[controlplane]`: where things live.
@@ -45,68 +45,20 @@ impl Default for Controlplane {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TomlVip {
-    address: Ipv4Addr,
-    port: u16,
-    mode: Mode,
-    #[serde(default)]
-    affinity: Affinity,
-    #[serde(default = "defaults::max_connections")]
-    max_connections: u32,
-    #[serde(default = "defaults::connect_timeout_ms")]
-    connect_timeout_ms: u64,
-    #[serde(default = "defaults::connect_tries")]
-    connect_tries: u8,
-    #[serde(default = "defaults::idle_timeout_ms")]
-    idle_timeout_ms: u64,
-    #[serde(default)]
-    proxy_protocol: ProxyProtocol,
-    #[serde(default = "defaults::table_size")]
-    table_size: u32,
-    #[serde(default)]
-    new_conn_rate: Option<Rate>,
-    #[serde(default)]
-    client_rate: Option<Rate>,
-    #[serde(default)]
-    bandwidth_bytes_per_sec: Option<u64>,
-    #[serde(default)]
-    health: Option<toml::Value>,
-    #[serde(default)]
-    backends: Vec<TomlBackend>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TomlBackend {
-    address: Ipv4Addr,
-    port: u16,
-    #[serde(default = "defaults::weight")]
-    weight: u32,
-}
-
 /// A loaded, validated file.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub controlplane: Controlplane,
-    pub vips: Vec<VipSpec>,
+    pub vips: Vec<Vip>,
 }
 
 /// A configuration problem: `<file>: <field>: <reason>`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
 pub struct ConfigError {
     pub path: String,
     pub message: String,
 }
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -137,43 +89,28 @@ impl Config {
                 return Err(format!("controlplane.{name}: must not be empty"));
             }
         }
-        let mut vips = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (i, v) in file.vips.into_iter().enumerate() {
-            let at = format!("vip[{i}] ({}:{})", v.address, v.port);
-            let health = match v.health {
-                Some(h) => Some(serde_json::to_value(&h).map_err(|e| format!("{at}.health: {e}"))?),
-                None => None,
-            };
-            let spec = VipSpec {
-                address: v.address,
-                port: v.port,
-                mode: v.mode,
-                affinity: v.affinity,
-                max_connections: v.max_connections,
-                connect_timeout_ms: v.connect_timeout_ms,
-                connect_tries: v.connect_tries,
-                idle_timeout_ms: v.idle_timeout_ms,
-                proxy_protocol: v.proxy_protocol,
-                table_size: v.table_size,
-                new_conn_rate: v.new_conn_rate,
-                client_rate: v.client_rate,
-                bandwidth_bytes_per_sec: v.bandwidth_bytes_per_sec,
-                health,
-                backends: v
-                    .backends
-                    .into_iter()
-                    .map(|b| BackendSpec { address: b.address, port: b.port, weight: b.weight, drain: false })
-                    .collect(),
-            };
-            model::validate_vip(&spec, &at)?;
-            if !seen.insert(spec.addr()) {
-                return Err(format!("{at}: listed twice"));
-            }
-            vips.push(spec);
-        }
+        check_vips(&file.vips).map_err(|e| e.to_string())?;
+        let vips = file.vips;
         Ok(Config { controlplane: file.controlplane, vips })
     }
+}
+
+/// The desired state's own rules beyond the model's ([`fulcrum_model::validate_set`]):
+/// an operator writes a backend `up` or `drain`; `down` is what health checks
+/// publish. Fields are prefixed `vip[i] (addr:port)` as the model's are.
+pub fn check_vips(vips: &[Vip]) -> Result<(), fulcrum_model::Invalid> {
+    fulcrum_model::validate_set(vips)?;
+    for (i, v) in vips.iter().enumerate() {
+        for (j, b) in v.backends.iter().enumerate() {
+            if b.state == BackendState::Down {
+                return Err(fulcrum_model::Invalid::new(
+                    format!("vip[{i}] ({}).backends[{j}] ({}).state", v.endpoint(), b.endpoint()),
+                    "\"down\" is what health checks publish; write \"up\" or \"drain\"",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// toml's errors span several lines with a source excerpt; keep the line
@@ -212,6 +149,48 @@ mod tests {
         ];
         for (text, want) in cases {
             let e = Config::parse(text).unwrap_err();
+            assert!(e.contains(want), "{e:?} should mention {want}");
+        }
+        let e = Config::parse("[[vip]]\naddress = \"198.18.1.1\"\nport = 80\nmode = \"proxy\"\nbackends = [{ address = \"198.18.0.21\", port = 8080, state = \"down\" }]\n").unwrap_err();
+        assert!(e.contains("backends[0] (198.18.0.21:8080).state"), "{e}");
+    }
+
+    #[test]
+    fn forwarding_vips_in_their_full_shape() {
+        let text = r#"
+            [[vip]]
+            address = "198.18.1.2"
+            port = 0
+            proto = "udp"
+            mode = "tunnel"
+            tunnel = { encap = "gue", source_prefix = "198.18.2.0/24" }
+            backends = [{ address = "198.18.0.21", port = 0, mac = "02:00:00:00:00:21" }]
+
+            [[vip]]
+            address = "198.18.1.2"
+            port = 0
+            mode = "fullnat"
+            backends = [{ address = "198.18.0.21", port = 0, state = "drain" }]
+        "#;
+        let c = Config::parse(text).unwrap();
+        let (udp, tcp) = (&c.vips[0], &c.vips[1]);
+        assert_eq!(udp.key(), ("198.18.1.2".parse().unwrap(), 0, fulcrum_model::Proto::Udp));
+        assert_eq!(udp.tunnel.unwrap().encap, fulcrum_model::Encap::Gue);
+        assert_eq!(udp.tunnel.unwrap().source_prefix.to_string(), "198.18.2.0/24");
+        assert_eq!(udp.backends[0].mac, Some(fulcrum_model::Mac([2, 0, 0, 0, 0, 0x21])));
+        assert_eq!(tcp.proto, fulcrum_model::Proto::Tcp);
+        assert_eq!(tcp.backends[0].state, BackendState::Drain);
+        // Field-precise refusals.
+        let cases = [
+            (text.replacen("    tunnel = { encap = \"gue\", source_prefix = \"198.18.2.0/24\" }\n", "", 1), "vip[0] (198.18.1.2:0).tunnel"),
+            (text.replace("mode = \"fullnat\"", "mode = \"proxy\""), "vip[1] (198.18.1.2:0).port"),
+            (text.replace("proto = \"udp\"\n", ""), "listed twice"),
+            (text.replace("encap = \"gue\"", "encap = \"vxlan\""), "vxlan"),
+            (text.replace("02:00:00:00:00:21", "02:00:00"), "02:00:00"),
+            (text.replace("mac =", "macc ="), "macc"),
+        ];
+        for (t, want) in cases {
+            let e = Config::parse(&t).unwrap_err();
             assert!(e.contains(want), "{e:?} should mention {want}");
         }
     }

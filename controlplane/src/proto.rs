@@ -1,36 +1,132 @@
-//! The control socket protocol: one JSON object per line each way.
+//! The control socket protocol: one JSON object per line each way, typed on
+//! both ends (the daemon and fulcrumctl share these types).
 //!
 //! Request: `{"cmd":"backend_weight","vip":"198.18.1.1:80","backend":"198.18.0.21:8080","weight":5}`
-//! Response: `{"ok":true,"data":...}` or `{"ok":false,"error":"..."}`.
+//! Response: `{"ok":true,"data":...}` (`data` is the [`Reply`] of that
+//! request) or `{"ok":false,"error":"..."}`.
+//!
+//! A VIP is named by [`VipKey`]: `address:port`, plus `/udp` for a UDP VIP
+//! (`/tcp` is the default and is not written).
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
-use crate::model::{Affinity, Mode, ProxyProtocol};
+use fulcrum_model::health::HealthCheck;
+use fulcrum_model::{
+    Affinity, BackendState, Facts, Mac, Mode, Proto, ProxyProtocol, Rate, Tunnel, Vip, VipRefusal,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Options of `vip add`; unset ones take the defaults.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+// ------------------------------------------------------------------ names
+
+/// What identifies a VIP: address, port (0: every port, forwarding modes)
+/// and protocol. Written `198.18.1.1:80` (TCP) or `198.18.1.1:53/udp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl VipKey {
+    pub fn new(address: Ipv4Addr, port: u16, proto: Proto) -> VipKey {
+        VipKey { address, port, proto }
+    }
+
+    pub fn of(v: &Vip) -> VipKey {
+        VipKey { address: v.address, port: v.port, proto: v.proto }
+    }
+
+    pub fn endpoint(&self) -> SocketAddrV4 {
+        SocketAddrV4::new(self.address, self.port)
+    }
+
+    pub fn is(&self, v: &Vip) -> bool {
+        v.key() == (self.address, self.port, self.proto)
+    }
+}
+
+impl fmt::Display for VipKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.proto {
+            Proto::Tcp => write!(f, "{}:{}", self.address, self.port),
+            Proto::Udp => write!(f, "{}:{}/udp", self.address, self.port),
+        }
+    }
+}
+
+impl FromStr for VipKey {
+    type Err = String;
+
+    /// `A.B.C.D:PORT`, optionally followed by `/tcp` or `/udp`.
+    fn from_str(s: &str) -> Result<VipKey, String> {
+        let (addr, proto) = match s.rsplit_once('/') {
+            Some((a, "udp")) => (a, Proto::Udp),
+            Some((a, "tcp")) => (a, Proto::Tcp),
+            Some((_, p)) => return Err(format!("{s:?}: {p:?} is not a protocol (tcp or udp, as in 198.18.1.1:53/udp)")),
+            None => (s, Proto::Tcp),
+        };
+        let e = parse_endpoint(addr).map_err(|e| format!("{e} (a UDP VIP adds /udp: 198.18.1.1:53/udp)"))?;
+        Ok(VipKey { address: *e.ip(), port: e.port(), proto })
+    }
+}
+
+impl Serialize for VipKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VipKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `a.b.c.d:port` (port 0 to 65535; whether 0 is allowed is the
+/// model's validation to say) with a clear message.
+pub fn parse_endpoint(s: &str) -> Result<SocketAddrV4, String> {
+    let (ip, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not an IPv4 address and port like 198.18.1.1:80"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{s:?}: {ip:?} is not an IPv4 address (like 198.18.1.1)"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?}: port {port:?} is not a number from 0 to 65535"))?;
+    Ok(SocketAddrV4::new(ip, port))
+}
+
+// ------------------------------------------------------------------ requests
+
+/// Options of `vip add`; unset ones take the model's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipOptions {
     pub mode: Option<Mode>,
     pub affinity: Option<Affinity>,
     pub max_connections: Option<u32>,
-    pub connect_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u32>,
     pub connect_tries: Option<u8>,
-    pub idle_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u32>,
     pub proxy_protocol: Option<ProxyProtocol>,
     pub table_size: Option<u32>,
-    /// A `health = {...}` table as JSON.
-    pub health: Option<serde_json::Value>,
+    /// Required by, and only for, tunnel mode.
+    pub tunnel: Option<Tunnel>,
+    pub health: Option<HealthCheck>,
 }
 
 /// `limit set`: each field set is changed; `clear` names limits removed
-/// (`new_conn_rate`, `client_rate`, `bandwidth`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// (`new-conn-rate`, `client-rate`, `bandwidth`, `max-connections`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitChange {
     pub new_conn_rate: Option<u32>,
@@ -43,21 +139,53 @@ pub struct LimitChange {
     pub clear: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
     VipList,
-    VipAdd { vip: SocketAddrV4, #[serde(default)] options: VipOptions },
-    VipDel { vip: SocketAddrV4 },
-    BackendList { vip: Option<SocketAddrV4> },
-    BackendAdd { vip: SocketAddrV4, backend: SocketAddrV4, weight: Option<u32> },
-    BackendDel { vip: SocketAddrV4, backend: SocketAddrV4 },
-    BackendWeight { vip: SocketAddrV4, backend: SocketAddrV4, weight: u32 },
-    BackendDrain { vip: SocketAddrV4, backend: SocketAddrV4 },
-    BackendUndrain { vip: SocketAddrV4, backend: SocketAddrV4 },
-    LimitShow { vip: Option<SocketAddrV4> },
-    LimitSet { vip: SocketAddrV4, change: LimitChange },
+    VipAdd {
+        vip: VipKey,
+        #[serde(default)]
+        options: Box<VipOptions>,
+    },
+    VipDel {
+        vip: VipKey,
+    },
+    BackendList {
+        vip: Option<VipKey>,
+    },
+    BackendAdd {
+        vip: VipKey,
+        backend: SocketAddrV4,
+        weight: Option<u32>,
+        #[serde(default)]
+        mac: Option<Mac>,
+    },
+    BackendDel {
+        vip: VipKey,
+        backend: SocketAddrV4,
+    },
+    BackendWeight {
+        vip: VipKey,
+        backend: SocketAddrV4,
+        weight: u32,
+    },
+    BackendDrain {
+        vip: VipKey,
+        backend: SocketAddrV4,
+    },
+    BackendUndrain {
+        vip: VipKey,
+        backend: SocketAddrV4,
+    },
+    LimitShow {
+        vip: Option<VipKey>,
+    },
+    LimitSet {
+        vip: VipKey,
+        change: LimitChange,
+    },
     Stats,
     Health,
     /// Re-read the TOML file (as SIGHUP does).
@@ -78,17 +206,298 @@ impl Request {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Response {
+// ------------------------------------------------------------------ replies
+
+/// `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub controlplane: ControlplaneStatus,
+    pub dataplane: DataplaneStatus,
+    pub generation: GenerationStatus,
+    /// VIPs and backends configured.
+    pub vips: usize,
+    pub backends: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlplaneStatus {
+    pub alive: bool,
+    pub pid: u32,
+    pub uptime_secs: f64,
+    pub config: String,
+    pub state_file: String,
+    pub shm: String,
+    pub socket: String,
+    /// Address the Prometheus endpoint listens on.
+    pub prometheus: Option<String>,
+    pub last_reload: Option<ReloadOutcome>,
+    pub publish_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// Unix time, seconds.
+    pub at: f64,
     pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// Sends one request and reads the response.
-pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, String> {
+/// The dataplane as the control plane sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataplaneState {
+    #[serde(rename = "never seen")]
+    NeverSeen,
+    /// Heartbeat changed within the last second.
+    #[serde(rename = "up")]
+    Up,
+    /// Clean shutdown.
+    #[serde(rename = "stopped")]
+    Stopped,
+    /// Heartbeat stale: died or hung.
+    #[serde(rename = "down")]
+    Down,
+}
+
+impl DataplaneState {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataplaneState::NeverSeen => "never seen",
+            DataplaneState::Up => "up",
+            DataplaneState::Stopped => "stopped",
+            DataplaneState::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    pub alive: bool,
+    pub state: DataplaneState,
+    pub pid: Option<u32>,
+    pub epoch: u64,
+    pub uptime_secs: Option<u64>,
+    pub heartbeat_age_ms: Option<u64>,
+    pub restarts_seen: u64,
+    pub rejected_generations: u64,
+    pub last_rejection: Option<String>,
+    /// What the dataplane published about itself (VIPs are checked against it).
+    pub facts: Option<Facts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    /// Last generation the control plane published.
+    pub published: u64,
+    /// Generation every lcore of the dataplane has installed.
+    pub applied: u64,
+    /// VIPs of the applied generation the dataplane left out, and why (the
+    /// others serve).
+    pub refused: Vec<VipRefusal>,
+}
+
+/// A change (`vip add`, `backend drain`, `limit set`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeReply {
+    pub generation: u64,
+}
+
+/// `reload`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub generation: u64,
+    pub changed: bool,
+}
+
+/// One backend in `vip list`: its desired configuration and counter slot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendEntry {
+    pub backend: SocketAddrV4,
+    pub slot: Option<u32>,
+    pub weight: u32,
+    pub mac: Option<Mac>,
+    /// Operator drain.
+    pub drain: bool,
+}
+
+/// One VIP in `vip list`: its desired configuration and VIP id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipInfo {
+    pub vip: VipKey,
+    pub id: Option<u16>,
+    pub mode: Mode,
+    pub proto: Proto,
+    pub tunnel: Option<Tunnel>,
+    pub affinity: Affinity,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u32,
+    pub connect_tries: u8,
+    pub idle_timeout_ms: u32,
+    pub proxy_protocol: ProxyProtocol,
+    pub table_size: u32,
+    pub new_conn_rate: Option<Rate>,
+    pub client_rate: Option<Rate>,
+    pub bandwidth_bytes_per_sec: Option<u64>,
+    pub health: Option<HealthCheck>,
+    pub backends: Vec<BackendEntry>,
+}
+
+/// Health as shown: a checked backend's state, or `unchecked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthName {
+    Up,
+    Down,
+    Unknown,
+    Unchecked,
+}
+
+impl HealthName {
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthName::Up => "up",
+            HealthName::Down => "down",
+            HealthName::Unknown => "unknown",
+            HealthName::Unchecked => "unchecked",
+        }
+    }
+}
+
+/// One backend in `backend list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub vip: VipKey,
+    pub backend: SocketAddrV4,
+    pub slot: Option<u32>,
+    pub weight: u32,
+    pub mac: Option<Mac>,
+    pub drain: bool,
+    pub health: HealthName,
+    /// As published.
+    pub state: Option<BackendState>,
+    pub connections_active: u64,
+}
+
+/// One VIP in `limit show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LimitsInfo {
+    pub vip: VipKey,
+    pub max_connections: u32,
+    pub new_conn_rate: Option<Rate>,
+    pub client_rate: Option<Rate>,
+    pub bandwidth_bytes_per_sec: Option<u64>,
+}
+
+/// `stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub dataplane_alive: bool,
+    pub vips: Vec<VipStats>,
+}
+
+/// A VIP's counters. Proxy VIPs count connections (`connections_*`) and
+/// bytes both ways; forwarding VIPs count flows (`connections_total`: new
+/// flows), packets and bytes in, and `drops.forward`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipStats {
+    pub vip: VipKey,
+    pub id: Option<u16>,
+    pub mode: Mode,
+    pub proto: Proto,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub new_per_sec: f64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub drops: BTreeMap<String, u64>,
+    pub backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStats {
+    pub backend: SocketAddrV4,
+    pub slot: Option<u32>,
+    pub connections_active: u64,
+    /// Connections made (proxy) or new flows sent (forwarding).
+    pub connections_total: u64,
+    pub new_per_sec: f64,
+    pub connect_failures: u64,
+    pub packets: u64,
+    pub bytes_to: u64,
+    pub bytes_from: u64,
+}
+
+/// One backend in `health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthInfo {
+    pub vip: VipKey,
+    pub backend: SocketAddrV4,
+    pub slot: Option<u32>,
+    /// The check's kind (`tcp`, `http`, `udp`), if the VIP has one.
+    pub check: Option<String>,
+    pub state: HealthName,
+    /// As published.
+    pub published: Option<BackendState>,
+    pub since_secs: Option<f64>,
+    pub last_error: Option<String>,
+    pub latency_last_ms: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+/// What the daemon answers; each request has one kind of reply (its
+/// `data`), serialised without a tag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(Box<StatusReply>),
+    Vips(Vec<VipInfo>),
+    Backends(Vec<BackendInfo>),
+    Limits(Vec<LimitsInfo>),
+    Stats(StatsReply),
+    Health(Vec<HealthInfo>),
+    Changed(ChangeReply),
+    Reloaded(ReloadReply),
+}
+
+/// One response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response<T> {
+    pub ok: bool,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub data: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+impl<T> Response<T> {
+    pub fn ok(data: T) -> Response<T> {
+        Response { ok: true, data: Some(data), error: None }
+    }
+
+    pub fn err(error: String) -> Response<T> {
+        Response { ok: false, data: None, error: Some(error) }
+    }
+
+    pub fn into_result(self) -> Result<T, String> {
+        match (self.ok, self.data) {
+            (true, Some(d)) => Ok(d),
+            (true, None) => Err("the control plane answered without data".into()),
+            (false, _) => Err(self.error.unwrap_or_else(|| "the control plane refused without saying why".into())),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ client
+
+/// Sends one request and reads its reply as `T` (the reply type of that
+/// request: [`StatusReply`] for [`Request::Status`], and so on).
+pub fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, String> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach the control plane at {}: {e} (is fulcrum-controlplane running? --socket chooses another path)",
@@ -105,10 +514,10 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, String> {
     if resp.is_empty() {
         return Err(format!("{}: the control plane closed the connection", socket.display()));
     }
-    let resp: Response = serde_json::from_str(&resp).map_err(|e| format!("bad response from the control plane: {e}"))?;
-    if resp.ok {
-        Ok(resp.data.unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(resp.error.unwrap_or_else(|| "the control plane refused without saying why".into()))
-    }
+    let resp: Response<T> =
+        serde_json::from_str(&resp).map_err(|e| format!("bad response from the control plane: {e}"))?;
+    resp.into_result()
 }
+
+#[cfg(test)]
+mod tests;

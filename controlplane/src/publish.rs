@@ -1,52 +1,12 @@
 //! What the daemon needs from the shared-memory segment, kept apart from
-//! `fulcrum-shm` so the daemon's logic does not depend on its layout.
+//! `fulcrum-shm` so the daemon's logic does not depend on its layout. What
+//! is published is the model's [`Generation`]; what the dataplane says back
+//! is its [`DataplaneReport`] and its counters.
 
-use crate::model::{Affinity, Mode, ProxyProtocol, Rate};
+use fulcrum_model::{DataplaneReport, Generation};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendState {
-    Up,
-    Down,
-    Drain,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PubBackend {
-    pub slot: u32,
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    pub weight: u32,
-    pub state: BackendState,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct PubVip {
-    pub id: u16,
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    pub mode: Mode,
-    pub affinity: Affinity,
-    pub max_connections: u32,
-    pub new_conn_rate: Option<Rate>,
-    pub client_rate: Option<Rate>,
-    pub bandwidth_bytes_per_sec: Option<u64>,
-    pub idle_timeout_ms: u64,
-    pub connect_timeout_ms: u64,
-    pub connect_tries: u8,
-    pub proxy_protocol: ProxyProtocol,
-    pub table_size: u32,
-    pub backends: Vec<PubBackend>,
-}
-
-/// One whole configuration generation.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Generation {
-    pub vips: Vec<PubVip>,
-}
+use std::sync::{Arc, Mutex};
 
 /// The dataplane's side of the segment, as last seen.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -65,20 +25,29 @@ pub struct DataplaneView {
     pub last_rejection: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// A VIP's counters, summed over lcores. Proxy VIPs: connections and bytes
+/// both ways. Forwarding VIPs: `connections_total` = new flows, `packets_in`,
+/// `bytes_in`, and `drops["forward"]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct VipCounters {
     pub connections_active: u64,
     pub connections_total: u64,
+    pub packets_in: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// By reason (the Prometheus `reason` label).
     pub drops: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// A backend slot's counters, summed over lcores. Forwarding VIPs:
+/// `connections_total` = new flows, `packets`, `bytes_to`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BackendCounters {
     pub connections_active: u64,
     pub connections_total: u64,
     pub connect_failures: u64,
+    /// Packets sent to the backend (forwarding modes).
+    pub packets: u64,
     /// Bytes sent to the backend.
     pub bytes_to: u64,
     /// Bytes received from the backend.
@@ -86,7 +55,7 @@ pub struct BackendCounters {
 }
 
 /// Counters summed over the dataplane's lcores.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
     pub vips: HashMap<u16, VipCounters>,
     pub backends: HashMap<u32, BackendCounters>,
@@ -102,9 +71,85 @@ pub trait Segment: Send {
     /// Bumps the control plane's heartbeat.
     fn heartbeat(&mut self);
     fn dataplane(&mut self) -> DataplaneView;
+    /// What the running dataplane says back: its facts (VIPs are checked
+    /// against them before publication), the generation every lcore has
+    /// installed and the VIPs it refused. `None`: no dataplane has written one.
+    fn report(&mut self) -> Option<DataplaneReport>;
     fn counters(&mut self, vip_ids: &[u16], slots: &[u32]) -> Counters;
     /// (VIP ids, backend slots) the segment has room for.
     fn capacity(&self) -> (usize, usize);
     /// Clean shutdown: gives up the control-plane role.
     fn close(&mut self);
+}
+
+/// What a [`MemorySegment`] holds; shared with whoever made it.
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    /// Every generation published, with its number, oldest first.
+    pub published: Vec<(u64, Generation)>,
+    pub dataplane: DataplaneView,
+    pub report: Option<DataplaneReport>,
+    pub counters: Counters,
+    pub closed: bool,
+}
+
+/// A [`Segment`] in memory: a test double (and a dry run), no dataplane.
+#[derive(Clone, Default)]
+pub struct MemorySegment {
+    pub state: Arc<Mutex<MemoryState>>,
+}
+
+impl MemorySegment {
+    pub fn new() -> MemorySegment {
+        MemorySegment::default()
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last generation published, with its number.
+    pub fn last(&self) -> Option<(u64, Generation)> {
+        self.lock().published.last().cloned()
+    }
+}
+
+impl Segment for MemorySegment {
+    fn publish(&mut self, generation: &Generation) -> Result<u64, String> {
+        generation.validate().map_err(|e| e.to_string())?;
+        let mut s = self.lock();
+        let n = s.published.last().map_or(1, |(n, _)| n + 1);
+        s.published.push((n, generation.clone()));
+        Ok(n)
+    }
+
+    fn already_published(&mut self, generation: &Generation) -> Option<u64> {
+        self.lock().published.last().filter(|(_, g)| g == generation).map(|(n, _)| *n)
+    }
+
+    fn heartbeat(&mut self) {}
+
+    fn dataplane(&mut self) -> DataplaneView {
+        self.lock().dataplane.clone()
+    }
+
+    fn report(&mut self) -> Option<DataplaneReport> {
+        self.lock().report.clone()
+    }
+
+    fn counters(&mut self, vip_ids: &[u16], slots: &[u32]) -> Counters {
+        let s = self.lock();
+        Counters {
+            vips: vip_ids.iter().filter_map(|i| Some((*i, s.counters.vips.get(i)?.clone()))).collect(),
+            backends: slots.iter().filter_map(|i| Some((*i, s.counters.backends.get(i)?.clone()))).collect(),
+        }
+    }
+
+    fn capacity(&self) -> (usize, usize) {
+        (fulcrum_model::MAX_VIPS, fulcrum_model::MAX_BACKENDS)
+    }
+
+    fn close(&mut self) {
+        self.lock().closed = true;
+    }
 }

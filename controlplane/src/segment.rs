@@ -1,7 +1,7 @@
 //! [`publish::Segment`](crate::publish::Segment) bound to `fulcrum-shm`.
 
-use crate::model::{Affinity, Mode, ProxyProtocol, Rate};
-use crate::publish::{self, BackendState, Counters, DataplaneView, Generation};
+use crate::publish::{self, Counters, DataplaneView};
+use fulcrum_model::{Affinity, BackendState, DataplaneReport, Generation, Mode, Proto, ProxyProtocol, Rate};
 use fulcrum_shm as shm;
 use std::path::Path;
 
@@ -33,57 +33,83 @@ pub fn open(path: &Path) -> Result<Box<dyn publish::Segment>, String> {
     Ok(Box::new(ShmSegment { seg, publisher: Some(publisher), totals: shm::CounterTotals::new() }))
 }
 
+/// The model's generation in `fulcrum-shm`'s current shape. Until the shm
+/// crate publishes [`fulcrum_model::Generation`] itself, this is the one
+/// place that maps it; that shape carries neither `tunnel` nor a backend's
+/// `mac` (they reach the dataplane once the segment carries the model).
 pub fn to_shm(g: &Generation) -> shm::ConfigGeneration {
     let rate = |r: Option<Rate>| r.map(|r| shm::RateLimit { rate_per_sec: r.per_sec, burst: r.burst });
     shm::ConfigGeneration {
         vips: g
             .vips
             .iter()
-            .map(|v| shm::VipConf {
-                id: v.id,
-                addr: v.addr,
-                port: v.port,
-                proto: shm::Proto::Tcp,
-                mode: match v.mode {
-                    Mode::Proxy => shm::Mode::Proxy,
-                    Mode::Dsr => shm::Mode::Dsr,
-                    Mode::Fullnat => shm::Mode::FullNat,
-                    Mode::Tunnel => shm::Mode::Tunnel,
-                },
-                max_connections: v.max_connections,
-                new_conn_rate: rate(v.new_conn_rate),
-                per_client_rate: rate(v.client_rate),
-                bandwidth_bytes_per_sec: v.bandwidth_bytes_per_sec,
-                idle_timeout_ms: u32::try_from(v.idle_timeout_ms).unwrap_or(u32::MAX),
-                connect_timeout_ms: u32::try_from(v.connect_timeout_ms).unwrap_or(u32::MAX),
-                connect_tries: v.connect_tries,
-                affinity: match v.affinity {
-                    Affinity::Flow => shm::Affinity::Flow,
-                    Affinity::Client => shm::Affinity::Client,
-                },
-                proxy_protocol: match v.proxy_protocol {
-                    ProxyProtocol::Off => shm::ProxyProtocol::Off,
-                    ProxyProtocol::V1 => shm::ProxyProtocol::V1,
-                    ProxyProtocol::V2 => shm::ProxyProtocol::V2,
-                },
-                table_size: v.table_size,
-                backends: v
-                    .backends
-                    .iter()
-                    .map(|b| shm::BackendConf {
-                        slot: b.slot,
-                        addr: b.addr,
-                        port: b.port,
-                        weight: b.weight,
-                        state: match b.state {
-                            BackendState::Up => shm::BackendState::Up,
-                            BackendState::Down => shm::BackendState::Down,
-                            BackendState::Drain => shm::BackendState::Drain,
-                        },
-                    })
-                    .collect(),
+            .map(|p| {
+                let v = &p.vip;
+                shm::VipConf {
+                    id: p.id,
+                    addr: v.address,
+                    port: v.port,
+                    proto: match v.proto {
+                        Proto::Tcp => shm::Proto::Tcp,
+                        Proto::Udp => shm::Proto::Udp,
+                    },
+                    mode: match v.mode {
+                        Mode::Proxy => shm::Mode::Proxy,
+                        Mode::Dsr => shm::Mode::Dsr,
+                        Mode::Fullnat => shm::Mode::FullNat,
+                        Mode::Tunnel => shm::Mode::Tunnel,
+                    },
+                    max_connections: v.max_connections,
+                    new_conn_rate: rate(v.new_conn_rate),
+                    per_client_rate: rate(v.client_rate),
+                    bandwidth_bytes_per_sec: v.bandwidth_bytes_per_sec,
+                    idle_timeout_ms: v.idle_timeout_ms,
+                    connect_timeout_ms: v.connect_timeout_ms,
+                    connect_tries: v.connect_tries,
+                    affinity: match v.affinity {
+                        Affinity::Flow => shm::Affinity::Flow,
+                        Affinity::Client => shm::Affinity::Client,
+                    },
+                    proxy_protocol: match v.proxy_protocol {
+                        ProxyProtocol::Off => shm::ProxyProtocol::Off,
+                        ProxyProtocol::V1 => shm::ProxyProtocol::V1,
+                        ProxyProtocol::V2 => shm::ProxyProtocol::V2,
+                    },
+                    table_size: v.table_size,
+                    backends: v
+                        .backends
+                        .iter()
+                        .zip(&p.slots)
+                        .map(|(b, &slot)| shm::BackendConf {
+                            slot,
+                            addr: b.address,
+                            port: b.port,
+                            weight: b.weight,
+                            state: match b.state {
+                                BackendState::Up => shm::BackendState::Up,
+                                BackendState::Down => shm::BackendState::Down,
+                                BackendState::Drain => shm::BackendState::Drain,
+                            },
+                        })
+                        .collect(),
+                }
             })
             .collect(),
+    }
+}
+
+/// `fulcrum_shm::Segment::dataplane_report` as the lead is adding it to the
+/// shm crate. Until that inherent method exists in this tree, this stand-in
+/// answers `None` (no facts: nothing refused up front); once it exists, the
+/// inherent method takes precedence over this trait's and this shim is dead
+/// code to delete.
+trait DataplaneReportShim {
+    fn dataplane_report(&self) -> Option<DataplaneReport>;
+}
+
+impl DataplaneReportShim for shm::Segment {
+    fn dataplane_report(&self) -> Option<DataplaneReport> {
+        None
     }
 }
 
@@ -121,6 +147,10 @@ impl publish::Segment for ShmSegment {
                 format!("generation {}: {}", s.last_reject_generation, shm::reject_code_name(s.last_reject_code))
             }),
         }
+    }
+
+    fn report(&mut self) -> Option<DataplaneReport> {
+        self.seg.dataplane_report()
     }
 
     fn counters(&mut self, vip_ids: &[u16], slots: &[u32]) -> Counters {

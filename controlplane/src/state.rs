@@ -1,24 +1,32 @@
 //! The state file: the desired configuration (TOML plus every CLI change),
 //! the TOML as last loaded (the base of the three-way merge on reload), and
 //! the VIP id and backend slot maps. Rewritten atomically (temp + rename) on
-//! every change.
+//! every change. Its `version` says which shape it has: a file of another
+//! version is refused with a clear error, never misread.
 
-use crate::model::{BackendSpec, VipSpec};
+use crate::proto::VipKey;
+use fulcrum_model::{Backend, Vip};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 use std::path::Path;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// The state file's shape: 2 since VIPs are `fulcrum_model::Vip` (keyed by
+/// address, port and protocol; backend drain is `state = "drain"`).
+pub const STATE_VERSION: u32 = 2;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct State {
+    pub version: u32,
     /// What is published (before health).
-    pub vips: Vec<VipSpec>,
+    pub vips: Vec<Vip>,
     /// The TOML's VIPs when it was last loaded.
-    pub toml_base: Vec<VipSpec>,
-    /// `"addr:port"` → VIP id. Entries outlive their VIP, so a VIP that comes
-    /// back gets its old id.
+    pub toml_base: Vec<Vip>,
+    /// [`VipKey`] (`"addr:port"`, `"addr:port/udp"`) → VIP id. Entries
+    /// outlive their VIP, so a VIP that comes back gets its old id.
     pub vip_ids: BTreeMap<String, u16>,
-    /// `"vip_addr:port/backend_addr:port"` → slot. Entries outlive their
+    /// `"<vip key>/backend_addr:port"` → slot. Entries outlive their
     /// backend, like `vip_ids`.
     pub slots: BTreeMap<String, u32>,
     /// Last generation number published.
@@ -26,23 +34,73 @@ pub struct State {
     pub generation: u64,
 }
 
-pub fn slot_key(vip: SocketAddrV4, backend: SocketAddrV4) -> String {
+impl Default for State {
+    fn default() -> State {
+        State {
+            version: STATE_VERSION,
+            vips: Vec::new(),
+            toml_base: Vec::new(),
+            vip_ids: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            generation: 0,
+        }
+    }
+}
+
+pub fn slot_key(vip: VipKey, backend: SocketAddrV4) -> String {
     format!("{vip}/{backend}")
 }
 
+/// A state file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error(
+        "{path}: state file version {found} (written by {by}); this fulcrum-controlplane reads version \
+         {STATE_VERSION}: move the file aside to start from the TOML (changes made with fulcrumctl since \
+         are not carried over)"
+    )]
+    Version { path: String, found: String, by: &'static str },
+    #[error("{path}: not a valid state file: {message}")]
+    Invalid { path: String, message: String },
+    #[error("{0}")]
+    Write(String),
+}
+
 impl State {
-    pub fn load(path: &Path) -> Result<Option<State>, String> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| format!("{}: not a valid state file: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+        let p = || path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StateError::Read { path: p(), source }),
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| StateError::Invalid { path: p(), message: e.to_string() })?;
+        match value.get("version") {
+            None => {
+                return Err(StateError::Version { path: p(), found: "1".into(), by: "an older fulcrum-controlplane" })
+            }
+            Some(v) if v.as_u64() != Some(u64::from(STATE_VERSION)) => {
+                let by = if v.as_u64().is_some_and(|n| n > u64::from(STATE_VERSION)) {
+                    "a newer fulcrum-controlplane"
+                } else {
+                    "another fulcrum-controlplane"
+                };
+                return Err(StateError::Version { path: p(), found: v.to_string(), by });
+            }
+            Some(_) => {}
         }
+        serde_json::from_value(value).map(Some).map_err(|e| StateError::Invalid { path: p(), message: e.to_string() })
     }
 
     /// Writes a temporary file beside `path`, syncs it and renames it over.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        self.write(path).map_err(StateError::Write)
+    }
+
+    fn write(&self, path: &Path) -> Result<(), String> {
         use std::io::Write;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -58,12 +116,8 @@ impl State {
         Ok(())
     }
 
-    pub fn vip(&self, addr: SocketAddrV4) -> Option<&VipSpec> {
-        self.vips.iter().find(|v| v.addr() == addr)
-    }
-
-    pub fn vip_mut(&mut self, addr: SocketAddrV4) -> Option<&mut VipSpec> {
-        self.vips.iter_mut().find(|v| v.addr() == addr)
+    pub fn vip(&self, key: VipKey) -> Option<&Vip> {
+        self.vips.iter().find(|v| key.is(v))
     }
 
     /// Gives every VIP an id and every backend a slot, keeping the ones they
@@ -71,9 +125,9 @@ impl State {
     /// is exhausted is a retired number (of a VIP/backend no longer
     /// configured) reused.
     pub fn assign_ids(&mut self, max_vips: usize, max_slots: usize) -> Result<(), String> {
-        let live_vips: BTreeSet<String> = self.vips.iter().map(|v| v.addr().to_string()).collect();
+        let live_vips: BTreeSet<String> = self.vips.iter().map(|v| VipKey::of(v).to_string()).collect();
         for v in &self.vips {
-            let key = v.addr().to_string();
+            let key = VipKey::of(v).to_string();
             if self.vip_ids.contains_key(&key) {
                 continue;
             }
@@ -87,11 +141,11 @@ impl State {
         let live_slots: BTreeSet<String> = self
             .vips
             .iter()
-            .flat_map(|v| v.backends.iter().map(move |b| slot_key(v.addr(), b.addr())))
+            .flat_map(|v| v.backends.iter().map(move |b| slot_key(VipKey::of(v), b.endpoint())))
             .collect();
         for v in &self.vips {
             for b in &v.backends {
-                let key = slot_key(v.addr(), b.addr());
+                let key = slot_key(VipKey::of(v), b.endpoint());
                 if self.slots.contains_key(&key) {
                     continue;
                 }
@@ -105,11 +159,11 @@ impl State {
         Ok(())
     }
 
-    pub fn vip_id(&self, addr: SocketAddrV4) -> Option<u16> {
-        self.vip_ids.get(&addr.to_string()).copied()
+    pub fn vip_id(&self, vip: VipKey) -> Option<u16> {
+        self.vip_ids.get(&vip.to_string()).copied()
     }
 
-    pub fn slot(&self, vip: SocketAddrV4, backend: SocketAddrV4) -> Option<u32> {
+    pub fn slot(&self, vip: VipKey, backend: SocketAddrV4) -> Option<u32> {
         self.slots.get(&slot_key(vip, backend)).copied()
     }
 }
@@ -132,61 +186,58 @@ fn allocate<T: Copy + Into<u64>>(map: &BTreeMap<String, T>, live: &BTreeSet<Stri
 ///   the new value; every other field keeps its current value, so CLI changes
 ///   (weights, limits, drains) survive unless the TOML edits that same field.
 /// * Something deleted with the CLI stays deleted while it stays in the TOML.
-pub fn merge(current: &[VipSpec], base: &[VipSpec], new: &[VipSpec]) -> Vec<VipSpec> {
-    let find = |list: &[VipSpec], a: SocketAddrV4| list.iter().find(|v| v.addr() == a).cloned();
+pub fn merge(current: &[Vip], base: &[Vip], new: &[Vip]) -> Vec<Vip> {
+    let find = |list: &[Vip], k: VipKey| list.iter().find(|v| k.is(v)).cloned();
     let mut out = Vec::new();
     for cur in current {
-        let a = cur.addr();
-        match (find(base, a), find(new, a)) {
-            (Some(_), None) => {} // removed from the TOML
+        let k = VipKey::of(cur);
+        match (find(base, k), find(new, k)) {
+            (Some(_), None) => {}           // removed from the TOML
             (None, Some(n)) => out.push(n), // new in the TOML: replaces the CLI's
             (Some(b), Some(n)) => out.push(merge_vip(cur, &b, &n)),
             (None, None) => out.push(cur.clone()), // made with the CLI
         }
     }
     for n in new {
-        let a = n.addr();
-        if find(current, a).is_none() && find(base, a).is_none() {
+        let k = VipKey::of(n);
+        if find(current, k).is_none() && find(base, k).is_none() {
             out.push(n.clone());
         }
     }
     out
 }
 
-fn merge_vip(cur: &VipSpec, base: &VipSpec, new: &VipSpec) -> VipSpec {
-    let fields = |v: &VipSpec| match serde_json::to_value(v) {
+/// `cur` with every field (but `skip`) whose value in `new` differs from
+/// `base` taken from `new`.
+fn merge_fields<T: Serialize + serde::de::DeserializeOwned>(cur: &T, base: &T, new: &T, skip: &str) -> T {
+    let fields = |v: &T| match serde_json::to_value(v) {
         Ok(serde_json::Value::Object(m)) => m,
-        _ => unreachable!("a VipSpec serialises to an object"),
+        _ => unreachable!("a VIP or backend serialises to an object"),
     };
     let (c, b, n) = (fields(cur), fields(base), fields(new));
-    let mut merged = c.clone();
-    for (k, nv) in &n {
-        if k == "backends" {
-            continue;
-        }
-        if b.get(k) != Some(nv) {
-            merged.insert(k.clone(), nv.clone());
+    let mut merged = c;
+    for (k, nv) in n {
+        if k != skip && b.get(&k) != Some(&nv) {
+            merged.insert(k, nv);
         }
     }
-    let mut out: VipSpec = serde_json::from_value(serde_json::Value::Object(merged)).expect("merged fields are valid");
-    let findb = |list: &[BackendSpec], a: SocketAddrV4| list.iter().find(|x| x.addr() == a).cloned();
+    serde_json::from_value(serde_json::Value::Object(merged)).expect("merged fields are valid")
+}
+
+fn merge_vip(cur: &Vip, base: &Vip, new: &Vip) -> Vip {
+    let mut out = merge_fields(cur, base, new, "backends");
+    let findb = |list: &[Backend], a: SocketAddrV4| list.iter().find(|x| x.endpoint() == a).cloned();
     let mut backends = Vec::new();
     for cb in &cur.backends {
-        match (findb(&base.backends, cb.addr()), findb(&new.backends, cb.addr())) {
+        match (findb(&base.backends, cb.endpoint()), findb(&new.backends, cb.endpoint())) {
             (Some(_), None) => {}
             (None, Some(nb)) => backends.push(nb),
-            (Some(bb), Some(nb)) => {
-                let mut m = cb.clone();
-                if nb.weight != bb.weight {
-                    m.weight = nb.weight;
-                }
-                backends.push(m);
-            }
+            (Some(bb), Some(nb)) => backends.push(merge_fields(cb, &bb, &nb, "")),
             (None, None) => backends.push(cb.clone()),
         }
     }
     for nb in &new.backends {
-        if findb(&cur.backends, nb.addr()).is_none() && findb(&base.backends, nb.addr()).is_none() {
+        if findb(&cur.backends, nb.endpoint()).is_none() && findb(&base.backends, nb.endpoint()).is_none() {
             backends.push(nb.clone());
         }
     }
@@ -197,14 +248,11 @@ fn merge_vip(cur: &VipSpec, base: &VipSpec, new: &VipSpec) -> VipSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::VipSpec;
+    use fulcrum_model::Mode;
 
-    fn vip(port: u16, backends: &[(u16, u32)]) -> VipSpec {
-        let mut v = VipSpec::new(SocketAddrV4::new([198, 18, 1, 1].into(), port));
-        v.backends = backends
-            .iter()
-            .map(|&(p, w)| BackendSpec { address: [198, 18, 0, 21].into(), port: p, weight: w, drain: false })
-            .collect();
+    fn vip(port: u16, backends: &[(u16, u32)]) -> Vip {
+        let mut v = Vip::new([198, 18, 1, 1].into(), port, Mode::Proxy);
+        v.backends = backends.iter().map(|&(p, w)| Backend::new([198, 18, 0, 21].into(), p, w)).collect();
         v
     }
 
@@ -232,7 +280,7 @@ mod tests {
     fn slots_are_stable_and_not_reused_early() {
         let mut s = State { vips: vec![vip(80, &[(1, 1), (2, 1)])], ..Default::default() };
         s.assign_ids(4, 3).unwrap();
-        let a = s.vips[0].addr();
+        let a = VipKey::of(&s.vips[0]);
         let b1 = SocketAddrV4::new([198, 18, 0, 21].into(), 1);
         let b2 = SocketAddrV4::new([198, 18, 0, 21].into(), 2);
         assert_eq!(s.slot(a, b1), Some(0));
@@ -247,5 +295,49 @@ mod tests {
         s.assign_ids(4, 3).unwrap();
         assert_eq!(s.slot(a, SocketAddrV4::new([198, 18, 0, 21].into(), 4)), Some(0));
         assert_eq!(s.slot(a, b1), None);
+    }
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use fulcrum_model::{BackendState, Mode, Proto};
+
+    #[test]
+    fn tcp_and_udp_vips_have_their_own_ids_and_drain_merges() {
+        let mut tcp = Vip::new([198, 18, 1, 1].into(), 53, Mode::Dsr);
+        tcp.backends.push(Backend::new([198, 18, 0, 21].into(), 53, 1));
+        let udp = Vip { proto: Proto::Udp, ..tcp.clone() };
+        let mut s = State { vips: vec![tcp.clone(), udp.clone()], ..Default::default() };
+        s.assign_ids(4, 4).unwrap();
+        let (kt, ku) = (VipKey::of(&tcp), VipKey::of(&udp));
+        assert_eq!(ku.to_string(), "198.18.1.1:53/udp");
+        assert_ne!(s.vip_id(kt), s.vip_id(ku));
+        let b = tcp.backends[0].endpoint();
+        assert_ne!(s.slot(kt, b), s.slot(ku, b));
+        // CLI drain survives a reload that does not touch the backend; a TOML
+        // drain edit applies.
+        let mut cur = vec![tcp.clone()];
+        cur[0].backends[0].state = BackendState::Drain;
+        let m = merge(&cur, &[tcp.clone()], &[tcp.clone()]);
+        assert_eq!(m[0].backends[0].state, BackendState::Drain);
+        let mut edited = tcp.clone();
+        edited.backends[0].weight = 3;
+        let m = merge(&cur, &[tcp.clone()], &[edited]);
+        assert_eq!((m[0].backends[0].state, m[0].backends[0].weight), (BackendState::Drain, 3));
+    }
+
+    #[test]
+    fn an_old_state_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, r#"{"vips":[],"toml_base":[],"vip_ids":{},"slots":{},"generation":3}"#).unwrap();
+        let e = State::load(&path).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("version 1") && e.contains("move the file aside"), "{e}");
+        std::fs::write(&path, r#"{"version":3}"#).unwrap();
+        assert!(State::load(&path).unwrap_err().to_string().contains("newer"));
+        let s = State { vips: vec![Vip::new([198, 18, 1, 1].into(), 80, Mode::Proxy)], ..Default::default() };
+        s.save(&path).unwrap();
+        assert_eq!(State::load(&path).unwrap().unwrap().vips, s.vips);
     }
 }

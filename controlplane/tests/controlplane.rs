@@ -371,16 +371,18 @@ fn prometheus_metrics_have_help_and_type() {
 
 #[test]
 fn health_check_up_then_down_is_published() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A backend on this machine, but not on loopback (not a usable backend address).
+    let ip = local_address();
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let (interval, timeout, fall) = (200u64, 100u64, 2u64);
     let vips = format!(
         "[[vip]]\naddress = \"198.18.1.1\"\nport = 80\nmode = \"proxy\"\ntable_size = 251\n\
-         backends = [{{ address = \"127.0.0.1\", port = {port} }}]\n\
+         backends = [{{ address = \"{ip}\", port = {port} }}]\n\
          health = {{ kind = \"tcp\", interval_ms = {interval}, timeout_ms = {timeout}, rise = 1, fall = {fall} }}\n"
     );
     let d = Daemon::start(&vips);
-    let backend = format!("127.0.0.1:{port}");
+    let backend = format!("{ip}:{port}");
     wait_for(Duration::from_secs(10), "the backend to be checked Up", || {
         let h = d.json(&["health"]);
         (h[0]["state"] == "up").then_some(())
@@ -406,7 +408,7 @@ fn health_check_up_then_down_is_published() {
     assert!(body.contains("fulcrum_backend_health_check_duration_seconds{"), "{body}");
 
     // Back up: a new listener on the same port.
-    let _l2 = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let _l2 = std::net::TcpListener::bind((ip, port)).unwrap();
     wait_for(Duration::from_secs(5), "the backend to be published Up again", || {
         (d.published_backend(V1, &backend)?.state == shm::BackendState::Up).then_some(())
     });
@@ -467,4 +469,59 @@ fn dataplane_restart_and_death_are_reported() {
         shm::Poll::New(cfg, _) => assert_eq!(cfg.vips.len(), 2),
         other => panic!("restarted dataplane found no configuration: {other:?}"),
     }
+}
+
+#[test]
+fn forwarding_vips_through_fulcrumctl() {
+    let d = Daemon::start(VIPS);
+    // TCP and UDP VIPs on the same address:port coexist. (Port 0, every
+    // port, is covered in process: this tree's fulcrum-shm refuses it.)
+    d.ok(&["vip", "add", "198.18.1.5:53/udp", "--mode", "dsr", "--table-size", "251"]);
+    d.ok(&["vip", "add", "198.18.1.5:53", "--mode", "fullnat", "--table-size", "251"]);
+    d.ok(&["vip", "add", "198.18.1.6:53", "--mode", "tunnel", "--proto", "udp", "--tunnel-encap", "gue", "--tunnel-source-prefix", "198.18.2.0/24"]);
+    d.ok(&["backend", "add", "198.18.1.5:53/udp", "198.18.0.21:53", "--weight", "2", "--mac", "02:00:00:00:00:21"]);
+    d.ok(&["backend", "add", "198.18.1.6:53/udp", "198.18.0.22:53"]);
+    let vips = d.json(&["vip", "list"]);
+    let find = |name: &str| vips.as_array().unwrap().iter().find(|v| v["vip"] == name).cloned().unwrap_or_else(|| panic!("no {name} in {vips}"));
+    let u = find("198.18.1.5:53/udp");
+    assert_eq!((u["mode"].as_str(), u["proto"].as_str()), (Some("dsr"), Some("udp")));
+    assert_eq!(u["backends"][0]["mac"], "02:00:00:00:00:21");
+    assert_eq!(u["backends"][0]["weight"], 2);
+    assert_eq!(find("198.18.1.5:53")["mode"], "fullnat");
+    let t = find("198.18.1.6:53/udp");
+    assert_eq!(t["tunnel"]["encap"], "gue");
+    assert_eq!(t["tunnel"]["source_prefix"], "198.18.2.0/24");
+    assert!(d.published_vip("198.18.1.6:53").is_some());
+    let stats = d.json(&["stats"]);
+    let s = stats["vips"].as_array().unwrap().iter().find(|v| v["vip"] == "198.18.1.5:53/udp").unwrap().clone();
+    for k in ["packets_in", "bytes_in", "connections_total", "drops", "mode", "proto"] {
+        assert!(s.get(k).is_some(), "stats lacks {k}: {s}");
+    }
+    assert!(d.ok(&["stats"]).contains("PACKETS"));
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["vip", "add", "198.18.1.7:0", "--mode", "tunnel", "--tunnel-encap", "ipip"], "tunnel-source-prefix"),
+        (&["vip", "add", "198.18.1.7:0", "--mode", "tunnel"], "tunnel"),
+        (&["vip", "add", "198.18.1.7:0", "--mode", "dsr", "--tunnel-encap", "ipip", "--tunnel-source-prefix", "198.18.2.0/24"], "tunnel"),
+        (&["vip", "add", "198.18.1.7:80", "--mode", "tunnel", "--tunnel-encap", "vxlan", "--tunnel-source-prefix", "198.18.2.0/24"], "vxlan"),
+        (&["vip", "add", "198.18.1.7:80", "--mode", "dsr", "--tunnel-encap", "ipip", "--tunnel-source-prefix", "198.18.2.0/33"], "33"),
+        (&["vip", "add", "198.18.1.7:80", "--mode", "bridge"], "bridge"),
+        (&["vip", "add", "198.18.1.7:80", "--proto", "udp"], "proto"),
+        (&["vip", "add", "198.18.1.7:80/sctp"], "sctp"),
+        (&["vip", "add", "198.18.1.5:53/udp", "--mode", "dsr"], "already exists"),
+        (&["backend", "add", "198.18.1.5:53/udp", "198.18.0.22:53", "--mac", "02:00"], "02:00"),
+        (&["backend", "add", V1, "198.18.0.24:8080", "--mac", "02:00:00:00:00:24"], "mac"),
+        (&["backend", "add", "198.18.1.6:53/udp", "198.18.0.23:54"], "port"),
+        (&["backend", "list", "198.18.1.6:53"], "no VIP 198.18.1.6:53"),
+    ];
+    let before = d.json(&["vip", "list"]);
+    for (args, want) in cases {
+        let out = d.ctl(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "fulcrumctl {args:?} succeeded");
+        assert!(err.contains(want), "fulcrumctl {args:?}: stderr {err:?} should mention {want:?}");
+    }
+    assert_eq!(d.json(&["vip", "list"]), before);
+    d.ok(&["vip", "del", "198.18.1.5:53"]);
+    assert!(d.json(&["backend", "list", "198.18.1.5:53/udp"]).as_array().unwrap().len() == 1);
 }

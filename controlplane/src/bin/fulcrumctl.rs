@@ -2,9 +2,14 @@
 #![forbid(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand};
-use fulcrum_controlplane::model::{self, Affinity, Mode, ProxyProtocol};
-use fulcrum_controlplane::proto::{self, LimitChange, Request, VipOptions};
-use serde_json::Value;
+use fulcrum_controlplane::proto::{
+    self, BackendInfo, ChangeReply, HealthInfo, LimitChange, LimitsInfo, ReloadReply, Request, StatsReply,
+    StatusReply, VipInfo, VipKey, VipOptions,
+};
+use fulcrum_model::health::HealthCheck;
+use fulcrum_model::{Affinity, Cidr, Encap, Mac, Mode, Proto, ProxyProtocol, Rate, Tunnel};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::fmt::Write as _;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -62,37 +67,55 @@ enum VipCmd {
     List,
     /// Add a VIP (no backends yet: add them with `backend add`).
     Add {
-        /// VIP address and port, e.g. 198.18.1.1:80.
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// VIP address and port, e.g. 198.18.1.1:80; add /udp for a UDP VIP
+        /// (198.18.1.1:53/udp). Port 0 (forwarding modes): every port.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
         #[command(flatten)]
         opts: VipAddArgs,
     },
     /// Delete a VIP and its backends.
     Del {
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
     },
 }
 
 #[derive(Args)]
 struct VipAddArgs {
-    /// How the VIP handles traffic.
-    #[arg(long, value_parser = ["proxy", "dsr", "fullnat", "tunnel"])]
-    mode: Option<String>,
-    /// Which client identity picks the backend.
+    /// How the VIP handles traffic: proxy (terminate TCP), dsr (L2 direct
+    /// server return), fullnat (source and destination NAT) or tunnel
+    /// (IPIP/GUE to the backend). Default: proxy.
+    #[arg(long, value_parser = parse_mode)]
+    mode: Option<Mode>,
+    /// Protocol forwarded (forwarding modes; proxy VIPs are TCP). Same as
+    /// an ADDR:PORT/udp suffix.
+    #[arg(long, value_parser = parse_proto)]
+    proto: Option<Proto>,
+    /// Tunnel mode: encapsulation, ipip (IPv4 in IPv4) or gue (IPv4 in UDP to port 6080).
+    #[arg(long, value_parser = parse_encap, requires = "tunnel_source_prefix")]
+    tunnel_encap: Option<Encap>,
+    /// Tunnel mode: outer source addresses are drawn from this prefix
+    /// (A.B.C.D/N), host bits from the flow.
+    #[arg(long, value_parser = parse_cidr, requires = "tunnel_encap")]
+    tunnel_source_prefix: Option<Cidr>,
+    /// Which client identity picks the backend: flow (address and port) or client (address).
     #[arg(long, value_parser = ["flow", "client"])]
     affinity: Option<String>,
-    /// Concurrent connections per lcore.
+    /// Concurrent connections per lcore (proxy).
     #[arg(long, value_parser = parse_u32_nonzero)]
     max_connections: Option<u32>,
+    /// How long one backend gets to answer before the next is tried (proxy).
     #[arg(long, value_parser = parse_ms)]
-    connect_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u32>,
     /// Backends tried before the client is reset (1-16).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16))]
     connect_tries: Option<u8>,
+    /// A connection idle this long is reset both ways (proxy).
     #[arg(long, value_parser = parse_ms)]
-    idle_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u32>,
+    /// PROXY protocol header sent to backends (proxy).
     #[arg(long, value_parser = ["off", "v1", "v2"])]
     proxy_protocol: Option<String>,
     /// Maglev table size (a prime).
@@ -107,30 +130,41 @@ struct VipAddArgs {
 enum BackendCmd {
     /// List backends (of one VIP or all) with weight, state and active connections.
     List {
-        #[arg(value_parser = parse_addr)]
-        vip: Option<SocketAddrV4>,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: Option<VipKey>,
     },
     /// Add a backend to a VIP.
     Add {
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
+        /// The backend: ADDR:PORT.
         #[arg(value_parser = parse_addr)]
         backend: SocketAddrV4,
         /// Relative share of new connections (0 to 1000000; default 1).
         #[arg(long, value_parser = parse_weight, allow_negative_numbers = true)]
         weight: Option<u32>,
+        /// Forwarding modes: the backend's (next hop's) MAC, e.g.
+        /// 02:00:00:00:00:21, instead of resolving its address by ARP.
+        #[arg(long, value_parser = parse_mac)]
+        mac: Option<Mac>,
     },
     /// Remove a backend from a VIP.
     Del {
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
+        /// The backend: ADDR:PORT.
         #[arg(value_parser = parse_addr)]
         backend: SocketAddrV4,
     },
     /// Set a backend's weight.
     Weight {
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
+        /// The backend: ADDR:PORT.
         #[arg(value_parser = parse_addr)]
         backend: SocketAddrV4,
         /// 0 to 1000000.
@@ -140,15 +174,19 @@ enum BackendCmd {
     /// Stop giving a backend new connections; established ones continue
     /// (watch `backend list` until its active connections reach 0).
     Drain {
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
+        /// The backend: ADDR:PORT.
         #[arg(value_parser = parse_addr)]
         backend: SocketAddrV4,
     },
     /// Give a drained backend new connections again.
     Undrain {
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
+        /// The backend: ADDR:PORT.
         #[arg(value_parser = parse_addr)]
         backend: SocketAddrV4,
     },
@@ -158,13 +196,15 @@ enum BackendCmd {
 enum LimitCmd {
     /// Show the limits of one VIP or all.
     Show {
-        #[arg(value_parser = parse_addr)]
-        vip: Option<SocketAddrV4>,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: Option<VipKey>,
     },
     /// Set (or with --clear remove) limits of a VIP.
     Set {
-        #[arg(value_parser = parse_addr)]
-        vip: SocketAddrV4,
+        /// The VIP: ADDR:PORT, or ADDR:PORT/udp for a UDP VIP.
+        #[arg(value_parser = parse_vip)]
+        vip: VipKey,
         /// New connections per second accepted by the VIP.
         #[arg(long, value_parser = parse_rate, allow_negative_numbers = true)]
         new_conn_rate: Option<u32>,
@@ -190,7 +230,39 @@ enum LimitCmd {
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddrV4, String> {
-    model::parse_addr(s)
+    proto::parse_endpoint(s)
+}
+
+fn parse_vip(s: &str) -> Result<VipKey, String> {
+    s.parse()
+}
+
+fn parse_mac(s: &str) -> Result<Mac, String> {
+    s.parse()
+}
+
+fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    s.parse()
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    match s {
+        "tcp" => Ok(Proto::Tcp),
+        "udp" => Ok(Proto::Udp),
+        _ => Err(format!("{s:?} is not a protocol (tcp, udp)")),
+    }
+}
+
+fn parse_encap(s: &str) -> Result<Encap, String> {
+    match s {
+        "ipip" => Ok(Encap::Ipip),
+        "gue" => Ok(Encap::Gue),
+        _ => Err(format!("{s:?} is not an encapsulation (ipip, gue)")),
+    }
 }
 
 fn parse_num(s: &str, what: &str, lo: u64, hi: u64) -> Result<u64, String> {
@@ -201,7 +273,7 @@ fn parse_num(s: &str, what: &str, lo: u64, hi: u64) -> Result<u64, String> {
 }
 
 fn parse_weight(s: &str) -> Result<u32, String> {
-    parse_num(s, "the weight", 0, u64::from(model::MAX_WEIGHT)).map(|n| n as u32)
+    parse_num(s, "the weight", 0, u64::from(fulcrum_model::MAX_WEIGHT)).map(|n| n as u32)
 }
 
 fn parse_rate(s: &str) -> Result<u32, String> {
@@ -213,15 +285,15 @@ fn parse_bandwidth(s: &str) -> Result<u64, String> {
 }
 
 fn parse_max_conn(s: &str) -> Result<u32, String> {
-    parse_num(s, "max-connections", 1, u64::from(model::MAX_CONNECTIONS)).map(|n| n as u32)
+    parse_num(s, "max-connections", 1, u64::from(fulcrum_model::MAX_CONNECTIONS)).map(|n| n as u32)
 }
 
 fn parse_u32_nonzero(s: &str) -> Result<u32, String> {
     parse_num(s, "the value", 1, u64::from(u32::MAX)).map(|n| n as u32)
 }
 
-fn parse_ms(s: &str) -> Result<u64, String> {
-    parse_num(s, "milliseconds", 1, u64::from(u32::MAX))
+fn parse_ms(s: &str) -> Result<u32, String> {
+    parse_num(s, "milliseconds", 1, u64::from(u32::MAX)).map(|n| n as u32)
 }
 
 fn main() {
@@ -243,13 +315,20 @@ fn run(cli: &Cli) -> Result<(), String> {
         Command::Health => Request::Health,
         Command::Reload => Request::Reload,
         Command::Vip(VipCmd::List) => Request::VipList,
-        Command::Vip(VipCmd::Add { vip, opts }) => Request::VipAdd { vip: *vip, options: vip_options(opts)? },
+        Command::Vip(VipCmd::Add { vip, opts }) => {
+            let (vip, options) = vip_add(*vip, opts)?;
+            Request::VipAdd { vip, options: Box::new(options) }
+        }
         Command::Vip(VipCmd::Del { vip }) => Request::VipDel { vip: *vip },
         Command::Backend(b) => match b {
             BackendCmd::List { vip } => Request::BackendList { vip: *vip },
-            BackendCmd::Add { vip, backend, weight } => Request::BackendAdd { vip: *vip, backend: *backend, weight: *weight },
+            BackendCmd::Add { vip, backend, weight, mac } => {
+                Request::BackendAdd { vip: *vip, backend: *backend, weight: *weight, mac: *mac }
+            }
             BackendCmd::Del { vip, backend } => Request::BackendDel { vip: *vip, backend: *backend },
-            BackendCmd::Weight { vip, backend, weight } => Request::BackendWeight { vip: *vip, backend: *backend, weight: *weight },
+            BackendCmd::Weight { vip, backend, weight } => {
+                Request::BackendWeight { vip: *vip, backend: *backend, weight: *weight }
+            }
             BackendCmd::Drain { vip, backend } => Request::BackendDrain { vip: *vip, backend: *backend },
             BackendCmd::Undrain { vip, backend } => Request::BackendUndrain { vip: *vip, backend: *backend },
         },
@@ -279,47 +358,55 @@ fn run(cli: &Cli) -> Result<(), String> {
             }
         }
     };
-    let change = req.is_change();
-    let data = proto::call(&cli.socket, &req)?;
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&data).map_err(|e| e.to_string())?);
-        return Ok(());
-    }
     let text = match &cli.command {
-        Command::Status => fmt_status(&data),
-        Command::Vip(VipCmd::List) => fmt_vips(&data),
-        Command::Backend(BackendCmd::List { .. }) => fmt_backends(&data),
-        Command::Limit(LimitCmd::Show { .. }) => fmt_limits(&data),
-        Command::Stats => fmt_stats(&data),
-        Command::Health => fmt_health(&data),
-        _ if change => format!("ok: generation {}", data.get("generation").and_then(Value::as_u64).unwrap_or(0)),
-        _ => data.to_string(),
+        Command::Status => show(cli, &req, fmt_status)?,
+        Command::Vip(VipCmd::List) => show(cli, &req, |v: &Vec<VipInfo>| fmt_vips(v))?,
+        Command::Backend(BackendCmd::List { .. }) => show(cli, &req, |v: &Vec<BackendInfo>| fmt_backends(v))?,
+        Command::Limit(LimitCmd::Show { .. }) => show(cli, &req, |v: &Vec<LimitsInfo>| fmt_limits(v))?,
+        Command::Stats => show(cli, &req, fmt_stats)?,
+        Command::Health => show(cli, &req, |v: &Vec<HealthInfo>| fmt_health(v))?,
+        Command::Reload => show(cli, &req, |r: &ReloadReply| format!("ok: generation {}", r.generation))?,
+        _ => show(cli, &req, |r: &ChangeReply| format!("ok: generation {}", r.generation))?,
     };
     print!("{text}");
-    if !text.ends_with('\n') {
+    if !text.is_empty() && !text.ends_with('\n') {
         println!();
     }
     Ok(())
 }
 
-fn vip_options(o: &VipAddArgs) -> Result<VipOptions, String> {
-    let health = match &o.health {
-        Some(h) => {
-            let t: toml::Table = toml::from_str(&h.replace(", ", "\n").replace(',', "\n"))
-                .map_err(|e| format!("--health: not TOML key = value pairs: {}", e.message()))?;
-            Some(serde_json::to_value(t).map_err(|e| e.to_string())?)
+/// Sends `req`, reads its reply as `T`: pretty JSON with --json, else `fmt`.
+fn show<T: DeserializeOwned + Serialize>(cli: &Cli, req: &Request, fmt: impl Fn(&T) -> String) -> Result<String, String> {
+    let data: T = proto::call(&cli.socket, req)?;
+    if cli.json {
+        serde_json::to_string_pretty(&data).map(|s| s + "\n").map_err(|e| e.to_string())
+    } else {
+        Ok(fmt(&data))
+    }
+}
+
+/// The VIP (its protocol from --proto or a /udp suffix) and its options.
+fn vip_add(vip: VipKey, o: &VipAddArgs) -> Result<(VipKey, VipOptions), String> {
+    let mut vip = vip;
+    if let Some(p) = o.proto {
+        if vip.proto != p && vip.proto == Proto::Udp {
+            return Err(format!("--proto {}: the VIP {vip} says udp", p.name()));
         }
+        vip.proto = p;
+    }
+    let health = match &o.health {
+        Some(h) => Some(
+            toml::from_str::<HealthCheck>(&h.replace(", ", "\n").replace(',', "\n"))
+                .map_err(|e| format!("--health: {}", e.message().trim()))?,
+        ),
         None => None,
     };
-    Ok(VipOptions {
-        mode: match o.mode.as_deref() {
-            None => None,
-            Some("proxy") => Some(Mode::Proxy),
-            Some("dsr") => Some(Mode::Dsr),
-            Some("fullnat") => Some(Mode::Fullnat),
-            Some("tunnel") => Some(Mode::Tunnel),
-            Some(other) => return Err(format!("--mode: {other:?} is not one of proxy, dsr, fullnat, tunnel")),
-        },
+    let tunnel = match (o.tunnel_encap, o.tunnel_source_prefix) {
+        (Some(encap), Some(source_prefix)) => Some(Tunnel { encap, source_prefix }),
+        _ => None,
+    };
+    let options = VipOptions {
+        mode: o.mode,
         affinity: o.affinity.as_deref().map(|a| if a == "client" { Affinity::Client } else { Affinity::Flow }),
         max_connections: o.max_connections,
         connect_timeout_ms: o.connect_timeout_ms,
@@ -331,22 +418,16 @@ fn vip_options(o: &VipAddArgs) -> Result<VipOptions, String> {
             _ => ProxyProtocol::Off,
         }),
         table_size: o.table_size,
+        tunnel,
         health,
-    })
+    };
+    Ok((vip, options))
 }
 
 // ---------------------------------------------------------------- formatting
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => format!("{f:.1}"),
-            _ => n.to_string(),
-        },
-        other => other.to_string(),
-    }
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), T::to_string)
 }
 
 /// A plain aligned table.
@@ -369,15 +450,10 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn arr(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or(&[])
-}
-
-fn rate(v: &Value) -> String {
-    if v.is_null() {
-        "-".into()
-    } else {
-        format!("{}/s burst {}", s(&v["per_sec"]), s(&v["burst"]))
+fn rate(r: &Option<Rate>) -> String {
+    match r {
+        None => "-".into(),
+        Some(r) => format!("{}/s burst {}", r.per_sec, r.burst),
     }
 }
 
@@ -394,162 +470,225 @@ fn duration(secs: f64) -> String {
     }
 }
 
-fn fmt_status(d: &Value) -> String {
-    let cp = &d["controlplane"];
-    let dp = &d["dataplane"];
+fn fmt_status(d: &StatusReply) -> String {
+    let (cp, dp) = (&d.controlplane, &d.dataplane);
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "control plane: up, pid {}, uptime {}",
-        s(&cp["pid"]),
-        duration(cp["uptime_secs"].as_f64().unwrap_or(0.0))
-    );
-    let _ = writeln!(o, "  config {}, state {}, shm {}", s(&cp["config"]), s(&cp["state_file"]), s(&cp["shm"]));
-    if let Some(r) = cp.get("last_reload").filter(|r| !r.is_null()) {
+    let _ = writeln!(o, "control plane: up, pid {}, uptime {}", cp.pid, duration(cp.uptime_secs));
+    let _ = writeln!(o, "  config {}, state {}, shm {}", cp.config, cp.state_file, cp.shm);
+    if let Some(r) = &cp.last_reload {
         let _ = writeln!(
             o,
             "  last reload: {}",
-            if r["ok"].as_bool() == Some(true) { "ok".to_owned() } else { format!("FAILED: {}", s(&r["error"])) }
+            if r.ok { "ok".to_owned() } else { format!("FAILED: {}", opt(&r.error)) }
         );
     }
-    if let Some(e) = cp.get("publish_error").filter(|e| !e.is_null()) {
-        let _ = writeln!(o, "  publish error: {}", s(e));
+    if let Some(e) = &cp.publish_error {
+        let _ = writeln!(o, "  publish error: {e}");
     }
-    let state = dp["state"].as_str().unwrap_or("?");
-    let _ = write!(o, "dataplane: {state}");
-    if !dp["pid"].is_null() {
-        let _ = write!(o, ", pid {}", s(&dp["pid"]));
+    let _ = write!(o, "dataplane: {}", dp.state.name());
+    if let Some(p) = dp.pid {
+        let _ = write!(o, ", pid {p}");
     }
-    if let Some(u) = dp["uptime_secs"].as_f64() {
-        let _ = write!(o, ", uptime {}", duration(u));
+    if let Some(u) = dp.uptime_secs {
+        let _ = write!(o, ", uptime {}", duration(u as f64));
     }
-    if let Some(a) = dp["heartbeat_age_ms"].as_u64() {
+    if let Some(a) = dp.heartbeat_age_ms {
         let _ = write!(o, ", heartbeat {a} ms ago");
     }
-    let _ = writeln!(o, ", restarts seen {}", s(&dp["restarts_seen"]));
+    let _ = writeln!(o, ", restarts seen {}", dp.restarts_seen);
+    if let Some(f) = &dp.facts {
+        let snat: Vec<String> = f.snat_addresses.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            o,
+            "  address {}, {} lcores, forwarding {}, SNAT addresses {}",
+            f.address,
+            f.lcores,
+            if f.forwarding { "on" } else { "off" },
+            if snat.is_empty() { "none".into() } else { snat.join(",") }
+        );
+    }
     let _ = writeln!(
         o,
         "generation: published {}, applied {}, rejected {}{}",
-        s(&d["generation"]["published"]),
-        s(&d["generation"]["applied"]),
-        s(&dp["rejected_generations"]),
-        dp["last_rejection"].as_str().map(|r| format!(" (last: {r})")).unwrap_or_default()
+        d.generation.published,
+        d.generation.applied,
+        dp.rejected_generations,
+        dp.last_rejection.as_ref().map(|r| format!(" (last: {r})")).unwrap_or_default()
     );
-    let _ = writeln!(o, "configured: {} VIPs, {} backends", s(&d["vips"]), s(&d["backends"]));
+    for r in &d.generation.refused {
+        let _ = writeln!(o, "  refused by the dataplane: VIP {} (id {}): {}", r.vip, r.id, r.reason);
+    }
+    let _ = writeln!(o, "configured: {} VIPs, {} backends", d.vips, d.backends);
     o
 }
 
-fn fmt_vips(d: &Value) -> String {
-    let rows: Vec<Vec<String>> = arr(d)
+fn fmt_vips(d: &[VipInfo]) -> String {
+    let rows: Vec<Vec<String>> = d
         .iter()
         .map(|v| {
+            let tunnel = v.tunnel.map(|t| {
+                format!("{} from {}", if t.encap == Encap::Gue { "gue" } else { "ipip" }, t.source_prefix)
+            });
             vec![
-                s(&v["vip"]),
-                s(&v["id"]),
-                s(&v["mode"]),
-                s(&v["affinity"]),
-                arr(&v["backends"]).len().to_string(),
-                s(&v["max_connections"]),
-                rate(&v["new_conn_rate"]),
-                v["health"].get("kind").map(s).unwrap_or_else(|| "-".into()),
+                v.vip.to_string(),
+                opt(&v.id),
+                v.mode.name().to_owned(),
+                v.proto.name().to_owned(),
+                if v.affinity == Affinity::Client { "client" } else { "flow" }.to_owned(),
+                v.backends.len().to_string(),
+                v.max_connections.to_string(),
+                rate(&v.new_conn_rate),
+                v.health.as_ref().map_or_else(|| "-".into(), |h| format!("{:?}", h.kind).to_lowercase()),
+                opt(&tunnel),
             ]
         })
         .collect();
-    table(&["VIP", "ID", "MODE", "AFFINITY", "BACKENDS", "MAX_CONN", "NEW_CONN_RATE", "HEALTH"], &rows)
+    table(&["VIP", "ID", "MODE", "PROTO", "AFFINITY", "BACKENDS", "MAX_CONN", "NEW_CONN_RATE", "HEALTH", "TUNNEL"], &rows)
 }
 
-fn fmt_backends(d: &Value) -> String {
-    let rows: Vec<Vec<String>> = arr(d)
+fn fmt_backends(d: &[BackendInfo]) -> String {
+    let rows: Vec<Vec<String>> = d
         .iter()
         .map(|b| {
             vec![
-                s(&b["vip"]),
-                s(&b["backend"]),
-                s(&b["slot"]),
-                s(&b["weight"]),
-                s(&b["state"]),
-                s(&b["health"]),
-                s(&b["connections_active"]),
+                b.vip.to_string(),
+                b.backend.to_string(),
+                opt(&b.slot),
+                b.weight.to_string(),
+                b.state.map_or_else(|| "-".into(), |s| s.name().to_owned()),
+                b.health.name().to_owned(),
+                b.connections_active.to_string(),
+                opt(&b.mac),
             ]
         })
         .collect();
-    table(&["VIP", "BACKEND", "SLOT", "WEIGHT", "STATE", "HEALTH", "ACTIVE"], &rows)
+    table(&["VIP", "BACKEND", "SLOT", "WEIGHT", "STATE", "HEALTH", "ACTIVE", "MAC"], &rows)
 }
 
-fn fmt_limits(d: &Value) -> String {
-    let rows: Vec<Vec<String>> = arr(d)
+fn fmt_limits(d: &[LimitsInfo]) -> String {
+    let rows: Vec<Vec<String>> = d
         .iter()
         .map(|v| {
             vec![
-                s(&v["vip"]),
-                s(&v["max_connections"]),
-                rate(&v["new_conn_rate"]),
-                rate(&v["client_rate"]),
-                s(&v["bandwidth_bytes_per_sec"]),
+                v.vip.to_string(),
+                v.max_connections.to_string(),
+                rate(&v.new_conn_rate),
+                rate(&v.client_rate),
+                opt(&v.bandwidth_bytes_per_sec),
             ]
         })
         .collect();
     table(&["VIP", "MAX_CONN", "NEW_CONN_RATE", "CLIENT_RATE", "BANDWIDTH_B/S"], &rows)
 }
 
-fn fmt_stats(d: &Value) -> String {
-    let mut rows = Vec::new();
-    for v in arr(&d["vips"]) {
-        let drops: Vec<String> = v["drops"]
-            .as_object()
-            .map(|m| m.iter().filter(|(_, n)| n.as_u64() != Some(0)).map(|(k, n)| format!("{k}={}", s(n))).collect())
-            .unwrap_or_default();
-        rows.push(vec![
-            s(&v["vip"]),
-            String::new(),
-            s(&v["connections_active"]),
-            s(&v["connections_total"]),
-            format!("{:.1}", v["new_per_sec"].as_f64().unwrap_or(0.0)),
-            s(&v["bytes_in"]),
-            s(&v["bytes_out"]),
-            if drops.is_empty() { "-".into() } else { drops.join(",") },
-        ]);
-        for b in arr(&v["backends"]) {
-            rows.push(vec![
+/// Proxy VIPs: connections and bytes both ways; forwarding VIPs: packets,
+/// bytes, new flows and drops, per backend packets, bytes and new flows.
+fn fmt_stats(d: &StatsReply) -> String {
+    let drops = |m: &std::collections::BTreeMap<String, u64>| {
+        let d: Vec<String> = m.iter().filter(|(_, n)| **n != 0).map(|(k, n)| format!("{k}={n}")).collect();
+        if d.is_empty() {
+            "-".into()
+        } else {
+            d.join(",")
+        }
+    };
+    let mut proxy = Vec::new();
+    let mut fwd = Vec::new();
+    for v in &d.vips {
+        if v.mode.is_forwarding() {
+            fwd.push(vec![
+                v.vip.to_string(),
                 String::new(),
-                s(&b["backend"]),
-                s(&b["connections_active"]),
-                s(&b["connections_total"]),
-                format!("{:.1}", b["new_per_sec"].as_f64().unwrap_or(0.0)),
-                s(&b["bytes_to"]),
-                s(&b["bytes_from"]),
-                format!("connect_failures={}", s(&b["connect_failures"])),
+                v.mode.name().to_owned(),
+                v.proto.name().to_owned(),
+                v.packets_in.to_string(),
+                v.bytes_in.to_string(),
+                v.connections_total.to_string(),
+                format!("{:.1}", v.new_per_sec),
+                drops(&v.drops),
+            ]);
+            for b in &v.backends {
+                fwd.push(vec![
+                    String::new(),
+                    b.backend.to_string(),
+                    String::new(),
+                    String::new(),
+                    b.packets.to_string(),
+                    b.bytes_to.to_string(),
+                    b.connections_total.to_string(),
+                    format!("{:.1}", b.new_per_sec),
+                    String::new(),
+                ]);
+            }
+            continue;
+        }
+        proxy.push(vec![
+            v.vip.to_string(),
+            String::new(),
+            v.connections_active.to_string(),
+            v.connections_total.to_string(),
+            format!("{:.1}", v.new_per_sec),
+            v.bytes_in.to_string(),
+            v.bytes_out.to_string(),
+            drops(&v.drops),
+        ]);
+        for b in &v.backends {
+            proxy.push(vec![
+                String::new(),
+                b.backend.to_string(),
+                b.connections_active.to_string(),
+                b.connections_total.to_string(),
+                format!("{:.1}", b.new_per_sec),
+                b.bytes_to.to_string(),
+                b.bytes_from.to_string(),
+                format!("connect_failures={}", b.connect_failures),
             ]);
         }
     }
     let mut out = String::new();
-    if d["dataplane_alive"].as_bool() != Some(true) {
+    if !d.dataplane_alive {
         out.push_str("(dataplane not running: counters are the last values written)\n");
     }
-    out + &table(&["VIP", "BACKEND", "ACTIVE", "TOTAL", "NEW/S", "BYTES_IN", "BYTES_OUT", "DROPS"], &rows)
+    if !proxy.is_empty() || fwd.is_empty() {
+        out += &table(&["VIP", "BACKEND", "ACTIVE", "TOTAL", "NEW/S", "BYTES_IN", "BYTES_OUT", "DROPS"], &proxy);
+    }
+    if !fwd.is_empty() {
+        if !proxy.is_empty() {
+            out.push('\n');
+        }
+        out += &table(&["VIP", "BACKEND", "MODE", "PROTO", "PACKETS", "BYTES", "FLOWS", "NEW/S", "DROPS"], &fwd);
+    }
+    out
 }
 
-fn ms(v: &Value) -> String {
-    v.as_f64().map(|m| format!("{m:.2}ms")).unwrap_or_else(|| "-".into())
+fn ms(v: Option<f64>) -> String {
+    v.map(|m| format!("{m:.2}ms")).unwrap_or_else(|| "-".into())
 }
 
-fn fmt_health(d: &Value) -> String {
-    let rows: Vec<Vec<String>> = arr(d)
+fn fmt_health(d: &[HealthInfo]) -> String {
+    let rows: Vec<Vec<String>> = d
         .iter()
         .map(|h| {
             vec![
-                s(&h["vip"]),
-                s(&h["backend"]),
-                s(&h["check"]),
-                s(&h["state"]),
-                s(&h["published"]),
-                h["since_secs"].as_f64().map(|x| format!("{} ago", duration(x))).unwrap_or_else(|| "-".into()),
-                format!("{}/{}/{}", ms(&h["latency_last_ms"]), ms(&h["latency_p50_ms"]), ms(&h["latency_p99_ms"])),
-                s(&h["last_error"]),
+                h.vip.to_string(),
+                h.backend.to_string(),
+                opt(&h.check),
+                h.state.name().to_owned(),
+                h.published.map_or_else(|| "-".into(), |s| s.name().to_owned()),
+                h.since_secs.map(|x| format!("{} ago", duration(x))).unwrap_or_else(|| "-".into()),
+                format!("{}/{}/{}", ms(h.latency_last_ms), ms(h.latency_p50_ms), ms(h.latency_p99_ms)),
+                opt(&h.last_error),
             ]
         })
         .collect();
     table(&["VIP", "BACKEND", "CHECK", "HEALTH", "PUBLISHED", "SINCE", "LATENCY last/p50/p99", "LAST_ERROR"], &rows)
+}
+
+/// `top --json` prints one of these a line.
+#[derive(Serialize)]
+struct TopLine {
+    status: StatusReply,
+    stats: StatsReply,
 }
 
 fn top(cli: &Cli, iterations: Option<u64>, interval: f64) -> Result<(), String> {
@@ -572,11 +711,11 @@ fn top(cli: &Cli, iterations: Option<u64>, interval: f64) -> Result<(), String> 
     }
     let mut n = 0u64;
     loop {
-        let status = proto::call(&cli.socket, &Request::Status)?;
-        let stats = proto::call(&cli.socket, &Request::Stats)?;
+        let status: StatusReply = proto::call(&cli.socket, &Request::Status)?;
+        let stats: StatsReply = proto::call(&cli.socket, &Request::Stats)?;
         n += 1;
         if cli.json {
-            println!("{}", serde_json::json!({"status": status, "stats": stats}));
+            println!("{}", serde_json::to_string(&TopLine { status, stats }).map_err(|e| e.to_string())?);
         } else {
             let mut out = String::from("\x1b[H\x1b[2J");
             let _ = writeln!(out, "fulcrumctl top — every {:.1}s, q + Enter or Ctrl-C quits\n", interval.as_secs_f64());

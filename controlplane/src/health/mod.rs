@@ -100,7 +100,6 @@
 //! receivers, so the daemon republishes as soon as the checker decides.
 
 mod probe;
-pub mod spec;
 pub mod state;
 
 #[cfg(test)]
@@ -118,7 +117,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::AbortHandle;
 
-pub use spec::{CheckKind, CheckSpec, HttpCheck, PassiveSpec, SpecError, StatusRange, UdpCheck};
+pub use fulcrum_model::health::{CheckKind, CheckSpec, HttpCheck, PassiveSpec, SpecError, StatusRange, UdpCheck};
 pub use state::{HealthState, LATENCY_WINDOW};
 
 use state::{Event, TargetState};

@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-use super::spec::{CheckKind, HttpCheck, UdpCheck};
+use fulcrum_model::health::{CheckKind, HttpCheck, UdpCheck};
 
 /// Runs one probe of `kind` against `addr`, binding `source` if given.
 pub(crate) async fn probe(

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::spec::CheckSpec;
+use fulcrum_model::health::CheckSpec;
 
 /// Health of one target as the daemon should see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

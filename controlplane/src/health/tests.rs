@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::spec::*;
+use fulcrum_model::health::*;
 use super::state::{LatencyWindow, TargetState};
 use super::*;
 

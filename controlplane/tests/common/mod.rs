@@ -35,6 +35,18 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
     }
 }
 
+/// A local, non-loopback IPv4 address of this machine (the source of its
+/// route towards 198.18.0.0/15): a backend the model accepts (loopback is
+/// not a usable backend address) that a test can listen on.
+pub fn local_address() -> std::net::Ipv4Addr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("198.18.0.1:9").expect("a route to 198.18.0.1 (any non-loopback interface will do)");
+    match s.local_addr().unwrap().ip() {
+        std::net::IpAddr::V4(a) if !a.is_loopback() && !a.is_unspecified() => a,
+        other => panic!("no non-loopback IPv4 address to listen on (got {other})"),
+    }
+}
+
 pub const VIPS: &str = r#"
 [[vip]]
 address = "198.18.1.1"
