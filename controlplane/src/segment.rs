@@ -1,7 +1,7 @@
 //! [`publish::Segment`](crate::publish::Segment) bound to `fulcrum-shm`.
 
 use crate::publish::{self, Counters, DataplaneView};
-use fulcrum_model::{Affinity, BackendState, DataplaneReport, Generation, Mode, Proto, ProxyProtocol, Rate};
+use fulcrum_model::{DataplaneReport, Generation};
 use fulcrum_shm as shm;
 use std::path::Path;
 
@@ -33,95 +33,15 @@ pub fn open(path: &Path) -> Result<Box<dyn publish::Segment>, String> {
     Ok(Box::new(ShmSegment { seg, publisher: Some(publisher), totals: shm::CounterTotals::new() }))
 }
 
-/// The model's generation in `fulcrum-shm`'s current shape. Until the shm
-/// crate publishes [`fulcrum_model::Generation`] itself, this is the one
-/// place that maps it; that shape carries neither `tunnel` nor a backend's
-/// `mac` (they reach the dataplane once the segment carries the model).
-pub fn to_shm(g: &Generation) -> shm::ConfigGeneration {
-    let rate = |r: Option<Rate>| r.map(|r| shm::RateLimit { rate_per_sec: r.per_sec, burst: r.burst });
-    shm::ConfigGeneration {
-        vips: g
-            .vips
-            .iter()
-            .map(|p| {
-                let v = &p.vip;
-                shm::VipConf {
-                    id: p.id,
-                    addr: v.address,
-                    port: v.port,
-                    proto: match v.proto {
-                        Proto::Tcp => shm::Proto::Tcp,
-                        Proto::Udp => shm::Proto::Udp,
-                    },
-                    mode: match v.mode {
-                        Mode::Proxy => shm::Mode::Proxy,
-                        Mode::Dsr => shm::Mode::Dsr,
-                        Mode::Fullnat => shm::Mode::FullNat,
-                        Mode::Tunnel => shm::Mode::Tunnel,
-                    },
-                    max_connections: v.max_connections,
-                    new_conn_rate: rate(v.new_conn_rate),
-                    per_client_rate: rate(v.client_rate),
-                    bandwidth_bytes_per_sec: v.bandwidth_bytes_per_sec,
-                    idle_timeout_ms: v.idle_timeout_ms,
-                    connect_timeout_ms: v.connect_timeout_ms,
-                    connect_tries: v.connect_tries,
-                    affinity: match v.affinity {
-                        Affinity::Flow => shm::Affinity::Flow,
-                        Affinity::Client => shm::Affinity::Client,
-                    },
-                    proxy_protocol: match v.proxy_protocol {
-                        ProxyProtocol::Off => shm::ProxyProtocol::Off,
-                        ProxyProtocol::V1 => shm::ProxyProtocol::V1,
-                        ProxyProtocol::V2 => shm::ProxyProtocol::V2,
-                    },
-                    table_size: v.table_size,
-                    backends: v
-                        .backends
-                        .iter()
-                        .zip(&p.slots)
-                        .map(|(b, &slot)| shm::BackendConf {
-                            slot,
-                            addr: b.address,
-                            port: b.port,
-                            weight: b.weight,
-                            state: match b.state {
-                                BackendState::Up => shm::BackendState::Up,
-                                BackendState::Down => shm::BackendState::Down,
-                                BackendState::Drain => shm::BackendState::Drain,
-                            },
-                        })
-                        .collect(),
-                }
-            })
-            .collect(),
-    }
-}
-
-/// `fulcrum_shm::Segment::dataplane_report` as the lead is adding it to the
-/// shm crate. Until that inherent method exists in this tree, this stand-in
-/// answers `None` (no facts: nothing refused up front); once it exists, the
-/// inherent method takes precedence over this trait's and this shim is dead
-/// code to delete.
-trait DataplaneReportShim {
-    fn dataplane_report(&self) -> Option<DataplaneReport>;
-}
-
-impl DataplaneReportShim for shm::Segment {
-    fn dataplane_report(&self) -> Option<DataplaneReport> {
-        None
-    }
-}
-
 impl publish::Segment for ShmSegment {
     fn publish(&mut self, g: &Generation) -> Result<u64, String> {
         let p = self.publisher.as_mut().ok_or("the segment is closed")?;
-        p.publish(&to_shm(g)).map_err(|e| e.to_string())
+        p.publish(g).map_err(|e| e.to_string())
     }
 
     fn already_published(&mut self, g: &Generation) -> Option<u64> {
         match self.seg.current_config() {
-            shm::Poll::New(cfg, n) if cfg == to_shm(g) => Some(n),
+            shm::Poll::New(cfg, n) if cfg == *g => Some(n),
             _ => None,
         }
     }

@@ -5,14 +5,6 @@ use crate::publish::{BackendCounters, Counters, VipCounters};
 use fulcrum_shm as shm;
 use fulcrum_shm as c;
 
-/// Per-VIP counter index of packets of a forwarding VIP dropped (the lead's
-/// `fulcrum_shm::VIP_DROPS`, replacing `VIP_RESERVED_15`).
-pub const VIP_DROPS: usize = 15;
-/// Per-backend counter index of packets forwarded to the backend (the lead's
-/// `fulcrum_shm::BACKEND_PACKETS`; an index beyond the segment's
-/// `BACKEND_COUNTERS` reads 0).
-pub const BACKEND_PACKETS: usize = 8;
-
 /// VIP drop counters and the reason label each is reported under.
 const DROPS: [(usize, &str); 8] = [
     (c::VIP_DROP_LIMIT, "max_connections"),
@@ -22,7 +14,7 @@ const DROPS: [(usize, &str); 8] = [
     (c::VIP_DROP_NO_BACKEND, "no_backend"),
     (c::VIP_DROP_CONNECT_FAILED, "connect_failed"),
     (c::VIP_DROP_IDLE, "idle_timeout"),
-    (VIP_DROPS, "forward"),
+    (c::VIP_DROPS, "forward"),
 ];
 
 pub fn read(seg: &shm::Segment, totals: &mut shm::CounterTotals, vip_ids: &[u16], slots: &[u32]) -> Counters {
@@ -49,7 +41,7 @@ pub fn read(seg: &shm::Segment, totals: &mut shm::CounterTotals, vip_ids: &[u16]
                 connections_active: s.backend(slot, c::BACKEND_ACTIVE),
                 connections_total: s.backend(slot, c::BACKEND_OPENED),
                 connect_failures: s.backend(slot, c::BACKEND_CONNECT_FAILURES),
-                packets: s.backend(slot, BACKEND_PACKETS),
+                packets: s.backend(slot, c::BACKEND_PACKETS),
                 bytes_to: s.backend(slot, c::BACKEND_BYTES_TO),
                 bytes_from: s.backend(slot, c::BACKEND_BYTES_FROM),
             },

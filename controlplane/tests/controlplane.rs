@@ -142,8 +142,8 @@ fn json_outputs_parse_with_expected_fields() {
     let lim = d.json(&["limit", "show", V1]);
     assert!(lim[0]["client_rate"].is_null() && lim[0]["bandwidth_bytes_per_sec"].is_null(), "{lim}");
     let pv = d.published_vip(V1).unwrap();
-    assert_eq!(pv.new_conn_rate, Some(shm::RateLimit { rate_per_sec: 100, burst: 200 }));
-    assert_eq!(pv.per_client_rate, None);
+    assert_eq!(pv.new_conn_rate, Some(fulcrum_model::Rate::new(100, 200)));
+    assert_eq!(pv.client_rate, None);
 
     let stats = d.json(&["stats"]);
     let v = &stats["vips"][0];
@@ -183,19 +183,19 @@ fn changes_are_published_as_generations() {
 
     d.ok(&["backend", "weight", V1, B1, "5"]);
     let b = d.published_backend(V1, B1).unwrap();
-    assert_eq!((b.weight, b.slot, b.state), (5, s1, shm::BackendState::Up));
+    assert_eq!((b.weight, b.slot, b.state), (5, s1, fulcrum_model::BackendState::Up));
     assert!(d.published().1 > g0);
 
     d.ok(&["backend", "drain", V1, B1]);
-    assert_eq!(d.published_backend(V1, B1).unwrap().state, shm::BackendState::Drain);
+    assert_eq!(d.published_backend(V1, B1).unwrap().state, fulcrum_model::BackendState::Drain);
     assert_eq!(d.json(&["backend", "list", V1])[0]["state"], "drain");
     d.ok(&["backend", "undrain", V1, B1]);
-    assert_eq!(d.published_backend(V1, B1).unwrap().state, shm::BackendState::Up);
+    assert_eq!(d.published_backend(V1, B1).unwrap().state, fulcrum_model::BackendState::Up);
 
     d.ok(&["backend", "add", V1, "198.18.0.24:8080", "--weight", "3"]);
     let nb = d.published_backend(V1, "198.18.0.24:8080").unwrap();
     assert_eq!(nb.weight, 3);
-    let slots: Vec<u32> = d.published().0.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.slot)).collect();
+    let slots: Vec<u32> = d.published().0.vips.iter().flat_map(|p| p.slots.iter().copied()).collect();
     assert_eq!(slots.iter().filter(|&&s| s == nb.slot).count(), 1, "slot {} reused: {slots:?}", nb.slot);
 
     d.ok(&["backend", "del", V1, B3]);
@@ -207,7 +207,7 @@ fn changes_are_published_as_generations() {
     d.ok(&["vip", "add", "198.18.1.3:8000", "--max-connections", "77", "--affinity", "client", "--table-size", "251"]);
     let nv = d.published_vip("198.18.1.3:8000").unwrap();
     assert_eq!(nv.max_connections, 77);
-    assert_eq!(nv.affinity, shm::Affinity::Client);
+    assert_eq!(nv.affinity, fulcrum_model::Affinity::Client);
     assert!(nv.backends.is_empty());
     d.ok(&["backend", "add", "198.18.1.3:8000", "198.18.0.21:8000"]);
     assert_eq!(d.published_vip("198.18.1.3:8000").unwrap().backends.len(), 1);
@@ -240,7 +240,7 @@ fn cli_changes_and_slots_survive_kill_9() {
     let b2 = d.published_backend(V1, B2).unwrap();
     assert_eq!(b2.weight, 9);
     assert_eq!(b2.slot as u64, before[0]["backends"][1]["slot"].as_u64().unwrap());
-    assert_eq!(d.published_backend(V1, B3).unwrap().state, shm::BackendState::Drain);
+    assert_eq!(d.published_backend(V1, B3).unwrap().state, fulcrum_model::BackendState::Drain);
     assert_eq!(cfg.vips.len(), 3);
 
     // A change after the restart gets a newer generation than any before.
@@ -271,7 +271,7 @@ fn sighup_applies_only_the_toml_difference() {
     let b2 = d.published_backend(V1, B2).unwrap();
     assert_eq!((b2.weight, u64::from(b2.slot)), (2, slot2));
     assert_eq!(d.published_backend(V1, "198.18.0.24:8080").unwrap().weight, 4);
-    assert_eq!(d.published_vip(V1).unwrap().new_conn_rate.map(|r| r.rate_per_sec), Some(50));
+    assert_eq!(d.published_vip(V1).unwrap().new_conn_rate.map(|r| r.per_sec), Some(50));
     assert_eq!(d.published_vip("198.18.1.2:443").unwrap(), vip2_before, "untouched VIP changed");
     let st = d.json(&["status"]);
     assert_eq!(st["controlplane"]["last_reload"]["ok"], true, "{st}");
@@ -387,7 +387,7 @@ fn health_check_up_then_down_is_published() {
         let h = d.json(&["health"]);
         (h[0]["state"] == "up").then_some(())
     });
-    assert_eq!(d.published_backend(V1, &backend).unwrap().state, shm::BackendState::Up);
+    assert_eq!(d.published_backend(V1, &backend).unwrap().state, fulcrum_model::BackendState::Up);
     let h = d.json(&["health"]);
     assert!(h[0]["latency_last_ms"].as_f64().is_some(), "{h}");
 
@@ -396,7 +396,7 @@ fn health_check_up_then_down_is_published() {
     // fall x interval + timeout, plus scheduling and the 100 ms publication tick.
     let bound = Duration::from_millis(fall * interval + timeout + 1000);
     wait_for(bound, "the backend to be published Down", || {
-        (d.published_backend(V1, &backend)?.state == shm::BackendState::Down).then_some(())
+        (d.published_backend(V1, &backend)?.state == fulcrum_model::BackendState::Down).then_some(())
     });
     eprintln!("published Down {:?} after the listener closed", stopped.elapsed());
     let h = d.json(&["health"]);
@@ -410,7 +410,7 @@ fn health_check_up_then_down_is_published() {
     // Back up: a new listener on the same port.
     let _l2 = std::net::TcpListener::bind((ip, port)).unwrap();
     wait_for(Duration::from_secs(5), "the backend to be published Up again", || {
-        (d.published_backend(V1, &backend)?.state == shm::BackendState::Up).then_some(())
+        (d.published_backend(V1, &backend)?.state == fulcrum_model::BackendState::Up).then_some(())
     });
 }
 
@@ -438,6 +438,9 @@ fn dataplane_restart_and_death_are_reported() {
     // A (fake) dataplane reads the current generation at start.
     let mut sub = dp.subscriber();
     assert!(matches!(sub.poll(), shm::Poll::New(_, g) if g == published));
+    // Accepted is not applied: the dataplane says so once every lcore installed it.
+    assert_ne!(d.json(&["status"])["generation"]["applied"], published);
+    sub.mark_applied(published);
     wait_for(Duration::from_secs(5), "the dataplane to be seen alive", || {
         dp.heartbeat();
         let st = d.json(&["status"]);

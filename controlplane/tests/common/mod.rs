@@ -180,7 +180,7 @@ impl Daemon {
     }
 
     /// The generation currently published in the segment.
-    pub fn published(&self) -> (shm::ConfigGeneration, u64) {
+    pub fn published(&self) -> (fulcrum_model::Generation, u64) {
         let seg = shm::Segment::open_existing(self.shm()).unwrap();
         match seg.current_config() {
             shm::Poll::New(cfg, g) => (cfg, g),
@@ -188,14 +188,22 @@ impl Daemon {
         }
     }
 
-    pub fn published_vip(&self, addr: &str) -> Option<shm::VipConf> {
-        let a: SocketAddrV4 = addr.parse().unwrap();
-        self.published().0.vips.into_iter().find(|v| v.addr == *a.ip() && v.port == a.port())
+    pub fn published_vip(&self, addr: &str) -> Option<fulcrum_model::Vip> {
+        self.published_entry(addr).map(|p| p.vip)
     }
 
-    pub fn published_backend(&self, vip: &str, backend: &str) -> Option<shm::BackendConf> {
+    fn published_entry(&self, addr: &str) -> Option<fulcrum_model::Published> {
+        let a: SocketAddrV4 = addr.parse().unwrap();
+        self.published().0.vips.into_iter().find(|p| p.vip.endpoint() == a)
+    }
+
+    /// A published backend: its weight, counter slot and state.
+    pub fn published_backend(&self, vip: &str, backend: &str) -> Option<PublishedBackend> {
         let b: SocketAddrV4 = backend.parse().unwrap();
-        self.published_vip(vip)?.backends.into_iter().find(|x| x.addr == *b.ip() && x.port == b.port())
+        let p = self.published_entry(vip)?;
+        let i = p.vip.backends.iter().position(|x| x.endpoint() == b)?;
+        let x = &p.vip.backends[i];
+        Some(PublishedBackend { weight: x.weight, slot: p.slots[i], state: x.state })
     }
 
     /// GET `path` from the Prometheus endpoint: (head, body).
@@ -223,4 +231,12 @@ impl Drop for Daemon {
             eprintln!("---- daemon log ----\n{}", self.log_text());
         }
     }
+}
+
+/// What the segment holds of one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedBackend {
+    pub weight: u32,
+    pub slot: u32,
+    pub state: fulcrum_model::BackendState,
 }
