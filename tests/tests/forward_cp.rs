@@ -57,7 +57,14 @@ fn dsr_and_fullnat_vips_added_and_removed_with_fulcrumctl() {
         servers.push(http_server(&topo, be, ip, 8080));
         servers.push(iperf3_server(&topo, be, ip));
     }
-    let cp = ControlPlane::start(&topo, "");
+    // A VIP on the dataplane's own address, accepted while the control plane
+    // has not yet heard from any dataplane: the dataplane refuses that one VIP,
+    // says why, and installs the rest.
+    let own_vip = format!(
+        "[[vip]]\naddress = \"{DATAPLANE_IP}\"\nport = 81\nmode = \"proxy\"\nbackends = [{{ address = \"{}\", port = 8080 }}]\n",
+        BACKEND_IPS[0]
+    );
+    let cp = ControlPlane::start(&topo, &own_vip);
     let forward = format!("[forward]\nsnat_addresses = [\"{SNAT_IP}\"]\nconntrack_entries = 65536\n");
     let mut dp = Dataplane::start(&topo, &format!("{}{forward}", cp.dataplane_toml()));
     let mac = dp.mac();
@@ -69,7 +76,18 @@ fn dsr_and_fullnat_vips_added_and_removed_with_fulcrumctl() {
     add_vip(&cp, &format!("{FNAT_VIP}:80"), "fullnat", "flow", 8080);
     add_vip(&cp, &format!("{FNAT_VIP}:5201"), "fullnat", "client", 5201);
     let g = cp.wait_applied(Duration::from_secs(15));
-    eprintln!("generation {g} applied by every lcore: {}", cp.status()["generation"]);
+    let status = cp.status();
+    eprintln!("generation {g} applied by every lcore: {}", status["generation"]);
+    let refused = status["generation"]["refused"].as_array().cloned().unwrap_or_default();
+    assert_eq!(refused.len(), 1, "one VIP refused by the dataplane: {status}");
+    assert_eq!(refused[0]["vip"], format!("{DATAPLANE_IP}:81/tcp"));
+    let reason = refused[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("own address"), "refusal reason: {reason}");
+    // Now that the dataplane has said what it is, the same mistake is refused up front.
+    let out = cp.ctl(&["vip", "add", &format!("{DATAPLANE_IP}:82"), "--mode", "dsr"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("own address"), "vip add on the dataplane's address: {}", describe(&out));
+    eprintln!("refused up front: {}", err.trim());
 
     // Both VIP addresses are now the dataplane's: ARP and ping answered.
     for vip in [DSR_VIP, FNAT_VIP] {
@@ -96,7 +114,8 @@ fn dsr_and_fullnat_vips_added_and_removed_with_fulcrumctl() {
     for (vip, mode) in [(format!("{DSR_VIP}:80"), "dsr"), (format!("{FNAT_VIP}:80"), "fullnat")] {
         let v = wait_for(Duration::from_secs(10), &format!("{vip}'s counters in fulcrumctl stats"), || {
             let v = cp_vip_stats(&cp, &vip)?;
-            if n(&v, "packets") > 0 && n(&v, "new_flows") >= 30 && n(&v, "bytes") > 0 {
+            // Forwarding VIPs: packets and bytes in, new flows as connections_total.
+            if n(&v, "packets_in") > 0 && n(&v, "connections_total") >= 30 && n(&v, "bytes_in") > 0 {
                 Ok(v)
             } else {
                 Err(v.to_string())
