@@ -159,17 +159,7 @@ impl Segment {
         let generation = self.load(off + SLOT_GEN);
         let len = self.load(off + SLOT_LEN);
         let checksum = self.load(off + SLOT_SUM);
-        let payload = (len > 0 && len <= MAX_PAYLOAD as u64).then(|| {
-            let len = len as usize;
-            let start = w(off + SLOT_HDR);
-            let words = &self.words()[start..start + len.div_ceil(8)];
-            let mut buf = Vec::with_capacity(words.len() * 8);
-            for word in words {
-                buf.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-            }
-            buf.truncate(len);
-            buf
-        });
+        let payload = (len > 0 && len <= MAX_PAYLOAD as u64).then(|| self.load_bytes(off + SLOT_HDR, len as usize));
         fence(Ordering::Acquire);
         let s2 = seq.load(Ordering::Relaxed);
         if check_seq && s1 != s2 {
@@ -226,13 +216,7 @@ impl<'a> Publisher<'a> {
         seg.store(off + SLOT_GEN, generation);
         seg.store(off + SLOT_LEN, bytes.len() as u64);
         seg.store(off + SLOT_SUM, checksum);
-        let start = w(off + SLOT_HDR);
-        let words = &seg.words()[start..start + bytes.len().div_ceil(8)];
-        for (word, chunk) in words.iter().zip(bytes.chunks(8)) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
+        seg.store_bytes(off + SLOT_HDR, bytes);
         seq.store(s.wrapping_add(2), Ordering::Release);
         seg.word(CFG_ACTIVE)
             .store(generation << 1 | slot as u64, Ordering::Release);

@@ -34,13 +34,7 @@ impl Dataplane<'_> {
         fence(Ordering::Release);
         seg.store(REPORT_LEN, bytes.len() as u64);
         seg.store(REPORT_SUM, xxh3_64(&bytes));
-        let start = w(REPORT_OFF + REPORT_HDR);
-        let words = &seg.words()[start..start + bytes.len().div_ceil(8)];
-        for (word, chunk) in words.iter().zip(bytes.chunks(8)) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(b), Ordering::Relaxed);
-        }
+        seg.store_bytes(REPORT_OFF + REPORT_HDR, &bytes);
         seq.store(s.wrapping_add(2), Ordering::Release);
         Ok(())
     }
@@ -62,12 +56,7 @@ impl Segment {
             if len == 0 || len > MAX_REPORT {
                 return None;
             }
-            let start = w(REPORT_OFF + REPORT_HDR);
-            let mut buf = Vec::with_capacity(len.div_ceil(8) * 8);
-            for word in &self.words()[start..start + len.div_ceil(8)] {
-                buf.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-            }
-            buf.truncate(len);
+            let buf = self.load_bytes(REPORT_OFF + REPORT_HDR, len);
             fence(Ordering::Acquire);
             if seq.load(Ordering::Relaxed) != s1 {
                 continue;

@@ -359,6 +359,32 @@ impl Segment {
         self.word(byte_off).store(v, Ordering::Relaxed)
     }
 
+    /// Stores `bytes` from `byte_off` on, as little-endian words (Relaxed;
+    /// the caller's sequence counter orders them). The last word is padded
+    /// with zeros.
+    pub(crate) fn store_bytes(&self, byte_off: usize, bytes: &[u8]) {
+        let start = w(byte_off);
+        let words = &self.words()[start..start + bytes.len().div_ceil(8)];
+        for (word, chunk) in words.iter().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+    }
+
+    /// Copies `len` bytes from `byte_off` on (Relaxed loads, as stored by
+    /// [`Segment::store_bytes`]).
+    pub(crate) fn load_bytes(&self, byte_off: usize, len: usize) -> Vec<u8> {
+        let start = w(byte_off);
+        let words = &self.words()[start..start + len.div_ceil(8)];
+        let mut buf = Vec::with_capacity(words.len() * 8);
+        for word in words {
+            buf.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        buf.truncate(len);
+        buf
+    }
+
     /// Refuses to take a role whose current holder (another pid) heartbeated
     /// less than `CLAIM_STALE_AFTER` ago.
     pub(crate) fn claim(&self, role: &'static str, pid_off: usize, hb_off: usize) -> Result<()> {
