@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use fulcrum_model::Rate;
+use fulcrum_proxy::VipCounters;
 use smoltcp::socket::tcp::State;
 use smoltcp::time::{Duration, Instant};
 
@@ -33,75 +34,50 @@ fn count(w: &mut Wire, host: usize, socks: &[Sock], state: State) -> usize {
         .count()
 }
 
-#[test]
-fn vip_new_connection_rate_with_burst() {
+/// Offers SYNs from one client every `every` for 2 s of simulated time to a VIP
+/// limited to `rate` on the engine of lcore 0 of `lcores`; returns the world,
+/// the offered sockets and the VIP's counters.
+fn offer_rate_limited(lcores: usize, rate: Rate, every: Duration) -> (Wire, Vec<Sock>, VipCounters) {
     let mut s = Setup::new(1);
     s.shards = 64;
     s.config.buffer_size = 4096;
-    s.vip.new_conn_rate = Some(Rate::new(200, 20));
+    s.config.lcores = lcores;
+    s.vip.new_conn_rate = Some(rate);
     let mut w = s.build();
     for h in &mut w.hosts {
         h.set_buffer(4096);
     }
-    // ~1000/s for 2 s of simulated time.
-    let socks = offer(
-        &mut w,
-        0,
-        10000,
-        Duration::from_millis(1),
-        Duration::from_secs(2),
-    );
+    let socks = offer(&mut w, 0, 10000, every, Duration::from_secs(2));
     w.run_for(Duration::from_millis(200), |_| {});
-    assert_eq!(socks.len(), 2000);
     let vip = *w.engine.vip_counters(0).unwrap();
-    let expected = 200.0 * 2.0 + 20.0;
+    (w, socks, vip)
+}
+
+/// Accepted within 10 % of `expected`, and every offer accepted or refused.
+fn assert_rate(vip: &VipCounters, offered: usize, expected: f64) {
     let accepted = vip.accepted as f64;
-    assert!(
-        (accepted - expected).abs() <= expected * 0.1,
-        "accepted {accepted}, expected ~{expected}"
-    );
-    assert_eq!(vip.accepted + vip.drop_rate, 2000, "{vip:?}");
+    assert!((accepted - expected).abs() <= expected * 0.1, "accepted {accepted}, expected ~{expected}");
+    assert_eq!(vip.accepted + vip.drop_rate, offered as u64, "{vip:?}");
+}
+
+#[test]
+fn vip_new_connection_rate_with_burst() {
+    // ~1000/s for 2 s of simulated time.
+    let (mut w, socks, vip) = offer_rate_limited(1, Rate::new(200, 20), Duration::from_millis(1));
+    assert_eq!(socks.len(), 2000);
+    assert_rate(&vip, 2000, 200.0 * 2.0 + 20.0);
     assert_eq!((vip.drop_limit, vip.drop_client_rate), (0, 0));
-    assert_eq!(
-        count(&mut w, 0, &socks, State::Established) as u64,
-        vip.accepted
-    );
-    assert_eq!(
-        count(&mut w, 0, &socks, State::Closed) as u64,
-        vip.drop_rate
-    );
+    assert_eq!(count(&mut w, 0, &socks, State::Established) as u64, vip.accepted);
+    assert_eq!(count(&mut w, 0, &socks, State::Closed) as u64, vip.drop_rate);
 }
 
 /// The VIP's limit is split between lcores: the engine of lcore 0 of 2
 /// enforces half the rate and half the burst (rounded up).
 #[test]
 fn vip_rate_is_split_between_lcores() {
-    let mut s = Setup::new(1);
-    s.shards = 64;
-    s.config.buffer_size = 4096;
-    s.config.lcores = 2;
-    s.vip.new_conn_rate = Some(Rate::new(200, 21));
-    let mut w = s.build();
-    for h in &mut w.hosts {
-        h.set_buffer(4096);
-    }
-    let socks = offer(
-        &mut w,
-        0,
-        10000,
-        Duration::from_millis(2),
-        Duration::from_secs(2),
-    );
-    w.run_for(Duration::from_millis(200), |_| {});
+    let (_w, socks, vip) = offer_rate_limited(2, Rate::new(200, 21), Duration::from_millis(2));
     assert_eq!(socks.len(), 1000);
-    let vip = *w.engine.vip_counters(0).unwrap();
-    let expected = 100.0 * 2.0 + 11.0;
-    let accepted = vip.accepted as f64;
-    assert!(
-        (accepted - expected).abs() <= expected * 0.1,
-        "accepted {accepted}, expected ~{expected}"
-    );
-    assert_eq!(vip.accepted + vip.drop_rate, 1000, "{vip:?}");
+    assert_rate(&vip, 1000, 100.0 * 2.0 + 11.0);
 }
 
 #[test]
