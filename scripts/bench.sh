@@ -88,7 +88,7 @@ stats_fresh_sample() {
 # ============================================================================ forward
 # scripts/bench.sh forward [--duration S] [--warmup S] [--small-flows N]
 #                          [--large-flows N] [--sizes "64 512"] [--profile] [--prefix P]
-#                          [--no-huge]
+#                          [--no-huge] [--reference-bin PATH]
 #
 # Packets per second through the dataplane's forwarding path (DSR VIP
 # 198.18.1.2:80, three backends with configured MACs, per-lcore conntrack) on ONE
@@ -124,6 +124,10 @@ stats_fresh_sample() {
 # Both forwarding lcores run on CPU 1; this script keeps itself on CPU 0.
 # --profile: after each Fulcrum window, 3 s of `perf record -e cpu-clock -p` on the
 # dataplane, top symbols printed.
+# --reference-bin PATH: another fulcrum-dataplane (e.g. an earlier commit's build)
+# runs each case too, right after this one and on the same pcap, config and CPU;
+# a last table gives both and new/reference, so a change is measured against the
+# code before it in one invocation.
 # Not part of scripts/test.sh: it prints figures and asserts none.
 
 fwd_usage() { sed -n '/^# scripts\/bench.sh forward/,/^# Not part of scripts/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -208,8 +212,8 @@ fwd_profile() {
 # fwd_run_fulcrum NAME PCAP MBUFS MEM_MB: sets FWD_R_MPPS, FWD_R_NEW (flows created in the
 # window), FWD_R_DROPS. Runs in the main shell (not in $(...)), so the EXIT trap sees its pid.
 fwd_run_fulcrum() {
-    local name=$1 pcap=$2 mbufs=$3 mem=$4
-    local prefix="${FWD_P}-dp-$$" dir="$FWD_WORK/$name-fulcrum"
+    local name=$1 pcap=$2 mbufs=$3 mem=$4 bin=${5:-$FWD_DP_BIN} tag=${6:-fulcrum}
+    local prefix="${FWD_P}-dp-$$" dir="$FWD_WORK/$name-$tag"
     mkdir -p "$dir"
     FWD_PREFIXES+=("$prefix")
     cat >"$dir/fulcrum.toml" <<CONF
@@ -234,7 +238,7 @@ backends = [
   { address = "198.18.0.23", port = 80, mac = "02:00:00:00:00:23" },
 ]
 CONF
-    "$FWD_DP_BIN" --config "$dir/fulcrum.toml" --stats-file "$dir/stats.json" >"$dir/dataplane.log" 2>&1 &
+    "$bin" --config "$dir/fulcrum.toml" --stats-file "$dir/stats.json" >"$dir/dataplane.log" 2>&1 &
     FWD_DP_PID=$!
     local i
     for i in $(seq 1200); do
@@ -325,6 +329,7 @@ fwd_main() {
     FWD_SIZES="64 512"
     FWD_PROFILE=0
     FWD_P=fwdbench
+    FWD_REF_BIN=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --duration) FWD_DURATION=$2; shift 2 ;;
@@ -335,6 +340,7 @@ fwd_main() {
             --profile) FWD_PROFILE=1; shift ;;
             --prefix) FWD_P=$2; shift 2 ;;
             --no-huge) FWD_HUGE=0; shift ;;
+            --reference-bin) FWD_REF_BIN=$2; shift 2 ;;
             -h|--help) fwd_usage ;;
             *) die "unknown argument: $1" ;;
         esac
@@ -366,6 +372,7 @@ fwd_main() {
         FWD_DP_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-dataplane
     fi
     [ -x "$FWD_DP_BIN" ] || die "$FWD_DP_BIN not found"
+    [ -z "$FWD_REF_BIN" ] || [ -x "$FWD_REF_BIN" ] || die "--reference-bin: $FWD_REF_BIN is not an executable"
 
     FWD_WORK=$(mktemp -d /tmp/fulcrum-bench-fwd.XXXXXX)
     # net_pcap's MAC for the first pcap port of a process ('p' 'c' 'a' 'p', index 0).
@@ -399,7 +406,7 @@ fwd_main() {
     FWD_CONNTRACK=1024
     while [ "$FWD_CONNTRACK" -lt $((2 * large)) ] || [ "$FWD_CONNTRACK" -lt $((2 * FWD_SMALL)) ]; do FWD_CONNTRACK=$((FWD_CONNTRACK * 2)); done
 
-    declare -A FR TR NF DR FS TS PC_F PC_T
+    declare -A FR TR NF DR FS TS PC_F PC_T RR RS
     local size flows name pcap mbufs mem r
     local cases=()
     for size in $FWD_SIZES; do
@@ -416,6 +423,11 @@ fwd_main() {
             echo "    Fulcrum:" >&2
             fwd_run_fulcrum "$name" "$pcap" "$mbufs" "$mem"
             FR[$name]=$FWD_R_MPPS NF[$name]=$FWD_R_NEW DR[$name]=$FWD_R_DROPS FS[$name]=$FWD_R_SHARE
+            if [ -n "$FWD_REF_BIN" ]; then
+                echo "    reference ($FWD_REF_BIN):" >&2
+                fwd_run_fulcrum "$name" "$pcap" "$mbufs" "$mem" "$FWD_REF_BIN" reference
+                RR[$name]=$FWD_R_MPPS RS[$name]=$FWD_R_SHARE
+            fi
             echo "    testpmd macswap:" >&2
             fwd_run_testpmd "$name" "$pcap" "$mbufs" "$mem"
             TR[$name]=$FWD_R_MPPS TS[$name]=$FWD_R_SHARE
@@ -459,6 +471,19 @@ fwd_main() {
         echo "the summary is for 64-byte frames over $large established flows ($FWD_NOTE)"
     else
         echo "the summary is for 64-byte frames over $large established flows (measured ${FR[$key]} Mpps at CPU share ${FS[$key]})"
+    fi
+    if [ -n "$FWD_REF_BIN" ]; then
+        echo
+        echo "This build vs the reference ($FWD_REF_BIN), same cases, run back to back (Mpps per CPU-second):"
+        local rfmt='%-5s %8s | %8s %10s %6s\n'
+        # shellcheck disable=SC2059
+        printf "$rfmt" frame flows "this" "reference" "ratio"
+        local rpc
+        for name in "${cases[@]}"; do
+            rpc=$(fwd_per_cpu "${RR[$name]}" "${RS[$name]}")
+            # shellcheck disable=SC2059
+            printf "$rfmt" "${name%%-*}" "${name#*-}" "${PC_F[$name]}" "$rpc" "$(fwd_ratio "${PC_F[$name]}" "$rpc")"
+        done
     fi
     echo "forward: ${PC_F[$key]} Mpps per lcore, $(fwd_ratio "${PC_F[$key]}" "${PC_T[$key]}") of testpmd macswap, $(fwd_cyc "${PC_F[$key]}") cycles/packet"
 }
