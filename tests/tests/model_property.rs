@@ -113,13 +113,13 @@ fn generation(rng: &mut Rng, vips: usize, backends: usize) -> Generation {
     shuffle(rng, &mut slots);
     let mut left = backends;
     let mut g = Generation::default();
-    for i in 0..vips {
+    for (i, &id) in ids.iter().take(vips).enumerate() {
         let n = if i + 1 == vips { left } else { (left / (vips - i)).min(left) };
         left -= n;
         let address = Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
         let v = vip(rng, address, n);
         let s = slots.split_off(slots.len() - n);
-        g.vips.push(Published { id: ids[i], slots: s, vip: v });
+        g.vips.push(Published { id, slots: s, vip: v });
     }
     g
 }
