@@ -58,6 +58,12 @@ impl ControlPlane {
     /// checks from 198.18.0.1) plus `vips_toml` (`[[vip]]` tables), start the daemon in
     /// `P-fab` and wait until it answers `fulcrumctl status`.
     pub fn start(topo: &Topology, vips_toml: &str) -> ControlPlane {
+        Self::start_with_prometheus(topo, vips_toml, "")
+    }
+
+    /// Like [`start`](Self::start), with Prometheus on `prometheus` (an address
+    /// inside `P-fab`, e.g. `127.0.0.1:9469`; read it with `curl` in `fab`).
+    pub fn start_with_prometheus(topo: &Topology, vips_toml: &str, prometheus: &str) -> ControlPlane {
         let bin = controlplane_bin();
         assert!(bin.is_file(), "{} not found: build with `cargo build --release --bins`", bin.display());
         assert!(fulcrumctl_bin().is_file(), "{} not found", fulcrumctl_bin().display());
@@ -73,7 +79,7 @@ impl ControlPlane {
         let state_file = dir.path().join("state/controlplane.json");
         let text = format!(
             "[controlplane]\nshm = {shm:?}\nsocket = {socket:?}\nstate_file = {state_file:?}\n\
-             prometheus = \"\"\nhealth_source = \"{}\"\n\n{vips_toml}",
+             prometheus = \"{prometheus}\"\nhealth_source = \"{}\"\n\n{vips_toml}",
             crate::FABRIC_IP
         );
         fs::write(&config, text).expect("write controlplane.toml");

@@ -12,6 +12,17 @@ use std::time::Duration;
 const DSR_VIP: &str = "198.18.1.2";
 const FNAT_VIP: &str = "198.18.1.3";
 const BACKENDS: [&str; 3] = ["be1", "be2", "be3"];
+/// The control plane's metrics endpoint, inside the fabric namespace.
+const PROMETHEUS: &str = "127.0.0.1:9469";
+
+/// The value of the Prometheus sample whose name and labels start with `prefix`.
+fn metric(topo: &Topology, prefix: &str) -> Result<u64, String> {
+    let text = topo.exec_ok("fab", &["curl", "-sS", "--max-time", "2", &format!("http://{PROMETHEUS}/metrics")]);
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .ok_or_else(|| format!("no {prefix}... in /metrics"))
+}
 
 /// `fulcrumctl stats --json`'s entry for `vip` (`"198.18.1.2:80"`).
 fn cp_vip_stats(cp: &ControlPlane, vip: &str) -> Result<Value, String> {
@@ -64,7 +75,7 @@ fn dsr_and_fullnat_vips_added_and_removed_with_fulcrumctl() {
         "[[vip]]\naddress = \"{DATAPLANE_IP}\"\nport = 81\nmode = \"proxy\"\nbackends = [{{ address = \"{}\", port = 8080 }}]\n",
         BACKEND_IPS[0]
     );
-    let cp = ControlPlane::start(&topo, &own_vip);
+    let cp = ControlPlane::start_with_prometheus(&topo, &own_vip, PROMETHEUS);
     let forward = format!("[forward]\nsnat_addresses = [\"{SNAT_IP}\"]\nconntrack_entries = 65536\n");
     let mut dp = Dataplane::start(&topo, &format!("{}{forward}", cp.dataplane_toml()));
     let mac = dp.mac();
@@ -125,6 +136,16 @@ fn dsr_and_fullnat_vips_added_and_removed_with_fulcrumctl() {
         assert_eq!(v["mode"], mode);
         let with_packets = v["backends"].as_array().map_or(0, |b| b.iter().filter(|b| n(b, "packets") > 0).count());
         assert!(with_packets >= 2, "{vip}: backends with packets in fulcrumctl stats: {v}");
+    }
+    // And Prometheus, from the same counters.
+    for (vip, mode) in [(DSR_VIP, "dsr"), (FNAT_VIP, "fullnat")] {
+        let prefix = format!("fulcrum_vip_packets_total{{vip=\"{vip}:80\",mode=\"{mode}\"}}");
+        let packets = wait_for(Duration::from_secs(10), &format!("{prefix} in /metrics"), || {
+            metric(&topo, &prefix).and_then(|n| if n > 0 { Ok(n) } else { Err(format!("{prefix} {n}")) })
+        });
+        let flows = metric(&topo, &format!("fulcrum_vip_flows_total{{vip=\"{vip}:80\",mode=\"{mode}\"}}")).unwrap();
+        eprintln!("Prometheus: {prefix} {packets}; flows {flows}");
+        assert!(flows >= 30, "{vip}:80 flows in Prometheus: {flows}");
     }
     let text = cp.ctl_ok(&["stats"]);
     eprintln!("fulcrumctl stats:\n{text}");
