@@ -5,7 +5,7 @@
 //! version is refused with a clear error, never misread.
 
 use crate::proto::VipKey;
-use fulcrum_model::{Backend, Vip};
+use fulcrum_model::{Backend, Vip, MAX_BACKENDS, MAX_VIPS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
@@ -51,6 +51,15 @@ pub fn slot_key(vip: VipKey, backend: SocketAddrV4) -> String {
     format!("{vip}/{backend}")
 }
 
+/// What [`State::load_or_set_aside`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    Missing,
+    Found(State),
+    /// The file was corrupt and is now `copy`; `message` says so, naming both.
+    SetAside { message: String, copy: std::path::PathBuf },
+}
+
 /// A state file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -71,13 +80,16 @@ pub enum StateError {
 impl State {
     pub fn load(path: &Path) -> Result<Option<State>, StateError> {
         let p = || path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
+        let bytes = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StateError::Read { path: p(), source }),
         };
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| StateError::Invalid { path: p(), message: e.to_string() })?;
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Invalid { path: p(), message: e.to_string() })?;
+        if !value.is_object() {
+            return Err(StateError::Invalid { path: p(), message: "not a JSON object".into() });
+        }
         match value.get("version") {
             None => {
                 return Err(StateError::Version { path: p(), found: "1".into(), by: "an older fulcrum-controlplane" })
@@ -92,7 +104,73 @@ impl State {
             }
             Some(_) => {}
         }
-        serde_json::from_value(value).map(Some).map_err(|e| StateError::Invalid { path: p(), message: e.to_string() })
+        let state: State =
+            serde_json::from_value(value).map_err(|e| StateError::Invalid { path: p(), message: e.to_string() })?;
+        state.check().map_err(|message| StateError::Invalid { path: p(), message })?;
+        Ok(Some(state))
+    }
+
+    /// What [`State::load`] trusts nothing of: VIP ids below
+    /// [`MAX_VIPS`], slots below [`MAX_BACKENDS`], no id or slot given
+    /// twice, and the VIPs (desired and TOML base) valid for the model.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, &id) in &self.vip_ids {
+            if usize::from(id) >= MAX_VIPS {
+                return Err(format!("vip_ids: {key}: id {id} out of range (at most {})", MAX_VIPS - 1));
+            }
+        }
+        for (key, &slot) in &self.slots {
+            if slot as usize >= MAX_BACKENDS {
+                return Err(format!("slots: {key}: slot {slot} out of range (at most {})", MAX_BACKENDS - 1));
+            }
+        }
+        fn unique<T: Copy + Ord + std::fmt::Display>(what: &str, map: &BTreeMap<String, T>) -> Result<(), String> {
+            let mut seen: BTreeMap<T, &str> = BTreeMap::new();
+            for (key, &n) in map {
+                if let Some(other) = seen.insert(n, key) {
+                    return Err(format!("{what}: {n} is given to both {other} and {key}"));
+                }
+            }
+            Ok(())
+        }
+        unique("vip_ids", &self.vip_ids)?;
+        unique("slots", &self.slots)?;
+        crate::config::check_vips(&self.vips).map_err(|e| format!("vips: {e}"))?;
+        crate::config::check_vips(&self.toml_base).map_err(|e| format!("toml_base: {e}"))?;
+        Ok(())
+    }
+
+    /// [`State::load`], but a file that is not a valid state file (not
+    /// JSON, truncated, ids, slots or VIPs refused by [`State::check`]) is
+    /// renamed `<name>.corrupt-<unix time>` and reported as
+    /// [`Loaded::SetAside`]: the daemon starts from the TOML. A file of
+    /// another version, or one that cannot be read, is still an error.
+    pub fn load_or_set_aside(path: &Path) -> Result<Loaded, StateError> {
+        match State::load(path) {
+            Ok(None) => Ok(Loaded::Missing),
+            Ok(Some(s)) => Ok(Loaded::Found(s)),
+            Err(StateError::Invalid { path: shown, message }) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let mut name = path.file_name().unwrap_or_default().to_owned();
+                name.push(format!(".corrupt-{}", now.as_secs()));
+                let copy = path.with_file_name(name);
+                std::fs::rename(path, &copy).map_err(|e| {
+                    StateError::Write(format!(
+                        "{shown}: not a valid state file ({message}), and it cannot be moved aside to {}: {e}",
+                        copy.display()
+                    ))
+                })?;
+                Ok(Loaded::SetAside {
+                    message: format!(
+                        "{shown}: not a valid state file ({message}); kept as {}; starting from the TOML \
+                         (changes made with fulcrumctl and the VIP ids and backend slots are not carried over)",
+                        copy.display()
+                    ),
+                    copy,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Writes a temporary file beside `path`, syncs it and renames it over.
@@ -339,5 +417,122 @@ mod more_tests {
         let s = State { vips: vec![Vip::new([198, 18, 1, 1].into(), 80, Mode::Proxy)], ..Default::default() };
         s.save(&path).unwrap();
         assert_eq!(State::load(&path).unwrap().unwrap().vips, s.vips);
+    }
+}
+
+#[cfg(test)]
+mod corrupt_tests {
+    use super::*;
+    use fulcrum_model::Mode;
+
+    /// A valid state file's JSON: one VIP with two backends, ids assigned.
+    fn valid() -> serde_json::Value {
+        let mut v = Vip::new([198, 18, 1, 1].into(), 80, Mode::Proxy);
+        v.backends = vec![Backend::new([198, 18, 0, 21].into(), 8080, 1), Backend::new([198, 18, 0, 22].into(), 8080, 1)];
+        let mut s = State { vips: vec![v.clone()], toml_base: vec![v], ..Default::default() };
+        s.assign_ids(MAX_VIPS, MAX_BACKENDS).unwrap();
+        serde_json::to_value(&s).unwrap()
+    }
+
+    /// Writes `bytes` as the state file, loads it: the file must be set aside
+    /// with a message naming both paths and containing `want`, the copy
+    /// holding exactly `bytes`.
+    #[track_caller]
+    fn set_aside(bytes: &[u8], want: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, bytes).unwrap();
+        let e = State::load(&path).unwrap_err();
+        assert!(matches!(e, StateError::Invalid { .. }), "{e}");
+        let (message, copy) = match State::load_or_set_aside(&path).unwrap() {
+            Loaded::SetAside { message, copy } => (message, copy),
+            other => panic!("not set aside: {other:?}"),
+        };
+        println!("{message}");
+        assert!(message.contains(want), "{message:?} should mention {want:?}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains(&copy.display().to_string()), "{message}");
+        assert!(message.contains("starting from the TOML"), "{message}");
+        let name = copy.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("state.json.corrupt-") && name[19..].parse::<u64>().is_ok(), "{name}");
+        assert_eq!(copy.parent(), path.parent());
+        assert_eq!(std::fs::read(&copy).unwrap(), bytes, "the copy is the file as it was");
+        assert!(!path.exists(), "the corrupt file is still in place");
+        // Nothing left to load: the daemon starts from the TOML.
+        assert!(matches!(State::load_or_set_aside(&path).unwrap(), Loaded::Missing));
+    }
+
+    fn json(v: &serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec_pretty(v).unwrap()
+    }
+
+    #[test]
+    fn a_valid_file_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, json(&valid())).unwrap();
+        assert!(matches!(State::load_or_set_aside(&path).unwrap(), Loaded::Found(s) if s.slots.len() == 2));
+        assert!(matches!(State::load_or_set_aside(&dir.path().join("none.json")).unwrap(), Loaded::Missing));
+    }
+
+    #[test]
+    fn a_vip_id_out_of_range_is_set_aside() {
+        let mut v = valid();
+        v["vip_ids"]["198.18.1.1:80"] = MAX_VIPS.into();
+        set_aside(&json(&v), &format!("vip_ids: 198.18.1.1:80: id {MAX_VIPS} out of range"));
+    }
+
+    #[test]
+    fn a_slot_out_of_range_is_set_aside() {
+        let mut v = valid();
+        v["slots"]["198.18.1.1:80/198.18.0.22:8080"] = 4_000_000_000u32.into();
+        set_aside(&json(&v), "slots: 198.18.1.1:80/198.18.0.22:8080: slot 4000000000 out of range");
+    }
+
+    #[test]
+    fn a_slot_given_twice_is_set_aside() {
+        let mut v = valid();
+        v["slots"]["198.18.1.1:80/198.18.0.22:8080"] = 0.into();
+        set_aside(&json(&v), "slots: 0 is given to both 198.18.1.1:80/198.18.0.21:8080 and 198.18.1.1:80/198.18.0.22:8080");
+        let mut v = valid();
+        v["vip_ids"]["198.18.1.9:80"] = 0.into();
+        set_aside(&json(&v), "vip_ids: 0 is given to both");
+    }
+
+    #[test]
+    fn an_invalid_vip_is_set_aside() {
+        let mut v = valid();
+        v["vips"][0]["connect_tries"] = 0.into();
+        set_aside(&json(&v), "vips: vip[0] (198.18.1.1:80).connect_tries");
+        let mut v = valid();
+        let dup = v["toml_base"][0].clone();
+        v["toml_base"].as_array_mut().unwrap().push(dup);
+        set_aside(&json(&v), "toml_base: vip[1]");
+    }
+
+    #[test]
+    fn garbage_is_set_aside() {
+        set_aside(b"\x00\xffnot json at all", "not a valid state file (expected value");
+        set_aside(b"[1, 2, 3]", "not a JSON object");
+        let mut v = valid();
+        v["vip_ids"] = "nope".into();
+        set_aside(&json(&v), "not a valid state file (invalid type");
+    }
+
+    #[test]
+    fn a_truncated_file_is_set_aside() {
+        let whole = json(&valid());
+        set_aside(&whole[..whole.len() / 2], "EOF while parsing");
+        set_aside(b"", "EOF while parsing");
+    }
+
+    #[test]
+    fn another_version_is_still_refused_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, r#"{"version":3}"#).unwrap();
+        let e = State::load_or_set_aside(&path).unwrap_err().to_string();
+        assert!(e.contains("newer"), "{e}");
+        assert!(path.exists());
     }
 }

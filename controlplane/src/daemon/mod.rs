@@ -118,9 +118,20 @@ impl Daemon {
         let cp = config.controlplane.clone();
         let report = seg.report();
         let facts = report.as_ref().map(|r| &r.facts);
-        let state = match State::load(&cp.state_file).map_err(|e| fail(2, e.to_string()))? {
-            None => {
+        let loaded = State::load_or_set_aside(&cp.state_file).map_err(|e| fail(2, e.to_string()))?;
+        let found = match loaded {
+            state::Loaded::Found(s) => Some(s),
+            state::Loaded::Missing => {
                 log!("no state file at {}: starting from {}", cp.state_file.display(), config_path.display());
+                None
+            }
+            state::Loaded::SetAside { message, .. } => {
+                log!("{message}; the TOML: {}", config_path.display());
+                None
+            }
+        };
+        let state = match found {
+            None => {
                 check_changed(&[], &config.vips, facts)
                     .map_err(|e| fail(2, format!("{}: {e}", config_path.display())))?;
                 State { vips: config.vips.clone(), toml_base: config.vips.clone(), ..Default::default() }
