@@ -8,6 +8,7 @@ pub mod health;
 pub mod checks;
 pub mod config;
 pub mod daemon;
+pub mod inputs;
 pub mod metrics;
 pub mod proto;
 pub mod publish;

@@ -5,10 +5,14 @@
 use crate::checks::Status;
 use crate::publish::{BackendCounters, VipCounters};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddrV4, TcpListener, TcpStream};
+use crate::inputs::{
+    head_end, is_timeout, read_request, Inputs, ReadError, MAX_CLIENTS, MAX_REQUEST, PROMETHEUS_DEADLINE,
+};
+use crate::proto::{ClientCounters, ClientsStatus};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A backend: its address, counters, whether it is published Up, its health.
 #[derive(Debug, Clone, Default)]
@@ -40,36 +44,150 @@ pub struct View {
 /// What the endpoint shows, built afresh for every scrape.
 pub type ViewFn = Arc<dyn Fn() -> View + Send + Sync>;
 
-pub fn serve(listener: TcpListener, view: ViewFn) {
+/// Serves `GET /metrics` on `listener`, each connection on a thread of its
+/// own, at most [`MAX_CLIENTS`] at once (beyond: `503` without a thread).
+/// A connection has [`PROMETHEUS_DEADLINE`] for its request head (at most
+/// [`MAX_REQUEST`] bytes, else `431`) and the answer. The daemon is only
+/// involved through `view` (called once the request is read); this thread
+/// never blocks it.
+pub fn serve(listener: TcpListener, view: ViewFn, inputs: Arc<Inputs>) {
+    let ep = inputs.prometheus.clone();
     for conn in listener.incoming() {
         let Ok(s) = conn else { continue };
+        let Some(slot) = ep.enter(MAX_CLIENTS) else {
+            ep.refused();
+            let _ = s.set_nonblocking(true);
+            let _ = (&s).write_all(&response("503 Service Unavailable", "text/plain", "too many clients\n"));
+            continue;
+        };
         let view = view.clone();
-        let _ = std::thread::Builder::new().name("metrics".into()).spawn(move || {
-            let _ = answer(s, &*view);
+        let inputs = inputs.clone();
+        let spawned = std::thread::Builder::new().name("metrics".into()).spawn(move || {
+            answer(s, &*view, &inputs);
+            drop(slot);
         });
+        if spawned.is_err() {
+            ep.refused();
+        }
     }
 }
 
-fn answer(s: TcpStream, view: &(dyn Fn() -> View + Send + Sync)) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut r = BufReader::new(&s);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
+fn response(status: &str, ctype: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Writes `bytes` within `deadline` (false if the client did not take them
+/// in time).
+fn send(s: &TcpStream, bytes: &[u8], deadline: Instant) -> std::io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    s.set_write_timeout(Some(left))?;
+    let mut w = s;
+    w.write_all(bytes)?;
+    w.flush()
+}
+
+/// An error answer, then the rest of what the client sends is read and
+/// dropped (bounded: 1 MiB, 1 s) so that it reads the answer rather than a
+/// reset.
+fn refuse(s: &TcpStream, status: &str, body: &str, deadline: Instant) {
+    if send(s, &response(status, "text/plain", body), deadline).is_err() {
+        return;
+    }
+    let _ = s.shutdown(Shutdown::Write);
+    let end = deadline.min(Instant::now() + Duration::from_secs(1));
+    let mut sink = [0u8; 8192];
+    let mut left = 1usize << 20;
+    while left > 0 {
+        let now = Instant::now();
+        if now >= end || s.set_read_timeout(Some(end - now)).is_err() {
+            return;
+        }
+        match (&mut &*s).read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
         }
     }
-    let (status, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", render(&view()))
-    } else {
-        ("404 Not Found", "text/plain", "see /metrics\n".to_owned())
+}
+
+fn answer(s: TcpStream, view: &(dyn Fn() -> View + Send + Sync), inputs: &Inputs) {
+    let ep = &inputs.prometheus;
+    let deadline = Instant::now() + PROMETHEUS_DEADLINE;
+    let mut buf = Vec::with_capacity(MAX_REQUEST + 1);
+    let n = match read_request(&mut &s, &mut buf, head_end, deadline) {
+        Ok(n) => n,
+        Err(ReadError::TooLong) => {
+            ep.oversize();
+            let body = format!("request head longer than {MAX_REQUEST} bytes\n");
+            refuse(&s, "431 Request Header Fields Too Large", &body, deadline);
+            return;
+        }
+        Err(ReadError::TimedOut) => {
+            ep.timed_out();
+            let body = format!("no complete request within {} s\n", PROMETHEUS_DEADLINE.as_secs());
+            let _ = send(&s, &response("408 Request Timeout", "text/plain", &body), Instant::now() + Duration::from_millis(100));
+            return;
+        }
+        Err(ReadError::Closed | ReadError::Io(_)) => return,
     };
-    let mut w = &s;
-    write!(w, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    w.flush()
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let mut words = head.lines().next().unwrap_or("").split_whitespace();
+    let (Some(_method), Some(path), Some(version)) = (words.next(), words.next(), words.next()) else {
+        refuse(&s, "400 Bad Request", "not an HTTP request\n", deadline);
+        return;
+    };
+    if !version.starts_with("HTTP/") {
+        refuse(&s, "400 Bad Request", "not an HTTP request\n", deadline);
+        return;
+    }
+    let bytes = if path == "/metrics" || path.starts_with("/metrics?") {
+        let mut body = render(&view());
+        render_clients(&mut body, &inputs.snapshot());
+        response("200 OK", "text/plain; version=0.0.4; charset=utf-8", &body)
+    } else {
+        response("404 Not Found", "text/plain", "see /metrics\n")
+    };
+    if let Err(e) = send(&s, &bytes, deadline) {
+        if is_timeout(&e) {
+            ep.timed_out();
+        }
+    }
+}
+
+/// The control socket's and this endpoint's client counters.
+pub fn render_clients(o: &mut String, c: &ClientsStatus) {
+    let each = |o: &mut String, name: &str, kind: &str, help: &str, f: &dyn Fn(&ClientCounters) -> u64| {
+        head(o, name, kind, help);
+        for (endpoint, x) in [("control", &c.control), ("prometheus", &c.prometheus)] {
+            let _ = writeln!(o, "{name}{{endpoint=\"{endpoint}\"}} {}", f(x));
+        }
+    };
+    each(o, "fulcrum_controlplane_clients", "gauge", "Connections served now (control socket, Prometheus endpoint).", &|x| x.active);
+    each(o, "fulcrum_controlplane_clients_max", "gauge", "Connections served at once at most; more are refused.", &|x| x.max);
+    each(
+        o,
+        "fulcrum_controlplane_refused_connections_total",
+        "counter",
+        "Connections refused because every client slot was taken.",
+        &|x| x.refused,
+    );
+    each(
+        o,
+        "fulcrum_controlplane_oversize_requests_total",
+        "counter",
+        "Requests refused for being longer than 64 KiB (connection closed).",
+        &|x| x.oversize,
+    );
+    each(
+        o,
+        "fulcrum_controlplane_timed_out_clients_total",
+        "counter",
+        "Connections closed for missing their deadline (request not complete, or answer not taken, in time).",
+        &|x| x.timed_out,
+    );
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -232,6 +232,29 @@ pub struct ControlplaneStatus {
     pub prometheus: Option<String>,
     pub last_reload: Option<ReloadOutcome>,
     pub publish_error: Option<String>,
+    /// Clients of the control socket and of the Prometheus endpoint
+    /// (absent from an older daemon's reply).
+    #[serde(default)]
+    pub clients: ClientsStatus,
+}
+
+/// Clients of the control socket and of the Prometheus endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientsStatus {
+    pub control: ClientCounters,
+    pub prometheus: ClientCounters,
+}
+
+/// One endpoint's clients: served now (at most `max`), and the connections
+/// cut since the start: refused (over the cap), oversize (a request over
+/// 64 KiB), timed out (no complete request, or reply not taken, in time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCounters {
+    pub active: u64,
+    pub max: u64,
+    pub refused: u64,
+    pub oversize: u64,
+    pub timed_out: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -495,9 +518,32 @@ impl<T> Response<T> {
 
 // ------------------------------------------------------------------ client
 
+/// How a daemon serving as many control clients as it takes starts its
+/// refusal ([`call`] retries those).
+pub const BUSY: &str = "the control plane is busy";
+
+/// How long [`call`] retries a busy daemon.
+pub const BUSY_RETRY: Duration = Duration::from_secs(5);
+
 /// Sends one request and reads its reply as `T` (the reply type of that
-/// request: [`StatusReply`] for [`Request::Status`], and so on).
+/// request: [`StatusReply`] for [`Request::Status`], and so on). A daemon
+/// that refuses the connection because every client slot is taken
+/// ([`BUSY`]) is asked again, for up to [`BUSY_RETRY`].
 pub fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, String> {
+    let end = std::time::Instant::now() + BUSY_RETRY;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match call_once(socket, req) {
+            Err(e) if e.starts_with(BUSY) && std::time::Instant::now() + pause < end => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            r => return r,
+        }
+    }
+}
+
+fn call_once<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, String> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot reach the control plane at {}: {e} (is fulcrum-controlplane running? --socket chooses another path)",
@@ -507,11 +553,14 @@ pub fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, Stri
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(|e| format!("{}: {e}", socket.display()))?;
+    // A refusal may be waiting even when the write fails: read it first.
+    let written = (&stream).write_all(line.as_bytes()).map_err(|e| format!("{}: {e}", socket.display()));
     let mut reader = BufReader::new(&stream);
     let mut resp = String::new();
-    reader.read_line(&mut resp).map_err(|e| format!("{}: {e}", socket.display()))?;
+    let read = reader.read_line(&mut resp).map_err(|e| format!("{}: {e}", socket.display()));
     if resp.is_empty() {
+        written?;
+        read?;
         return Err(format!("{}: the control plane closed the connection", socket.display()));
     }
     let resp: Response<T> =

@@ -485,6 +485,16 @@ fn fmt_status(d: &StatusReply) -> String {
     if let Some(e) = &cp.publish_error {
         let _ = writeln!(o, "  publish error: {e}");
     }
+    let clients = |c: &proto::ClientCounters| {
+        format!(
+            "{}/{} clients, refused {}, oversize {}, timed out {}",
+            c.active, c.max, c.refused, c.oversize, c.timed_out
+        )
+    };
+    let _ = writeln!(o, "  control socket: {}", clients(&cp.clients.control));
+    if cp.prometheus.is_some() {
+        let _ = writeln!(o, "  prometheus: {}", clients(&cp.clients.prometheus));
+    }
     let _ = write!(o, "dataplane: {}", dp.state.name());
     if let Some(p) = dp.pid {
         let _ = write!(o, ", pid {p}");

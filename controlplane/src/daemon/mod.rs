@@ -3,7 +3,8 @@
 //!
 //! - this module: the [`Daemon`] (its state and how it starts) and the run
 //!   loop (heartbeat, signals, health and dataplane polling every [`TICK`]);
-//! - `socket`: the control socket (listener, one thread per client);
+//! - `socket`: the control socket (listener, one thread per client, bounded
+//!   as [`crate::inputs`] says);
 //! - `commands`: requests, and every change (VIPs, backends, limits,
 //!   reloads) validated, persisted and published;
 //! - `publication`: the generation built from the desired state and health,
@@ -28,6 +29,7 @@ mod tests;
 
 use crate::checks::{self, Checker};
 use crate::config::{self, Config, Controlplane};
+use crate::inputs::Inputs;
 use crate::proto::ReloadOutcome;
 use crate::publish::{Counters, DataplaneView, Segment};
 use crate::state::{self, State};
@@ -84,6 +86,8 @@ pub struct Daemon {
     startup_slots: HashSet<u32>,
     /// Address the Prometheus endpoint listens on.
     prometheus_bound: Option<String>,
+    /// The control socket's and the Prometheus endpoint's client counters.
+    inputs: Arc<Inputs>,
 }
 
 /// Why the daemon did not start, and its exit code (2: configuration or
@@ -185,6 +189,7 @@ impl Daemon {
             publish_error: None,
             startup_slots: HashSet::new(),
             prometheus_bound: None,
+            inputs: Arc::new(Inputs::default()),
         };
         let (max_vips, max_slots) = daemon.seg.capacity();
         daemon.state.assign_ids(max_vips, max_slots).map_err(|e| fail(2, e))?;
@@ -283,9 +288,10 @@ pub fn run(config_path: &Path, open_segment: impl FnOnce(&Path) -> Result<Box<dy
                 lock(&shared).prometheus_bound = l.local_addr().ok().map(|a| a.to_string());
                 let d = shared.clone();
                 let view: crate::metrics::ViewFn = Arc::new(move || lock(&d).metrics_view());
+                let inputs = lock(&shared).inputs.clone();
                 std::thread::Builder::new()
                     .name("prometheus".into())
-                    .spawn(move || crate::metrics::serve(l, view))
+                    .spawn(move || crate::metrics::serve(l, view, inputs))
                     .expect("spawn prometheus thread");
             }
             Err(e) => {
@@ -295,7 +301,8 @@ pub fn run(config_path: &Path, open_segment: impl FnOnce(&Path) -> Result<Box<dy
             }
         }
     }
-    socket::serve(listener, shared.clone());
+    let control = lock(&shared).inputs.control.clone();
+    socket::serve(listener, shared.clone(), control);
     log!(
         "ready: socket {}, shm {}, state {}, prometheus {}, generation {}",
         cp.socket.display(),

@@ -70,6 +70,7 @@ impl Daemon {
                 prometheus: self.prometheus_bound.clone(),
                 last_reload: self.last_reload.clone(),
                 publish_error: self.publish_error.clone(),
+                clients: self.inputs.snapshot(),
             },
             dataplane: DataplaneStatus {
                 alive: dp.alive,

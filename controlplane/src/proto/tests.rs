@@ -74,6 +74,10 @@ fn replies_round_trip() {
             prometheus: Some("127.0.0.1:9469".into()),
             last_reload: Some(ReloadOutcome { at: 1.0, ok: false, error: Some("port".into()) }),
             publish_error: None,
+            clients: ClientsStatus {
+                control: ClientCounters { active: 1, max: 64, refused: 2, oversize: 3, timed_out: 4 },
+                prometheus: ClientCounters::default(),
+            },
         },
         dataplane: DataplaneStatus {
             alive: false,
@@ -97,7 +101,12 @@ fn replies_round_trip() {
     };
     let line = serde_json::to_value(Reply::Status(Box::new(status.clone()))).unwrap();
     assert_eq!(line["dataplane"]["state"], "never seen");
-    round_trip(Reply::Status(Box::new(status.clone())), status);
+    round_trip(Reply::Status(Box::new(status.clone())), status.clone());
+    // An older daemon's reply, without `clients`, still parses.
+    let mut old = serde_json::to_value(Response::ok(Reply::Status(Box::new(status.clone())))).unwrap();
+    old["data"]["controlplane"].as_object_mut().unwrap().remove("clients").unwrap();
+    let back: Response<StatusReply> = serde_json::from_value(old).unwrap();
+    assert_eq!(back.into_result().unwrap().controlplane.clients, ClientsStatus::default());
 
     let vip = VipInfo {
         vip: k("198.18.1.2:0/udp"),
