@@ -240,3 +240,101 @@ pub struct PublishedBackend {
     pub slot: u32,
     pub state: fulcrum_model::BackendState,
 }
+
+/// What /proc/<pid>/status says of a process: VmRSS and VmHWM (KiB), threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcStatus {
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub threads: u64,
+}
+
+pub fn proc_status(pid: u32) -> ProcStatus {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line[name.len()..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    ProcStatus { rss_kib: field("VmRSS:"), hwm_kib: field("VmHWM:"), threads: field("Threads:") }
+}
+
+/// Raises this process's open-file limit towards `want` (up to the hard
+/// limit); returns the soft limit now in force.
+pub fn raise_nofile(want: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let target = want.min(hard);
+    if target > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard).unwrap();
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).unwrap().0
+}
+
+/// What [`Watch`] saw of the daemon while it ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watched {
+    pub samples: u64,
+    /// Heartbeat checks (`is_alive(500 ms)`) that failed.
+    pub stale_beats: u64,
+    pub max_rss_kib: u64,
+    pub max_threads: u64,
+    pub last: ProcStatus,
+}
+
+/// Samples the daemon every 20 ms on a thread of its own until stopped: its
+/// control-plane heartbeat in the segment, its memory and threads.
+pub struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Watched>>,
+}
+
+impl Watch {
+    pub fn start(d: &Daemon) -> Watch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seg = shm::Segment::open_existing(d.shm()).unwrap();
+        let pid = d.pid();
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut w = Watched::default();
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                w.samples += 1;
+                if !seg.control_plane_status().is_alive(Duration::from_millis(500)) {
+                    w.stale_beats += 1;
+                }
+                let p = proc_status(pid);
+                w.max_rss_kib = w.max_rss_kib.max(p.rss_kib);
+                w.max_threads = w.max_threads.max(p.threads);
+                w.last = p;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            w
+        });
+        Watch { stop, thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) -> Watched {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Daemon {
+    /// The address the Prometheus endpoint listens on.
+    pub fn prometheus_addr(&self) -> std::net::SocketAddr {
+        self.json(&["status"])["controlplane"]["prometheus"].as_str().expect("prometheus address in status").parse().unwrap()
+    }
+
+    /// `status`'s client counters of `endpoint` (`control`, `prometheus`).
+    pub fn clients(&self, endpoint: &str) -> Value {
+        self.json(&["status"])["controlplane"]["clients"][endpoint].clone()
+    }
+}
