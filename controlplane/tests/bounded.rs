@@ -289,3 +289,33 @@ fn two_thousand_slow_clients_on_each_endpoint_leave_the_daemon_bounded_and_answe
         }
     }
 }
+
+#[test]
+fn a_corrupt_state_file_is_kept_aside_and_the_daemon_starts_from_the_toml() {
+    let mut d = Daemon::start(VIPS);
+    d.ok(&["vip", "add", "198.18.1.9:80"]);
+    d.kill9();
+    let state = d.state_file();
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    v["slots"]["198.18.1.1:80/198.18.0.21:8080"] = 999_999.into();
+    let corrupt = serde_json::to_vec(&v).unwrap();
+    std::fs::write(&state, &corrupt).unwrap();
+    d.spawn();
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("not a valid state file")).unwrap_or_else(|| panic!("nothing logged:\n{log}"));
+    println!("{line}");
+    let copies: Vec<_> = std::fs::read_dir(state.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("controlplane.json.corrupt-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(std::fs::read(&copies[0]).unwrap(), corrupt);
+    for want in [state.display().to_string(), copies[0].display().to_string(), "slot 999999 out of range".into(), "starting from the TOML".into()] {
+        assert!(line.contains(&want), "{line:?} should mention {want:?}");
+    }
+    // From the TOML: the VIP added with fulcrumctl is gone, a new state file written.
+    let vips = d.json(&["vip", "list"]);
+    assert_eq!(vips.as_array().unwrap().len(), 2, "{vips}");
+    assert!(state.exists());
+}
