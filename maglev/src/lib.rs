@@ -385,3 +385,5 @@ impl FusedIterator for Preference<'_> {}
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod katran_reference;

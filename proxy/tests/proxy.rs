@@ -312,12 +312,31 @@ fn all_backends_down_resets_client() {
     let mut s = Setup::new(2);
     s.listening = vec![false, false];
     let mut w = s.build();
+    w.engine_tx_log = Some(Vec::new());
     let c = w.client().connect((VIP, VIP_PORT), 40000);
     let ok = w.run_until(Duration::from_secs(10), |w| {
         w.client().sock(c).state() == State::Closed
     });
     assert!(ok);
     settle(&mut w);
+    // Never accepted: on the wire, the VIP answered the client's SYN with a RST
+    // and never with a SYN-ACK (an accept followed by a reset would also end
+    // the client socket Closed).
+    let to_client: Vec<TcpSeen> = w
+        .engine_tx_log
+        .take()
+        .unwrap()
+        .iter()
+        .filter_map(|f| tcp_seen(f))
+        .filter(|t| t.src == (VIP, VIP_PORT) && t.dst == (CLIENT_IP, 40000))
+        .collect();
+    let synacks = to_client.iter().filter(|t| t.syn && t.ack).count();
+    let rsts = to_client.iter().filter(|t| t.rst).count();
+    assert_eq!(
+        synacks, 0,
+        "the VIP sent the client {synacks} SYN-ACK(s) although no backend was up: {to_client:?}"
+    );
+    assert!(rsts >= 1, "the VIP never sent the client a RST: {to_client:?}");
     let vip = *w.engine.vip_counters(0).unwrap();
     assert_eq!(vip.drop_connect_failed, 1);
     let failures: u64 = (0..2)

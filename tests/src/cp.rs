@@ -120,6 +120,23 @@ impl ControlPlane {
         }
     }
 
+    /// Send `sig` (SIGTERM or SIGINT: a clean stop) and wait up to 10 s for the daemon
+    /// to exit; returns its exit status and how long it took. Panics with its log if
+    /// it was not running or does not exit in time (it is then killed).
+    pub fn stop(&mut self, sig: crate::Signal) -> (std::process::ExitStatus, Duration) {
+        let p = self.proc.as_mut().expect("control plane was never started");
+        assert!(p.is_running(), "control plane not running before {sig}:\n{}", p.output());
+        let t0 = Instant::now();
+        assert!(p.signal(sig), "could not send {sig} to pid {}", p.pid());
+        match p.wait_timeout(Duration::from_secs(10)) {
+            Some(status) => (status, t0.elapsed()),
+            None => {
+                p.kill();
+                panic!("fulcrum-controlplane did not exit within 10 s of {sig}:\n{}", p.output());
+            }
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(Guarded::pid)
     }

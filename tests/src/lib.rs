@@ -453,6 +453,27 @@ impl Topology {
         }
     }
 
+    /// What a dataplane started with file prefix `prefix` leaves behind by itself: its
+    /// EAL runtime directory `/var/run/dpdk/P` and hugepage files `/dev/hugepages/Pmap_*`.
+    /// Check it after the dataplane exits and before the topology is torn down
+    /// (`topology.sh down` removes the runtime directory too).
+    pub fn dataplane_leftovers(prefix: &str) -> Vec<String> {
+        let mut left = Vec::new();
+        let rt = Path::new("/var/run/dpdk").join(prefix);
+        if rt.exists() {
+            left.push(format!("{}", rt.display()));
+        }
+        if let Ok(rd) = fs::read_dir("/dev/hugepages") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("{prefix}map_")) {
+                    left.push(format!("/dev/hugepages/{n}"));
+                }
+            }
+        }
+        left
+    }
+
     /// What of this prefix is left on the machine (namespaces, root-namespace tap,
     /// /var/run/dpdk/P, hugepage files); empty when clean.
     pub fn leftovers(prefix: &str) -> Vec<String> {

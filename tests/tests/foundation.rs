@@ -1,7 +1,9 @@
 //! Foundation: the dataplane comes up on net_tap, answers ARP and ping for its own
 //! address only, survives malformed frames (counting each drop by reason), and exits
-//! cleanly on SIGINT leaving nothing behind.
+//! cleanly on SIGINT and SIGTERM leaving nothing behind (checked before the topology
+//! is torn down), and the control plane stops cleanly on SIGTERM.
 
+use fulcrum_tests::cp::ControlPlane;
 use fulcrum_tests::*;
 use std::time::Duration;
 
@@ -64,6 +66,24 @@ fn ping_and_arp() {
     assert!(busy < lifetime / 2, "busy_ns {busy} over a lifetime of {lifetime} ns, nearly idle");
 }
 
+/// Stops the dataplane with `sig` and checks its own cleanup right after it exits,
+/// while the topology still stands (`topology.sh down` would remove the runtime
+/// directory itself and hide a dataplane that leaves it behind): exit 0, within 2 s,
+/// `mbufs in use: 0` in its log, no EAL runtime directory or hugepage file of its
+/// file prefix left.
+fn stop_and_check_own_cleanup(dp: &mut Dataplane, prefix: &str, sig: Signal) {
+    let rt = std::path::Path::new("/var/run/dpdk").join(prefix);
+    assert!(rt.is_dir(), "{} missing while the dataplane runs: the check below would prove nothing", rt.display());
+    let (status, took) = dp.stop(sig);
+    let left = Topology::dataplane_leftovers(prefix);
+    let log = dp.log();
+    assert!(status.success(), "exit status after {sig}: {status}\n==== log ====\n{log}");
+    assert!(took < Duration::from_secs(2), "took {took:?} to exit after {sig}\n==== log ====\n{log}");
+    assert!(log.contains("mbufs in use: 0"), "no `mbufs in use: 0` in the log after {sig}\n==== log ====\n{log}");
+    assert!(left.is_empty(), "the dataplane left behind after {sig} (topology still up): {left:?}\n==== log ====\n{log}");
+    eprintln!("{sig} -> {status} in {took:?}, nothing of prefix {prefix} left by the dataplane");
+}
+
 #[test]
 fn sigint_clean_exit() {
     let topo = Topology::up();
@@ -72,14 +92,49 @@ fn sigint_clean_exit() {
     // Some traffic first, so the shutdown path has had mbufs in flight.
     topo.exec_ok("cli", &["ping", "-c", "3", "-i", "0.2", "-W", "1", DATAPLANE_IP]);
 
-    let (status, took) = dp.stop_sigint();
-    let log = dp.log();
-    assert!(status.success(), "exit status after SIGINT: {status}\n==== log ====\n{log}");
-    assert!(took < Duration::from_secs(2), "took {took:?} to exit after SIGINT\n==== log ====\n{log}");
-    assert!(log.contains("mbufs in use: 0"), "no `mbufs in use: 0` in the log\n==== log ====\n{log}");
-    eprintln!("SIGINT -> {status} in {took:?}");
+    stop_and_check_own_cleanup(&mut dp, &prefix, Signal::SIGINT);
 
     drop(dp);
+    drop(topo);
+    let left = Topology::leftovers(&prefix);
+    assert!(left.is_empty(), "left behind after teardown of {prefix}: {left:?}");
+}
+
+/// SIGTERM to both daemons: the dataplane (subscribed to a control plane's segment)
+/// cleans up after itself as on SIGINT; the control plane exits 0, removes its
+/// socket file and clears its heartbeat in the segment (0 = cleanly stopped, which
+/// is how a dataplane tells a stopped control plane from a hung one).
+#[test]
+fn sigterm_clean_exit_of_both_daemons() {
+    let topo = Topology::up();
+    let prefix = topo.prefix().to_string();
+    let mut cp = ControlPlane::start(&topo, "");
+    let mut dp = Dataplane::start(&topo, &cp.dataplane_toml());
+    topo.exec_ok("cli", &["ping", "-c", "3", "-i", "0.2", "-W", "1", DATAPLANE_IP]);
+
+    stop_and_check_own_cleanup(&mut dp, &prefix, Signal::SIGTERM);
+
+    let shm = cp.shm_path().to_path_buf();
+    let socket = cp.socket().to_path_buf();
+    let heartbeat = || {
+        fulcrum_shm::Segment::open_existing(&shm)
+            .unwrap_or_else(|e| panic!("open segment {}: {e}", shm.display()))
+            .control_plane_status()
+            .heartbeat_ns
+    };
+    let before = heartbeat();
+    assert!(before != 0, "control plane heartbeat is 0 while it runs: the check below would prove nothing");
+    assert!(socket.exists(), "{} missing while the control plane runs", socket.display());
+    let (status, took) = cp.stop(Signal::SIGTERM);
+    let log = cp.log();
+    assert!(status.success(), "control plane exit status after SIGTERM: {status}\n==== log ====\n{log}");
+    assert!(!socket.exists(), "control plane left its socket {} after SIGTERM\n==== log ====\n{log}", socket.display());
+    let after = heartbeat();
+    assert_eq!(after, 0, "control plane heartbeat not cleared after SIGTERM (was {before})\n==== log ====\n{log}");
+    eprintln!("control plane: SIGTERM -> {status} in {took:?}, socket removed, heartbeat {before} -> 0");
+
+    drop(dp);
+    drop(cp);
     drop(topo);
     let left = Topology::leftovers(&prefix);
     assert!(left.is_empty(), "left behind after teardown of {prefix}: {left:?}");

@@ -233,6 +233,10 @@ struct Shared {
     /// Test-only: (key, start time) of every check, to observe the scheduler directly.
     #[cfg(test)]
     start_log: Mutex<Vec<(u64, Instant)>>,
+    /// Test-only: canned probe outcomes by key, instead of real sockets (with the
+    /// simulated clock of [`HealthChecker::start_simulated`]).
+    #[cfg(test)]
+    fakes: Mutex<HashMap<u64, tests::Fake>>,
 }
 
 impl Shared {
@@ -264,7 +268,7 @@ impl Shared {
         result: Result<(), String>,
         latency: Duration,
     ) -> bool {
-        let now = Instant::now();
+        let now = clock_now();
         let now_sys = SystemTime::now();
         let mut inner = self.lock();
         let Some(e) = inner.targets.get_mut(&key) else {
@@ -292,15 +296,31 @@ pub struct HealthChecker {
 impl HealthChecker {
     /// Starts the checker thread with no targets.
     pub fn start(config: CheckerConfig) -> io::Result<HealthChecker> {
+        Self::start_on(config, tokio::runtime::Builder::new_current_thread())
+    }
+
+    /// Test-only: the checker on a runtime whose clock starts paused and jumps to
+    /// the next timer whenever every task waits (tokio's simulated time): schedules,
+    /// timeouts and back-offs then take their exact simulated durations whatever the
+    /// machine's load. Combine with fake probes (`tests::Fake`).
+    #[cfg(test)]
+    pub(crate) fn start_simulated(config: CheckerConfig) -> io::Result<HealthChecker> {
+        let mut b = tokio::runtime::Builder::new_current_thread();
+        b.start_paused(true);
+        Self::start_on(config, b)
+    }
+
+    fn start_on(
+        config: CheckerConfig,
+        mut builder: tokio::runtime::Builder,
+    ) -> io::Result<HealthChecker> {
         if config.max_in_flight == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "max_in_flight must be at least 1",
             ));
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let rt = builder.enable_all().build()?;
         let handle = rt.handle().clone();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -319,6 +339,8 @@ impl HealthChecker {
             tid: AtomicI32::new(0),
             #[cfg(test)]
             start_log: Mutex::new(Vec::new()),
+            #[cfg(test)]
+            fakes: Mutex::new(HashMap::new()),
         });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let sh = shared.clone();
@@ -356,7 +378,7 @@ impl HealthChecker {
                 return Err(SetTargetsError::DuplicateKey(t.key));
             }
         }
-        let now = Instant::now();
+        let now = self.now();
         let now_sys = SystemTime::now();
         let mut inner = self.shared.lock();
         let mut old = std::mem::take(&mut inner.targets);
@@ -401,7 +423,7 @@ impl HealthChecker {
 
     /// Current status of every target, sorted by key.
     pub fn snapshot(&self) -> Vec<TargetStatus> {
-        let now = Instant::now();
+        let now = self.now();
         let now_sys = SystemTime::now();
         let inner = self.shared.lock();
         let mut v: Vec<TargetStatus> = inner
@@ -415,17 +437,25 @@ impl HealthChecker {
 
     /// Status of one target.
     pub fn status(&self, key: u64) -> Option<TargetStatus> {
+        let now = self.now();
         let inner = self.shared.lock();
         inner
             .targets
             .get(&key)
-            .map(|e| status_of(key, e, Instant::now(), SystemTime::now()))
+            .map(|e| status_of(key, e, now, SystemTime::now()))
+    }
+
+    /// The checker's clock: its runtime's (simulated in `start_simulated`, the
+    /// monotonic clock otherwise), whichever thread asks.
+    fn now(&self) -> Instant {
+        let _in_runtime = self.rt.enter();
+        clock_now()
     }
 
     /// Feeds the dataplane's monotonic connect-failure counter for `key`; may eject the
     /// target (see the module documentation). Unknown keys are ignored (returns false).
     pub fn report_passive(&self, key: u64, failures_total: u64) -> bool {
-        let now = Instant::now();
+        let now = self.now();
         let now_sys = SystemTime::now();
         let mut inner = self.shared.lock();
         let Some(e) = inner.targets.get_mut(&key) else {
@@ -597,7 +627,7 @@ async fn run_target(
         shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let result = match tokio::time::timeout(
             spec.timeout,
-            probe::probe(&spec.kind, addr, source),
+            check(&shared, key, &spec.kind, addr, source),
         )
         .await
         {
@@ -614,6 +644,45 @@ async fn run_target(
         // Fixed rate from check start; never before the previous check ended.
         next = (start + next_gap(&spec, &mut rng)).max(tokio::time::Instant::now());
     }
+}
+
+/// One probe of `addr`.
+#[cfg(not(test))]
+async fn check(
+    _shared: &Shared,
+    _key: u64,
+    kind: &CheckKind,
+    addr: SocketAddrV4,
+    source: Option<Ipv4Addr>,
+) -> Result<(), String> {
+    probe::probe(kind, addr, source).await
+}
+
+/// One probe of `addr`, or the fake outcome a test set for `key`.
+#[cfg(test)]
+async fn check(
+    shared: &Shared,
+    key: u64,
+    kind: &CheckKind,
+    addr: SocketAddrV4,
+    source: Option<Ipv4Addr>,
+) -> Result<(), String> {
+    let fake = shared
+        .fakes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .copied();
+    match fake {
+        Some(f) => f.probe().await,
+        None => probe::probe(kind, addr, source).await,
+    }
+}
+
+/// Now on the clock of the runtime this thread is in (tokio's; with tokio's
+/// `test-util` and a paused clock this is simulated time, else the monotonic clock).
+fn clock_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// CPU time of thread `tid` of this process (utime + stime).

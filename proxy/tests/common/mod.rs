@@ -317,6 +317,9 @@ pub struct Wire {
     /// `poll_at` is due (as a dataplane sleeping on `poll_delay` would),
     /// instead of every step: shows that `poll_at` covers every wake-up.
     pub lazy_engine: bool,
+    /// When `Some`, every frame the engine transmits is appended here, in
+    /// order: what a capture on the wire next to the engine would see.
+    pub engine_tx_log: Option<Vec<Vec<u8>>>,
     full: bool,
 }
 
@@ -373,6 +376,7 @@ impl Setup {
             hosts,
             engine_time: std::time::Duration::ZERO,
             lazy_engine: false,
+            engine_tx_log: None,
             full: true,
         }
     }
@@ -414,6 +418,9 @@ impl Wire {
     fn switch(&mut self) -> bool {
         let mut frames: Vec<(usize, Vec<u8>)> = Vec::new();
         frames.extend(self.engine_dev.tx.drain(..).map(|f| (usize::MAX, f)));
+        if let Some(log) = self.engine_tx_log.as_mut() {
+            log.extend(frames.iter().map(|(_, f)| f.clone()));
+        }
         for (i, h) in self.hosts.iter_mut().enumerate() {
             frames.extend(h.dev.tx.drain(..).map(|f| (i, f)));
         }
@@ -719,4 +726,34 @@ pub fn expected_backend(weights: &[u32], client_port: u16, vip_port: u16) -> usi
     let table = MaglevTable::build(&keys, 65537).unwrap();
     let h = flow_hash(DEFAULT_FLOW_SEED, IpAddr::V4(CLIENT_IP), client_port, IpAddr::V4(VIP), vip_port, 6);
     table.lookup(h).unwrap()
+}
+
+/// A TCP segment as seen on the wire: source and destination endpoints and
+/// the SYN/ACK/RST flags; `None` for anything but IPv4/TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSeen {
+    pub src: (Ipv4Addr, u16),
+    pub dst: (Ipv4Addr, u16),
+    pub syn: bool,
+    pub ack: bool,
+    pub rst: bool,
+}
+
+pub fn tcp_seen(frame: &[u8]) -> Option<TcpSeen> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let t = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some(TcpSeen {
+        src: (ip.src_addr(), t.src_port()),
+        dst: (ip.dst_addr(), t.dst_port()),
+        syn: t.syn(),
+        ack: t.ack(),
+        rst: t.rst(),
+    })
 }
