@@ -85,6 +85,7 @@ fn replies_round_trip() {
             restarts_seen: 0,
             rejected_generations: 0,
             last_rejection: None,
+            segment: Some("/dev/shm/f: segment unlinked".into()),
             facts: Some(Facts { address: [198, 18, 0, 2].into(), snat_addresses: vec![], lcores: 2, forwarding: true }),
         },
         generation: GenerationStatus {
@@ -97,6 +98,7 @@ fn replies_round_trip() {
     };
     let line = serde_json::to_value(Reply::Status(Box::new(status.clone()))).unwrap();
     assert_eq!(line["dataplane"]["state"], "never seen");
+    assert_eq!(line["dataplane"]["segment"], "/dev/shm/f: segment unlinked");
     round_trip(Reply::Status(Box::new(status.clone())), status);
 
     let vip = VipInfo {
