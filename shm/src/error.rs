@@ -45,11 +45,14 @@ pub enum Error {
     Symlink { path: PathBuf, target: String },
     #[error("{path}: is a {kind}, not a regular file; refused")]
     NotRegularFile { path: PathBuf, kind: &'static str },
-    #[error("{path}: segment truncated while mapped (file now {size} bytes, expected {expected}; {faults} access(es) past its end answered with zero pages); this process keeps running on its last good state but no longer communicates through the segment: remove the file and restart both daemons")]
+    /// (`faults` is left out of the message so that it stays the same while
+    /// the condition does: the daemons log it once per change.)
+    #[error("{path}: segment truncated while mapped (file now {size} bytes, expected {expected}; what lies past its end reads as zeros here); this process keeps running on its last good state but no longer communicates through the segment: remove the file and restart both daemons")]
     Truncated {
         path: PathBuf,
         size: u64,
         expected: u64,
+        /// Accesses past the end answered with zero pages so far.
         faults: u64,
     },
     #[error("{path}: segment replaced: the path now names inode {found_ino} (device {found_dev:#x}, uid {found_uid}), this process maps inode {mapped_ino} (device {mapped_dev:#x}); the two daemons may no longer share a segment: restart both")]
