@@ -306,6 +306,11 @@ pub struct DataplaneStatus {
     pub last_rejection: Option<String>,
     /// What the dataplane published about itself (VIPs are checked against it).
     pub facts: Option<Facts>,
+    /// The shared-memory segment is truncated, replaced or unlinked (the
+    /// control plane's own mapping, re-checked every 100 ms): the two
+    /// daemons may no longer hear each other. `None`: fine.
+    #[serde(default)]
+    pub segment: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,6 +23,9 @@ pub struct DataplaneView {
     pub applied_generation: u64,
     pub rejected_generations: u64,
     pub last_rejection: Option<String>,
+    /// What is wrong with the shared segment itself, as this process maps
+    /// it (truncated, replaced or unlinked), if anything.
+    pub segment: Option<String>,
 }
 
 /// A VIP's counters, summed over lcores. Proxy VIPs: connections and bytes

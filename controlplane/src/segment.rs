@@ -66,6 +66,7 @@ impl publish::Segment for ShmSegment {
             last_rejection: (s.last_reject_code != 0).then(|| {
                 format!("generation {}: {}", s.last_reject_generation, shm::reject_code_name(s.last_reject_code))
             }),
+            segment: self.seg.check().err().map(|e| e.to_string()),
         }
     }
 

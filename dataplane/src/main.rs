@@ -455,8 +455,18 @@ fn control_thread(
     let mut pending: Option<(u64, Vec<VipRefusal>)> = Some((0, Vec::new()));
     let mut installed: Vec<Option<u64>> = vec![None; commands.len()];
     let mut next_stats = std::time::Instant::now();
+    // What `Segment::check` said last (logged once per change).
+    let mut segment_problem: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         if let (Some(role), Some(sub)) = (shm, subscriber.as_mut()) {
+            let problem = role.segment().check().err().map(|e| e.to_string());
+            if problem != segment_problem {
+                match &problem {
+                    Some(p) => tracing::error!("shared-memory segment: {p}; serving generation {}", sub.accepted_generation()),
+                    None => tracing::info!("shared-memory segment {} is fine again", role.segment().path().display()),
+                }
+                segment_problem = problem;
+            }
             role.heartbeat();
             match sub.poll() {
                 fulcrum_shm::Poll::Unchanged => {}

@@ -270,7 +270,8 @@ impl Segment {
 }
 
 impl<'a> Dataplane<'a> {
-    pub(crate) fn segment(&self) -> &'a Segment {
+    /// The segment this role lives in (e.g. for [`Segment::check`]).
+    pub fn segment(&self) -> &'a Segment {
         self.seg
     }
 

@@ -37,8 +37,37 @@ pub enum Error {
     },
     #[error("{path}: segment header checksum mismatch (corrupted header)")]
     HeaderChecksum { path: PathBuf },
-    #[error("{path}: segment file has mode {mode:o}, must not be accessible by group/other, and it could not be tightened to 0600")]
+    #[error("{path}: segment file has mode {mode:04o}, must be 0600; refused (a file someone else made accessible is not trusted, and its mode is not changed)")]
     InsecurePermissions { path: PathBuf, mode: u32 },
+    #[error("{path}: segment file is owned by uid {owner}, expected uid {expected} (this process' effective uid); refused: another user could control it (remove it, then restart)")]
+    NotOwned { path: PathBuf, owner: u32, expected: u32 },
+    #[error("{path}: is a symbolic link (to {target}); refused: the segment must be a regular file at that path")]
+    Symlink { path: PathBuf, target: String },
+    #[error("{path}: is a {kind}, not a regular file; refused")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    /// (`faults` is left out of the message so that it stays the same while
+    /// the condition does: the daemons log it once per change.)
+    #[error("{path}: segment truncated while mapped (file now {size} bytes, expected {expected}; what lies past its end reads as zeros here); this process keeps running on its last good state but no longer communicates through the segment: remove the file and restart both daemons")]
+    Truncated {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+        /// Accesses past the end answered with zero pages so far.
+        faults: u64,
+    },
+    #[error("{path}: segment replaced: the path now names inode {found_ino} (device {found_dev:#x}, uid {found_uid}), this process maps inode {mapped_ino} (device {mapped_dev:#x}); the two daemons may no longer share a segment: restart both")]
+    Replaced {
+        path: PathBuf,
+        mapped_dev: u64,
+        mapped_ino: u64,
+        found_dev: u64,
+        found_ino: u64,
+        found_uid: u32,
+    },
+    #[error("{path}: segment unlinked: the path no longer names the file this process maps (inode {mapped_ino}); a daemon started now would not share it: restart both")]
+    Unlinked { path: PathBuf, mapped_ino: u64 },
+    #[error("too many shared-memory segments mapped in this process (maximum {max})")]
+    TooManyMappings { max: usize },
     #[error("another {role} (pid {pid}) is alive on this segment (heartbeat {age_ms} ms ago)")]
     AlreadyRunning {
         role: &'static str,

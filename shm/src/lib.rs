@@ -54,15 +54,48 @@
 //!
 //! ## Creation and validation
 //! [`Segment::open_or_create`] is used by both sides. If the file does not
-//! exist, a unique temporary file is created next to it (mode 0600), sized,
-//! initialised, and published with `link(2)`, which fails if the path exists
-//! meanwhile; the loser discards its temp file and opens the winner's. Hence
-//! the path only ever names a fully initialised segment and no
-//! "initialising" state is needed. An existing file is validated with plain
-//! reads before it is mapped (magic, version, size, every geometry word,
-//! header checksum) and rejected with a precise [`Error`]; it is never
-//! silently resized or recreated. [`Segment::recreate`] (atomic rename)
-//! exists for an explicit operator action (e.g. after a layout upgrade).
+//! exist, a unique temporary file is created next to it (`O_CREAT | O_EXCL
+//! | O_NOFOLLOW`, mode 0600), sized, initialised, and published with
+//! `link(2)`, which fails if the path exists meanwhile; the loser discards
+//! its temp file and opens the winner's. Hence the path only ever names a
+//! fully initialised segment and no "initialising" state is needed.
+//!
+//! The default directory, `/dev/shm`, is writable by every local user, and
+//! the segment is the configuration channel of two root daemons. So an
+//! existing file is opened with `O_NOFOLLOW` (a symbolic link is refused,
+//! [`Error::Symlink`]) and checked with `fstat` on the opened descriptor:
+//! it must be a regular file ([`Error::NotRegularFile`]), owned by our
+//! effective uid ([`Error::NotOwned`]), with mode exactly 0600
+//! ([`Error::InsecurePermissions`]). A file failing any of these is refused
+//! and left untouched (never chmod'ed or chown'ed: whoever created it may
+//! still hold it open). It is then validated with plain reads before it is
+//! mapped (magic, version, size, every geometry word, header checksum) and
+//! rejected with a precise [`Error`]; it is never silently resized or
+//! recreated. [`Segment::recreate`] (atomic rename) exists for an explicit
+//! operator action (e.g. after a layout upgrade).
+//!
+//! ## While mapped: replacement and truncation
+//! [`Segment::check`], called by both daemons on their 100 ms tick, compares
+//! the `(device, inode)` of what the path names (`lstat`) with the mapped
+//! descriptor's and reports [`Error::Replaced`] or [`Error::Unlinked`]: the
+//! two daemons would silently stop talking to each other otherwise (the one
+//! that restarts next maps the new file).
+//!
+//! Truncating the file while it is mapped would make the next access past
+//! its new end raise `SIGBUS` and kill both daemons. A size check cannot
+//! prevent that (it races with the truncation, and the lcores write their
+//! counters without checks), so the access itself is made survivable: a
+//! `SIGBUS` handler (in `src/raw.rs`, which also says why this rather than a
+//! sealed memfd handed over a socket) maps anonymous zero pages over the
+//! lost part of a registered segment mapping, so the faulting access
+//! completes, and counts the fault. From then on [`Segment::truncated`] is
+//! true and [`Segment::check`] reports [`Error::Truncated`] (also found from
+//! the file size before any fault). Zeros read as "nothing published": the
+//! [`Subscriber`] accepts nothing from a truncated segment (the dataplane
+//! keeps serving its last good generation) and the [`Publisher`] refuses to
+//! publish. The segment no longer connects the two processes; they keep
+//! running and report it, and an operator removes the file and restarts
+//! both. Faults outside every segment mapping still crash as before.
 //!
 //! ## Roles
 //! * Control plane: [`Segment::publisher`] → [`Publisher::publish`],
@@ -90,8 +123,9 @@
 //!
 //! ## Safety
 //! All shared-memory access is through `&[AtomicU64]` (atomic loads and
-//! stores only). The single `unsafe` block that creates that slice from the
-//! mapping lives in `src/raw.rs`; the rest of the crate denies `unsafe`.
+//! stores only). The `unsafe` code (the block that creates that slice from
+//! the mapping, and the `SIGBUS` handler) lives in `src/raw.rs`; the rest of
+//! the crate denies `unsafe`.
 #![deny(unsafe_code)]
 
 mod counters;

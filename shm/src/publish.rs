@@ -177,7 +177,15 @@ impl Segment {
 impl<'a> Publisher<'a> {
     /// Validates, encodes and publishes `cfg`; returns its generation number.
     /// Never blocks on readers.
+    ///
+    /// Refused with [`Error::Truncated`] once the segment was found truncated
+    /// (what it would write could land in process-private zero pages the
+    /// dataplane never sees); if the truncation is noticed during the write,
+    /// the generation number is used up and the same error returned.
     pub fn publish(&mut self, cfg: &Generation) -> Result<u64> {
+        if self.seg.truncated() {
+            return Err(self.seg.truncation_error(self.seg.file_len()));
+        }
         cfg.validate()?;
         let bytes = serde_json::to_vec(cfg).map_err(|e| Error::Encode(e.to_string()))?;
         if bytes.is_empty() || bytes.len() > MAX_PAYLOAD {
@@ -192,6 +200,9 @@ impl<'a> Publisher<'a> {
         }
         self.write_raw(generation, &bytes, xxh3_64_with_seed(&bytes, generation));
         self.last = generation;
+        if self.seg.truncated() {
+            return Err(self.seg.truncation_error(self.seg.file_len()));
+        }
         Ok(generation)
     }
 
@@ -298,8 +309,18 @@ impl<'a> Subscriber<'a> {
     }
 
     /// Non-blocking check for a new configuration generation.
+    ///
+    /// A truncated segment ([`Segment::truncated`]) yields `Unchanged`,
+    /// before reading and again after a read (the read itself may be what
+    /// hit the truncation): pages past the end read as zeros, and nothing
+    /// read from such a segment is accepted, nor recorded as a rejection.
+    /// (Zeros alone would also be safe: an active word of 0 is "nothing
+    /// published", and a slot of zeros has length 0, which is rejected.)
     pub fn poll(&mut self) -> Poll {
         self.stats.polls += 1;
+        if self.seg.truncated() {
+            return Poll::Unchanged;
+        }
         let active = self.seg.word(CFG_ACTIVE);
         let mut a = active.load(Ordering::Acquire);
         let hint = a >> 1;
@@ -317,6 +338,9 @@ impl<'a> Subscriber<'a> {
                 a = active.load(Ordering::Acquire);
             }
             if let Some(raw) = self.seg.read_slot((a & 1) as usize, check_seq) {
+                if self.seg.truncated() {
+                    return Poll::Unchanged;
+                }
                 return self.check(raw, a >> 1);
             }
         }

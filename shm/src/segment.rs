@@ -2,9 +2,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use memmap2::MmapOptions;
@@ -48,6 +48,31 @@ fn alive(heartbeat_ns: u64, max_age: Duration) -> bool {
     now - heartbeat_ns <= max
 }
 
+/// Opens an existing segment file read-write without following a symbolic
+/// link at `path` (and without blocking on a FIFO), with errors that say
+/// what was found there.
+fn open_nofollow(path: &Path) -> Result<File> {
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => Ok(f),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(Error::Symlink {
+            path: path.to_path_buf(),
+            target: std::fs::read_link(path)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into()),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Err(Error::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: "directory",
+        }),
+        Err(e) => Err(io(path, "open")(e)),
+    }
+}
+
 /// A mapped Fulcrum segment. Cheap to share by reference between threads;
 /// role handles (`Publisher`, `Dataplane`, `Subscriber`, `LcoreCounters`)
 /// borrow it.
@@ -55,6 +80,11 @@ pub struct Segment {
     region: Region,
     path: PathBuf,
     created: bool,
+    /// The mapped file, kept open to compare it with what `path` names.
+    file: File,
+    /// Set once the file was seen shorter than the segment (sticky: pages
+    /// may have been replaced by private zero pages since).
+    truncated: AtomicBool,
 }
 
 /// Control-plane liveness and publication state.
@@ -118,16 +148,25 @@ impl Segment {
     /// names a completely initialised segment; the loser of a creation race
     /// discards its temporary file and opens the winner's.
     ///
+    /// The temporary file is created with `O_CREAT | O_EXCL | O_NOFOLLOW`,
+    /// mode 0600. An existing `path` is opened with `O_NOFOLLOW` and checked
+    /// with `fstat` on the opened descriptor: it must be a regular file owned
+    /// by our effective uid with mode exactly 0600, or it is refused
+    /// ([`Error::Symlink`], [`Error::NotRegularFile`], [`Error::NotOwned`],
+    /// [`Error::InsecurePermissions`]) and left as it is: in world-writable
+    /// `/dev/shm`, a file someone else created first must never become the
+    /// channel between the two daemons.
+    ///
     /// An existing file with the wrong magic/version/size/geometry is *not*
     /// touched: an error is returned (use [`Segment::recreate`] deliberately,
     /// e.g. from an operator flag, when the other side is known to be down).
     pub fn open_or_create(path: impl AsRef<Path>) -> Result<Segment> {
         let path = path.as_ref();
         for _ in 0..8 {
-            match OpenOptions::new().read(true).write(true).open(path) {
+            match open_nofollow(path) {
                 Ok(file) => return Segment::from_existing(file, path),
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io(path, "open")(e)),
+                Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
             let (tmp, seg) = Segment::create_temp(path)?;
             let linked = std::fs::hard_link(&tmp, path);
@@ -159,12 +198,7 @@ impl Segment {
     /// (`snapshot`, `*_status`, `current_config`).
     pub fn open_existing(path: impl AsRef<Path>) -> Result<Segment> {
         let path = path.as_ref();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io(path, "open"))?;
-        Segment::from_existing(file, path)
+        Segment::from_existing(open_nofollow(path)?, path)
     }
 
     /// Replaces whatever is at `path` by a fresh, empty segment (atomic
@@ -196,6 +230,64 @@ impl Segment {
         self.created
     }
 
+    /// Whether the file was found truncated (by a fault the `SIGBUS` handler
+    /// answered with zero pages, or by an earlier [`Segment::check`]). Sticky.
+    /// A truncated segment no longer connects the two sides: the subscriber
+    /// accepts nothing from it and the publisher refuses to publish.
+    pub fn truncated(&self) -> bool {
+        self.truncated.load(Ordering::Relaxed) || self.region.faults() > 0
+    }
+
+    /// Re-checks that the segment is still the one both sides share; call
+    /// it periodically (both daemons do, every 100 ms). Errors:
+    /// * [`Error::Truncated`]: the mapped file is shorter than the segment
+    ///   (`fstat`), or an access past its end was answered with zero pages;
+    ///   sticky.
+    /// * [`Error::Unlinked`]: the path no longer exists.
+    /// * [`Error::Replaced`]: the path names another file (its device and
+    ///   inode, from `lstat`, differ from the mapped descriptor's).
+    pub fn check(&self) -> Result<()> {
+        let meta = self.file.metadata().map_err(io(&self.path, "fstat"))?;
+        if meta.len() < FILE_SIZE as u64 {
+            self.truncated.store(true, Ordering::Relaxed);
+        }
+        if self.truncated() {
+            return Err(self.truncation_error(meta.len()));
+        }
+        let unlinked = || Error::Unlinked {
+            path: self.path.clone(),
+            mapped_ino: meta.ino(),
+        };
+        match std::fs::symlink_metadata(&self.path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(unlinked()),
+            Err(e) => Err(io(&self.path, "lstat")(e)),
+            Ok(m) if (m.dev(), m.ino()) != (meta.dev(), meta.ino()) => Err(Error::Replaced {
+                path: self.path.clone(),
+                mapped_dev: meta.dev(),
+                mapped_ino: meta.ino(),
+                found_dev: m.dev(),
+                found_ino: m.ino(),
+                found_uid: m.uid(),
+            }),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The error for a truncated segment (`size`: the file's current size).
+    pub(crate) fn truncation_error(&self, size: u64) -> Error {
+        Error::Truncated {
+            path: self.path.clone(),
+            size,
+            expected: FILE_SIZE as u64,
+            faults: self.region.faults(),
+        }
+    }
+
+    /// The current size of the mapped file (0 if `fstat` fails).
+    pub(crate) fn file_len(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
     fn create_temp(path: &Path) -> Result<(PathBuf, Segment)> {
         let dir = path
             .parent()
@@ -211,6 +303,7 @@ impl Segment {
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)
             .map_err(io(&tmp, "create"))?;
         let init = || -> Result<Segment> {
@@ -219,7 +312,7 @@ impl Segment {
                 .map_err(io(&tmp, "chmod"))?;
             file.set_len(FILE_SIZE as u64)
                 .map_err(io(&tmp, "set_len"))?;
-            let seg = Segment::map(&file, &tmp)?;
+            let seg = Segment::map(file, &tmp)?;
             seg.init_header();
             Ok(seg)
         };
@@ -232,31 +325,69 @@ impl Segment {
         }
     }
 
-    fn map(file: &File, path: &Path) -> Result<Segment> {
+    fn map(file: File, path: &Path) -> Result<Segment> {
         let map = MmapOptions::new()
             .len(FILE_SIZE)
-            .map_raw(file)
+            .map_raw(&file)
             .map_err(io(path, "mmap"))?;
+        let region = Region::new(map).map_err(|_| Error::TooManyMappings {
+            max: crate::raw::MAX_MAPPINGS,
+        })?;
         Ok(Segment {
-            region: Region::new(map),
+            region,
             path: path.to_path_buf(),
             created: false,
+            file,
+            truncated: AtomicBool::new(false),
         })
     }
 
-    fn from_existing(file: File, path: &Path) -> Result<Segment> {
-        let meta = file.metadata().map_err(io(path, "stat"))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0
-            && file
-                .set_permissions(std::fs::Permissions::from_mode(0o600))
-                .is_err()
-        {
+    /// Checks what `file` (opened from `path` without following a symbolic
+    /// link) is, with `fstat` on the open descriptor (so nothing can be
+    /// swapped in between): a regular file, owned by our effective uid,
+    /// mode exactly 0600. Nothing is changed when it is not.
+    fn check_opened(file: &File, path: &Path) -> Result<std::fs::Metadata> {
+        let meta = file.metadata().map_err(io(path, "fstat"))?;
+        let t = meta.file_type();
+        if !t.is_file() {
+            let kind = if t.is_dir() {
+                "directory"
+            } else if t.is_fifo() {
+                "named pipe"
+            } else if t.is_socket() {
+                "socket"
+            } else if t.is_char_device() {
+                "character device"
+            } else if t.is_block_device() {
+                "block device"
+            } else {
+                "special file"
+            };
+            return Err(Error::NotRegularFile {
+                path: path.to_path_buf(),
+                kind,
+            });
+        }
+        let expected = crate::raw::euid();
+        if meta.uid() != expected {
+            return Err(Error::NotOwned {
+                path: path.to_path_buf(),
+                owner: meta.uid(),
+                expected,
+            });
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode != 0o600 {
             return Err(Error::InsecurePermissions {
                 path: path.to_path_buf(),
                 mode,
             });
         }
+        Ok(meta)
+    }
+
+    fn from_existing(file: File, path: &Path) -> Result<Segment> {
+        let meta = Segment::check_opened(&file, path)?;
         // Validate the header with a plain read before mapping anything, so a
         // short or foreign file can never cause SIGBUS.
         let mut hdr = [0u8; HEADER_LEN];
@@ -310,7 +441,7 @@ impl Segment {
         if xxhash_rust::xxh3::xxh3_64(&hdr[..H_CHECKSUM]) != word(H_CHECKSUM) {
             return Err(Error::HeaderChecksum { path: p() });
         }
-        Segment::map(&file, path)
+        Segment::map(file, path)
     }
 
     fn init_header(&self) {

@@ -1,6 +1,6 @@
 use std::fs::OpenOptions;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -416,8 +416,15 @@ fn dataplane_report_round_trip_and_corruption() {
 #[test]
 fn bad_files_give_clear_errors() {
     let (d, path) = tmp();
-    // wrong magic
-    std::fs::write(&path, b"not a segment at all").unwrap();
+    // wrong magic (the file made 0600 and ours, or it is refused for that)
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap()
+        .write_all_at(b"not a segment at all", 0)
+        .unwrap();
     let e = Segment::open_existing(&path).unwrap_err();
     assert!(matches!(e, Error::BadMagic { .. }), "{e}");
     assert!(
@@ -843,12 +850,13 @@ fn file_mode_is_0600() {
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    // a loosened mode is tightened when opened again
+    // a loosened mode is refused, and left as it is (see tests/hostile.rs)
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let _seg2 = Segment::open_existing(&path).unwrap();
+    let e = Segment::open_existing(&path).unwrap_err();
+    assert!(matches!(e, Error::InsecurePermissions { mode: 0o644, .. }), "{e}");
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-        0o600
+        0o644
     );
     let (_d2, path2) = tmp();
     let _seg3 = Segment::recreate(&path2).unwrap();

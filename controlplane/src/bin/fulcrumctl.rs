@@ -506,6 +506,9 @@ fn fmt_status(d: &StatusReply) -> String {
         let _ = write!(o, ", heartbeat {a} ms ago");
     }
     let _ = writeln!(o, ", restarts seen {}", dp.restarts_seen);
+    if let Some(p) = &dp.segment {
+        let _ = writeln!(o, "  SEGMENT PROBLEM: {p}");
+    }
     if let Some(f) = &dp.facts {
         let snat: Vec<String> = f.snat_addresses.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(

@@ -134,6 +134,12 @@ impl Daemon {
             }
         }
         self.dp.report = report;
+        if view.segment != self.dp.view.segment {
+            match &view.segment {
+                Some(p) => log!("shared-memory segment: {p}"),
+                None => log!("shared-memory segment {} is fine again", self.cp.shm.display()),
+            }
+        }
         let now = Instant::now();
         if view.beat != self.dp.last_beat {
             self.dp.last_beat = view.beat;

@@ -213,3 +213,23 @@ fn published_state_is_drain_then_health_then_up() {
     assert_eq!(s.version, state::STATE_VERSION);
     assert_eq!(s.vips[0].backends[1].state, BackendState::Drain);
 }
+
+#[test]
+fn a_segment_problem_shows_in_status_and_goes_away() {
+    let f = Fixture::new();
+    let mut d = f.start(VIPS).unwrap();
+    let Reply::Status(st) = d.handle(Request::Status).unwrap() else { panic!("not status") };
+    assert_eq!(st.dataplane.segment, None);
+    let problem = "/dev/shm/fulcrum: segment truncated while mapped (file now 0 bytes, ...)";
+    f.seg.lock().dataplane.segment = Some(problem.into());
+    d.tick(false);
+    let Reply::Status(st) = d.handle(Request::Status).unwrap() else { panic!("not status") };
+    assert_eq!(st.dataplane.segment.as_deref(), Some(problem));
+    let json = serde_json::to_value(&*st).unwrap();
+    assert_eq!(json["dataplane"]["segment"], problem, "{json}");
+    assert!(json["dataplane"].get("state").is_some() && json["dataplane"].get("last_rejection").is_some());
+    f.seg.lock().dataplane.segment = None;
+    d.tick(false);
+    let Reply::Status(st) = d.handle(Request::Status).unwrap() else { panic!("not status") };
+    assert_eq!(st.dataplane.segment, None);
+}

@@ -82,6 +82,7 @@ impl Daemon {
                 restarts_seen: dp.restarts,
                 rejected_generations: v.rejected_generations,
                 last_rejection: v.last_rejection.clone(),
+                segment: v.segment.clone(),
                 facts: dp.report.as_ref().map(|r| r.facts.clone()),
             },
             generation: GenerationStatus {

@@ -89,6 +89,7 @@ fn replies_round_trip() {
             restarts_seen: 0,
             rejected_generations: 0,
             last_rejection: None,
+            segment: Some("/dev/shm/f: segment unlinked".into()),
             facts: Some(Facts { address: [198, 18, 0, 2].into(), snat_addresses: vec![], lcores: 2, forwarding: true }),
         },
         generation: GenerationStatus {
@@ -101,6 +102,7 @@ fn replies_round_trip() {
     };
     let line = serde_json::to_value(Reply::Status(Box::new(status.clone()))).unwrap();
     assert_eq!(line["dataplane"]["state"], "never seen");
+    assert_eq!(line["dataplane"]["segment"], "/dev/shm/f: segment unlinked");
     round_trip(Reply::Status(Box::new(status.clone())), status.clone());
     // An older daemon's reply, without `clients`, still parses.
     let mut old = serde_json::to_value(Response::ok(Reply::Status(Box::new(status.clone())))).unwrap();
