@@ -300,17 +300,19 @@ impl RawSegment {
     }
 }
 
-/// Layout of fulcrum-shm layout version 1 (shm/src/lib.rs).
+/// Byte offsets of the segment, from `fulcrum_shm::layout` (the one
+/// definition; a copy here once went stale when the layout changed).
 pub mod layout {
-    pub const CFG_ACTIVE: u64 = 256;
-    pub const DP_REJECTED_COUNT: u64 = 768 + 40;
-    pub const DP_APPLIED_GEN: u64 = 768 + 32;
-    pub const SLOT_OFF: [u64; 2] = [4096, 4_202_496];
-    pub const SLOT_SEQ: u64 = 0;
-    pub const SLOT_GEN: u64 = 8;
-    pub const SLOT_LEN: u64 = 16;
-    pub const SLOT_SUM: u64 = 24;
-    pub const SLOT_PAYLOAD: u64 = 4096;
+    use fulcrum_shm::layout as l;
+    pub const CFG_ACTIVE: u64 = l::CFG_ACTIVE as u64;
+    pub const DP_REJECTED_COUNT: u64 = l::DP_REJECTED_COUNT as u64;
+    pub const DP_APPLIED_GEN: u64 = l::DP_APPLIED_GEN as u64;
+    pub const SLOT_OFF: [u64; 2] = [l::SLOT0_OFF as u64, l::SLOT1_OFF as u64];
+    pub const SLOT_SEQ: u64 = l::SLOT_SEQ as u64;
+    pub const SLOT_GEN: u64 = l::SLOT_GEN as u64;
+    pub const SLOT_LEN: u64 = l::SLOT_LEN as u64;
+    pub const SLOT_SUM: u64 = l::SLOT_SUM as u64;
+    pub const SLOT_PAYLOAD: u64 = l::SLOT_HDR as u64;
 }
 
 /// Deterministic garbage bytes (xorshift).
