@@ -33,9 +33,22 @@
 //! No sweeper is needed for correctness: a lookup that finds an expired entry
 //! treats it as absent (and frees it and its twin), and an insertion takes a
 //! free or expired way first. When its home and second buckets are both
-//! full, the home bucket's way closest to its deadline is evicted (counted):
-//! LRU weighted by state timeout, so a half-open SYN goes before an
-//! established flow seen at the same time.
+//! full, a way of the home bucket is evicted (counted): the first expired
+//! one, else by class, then closest to its deadline (LRU weighted by state
+//! timeout). The classes, evicted in this order ([`State::rank`]):
+//! unconfirmed entries (SYN only, or created mid-stream and on probation),
+//! then closing/closed ones, then established TCP and UDP flows. So an
+//! established flow is evicted only when its home bucket holds nothing
+//! else: a flood of spoofed SYNs or ACKs churns among its own entries.
+//! [`Reclaimed`] counts the unconfirmed and established evictions apart.
+//!
+//! # Half-open count
+//! Entries created with [`F_HALF_OPEN`] (FullNAT client -> VIP entries made
+//! by a SYN) are counted ([`Table::half_open`]) while they carry the flag:
+//! invariant, `half_open` = used entries with the flag. The flag goes when
+//! the entry is freed (expired and reclaimed, evicted, removed) or leaves
+//! the SYN state ([`Table::settle`]). An expired entry not yet reclaimed
+//! still counts; the forwarder reclaims those when the quota is reached.
 //! [`Table::sweep`] reclaims expired entries in bounded steps for callers who
 //! want `live()` to be accurate.
 //!
@@ -105,6 +118,9 @@ pub(crate) struct Hashed {
 pub(crate) const F_REVERSE: u8 = 2;
 /// Entry flag: stored in its second bucket (its home was full).
 const F_SPILLED: u8 = 4;
+/// Entry flag: a FullNAT forward entry created by a SYN that has not left
+/// the SYN state yet (counted in [`Table::half_open`]).
+pub(crate) const F_HALF_OPEN: u8 = 8;
 
 /// TCP/UDP tracking states (the `state` byte).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +131,14 @@ pub(crate) enum State {
     Closing = 3,
     Closed = 4,
     Udp = 5,
+    /// TCP created by a packet that is not a SYN (mid-stream, e.g. a flow
+    /// moved here by ECMP), until it shows it is alive.
+    Probation = 6,
 }
+
+/// Number of states + 1 (state values are 1..=6): the per-state timeout
+/// array's length.
+pub(crate) const STATES: usize = 7;
 
 impl State {
     #[inline]
@@ -125,7 +148,19 @@ impl State {
             2 => State::Established,
             3 => State::Closing,
             4 => State::Closed,
+            6 => State::Probation,
             _ => State::Udp,
+        }
+    }
+
+    /// Eviction class, lowest first: 0 unconfirmed (SYN only, probation),
+    /// 1 closing or closed, 2 established TCP and UDP.
+    #[inline]
+    pub(crate) fn rank(self) -> u8 {
+        match self {
+            State::SynSent | State::Probation => 0,
+            State::Closing | State::Closed => 1,
+            State::Established | State::Udp => 2,
         }
     }
 }
@@ -166,8 +201,10 @@ pub(crate) struct Entry {
     /// The creating VIP's internal index (`vip` is its id): an entry is
     /// only applied while that VIP is installed with that index.
     pub vip_index: u32,
+    /// Tick the entry was created (probation: see `datapath::flow::touch`).
+    pub born: u32,
     /// The rest of the cache line: an entry never shares a line.
-    pub reserved: [u8; 12],
+    pub reserved: [u8; 8],
 }
 
 pub(crate) const NO_TWIN: u32 = u32::MAX;
@@ -251,7 +288,12 @@ fn zeroed<T: Pod>(n: usize, hint: impl FnOnce(&mut [u8])) -> Result<Box<[T]>, st
 /// What an insertion displaced, for the caller's counters.
 #[derive(Default, Debug, Clone, Copy)]
 pub(crate) struct Reclaimed {
+    /// Live entries evicted (all classes).
     pub evicted: u64,
+    /// Of which unconfirmed ([`State::rank`] 0) ...
+    pub evicted_unconfirmed: u64,
+    /// ... and established ([`State::rank`] 2).
+    pub evicted_established: u64,
     pub expired: u64,
 }
 
@@ -270,6 +312,8 @@ pub(crate) struct Table {
     /// predicted from outside, so nobody can aim flows at one bucket.
     keys: [u64; 3],
     live: usize,
+    /// Used entries with [`F_HALF_OPEN`].
+    half_open: usize,
     sweep_cursor: usize,
 }
 
@@ -286,6 +330,7 @@ impl Table {
             buckets: buckets as u32,
             keys: [0, 1, 2].map(|i| random.hash_one(i) | 1),
             live: 0,
+            half_open: 0,
             sweep_cursor: 0,
         })
     }
@@ -297,6 +342,21 @@ impl Table {
     /// Entries in use, expired ones not yet reclaimed included.
     pub(crate) fn live(&self) -> usize {
         self.live
+    }
+
+    /// Entries in use with [`F_HALF_OPEN`] (expired ones not yet reclaimed
+    /// included).
+    pub(crate) fn half_open(&self) -> usize {
+        self.half_open
+    }
+
+    /// Entry `i` has left the SYN state: drops its [`F_HALF_OPEN`] (if set)
+    /// from the count.
+    pub(crate) fn settle(&mut self, i: u32) {
+        if let Some(e) = self.entry_mut(i as usize).filter(|e| e.flags & F_HALF_OPEN != 0) {
+            e.flags &= !F_HALF_OPEN;
+            self.half_open = self.half_open.saturating_sub(1);
+        }
     }
 
     /// The key's buckets and signature, from one keyed hash (two folded
@@ -498,6 +558,9 @@ impl Table {
                 s.0[WAYS] = s.0[WAYS].saturating_sub(1);
             }
         }
+        if self.entry(i).is_some_and(|e| e.flags & F_HALF_OPEN != 0) {
+            self.half_open = self.half_open.saturating_sub(1);
+        }
         if let Some(e) = self.entry_mut(i) {
             *e = Entry::default();
         }
@@ -507,8 +570,9 @@ impl Table {
     /// Stores `entry` (its key fields set), whose key must not be stored
     /// already, in its home bucket, else its second; returns its index.
     /// Never fails: when both are full, takes an expired way of the home
-    /// bucket, else evicts its way closest to its deadline (never `protect`,
-    /// the just-inserted other half of a pair).
+    /// bucket, else evicts a live one: the lowest [`State::rank`], and among
+    /// those the closest to its deadline (never `protect`, the just-inserted
+    /// other half of a pair).
     pub(crate) fn insert(&mut self, entry: Entry, now: u32, protect: u32, rec: &mut Reclaimed) -> u32 {
         let h = self.hash(&entry.key());
         let free_in = |b: u32| {
@@ -526,10 +590,10 @@ impl Table {
             i
         } else {
             // Both full: an expired way of the home bucket, else its live one
-            // closest to its deadline.
+            // of the lowest class, closest to its deadline.
             let base = h.bucket as usize * STRIDE;
             let mut expired = None;
-            let mut victim: Option<(usize, i32)> = None;
+            let mut victim: Option<(usize, (u8, i32))> = None;
             for (i, e) in (base..).zip(self.ways.get(h.bucket as usize).map_or(&[][..], |b| &b.0[..])) {
                 if i as u32 == protect {
                     continue;
@@ -538,17 +602,25 @@ impl Table {
                 if left <= 0 {
                     expired = Some(i);
                     break;
-                } else if victim.is_none_or(|(_, best)| left < best) {
-                    victim = Some((i, left));
+                }
+                let order = (State::from_u8(e.state).rank(), left);
+                if victim.is_none_or(|(_, best)| order < best) {
+                    victim = Some((i, order));
                 }
             }
-            let (i, counter) = match (expired, victim) {
-                (Some(i), _) => (i, &mut rec.expired),
-                (None, Some((i, _))) => (i, &mut rec.evicted),
-                // Only when every way is `protect`: impossible with WAYS > 1.
-                (None, None) => (base, &mut rec.evicted),
-            };
-            *counter += 1;
+            match (expired, victim) {
+                (Some(_), _) => rec.expired += 1,
+                (None, v) => {
+                    rec.evicted += 1;
+                    match v.map(|(_, (rank, _))| rank) {
+                        Some(0) => rec.evicted_unconfirmed += 1,
+                        Some(2) => rec.evicted_established += 1,
+                        _ => {}
+                    }
+                }
+            }
+            // `base` only when every way is `protect`: impossible with WAYS > 1.
+            let i = expired.or(victim.map(|(i, _)| i)).unwrap_or(base);
             self.remove(i as u32);
             i
         };
@@ -559,6 +631,9 @@ impl Table {
             *e = entry;
         }
         self.live += 1;
+        if entry.flags & F_HALF_OPEN != 0 {
+            self.half_open += 1;
+        }
         slot as u32
     }
 

@@ -58,6 +58,48 @@
 //!   its own, or the gateway's for an off-link tunnel endpoint) or resolved by
 //!   ARP ([`Forwarder::observe_arp`], [`Forwarder::poll_arp`]). A flow's entry
 //!   stores the MAC at creation.
+//!
+//! # Under a SYN/ACK flood
+//! Spoofed packets create entries too; these rules keep them from pushing
+//! out the flows that matter ([`FloodConfig`], [`Timeouts`], [`Counters`]):
+//! - **Eviction order.** A full bucket evicts unconfirmed entries (SYN
+//!   only, or mid-stream on probation) first, then closing/closed ones, and
+//!   an established TCP or UDP flow only when its bucket holds nothing else
+//!   ([`Counters::evictions_unconfirmed`], [`Counters::evictions_established`]).
+//! - **Short SYN timeout under pressure.** While the table is at least half
+//!   full (entries in use, unreclaimed expired ones included), a SYN-only
+//!   entry is created and refreshed with [`Timeouts::tcp_syn_pressure`]
+//!   (3 s) instead of [`Timeouts::tcp_syn`] (30 s).
+//! - **Mid-stream probation** (DSR, tunnel). A TCP packet without SYN, FIN
+//!   or RST for an unknown flow (often a live flow moved here from another
+//!   load balancer by ECMP) is forwarded to the Maglev backend at once and
+//!   tracked in the probation state with [`Timeouts::tcp_probation`] (10 s).
+//!   The flow is *alive*, and the entry becomes established (900 s), when a
+//!   packet of it arrives at least [`Timeouts::probation_confirm`] (1 s)
+//!   after the entry was created; earlier packets only refresh the
+//!   probation timeout. A spoofed ACK flood, one packet per tuple, never
+//!   confirms. Counted: [`Counters::midstream_flows`],
+//!   [`Counters::midstream_confirmed`]. FullNAT still refuses non-SYN new
+//!   TCP flows ([`DropReason::NoSyn`]).
+//! - **New-flow cap** (DSR, tunnel; Katran's MAX_CONN_RATE). A token bucket
+//!   per lcore ([`FloodConfig::new_flow_rate`], [`FloodConfig::new_flow_burst`],
+//!   refilled from the `now_ns` the forwarder is given): a new flow without a
+//!   token is still forwarded to the backend Maglev picks, but no entry is
+//!   made ([`Counters::flows_not_tracked`]); its next packet is a new flow
+//!   again, and Maglev gives the same backend while the backend set stays.
+//! - **FullNAT half-open quota.** At most [`FloodConfig::half_open_max`]
+//!   flows per lcore in the SYN state (client SYN seen, client ACK not yet),
+//!   and never more than half of this lcore's source ports
+//!   (`ports x addresses / 2`), so half-open flows cannot exhaust the ports
+//!   of a backend; further SYNs are dropped ([`DropReason::HalfOpenFull`]).
+//!   Expired half-open entries still count until reclaimed: a SYN finding
+//!   the quota full first reclaims up to 8 of the oldest.
+//! - **Unpredictable FullNAT source ports** (RFC 6056 algorithm 3): the
+//!   search starts at a keyed hash of (client address, client port, backend
+//!   address, backend port, protocol) over this lcore's (address, port)
+//!   space, the key derived from [`FloodConfig::port_seed`], then probes
+//!   linearly (at most 64 candidates). The client port is in the hash so
+//!   that flows to one backend do not all start at one offset and cluster.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -82,12 +124,12 @@ use fulcrum_model::steer::owner_of_port;
 use fulcrum_model::{Proto, MAX_VIPS};
 use smoltcp::wire::EthernetAddress;
 
-use conntrack::{tick, ticks, Table};
+use conntrack::{tick, ticks, State, Table, STATES};
 use neigh::Neighbours;
 use vips::VipRt;
 
 pub use neigh::ARP_REQUEST_LEN;
-pub use vips::{BackendStats, ForwardVip, Installed, VipStats};
+pub use vips::{BackendStats, FloodStats, ForwardVip, Installed, VipStats};
 
 /// Memory per connection-tracking entry (one direction of one flow; a
 /// FullNAT flow takes two): its 64-byte cache line and its share of the
@@ -118,6 +160,16 @@ pub struct Timeouts {
     pub tcp_closed: Duration,
     /// UDP, refreshed by every packet: 300 s (IPVS's default).
     pub udp: Duration,
+    /// SYN-only entries while the table is under pressure (at least half
+    /// full): 3 s. Long enough for a handshake and a retransmitted SYN
+    /// (which refreshes it); short, so a SYN flood's entries go fast.
+    pub tcp_syn_pressure: Duration,
+    /// Mid-stream entries (created by a TCP packet without SYN) until
+    /// confirmed: 10 s.
+    pub tcp_probation: Duration,
+    /// A mid-stream entry is confirmed (established) by a packet of its
+    /// flow arriving at least this long after its creation: 1 s.
+    pub probation_confirm: Duration,
 }
 
 impl Default for Timeouts {
@@ -128,6 +180,42 @@ impl Default for Timeouts {
             tcp_closing: Duration::from_secs(60),
             tcp_closed: Duration::from_secs(10),
             udp: Duration::from_secs(300),
+            tcp_syn_pressure: Duration::from_secs(3),
+            tcp_probation: Duration::from_secs(10),
+            probation_confirm: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Default [`FloodConfig::new_flow_rate`]: Katran's MAX_CONN_RATE.
+pub const DEFAULT_NEW_FLOW_RATE: u32 = 125_000;
+
+/// Flood defences (see the crate docs, "Under a SYN/ACK flood").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FloodConfig {
+    /// DSR/tunnel: new tracked flows per second per lcore; beyond it new
+    /// flows are forwarded by Maglev without an entry. 0: no cap.
+    /// Default [`DEFAULT_NEW_FLOW_RATE`].
+    pub new_flow_rate: u32,
+    /// Token bucket depth (flows tracked at once after a quiet spell); 0:
+    /// one second's worth (`new_flow_rate`). Default 0.
+    pub new_flow_burst: u32,
+    /// FullNAT: most flows per lcore in the SYN state. 0, or anything above
+    /// half this lcore's source ports x addresses: that half. Default 16384.
+    pub half_open_max: u32,
+    /// Seed of the FullNAT source-port hash key (RFC 6056). Keep it secret;
+    /// `Default` draws one at random per process.
+    pub port_seed: u64,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        FloodConfig {
+            new_flow_rate: DEFAULT_NEW_FLOW_RATE,
+            new_flow_burst: 0,
+            half_open_max: 16_384,
+            port_seed: std::collections::hash_map::RandomState::new().hash_one(0x6056u64),
         }
     }
 }
@@ -163,6 +251,8 @@ pub struct ForwarderConfig {
     /// Maglev flow-hash seed (`fulcrum_maglev::DEFAULT_FLOW_SEED`); must be
     /// the same on every load balancer.
     pub flow_seed: u64,
+    /// Flood defences (`FloodConfig::default()` for the defaults).
+    pub flood: FloodConfig,
 }
 
 /// Why the configuration or a backend update is refused.
@@ -260,6 +350,8 @@ fulcrum_packet::drop_reasons! {
     NoSyn => "no_syn",
     /// No free FullNAT source port for this backend.
     NoPort => "no_port",
+    /// New FullNAT SYN while this lcore's half-open quota is full.
+    HalfOpenFull => "half_open_full",
 }
 
 /// What to do with a frame.
@@ -294,8 +386,20 @@ pub struct Counters {
     pub not_mine: u64,
     /// Flows created.
     pub new_flows: u64,
-    /// Live entries evicted because their bucket was full.
+    /// Live entries evicted because their bucket was full (all classes).
     pub evictions: u64,
+    /// Of `evictions`: unconfirmed entries (SYN only, or on probation).
+    pub evictions_unconfirmed: u64,
+    /// Of `evictions`: established TCP and UDP entries (only when the
+    /// bucket held nothing else).
+    pub evictions_established: u64,
+    /// TCP entries created mid-stream (first packet not a SYN; DSR, tunnel).
+    pub midstream_flows: u64,
+    /// Of those, confirmed alive (see [`Timeouts::probation_confirm`]).
+    pub midstream_confirmed: u64,
+    /// DSR/tunnel new-flow packets forwarded by Maglev without an entry
+    /// (the new-flow cap, [`FloodConfig::new_flow_rate`]).
+    pub flows_not_tracked: u64,
     /// Expired entries reclaimed.
     pub expired: u64,
     /// ICMP errors forwarded to a backend or translated to a client.
@@ -336,9 +440,20 @@ pub struct Forwarder {
     lcores: usize,
     /// Our ports in `local_ports`, ascending (allocated once).
     ports: Vec<u16>,
-    port_cursor: usize,
+    /// Keys of the source-port hash (from `FloodConfig::port_seed`).
+    port_keys: [u64; 3],
     table: Table,
-    timeouts: [u32; 6],
+    timeouts: Ticks,
+    /// Per-state timeouts without pressure, and `tcp_syn_pressure`:
+    /// `timeouts.by_state[SynSent]` is set from these by the pressure.
+    syn_ticks: (u32, u32),
+    /// The new-flow cap (DSR, tunnel).
+    new_flows: TokenBucket,
+    /// Effective FullNAT half-open quota.
+    half_open_max: usize,
+    /// Half-open FullNAT entries, oldest first (a ring of `half_open_max`
+    /// indexes): where the quota looks for expired ones to reclaim.
+    half_open_ring: Ring,
     mtu: u16,
     neigh: Neighbours,
     /// Installed VIPs by id (`MAX_VIPS` slots).
@@ -381,6 +496,25 @@ impl Forwarder {
         let ports: Vec<u16> = (lo..hi).filter(|&p| owner_of_port(p, lcores) == config.lcore).collect();
         let t = &config.timeouts;
         let to = |d: Duration| ticks(d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        let mut by_state = [1; STATES];
+        for (s, d) in [
+            (State::SynSent, t.tcp_syn),
+            (State::Established, t.tcp_established),
+            (State::Closing, t.tcp_closing),
+            (State::Closed, t.tcp_closed),
+            (State::Udp, t.udp),
+            (State::Probation, t.tcp_probation),
+        ] {
+            by_state[s as usize] = to(d);
+        }
+        let space = ports.len().saturating_mul(config.addrs.len());
+        let fl = &config.flood;
+        // Half the port space, but one when there is a single candidate.
+        let half = (space / 2).max(space.min(1));
+        let half_open_max = match fl.half_open_max as usize {
+            0 => half,
+            n => n.min(half),
+        };
         Ok(Forwarder {
             mac: EthernetAddress(config.mac),
             addrs: config.addrs.clone(),
@@ -390,7 +524,7 @@ impl Forwarder {
             lcore: config.lcore,
             lcores,
             ports,
-            port_cursor: 0,
+            port_keys: datapath::port_keys(fl.port_seed),
             table: Table::new(config.capacity, config.table_memory_hint).map_err(|e| {
                 ForwardError::Memory {
                     entries: config.capacity,
@@ -398,14 +532,14 @@ impl Forwarder {
                     error: e.to_string(),
                 }
             })?,
-            timeouts: [
-                0,
-                to(t.tcp_syn),
-                to(t.tcp_established),
-                to(t.tcp_closing),
-                to(t.tcp_closed),
-                to(t.udp),
-            ],
+            timeouts: Ticks {
+                by_state,
+                confirm: to(t.probation_confirm),
+            },
+            syn_ticks: (to(t.tcp_syn), to(t.tcp_syn_pressure)),
+            new_flows: TokenBucket::new(fl.new_flow_rate, fl.new_flow_burst),
+            half_open_max,
+            half_open_ring: Ring::new(half_open_max),
             mtu: config.mtu,
             neigh: Neighbours::new(config.neighbours),
             vips: (0..MAX_VIPS).map(|_| None).collect(),
@@ -441,6 +575,12 @@ impl Forwarder {
     /// Connection-tracking capacity in entries.
     pub fn conntrack_capacity(&self) -> usize {
         self.table.capacity()
+    }
+
+    /// FullNAT flows in the SYN state on this lcore (expired, unreclaimed
+    /// ones included), and the effective quota ([`FloodConfig::half_open_max`]).
+    pub fn half_open(&self) -> (usize, usize) {
+        (self.table.half_open(), self.half_open_max)
     }
 
     /// Reclaims expired entries among the next `budget` table slots (call
@@ -550,6 +690,100 @@ impl Forwarder {
             Verdict::NotMine => self.counters.not_mine += 1,
         }
         v
+    }
+}
+
+/// Timeouts in ticks, as the packet path uses them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticks {
+    /// By [`State`] value (index 0 unused).
+    pub by_state: [u32; STATES],
+    /// [`Timeouts::probation_confirm`].
+    pub confirm: u32,
+}
+
+/// Nanotokens per token of [`TokenBucket`]: one token per flow, refilled
+/// at `rate` nanotokens per nanosecond (= `rate` tokens per second), so
+/// refilling needs no division.
+const NANO: u64 = 1_000_000_000;
+
+/// A token bucket of new flows: `rate` per second, `depth` at most.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TokenBucket {
+    /// Flows per second; 0: unlimited.
+    rate: u64,
+    /// Most nanotokens held (`burst x NANO`).
+    depth: u64,
+    nanotokens: u64,
+    /// When it was last refilled (ns); time going backwards refills nothing.
+    at_ns: u64,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let burst = if burst == 0 { rate } else { burst };
+        let depth = u64::from(burst) * NANO;
+        TokenBucket { rate: u64::from(rate), depth, nanotokens: depth, at_ns: 0 }
+    }
+
+    /// Takes a token if there is one (refilling first); always with no cap.
+    #[inline]
+    pub(crate) fn take(&mut self, now_ns: u64) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        if now_ns > self.at_ns {
+            let add = (now_ns - self.at_ns).saturating_mul(self.rate);
+            self.nanotokens = self.nanotokens.saturating_add(add).min(self.depth);
+            self.at_ns = now_ns;
+        }
+        match self.nanotokens.checked_sub(NANO) {
+            Some(left) => {
+                self.nanotokens = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A fixed ring of entry indexes (allocated once; pushing onto a full ring
+/// drops the oldest).
+pub(crate) struct Ring {
+    slots: Vec<u32>,
+    head: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn new(n: usize) -> Self {
+        Ring { slots: vec![0; n], head: 0, len: 0 }
+    }
+
+    pub(crate) fn push(&mut self, i: u32) {
+        let n = self.slots.len();
+        if n == 0 {
+            return;
+        }
+        if self.len == n {
+            self.head = (self.head + 1) % n;
+            self.len -= 1;
+        }
+        if let Some(s) = self.slots.get_mut((self.head + self.len) % n) {
+            *s = i;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn pop(&mut self) -> Option<u32> {
+        let n = self.slots.len();
+        if self.len == 0 || n == 0 {
+            return None;
+        }
+        let i = *self.slots.get(self.head)?;
+        self.head = (self.head + 1) % n;
+        self.len -= 1;
+        Some(i)
     }
 }
 

@@ -66,7 +66,29 @@ fn config(capacity: usize) -> ForwarderConfig {
         mtu: 1500,
         neighbours: 64,
         flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
+        flood: FloodConfig { port_seed: fixture_port_seed(), ..FloodConfig::default() },
     }
+}
+
+/// A source-port seed under which the FullNAT fixtures' flows (client
+/// 198.19.0.1:40000 to backend 198.18.2.4:8080/tcp and :5353/udp, and
+/// :40001 to :5353/udp) start their port search at the first of 100 ports,
+/// 40000, the port the fixtures were written with (found by search once:
+/// deterministic).
+fn fixture_port_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        let backend = u32::from(Ipv4Addr::new(198, 18, 2, 4));
+        let c = |port| (u32::from(CLIENT), port);
+        (0..u64::MAX)
+            .find(|&seed| {
+                let k = crate::datapath::port_keys(seed);
+                crate::datapath::port_start(&k, c(40000), (backend, 8080), 6, 100) == 0
+                    && crate::datapath::port_start(&k, c(40000), (backend, 5353), 17, 100) == 0
+                    && crate::datapath::port_start(&k, c(40001), (backend, 5353), 17, 100) == 0
+            })
+            .unwrap_or(0)
+    })
 }
 
 /// Installs `vips` (ids: their indexes), asserting none is refused.

@@ -161,6 +161,7 @@ pub(crate) struct VipRt {
     pub traffic: Traffic,
     pub backend_traffic: Vec<Traffic>,
     pub drops: [u64; DropReason::COUNT],
+    pub flood: FloodStats,
 }
 
 impl VipRt {
@@ -203,6 +204,19 @@ pub struct BackendStats {
     pub traffic: Traffic,
 }
 
+/// A VIP's flood-defence counters on this lcore (the per-lcore totals are
+/// the [`crate::Counters`] fields of the same names; `half_open_full` is
+/// among [`VipStats::drops`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodStats {
+    /// TCP entries created mid-stream (DSR, tunnel).
+    pub midstream_flows: u64,
+    /// Of those, confirmed alive.
+    pub midstream_confirmed: u64,
+    /// New-flow packets forwarded without an entry (the new-flow cap).
+    pub flows_not_tracked: u64,
+}
+
 /// A VIP's counters on this lcore.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VipStats {
@@ -221,6 +235,8 @@ pub struct VipStats {
     /// Drops after the packet was known to be this VIP's, by
     /// [`DropReason::index`] (also counted in [`crate::Counters::drops`]).
     pub drops: [u64; DropReason::COUNT],
+    /// Flood-defence counters (also counted in [`crate::Counters`]).
+    pub flood: FloodStats,
     /// Its current backends, in its list order.
     pub backends: Vec<BackendStats>,
 }
@@ -289,11 +305,13 @@ impl Forwarder {
                 backends,
                 traffic: Traffic::default(),
                 drops: [0; DropReason::COUNT],
+                flood: FloodStats::default(),
             };
             match previous {
                 Some(p) if same => {
                     rt.traffic = p.traffic;
                     rt.drops = p.drops;
+                    rt.flood = p.flood;
                     // Counters follow a backend's identity, not its position.
                     for (b, t) in rt.backends.iter().zip(rt.backend_traffic.iter_mut()) {
                         let kept = p.backends.iter().position(|o| (o.cfg.address, o.cfg.port) == (b.cfg.address, b.cfg.port));
@@ -383,6 +401,7 @@ impl Forwarder {
             mode: s.mode,
             traffic: v.traffic,
             drops: v.drops,
+            flood: v.flood,
             backends: v
                 .backends
                 .iter()

@@ -1,11 +1,51 @@
 //! Client -> VIP: the flow's tracking state, its creation (the Maglev
 //! choice, a FullNAT source port), the checks a VIP's rewrite makes before
 //! any lookup, and the rewrite itself.
+//!
+//! Flood defences (crate docs, "Under a SYN/ACK flood") live here, all on
+//! the new-flow path ([`create`]) except the probation confirmation and the
+//! half-open settling, which `touch`/`deliver` do with one byte compare
+//! each on the established path.
 
 use super::*;
+use crate::conntrack::F_HALF_OPEN;
+use crate::Ticks;
 
 pub(super) fn timeout(f: &Forwarder, s: State) -> u32 {
-    f.timeouts.get(s as usize).copied().unwrap_or(1)
+    f.timeouts.by_state.get(s as usize).copied().unwrap_or(1)
+}
+
+/// Most (address, port) candidates a FullNAT source-port search tries.
+pub(crate) const PORT_PROBES: usize = 64;
+
+/// Most half-open ring entries a SYN finding the quota full looks at.
+const HALF_OPEN_RECLAIM: usize = 8;
+
+/// The source-port hash keys from `seed` (splitmix64 steps).
+pub(crate) fn port_keys(seed: u64) -> [u64; 3] {
+    let mut x = seed;
+    [0; 3].map(|_| {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) | 1
+    })
+}
+
+/// Where a FullNAT source-port search starts in a space of `space`
+/// (address, port) candidates: a keyed hash of the client and backend
+/// sides of the flow (RFC 6056 algorithm 3's `F(..., secret)`), mapped onto
+/// `0..space` by multiply-shift.
+pub(crate) fn port_start(keys: &[u64; 3], client: (u32, u16), backend: (u32, u16), proto: u8, space: usize) -> usize {
+    let fold = |a: u64, b: u64| {
+        let p = u128::from(a) * u128::from(b);
+        (p as u64) ^ ((p >> 64) as u64)
+    };
+    let addrs = u64::from(client.0) << 32 | u64::from(backend.0);
+    let rest = u64::from(client.1) << 32 | u64::from(backend.1) << 16 | u64::from(proto);
+    let h = fold(fold(addrs ^ keys[0], rest ^ keys[1]), keys[2]);
+    ((u128::from(h) * space as u128) >> 64) as usize
 }
 
 pub(super) fn initial_state(proto: u8, fl: Flags) -> State {
@@ -18,7 +58,8 @@ pub(super) fn initial_state(proto: u8, fl: Flags) -> State {
     } else if fl.has(SYN) && !fl.has(ACK) {
         State::SynSent
     } else {
-        State::Established
+        // Mid-stream: alive only once it shows it (see `touch`).
+        State::Probation
     }
 }
 
@@ -37,20 +78,33 @@ pub(super) fn next_state(s: State, fl: Flags) -> State {
 
 /// Advances entry `e`'s state for a packet with flags `fl` and restarts its
 /// timeout; its twin (if any) must get the same (see [`sync_twin`]).
+/// A probation entry that sees a packet at least `confirm` ticks after its
+/// creation becomes established: returns whether this packet did that.
 #[inline]
-pub(super) fn touch(e: &mut Entry, timeouts: &[u32; 6], now: u32, fl: Flags) {
-    let s = next_state(State::from_u8(e.state), fl);
+pub(super) fn touch(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
+    let mut s = next_state(State::from_u8(e.state), fl);
+    let confirmed = s == State::Probation && now.wrapping_sub(e.born) >= t.confirm;
+    if confirmed {
+        s = State::Established;
+    }
     e.state = s as u8;
-    e.deadline = now.wrapping_add(timeouts.get(s as usize).copied().unwrap_or(1));
+    e.deadline = now.wrapping_add(t.by_state.get(s as usize).copied().unwrap_or(1));
+    confirmed
 }
 
-/// Gives entry `e`'s twin (if it has one) `e`'s state and deadline.
+/// Gives entry `e`'s twin (if it has one) `e`'s state and deadline, and
+/// settles the pair's half-open count once it has left the SYN state.
 #[inline]
 pub(super) fn sync_twin(table: &mut Table, &Entry { twin, state, deadline, .. }: &Entry) {
     if twin != NO_TWIN {
+        let mut settle = false;
         if let Some(t) = table.get_mut(twin) {
             t.state = state;
             t.deadline = deadline;
+            settle = t.flags & F_HALF_OPEN != 0 && state != State::SynSent as u8;
+        }
+        if settle {
+            table.settle(twin);
         }
     }
 }
@@ -58,6 +112,8 @@ pub(super) fn sync_twin(table: &mut Table, &Entry { twin, state, deadline, .. }:
 #[inline]
 pub(super) fn account_reclaimed(f: &mut Forwarder, rec: Reclaimed) {
     f.counters.evictions += rec.evicted;
+    f.counters.evictions_unconfirmed += rec.evicted_unconfirmed;
+    f.counters.evictions_established += rec.evicted_established;
     f.counters.expired += rec.expired;
 }
 
@@ -91,16 +147,18 @@ pub(super) fn backend_mac(f: &mut Forwarder, vip: usize, bi: usize, now_ns: u64)
     }
 }
 
-/// Picks a FullNAT source address and port for a flow to `backend:bport`.
-pub(super) fn alloc_port(f: &mut Forwarder, backend: u32, bport: u16, proto: u8, now: u32) -> Option<(u32, u16)> {
+/// Picks a FullNAT source address and port for the flow from `client` to
+/// `backend:bport`: from [`port_start`] on, the first (address, port) of
+/// this lcore's whose reply tuple is free, trying at most [`PORT_PROBES`].
+pub(crate) fn alloc_port(f: &Forwarder, client: (u32, u16), (backend, bport): (u32, u16), proto: u8, now: u32) -> Option<(u32, u16)> {
     let n_ports = f.ports.len();
     let space = n_ports.checked_mul(f.addrs.len())?;
     if space == 0 {
         return None;
     }
-    for _ in 0..space.min(64) {
-        let c = f.port_cursor % space;
-        f.port_cursor = (c + 1) % space;
+    let first = port_start(&f.port_keys, client, (backend, bport), proto, space);
+    for n in 0..space.min(PORT_PROBES) {
+        let c = (first + n) % space;
         let addr = u32::from(*f.addrs.get(c / n_ports)?);
         let port = *f.ports.get(c % n_ports)?;
         let k = Key {
@@ -155,7 +213,16 @@ pub(super) fn forward(
     let (idx, fl) = match hit {
         Some(i) => (i, Some(fl)),
         None => match create(f, now_ns, now, buf, start, vip, mode, key, fl) {
-            Ok(i) => (i, None),
+            Ok(Created::Tracked(i)) => (i, None),
+            Ok(Created::Untracked(e)) => {
+                // The new-flow cap: Maglev's choice, no entry.
+                f.counters.flows_not_tracked += 1;
+                if let Some(v) = owner_vip(&mut f.vips, &e) {
+                    v.flood.flows_not_tracked += 1;
+                }
+                account(&mut f.vips, &e, ip.total, false);
+                return apply(f.mac.0, buf, start, ip, &e, mode, key);
+            }
             Err(r) => return Verdict::Drop(r),
         },
     };
@@ -207,18 +274,65 @@ pub(crate) fn deliver(
     key: Key,
     fl: Option<Flags>,
 ) -> Option<Verdict> {
-    let Forwarder { table, vips, timeouts, mac, .. } = f;
+    let Forwarder { table, vips, timeouts, mac, counters, .. } = f;
     let e = table.get_mut(idx)?;
-    if let Some(fl) = fl {
-        touch(e, timeouts, now, fl);
-    }
+    let confirmed = match fl {
+        Some(fl) => touch(e, timeouts, now, fl),
+        None => false,
+    };
     account(vips, e, ip.total, fl.is_none());
     let v = apply(mac.0, buf, start, ip, e, mode, key);
     if fl.is_some() {
         let e = *e;
+        if confirmed {
+            confirm(counters, vips, &e);
+        }
+        // A FullNAT flow leaving the SYN state (client ACK, FIN or RST).
+        if e.flags & F_HALF_OPEN != 0 && e.state != State::SynSent as u8 {
+            table.settle(idx);
+        }
         sync_twin(table, &e);
     }
     Some(v)
+}
+
+/// Counts a mid-stream flow confirmed alive (rare: out of line).
+#[inline(never)]
+fn confirm(counters: &mut crate::Counters, vips: &mut [Option<VipRt>], e: &Entry) {
+    counters.midstream_confirmed += 1;
+    if let Some(v) = owner_vip(vips, e) {
+        v.flood.midstream_confirmed += 1;
+    }
+}
+
+/// What [`create`] made of a new flow.
+pub(super) enum Created {
+    /// An entry, at this index.
+    Tracked(u32),
+    /// No entry (the new-flow cap): forward with this one, not stored.
+    Untracked(Entry),
+}
+
+/// Room for one more half-open FullNAT flow: under the quota, or made by
+/// freeing an expired half-open entry among the oldest few.
+fn half_open_room(f: &mut Forwarder, now: u32) -> bool {
+    for _ in 0..HALF_OPEN_RECLAIM {
+        if f.table.half_open() < f.half_open_max {
+            return true;
+        }
+        let Some(i) = f.half_open_ring.pop() else { return false };
+        match f.table.get(i) {
+            Some(e) if e.flags & F_HALF_OPEN != 0 && e.expired(now) => {
+                f.table.remove(i);
+                f.counters.expired += 1;
+            }
+            // Still half-open and live: back of the queue.
+            Some(e) if e.flags & F_HALF_OPEN != 0 => f.half_open_ring.push(i),
+            // Settled or freed since (a stale index).
+            _ => {}
+        }
+    }
+    f.table.half_open() < f.half_open_max
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -232,10 +346,15 @@ pub(super) fn create(
     mode: Rewrite,
     key: Key,
     fl: Flags,
-) -> Result<u32, DropReason> {
+) -> Result<Created, DropReason> {
     let is_syn = fl.has(SYN) && !fl.has(ACK);
-    if mode == Rewrite::FullNat && key.proto == TCP && !is_syn {
+    let fullnat = mode == Rewrite::FullNat;
+    if fullnat && key.proto == TCP && !is_syn {
         return Err(DropReason::NoSyn);
+    }
+    let half_open = fullnat && key.proto == TCP;
+    if half_open && !half_open_room(f, now) {
+        return Err(DropReason::HalfOpenFull);
     }
     let v = vip_rt(&f.vips, vip).ok_or(DropReason::NoBackend)?;
     let vip_index = v.index;
@@ -244,6 +363,12 @@ pub(super) fn create(
     let b = v.backends.get(bi).ok_or(DropReason::NoBackend)?.cfg;
     let mac = backend_mac(f, vip, bi, now_ns).ok_or(DropReason::NeighbourUnresolved)?;
     let state = initial_state(key.proto, fl);
+    // Pressure: the table at least half full; SYN-only entries then get
+    // the short timeout, at creation and when refreshed.
+    let pressure = f.table.live() >= f.table.capacity() / 2;
+    if let Some(t) = f.timeouts.by_state.get_mut(State::SynSent as usize) {
+        *t = if pressure { f.syn_ticks.1 } else { f.syn_ticks.0 };
+    }
     let deadline = now.wrapping_add(timeout(f, state));
     let bport = if b.port == 0 { key.dport } else { b.port };
     let base = Entry {
@@ -261,11 +386,16 @@ pub(super) fn create(
         vip_index,
         backend: bi as u16,
         twin: NO_TWIN,
+        born: now,
         ..Entry::default()
     };
+    if !fullnat && !f.new_flows.take(now_ns) {
+        return Ok(Created::Untracked(base));
+    }
     let mut rec = Reclaimed::default();
-    let idx = if mode == Rewrite::FullNat {
-        let (snat, sport) = alloc_port(f, u32::from(b.address), bport, key.proto, now).ok_or(DropReason::NoPort)?;
+    let idx = if fullnat {
+        let client = (key.src, key.sport);
+        let (snat, sport) = alloc_port(f, client, (u32::from(b.address), bport), key.proto, now).ok_or(DropReason::NoPort)?;
         let mut client_mac = [0u8; 6];
         if let Some(m) = buf.get(at(ethernet::SOURCE, start)) {
             client_mac.copy_from_slice(m);
@@ -273,6 +403,7 @@ pub(super) fn create(
         let fwd = Entry {
             new_src: snat,
             new_sport: sport,
+            flags: if half_open { F_HALF_OPEN } else { 0 },
             ..base
         };
         let rev = Entry {
@@ -296,13 +427,22 @@ pub(super) fn create(
         if let Some(e) = f.table.get_mut(j) {
             e.twin = i;
         }
+        if half_open {
+            f.half_open_ring.push(i);
+        }
         i
     } else {
         f.table.insert(base, now, NO_TWIN, &mut rec)
     };
     account_reclaimed(f, rec);
     f.counters.new_flows += 1;
-    Ok(idx)
+    if state == State::Probation {
+        f.counters.midstream_flows += 1;
+        if let Some(v) = owner_vip(&mut f.vips, &base) {
+            v.flood.midstream_flows += 1;
+        }
+    }
+    Ok(Created::Tracked(idx))
 }
 
 /// Rewrites the frame for entry `e` (a client -> VIP flow, or an ICMP error

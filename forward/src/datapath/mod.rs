@@ -31,7 +31,9 @@ use fullnat::*;
 use icmp_error::*;
 use tunnel::*;
 
-pub(crate) use flow::{deliver, maglev_key, refuse};
+pub(crate) use flow::{deliver, maglev_key, port_keys, refuse};
+#[cfg(test)]
+pub(crate) use flow::{alloc_port, port_start};
 pub(crate) use fullnat::reply_hit;
 pub(crate) use steer::owner;
 
