@@ -946,3 +946,306 @@ fn drops_are_counted_under_their_vip() {
     assert_eq!(run_burst(&mut f, 0, &set_ttl(&IPIP_SYN, 1)).0, Verdict::Drop(DropReason::TtlExceeded));
     assert_eq!(drops_of(&f, 2)[DropReason::TtlExceeded.index()], 1);
 }
+
+// ---- Floods (crate docs, "Under a SYN/ACK flood") ----
+
+const TCP_FLAGS: usize = 14 + 20 + 13;
+const F_SYN: u8 = 0x02;
+const F_ACK: u8 = 0x10;
+
+/// `base` (a TCP fixture) from `src:sport` with TCP flags `flags`; IPv4
+/// checksum refilled (the TCP checksum is not verified by the forwarder).
+fn tcp_from(base: &[u8], src: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
+    let mut v = base.to_vec();
+    v[26..30].copy_from_slice(&src.octets());
+    v[34..36].copy_from_slice(&sport.to_be_bytes());
+    v[TCP_FLAGS] = flags;
+    Ipv4Packet::new_unchecked(&mut v[14..]).fill_checksum();
+    v
+}
+
+/// The `n`th spoofed source of a flood.
+fn spoofed(n: u32) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from(0xcb00_0000 | (n.wrapping_mul(2_654_435_761) & 0x00ff_ffff)), 1024 + (n % 60_000) as u16)
+}
+
+fn dsr_key(src: Ipv4Addr, sport: u16) -> conntrack::Key {
+    conntrack::Key { src: src.into(), dst: Ipv4Addr::new(198, 18, 1, 1).into(), sport, dport: 80, proto: 6 }
+}
+
+/// The backend index Maglev gives a DSR flow to VIP 0 with `many_backends(4)`.
+fn maglev_choice(f: &Forwarder, src: Ipv4Addr, sport: u16) -> usize {
+    let table = fulcrum_maglev::MaglevTable::build(
+        &many_backends(4).iter().map(|b| fulcrum_maglev::Backend::at(b.address.into(), b.port, 1)).collect::<Vec<_>>(),
+        251,
+    )
+    .unwrap();
+    let h = fulcrum_maglev::flow_hash(f.flow_seed, src.into(), sport, Ipv4Addr::new(198, 18, 1, 1).into(), 80, 6);
+    table.lookup(h).unwrap()
+}
+
+/// 31 established DSR flows (SYN, then ACK) in a table of two buckets: it
+/// is half full, so the flood that follows is under pressure throughout.
+fn established_then_flood(f: &mut Forwarder, flood: u32, from: u64) -> Vec<(Ipv4Addr, u16)> {
+    let est: Vec<(Ipv4Addr, u16)> = (0..31).map(|i| (Ipv4Addr::new(198, 19, 1, i as u8 + 1), 5000 + i)).collect();
+    for &(src, sport) in &est {
+        let _ = dst_mac(f, 0, &tcp_from(&DSR_SYN, src, sport, F_SYN));
+        let _ = dst_mac(f, SEC / 100, &tcp_from(&DSR_SYN, src, sport, F_ACK));
+    }
+    for n in 0..flood {
+        let (src, sport) = spoofed(n);
+        let now = from + u64::from(n) * 1000; // 1 us apart
+        let _ = dst_mac(f, now, &tcp_from(&DSR_SYN, src, sport, F_SYN));
+    }
+    est
+}
+
+/// A flood of spoofed SYNs fills both buckets over and over, yet no
+/// established flow (created before it) is evicted: every eviction is of
+/// an unconfirmed entry, and the established flows keep hitting their
+/// entries and their backends.
+#[test]
+fn syn_flood_never_evicts_established_flows() {
+    let mut f = build(config(62), &test_vips());
+    assert_eq!(f.conntrack_capacity(), 62);
+    let est = established_then_flood(&mut f, 5000, SEC);
+    let c = f.counters().clone();
+    assert_eq!(f.conntrack_len(), 62, "buckets full");
+    assert!(c.evictions >= 5000 - 31, "{c:?}");
+    assert_eq!((c.evictions_established, c.evictions_unconfirmed), (0, c.evictions), "{c:?}");
+    let now = 2 * SEC;
+    for &(src, sport) in &est {
+        assert!(f.table.contains(&dsr_key(src, sport), tick(now)), "{src}:{sport} evicted");
+        assert_eq!(dst_mac(&mut f, now, &tcp_from(&DSR_SYN, src, sport, F_ACK)), [2, 0, 0, 0, 2, 1]);
+    }
+    assert_eq!(f.counters().new_flows, c.new_flows, "established flows hit their entries");
+}
+
+/// Under pressure a SYN-only entry lives `tcp_syn_pressure` (3 s), not 30 s:
+/// 4 s after the flood only the established flows are left. Without
+/// pressure (an empty table) a SYN keeps the 30 s timeout.
+#[test]
+fn syn_only_entries_go_after_the_short_timeout_under_pressure() {
+    let mut f = build(config(62), &test_vips());
+    let est = established_then_flood(&mut f, 500, SEC);
+    let last = SEC + 500 * 1000;
+    f.sweep(last + 2 * SEC, 1 << 20);
+    assert_eq!(f.conntrack_len(), 62, "2 s on: all still live");
+    f.sweep(last + 4 * SEC, 1 << 20);
+    assert_eq!(f.conntrack_len(), est.len(), "4 s on: only the established flows");
+    // No pressure: 30 s.
+    let mut g = fwd();
+    let _ = dst_mac(&mut g, 0, &DSR_SYN);
+    g.sweep(20 * SEC, 1 << 20);
+    assert_eq!(g.conntrack_len(), 1);
+    g.sweep(31 * SEC, 1 << 20);
+    assert_eq!(g.conntrack_len(), 0);
+}
+
+/// A bucket full of established entries: a new one evicts an established
+/// one (the bucket holds nothing else), counted as such; with one SYN-only
+/// entry among them, that one goes, even if it has the latest deadline.
+#[test]
+fn eviction_prefers_unconfirmed_entries() {
+    let mut f = build(config(31), &test_vips());
+    for p in 0..30u16 {
+        let _ = dst_mac(&mut f, 0, &tcp_from(&DSR_SYN, CLIENT, 1000 + p, F_SYN));
+        let _ = dst_mac(&mut f, 0, &tcp_from(&DSR_SYN, CLIENT, 1000 + p, F_ACK));
+    }
+    let _ = dst_mac(&mut f, SEC, &tcp_from(&DSR_SYN, CLIENT, 2000, F_SYN));
+    assert_eq!(f.conntrack_len(), 31);
+    let _ = dst_mac(&mut f, SEC, &tcp_from(&DSR_SYN, CLIENT, 2001, F_ACK));
+    let c = f.counters();
+    assert_eq!((c.evictions, c.evictions_unconfirmed, c.evictions_established), (1, 1, 0));
+    assert!(!f.table.contains(&dsr_key(CLIENT, 2000), tick(SEC)));
+    // 2001 is on probation (unconfirmed): the next one evicts it, not an
+    // established flow.
+    let _ = dst_mac(&mut f, SEC, &tcp_from(&DSR_SYN, CLIENT, 2002, F_ACK));
+    let c = f.counters();
+    assert_eq!((c.evictions, c.evictions_unconfirmed, c.evictions_established), (2, 2, 0));
+    // Confirm 2002 (a packet 1 s later): now all 31 are established.
+    let _ = dst_mac(&mut f, 2 * SEC + SEC / 10, &tcp_from(&DSR_SYN, CLIENT, 2002, F_ACK));
+    assert_eq!(f.counters().midstream_confirmed, 1);
+    let _ = dst_mac(&mut f, 3 * SEC, &tcp_from(&DSR_SYN, CLIENT, 2003, F_SYN));
+    let c = f.counters();
+    assert_eq!((c.evictions, c.evictions_unconfirmed, c.evictions_established), (3, 2, 1));
+}
+
+/// An ACK for an unknown flow (DSR, tunnel) is forwarded to the Maglev
+/// backend at once, on probation: gone 10 s later if nothing else comes;
+/// a packet within the first second does not confirm it, one after it does,
+/// and then it lives the established timeout.
+#[test]
+fn ack_for_unknown_flow_is_forwarded_at_once_on_probation() {
+    let mut vips = test_vips();
+    vips[0].backends = many_backends(4);
+    let mut f = build(config(1024), &vips);
+    // Forwarded at once, to Maglev's choice, on every backend set.
+    for p in 0..40u16 {
+        let src = Ipv4Addr::new(198, 19, 2, 1);
+        let mac = dst_mac(&mut f, 0, &tcp_from(&DSR_SYN, src, 7000 + p, F_ACK));
+        assert_eq!(mac[5], 101 + maglev_choice(&f, src, 7000 + p) as u8);
+    }
+    assert_eq!((f.counters().midstream_flows, f.counters().new_flows), (40, 40));
+    assert_eq!(f.vip_stats_of(0).unwrap().flood.midstream_flows, 40);
+    // Nothing else comes: expired after the probation timeout (10 s).
+    f.sweep(9 * SEC, 1 << 20);
+    assert_eq!(f.conntrack_len(), 40);
+    f.sweep(11 * SEC, 1 << 20);
+    assert_eq!(f.conntrack_len(), 0);
+    // Alive: 0.5 s (too early: only refreshed), then 1.5 s (confirmed).
+    let ack = tcp_from(&DSR_SYN, CLIENT, 7777, F_ACK);
+    let t0 = 20 * SEC;
+    let _ = dst_mac(&mut f, t0, &ack);
+    let _ = dst_mac(&mut f, t0 + SEC / 2, &ack);
+    assert_eq!(f.counters().midstream_confirmed, 0);
+    let _ = dst_mac(&mut f, t0 + 3 * SEC / 2, &ack);
+    assert_eq!(f.counters().midstream_confirmed, 1);
+    assert_eq!(f.vip_stats_of(0).unwrap().flood.midstream_confirmed, 1);
+    f.sweep(t0 + 800 * SEC, 1 << 20);
+    assert_eq!(f.conntrack_len(), 1, "established: 900 s");
+    assert!(f.table.contains(&dsr_key(CLIENT, 7777), tick(t0 + 800 * SEC)));
+    // Tunnel: forwarded at once too; FullNAT still refuses it.
+    let (v, _) = run(&mut f, t0, &tcp_from(&IPIP_SYN, CLIENT, 7001, F_ACK));
+    assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+    assert_eq!(f.counters().midstream_flows, 42);
+    assert_eq!(run(&mut f, t0, &tcp_from(&FNAT_SYN, CLIENT, 7002, F_ACK)).0, Verdict::Drop(DropReason::NoSyn));
+}
+
+/// The DSR/tunnel new-flow cap: beyond the bucket's tokens a new flow is
+/// still forwarded, byte for byte as a tracked one would be (the backend
+/// Maglev gives), but not tracked: `flows_not_tracked` counts it and the
+/// table does not grow. Tokens come back with time (`now_ns`).
+#[test]
+fn new_flow_cap_forwards_by_maglev_without_tracking() {
+    let mut vips = test_vips();
+    vips[0].backends = many_backends(4);
+    let capped = |rate, burst| {
+        let mut cfg = config(1024);
+        cfg.flood.new_flow_rate = rate;
+        cfg.flood.new_flow_burst = burst;
+        build(cfg, &vips)
+    };
+    let mut f = capped(10, 5);
+    let mut free = capped(0, 0);
+    for p in 0..20u16 {
+        let syn = tcp_from(&DSR_SYN, CLIENT, 9000 + p, F_SYN);
+        let (v, out) = run(&mut f, 0, &syn);
+        assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+        assert_eq!(out, run(&mut free, 0, &syn).1, "same output as a tracked flow");
+        assert_eq!(out[5], 101 + maglev_choice(&f, CLIENT, 9000 + p) as u8);
+    }
+    let c = f.counters();
+    assert_eq!((c.new_flows, c.flows_not_tracked, f.conntrack_len()), (5, 15, 5));
+    assert_eq!(f.vip_stats_of(0).unwrap().flood.flows_not_tracked, 15);
+    assert_eq!(f.vip_stats_of(0).unwrap().traffic.packets, 20);
+    // 0.3 s later: 3 tokens.
+    for p in 100..110u16 {
+        let _ = dst_mac(&mut f, 3 * SEC / 10, &tcp_from(&DSR_SYN, CLIENT, 9000 + p, F_SYN));
+    }
+    assert_eq!((f.counters().new_flows, f.conntrack_len()), (8, 8));
+    // Tunnels: the same, encapsulated identically.
+    for (fixture, n) in [(&IPIP_SYN[..], 0), (&GUE_SYN[..], 1)] {
+        let syn = tcp_from(fixture, CLIENT, 9500 + n, F_SYN);
+        let (v, out) = run(&mut f, 3 * SEC / 10, &syn);
+        assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+        assert_eq!(hex(&out), hex(&run(&mut free, 0, &syn).1));
+    }
+    assert_eq!((f.counters().flows_not_tracked, f.conntrack_len()), (24, 8));
+    // No cap for FullNAT (its quota is below).
+    expect_out(&mut f, 3 * SEC / 10, &FNAT_SYN, &FNAT_SYN_OUT);
+}
+
+/// The FullNAT SNAT port of a translated client -> backend frame.
+fn snat_port(out: &[u8]) -> u16 {
+    u16::from_be_bytes([out[34], out[35]])
+}
+
+/// FullNAT: at most `half_open_max` flows in the SYN state; beyond it new
+/// SYNs are dropped and counted; with the quota full a flow still gets a
+/// source port; a flow leaving the SYN state, or expiring, makes room.
+#[test]
+fn fullnat_half_open_quota() {
+    let mut cfg = config(1024);
+    cfg.flood.half_open_max = 20;
+    let mut f = build(cfg, &test_vips());
+    let mut ports = vec![];
+    for p in 0..20u16 {
+        let (v, out) = run(&mut f, 0, &tcp_from(&FNAT_SYN, CLIENT, 10_000 + p, F_SYN));
+        assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+        ports.push(snat_port(&out));
+    }
+    let port_of_flow_1 = ports[1];
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 20);
+    assert_eq!(f.half_open(), (20, 20));
+    let syn = tcp_from(&FNAT_SYN, CLIENT, 10_100, F_SYN);
+    assert_eq!(run(&mut f, 0, &syn).0, Verdict::Drop(DropReason::HalfOpenFull));
+    assert_eq!(drops(&f, DropReason::HalfOpenFull), 1);
+    assert_eq!(f.vip_stats_of(4).unwrap().drops[DropReason::HalfOpenFull.index()], 1);
+    // Half-open flows cannot exhaust the ports: with the quota full, an
+    // allocation for a flow to the same backend succeeds (effective quota
+    // at most half of the 100 ports).
+    let backend = (u32::from(Ipv4Addr::new(198, 18, 2, 4)), 8080);
+    let got = crate::datapath::alloc_port(&f, (u32::from(CLIENT), 10_100), backend, 6, 0);
+    assert!(got.is_some_and(|(_, p)| !ports.contains(&p)), "{got:?}");
+    let mut big = config(1024);
+    big.flood.half_open_max = 1000;
+    assert_eq!(build(big, &test_vips()).half_open(), (0, 50));
+    // The client's ACK completes flow 0: room for one more.
+    let _ = run(&mut f, SEC / 10, &tcp_from(&FNAT_SYN, CLIENT, 10_000, F_ACK));
+    assert_eq!(f.half_open(), (19, 20));
+    assert!(matches!(run(&mut f, SEC / 10, &syn).0, Verdict::Transmit { .. }));
+    assert_eq!(f.half_open(), (20, 20));
+    let next = tcp_from(&FNAT_SYN, CLIENT, 10_101, F_SYN);
+    assert_eq!(run(&mut f, SEC / 10, &next).0, Verdict::Drop(DropReason::HalfOpenFull));
+    // The backend's RST to flow 1 settles it too (reply direction).
+    let mut rst = FNAT_SYNACK.to_vec();
+    rst[36..38].copy_from_slice(&port_of_flow_1.to_be_bytes());
+    rst[TCP_FLAGS] = 0x04;
+    assert!(matches!(run(&mut f, SEC / 10, &rst).0, Verdict::Transmit { .. }));
+    assert_eq!(f.half_open(), (19, 20));
+    assert!(matches!(run(&mut f, SEC / 10, &next).0, Verdict::Transmit { .. }));
+    // Expired half-open entries (30 s: no pressure) are reclaimed by the
+    // next SYNs, without a sweep.
+    for p in 0..5u16 {
+        let late = tcp_from(&FNAT_SYN, CLIENT, 10_200 + p, F_SYN);
+        assert!(matches!(run(&mut f, 40 * SEC, &late).0, Verdict::Transmit { .. }));
+    }
+    assert_eq!(f.half_open(), (20, 20));
+    assert_eq!(drops(&f, DropReason::HalfOpenFull), 2);
+}
+
+/// FullNAT source ports are chosen by a keyed hash (RFC 6056): two
+/// forwarders with different seeds pick different first ports for the same
+/// tuple, successive flows' ports are not a sequence, and every port stays
+/// within this lcore's share of the range.
+#[test]
+fn fullnat_source_ports_are_unpredictable_and_stay_in_this_lcores_share() {
+    let with_seed = |seed| {
+        let mut cfg = config(4096);
+        cfg.lcore = 1;
+        cfg.lcores = 4;
+        cfg.local_ports = (40_000, 48_000);
+        cfg.flood.port_seed = seed;
+        build(cfg, &test_vips())
+    };
+    let (mut a, mut b) = (with_seed(1), with_seed(2));
+    let syn = tcp_from(&FNAT_SYN, CLIENT, 12_345, F_SYN);
+    let (pa, pb) = (snat_port(&run(&mut a, 0, &syn).1), snat_port(&run(&mut b, 0, &syn).1));
+    assert_ne!(pa, pb, "same first port under two seeds");
+    let mut seen = vec![pa];
+    for p in 0..300u16 {
+        let (v, out) = run(&mut a, 0, &tcp_from(&FNAT_SYN, CLIENT, 20_000 + p, F_SYN));
+        assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+        let port = snat_port(&out);
+        assert!((40_000..48_000).contains(&port) && fulcrum_model::steer::owner_of_port(port, 4) == 1, "{port}");
+        seen.push(port);
+    }
+    let steps = seen.windows(2).filter(|w| w[1].abs_diff(w[0]) <= 4).count();
+    assert!(steps < 30, "{steps} of 300 consecutive flows got neighbouring ports");
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 301);
+}
