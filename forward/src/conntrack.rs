@@ -706,6 +706,40 @@ mod tests {
         assert!(t.find(&k, &t.hash(&k), 1, &mut rec).is_some());
     }
 
+    /// `half_open` counts the used entries with `F_HALF_OPEN` through
+    /// insertion, settling, eviction, expiry and removal.
+    #[test]
+    fn half_open_count_follows_the_flag() {
+        let mut t = Table::new(WAYS, |_| {}).unwrap();
+        let mut rec = Reclaimed::default();
+        let half = |n| Entry { flags: F_HALF_OPEN, state: State::SynSent as u8, ..entry(n) };
+        let idx: Vec<u32> = (0..10).map(|n| t.insert(half(n), 0, NO_TWIN, &mut rec)).collect();
+        assert_eq!(t.half_open(), 10);
+        // Left the SYN state (as the packet path settles it).
+        if let Some(e) = t.get_mut(idx[0]) {
+            e.state = State::Established as u8;
+        }
+        t.settle(idx[0]);
+        t.settle(idx[0]);
+        assert_eq!(t.half_open(), 9);
+        t.remove(idx[1]);
+        assert_eq!(t.half_open(), 8);
+        // Fill the bucket with established entries: the next insertion
+        // evicts a half-open one (lowest class), never an established one.
+        for n in 10..32 {
+            t.insert(Entry { state: State::Established as u8, ..entry(n) }, 0, NO_TWIN, &mut rec);
+        }
+        assert_eq!((t.live(), t.half_open()), (31, 8));
+        t.insert(Entry { state: State::Established as u8, ..entry(40) }, 0, NO_TWIN, &mut rec);
+        assert_eq!((rec.evicted, rec.evicted_unconfirmed, rec.evicted_established, t.half_open()), (1, 1, 0, 7));
+        // Expired ones are found absent and freed.
+        let k = half(5).key();
+        assert_eq!(t.find(&k, &t.hash(&k), 2000, &mut rec), None);
+        assert_eq!(t.half_open(), 6);
+        assert_eq!(t.sweep(2000, 64), 30);
+        assert_eq!((t.live(), t.half_open()), (0, 0));
+    }
+
     /// The word-at-a-time compare agrees with a plain loop, including
     /// values that differ only in the top bit, in one bit, or are zero.
     #[test]

@@ -150,7 +150,8 @@ pub const MAX_ENCAP_OVERHEAD: usize = 28;
 /// half-open and reset flows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// After a SYN, until the handshake completes: 30 s.
+    /// After a SYN, until the handshake completes: 30 s (while the table
+    /// is under pressure, [`Timeouts::tcp_syn_pressure`] instead).
     pub tcp_syn: Duration,
     /// Established: 900 s (IPVS's default).
     pub tcp_established: Duration,
