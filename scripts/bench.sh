@@ -214,6 +214,11 @@ fwd_profile() {
 fwd_run_fulcrum() {
     local name=$1 pcap=$2 mbufs=$3 mem=$4 bin=${5:-$FWD_DP_BIN} tag=${6:-fulcrum}
     local prefix="${FWD_P}-dp-$$" dir="$FWD_WORK/$name-$tag"
+    # This build caps new tracked flows per second (DSR/tunnel); the pcap's first
+    # pass must create every flow, so the cap is off. A reference build from
+    # before the cap refuses the key (unknown keys are errors) and has no cap.
+    local FWD_FLOOD_KEYS=1
+    [ "$tag" = reference ] && FWD_FLOOD_KEYS=0
     mkdir -p "$dir"
     FWD_PREFIXES+=("$prefix")
     cat >"$dir/fulcrum.toml" <<CONF
@@ -226,7 +231,7 @@ software = { vdev = "net_pcap0,rx_pcap=$pcap,infinite_rx=1", $(fwd_dp_memory "$m
 
 [forward]
 # Twice the largest flow count: 31-way buckets at <= 50% load spill (rarely) and never evict.
-conntrack_entries = $FWD_CONNTRACK
+conntrack_entries = $FWD_CONNTRACK$([ "$FWD_FLOOD_KEYS" = 1 ] && printf '\n# Every flow of the pcap tracked on the first pass (no new-flow cap).\nnew_flow_rate = 0')
 
 [[vip]]
 address = "198.18.1.2"

@@ -72,14 +72,26 @@ pub struct Forward {
     pub conntrack_entries: usize,
     /// IPv4 MTU towards backends; tunnelled packets must fit.
     pub mtu: u16,
+    /// DSR/tunnel: new flows tracked per second per lcore; beyond it new flows
+    /// are still forwarded by Maglev but not inserted (counted). 0: no cap.
+    pub new_flow_rate: u32,
+    /// Its burst; 0: one second's worth.
+    pub new_flow_burst: u32,
+    /// FullNAT: most half-open (SYN-only) flows per lcore; beyond it new SYNs
+    /// are dropped (`half_open_full`). Capped at half of the lcore's ports.
+    pub half_open_max: u32,
 }
 
 impl Default for Forward {
     fn default() -> Self {
+        let flood = fulcrum_forward::FloodConfig::default();
         Forward {
             snat_addresses: Vec::new(),
             conntrack_entries: 1 << 20,
             mtu: 1500,
+            new_flow_rate: flood.new_flow_rate,
+            new_flow_burst: flood.new_flow_burst,
+            half_open_max: flood.half_open_max,
         }
     }
 }

@@ -415,6 +415,13 @@ fn forwarder_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) 
         mtu: f.mtu,
         neighbours: 4096,
         flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
+        // The port seed is drawn at random per process (RFC 6056: unpredictable).
+        flood: fulcrum_forward::FloodConfig {
+            new_flow_rate: f.new_flow_rate,
+            new_flow_burst: f.new_flow_burst,
+            half_open_max: f.half_open_max,
+            ..fulcrum_forward::FloodConfig::default()
+        },
     }
 }
 

@@ -180,6 +180,7 @@ fn install(g: &Generation) {
         mtu: 1500,
         neighbours: 8192,
         flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
+        flood: fulcrum_forward::FloodConfig::default(),
     })
     .unwrap();
     let forward: Vec<Arc<ForwardVip>> = g
