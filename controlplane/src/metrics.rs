@@ -32,6 +32,8 @@ pub struct VipView {
     pub forwarding: bool,
     pub counters: VipCounters,
     pub backends: Vec<BackendView>,
+    /// In panic (passive ejection held back); `None`: the VIP has no checks.
+    pub panic: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -271,6 +273,33 @@ pub fn render(v: &View) -> String {
     backends(&mut o, "fulcrum_backend_bytes_total", Some(true), &|b| b.counters.bytes_to.to_string());
     head(&mut o, "fulcrum_backend_up", "gauge", "1 when the backend is published Up (not down, not drained).");
     backends(&mut o, "fulcrum_backend_up", None, &|b| u8::from(b.up).to_string());
+    head(
+        &mut o,
+        "fulcrum_vip_health_panic",
+        "gauge",
+        "1 while the VIP's panic threshold holds passive ejections back (VIPs with health checks).",
+    );
+    for x in &v.vips {
+        if let Some(p) = x.panic {
+            let _ = writeln!(o, "fulcrum_vip_health_panic{{vip=\"{}\"}} {}", x.name, u8::from(p));
+        }
+    }
+    head(
+        &mut o,
+        "fulcrum_backend_ejections_skipped_total",
+        "counter",
+        "Passive ejections of the backend held back by the VIP's panic threshold.",
+    );
+    for x in &v.vips {
+        for b in &x.backends {
+            let (Some(addr), Some(h)) = (b.addr, &b.health) else { continue };
+            let _ = writeln!(
+                o,
+                "fulcrum_backend_ejections_skipped_total{{vip=\"{}\",backend=\"{addr}\"}} {}",
+                x.name, h.ejections_skipped
+            );
+        }
+    }
     head(&mut o, "fulcrum_backend_health_check_duration_seconds", "summary", "Health check latency.");
     for x in &v.vips {
         for b in &x.backends {
@@ -305,7 +334,7 @@ mod tests {
             health: None,
         };
         let v = View {
-            vips: vec![VipView { name: "198.18.1.2:0/udp".into(), mode: "dsr", forwarding: true, counters: c, backends: vec![b] }],
+            vips: vec![VipView { name: "198.18.1.2:0/udp".into(), mode: "dsr", forwarding: true, counters: c, backends: vec![b], panic: None }],
             dataplane_up: true,
             generation: 4,
         };
