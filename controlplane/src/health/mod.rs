@@ -94,6 +94,18 @@
 //! restart) restarts the baseline. While ejected, further reports do not extend the
 //! ejection.
 //!
+//! # Panic threshold
+//! Targets can be put in groups ([`HealthChecker::set_groups`]; the daemon: a VIP's
+//! non-drained backends). An ejection of an Up target that would leave fewer than
+//! `panic_threshold_pct` % of its group Up (Envoy's healthy panic threshold; default
+//! 50, 0 disables) is **held back**: the target stays Up, the skip is counted (target
+//! and group) and the failures that called for it are spent, as an ejection spends
+//! them. The group is *in panic* while one of its targets had an ejection held back
+//! within its `passive_window` ([`GroupStatus::panic_since`]). Only passive ejection
+//! is held back: active check failures take a target Down whatever the threshold.
+//! The threshold is evaluated at every report, against the group as it is then: an
+//! ejected target back Up makes room for the next ejection.
+//!
 //! # Notification
 //! Every state transition (and every ejection) increments a generation counter, wakes
 //! [`HealthChecker::wait_for_change`] callers and is sent to [`HealthChecker::subscribe`]

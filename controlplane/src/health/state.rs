@@ -157,7 +157,11 @@ impl TargetState {
         match result {
             Ok(()) => {
                 self.last_ok = Some(true);
-                self.last_error = None;
+                if !ejected {
+                    // While ejected the ejection's reason stays the last error: it is
+                    // why the target is Down although its checks pass.
+                    self.last_error = None;
+                }
                 self.fail_streak = 0;
                 // Successes during an ejection do not count towards `rise`: after the
                 // back-off the target must pass `rise` fresh checks.
