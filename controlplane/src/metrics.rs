@@ -351,6 +351,45 @@ mod tests {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("fulcrum_vip_connections_active{"), "{text}");
+        assert!(!text.contains("fulcrum_vip_health_panic{"), "no checks, no panic series: {text}");
         assert!(!text.contains("direction=\"out\""), "{text}");
+    }
+
+    #[test]
+    fn panic_series() {
+        let health = Status {
+            slot: 0,
+            state: crate::checks::HealthState::Up,
+            since_secs: None,
+            last_error: None,
+            latency_last_ms: None,
+            latency_p50_ms: None,
+            latency_p99_ms: None,
+            ejections_skipped: 4,
+        };
+        let b = BackendView { addr: Some("198.18.0.22:8080".parse().unwrap()), up: true, health: Some(health), ..Default::default() };
+        let vip = |name: &str, panic| VipView {
+            name: name.into(),
+            mode: "proxy",
+            forwarding: false,
+            counters: VipCounters::default(),
+            backends: vec![b.clone()],
+            panic,
+        };
+        let v = View {
+            vips: vec![vip("198.18.1.1:80", Some(true)), vip("198.18.1.3:80", Some(false))],
+            dataplane_up: true,
+            generation: 1,
+        };
+        let text = render(&v);
+        for line in [
+            "# TYPE fulcrum_vip_health_panic gauge\n",
+            "fulcrum_vip_health_panic{vip=\"198.18.1.1:80\"} 1\n",
+            "fulcrum_vip_health_panic{vip=\"198.18.1.3:80\"} 0\n",
+            "# TYPE fulcrum_backend_ejections_skipped_total counter\n",
+            "fulcrum_backend_ejections_skipped_total{vip=\"198.18.1.1:80\",backend=\"198.18.0.22:8080\"} 4\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }
