@@ -3,6 +3,7 @@
 use crate::health::{self, CheckSpec};
 use fulcrum_model::health::HealthCheck;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +20,9 @@ pub struct Target {
     pub slot: u32,
     pub addr: SocketAddrV4,
     pub spec: CheckSpec,
+    /// The VIP (id) whose panic threshold protects it; `None` for a drained
+    /// backend (it does not count towards the VIP's healthy share).
+    pub vip: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +35,19 @@ pub struct Status {
     pub latency_last_ms: Option<f64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// Passive ejections the VIP's panic threshold held back.
+    pub ejections_skipped: u64,
+}
+
+/// A VIP's panic state (its checked, non-drained backends).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VipPanic {
+    /// Seconds since the VIP went into panic; `None`: not in panic.
+    pub since_secs: Option<f64>,
+    pub ejections_skipped: u64,
+    pub backends: usize,
+    pub up: usize,
+    pub threshold_pct: u8,
 }
 
 /// The validated meaning of a VIP's `health` table (`None`: it has none,
@@ -52,12 +69,37 @@ impl Checker {
 
     pub fn set_targets(&self, targets: Vec<Target>) {
         let t: Vec<health::Target> = targets
-            .into_iter()
+            .iter()
+            .cloned()
             .map(|t| health::Target { key: u64::from(t.slot), addr: t.addr, spec: t.spec })
             .collect();
+        let groups: HashMap<u64, u64> =
+            targets.iter().filter_map(|t| Some((u64::from(t.slot), u64::from(t.vip?)))).collect();
         if let Err(e) = self.inner.set_targets(t) {
             eprintln!("fulcrum-controlplane: health targets refused: {e}");
         }
+        self.inner.set_groups(&groups);
+    }
+
+    /// Panic state by VIP id.
+    pub fn panics(&self) -> HashMap<u16, VipPanic> {
+        let now = SystemTime::now();
+        self.inner
+            .groups()
+            .into_iter()
+            .map(|g| {
+                let p = VipPanic {
+                    since_secs: g
+                        .panic_since
+                        .map(|t| now.duration_since(t).map_or(0.0, |d| d.as_secs_f64())),
+                    ejections_skipped: g.ejections_skipped,
+                    backends: g.targets,
+                    up: g.up,
+                    threshold_pct: g.threshold_pct,
+                };
+                (g.group as u16, p)
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> Vec<Status> {
@@ -78,6 +120,7 @@ impl Checker {
                 latency_last_ms: ms(s.latency_last),
                 latency_p50_ms: ms(s.latency_p50),
                 latency_p99_ms: ms(s.latency_p99),
+                ejections_skipped: s.ejections_skipped,
             })
             .collect()
     }

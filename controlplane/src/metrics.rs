@@ -32,6 +32,8 @@ pub struct VipView {
     pub forwarding: bool,
     pub counters: VipCounters,
     pub backends: Vec<BackendView>,
+    /// In panic (passive ejection held back); `None`: the VIP has no checks.
+    pub panic: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -271,6 +273,33 @@ pub fn render(v: &View) -> String {
     backends(&mut o, "fulcrum_backend_bytes_total", Some(true), &|b| b.counters.bytes_to.to_string());
     head(&mut o, "fulcrum_backend_up", "gauge", "1 when the backend is published Up (not down, not drained).");
     backends(&mut o, "fulcrum_backend_up", None, &|b| u8::from(b.up).to_string());
+    head(
+        &mut o,
+        "fulcrum_vip_health_panic",
+        "gauge",
+        "1 while the VIP's panic threshold holds passive ejections back (VIPs with health checks).",
+    );
+    for x in &v.vips {
+        if let Some(p) = x.panic {
+            let _ = writeln!(o, "fulcrum_vip_health_panic{{vip=\"{}\"}} {}", x.name, u8::from(p));
+        }
+    }
+    head(
+        &mut o,
+        "fulcrum_backend_ejections_skipped_total",
+        "counter",
+        "Passive ejections of the backend held back by the VIP's panic threshold.",
+    );
+    for x in &v.vips {
+        for b in &x.backends {
+            let (Some(addr), Some(h)) = (b.addr, &b.health) else { continue };
+            let _ = writeln!(
+                o,
+                "fulcrum_backend_ejections_skipped_total{{vip=\"{}\",backend=\"{addr}\"}} {}",
+                x.name, h.ejections_skipped
+            );
+        }
+    }
     head(&mut o, "fulcrum_backend_health_check_duration_seconds", "summary", "Health check latency.");
     for x in &v.vips {
         for b in &x.backends {
@@ -305,7 +334,7 @@ mod tests {
             health: None,
         };
         let v = View {
-            vips: vec![VipView { name: "198.18.1.2:0/udp".into(), mode: "dsr", forwarding: true, counters: c, backends: vec![b] }],
+            vips: vec![VipView { name: "198.18.1.2:0/udp".into(), mode: "dsr", forwarding: true, counters: c, backends: vec![b], panic: None }],
             dataplane_up: true,
             generation: 4,
         };
@@ -322,6 +351,45 @@ mod tests {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("fulcrum_vip_connections_active{"), "{text}");
+        assert!(!text.contains("fulcrum_vip_health_panic{"), "no checks, no panic series: {text}");
         assert!(!text.contains("direction=\"out\""), "{text}");
+    }
+
+    #[test]
+    fn panic_series() {
+        let health = Status {
+            slot: 0,
+            state: crate::checks::HealthState::Up,
+            since_secs: None,
+            last_error: None,
+            latency_last_ms: None,
+            latency_p50_ms: None,
+            latency_p99_ms: None,
+            ejections_skipped: 4,
+        };
+        let b = BackendView { addr: Some("198.18.0.22:8080".parse().unwrap()), up: true, health: Some(health), ..Default::default() };
+        let vip = |name: &str, panic| VipView {
+            name: name.into(),
+            mode: "proxy",
+            forwarding: false,
+            counters: VipCounters::default(),
+            backends: vec![b.clone()],
+            panic,
+        };
+        let v = View {
+            vips: vec![vip("198.18.1.1:80", Some(true)), vip("198.18.1.3:80", Some(false))],
+            dataplane_up: true,
+            generation: 1,
+        };
+        let text = render(&v);
+        for line in [
+            "# TYPE fulcrum_vip_health_panic gauge\n",
+            "fulcrum_vip_health_panic{vip=\"198.18.1.1:80\"} 1\n",
+            "fulcrum_vip_health_panic{vip=\"198.18.1.3:80\"} 0\n",
+            "# TYPE fulcrum_backend_ejections_skipped_total counter\n",
+            "fulcrum_backend_ejections_skipped_total{vip=\"198.18.1.1:80\",backend=\"198.18.0.22:8080\"} 4\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -217,6 +217,22 @@ pub struct StatusReply {
     /// VIPs and backends configured.
     pub vips: usize,
     pub backends: usize,
+    /// VIPs whose panic threshold holds passive ejection back now.
+    #[serde(default)]
+    pub vips_in_panic: Vec<VipPanicInfo>,
+}
+
+/// A VIP in panic: passive ejection would take its healthy share below
+/// `threshold_pct`, so it is held back (active checks still count).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipPanicInfo {
+    pub vip: VipKey,
+    pub since_secs: f64,
+    pub ejections_skipped: u64,
+    /// Its checked, non-drained backends, and how many are up.
+    pub backends: usize,
+    pub up: usize,
+    pub threshold_pct: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -472,6 +488,17 @@ pub struct HealthInfo {
     pub latency_last_ms: Option<f64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// Passive ejections of this backend held back by the VIP's panic threshold.
+    #[serde(default)]
+    pub ejections_skipped: u64,
+    /// The VIP is in panic (the same on each of its rows), since when, and
+    /// how many ejections it held back in all.
+    #[serde(default)]
+    pub vip_panic: bool,
+    #[serde(default)]
+    pub vip_panic_since_secs: Option<f64>,
+    #[serde(default)]
+    pub vip_ejections_skipped: u64,
 }
 
 /// What the daemon answers; each request has one kind of reply (its

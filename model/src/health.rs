@@ -20,6 +20,9 @@ pub const DEFAULT_PASSIVE_FAILURES: u32 = 5;
 pub const DEFAULT_PASSIVE_WINDOW_MS: u64 = 10_000;
 pub const DEFAULT_EJECTION_BASE_MS: u64 = 1_000;
 pub const DEFAULT_EJECTION_MAX_MS: u64 = 60_000;
+/// Passive ejection never leaves fewer than this % of a VIP's (non-drained)
+/// backends up; 0 disables the threshold (Envoy's "healthy panic threshold").
+pub const DEFAULT_PANIC_THRESHOLD_PCT: u8 = 50;
 
 /// Smallest accepted interval: below this a per-target task would mostly be scheduling noise.
 pub const MIN_INTERVAL_MS: u64 = 10;
@@ -177,7 +180,11 @@ pub struct CheckSpec {
     pub jitter_pct: u8,
     /// Source address to bind; overrides the checker's default source.
     pub source: Option<Ipv4Addr>,
+    /// Port the check connects to; `None`: the backend's own port.
+    pub port: Option<u16>,
     pub passive: PassiveSpec,
+    /// Passive ejection never takes the VIP's healthy share below this % (0: off).
+    pub panic_threshold_pct: u8,
 }
 
 impl CheckSpec {
@@ -190,7 +197,9 @@ impl CheckSpec {
             fall: DEFAULT_FALL,
             jitter_pct: DEFAULT_JITTER_PCT,
             source: None,
+            port: None,
             passive: PassiveSpec::default(),
+            panic_threshold_pct: DEFAULT_PANIC_THRESHOLD_PCT,
         }
     }
 
@@ -255,6 +264,15 @@ impl CheckSpec {
         }
         if self.fall == 0 {
             return Err(SpecError::new("fall", "must be at least 1"));
+        }
+        if self.port == Some(0) {
+            return Err(SpecError::new("port", "must be within 1-65535, got 0"));
+        }
+        if self.panic_threshold_pct > 100 {
+            return Err(SpecError::new(
+                "panic_threshold_pct",
+                format!("must be within 0-100, got {}", self.panic_threshold_pct),
+            ));
         }
         if self.jitter_pct > MAX_JITTER_PCT {
             return Err(SpecError::new(
@@ -416,6 +434,9 @@ pub struct HealthCheck {
     pub jitter_pct: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Ipv4Addr>,
+    /// Check this port instead of the backend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     // passive
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passive_failures: Option<u32>,
@@ -425,6 +446,9 @@ pub struct HealthCheck {
     pub ejection_base_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejection_max_ms: Option<u64>,
+    /// Per VIP: passive ejection stops at this % of backends up (0 disables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic_threshold_pct: Option<u8>,
 }
 
 impl HealthCheck {
@@ -447,10 +471,12 @@ impl HealthCheck {
             fall: None,
             jitter_pct: None,
             source: None,
+            port: None,
             passive_failures: None,
             passive_window_ms: None,
             ejection_base_ms: None,
             ejection_max_ms: None,
+            panic_threshold_pct: None,
         }
     }
 }
@@ -593,6 +619,7 @@ impl TryFrom<HealthCheck> for CheckSpec {
             fall: r.fall.unwrap_or(DEFAULT_FALL),
             jitter_pct: r.jitter_pct.unwrap_or(DEFAULT_JITTER_PCT),
             source: r.source,
+            port: r.port,
             passive: PassiveSpec {
                 failures: r.passive_failures.unwrap_or(DEFAULT_PASSIVE_FAILURES),
                 window: nonzero_ms(
@@ -611,8 +638,42 @@ impl TryFrom<HealthCheck> for CheckSpec {
                     DEFAULT_EJECTION_MAX_MS,
                 )?,
             },
+            panic_threshold_pct: r
+                .panic_threshold_pct
+                .unwrap_or(DEFAULT_PANIC_THRESHOLD_PCT),
         };
         spec.validate()?;
         Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(body: &str) -> Result<CheckSpec, String> {
+        let raw: HealthCheck = toml::from_str(body).map_err(|e| e.to_string())?;
+        CheckSpec::try_from(raw).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn panic_threshold_and_port() {
+        let s = spec("kind = \"tcp\"").unwrap();
+        assert_eq!(s.panic_threshold_pct, DEFAULT_PANIC_THRESHOLD_PCT);
+        assert_eq!(s.port, None);
+        let s = spec("kind = \"tcp\"\npanic_threshold_pct = 0\nport = 9001").unwrap();
+        assert_eq!((s.panic_threshold_pct, s.port), (0, Some(9001)));
+        assert_eq!(spec("kind = \"http\"\npanic_threshold_pct = 100").unwrap().panic_threshold_pct, 100);
+        let e = spec("kind = \"tcp\"\npanic_threshold_pct = 101").unwrap_err();
+        assert!(e.starts_with("health.panic_threshold_pct: must be within 0-100, got 101"), "{e}");
+        let e = spec("kind = \"tcp\"\nport = 0").unwrap_err();
+        assert!(e.starts_with("health.port:"), "{e}");
+        // Out of the type's range: the parser names the field.
+        let e = spec("kind = \"tcp\"\npanic_threshold_pct = 300").unwrap_err();
+        assert!(e.contains("panic_threshold_pct"), "{e}");
+        // Round trip: the written form keeps both.
+        let raw: HealthCheck = toml::from_str("kind = \"tcp\"\npanic_threshold_pct = 30\nport = 7").unwrap();
+        let back: HealthCheck = toml::from_str(&toml::to_string(&raw).unwrap()).unwrap();
+        assert_eq!(raw, back);
     }
 }

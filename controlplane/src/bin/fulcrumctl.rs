@@ -532,6 +532,18 @@ fn fmt_status(d: &StatusReply) -> String {
         let _ = writeln!(o, "  refused by the dataplane: VIP {} (id {}): {}", r.vip, r.id, r.reason);
     }
     let _ = writeln!(o, "configured: {} VIPs, {} backends", d.vips, d.backends);
+    for p in &d.vips_in_panic {
+        let _ = writeln!(
+            o,
+            "  VIP {} IN PANIC for {}: {} of {} backends up, threshold {} %, {} passive ejections held back",
+            p.vip,
+            duration(p.since_secs),
+            p.up,
+            p.backends,
+            p.threshold_pct,
+            p.ejections_skipped
+        );
+    }
     o
 }
 
@@ -690,11 +702,27 @@ fn fmt_health(d: &[HealthInfo]) -> String {
                 h.published.map_or_else(|| "-".into(), |s| s.name().to_owned()),
                 h.since_secs.map(|x| format!("{} ago", duration(x))).unwrap_or_else(|| "-".into()),
                 format!("{}/{}/{}", ms(h.latency_last_ms), ms(h.latency_p50_ms), ms(h.latency_p99_ms)),
+                h.ejections_skipped.to_string(),
                 opt(&h.last_error),
             ]
         })
         .collect();
-    table(&["VIP", "BACKEND", "CHECK", "HEALTH", "PUBLISHED", "SINCE", "LATENCY last/p50/p99", "LAST_ERROR"], &rows)
+    let mut out = table(
+        &["VIP", "BACKEND", "CHECK", "HEALTH", "PUBLISHED", "SINCE", "LATENCY last/p50/p99", "SKIPPED", "LAST_ERROR"],
+        &rows,
+    );
+    let mut seen = std::collections::HashSet::new();
+    for h in d.iter().filter(|h| h.vip_panic) {
+        if seen.insert(h.vip.to_string()) {
+            let since = h.vip_panic_since_secs.map(|s| format!(" for {}", duration(s))).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "VIP {} IN PANIC{since}: passive ejection held back by its panic threshold ({} skipped); active checks still count",
+                h.vip, h.vip_ejections_skipped
+            );
+        }
+    }
+    out
 }
 
 /// `top --json` prints one of these a line.

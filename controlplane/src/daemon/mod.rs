@@ -74,6 +74,8 @@ pub struct Daemon {
     checker: Checker,
     /// Latest health status by slot (checked backends only).
     health: HashMap<u32, checks::Status>,
+    /// Panic state by VIP id (VIPs with checks).
+    panics: HashMap<u16, checks::VipPanic>,
     published: Option<Generation>,
     published_gen: u64,
     started: Instant,
@@ -169,6 +171,7 @@ impl Daemon {
             seg,
             checker,
             health: HashMap::new(),
+            panics: HashMap::new(),
             published: None,
             published_gen: 0,
             started: Instant::now(),

@@ -15,9 +15,12 @@ impl Daemon {
         for v in &self.state.vips {
             let Some(spec) = checks::spec_of(v.health.as_ref()) else { continue };
             let k = VipKey::of(v);
+            let id = self.state.vip_id(k);
             for b in &v.backends {
                 if let Some(slot) = self.state.slot(k, b.endpoint()) {
-                    targets.push(checks::Target { slot, addr: b.endpoint(), spec: spec.clone() });
+                    // Drained (or operator-down) backends do not count towards the threshold.
+                    let vip = id.filter(|_| b.state == BackendState::Up);
+                    targets.push(checks::Target { slot, addr: b.endpoint(), spec: spec.clone(), vip });
                 }
             }
         }
@@ -102,6 +105,15 @@ impl Daemon {
         let snap = self.checker.snapshot();
         let mut changed = false;
         for s in snap {
+            let skipped_before = self.health.get(&s.slot).map_or(0, |o| o.ejections_skipped);
+            if s.ejections_skipped > skipped_before {
+                log!(
+                    "health: slot {} ({}): passive ejection held back by the VIP's panic threshold ({} skipped so far); it stays up",
+                    s.slot,
+                    self.slot_name(s.slot),
+                    s.ejections_skipped
+                );
+            }
             let old = self.health.get(&s.slot).map(|o| o.state);
             if old != Some(s.state) {
                 if old.is_some() || s.state != HealthState::Unknown {
@@ -117,6 +129,24 @@ impl Daemon {
             }
             self.health.insert(s.slot, s);
         }
+        let panics = self.checker.panics();
+        for v in &self.state.vips {
+            let k = VipKey::of(v);
+            let Some(id) = self.state.vip_id(k) else { continue };
+            let was = self.panics.get(&id).is_some_and(|p| p.since_secs.is_some());
+            let Some(p) = panics.get(&id) else { continue };
+            match (was, p.since_secs.is_some()) {
+                (false, true) => log!(
+                    "health: VIP {k} is in panic: passive ejection would leave fewer than {} % of its {} backends up ({} up); ejections are held back, active checks still count",
+                    p.threshold_pct,
+                    p.backends,
+                    p.up
+                ),
+                (true, false) => log!("health: VIP {k} is out of panic ({} of {} backends up)", p.up, p.backends),
+                _ => {}
+            }
+        }
+        self.panics = panics;
         if changed {
             self.publish(false);
         }

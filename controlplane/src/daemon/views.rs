@@ -6,7 +6,7 @@ use crate::checks::{self, HealthState};
 use crate::metrics;
 use crate::proto::{
     BackendEntry, BackendInfo, BackendStats, ControlplaneStatus, DataplaneState, DataplaneStatus, GenerationStatus,
-    HealthInfo, HealthName, LimitsInfo, StatusReply, VipInfo, VipKey, VipStats,
+    HealthInfo, HealthName, LimitsInfo, StatusReply, VipInfo, VipKey, VipPanicInfo, VipStats,
 };
 use crate::publish::VipCounters;
 use fulcrum_model::{BackendState, Mode, Vip};
@@ -92,6 +92,24 @@ impl Daemon {
             },
             vips: self.state.vips.len(),
             backends: self.state.vips.iter().map(|v| v.backends.len()).sum(),
+            vips_in_panic: self
+                .state
+                .vips
+                .iter()
+                .filter(|v| v.health.is_some())
+                .filter_map(|v| {
+                    let k = VipKey::of(v);
+                    let p = self.panics.get(&self.state.vip_id(k)?)?;
+                    Some(VipPanicInfo {
+                        vip: k,
+                        since_secs: p.since_secs?,
+                        ejections_skipped: p.ejections_skipped,
+                        backends: p.backends,
+                        up: p.up,
+                        threshold_pct: p.threshold_pct,
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -226,6 +244,7 @@ impl Daemon {
         let mut out = Vec::new();
         for v in &self.state.vips {
             let k = VipKey::of(v);
+            let panic = if v.health.is_some() { self.state.vip_id(k).and_then(|id| self.panics.get(&id)) } else { None };
             for b in &v.backends {
                 let slot = self.state.slot(k, b.endpoint());
                 let h = self.checked(v, slot);
@@ -241,6 +260,10 @@ impl Daemon {
                     latency_last_ms: h.and_then(|h| h.latency_last_ms),
                     latency_p50_ms: h.and_then(|h| h.latency_p50_ms),
                     latency_p99_ms: h.and_then(|h| h.latency_p99_ms),
+                    ejections_skipped: h.map_or(0, |h| h.ejections_skipped),
+                    vip_panic: panic.is_some_and(|p| p.since_secs.is_some()),
+                    vip_panic_since_secs: panic.and_then(|p| p.since_secs),
+                    vip_ejections_skipped: panic.map_or(0, |p| p.ejections_skipped),
                 });
             }
         }
@@ -254,6 +277,11 @@ impl Daemon {
         for v in &self.state.vips {
             let k = VipKey::of(v);
             let id = self.state.vip_id(k);
+            let panic = if v.health.is_some() {
+                Some(id.and_then(|i| self.panics.get(&i)).is_some_and(|p| p.since_secs.is_some()))
+            } else {
+                None
+            };
             let mut c = id.and_then(|i| counters.vips.get(&i)).cloned().unwrap_or_default();
             c.drops = drops_for(v.mode, &c);
             let backends = v
@@ -275,6 +303,7 @@ impl Daemon {
                 forwarding: v.mode.is_forwarding(),
                 counters: c,
                 backends,
+                panic,
             });
         }
         metrics::View { vips, dataplane_up: self.dp.alive, generation: self.published_gen }

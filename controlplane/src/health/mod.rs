@@ -94,6 +94,18 @@
 //! restart) restarts the baseline. While ejected, further reports do not extend the
 //! ejection.
 //!
+//! # Panic threshold
+//! Targets can be put in groups ([`HealthChecker::set_groups`]; the daemon: a VIP's
+//! non-drained backends). An ejection of an Up target that would leave fewer than
+//! `panic_threshold_pct` % of its group Up (Envoy's healthy panic threshold; default
+//! 50, 0 disables) is **held back**: the target stays Up, the skip is counted (target
+//! and group) and the failures that called for it are spent, as an ejection spends
+//! them. The group is *in panic* while one of its targets had an ejection held back
+//! within its `passive_window` ([`GroupStatus::panic_since`]). Only passive ejection
+//! is held back: active check failures take a target Down whatever the threshold.
+//! The threshold is evaluated at every report, against the group as it is then: an
+//! ejected target back Up makes room for the next ejection.
+//!
 //! # Notification
 //! Every state transition (and every ejection) increments a generation counter, wakes
 //! [`HealthChecker::wait_for_change`] callers and is sent to [`HealthChecker::subscribe`]
@@ -171,6 +183,12 @@ pub struct TargetStatus {
     /// Current ejection back-off level (0 = the next ejection lasts `ejection_base`).
     pub ejection_level: u32,
     pub ejections_total: u64,
+    /// Ejections held back by the panic threshold of the target's group.
+    pub ejections_skipped: u64,
+    /// An ejection of it was held back within the last `passive_window`.
+    pub held: bool,
+    /// Its group ([`HealthChecker::set_groups`]), if any.
+    pub group: Option<u64>,
     pub latency_last: Option<Duration>,
     pub latency_p50: Option<Duration>,
     pub latency_p99: Option<Duration>,
@@ -211,10 +229,33 @@ struct Entry {
     instance: u64,
     task: AbortHandle,
     state: TargetState,
+    /// The panic-threshold group (a VIP) the target counts in.
+    group: Option<u64>,
+}
+
+/// A group's panic state: whether an ejection of one of its targets is held back.
+#[derive(Debug, Clone, Default)]
+struct GroupState {
+    panic_since: Option<SystemTime>,
+    ejections_skipped: u64,
+}
+
+/// Point-in-time view of one group (see [`HealthChecker::set_groups`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStatus {
+    pub group: u64,
+    /// Set while the group is in panic: an ejection of one of its targets was held
+    /// back by the threshold within the last `passive_window`.
+    pub panic_since: Option<SystemTime>,
+    pub ejections_skipped: u64,
+    pub targets: usize,
+    pub up: usize,
+    pub threshold_pct: u8,
 }
 
 struct Inner {
     targets: HashMap<u64, Entry>,
+    groups: HashMap<u64, GroupState>,
     generation: u64,
     next_instance: u64,
     subscribers: Vec<mpsc::Sender<Transition>>,
@@ -325,6 +366,7 @@ impl HealthChecker {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 targets: HashMap::new(),
+                groups: HashMap::new(),
                 generation: 0,
                 next_instance: 1,
                 subscribers: Vec::new(),
@@ -382,6 +424,9 @@ impl HealthChecker {
         let now_sys = SystemTime::now();
         let mut inner = self.shared.lock();
         let mut old = std::mem::take(&mut inner.targets);
+        // A re-started target stays in its group.
+        let old_groups: HashMap<u64, u64> =
+            old.iter().filter_map(|(&k, e)| Some((k, e.group?))).collect();
         let mut new = HashMap::with_capacity(targets.len());
         for t in targets {
             if let Some(e) = old.remove(&t.key) {
@@ -411,6 +456,7 @@ impl HealthChecker {
                     instance,
                     task,
                     state: TargetState::new(now, now_sys),
+                    group: e_group(&old_groups, t.key),
                 },
             );
         }
@@ -458,14 +504,80 @@ impl HealthChecker {
         let now = self.now();
         let now_sys = SystemTime::now();
         let mut inner = self.shared.lock();
+        let inner = &mut *inner;
         let Some(e) = inner.targets.get_mut(&key) else {
             return false;
         };
         let addr = e.addr;
-        if let Some(ev) = e.state.apply_passive(now, now_sys, failures_total, &e.spec) {
-            self.shared.publish(&mut inner, key, addr, ev, now_sys);
+        let group = e.group;
+        if let Some(increase) = e.state.passive_due(now, failures_total, &e.spec) {
+            let (is_up, threshold) = (e.state.state == HealthState::Up, e.spec.panic_threshold_pct);
+            let allowed = !is_up
+                || match group {
+                    None => true,
+                    Some(g) => ejection_allowed(&inner.targets, g, threshold),
+                };
+            let e = inner.targets.get_mut(&key).expect("looked up above");
+            if allowed {
+                if let Some(ev) = e.state.eject(now, now_sys, failures_total, increase, &e.spec) {
+                    self.shared.publish(inner, key, addr, ev, now_sys);
+                }
+            } else {
+                e.state.hold(now, failures_total);
+                if let Some(g) = group {
+                    inner.groups.entry(g).or_default().ejections_skipped += 1;
+                }
+            }
+        }
+        if let Some(g) = group {
+            refresh_panic(inner, g, now, now_sys);
         }
         true
+    }
+
+    /// Puts targets in groups (a VIP's backends that count towards its panic
+    /// threshold: its non-drained ones): `groups` maps a target's key to its
+    /// group; keys not in it belong to none (their ejections are never held).
+    /// Keeps every target's state and schedule.
+    pub fn set_groups(&self, groups: &HashMap<u64, u64>) {
+        let now = self.now();
+        let now_sys = SystemTime::now();
+        let mut inner = self.shared.lock();
+        let inner = &mut *inner;
+        for (k, e) in inner.targets.iter_mut() {
+            e.group = groups.get(k).copied();
+        }
+        let live: std::collections::HashSet<u64> = groups.values().copied().collect();
+        inner.groups.retain(|g, _| live.contains(g));
+        for g in live {
+            refresh_panic(inner, g, now, now_sys);
+        }
+    }
+
+    /// Every group with at least one target, sorted by group.
+    pub fn groups(&self) -> Vec<GroupStatus> {
+        let now = self.now();
+        let inner = self.shared.lock();
+        let mut out: HashMap<u64, GroupStatus> = HashMap::new();
+        for e in inner.targets.values() {
+            let Some(g) = e.group else { continue };
+            let gs = inner.groups.get(&g);
+            let s = out.entry(g).or_insert_with(|| GroupStatus {
+                group: g,
+                panic_since: gs.and_then(|x| x.panic_since),
+                ejections_skipped: gs.map_or(0, |x| x.ejections_skipped),
+                targets: 0,
+                up: 0,
+                threshold_pct: e.spec.panic_threshold_pct,
+            });
+            s.targets += 1;
+            if e.state.state == HealthState::Up && e.state.ejected_until(now).is_none() {
+                s.up += 1;
+            }
+        }
+        let mut v: Vec<GroupStatus> = out.into_values().collect();
+        v.sort_by_key(|s| s.group);
+        v
     }
 
     /// Generation counter: incremented on every transition or ejection.
@@ -556,9 +668,47 @@ fn status_of(key: u64, e: &Entry, now: Instant, now_sys: SystemTime) -> TargetSt
         consecutive_fail: st.fail_streak,
         ejection_level: st.ejection_level,
         ejections_total: st.ejections_total,
+        ejections_skipped: st.ejections_skipped,
+        held: st.held(now, &e.spec),
+        group: e.group,
         latency_last: st.latency.last(),
         latency_p50: st.latency.percentile(50),
         latency_p99: st.latency.percentile(99),
+    }
+}
+
+fn e_group(old: &HashMap<u64, u64>, key: u64) -> Option<u64> {
+    old.get(&key).copied()
+}
+
+/// Whether ejecting one more Up target of group `g` leaves at least
+/// `threshold_pct` % of the group's targets Up (0: always).
+fn ejection_allowed(targets: &HashMap<u64, Entry>, g: u64, threshold_pct: u8) -> bool {
+    if threshold_pct == 0 {
+        return true;
+    }
+    let (mut members, mut up) = (0u64, 0u64);
+    for e in targets.values().filter(|e| e.group == Some(g)) {
+        members += 1;
+        if e.state.state == HealthState::Up {
+            up += 1;
+        }
+    }
+    up.saturating_sub(1) * 100 >= u64::from(threshold_pct) * members
+}
+
+/// A group is in panic while one of its targets has an ejection held back
+/// within its passive window; records when that began.
+fn refresh_panic(inner: &mut Inner, g: u64, now: Instant, now_sys: SystemTime) {
+    let in_panic = inner
+        .targets
+        .values()
+        .any(|e| e.group == Some(g) && e.state.held(now, &e.spec));
+    let gs = inner.groups.entry(g).or_default();
+    match (in_panic, gs.panic_since) {
+        (true, None) => gs.panic_since = Some(now_sys),
+        (false, Some(_)) => gs.panic_since = None,
+        _ => {}
     }
 }
 
@@ -603,6 +753,8 @@ async fn run_target(
 ) {
     let mut rng = Rng::new(key, instance);
     let source = spec.source.or(shared.source_addr);
+    // `port` checks another port of the backend (e.g. an admin port).
+    let addr = spec.port.map_or(addr, |p| SocketAddrV4::new(*addr.ip(), p));
     let mut next = tokio::time::Instant::now() + spec.interval.mul_f64(rng.unit());
     loop {
         tokio::time::sleep_until(next).await;

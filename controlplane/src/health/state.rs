@@ -92,6 +92,10 @@ pub(crate) struct TargetState {
     /// Current back-off level: the next ejection lasts base × 2^level (capped).
     pub ejection_level: u32,
     pub ejections_total: u64,
+    /// Ejections the VIP's panic threshold held back.
+    pub ejections_skipped: u64,
+    /// When the last ejection of this target was held back.
+    held_at: Option<Instant>,
 }
 
 impl TargetState {
@@ -111,6 +115,8 @@ impl TargetState {
             ejected_until: None,
             ejection_level: 0,
             ejections_total: 0,
+            ejections_skipped: 0,
+            held_at: None,
         }
     }
 
@@ -151,7 +157,11 @@ impl TargetState {
         match result {
             Ok(()) => {
                 self.last_ok = Some(true);
-                self.last_error = None;
+                if !ejected {
+                    // While ejected the ejection's reason stays the last error: it is
+                    // why the target is Down although its checks pass.
+                    self.last_error = None;
+                }
                 self.fail_streak = 0;
                 // Successes during an ejection do not count towards `rise`: after the
                 // back-off the target must pass `rise` fresh checks.
@@ -193,7 +203,9 @@ impl TargetState {
         }
     }
 
-    /// Folds one reading of the dataplane's monotonic connect-failure counter in.
+    /// [`Self::passive_due`] then [`Self::eject`]: a reading for a target no
+    /// panic threshold protects.
+    #[cfg(test)]
     pub(crate) fn apply_passive(
         &mut self,
         now: Instant,
@@ -201,6 +213,36 @@ impl TargetState {
         failures_total: u64,
         spec: &CheckSpec,
     ) -> Option<Event> {
+        let increase = self.passive_due(now, failures_total, spec)?;
+        self.eject(now, now_sys, failures_total, increase, spec)
+    }
+
+    /// Whether an ejection of this target was held back within the last
+    /// `passive_window` (the failures that called for it are still recent).
+    pub(crate) fn held(&self, now: Instant, spec: &CheckSpec) -> bool {
+        self.held_at
+            .is_some_and(|t| now.duration_since(t) <= spec.passive.window)
+    }
+
+    /// An ejection that is due but held back by the panic threshold: counted,
+    /// and the failures that called for it are spent (the next one needs
+    /// another `passive_failures` within the window, as after an ejection).
+    pub(crate) fn hold(&mut self, now: Instant, failures_total: u64) {
+        self.ejections_skipped += 1;
+        self.held_at = Some(now);
+        self.passive_hist.clear();
+        self.passive_hist.push_back((now, failures_total));
+    }
+
+    /// Folds one reading of the dataplane's monotonic connect-failure counter in;
+    /// returns the rise within the window if it calls for an ejection (do it
+    /// with [`Self::eject`], or hold it back with [`Self::hold`]).
+    pub(crate) fn passive_due(
+        &mut self,
+        now: Instant,
+        failures_total: u64,
+        spec: &CheckSpec,
+    ) -> Option<u64> {
         let p = &spec.passive;
         if matches!(self.last_failures_total, Some(prev) if failures_total < prev) {
             // Counter went backwards (dataplane restarted): start a new baseline.
@@ -229,7 +271,20 @@ impl TargetState {
         if increase < u64::from(p.failures) {
             return None;
         }
-        // Eject.
+        Some(increase)
+    }
+
+    /// Ejects the target (after [`Self::passive_due`] said so).
+    pub(crate) fn eject(
+        &mut self,
+        now: Instant,
+        now_sys: SystemTime,
+        failures_total: u64,
+        increase: u64,
+        spec: &CheckSpec,
+    ) -> Option<Event> {
+        let p = &spec.passive;
+        self.held_at = None;
         let factor = 1u32
             .checked_shl(self.ejection_level.min(31))
             .unwrap_or(u32::MAX);

@@ -1074,3 +1074,134 @@ fn health_config_errors_name_the_field() {
             >= Duration::from_millis(1)
     );
 }
+
+// ---------------------------------------------------------------- panic threshold
+
+/// Three targets of one group, every one Up (simulated), with the given threshold.
+async fn panic_group(hc: &HealthChecker, threshold_pct: u8) -> CheckSpec {
+    let i = Duration::from_millis(100);
+    let mut spec = CheckSpec::tcp().timing(i, Duration::from_millis(50), 2, 2).jitter(10);
+    spec.passive = PassiveSpec {
+        failures: 5,
+        window: Duration::from_secs(2),
+        ejection_base: Duration::from_millis(300),
+        ejection_max: Duration::from_millis(1000),
+    };
+    spec.panic_threshold_pct = threshold_pct;
+    let targets = (1..=3u64)
+        .map(|k| {
+            set_fake(hc, k, Fake::Pass);
+            Target { key: k, addr: SocketAddrV4::new(LO, 9000 + k as u16), spec: spec.clone() }
+        })
+        .collect();
+    hc.set_targets(targets).unwrap();
+    hc.set_groups(&(1..=3u64).map(|k| (k, 7)).collect());
+    for k in 1..=3 {
+        sim_reach(hc, k, HealthState::Up, Duration::ZERO, i * 2 + FAKE_LATENCY, "panic: initial").await;
+        assert!(hc.report_passive(k, 100));
+    }
+    spec
+}
+
+fn states(hc: &HealthChecker) -> Vec<HealthState> {
+    (1..=3).map(|k| hc.status(k).unwrap().state).collect()
+}
+
+/// Threshold 50 %, passive failures on all three: the first is ejected, the two
+/// others would leave 1 of 3 (33 %) Up, so they stay Up, counted as skipped, and
+/// the group is in panic. Active checks still take a held target down. Once the
+/// ejected one is back (and the failures stopped), the group leaves panic; a
+/// further failure burst ejects one again (the threshold is re-evaluated on
+/// every report).
+#[test]
+fn health_sim_panic_threshold_holds_passive_ejection() {
+    let hc = sim_checker();
+    simulate(&hc, |hc| async move {
+        let spec = panic_group(&hc, 50).await;
+        assert_eq!(hc.groups()[0].panic_since, None);
+        let t0 = tokio::time::Instant::now();
+        for k in 1..=3 {
+            hc.report_passive(k, 105);
+        }
+        println!("panic: after failures on all three: {:?}", states(&hc));
+        assert_eq!(states(&hc), [HealthState::Down, HealthState::Up, HealthState::Up]);
+        for k in 2..=3 {
+            let s = hc.status(k).unwrap();
+            assert_eq!((s.ejections_total, s.ejections_skipped, s.held), (0, 1, true), "{s:?}");
+        }
+        let g = hc.groups()[0].clone();
+        println!("panic: group {g:?}");
+        assert!(g.panic_since.is_some(), "{g:?}");
+        assert_eq!((g.ejections_skipped, g.targets, g.up, g.threshold_pct), (2, 3, 2, 50));
+        // More failures while held: each further `failures` counts once more, still Up.
+        for k in 2..=3 {
+            hc.report_passive(k, 107); // +2 since the hold: not another would-be ejection
+            assert_eq!(hc.status(k).unwrap().ejections_skipped, 1);
+            hc.report_passive(k, 110);
+            assert_eq!(hc.status(k).unwrap().ejections_skipped, 2);
+        }
+        assert_eq!(states(&hc), [HealthState::Down, HealthState::Up, HealthState::Up]);
+        assert_eq!(hc.groups()[0].ejections_skipped, 4);
+
+        // The ejected one comes back after its back-off and `rise` fresh checks.
+        sim_reach(&hc, 1, HealthState::Up, Duration::from_millis(300), Duration::from_millis(300) + Duration::from_millis(200) + FAKE_LATENCY, "panic: ejected one back").await;
+        // No new failures for a passive window: the holds expire, panic ends.
+        tokio::time::sleep_until(t0 + spec.passive.window + Duration::from_millis(10)).await;
+        for k in 1..=3 {
+            hc.report_passive(k, 110);
+        }
+        let g = hc.groups()[0].clone();
+        assert_eq!((g.panic_since, g.up), (None, 3), "{g:?}");
+        assert_eq!(g.ejections_skipped, 4, "the count is a total");
+        // A new burst on 2 and 3: one is ejected again, the other held.
+        hc.report_passive(2, 115);
+        hc.report_passive(3, 115);
+        assert_eq!(states(&hc), [HealthState::Up, HealthState::Down, HealthState::Up]);
+        assert_eq!(hc.status(3).unwrap().ejections_skipped, 3);
+        assert!(hc.groups()[0].panic_since.is_some());
+
+        // Active checks are the truth: a held target whose checks fail goes down.
+        set_fake(&hc, 3, Fake::Refuse);
+        sim_reach(&hc, 3, HealthState::Down, Duration::ZERO, Duration::from_millis(200) + Duration::from_millis(50) + FAKE_LATENCY, "panic: active failure of a held target").await;
+        println!("panic: after 3's active failure: {:?}", states(&hc));
+    });
+}
+
+/// Threshold 0: no panic threshold, every target is ejected as before.
+#[test]
+fn health_sim_panic_threshold_zero_ejects_all() {
+    let hc = sim_checker();
+    simulate(&hc, |hc| async move {
+        panic_group(&hc, 0).await;
+        for k in 1..=3 {
+            hc.report_passive(k, 105);
+        }
+        println!("panic 0: after failures on all three: {:?}", states(&hc));
+        assert_eq!(states(&hc), [HealthState::Down; 3]);
+        for k in 1..=3 {
+            let s = hc.status(k).unwrap();
+            assert_eq!((s.ejections_total, s.ejections_skipped), (1, 0), "{s:?}");
+        }
+        let g = hc.groups()[0].clone();
+        assert_eq!((g.panic_since, g.ejections_skipped, g.up), (None, 0, 0), "{g:?}");
+    });
+}
+
+/// Targets outside any group (a drained backend, a VIP without groups) are
+/// ejected whatever the threshold; 100 % holds every passive ejection of Up targets.
+#[test]
+fn health_sim_panic_threshold_groups_and_full() {
+    let hc = sim_checker();
+    simulate(&hc, |hc| async move {
+        panic_group(&hc, 100).await;
+        hc.report_passive(1, 105);
+        assert_eq!(hc.status(1).unwrap().state, HealthState::Up, "100 %: held");
+        assert_eq!(hc.status(1).unwrap().ejections_skipped, 1);
+        // 2 leaves the group (drained): its ejection is not held.
+        hc.set_groups(&[(1, 7), (3, 7)].into_iter().collect());
+        assert_eq!(hc.status(2).unwrap().state, HealthState::Up, "set_groups keeps state");
+        hc.report_passive(2, 105);
+        assert_eq!(hc.status(2).unwrap().state, HealthState::Down);
+        assert_eq!(hc.groups()[0].targets, 2);
+    });
+}

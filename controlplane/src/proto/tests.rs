@@ -99,6 +99,14 @@ fn replies_round_trip() {
         },
         vips: 1,
         backends: 2,
+        vips_in_panic: vec![VipPanicInfo {
+            vip: k("198.18.1.1:80"),
+            since_secs: 2.0,
+            ejections_skipped: 5,
+            backends: 3,
+            up: 2,
+            threshold_pct: 50,
+        }],
     };
     let line = serde_json::to_value(Reply::Status(Box::new(status.clone()))).unwrap();
     assert_eq!(line["dataplane"]["state"], "never seen");
@@ -189,6 +197,10 @@ fn replies_round_trip() {
         latency_last_ms: Some(0.5),
         latency_p50_ms: None,
         latency_p99_ms: None,
+        ejections_skipped: 3,
+        vip_panic: true,
+        vip_panic_since_secs: Some(2.0),
+        vip_ejections_skipped: 5,
     };
     round_trip(Reply::Health(vec![health.clone()]), vec![health]);
     round_trip(Reply::Changed(ChangeReply { generation: 4 }), ChangeReply { generation: 4 });
