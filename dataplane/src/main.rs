@@ -366,6 +366,8 @@ fn serve_port(
 fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_proxy::EngineConfig {
     let d = &config.dataplane;
     let mut e = fulcrum_proxy::EngineConfig::new(EthernetAddress(mac), d.address.addr, d.address.prefix_len);
+    e.gateway = d.gateway;
+    e.routes = config.static_routes();
     e.lcore = lcore;
     e.lcores = lcores;
     e.local_ports = config.proxy.local_ports.0..config.proxy.local_ports.1;
