@@ -200,6 +200,8 @@ fn outside_client_through_the_router() {
     let mut dp = Dataplane::start(&topo, &config);
     let cfg = std::fs::read_to_string(dp.config_path()).expect("read the dataplane's config");
     assert!(cfg.contains(&format!("gateway = \"{ROUTER_IP}\"")), "the harness gives the dataplane the router as gateway:\n{cfg}");
+    let want = format!("proxy engines' routes: default via {ROUTER_IP}");
+    assert!(dp.log().contains(&want), "the dataplane's log should say {want:?}:\n{}", dp.log());
 
     // Ping from beyond the router: the dataplane answers to the MAC the request
     // came from (the router's).
