@@ -20,7 +20,20 @@
 #  P-be3  eth0 ----|- be3                        |
 #  198.18.0.23     +-----------------------------+
 #
-#  P-cli routes 198.18.1.0/24 (the VIPs) via 198.18.0.2. No default route anywhere.
+#  P-rtr  eth0 ----|- rtr                        |
+#  198.18.0.254    +-----------------------------+
+#    | eth1 198.19.0.1/24  (a router: ip_forward=1)
+#    |
+#  P-out  eth0 198.19.0.10/24: the outside client, beyond the router
+#
+#  P-cli routes 198.18.1.0/24 (the VIPs) via 198.18.0.2 (in-fabric client).
+#  P-rtr routes 198.18.1.0/24 via 198.18.0.2 and has NO default route: it knows the
+#    fabric (198.18.0.0/24), the outside network (198.19.0.0/24) and the VIPs only, so
+#    packets to anything else (replies to spoofed sources) die there.
+#  P-out's default route is P-rtr (198.19.0.1).
+#  P-be1..3 have a default route via P-rtr (198.18.0.254), beside their on-link
+#    198.18.0.0/24, so DSR replies (sent straight from the backend) reach P-out.
+#  Only 198.18.0.0/15 is used; nothing routes out of the topology.
 #
 # `up` is NOT idempotent on purpose: it fails if any P-* namespace already exists
 # (a leftover topology means an earlier run did not clean up; run `down` first).
@@ -68,7 +81,10 @@ TAP=${TAP:-$PREFIX-dp}
 FAB=$PREFIX-fab
 LEAVES=(cli be1 be2 be3)
 declare -A LEAF_ADDR=([cli]=198.18.0.10 [be1]=198.18.0.21 [be2]=198.18.0.22 [be3]=198.18.0.23)
-ALL_NS=("$FAB" "$PREFIX-cli" "$PREFIX-be1" "$PREFIX-be2" "$PREFIX-be3")
+ROUTER_FAB_ADDR=198.18.0.254
+ROUTER_OUT_ADDR=198.19.0.1
+OUT_ADDR=198.19.0.10
+ALL_NS=("$FAB" "$PREFIX-cli" "$PREFIX-be1" "$PREFIX-be2" "$PREFIX-be3" "$PREFIX-rtr" "$PREFIX-out")
 
 ns_exists() { [ -e "/var/run/netns/$1" ]; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
@@ -117,6 +133,40 @@ cmd_up() {
     done
     # VIPs live in 198.18.1.0/24 behind the dataplane.
     nsx "$PREFIX-cli" ip route add 198.18.1.0/24 via 198.18.0.2 dev eth0
+
+    # The router: one leg on br0, one on the outside network with its client.
+    local rtr=$PREFIX-rtr out=$PREFIX-out
+    ip netns add "$rtr"
+    quiet_ns "$rtr"
+    nsx "$FAB" ip link add rtr type veth peer name rtr-l
+    nsx "$FAB" ip link set rtr-l netns "$rtr"
+    nsx "$rtr" ip link set rtr-l name eth0
+    nsx "$rtr" ip addr add "$ROUTER_FAB_ADDR/24" dev eth0
+    nsx "$rtr" ip link set eth0 up
+    nsx "$FAB" ip link set rtr master br0
+    nsx "$FAB" ip link set rtr up
+    ip netns add "$out"
+    quiet_ns "$out"
+    nsx "$rtr" ip link add eth1 type veth peer name out-l
+    nsx "$rtr" ip link set out-l netns "$out"
+    nsx "$out" ip link set out-l name eth0
+    nsx "$rtr" ip addr add "$ROUTER_OUT_ADDR/24" dev eth1
+    nsx "$rtr" ip link set eth1 up
+    nsx "$out" ip addr add "$OUT_ADDR/24" dev eth0
+    nsx "$out" ip link set eth0 up
+    nsx "$rtr" sysctl -qw net.ipv4.ip_forward=1 >/dev/null
+    # No redirects: a router telling fabric hosts about shorter paths would make
+    # their routing depend on what they heard.
+    nsx "$rtr" sysctl -qw net.ipv4.conf.all.send_redirects=0 >/dev/null
+    nsx "$rtr" sysctl -qw net.ipv4.conf.default.send_redirects=0 >/dev/null
+    nsx "$rtr" sysctl -qw net.ipv4.conf.eth0.send_redirects=0 >/dev/null
+    nsx "$rtr" ip route add 198.18.1.0/24 via 198.18.0.2 dev eth0
+    nsx "$out" ip route add default via "$ROUTER_OUT_ADDR" dev eth0
+    # Backends answer outside clients (DSR) through the router; their on-link
+    # 198.18.0.0/24 route stays the more specific one.
+    for leaf in be1 be2 be3; do
+        nsx "$PREFIX-$leaf" ip route add default via "$ROUTER_FAB_ADDR" dev eth0
+    done
     UP_DONE=1
     log "up: prefix $PREFIX (namespaces: ${ALL_NS[*]})"
 }

@@ -101,6 +101,15 @@ impl Default for Forward {
 pub struct Dataplane {
     /// The dataplane's own address with its prefix length, e.g. `198.18.0.2/24`.
     pub address: Cidr,
+    /// Default route for replies to clients off our network (a router on it,
+    /// e.g. `"198.18.0.254"`): proxy VIPs' connections to such clients go
+    /// through it. Kept resolved by the engines' own ARP.
+    pub gateway: Option<Ipv4Addr>,
+    /// More specific routes: `routes = [{ prefix = "10.0.0.0/8", via = "198.18.0.253" }]`
+    /// (`via` on our network). With the gateway, at most
+    /// [`fulcrum_proxy::MAX_ROUTES`] in all.
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
     /// EAL lcore list (`0`, `0-1`, `1,3`). One RX/TX queue pair per lcore.
     #[serde(default = "defaults::lcores")]
     pub lcores: LcoreList,
@@ -125,6 +134,38 @@ pub struct Dataplane {
     pub software: Option<Software>,
     /// Hardware mode: the one PCI device the operator names.
     pub hardware: Option<Hardware>,
+}
+
+/// One `[dataplane] routes` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// Destination network, `"A.B.C.D/N"` with no host bits set.
+    pub prefix: String,
+    /// On-link router for it.
+    pub via: Ipv4Addr,
+}
+
+impl RouteEntry {
+    /// Parses `prefix`: the network address and its length.
+    fn network(&self) -> Result<(Ipv4Addr, u8), String> {
+        let p = &self.prefix;
+        let (addr, len) = p
+            .split_once('/')
+            .ok_or_else(|| format!("{p:?} is not a prefix like 10.0.0.0/8"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{p:?}: {addr:?} is not an IPv4 address"))?;
+        let len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (1..=32).contains(l))
+            .ok_or_else(|| format!("{p:?}: prefix length {len:?} is not a number from 1 to 32 (a default route is `gateway`)"))?;
+        let mask = u32::MAX << (32 - u32::from(len));
+        if u32::from(addr) & !mask != 0 {
+            let net = Ipv4Addr::from(u32::from(addr) & mask);
+            return Err(format!("{p:?} has host bits set (the network is {net}/{len})"));
+        }
+        Ok((addr, len))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -349,6 +390,7 @@ impl Config {
                 return Err(format!("dataplane.{name}: {n} must be a power of two from 64 to 16384"));
             }
         }
+        self.validate_routes()?;
         self.validate_vips()?;
         let needed = self.min_mbufs();
         if d.mbufs < needed {
@@ -360,6 +402,53 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), String> {
+        let d = &self.dataplane;
+        let on_link = |field: &str, a: Ipv4Addr| {
+            if a == d.address.addr {
+                Err(format!("{field}: {a} is the dataplane's own address, not a router"))
+            } else if !d.address.contains(a) || a.is_broadcast() || a.is_unspecified() {
+                Err(format!("{field}: {a} is not on-link (not in the dataplane's network {})", d.address))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(gw) = d.gateway {
+            on_link("dataplane.gateway", gw)?;
+        }
+        let room = fulcrum_proxy::MAX_ROUTES - usize::from(d.gateway.is_some());
+        if d.routes.len() > room {
+            let gw = if d.gateway.is_some() { ", of which the gateway takes one" } else { "" };
+            return Err(format!(
+                "dataplane.routes: {} routes, at most {room} (smoltcp's iface-max-route-count is {}{gw})",
+                d.routes.len(),
+                fulcrum_proxy::MAX_ROUTES
+            ));
+        }
+        let mut seen = Vec::new();
+        for (i, r) in d.routes.iter().enumerate() {
+            let net = r.network().map_err(|e| format!("dataplane.routes[{i}].prefix: {e}"))?;
+            on_link(&format!("dataplane.routes[{i}].via"), r.via)?;
+            if seen.contains(&net) {
+                return Err(format!("dataplane.routes[{i}].prefix: {} is listed twice", r.prefix));
+            }
+            seen.push(net);
+        }
+        Ok(())
+    }
+
+    /// The gateway and routes as the proxy engine takes them (validated).
+    pub fn static_routes(&self) -> Vec<fulcrum_proxy::StaticRoute> {
+        self.dataplane
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let (prefix, prefix_len) = r.network().ok()?;
+                Some(fulcrum_proxy::StaticRoute { prefix, prefix_len, via: r.via })
+            })
+            .collect()
     }
 
     fn validate_vips(&self) -> Result<(), String> {
@@ -547,6 +636,37 @@ mod tests {
     }
 
     #[test]
+    fn gateway_and_routes() {
+        let text = "[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\ngateway = \"198.18.0.254\"\n\
+                    routes = [{ prefix = \"10.0.0.0/8\", via = \"198.18.0.253\" }]\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.dataplane.gateway, Some(Ipv4Addr::new(198, 18, 0, 254)));
+        let r = c.static_routes();
+        assert_eq!(r.len(), 1);
+        assert_eq!((r[0].prefix, r[0].prefix_len, r[0].via), (Ipv4Addr::new(10, 0, 0, 0), 8, Ipv4Addr::new(198, 18, 0, 253)));
+        assert!(parse(SOFTWARE).unwrap().dataplane.gateway.is_none());
+    }
+
+    #[test]
+    fn too_many_routes_name_smoltcps_limit() {
+        let max = fulcrum_proxy::MAX_ROUTES;
+        let routes = |n: usize| {
+            let list: Vec<String> = (0..n)
+                .map(|i| format!("{{ prefix = \"10.{i}.0.0/16\", via = \"198.18.0.253\" }}"))
+                .collect();
+            format!("routes = [{}]\n", list.join(", "))
+        };
+        parse(&format!("{SOFTWARE}{}", routes(max))).unwrap();
+        let e = parse(&format!("{SOFTWARE}{}", routes(max + 1))).unwrap_err();
+        assert_eq!(e, format!("dataplane.routes: {} routes, at most {max} (smoltcp's iface-max-route-count is {max})", max + 1));
+        let gw = format!("{SOFTWARE}gateway = \"198.18.0.254\"\n");
+        parse(&format!("{gw}{}", routes(max - 1))).unwrap();
+        let e = parse(&format!("{gw}{}", routes(max))).unwrap_err();
+        assert!(e.starts_with(&format!("dataplane.routes: {max} routes, at most {}", max - 1)), "{e}");
+        assert!(e.contains("the gateway takes one"), "{e}");
+    }
+
+    #[test]
     fn lcore_lists() {
         assert_eq!("0-1".parse::<LcoreList>().unwrap().0, vec![0, 1]);
         assert_eq!("3,0-1".parse::<LcoreList>().unwrap().0, vec![0, 1, 3]);
@@ -571,6 +691,16 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nfile_prefix = \"../x\"\n", "file_prefix"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\", tap_queue_len = 10 }\n", "tap_queue_len"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { vdev = \"net_null0\", tap_queue_len = 4096 }\n", "tap_queue_len"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\ngateway = \"198.18.1.1\"\n", "dataplane.gateway: 198.18.1.1 is not on-link"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\ngateway = \"198.18.0.2\"\n", "dataplane.gateway: 198.18.0.2 is the dataplane's own address"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\ngateway = \"x\"\n", "gateway"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0\", via = \"198.18.0.253\" }]\n", "dataplane.routes[0].prefix"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/33\", via = \"198.18.0.253\" }]\n", "dataplane.routes[0].prefix"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.1/8\", via = \"198.18.0.253\" }]\n", "host bits set (the network is 10.0.0.0/8)"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"0.0.0.0/0\", via = \"198.18.0.253\" }]\n", "a default route is `gateway`"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", via = \"10.0.0.1\" }]\n", "dataplane.routes[0].via: 10.0.0.1 is not on-link"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", via = \"198.18.0.253\" }, { prefix = \"10.0.0.0/8\", via = \"198.18.0.252\" }]\n", "dataplane.routes[1].prefix: 10.0.0.0/8 is listed twice"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", gw = \"198.18.0.253\" }]\n", "gw"),
         ];
         for (text, expect) in cases {
             let e = parse(text).unwrap_err();

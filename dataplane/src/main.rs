@@ -217,6 +217,15 @@ fn serve_port(
         forwarders.push(if forwarding { Some(Forwarder::new(forwarder_config(config, mac, i, lcores.len()))?) } else { None });
     }
 
+    if d.gateway.is_some() || !d.routes.is_empty() {
+        let routes: Vec<String> = d
+            .gateway
+            .map(|g| format!("default via {g}"))
+            .into_iter()
+            .chain(d.routes.iter().map(|r| format!("{} via {}", r.prefix, r.via)))
+            .collect();
+        tracing::info!("proxy engines' routes: {}", routes.join(", "));
+    }
     let link = port.link();
     tracing::info!(
         "ready: port {} ({}) mac {} link {} {} Mb/s, address {}/{}, {} queue(s) on lcore(s) {:?}{}{}",
@@ -366,6 +375,8 @@ fn serve_port(
 fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_proxy::EngineConfig {
     let d = &config.dataplane;
     let mut e = fulcrum_proxy::EngineConfig::new(EthernetAddress(mac), d.address.addr, d.address.prefix_len);
+    e.gateway = d.gateway;
+    e.routes = config.static_routes();
     e.lcore = lcore;
     e.lcores = lcores;
     e.local_ports = config.proxy.local_ports.0..config.proxy.local_ports.1;

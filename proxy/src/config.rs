@@ -15,6 +15,20 @@ use fulcrum_model::{Invalid, Mode, Vip};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::EthernetAddress;
 
+/// Most routes an engine holds, the default route included: smoltcp's
+/// compile-time `IFACE_MAX_ROUTE_COUNT` (feature `iface-max-route-count-16`
+/// in this crate's Cargo.toml).
+pub const MAX_ROUTES: usize = smoltcp::config::IFACE_MAX_ROUTE_COUNT;
+
+/// A static route: destinations in `prefix`/`prefix_len` go through `via`,
+/// an on-link router. The most specific matching route wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticRoute {
+    pub prefix: Ipv4Addr,
+    pub prefix_len: u8,
+    pub via: Ipv4Addr,
+}
+
 /// Largest accepted [`EngineConfig::client_table_capacity`].
 pub const MAX_CLIENT_TABLE: usize = 1 << 24;
 
@@ -29,6 +43,10 @@ pub struct EngineConfig {
     pub prefix_len: u8,
     /// Router for destinations off our network (remote clients, routed backends).
     pub gateway: Option<Ipv4Addr>,
+    /// More specific routes than the gateway's default route. With the
+    /// gateway, at most [`MAX_ROUTES`] in all; every `via` must be on-link.
+    /// Routers are kept resolved by the engine's own ARP, as the gateway.
+    pub routes: Vec<StaticRoute>,
     /// Proxy VIPs ([`Mode::Proxy`]), with their VIP-wide limits: the engine
     /// applies its lcore's share ([`fulcrum_model::Rate::per_lcore`]).
     pub vips: Vec<Vip>,
@@ -73,6 +91,7 @@ impl EngineConfig {
             addr,
             prefix_len,
             gateway: None,
+            routes: Vec::new(),
             vips: Vec::new(),
             lcore: 0,
             lcores: 1,
@@ -97,6 +116,25 @@ impl EngineConfig {
         }
         if self.prefix_len == 0 || self.prefix_len > 32 {
             return Err(ConfigError::PrefixLen(self.prefix_len));
+        }
+        let network = |a: Ipv4Addr| {
+            let mask = u32::MAX << (32 - u32::from(self.prefix_len));
+            u32::from(a) & mask == u32::from(self.addr) & mask
+        };
+        let routers = self.gateway.iter().chain(self.routes.iter().map(|r| &r.via));
+        for &via in routers {
+            if !network(via) || via == self.addr {
+                return Err(ConfigError::RouterNotOnLink(via));
+            }
+        }
+        let count = self.routes.len() + usize::from(self.gateway.is_some());
+        if count > MAX_ROUTES {
+            return Err(ConfigError::TooManyRoutes(count));
+        }
+        for r in &self.routes {
+            if r.prefix_len > 32 {
+                return Err(ConfigError::RoutePrefixLen(r.prefix_len));
+            }
         }
         if self.buffer_size < 1024 || self.buffer_size > 1 << 30 {
             return Err(ConfigError::BufferSize(self.buffer_size));
@@ -130,6 +168,12 @@ pub enum ConfigError {
     Lcore { lcore: usize, lcores: usize },
     #[error("prefix length {0} is not in 1..=32")]
     PrefixLen(u8),
+    #[error("router {0} is not on-link (not another address in the engine's network)")]
+    RouterNotOnLink(Ipv4Addr),
+    #[error("{0} routes (default route included), at most {MAX_ROUTES} (smoltcp's iface-max-route-count)")]
+    TooManyRoutes(usize),
+    #[error("route prefix length {0} is above 32")]
+    RoutePrefixLen(u8),
     #[error("buffer size {0} is not in 1 KiB..=1 GiB")]
     BufferSize(usize),
     #[error("frame size {0} is below 576")]
@@ -157,4 +201,41 @@ pub enum ConfigError {
         port: u16,
         source: fulcrum_maglev::MaglevError,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> EngineConfig {
+        EngineConfig::new(EthernetAddress([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(198, 18, 0, 2), 24)
+    }
+
+    fn route(third: u8, via: [u8; 4]) -> StaticRoute {
+        StaticRoute { prefix: Ipv4Addr::new(10, 0, third, 0), prefix_len: 24, via: via.into() }
+    }
+
+    #[test]
+    fn routes_fit_smoltcps_table() {
+        assert_eq!(MAX_ROUTES, 16, "proxy/Cargo.toml's iface-max-route-count feature");
+        let mut c = base();
+        c.gateway = Some(Ipv4Addr::new(198, 18, 0, 254));
+        c.routes = (0..15).map(|i| route(i, [198, 18, 0, 253])).collect();
+        c.validate().unwrap();
+        crate::Engine::new(c.clone()).expect("16 routes are installed");
+        c.routes.push(route(15, [198, 18, 0, 253]));
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyRoutes(17))));
+    }
+
+    #[test]
+    fn routers_must_be_on_link() {
+        let mut c = base();
+        c.gateway = Some(Ipv4Addr::new(198, 19, 0, 1));
+        assert!(matches!(c.validate(), Err(ConfigError::RouterNotOnLink(_))));
+        c.gateway = Some(Ipv4Addr::new(198, 18, 0, 2));
+        assert!(matches!(c.validate(), Err(ConfigError::RouterNotOnLink(_))), "our own address");
+        c.gateway = None;
+        c.routes = vec![route(0, [10, 1, 0, 1])];
+        assert!(matches!(c.validate(), Err(ConfigError::RouterNotOnLink(_))));
+    }
 }

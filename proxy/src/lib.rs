@@ -18,7 +18,7 @@
 //! backend segments by [`owner_of_port`](fulcrum_model::steer::owner_of_port)
 //! on the destination port (the engine only uses local ports its lcore owns).
 //! Every engine keeps its own neighbour cache and resolves its on-link
-//! backends and gateway itself (ARP requests every 20 s), so ARP *replies*
+//! backends, gateway and static routes' routers itself (ARP requests every 20 s), so ARP *replies*
 //! must be delivered to every lcore's engine; an ARP *request* for our address
 //! or a VIP needs answering once (any one engine, or the dataplane itself).
 #![forbid(unsafe_code)]
@@ -32,7 +32,7 @@ mod proxy_protocol;
 mod tables;
 mod timer;
 
-pub use config::{ConfigError, EngineConfig, MAX_CLIENT_TABLE};
+pub use config::{ConfigError, EngineConfig, StaticRoute, MAX_CLIENT_TABLE, MAX_ROUTES};
 pub use counters::{BackendCounters, BackendSnapshot, EngineCounters, VipCounters, VipSnapshot};
 pub use engine::Engine;
 pub use proxy_protocol::Header as ProxyHeader;

@@ -53,7 +53,15 @@ pub const FABRIC_IP: &str = "198.18.0.1";
 pub const CLIENT_IP: &str = "198.18.0.10";
 /// Backend addresses (eth0 in P-be1, P-be2, P-be3).
 pub const BACKEND_IPS: [&str; 3] = ["198.18.0.21", "198.18.0.22", "198.18.0.23"];
-/// The leaf namespaces of a topology (besides `fab`).
+/// The router's address on the fabric (eth0 in P-rtr): the dataplane's gateway
+/// in [`base_config`] and the backends' default route.
+pub const ROUTER_IP: &str = "198.18.0.254";
+/// The router's address on the outside network (eth1 in P-rtr).
+pub const ROUTER_OUTSIDE_IP: &str = "198.19.0.1";
+/// The outside client's address (eth0 in P-out), beyond the router.
+pub const OUTSIDE_CLIENT_IP: &str = "198.19.0.10";
+/// The leaf namespaces of a topology on the fabric's bridge (besides `fab`; the
+/// router `rtr` and the outside client `out` are not among them).
 pub const LEAVES: [&str; 4] = ["cli", "be1", "be2", "be3"];
 /// Python with scapy (Debian's; a `python3` earlier on PATH may lack scapy).
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -568,6 +576,7 @@ pub fn base_config(topo: &Topology) -> String {
          lcores = \"0\"\n\
          mbufs = 8191\n\
          file_prefix = \"{p}\"\n\
+         gateway = \"{ROUTER_IP}\"\n\
          software = {{ tap = \"{tap}\" }}\n",
         p = topo.prefix(),
         tap = topo.tap()

@@ -106,7 +106,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use fulcrum_model::steer::owner_of_port;
-use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, Route, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
@@ -152,7 +152,8 @@ pub struct Engine {
     clients: ClientTable,
     client_table_capacity: usize,
     network: Ipv4Cidr,
-    gateway: Option<Ipv4Addr>,
+    /// The gateway and the static routes' routers (kept resolved).
+    routers: Vec<Ipv4Addr>,
     /// Slab of live connections; `free_ids` are its empty slots.
     conns: Vec<Option<Conn>>,
     free_ids: Vec<usize>,
@@ -170,7 +171,7 @@ pub struct Engine {
     /// Empty set: segments of unknown connections go here and smoltcp answers
     /// them with RST; ARP goes here too (it touches no socket).
     sink: SocketSet<'static>,
-    /// On-link backends and the gateway, kept resolved by our own ARP
+    /// On-link backends, the gateway and routers, kept resolved by our own ARP
     /// requests (see [`Engine::refresh_neighbors`]).
     neighbors: Vec<Ipv4Addr>,
     /// Per neighbour (same order): heard from since the last refresh.
@@ -203,12 +204,20 @@ impl Engine {
                 .expect("a fresh interface has room for one address");
         });
         iface.set_any_ip(true);
-        if let Some(gw) = config.gateway {
-            iface
-                .routes_mut()
-                .add_default_ipv4_route(gw)
-                .expect("a fresh interface has room for one route");
-        }
+        // `validate` checked that the gateway and routes fit (MAX_ROUTES).
+        iface.routes_mut().update(|table| {
+            let routes = config.gateway.map(Route::new_ipv4_gateway).into_iter().chain(
+                config.routes.iter().map(|r| Route {
+                    cidr: IpCidr::new(IpAddress::Ipv4(r.prefix), r.prefix_len),
+                    via_router: IpAddress::Ipv4(r.via),
+                    preferred_until: None,
+                    expires_at: None,
+                }),
+            );
+            for route in routes {
+                table.push(route).expect("validated: routes fit smoltcp's table");
+            }
+        });
 
         let ports = config
             .local_ports
@@ -233,7 +242,11 @@ impl Engine {
             clients: ClientTable::new(config.client_table_capacity),
             client_table_capacity: config.client_table_capacity,
             network: Ipv4Cidr::new(config.addr, config.prefix_len),
-            gateway: config.gateway,
+            routers: config
+                .gateway
+                .into_iter()
+                .chain(config.routes.iter().map(|r| r.via))
+                .collect(),
             conns: Vec::new(),
             free_ids: Vec::new(),
             spare: Vec::new(),

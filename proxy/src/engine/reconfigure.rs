@@ -128,7 +128,7 @@ impl Engine {
             .flatten()
             .flat_map(|v| v.backends.iter().flatten().map(|b| b.cfg.address))
             .filter(|a| self.network.contains_addr(a))
-            .chain(self.gateway)
+            .chain(self.routers.iter().copied())
             .collect();
         neighbors.sort_unstable();
         neighbors.dedup();
