@@ -498,18 +498,7 @@ impl Topology {
         if Path::new("/sys/class/net").join(&tap).exists() {
             left.push(format!("interface {tap} in the root namespace"));
         }
-        let rt = Path::new("/var/run/dpdk").join(prefix);
-        if rt.exists() {
-            left.push(format!("{}", rt.display()));
-        }
-        if let Ok(rd) = fs::read_dir("/dev/hugepages") {
-            for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&format!("{prefix}map_")) {
-                    left.push(format!("/dev/hugepages/{n}"));
-                }
-            }
-        }
+        left.extend(Self::dataplane_leftovers(prefix));
         left
     }
 }
