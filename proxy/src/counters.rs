@@ -75,6 +75,14 @@ pub struct EngineCounters {
     pub sockets_visited: u64,
     /// Client-table evictions, all VIPs.
     pub client_table_evictions: u64,
+    /// TCP segments to us (a VIP or our own address) with an impossible flag
+    /// set (null, SYN+FIN, SYN+RST, FIN without ACK, xmas, ...; see
+    /// `frame::plausible`), dropped before anything else is done for them.
+    pub drop_bad_flags: u64,
+    /// Bare SYNs (SYN without ACK or RST) to us with a bad IPv4 header or TCP
+    /// checksum, dropped before admission (no connection, no backend attempt,
+    /// no rate token, no RST).
+    pub drop_bad_checksum: u64,
 }
 
 /// A VIP's counters with its backends', owned, for publishing.

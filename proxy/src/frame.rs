@@ -1,14 +1,50 @@
 //! The engine's own cheap frame classification: what it needs to know about
-//! a frame (ARP, or a TCP segment's 4-tuple and whether it is a bare SYN)
-//! before choosing the socket set smoltcp processes it with. Steering a frame
+//! a frame (ARP, or a TCP segment's 4-tuple, flags and whether it is a bare
+//! SYN) before choosing the socket set smoltcp processes it with. A bare SYN
+//! has its checksums verified here, before admission spends anything on it;
+//! other segments are verified by smoltcp as usual. Steering a frame
 //! to its lcore happens earlier, in the dataplane, with
 //! [`fulcrum_model::steer`].
 
 use std::net::Ipv4Addr;
 
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpPacket, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket,
+    ArpPacket, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket,
 };
+
+/// The six classic TCP flags, as bits of [`TcpMeta::flags`] (their positions
+/// in the header's flags byte).
+pub(crate) const FIN: u8 = 0x01;
+pub(crate) const SYN: u8 = 0x02;
+pub(crate) const RST: u8 = 0x04;
+pub(crate) const PSH: u8 = 0x08;
+pub(crate) const ACK: u8 = 0x10;
+pub(crate) const URG: u8 = 0x20;
+
+/// Whether a segment's flags (the six classic ones; ECE, CWR and NS are not
+/// looked at) are a combination a TCP peer can send. The rule, once:
+///
+/// | flags                                  | verdict | why                                        |
+/// |----------------------------------------|---------|--------------------------------------------|
+/// | none of SYN, ACK, RST (null scan, FIN, PSH, URG, xmas FIN+PSH+URG, ...) | drop | every segment but the first SYN and a RST carries ACK; a receiver drops the rest anyway (RFC 9293 3.10.7) |
+/// | SYN+FIN (with anything)                | drop    | opens and closes at once: a scan           |
+/// | SYN+RST (with anything)                | drop    | opens and resets at once: a scan           |
+/// | FIN without ACK (with anything)        | drop    | a FIN always acknowledges (xmas, FIN scan) |
+/// | anything else                          | keep    | SYN, SYN+ACK, RST, RST+ACK, ACK, FIN+ACK, PSH+ACK, URG+ACK, ... |
+///
+/// SYN's own companions (PSH or URG on a SYN, data on a SYN) are kept: odd,
+/// but legal, and smoltcp copes.
+pub(crate) fn plausible(flags: u8) -> bool {
+    let has = |f: u8| flags & f != 0;
+    if !has(SYN | ACK | RST) {
+        return false;
+    }
+    if has(SYN) && (has(FIN) || has(RST)) {
+        return false;
+    }
+    !has(FIN) || has(ACK)
+}
 
 /// What the engine needs to know about a frame before smoltcp sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,13 +65,22 @@ pub(crate) struct TcpMeta {
     pub dst: Ipv4Addr,
     pub src_port: u16,
     pub dst_port: u16,
+    /// The six classic flags ([`FIN`] .. [`URG`]); see [`plausible`].
+    pub flags: u8,
     /// SYN without ACK or RST: the only segment that may open a connection.
     pub syn_only: bool,
+    /// A bare SYN with plausible flags whose IPv4 header checksum or TCP
+    /// checksum (pseudo-header, header and payload, bounded by the IPv4 total
+    /// length) is wrong. Only such SYNs are checked, and only the checksums
+    /// `checksum` says are verified on receive (not those the NIC verified).
+    pub bad_checksum: bool,
 }
 
-/// Parses headers only (no checksum; smoltcp verifies when it processes the
-/// frame). Fragments are `Other`: their ports are not in every fragment.
-pub(crate) fn classify(frame: &[u8]) -> Frame {
+/// Parses headers; verifies checksums only for a bare SYN with plausible
+/// flags (see [`TcpMeta::bad_checksum`]: admission happens before smoltcp
+/// sees the frame), other segments are verified by smoltcp when it processes
+/// them. Fragments are `Other`: their ports are not in every fragment.
+pub(crate) fn classify(frame: &[u8], checksum: &ChecksumCapabilities) -> Frame {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Frame::Other;
     };
@@ -61,14 +106,185 @@ pub(crate) fn classify(frame: &[u8]) -> Frame {
             let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
                 return Frame::Other;
             };
+            let flags = [
+                (tcp.fin(), FIN),
+                (tcp.syn(), SYN),
+                (tcp.rst(), RST),
+                (tcp.psh(), PSH),
+                (tcp.ack(), ACK),
+                (tcp.urg(), URG),
+            ]
+            .iter()
+            .fold(0, |acc, &(on, bit)| if on { acc | bit } else { acc });
+            let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
+            let (src, dst) = (ip.src_addr(), ip.dst_addr());
+            let bad_checksum = syn_only
+                && plausible(flags)
+                && ((checksum.ipv4.rx() && !ip.verify_checksum())
+                    || (checksum.tcp.rx()
+                        && !tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst))));
             Frame::Tcp(TcpMeta {
-                src: ip.src_addr(),
-                dst: ip.dst_addr(),
+                src,
+                dst,
                 src_port: tcp.src_port(),
                 dst_port: tcp.dst_port(),
-                syn_only: tcp.syn() && !tcp.ack() && !tcp.rst(),
+                flags,
+                syn_only,
+                bad_checksum,
             })
         }
         _ => Frame::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smoltcp::phy::Checksum;
+
+    use super::*;
+    use crate::testdata::{flipped, PADDING_AT, SEQ_LOW_AT, TCP_FLAGS_AT, TTL_AT, VALID_SYN};
+
+    fn meta(frame: &[u8], caps: &ChecksumCapabilities) -> TcpMeta {
+        match classify(frame, caps) {
+            Frame::Tcp(m) => m,
+            other => panic!("not TCP: {other:?}"),
+        }
+    }
+
+    /// Every combination of the six classic flags, spelled out, with the
+    /// verdict expected of [`plausible`] (true = keep).
+    #[test]
+    fn plausible_on_all_64_flag_combinations() {
+        #[rustfmt::skip]
+        const TABLE: [(u8, bool); 64] = [
+            // URG ACK PSH RST SYN FIN
+            (0b00_0000, false), // null scan
+            (0b00_0001, false), // FIN without ACK
+            (0b00_0010, true),  // SYN
+            (0b00_0011, false), // SYN+FIN
+            (0b00_0100, true),  // RST
+            (0b00_0101, false), // RST+FIN without ACK
+            (0b00_0110, false), // SYN+RST
+            (0b00_0111, false), // SYN+RST+FIN
+            (0b00_1000, false), // PSH alone
+            (0b00_1001, false), // PSH+FIN without ACK
+            (0b00_1010, true),  // SYN+PSH
+            (0b00_1011, false), // SYN+FIN+PSH
+            (0b00_1100, true),  // RST+PSH
+            (0b00_1101, false), // RST+PSH+FIN without ACK
+            (0b00_1110, false), // SYN+RST+PSH
+            (0b00_1111, false), // SYN+RST+PSH+FIN
+            (0b01_0000, true),  // ACK
+            (0b01_0001, true),  // FIN+ACK
+            (0b01_0010, true),  // SYN+ACK
+            (0b01_0011, false), // SYN+FIN+ACK
+            (0b01_0100, true),  // RST+ACK
+            (0b01_0101, true),  // RST+FIN+ACK
+            (0b01_0110, false), // SYN+RST+ACK
+            (0b01_0111, false), // SYN+RST+FIN+ACK
+            (0b01_1000, true),  // PSH+ACK
+            (0b01_1001, true),  // PSH+FIN+ACK
+            (0b01_1010, true),  // SYN+PSH+ACK
+            (0b01_1011, false), // SYN+FIN+PSH+ACK
+            (0b01_1100, true),  // RST+PSH+ACK
+            (0b01_1101, true),  // RST+PSH+FIN+ACK
+            (0b01_1110, false), // SYN+RST+PSH+ACK
+            (0b01_1111, false), // all but URG
+            (0b10_0000, false), // URG alone
+            (0b10_0001, false), // URG+FIN without ACK
+            (0b10_0010, true),  // SYN+URG
+            (0b10_0011, false), // SYN+FIN+URG
+            (0b10_0100, true),  // RST+URG
+            (0b10_0101, false), // RST+FIN+URG without ACK
+            (0b10_0110, false), // SYN+RST+URG
+            (0b10_0111, false), // SYN+RST+FIN+URG
+            (0b10_1000, false), // URG+PSH without ACK
+            (0b10_1001, false), // xmas: FIN+PSH+URG
+            (0b10_1010, true),  // SYN+PSH+URG
+            (0b10_1011, false), // SYN+FIN+PSH+URG
+            (0b10_1100, true),  // RST+PSH+URG
+            (0b10_1101, false), // RST+FIN+PSH+URG without ACK
+            (0b10_1110, false), // SYN+RST+PSH+URG
+            (0b10_1111, false), // SYN+RST+FIN+PSH+URG
+            (0b11_0000, true),  // URG+ACK
+            (0b11_0001, true),  // URG+FIN+ACK
+            (0b11_0010, true),  // SYN+ACK+URG
+            (0b11_0011, false), // SYN+FIN+ACK+URG
+            (0b11_0100, true),  // RST+ACK+URG
+            (0b11_0101, true),  // RST+FIN+ACK+URG
+            (0b11_0110, false), // SYN+RST+ACK+URG
+            (0b11_0111, false), // SYN+RST+FIN+ACK+URG
+            (0b11_1000, true),  // URG+PSH+ACK
+            (0b11_1001, true),  // URG+PSH+FIN+ACK
+            (0b11_1010, true),  // SYN+URG+PSH+ACK
+            (0b11_1011, false), // SYN+FIN+URG+PSH+ACK
+            (0b11_1100, true),  // RST+URG+PSH+ACK
+            (0b11_1101, true),  // RST+FIN+URG+PSH+ACK
+            (0b11_1110, false), // SYN+RST+URG+PSH+ACK
+            (0b11_1111, false), // all six
+        ];
+        assert_eq!((FIN, SYN, RST, PSH, ACK, URG), (1, 2, 4, 8, 16, 32));
+        for (i, &(flags, keep)) in TABLE.iter().enumerate() {
+            assert_eq!(usize::from(flags), i, "table row {i} out of order");
+            assert_eq!(plausible(flags), keep, "flags {flags:#08b}");
+        }
+    }
+
+    /// The same verdicts when the flags come off the wire: each combination
+    /// written into the frozen SYN's flags byte and classified.
+    #[test]
+    fn classify_reads_the_six_flags() {
+        let caps = ChecksumCapabilities::default();
+        for flags in 0u8..64 {
+            let mut f = VALID_SYN;
+            f[TCP_FLAGS_AT] = flags | 0xc0; // ECE+CWR set too: not looked at
+            let m = meta(&f, &caps);
+            assert_eq!(m.flags, flags);
+            assert_eq!(m.syn_only, flags & (SYN | ACK | RST) == SYN);
+        }
+    }
+
+    #[test]
+    fn valid_syn_passes_the_checksums() {
+        let m = meta(&VALID_SYN, &ChecksumCapabilities::default());
+        assert_eq!(
+            (m.src, m.dst, m.src_port, m.dst_port),
+            (
+                Ipv4Addr::new(198, 18, 0, 10),
+                Ipv4Addr::new(198, 18, 1, 1),
+                40000,
+                80
+            )
+        );
+        assert_eq!(m.flags, SYN);
+        assert!(m.syn_only && !m.bad_checksum);
+        // Padding beyond the IPv4 total length is not part of the segment.
+        let m = meta(&flipped(PADDING_AT), &ChecksumCapabilities::default());
+        assert!(!m.bad_checksum);
+    }
+
+    #[test]
+    fn flipped_syn_fails_the_checksums() {
+        let caps = ChecksumCapabilities::default();
+        // A TCP header byte: the TCP checksum fails.
+        assert!(meta(&flipped(SEQ_LOW_AT), &caps).bad_checksum);
+        // The TTL: the IPv4 header checksum fails (the TCP one still holds).
+        assert!(meta(&flipped(TTL_AT), &caps).bad_checksum);
+        // Checksums the NIC verified (not `rx` here) are not verified again.
+        let mut offloaded = ChecksumCapabilities::default();
+        offloaded.tcp = Checksum::Tx;
+        assert!(!meta(&flipped(SEQ_LOW_AT), &offloaded).bad_checksum);
+        offloaded.ipv4 = Checksum::None;
+        assert!(!meta(&flipped(TTL_AT), &offloaded).bad_checksum);
+    }
+
+    /// Only bare SYNs pay for the checksum: the same bad bytes as an ACK are
+    /// left to smoltcp.
+    #[test]
+    fn non_syn_segments_are_not_checksummed_here() {
+        let mut f = flipped(SEQ_LOW_AT);
+        f[TCP_FLAGS_AT] = ACK;
+        let m = meta(&f, &ChecksumCapabilities::default());
+        assert!(!m.syn_only && !m.bad_checksum);
     }
 }

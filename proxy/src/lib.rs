@@ -30,6 +30,8 @@ mod frame;
 mod limits;
 mod proxy_protocol;
 mod tables;
+#[cfg(test)]
+mod testdata;
 mod timer;
 
 pub use config::{ConfigError, EngineConfig, StaticRoute, MAX_CLIENT_TABLE, MAX_ROUTES};

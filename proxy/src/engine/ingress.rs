@@ -1,6 +1,9 @@
 //! Frames in: each frame is classified (ARP, or a TCP 4-tuple) and handed to
 //! smoltcp with the one socket set it concerns, found by one flow-table
-//! lookup, through a one-frame device that lends it without copying. A SYN
+//! lookup, through a one-frame device that lends it without copying. A TCP
+//! segment to us with an impossible flag set ([`plausible`]) is dropped and
+//! counted (`drop_bad_flags`) before anything else, and so is a bare SYN with
+//! a bad checksum (`drop_bad_checksum`), before admission. A SYN
 //! to a VIP with no connection is admitted first ([`Engine::admit`]); any
 //! other segment of an unknown connection goes to the empty sink set, and
 //! smoltcp answers it with RST.
@@ -12,7 +15,7 @@ use smoltcp::time::Instant;
 
 use super::conn::FlowKey;
 use super::Engine;
-use crate::frame::{classify, Frame, TcpMeta};
+use crate::frame::{classify, plausible, Frame, TcpMeta};
 
 impl Engine {
     pub(super) fn is_ours(&self, addr: Ipv4Addr) -> bool {
@@ -21,7 +24,7 @@ impl Engine {
 
     pub(super) fn ingress<T: TxToken>(&mut self, now: Instant, frame: &[u8], tx: T) {
         self.counters.frames_in += 1;
-        let target = match classify(frame) {
+        let target = match classify(frame, &self.caps.checksum) {
             Frame::Arp { sender, target } if self.is_ours(target) => {
                 if let Ok(i) = self.neighbors.binary_search(&sender) {
                     self.neighbor_heard[i] = true;
@@ -31,7 +34,17 @@ impl Engine {
                 }
                 None
             }
-            Frame::Tcp(meta) if self.is_ours(meta.dst) => self.tcp_target(now, &meta),
+            Frame::Tcp(meta) if self.is_ours(meta.dst) => {
+                if !plausible(meta.flags) {
+                    self.counters.drop_bad_flags += 1;
+                    return;
+                }
+                if meta.bad_checksum {
+                    self.counters.drop_bad_checksum += 1;
+                    return;
+                }
+                self.tcp_target(now, &meta)
+            }
             _ => {
                 self.counters.frames_not_ours += 1;
                 return;

@@ -341,7 +341,8 @@ impl Engine {
             Phase::New | Phase::Connecting { .. } if client_state != State::SynReceived => {
                 // Our SYN-ACK is still held, so the client can only have left
                 // by RST (which puts the socket back to LISTEN) or never
-                // completed its SYN (e.g. bad checksum).
+                // completed its SYN (smoltcp rejected it; bad checksums are
+                // dropped before admission, see `frame::classify`).
                 conn.client.get_mut::<tcp::Socket>(conn.ch).abort();
                 conn.backend.get_mut::<tcp::Socket>(conn.bh).abort();
                 if conn.phase != Phase::New {
