@@ -87,6 +87,8 @@ impl Stats {
                 "frames_in": engines.iter().map(|r| r.counters.frames_in).sum::<u64>(),
                 "frames_not_ours": engines.iter().map(|r| r.counters.frames_not_ours).sum::<u64>(),
                 "unknown_flow": engines.iter().map(|r| r.counters.unknown_flow).sum::<u64>(),
+                "drop_bad_flags": engines.iter().map(|r| r.counters.drop_bad_flags).sum::<u64>(),
+                "drop_bad_checksum": engines.iter().map(|r| r.counters.drop_bad_checksum).sum::<u64>(),
                 // Which lcore owns what: each connection lives on one engine.
                 "per_lcore": lcores.iter().zip(reports).filter_map(|((id, _), r)| {
                     let e = r.as_ref()?.proxy.as_ref()?;

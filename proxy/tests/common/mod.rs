@@ -105,16 +105,8 @@ impl Device for Single<'_> {
 
 /// (local port, remote port, SYN-only) of a TCP frame.
 fn tcp_ports(frame: &[u8]) -> Option<(u16, u16, bool)> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return None;
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    if ip.next_header() != IpProtocol::Tcp {
-        return None;
-    }
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-    Some((tcp.dst_port(), tcp.src_port(), tcp.syn() && !tcp.ack()))
+    let t = tcp_seen(frame)?;
+    Some((t.dst.1, t.src.1, t.syn && !t.ack))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
