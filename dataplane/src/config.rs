@@ -159,9 +159,8 @@ impl RouteEntry {
             .ok()
             .filter(|l| (1..=32).contains(l))
             .ok_or_else(|| format!("{p:?}: prefix length {len:?} is not a number from 1 to 32 (a default route is `gateway`)"))?;
-        let mask = u32::MAX << (32 - u32::from(len));
-        if u32::from(addr) & !mask != 0 {
-            let net = Ipv4Addr::from(u32::from(addr) & mask);
+        let net = Cidr { addr, prefix_len: len }.network();
+        if net != addr {
             return Err(format!("{p:?} has host bits set (the network is {net}/{len})"));
         }
         Ok((addr, len))

@@ -278,6 +278,17 @@ mod tests {
     }
 
     #[test]
+    fn cidr_network_and_membership() {
+        let c = Cidr { addr: Ipv4Addr::new(198, 18, 0, 2), prefix_len: 24 };
+        assert_eq!(c.network(), Ipv4Addr::new(198, 18, 0, 0));
+        assert!(c.contains(Ipv4Addr::new(198, 18, 0, 254)));
+        assert!(!c.contains(Ipv4Addr::new(198, 18, 1, 1)));
+        let host = Cidr { prefix_len: 32, ..c };
+        assert!(host.contains(c.addr) && !host.contains(Ipv4Addr::new(198, 18, 0, 3)));
+        assert!(Cidr { prefix_len: 0, ..c }.contains(Ipv4Addr::new(203, 0, 113, 1)));
+    }
+
+    #[test]
     fn not_up_means_weight_zero() {
         let mut b = Backend::new(Ipv4Addr::new(198, 18, 0, 21), 80, 7);
         assert_eq!(b.effective_weight(), 7);

@@ -385,10 +385,15 @@ pub struct Cidr {
 }
 
 impl Cidr {
+    /// The prefix's network address (host bits cleared).
+    pub fn network(&self) -> Ipv4Addr {
+        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len.min(32))) };
+        Ipv4Addr::from(u32::from(self.addr) & mask)
+    }
+
     /// Whether `a` is in this prefix.
     pub fn contains(&self, a: Ipv4Addr) -> bool {
-        let mask = if self.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix_len)) };
-        u32::from(a) & mask == u32::from(self.addr) & mask
+        Cidr { addr: a, ..*self }.network() == self.network()
     }
 }
 

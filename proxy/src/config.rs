@@ -117,13 +117,10 @@ impl EngineConfig {
         if self.prefix_len == 0 || self.prefix_len > 32 {
             return Err(ConfigError::PrefixLen(self.prefix_len));
         }
-        let network = |a: Ipv4Addr| {
-            let mask = u32::MAX << (32 - u32::from(self.prefix_len));
-            u32::from(a) & mask == u32::from(self.addr) & mask
-        };
+        let own = fulcrum_model::Cidr { addr: self.addr, prefix_len: self.prefix_len };
         let routers = self.gateway.iter().chain(self.routes.iter().map(|r| &r.via));
         for &via in routers {
-            if !network(via) || via == self.addr {
+            if !own.contains(via) || via == self.addr {
                 return Err(ConfigError::RouterNotOnLink(via));
             }
         }

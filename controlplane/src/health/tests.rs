@@ -699,18 +699,25 @@ fn health_sim_jitter_spreads_check_starts() {
     assert!(short >= 10, "jitter does not shorten gaps (expected ~73 % <= 92 ms): {with:?}");
 }
 
+/// A TCP check every `i` (timeout 50 ms, rise 2, fall 2, jitter 10 %) with
+/// passive ejection after 5 failures in 2 s, back-off 300 ms doubling to 1 s.
+fn passive_spec(i: Duration) -> CheckSpec {
+    let mut spec = CheckSpec::tcp().timing(i, Duration::from_millis(50), 2, 2).jitter(10);
+    spec.passive = PassiveSpec {
+        failures: 5,
+        window: Duration::from_secs(2),
+        ejection_base: Duration::from_millis(300),
+        ejection_max: Duration::from_millis(1000),
+    };
+    spec
+}
+
 #[test]
 fn health_sim_passive_ejection_backoff() {
     let hc = sim_checker();
     simulate(&hc, |hc| async move {
         let i = Duration::from_millis(100);
-        let mut spec = CheckSpec::tcp().timing(i, Duration::from_millis(50), 2, 2).jitter(10);
-        spec.passive = PassiveSpec {
-            failures: 5,
-            window: Duration::from_secs(2),
-            ejection_base: Duration::from_millis(300),
-            ejection_max: Duration::from_millis(1000),
-        };
+        let spec = passive_spec(i);
         let gap_min = i.mul_f64(0.9);
         set_fake(&hc, 9, Fake::Pass);
         hc.set_targets(vec![Target { key: 9, addr: SocketAddrV4::new(LO, 9), spec: spec.clone() }])
@@ -1080,13 +1087,7 @@ fn health_config_errors_name_the_field() {
 /// Three targets of one group, every one Up (simulated), with the given threshold.
 async fn panic_group(hc: &HealthChecker, threshold_pct: u8) -> CheckSpec {
     let i = Duration::from_millis(100);
-    let mut spec = CheckSpec::tcp().timing(i, Duration::from_millis(50), 2, 2).jitter(10);
-    spec.passive = PassiveSpec {
-        failures: 5,
-        window: Duration::from_secs(2),
-        ejection_base: Duration::from_millis(300),
-        ejection_max: Duration::from_millis(1000),
-    };
+    let mut spec = passive_spec(i);
     spec.panic_threshold_pct = threshold_pct;
     let targets = (1..=3u64)
         .map(|k| {
