@@ -40,6 +40,24 @@ pub struct VipCounters {
     /// Client-table entries evicted to make room for this VIP's clients
     /// (the table is too small for the client population if this grows).
     pub client_table_evictions: u64,
+    /// SYNs to this VIP that reached admission or a cookie (plausible flags,
+    /// good checksums): every one, whatever became of it.
+    pub syns: u64,
+    /// SYNs answered with a SYN cookie (flood mode): nothing was kept for them.
+    pub cookies_sent: u64,
+    /// ACKs that carried a valid cookie and became a connection (they then go
+    /// through admission like a SYN; a refusal there is counted by its reason).
+    pub cookies_validated: u64,
+    /// ACKs for no connection of this VIP whose cookie did not validate
+    /// (forged, expired, wrong secret, or a stray ACK): answered with RST.
+    pub cookies_rejected: u64,
+    /// Gauge: connections whose client has not completed its handshake
+    /// (SYN-RECEIVED with the SYN-ACK held or sent). Flood mode starts when
+    /// this reaches the engine's cookie threshold.
+    pub half_open: u64,
+    /// Half-open connections aborted because the client did not complete the
+    /// handshake within `half_open_timeout` after its SYN-ACK was released.
+    pub drop_half_open_timeout: u64,
 }
 
 /// Per backend of a VIP (on this engine).
@@ -93,6 +111,9 @@ pub struct VipSnapshot {
     /// No longer configured: admits nothing, its connections are draining.
     pub removed: bool,
     pub counters: VipCounters,
+    /// Flood mode (SYNs answered with cookies) on this engine, since when
+    /// (the engine's clock, as given to `poll`); `None` when off.
+    pub flood_since: Option<smoltcp::time::Instant>,
     pub backends: Vec<BackendSnapshot>,
 }
 

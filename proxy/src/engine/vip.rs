@@ -213,6 +213,7 @@ impl VipState {
             port: self.cfg.port,
             removed: !self.configured,
             counters: self.counters,
+            flood_since: None,
             backends: listed
                 .chain(removed)
                 .map(|b| BackendSnapshot {
