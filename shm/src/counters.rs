@@ -10,7 +10,7 @@ use crate::layout::*;
 use crate::publish::Subscriber;
 use crate::segment::{now_ns, Segment};
 
-// ---- per-VIP counter indices (VIP_COUNTERS = 16) ---------------------------
+// ---- per-VIP counter indices (VIP_COUNTERS = 24) ---------------------------
 /// New connections (TCP) / flows (UDP) accepted and assigned a backend.
 pub const VIP_ACCEPTED: usize = 0;
 /// Gauge: connections currently tracked.
@@ -40,6 +40,28 @@ pub const VIP_CLOSED: usize = 14;
 /// Forwarding VIPs: packets dropped after the VIP was identified (no
 /// backend, neighbour unresolved, TTL, too big, ...).
 pub const VIP_DROPS: usize = 15;
+/// Proxy VIPs: SYNs that reached admission or a SYN cookie (plausible flags,
+/// good checksums), whatever became of them.
+pub const VIP_SYNS: usize = 16;
+/// Proxy VIPs: SYNs answered with a SYN cookie (flood mode; nothing kept).
+pub const VIP_COOKIES_SENT: usize = 17;
+/// Proxy VIPs: ACKs whose cookie validated and became a connection.
+pub const VIP_COOKIES_VALIDATED: usize = 18;
+/// Proxy VIPs: ACKs for no connection whose cookie did not validate
+/// (answered with RST).
+pub const VIP_COOKIES_REJECTED: usize = 19;
+/// Gauge, proxy VIPs: connections whose client has not completed its
+/// handshake.
+pub const VIP_HALF_OPEN: usize = 20;
+/// Gauge, proxy VIPs: this lcore is in flood mode (SYNs answered with
+/// cookies) for the VIP: each lcore writes 0 or 1, so the sum over lcores is
+/// the number of lcores in flood mode.
+pub const VIP_FLOOD_LCORES: usize = 21;
+/// Proxy VIPs: half-open connections aborted because the client did not
+/// complete the handshake within the half-open timeout.
+pub const VIP_DROP_HALF_OPEN: usize = 22;
+/// Unused (room for one more).
+pub const VIP_RESERVED_23: usize = 23;
 /// Names of the per-VIP counters, by index.
 pub const VIP_COUNTER_NAMES: [&str; VIP_COUNTERS] = [
     "accepted",
@@ -58,11 +80,20 @@ pub const VIP_COUNTER_NAMES: [&str; VIP_COUNTERS] = [
     "resets",
     "closed",
     "drops",
+    "syns",
+    "cookies_sent",
+    "cookies_validated",
+    "cookies_rejected",
+    "half_open",
+    "flood_lcores",
+    "drop_half_open_timeout",
+    "reserved",
 ];
 /// Bit i set = per-VIP counter i is a gauge (not rebased across restarts).
-pub const VIP_GAUGES: u64 = 1 << VIP_ACTIVE;
+pub const VIP_GAUGES: u64 = 1 << VIP_ACTIVE | 1 << VIP_HALF_OPEN | 1 << VIP_FLOOD_LCORES;
+const _: () = assert!(VIP_COUNTERS <= 64 && BACKEND_COUNTERS <= 64, "gauge masks are u64");
 
-// ---- per-backend counter indices (BACKEND_COUNTERS = 8) ---------------------
+// ---- per-backend counter indices (BACKEND_COUNTERS = 10) --------------------
 pub const BACKEND_ATTEMPTS: usize = 0;
 pub const BACKEND_OPENED: usize = 1;
 /// Gauge: connections currently open to this backend.

@@ -5,7 +5,8 @@
 /// File magic, first 8 bytes of the file.
 pub const MAGIC: [u8; 8] = *b"FULCRUM\0";
 /// Layout version; bump on any incompatible change of this file.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: `VIP_COUNTERS` 16 -> 24 (the proxy's SYN-flood counters).
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Number of per-lcore counter blocks.
 pub const MAX_LCORES: usize = 32;
@@ -16,7 +17,7 @@ pub const MAX_BACKENDS: usize = 4096;
 /// Named lcore-level counter slots per lcore block.
 pub const LCORE_COUNTERS: usize = 64;
 /// Counters per VIP per lcore block.
-pub const VIP_COUNTERS: usize = 16;
+pub const VIP_COUNTERS: usize = 24;
 /// Counters per backend per lcore block.
 pub const BACKEND_COUNTERS: usize = 10;
 /// Maximum encoded configuration payload.

@@ -10,7 +10,7 @@
 //! an epoch plus in-progress flag that readers check before and after
 //! copying, and per-thread counter vectors that readers sum).
 //!
-//! ## Layout (layout version 2, all integers little-endian u64 words)
+//! ## Layout (layout version 3, all integers little-endian u64 words)
 //!
 //! ```text
 //! offset      size        content                                   writer
@@ -20,7 +20,7 @@
 //!   16          8           file size (FILE_SIZE)
 //!   24          136         geometry, 17 words: MAX_LCORES=32, MAX_VIPS=256,
 //!                           MAX_BACKENDS=4096, LCORE_COUNTERS=64,
-//!                           VIP_COUNTERS=16, BACKEND_COUNTERS=8,
+//!                           VIP_COUNTERS=24, BACKEND_COUNTERS=10,
 //!                           MAX_PAYLOAD=4 MiB, NAME_LEN=32, then the
 //!                           offsets CP, DP, NAMES, SLOT0, SLOT1, slot size,
 //!                           COUNTERS, block size, file size again
@@ -44,11 +44,11 @@
 //!                         xxh3 checksum (seed = generation); payload
 //!                         (JSON `fulcrum_model::Generation`) at +4096
 //! 4_333_568   4 MiB+4 KiB config slot 1 (same)                          control plane
-//! 8_531_968   32 x 364_544  per-lcore counter blocks, page aligned:     lcore i only
+//! 8_531_968   32 x 380_928  per-lcore counter blocks, page aligned:     lcore i only
 //!   +0          512         64 lcore-level counters (names above)
-//!   +512        32 KiB      256 VIPs x 16 counters (VIP_* indices)
-//!   +33_280     320 KiB     4096 backends x 10 counters (BACKEND_* indices)
-//! 20_197_376              end of file (FILE_SIZE, ~19.3 MiB; tmpfs only
+//!   +512        48 KiB      256 VIPs x 24 counters (VIP_* indices)
+//!   +49_664     320 KiB     4096 backends x 10 counters (BACKEND_* indices)
+//! 20_721_664              end of file (FILE_SIZE, ~19.8 MiB; tmpfs only
 //!                         allocates pages that are touched)
 //! ```
 //!
@@ -72,7 +72,11 @@
 //! mapped (magic, version, size, every geometry word, header checksum) and
 //! rejected with a precise [`Error`]; it is never silently resized or
 //! recreated. [`Segment::recreate`] (atomic rename) exists for an explicit
-//! operator action (e.g. after a layout upgrade).
+//! operator action (e.g. after a layout upgrade). A segment of an older
+//! layout is refused before its geometry is looked at, naming both versions
+//! (layout 2, with 16 counters per VIP: `segment layout version 2, this build
+//! uses 3; ...`); a header of this version whose geometry differs names the
+//! first differing field ([`Error::LayoutMismatch`]).
 //!
 //! ## While mapped: replacement and truncation
 //! [`Segment::check`], called by both daemons on their 100 ms tick, compares

@@ -114,8 +114,12 @@ fn layout_numbers() {
     assert_eq!(SLOT_SIZE, 4096 + 4 * 1024 * 1024);
     assert_eq!(SLOT1_OFF, 4_333_568);
     assert_eq!(COUNTERS_OFF, 8_531_968);
-    assert_eq!(BLOCK_SIZE, 364_544);
-    assert_eq!(FILE_SIZE, 20_197_376);
+    assert_eq!(LAYOUT_VERSION, 3);
+    assert_eq!(VIP_COUNTERS, 24);
+    assert_eq!(BLOCK_VIP_OFF, 512);
+    assert_eq!(BLOCK_BACKEND_OFF, 49_664);
+    assert_eq!(BLOCK_SIZE, 380_928);
+    assert_eq!(FILE_SIZE, 20_721_664);
     let (_d, path) = tmp();
     let _seg = Segment::open_or_create(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().len(), FILE_SIZE as u64);
@@ -880,4 +884,163 @@ fn waits_out_no_time() {
         assert_eq!(sub.poll(), Poll::Unchanged);
     }
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[test]
+fn vip_counter_table() {
+    assert_eq!(VIP_COUNTER_NAMES.len(), VIP_COUNTERS);
+    let named = [
+        (VIP_ACCEPTED, "accepted"),
+        (VIP_ACTIVE, "active"),
+        (VIP_DROPS, "drops"),
+        (VIP_SYNS, "syns"),
+        (VIP_COOKIES_SENT, "cookies_sent"),
+        (VIP_COOKIES_VALIDATED, "cookies_validated"),
+        (VIP_COOKIES_REJECTED, "cookies_rejected"),
+        (VIP_HALF_OPEN, "half_open"),
+        (VIP_FLOOD_LCORES, "flood_lcores"),
+        (VIP_DROP_HALF_OPEN, "drop_half_open_timeout"),
+        (VIP_RESERVED_23, "reserved"),
+    ];
+    for (i, name) in named {
+        assert!(i < VIP_COUNTERS, "{name}");
+        assert_eq!(VIP_COUNTER_NAMES[i], name);
+    }
+    assert_eq!((VIP_SYNS, VIP_FLOOD_LCORES, VIP_DROP_HALF_OPEN, VIP_RESERVED_23), (16, 21, 22, 23));
+    let mut names = VIP_COUNTER_NAMES.to_vec();
+    assert!(names.iter().all(|n| !n.is_empty() && n.len() < NAME_LEN));
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), VIP_COUNTERS, "names are unique");
+    assert_eq!(VIP_GAUGES, 1 << VIP_ACTIVE | 1 << VIP_HALF_OPEN | 1 << VIP_FLOOD_LCORES);
+    assert_eq!(VIP_GAUGES >> VIP_COUNTERS, 0, "no gauge bit past the last counter");
+    assert_eq!(BACKEND_COUNTER_NAMES.len(), BACKEND_COUNTERS);
+}
+
+/// The new per-VIP counters sit at their own words (the last VIP's last
+/// counter does not run into the backends), sum over lcores, and across a
+/// dataplane restart the counters are rebased while the gauges (half-open,
+/// flood lcores) are not.
+#[test]
+fn syn_flood_counters_sum_and_rebase() {
+    let (_d, path) = tmp();
+    let seg = Segment::open_or_create(&path).unwrap();
+    let init = DataplaneInit { lcores: 2, counter_names: &[], gauge_mask: 0 };
+    let mut dp = seg.dataplane(&init).unwrap();
+    let (l0, l1) = (dp.take_lcore(0).unwrap(), dp.take_lcore(1).unwrap());
+    let last = (MAX_VIPS - 1) as u16;
+    for (l, syns, flood) in [(&l0, 100, 1), (&l1, 50, 0)] {
+        l.vip_set(last, VIP_SYNS, syns);
+        l.vip_set(last, VIP_COOKIES_SENT, syns - 10);
+        l.vip_set(last, VIP_COOKIES_VALIDATED, 7);
+        l.vip_set(last, VIP_COOKIES_REJECTED, 2);
+        l.vip_set(last, VIP_HALF_OPEN, 64);
+        l.vip_set(last, VIP_FLOOD_LCORES, flood);
+        l.vip_set(last, VIP_DROP_HALF_OPEN, 3);
+        l.vip_set(last, VIP_RESERVED_23, 0);
+    }
+    l0.backend_set(0, BACKEND_ATTEMPTS, 9);
+    let mut totals = CounterTotals::new();
+    let s = totals.update(&seg.snapshot().unwrap());
+    let got: Vec<u64> = [
+        VIP_SYNS,
+        VIP_COOKIES_SENT,
+        VIP_COOKIES_VALIDATED,
+        VIP_COOKIES_REJECTED,
+        VIP_HALF_OPEN,
+        VIP_FLOOD_LCORES,
+        VIP_DROP_HALF_OPEN,
+        VIP_RESERVED_23,
+    ]
+    .iter()
+    .map(|&i| s.vip(last, i))
+    .collect();
+    assert_eq!(got, [150, 130, 14, 4, 128, 1, 6, 0]);
+    assert_eq!(s.backend(0, BACKEND_ATTEMPTS), 9, "VIP words do not overlap the backends'");
+    assert_eq!(s.vip(last - 1, VIP_SYNS), 0);
+
+    drop((l0, l1));
+    drop(dp);
+    let mut dp = seg.dataplane(&init).unwrap();
+    let l0 = dp.take_lcore(0).unwrap();
+    l0.vip_set(last, VIP_SYNS, 1);
+    l0.vip_set(last, VIP_HALF_OPEN, 5);
+    let s = totals.update(&seg.snapshot().unwrap());
+    assert_eq!(s.vip(last, VIP_SYNS), 151, "counters are rebased");
+    assert_eq!(s.vip(last, VIP_HALF_OPEN), 5, "half_open is a gauge");
+    assert_eq!(s.vip(last, VIP_FLOOD_LCORES), 0, "flood_lcores is a gauge");
+}
+
+/// A segment left by a build of layout 2 (16 counters per VIP) is refused,
+/// naming both versions, and left alone; a layout-3 header with layout-2
+/// geometry is refused naming the field.
+#[test]
+fn layout_2_segment_is_refused() {
+    const V2_FILE_SIZE: u64 = 20_197_376;
+    let v2_geometry: [u64; 17] = [
+        32,
+        256,
+        4096,
+        64,
+        16, // vip_counters
+        10,
+        4 << 20,
+        32,
+        512,
+        768,
+        2048,
+        135_168,
+        4_333_568,
+        4096 + (4 << 20),
+        8_531_968,
+        364_544, // block_size
+        V2_FILE_SIZE,
+    ];
+    let header = |version: u64| {
+        let mut h = vec![0u8; HEADER_LEN];
+        h[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC);
+        h[H_VERSION..H_VERSION + 8].copy_from_slice(&version.to_le_bytes());
+        h[H_FILE_SIZE..H_FILE_SIZE + 8].copy_from_slice(&V2_FILE_SIZE.to_le_bytes());
+        for (i, v) in v2_geometry.iter().enumerate() {
+            h[H_GEOMETRY + 8 * i..H_GEOMETRY + 8 * i + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        h[H_CREATED_NS..H_CREATED_NS + 8].copy_from_slice(&1u64.to_le_bytes());
+        let sum = xxhash_rust::xxh3::xxh3_64(&h[..H_CHECKSUM]);
+        h[H_CHECKSUM..H_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+        h
+    };
+    let (_d, path) = tmp();
+    let write = |h: &[u8]| {
+        let f = OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&path).unwrap();
+        f.set_len(V2_FILE_SIZE).unwrap();
+        f.write_all_at(h, 0).unwrap();
+    };
+
+    write(&header(2));
+    for e in [Segment::open_existing(&path).unwrap_err(), Segment::open_or_create(&path).unwrap_err()] {
+        assert!(matches!(e, Error::VersionMismatch { found: 2, expected: 3, .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("layout version 2") && msg.contains("this build uses 3"), "{msg}");
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), V2_FILE_SIZE, "left untouched");
+    assert_eq!(raw_read_u64(&path, H_VERSION), 2);
+
+    // Same version number but the old geometry (a build that forgot the
+    // bump): the first differing field is named.
+    let mut h = header(u64::from(LAYOUT_VERSION));
+    h[H_FILE_SIZE..H_FILE_SIZE + 8].copy_from_slice(&(FILE_SIZE as u64).to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&h[..H_CHECKSUM]);
+    h[H_CHECKSUM..H_CHECKSUM + 8].copy_from_slice(&sum.to_le_bytes());
+    write(&h);
+    OpenOptions::new().write(true).open(&path).unwrap().set_len(FILE_SIZE as u64).unwrap();
+    let e = Segment::open_existing(&path).unwrap_err();
+    assert!(
+        matches!(e, Error::LayoutMismatch { field: "vip_counters", found: 16, expected: 24, .. }),
+        "{e}"
+    );
+
+    // recreate (the operator's action after an upgrade) gives a layout-3 file.
+    drop(Segment::recreate(&path).unwrap());
+    Segment::open_existing(&path).unwrap();
+    assert_eq!(raw_read_u64(&path, H_VERSION), 3);
 }
