@@ -164,6 +164,14 @@ pub fn publish(block: &shm::LcoreCounters<'_>, lcore: &LcoreSnapshot, report: Op
                 (shm::VIP_DROP_CONNECT_FAILED, c.drop_connect_failed),
                 (shm::VIP_DROP_IDLE, c.drop_idle_timeout),
                 (shm::VIP_RESETS, c.client_resets + c.backend_resets),
+                (shm::VIP_SYNS, c.syns),
+                (shm::VIP_COOKIES_SENT, c.cookies_sent),
+                (shm::VIP_COOKIES_VALIDATED, c.cookies_validated),
+                (shm::VIP_COOKIES_REJECTED, c.cookies_rejected),
+                (shm::VIP_HALF_OPEN, c.half_open),
+                // This lcore's engine only: readers sum the lcores in flood mode.
+                (shm::VIP_FLOOD_LCORES, u64::from(vip.flood_since.is_some())),
+                (shm::VIP_DROP_HALF_OPEN, c.drop_half_open_timeout),
             ] {
                 block.vip_set(id, field, v);
             }
@@ -209,5 +217,50 @@ pub fn publish(block: &shm::LcoreCounters<'_>, lcore: &LcoreSnapshot, report: Op
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::LcoreCounters;
+    use crate::stats::tests::{engine, flood_counters};
+
+    /// Two lcores write their engines' SYN-flood counters into their blocks;
+    /// a reader of the segment sums them and counts the lcores in flood mode.
+    #[test]
+    fn proxy_syn_flood_counters_reach_the_segment() {
+        let dir = std::env::temp_dir().join(format!("fulcrum-dp-control-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("segment");
+        let _ = std::fs::remove_file(&path);
+        let seg = shm::Segment::open_or_create(&path).unwrap();
+        let mut dp = seg.dataplane(&shm::DataplaneInit { lcores: 2, ..Default::default() }).unwrap();
+        let mut ids = CounterIds::default();
+        ids.proxy_vips.insert((Ipv4Addr::new(198, 18, 1, 1), 80), 7);
+        let reports = [
+            LcoreReport { proxy: Some(engine(10_000, flood_counters(1), Some(9_000))), forward: None },
+            LcoreReport { proxy: Some(engine(10_000, flood_counters(2), None)), forward: None },
+        ];
+        for (i, r) in reports.iter().enumerate() {
+            let block = dp.take_lcore(i).unwrap();
+            publish(&block, &LcoreCounters::default().snapshot(i as u32), Some(r), Some(&ids));
+        }
+        let s = seg.snapshot().unwrap();
+        for (field, n) in [
+            (shm::VIP_ACCEPTED, 3),
+            (shm::VIP_SYNS, 3000),
+            (shm::VIP_COOKIES_SENT, 2700),
+            (shm::VIP_COOKIES_VALIDATED, 30),
+            (shm::VIP_COOKIES_REJECTED, 6),
+            (shm::VIP_HALF_OPEN, 192),
+            (shm::VIP_FLOOD_LCORES, 1),
+            (shm::VIP_DROP_HALF_OPEN, 15),
+        ] {
+            assert_eq!(s.vip(7, field), n, "{}", shm::VIP_COUNTER_NAMES[field]);
+        }
+        drop(dp);
+        drop(seg);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

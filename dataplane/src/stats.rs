@@ -20,6 +20,10 @@ pub struct LcoreReport {
 
 /// One proxy engine's counters.
 pub struct EngineReport {
+    /// The engine's clock when this was taken (its `poll` clock: time since
+    /// its worker loop started), against which the VIPs' `flood_since` is
+    /// measured.
+    pub now: smoltcp::time::Instant,
     pub vips: Vec<VipSnapshot>,
     pub counters: fulcrum_proxy::EngineCounters,
     pub connections: usize,
@@ -28,8 +32,10 @@ pub struct EngineReport {
 }
 
 impl EngineReport {
-    pub fn of(engine: &Engine) -> EngineReport {
+    /// `now`: the engine's clock now.
+    pub fn of(engine: &Engine, now: smoltcp::time::Instant) -> EngineReport {
         EngineReport {
+            now,
             vips: engine.snapshot(),
             counters: *engine.counters(),
             connections: engine.connections(),
@@ -128,13 +134,24 @@ fn add(into: &mut Map<String, Value>, fields: &[(&str, u64)]) {
     }
 }
 
+/// Seconds (millisecond precision) an engine has been in flood mode for a
+/// VIP, from its own clock; `None` when it is not.
+fn flood_secs(engine: &EngineReport, vip: &VipSnapshot) -> Option<f64> {
+    let since = vip.flood_since?;
+    let micros = (engine.now.total_micros() - since.total_micros()).max(0);
+    Some((micros / 1000) as f64 / 1000.0)
+}
+
 /// Proxy VIPs and backends summed over engines by (address, port): engines
 /// list the same VIPs, but a removed one lingers (draining) only where it
-/// still has connections.
+/// still has connections. SYN-flood fields: the counters summed (`half_open`
+/// too, a gauge of each engine's), `flood_lcores` the engines in flood mode
+/// for the VIP, `flood_since_s` how long the earliest of them has been (each
+/// engine measured on its own clock), `null` when none is.
 fn sum_proxy_vips(engines: &[&EngineReport]) -> Vec<Value> {
     type Backends = BTreeMap<(Ipv4Addr, u16), Map<String, Value>>;
     let mut vips: BTreeMap<(Ipv4Addr, u16), (Map<String, Value>, Backends)> = BTreeMap::new();
-    for vip in engines.iter().flat_map(|e| &e.vips) {
+    for (engine, vip) in engines.iter().flat_map(|e| e.vips.iter().map(move |v| (*e, v))) {
         let (v, backends) = vips.entry((vip.addr, vip.port)).or_default();
         let c = &vip.counters;
         v.insert("address".into(), json!(vip.addr.to_string()));
@@ -159,8 +176,21 @@ fn sum_proxy_vips(engines: &[&EngineReport]) -> Vec<Value> {
                 ("drop_idle_timeout", c.drop_idle_timeout),
                 ("throttled_splices", c.throttled_splices),
                 ("client_table_evictions", c.client_table_evictions),
+                ("syns", c.syns),
+                ("cookies_sent", c.cookies_sent),
+                ("cookies_validated", c.cookies_validated),
+                ("cookies_rejected", c.cookies_rejected),
+                ("half_open", c.half_open),
+                ("drop_half_open_timeout", c.drop_half_open_timeout),
             ],
         );
+        let flood = flood_secs(engine, vip);
+        add(v, &[("flood_lcores", u64::from(flood.is_some()))]);
+        let earliest = match (v.get("flood_since_s").and_then(Value::as_f64), flood) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        v.insert("flood_since_s".into(), json!(earliest));
         for b in &vip.backends {
             let m = backends.entry((b.addr, b.port)).or_default();
             let c: &BackendCounters = &b.counters;
@@ -253,4 +283,95 @@ fn sum_forwarders(forwarders: &[&ForwardReport]) -> Value {
     }
     m.insert("drops".into(), Value::Object(drops));
     Value::Object(m)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use fulcrum_model::BackendState;
+    use fulcrum_proxy::{BackendSnapshot, EngineCounters, VipCounters};
+    use smoltcp::time::Instant;
+
+    /// One engine with one VIP, 198.18.1.1:80, and one backend.
+    pub(crate) fn engine(now_ms: i64, counters: VipCounters, flood_since_ms: Option<i64>) -> EngineReport {
+        let backend = BackendSnapshot {
+            addr: Ipv4Addr::new(198, 18, 0, 21),
+            port: 8080,
+            weight: 1,
+            state: BackendState::Up,
+            removed: false,
+            counters: BackendCounters { attempts: 3, ..Default::default() },
+        };
+        EngineReport {
+            now: Instant::from_millis(now_ms),
+            vips: vec![VipSnapshot {
+                addr: Ipv4Addr::new(198, 18, 1, 1),
+                port: 80,
+                removed: false,
+                counters,
+                flood_since: flood_since_ms.map(Instant::from_millis),
+                backends: vec![backend],
+            }],
+            counters: EngineCounters::default(),
+            connections: 0,
+            sockets: 0,
+            buffered_bytes: 0,
+        }
+    }
+
+    pub(crate) fn flood_counters(scale: u64) -> VipCounters {
+        VipCounters {
+            accepted: scale,
+            syns: 1000 * scale,
+            cookies_sent: 900 * scale,
+            cookies_validated: 10 * scale,
+            cookies_rejected: 2 * scale,
+            half_open: 64 * scale,
+            drop_half_open_timeout: 5 * scale,
+            ..Default::default()
+        }
+    }
+
+    /// Through JSON, as the stats file has it.
+    fn vips_json(engines: &[&EngineReport]) -> Value {
+        serde_json::from_str(&serde_json::to_string(&sum_proxy_vips(engines)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn syn_flood_counters_are_summed_and_flood_mode_reported() {
+        // Engine clocks have different origins: 23.5 s in flood on the first,
+        // 4 s on the second; the earliest wins.
+        let a = engine(100_000, flood_counters(1), Some(76_500));
+        let b = engine(30_000, flood_counters(2), Some(26_000));
+        let v = &vips_json(&[&a, &b])[0];
+        assert_eq!(v["address"], "198.18.1.1");
+        for (k, n) in [
+            ("accepted", 3),
+            ("syns", 3000),
+            ("cookies_sent", 2700),
+            ("cookies_validated", 30),
+            ("cookies_rejected", 6),
+            ("half_open", 192),
+            ("drop_half_open_timeout", 15),
+            ("flood_lcores", 2),
+        ] {
+            assert_eq!(v[k].as_u64(), Some(n), "{k} in {v}");
+        }
+        assert_eq!(v["flood_since_s"].as_f64(), Some(23.5), "{v}");
+        assert_eq!(v["backends"][0]["attempts"].as_u64(), Some(6));
+
+        // One engine in flood mode, in either order.
+        let off = engine(50_000, flood_counters(1), None);
+        for engines in [[&a, &off], [&off, &a]] {
+            let v = &vips_json(&engines)[0];
+            assert_eq!(v["flood_lcores"].as_u64(), Some(1), "{v}");
+            assert_eq!(v["flood_since_s"].as_f64(), Some(23.5), "{v}");
+        }
+
+        // Off everywhere: zero lcores, null since.
+        let v = &vips_json(&[&off, &off])[0];
+        assert_eq!(v["flood_lcores"].as_u64(), Some(0), "{v}");
+        assert!(v["flood_since_s"].is_null(), "{v}");
+        assert_eq!(v["syns"].as_u64(), Some(2000));
+    }
 }

@@ -115,6 +115,9 @@ impl Worker<'_> {
     /// return but the engine's own state, which drops with it.
     pub fn run(mut self) {
         let start = Instant::now();
+        // The proxy engine's clock: time since this loop started (each
+        // engine has its own origin; its snapshots' instants are on it).
+        let clock = |t: Instant| smoltcp::time::Instant::from_micros((t - start).as_micros() as i64);
         let mut next_report = start;
         let mut batch = MbufBatch::default();
         // Start of the previous iteration, when it had work: its length is
@@ -153,7 +156,7 @@ impl Worker<'_> {
             }
             let mut idle_for = None;
             if let Some(p) = &mut self.proxy {
-                let stamp = smoltcp::time::Instant::from_micros((now - start).as_micros() as i64);
+                let stamp = clock(now);
                 let due = p.engine.poll_at().is_some_and(|t| t <= stamp);
                 if !p.inbox.is_empty() || due {
                     busy = true;
@@ -167,7 +170,7 @@ impl Worker<'_> {
             }
             if now >= next_report {
                 next_report = now + REPORT_PERIOD;
-                self.report();
+                self.report(clock(now));
             }
             self.tx.flush();
             if busy {
@@ -177,12 +180,14 @@ impl Worker<'_> {
                 self.backoff.idle(idle_for);
             }
         }
-        self.report();
+        self.report(clock(Instant::now()));
     }
 
-    fn report(&self) {
+    /// Publishes the counters; `clock` is the engine's clock now (what
+    /// `flood_since` is measured against).
+    fn report(&self, clock: smoltcp::time::Instant) {
         let report = (self.proxy.is_some() || self.forward.is_some()).then(|| LcoreReport {
-            proxy: self.proxy.as_ref().map(|p| EngineReport::of(&p.engine)),
+            proxy: self.proxy.as_ref().map(|p| EngineReport::of(&p.engine, clock)),
             forward: self.forward.as_ref().map(|f| ForwardReport::of(&f.forwarder)),
         });
         if let Some(block) = &self.shm {
