@@ -34,6 +34,9 @@ pub struct VipView {
     pub backends: Vec<BackendView>,
     /// In panic (passive ejection held back); `None`: the VIP has no checks.
     pub panic: Option<bool>,
+    /// Proxy VIPs in flood mode: when the control plane first saw it on
+    /// (Unix seconds, precise to the counter read interval).
+    pub flood_since_unix: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -251,6 +254,51 @@ pub fn render(v: &View) -> String {
             let _ = writeln!(o, "fulcrum_vip_drops_total{{{},reason=\"{reason}\"}} {n}", vip(x));
         }
     }
+    // The proxy's SYN-flood defence.
+    let syn: [(&str, &str, &str, &dyn Fn(&VipView) -> String); 8] = [
+        ("fulcrum_vip_syns_total", "counter", "SYNs to the (proxy) VIP that reached admission or a SYN cookie.", &|x| {
+            x.counters.syns.to_string()
+        }),
+        ("fulcrum_vip_syncookies_sent_total", "counter", "SYNs answered with a SYN cookie (flood mode).", &|x| {
+            x.counters.cookies_sent.to_string()
+        }),
+        (
+            "fulcrum_vip_syncookies_validated_total",
+            "counter",
+            "ACKs whose SYN cookie validated and became a connection.",
+            &|x| x.counters.cookies_validated.to_string(),
+        ),
+        (
+            "fulcrum_vip_syncookies_rejected_total",
+            "counter",
+            "ACKs for no connection whose SYN cookie did not validate (answered with RST).",
+            &|x| x.counters.cookies_rejected.to_string(),
+        ),
+        ("fulcrum_vip_half_open", "gauge", "Connections whose client has not completed its handshake.", &|x| {
+            x.counters.half_open.to_string()
+        }),
+        (
+            "fulcrum_vip_flood_mode",
+            "gauge",
+            "1 while SYN flood mode (SYNs answered with cookies) is on for the VIP on any lcore.",
+            &|x| u8::from(x.counters.flood_lcores > 0).to_string(),
+        ),
+        ("fulcrum_vip_flood_lcores", "gauge", "Lcores in SYN flood mode for the VIP.", &|x| {
+            x.counters.flood_lcores.to_string()
+        }),
+        (
+            "fulcrum_vip_flood_since_seconds",
+            "gauge",
+            "Unix time the control plane first saw the VIP's SYN flood mode on (precise to its counter reads, about 1 s); 0 when off.",
+            &|x| x.flood_since_unix.map_or_else(|| "0".to_owned(), |t| format!("{t:.3}")),
+        ),
+    ];
+    for (name, kind, help, f) in syn {
+        head(&mut o, name, kind, help);
+        for x in proxy() {
+            let _ = writeln!(o, "{name}{{{}}} {}", vip(x), f(x));
+        }
+    }
     let backends = |o: &mut String, name: &str, forwarding: Option<bool>, f: &dyn Fn(&BackendView) -> String| {
         for x in v.vips.iter().filter(|x| forwarding.is_none_or(|f| f == x.forwarding)) {
             for b in &x.backends {
@@ -334,7 +382,15 @@ mod tests {
             health: None,
         };
         let v = View {
-            vips: vec![VipView { name: "198.18.1.2:0/udp".into(), mode: "dsr", forwarding: true, counters: c, backends: vec![b], panic: None }],
+            vips: vec![VipView {
+                name: "198.18.1.2:0/udp".into(),
+                mode: "dsr",
+                forwarding: true,
+                counters: c,
+                backends: vec![b],
+                panic: None,
+                flood_since_unix: None,
+            }],
             dataplane_up: true,
             generation: 4,
         };
@@ -351,6 +407,7 @@ mod tests {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("fulcrum_vip_connections_active{"), "{text}");
+        assert!(!text.contains("fulcrum_vip_syns_total{"), "SYN series are the proxy's: {text}");
         assert!(!text.contains("fulcrum_vip_health_panic{"), "no checks, no panic series: {text}");
         assert!(!text.contains("direction=\"out\""), "{text}");
     }
@@ -375,6 +432,7 @@ mod tests {
             counters: VipCounters::default(),
             backends: vec![b.clone()],
             panic,
+            flood_since_unix: None,
         };
         let v = View {
             vips: vec![vip("198.18.1.1:80", Some(true)), vip("198.18.1.3:80", Some(false))],
@@ -388,6 +446,66 @@ mod tests {
             "fulcrum_vip_health_panic{vip=\"198.18.1.3:80\"} 0\n",
             "# TYPE fulcrum_backend_ejections_skipped_total counter\n",
             "fulcrum_backend_ejections_skipped_total{vip=\"198.18.1.1:80\",backend=\"198.18.0.22:8080\"} 4\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn syn_flood_series() {
+        let proxy = |name: &str, lcores: u64, since: Option<f64>| {
+            let mut c = VipCounters {
+                syns: 812_345,
+                cookies_sent: 800_000,
+                cookies_validated: 1000,
+                cookies_rejected: 12,
+                half_open: 128,
+                flood_lcores: lcores,
+                ..Default::default()
+            };
+            c.drops.insert("half_open_timeout".into(), 9);
+            VipView {
+                name: name.into(),
+                mode: "proxy",
+                forwarding: false,
+                counters: c,
+                backends: vec![],
+                panic: None,
+                flood_since_unix: since,
+            }
+        };
+        let v = View {
+            vips: vec![proxy("198.18.1.1:80", 2, Some(1_700_000_000.25)), proxy("198.18.1.3:80", 0, None)],
+            dataplane_up: true,
+            generation: 1,
+        };
+        let text = render(&v);
+        for (name, kind) in [
+            ("fulcrum_vip_syns_total", "counter"),
+            ("fulcrum_vip_syncookies_sent_total", "counter"),
+            ("fulcrum_vip_syncookies_validated_total", "counter"),
+            ("fulcrum_vip_syncookies_rejected_total", "counter"),
+            ("fulcrum_vip_half_open", "gauge"),
+            ("fulcrum_vip_flood_mode", "gauge"),
+            ("fulcrum_vip_flood_lcores", "gauge"),
+            ("fulcrum_vip_flood_since_seconds", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "no TYPE of {name} in\n{text}");
+            assert_eq!(text.matches(&format!("# HELP {name} ")).count(), 1, "{name}");
+        }
+        for line in [
+            "fulcrum_vip_syns_total{vip=\"198.18.1.1:80\"} 812345\n",
+            "fulcrum_vip_syncookies_sent_total{vip=\"198.18.1.1:80\"} 800000\n",
+            "fulcrum_vip_syncookies_validated_total{vip=\"198.18.1.1:80\"} 1000\n",
+            "fulcrum_vip_syncookies_rejected_total{vip=\"198.18.1.1:80\"} 12\n",
+            "fulcrum_vip_half_open{vip=\"198.18.1.1:80\"} 128\n",
+            "fulcrum_vip_flood_mode{vip=\"198.18.1.1:80\"} 1\n",
+            "fulcrum_vip_flood_lcores{vip=\"198.18.1.1:80\"} 2\n",
+            "fulcrum_vip_flood_since_seconds{vip=\"198.18.1.1:80\"} 1700000000.250\n",
+            "fulcrum_vip_flood_mode{vip=\"198.18.1.3:80\"} 0\n",
+            "fulcrum_vip_flood_lcores{vip=\"198.18.1.3:80\"} 0\n",
+            "fulcrum_vip_flood_since_seconds{vip=\"198.18.1.3:80\"} 0\n",
+            "fulcrum_vip_drops_total{vip=\"198.18.1.1:80\",reason=\"half_open_timeout\"} 9\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -455,7 +455,39 @@ pub struct VipStats {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub drops: BTreeMap<String, u64>,
+    /// Proxy VIPs: the SYN-flood defence; `None` for forwarding VIPs (and
+    /// from a daemon that predates it).
+    #[serde(default)]
+    pub syn: Option<SynStats>,
     pub backends: Vec<BackendStats>,
+}
+
+/// A proxy VIP's SYNs and SYN cookies, summed over the dataplane's lcores
+/// (half-open connections aborted by the half-open timeout are in the VIP's
+/// `drops.half_open_timeout`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SynStats {
+    /// SYNs that reached admission or a cookie (plausible flags, good
+    /// checksums), whatever became of them.
+    pub syns: u64,
+    /// SYNs answered with a SYN cookie (flood mode).
+    pub cookies_sent: u64,
+    /// ACKs whose cookie validated and became a connection.
+    pub cookies_validated: u64,
+    /// ACKs for no connection whose cookie did not validate (answered with RST).
+    pub cookies_rejected: u64,
+    /// Connections whose client has not completed its handshake, now.
+    pub half_open: u64,
+    /// Flood mode (SYNs answered with cookies) is on for the VIP on at least
+    /// one lcore.
+    pub flood: bool,
+    /// Lcores in flood mode for the VIP.
+    pub flood_lcores: u64,
+    /// When the control plane first saw flood mode on (Unix seconds), as long
+    /// as it stays on; precise to the counter read interval (about a second).
+    pub flood_since_unix: Option<f64>,
+    /// Seconds since `flood_since_unix` (the daemon's monotonic clock).
+    pub flood_for_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

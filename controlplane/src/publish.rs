@@ -40,6 +40,16 @@ pub struct VipCounters {
     pub bytes_out: u64,
     /// By reason (the Prometheus `reason` label).
     pub drops: BTreeMap<String, u64>,
+    /// Proxy VIPs' SYN-flood defence: SYNs seen, SYN cookies sent, validated
+    /// (became a connection) and rejected.
+    pub syns: u64,
+    pub cookies_sent: u64,
+    pub cookies_validated: u64,
+    pub cookies_rejected: u64,
+    /// Gauge: connections whose client has not completed its handshake.
+    pub half_open: u64,
+    /// Gauge: lcores in flood mode (SYNs answered with cookies) for the VIP.
+    pub flood_lcores: u64,
 }
 
 /// A backend slot's counters, summed over lcores. Forwarding VIPs:

@@ -6,7 +6,7 @@ use fulcrum_shm as shm;
 use fulcrum_shm as c;
 
 /// VIP drop counters and the reason label each is reported under.
-const DROPS: [(usize, &str); 8] = [
+const DROPS: [(usize, &str); 9] = [
     (c::VIP_DROP_LIMIT, "max_connections"),
     (c::VIP_DROP_RATE, "new_conn_rate"),
     (c::VIP_DROP_CLIENT_RATE, "client_rate"),
@@ -14,6 +14,7 @@ const DROPS: [(usize, &str); 8] = [
     (c::VIP_DROP_NO_BACKEND, "no_backend"),
     (c::VIP_DROP_CONNECT_FAILED, "connect_failed"),
     (c::VIP_DROP_IDLE, "idle_timeout"),
+    (c::VIP_DROP_HALF_OPEN, "half_open_timeout"),
     (c::VIP_DROPS, "forward"),
 ];
 
@@ -31,6 +32,12 @@ pub fn read(seg: &shm::Segment, totals: &mut shm::CounterTotals, vip_ids: &[u16]
                 bytes_in: s.vip(id, c::VIP_BYTES_IN),
                 bytes_out: s.vip(id, c::VIP_BYTES_OUT),
                 drops: DROPS.iter().map(|&(i, name)| (name.to_owned(), s.vip(id, i))).collect(),
+                syns: s.vip(id, c::VIP_SYNS),
+                cookies_sent: s.vip(id, c::VIP_COOKIES_SENT),
+                cookies_validated: s.vip(id, c::VIP_COOKIES_VALIDATED),
+                cookies_rejected: s.vip(id, c::VIP_COOKIES_REJECTED),
+                half_open: s.vip(id, c::VIP_HALF_OPEN),
+                flood_lcores: s.vip(id, c::VIP_FLOOD_LCORES),
             },
         );
     }
@@ -48,4 +55,55 @@ pub fn read(seg: &shm::Segment, totals: &mut shm::CounterTotals, vip_ids: &[u16]
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SYN-flood counters as the dataplane writes them (each lcore its own
+    /// block, flood_lcores 0 or 1 per lcore), summed; gauges survive a
+    /// dataplane restart as the new dataplane's values, counters rebased.
+    #[test]
+    fn syn_flood_counters_from_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = shm::Segment::open_or_create(dir.path().join("seg")).unwrap();
+        let init = shm::DataplaneInit { lcores: 2, ..Default::default() };
+        let mut dp = seg.dataplane(&init).unwrap();
+        let (l0, l1) = (dp.take_lcore(0).unwrap(), dp.take_lcore(1).unwrap());
+        let id = 9;
+        for (l, k, flood) in [(&l0, 1, 1), (&l1, 2, 0)] {
+            l.vip_set(id, c::VIP_ACCEPTED, 10 * k);
+            l.vip_set(id, c::VIP_SYNS, 1000 * k);
+            l.vip_set(id, c::VIP_COOKIES_SENT, 900 * k);
+            l.vip_set(id, c::VIP_COOKIES_VALIDATED, 20 * k);
+            l.vip_set(id, c::VIP_COOKIES_REJECTED, 3 * k);
+            l.vip_set(id, c::VIP_HALF_OPEN, 64 * k);
+            l.vip_set(id, c::VIP_FLOOD_LCORES, flood);
+            l.vip_set(id, c::VIP_DROP_HALF_OPEN, 5 * k);
+        }
+        let mut totals = shm::CounterTotals::new();
+        let out = read(&seg, &mut totals, &[id, 3], &[]);
+        let v = &out.vips[&id];
+        assert_eq!(
+            (v.connections_total, v.syns, v.cookies_sent, v.cookies_validated, v.cookies_rejected, v.half_open, v.flood_lcores),
+            (30, 3000, 2700, 60, 9, 192, 1)
+        );
+        assert_eq!(v.drops.get("half_open_timeout"), Some(&15), "{:?}", v.drops);
+        assert_eq!(v.drops.get("idle_timeout"), Some(&0));
+        assert_eq!(out.vips[&3], VipCounters { drops: v.drops.keys().map(|k| (k.clone(), 0)).collect(), ..Default::default() });
+
+        l1.vip_set(id, c::VIP_FLOOD_LCORES, 1);
+        assert_eq!(read(&seg, &mut totals, &[id], &[]).vips[&id].flood_lcores, 2);
+
+        drop((l0, l1));
+        drop(dp);
+        let mut dp = seg.dataplane(&init).unwrap();
+        let l0 = dp.take_lcore(0).unwrap();
+        l0.vip_set(id, c::VIP_SYNS, 1);
+        l0.vip_set(id, c::VIP_HALF_OPEN, 4);
+        let v = read(&seg, &mut totals, &[id], &[]).vips[&id].clone();
+        assert_eq!((v.syns, v.half_open, v.flood_lcores), (3001, 4, 0));
+        assert_eq!(v.drops.get("half_open_timeout"), Some(&15));
+    }
 }

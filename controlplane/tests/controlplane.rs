@@ -97,6 +97,13 @@ fn json_outputs_parse_with_expected_fields() {
     lc.vip_add(vip_id, shm::VIP_ACTIVE, 3);
     lc.vip_add(vip_id, shm::VIP_BYTES_IN, 1000);
     lc.vip_add(vip_id, shm::VIP_DROP_RATE, 7);
+    lc.vip_add(vip_id, shm::VIP_SYNS, 500);
+    lc.vip_add(vip_id, shm::VIP_COOKIES_SENT, 400);
+    lc.vip_add(vip_id, shm::VIP_COOKIES_VALIDATED, 30);
+    lc.vip_add(vip_id, shm::VIP_COOKIES_REJECTED, 6);
+    lc.vip_add(vip_id, shm::VIP_HALF_OPEN, 16);
+    lc.vip_set(vip_id, shm::VIP_FLOOD_LCORES, 1);
+    lc.vip_add(vip_id, shm::VIP_DROP_HALF_OPEN, 2);
     lc.backend_add(slot, shm::BACKEND_OPENED, 40);
     lc.backend_add(slot, shm::BACKEND_ACTIVE, 2);
     lc.backend_add(slot, shm::BACKEND_CONNECT_FAILURES, 1);
@@ -152,7 +159,23 @@ fn json_outputs_parse_with_expected_fields() {
     assert_eq!(v["connections_active"], 3);
     assert_eq!(v["bytes_in"], 1000);
     assert_eq!(v["drops"]["new_conn_rate"], 7);
+    assert_eq!(v["drops"]["half_open_timeout"], 2);
     assert!(v["new_per_sec"].is_number());
+    let syn = &v["syn"];
+    assert_eq!((syn["syns"].as_u64(), syn["cookies_sent"].as_u64(), syn["cookies_validated"].as_u64()), (Some(500), Some(400), Some(30)));
+    assert_eq!((syn["cookies_rejected"].as_u64(), syn["half_open"].as_u64(), syn["flood_lcores"].as_u64()), (Some(6), Some(16), Some(1)));
+    assert_eq!(syn["flood"], true, "{syn}");
+    assert!(syn["flood_since_unix"].as_f64().is_some_and(|t| t > 1e9) && syn["flood_for_secs"].is_number(), "{syn}");
+    let text = d.ok(&["stats"]);
+    assert!(text.contains("syn: 500 seen, cookies 400 sent / 30 validated / 6 rejected, half-open 16, flood ON for "), "{text}");
+    let (_, metrics) = d.http_get("/metrics");
+    for line in [format!("fulcrum_vip_flood_mode{{vip=\"{V1}\"}} 1\n"), format!("fulcrum_vip_syns_total{{vip=\"{V1}\"}} 500\n")] {
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
+    lc.vip_set(vip_id, shm::VIP_FLOOD_LCORES, 0);
+    let v = &d.json(&["stats"])["vips"][0];
+    assert_eq!((v["syn"]["flood"].as_bool(), v["syn"]["flood_since_unix"].is_null()), (Some(false), true), "{v}");
+    assert!(d.ok(&["stats"]).contains("flood off"));
     let sb = v["backends"].as_array().unwrap().iter().find(|b| b["backend"] == B2).unwrap();
     assert_eq!(sb["connections_total"], 40);
     assert_eq!(sb["connect_failures"], 1);

@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use fulcrum_controlplane::proto::{
     self, BackendInfo, ChangeReply, HealthInfo, LimitChange, LimitsInfo, ReloadReply, Request, StatsReply,
-    StatusReply, VipInfo, VipKey, VipOptions,
+    StatusReply, SynStats, VipInfo, VipKey, VipOptions,
 };
 use fulcrum_model::health::HealthCheck;
 use fulcrum_model::{Affinity, Cidr, Encap, Mac, Mode, Proto, ProxyProtocol, Rate, Tunnel};
@@ -606,8 +606,29 @@ fn fmt_limits(d: &[LimitsInfo]) -> String {
     table(&["VIP", "MAX_CONN", "NEW_CONN_RATE", "CLIENT_RATE", "BANDWIDTH_B/S"], &rows)
 }
 
-/// Proxy VIPs: connections and bytes both ways; forwarding VIPs: packets,
-/// bytes, new flows and drops, per backend packets, bytes and new flows.
+/// A proxy VIP's SYNs, cookies and flood mode, one line:
+/// `syn: 812345 seen, cookies 800000 sent / 1000 validated / 12 rejected,
+/// half-open 128, flood ON for 23s (2 lcores)` (or `flood off`).
+fn fmt_syn(s: &SynStats) -> String {
+    let flood = if s.flood {
+        let since = s
+            .flood_for_secs
+            .map(|t| if t < 60.0 { format!(" for {}s", t as u64) } else { format!(" for {}", duration(t)) })
+            .unwrap_or_default();
+        let plural = if s.flood_lcores == 1 { "" } else { "s" };
+        format!("flood ON{since} ({} lcore{plural})", s.flood_lcores)
+    } else {
+        "flood off".to_owned()
+    };
+    format!(
+        "syn: {} seen, cookies {} sent / {} validated / {} rejected, half-open {}, {flood}",
+        s.syns, s.cookies_sent, s.cookies_validated, s.cookies_rejected, s.half_open
+    )
+}
+
+/// Proxy VIPs: connections and bytes both ways, then a line each of SYNs,
+/// cookies and flood mode; forwarding VIPs: packets, bytes, new flows and
+/// drops, per backend packets, bytes and new flows.
 fn fmt_stats(d: &StatsReply) -> String {
     let drops = |m: &std::collections::BTreeMap<String, u64>| {
         let d: Vec<String> = m.iter().filter(|(_, n)| **n != 0).map(|(k, n)| format!("{k}={n}")).collect();
@@ -676,6 +697,11 @@ fn fmt_stats(d: &StatsReply) -> String {
     }
     if !proxy.is_empty() || fwd.is_empty() {
         out += &table(&["VIP", "BACKEND", "ACTIVE", "TOTAL", "NEW/S", "BYTES_IN", "BYTES_OUT", "DROPS"], &proxy);
+        for v in d.vips.iter().filter(|v| !v.mode.is_forwarding()) {
+            if let Some(s) = &v.syn {
+                let _ = writeln!(out, "{}  {}", v.vip, fmt_syn(s));
+            }
+        }
     }
     if !fwd.is_empty() {
         if !proxy.is_empty() {
@@ -773,5 +799,58 @@ fn top(cli: &Cli, iterations: Option<u64>, interval: f64) -> Result<(), String> 
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_controlplane::proto::VipStats;
+
+    fn proxy_vip(syn: SynStats) -> VipStats {
+        VipStats {
+            vip: "198.18.1.1:80".parse().unwrap(),
+            id: Some(0),
+            mode: Mode::Proxy,
+            proto: Proto::Tcp,
+            connections_active: 1,
+            connections_total: 2,
+            new_per_sec: 0.0,
+            packets_in: 0,
+            bytes_in: 3,
+            bytes_out: 4,
+            drops: [("half_open_timeout".to_owned(), 5)].into_iter().collect(),
+            syn: Some(syn),
+            backends: vec![],
+        }
+    }
+
+    #[test]
+    fn stats_show_syn_flood_on_and_off() {
+        let on = SynStats {
+            syns: 812_345,
+            cookies_sent: 800_000,
+            cookies_validated: 1000,
+            cookies_rejected: 12,
+            half_open: 128,
+            flood: true,
+            flood_lcores: 2,
+            flood_since_unix: Some(1_700_000_000.0),
+            flood_for_secs: Some(23.4),
+        };
+        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![proxy_vip(on.clone())] });
+        assert!(
+            text.contains("198.18.1.1:80  syn: 812345 seen, cookies 800000 sent / 1000 validated / 12 rejected, half-open 128, flood ON for 23s (2 lcores)\n"),
+            "{text}"
+        );
+        assert!(text.contains("half_open_timeout=5"), "{text}");
+
+        let long = SynStats { flood_lcores: 1, flood_for_secs: Some(3725.0), ..on.clone() };
+        assert!(fmt_syn(&long).ends_with("flood ON for 1h2m (1 lcore)"), "{}", fmt_syn(&long));
+
+        let off = SynStats { flood: false, flood_lcores: 0, flood_since_unix: None, flood_for_secs: None, ..on };
+        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![proxy_vip(off)] });
+        assert!(text.contains("half-open 128, flood off\n"), "{text}");
+        assert!(!text.contains("ON"), "{text}");
     }
 }

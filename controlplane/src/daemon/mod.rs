@@ -66,6 +66,18 @@ struct Sample {
     counters: Counters,
 }
 
+/// When the daemon first saw a VIP's flood mode on: its `flood_lcores`
+/// counter read as > 0 after reading 0 (or at the first read). Its precision
+/// is the counter read interval: the once-a-second sample, or sooner when a
+/// request (`stats`, a scrape) reads the counters in between; the dataplane's
+/// own instant is not in the segment.
+#[derive(Debug, Clone, Copy)]
+struct FloodSeen {
+    at: Instant,
+    /// The same instant, Unix seconds.
+    unix: f64,
+}
+
 pub struct Daemon {
     config_path: PathBuf,
     cp: Controlplane,
@@ -82,6 +94,9 @@ pub struct Daemon {
     dp: DpWatch,
     prev: Option<Sample>,
     last: Option<Sample>,
+    /// Proxy VIPs in flood mode, by VIP id, since when (cleared when the
+    /// VIP's `flood_lcores` reads 0 again).
+    flood_seen: HashMap<u16, FloodSeen>,
     last_reload: Option<ReloadOutcome>,
     publish_error: Option<String>,
     /// Backend slots configured at start (see `backend_state`).
@@ -188,6 +203,7 @@ impl Daemon {
             },
             prev: None,
             last: None,
+            flood_seen: HashMap::new(),
             last_reload: None,
             publish_error: None,
             startup_slots: HashSet::new(),

@@ -2,7 +2,7 @@
 //! from drains and health, published when it changes; the dataplane watched
 //! (heartbeat, restarts, its report) and counters sampled.
 
-use super::{Daemon, Sample, DATAPLANE_STALE};
+use super::{unix_now, Daemon, FloodSeen, Sample, DATAPLANE_STALE};
 use crate::checks::{self, HealthState};
 use crate::proto::VipKey;
 use crate::publish::Counters;
@@ -251,6 +251,7 @@ impl Daemon {
     pub(super) fn sample(&mut self) {
         let (ids, slots) = self.all_ids();
         let counters = self.seg.counters(&ids, &slots);
+        self.observe_flood(&counters);
         for v in self.state.vips.iter().filter(|v| v.health.is_some()) {
             let k = VipKey::of(v);
             for b in &v.backends {
@@ -268,7 +269,42 @@ impl Daemon {
     /// Fresh counters (read now).
     pub(super) fn counters_now(&mut self) -> Counters {
         let (ids, slots) = self.all_ids();
-        self.seg.counters(&ids, &slots)
+        let counters = self.seg.counters(&ids, &slots);
+        self.observe_flood(&counters);
+        counters
+    }
+
+    /// Records when each VIP's flood mode is first seen on (its lcores in
+    /// flood mode going from 0 to more) and forgets it when it reads 0
+    /// again (or the VIP is gone); logs both changes.
+    fn observe_flood(&mut self, counters: &Counters) {
+        let (now, unix) = (Instant::now(), unix_now());
+        for v in &self.state.vips {
+            let k = VipKey::of(v);
+            let Some(id) = self.state.vip_id(k) else { continue };
+            let lcores = counters.vips.get(&id).map_or(0, |c| c.flood_lcores);
+            match (self.flood_seen.contains_key(&id), lcores > 0) {
+                (false, true) => {
+                    log!("VIP {k}: SYN flood mode on ({lcores} lcores answer SYNs with cookies)");
+                    self.flood_seen.insert(id, FloodSeen { at: now, unix });
+                }
+                (true, false) => {
+                    log!("VIP {k}: SYN flood mode off");
+                    self.flood_seen.remove(&id);
+                }
+                _ => {}
+            }
+        }
+        let ids: std::collections::HashSet<u16> =
+            self.state.vips.iter().filter_map(|v| self.state.vip_id(VipKey::of(v))).collect();
+        self.flood_seen.retain(|id, _| ids.contains(id));
+    }
+
+    /// A VIP's flood mode as last observed: (Unix seconds, seconds ago) since
+    /// it was first seen on; `None` when off.
+    pub(super) fn flood_since(&self, id: Option<u16>) -> Option<(f64, f64)> {
+        let f = self.flood_seen.get(&id?)?;
+        Some((f.unix, f.at.elapsed().as_secs_f64()))
     }
 
     /// Per-second rate of a counter over the last two samples.

@@ -6,7 +6,7 @@ use crate::checks::{self, HealthState};
 use crate::metrics;
 use crate::proto::{
     BackendEntry, BackendInfo, BackendStats, ControlplaneStatus, DataplaneState, DataplaneStatus, GenerationStatus,
-    HealthInfo, HealthName, LimitsInfo, StatusReply, VipInfo, VipKey, VipPanicInfo, VipStats,
+    HealthInfo, HealthName, LimitsInfo, StatusReply, SynStats, VipInfo, VipKey, VipPanicInfo, VipStats,
 };
 use crate::publish::VipCounters;
 use fulcrum_model::{BackendState, Mode, Vip};
@@ -234,6 +234,20 @@ impl Daemon {
                 bytes_in: c.bytes_in,
                 bytes_out: c.bytes_out,
                 drops: drops_for(v.mode, &c),
+                syn: (!v.mode.is_forwarding()).then(|| {
+                    let since = self.flood_since(id);
+                    SynStats {
+                        syns: c.syns,
+                        cookies_sent: c.cookies_sent,
+                        cookies_validated: c.cookies_validated,
+                        cookies_rejected: c.cookies_rejected,
+                        half_open: c.half_open,
+                        flood: c.flood_lcores > 0,
+                        flood_lcores: c.flood_lcores,
+                        flood_since_unix: since.map(|s| s.0),
+                        flood_for_secs: since.map(|s| s.1),
+                    }
+                }),
                 backends,
             });
         }
@@ -304,6 +318,7 @@ impl Daemon {
                 counters: c,
                 backends,
                 panic,
+                flood_since_unix: self.flood_since(id).map(|s| s.0),
             });
         }
         metrics::View { vips, dataplane_up: self.dp.alive, generation: self.published_gen }

@@ -171,6 +171,7 @@ fn replies_round_trip() {
             bytes_in: 4000,
             bytes_out: 0,
             drops,
+            syn: None,
             backends: vec![BackendStats {
                 backend: "198.18.0.21:0".parse().unwrap(),
                 slot: Some(3),
@@ -184,7 +185,25 @@ fn replies_round_trip() {
             }],
         }],
     };
-    round_trip(Reply::Stats(stats.clone()), stats);
+    round_trip(Reply::Stats(stats.clone()), stats.clone());
+    let mut proxy = stats.clone();
+    proxy.vips[0].mode = Mode::Proxy;
+    proxy.vips[0].syn = Some(SynStats {
+        syns: 10,
+        cookies_sent: 8,
+        cookies_validated: 1,
+        cookies_rejected: 2,
+        half_open: 3,
+        flood: true,
+        flood_lcores: 2,
+        flood_since_unix: Some(1_700_000_000.5),
+        flood_for_secs: Some(23.0),
+    });
+    round_trip(Reply::Stats(proxy.clone()), proxy);
+    // A daemon that predates the SYN counters: no `syn`.
+    let mut old = serde_json::to_value(&stats).unwrap();
+    old["vips"][0].as_object_mut().unwrap().remove("syn");
+    assert_eq!(serde_json::from_value::<StatsReply>(old).unwrap(), stats);
     let health = HealthInfo {
         vip: k("198.18.1.1:80"),
         backend: "198.18.0.21:8080".parse().unwrap(),
