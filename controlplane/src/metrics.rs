@@ -195,6 +195,9 @@ pub fn render_clients(o: &mut String, c: &ClientsStatus) {
     );
 }
 
+/// A per-VIP series: name, type, help, the value of a VIP.
+type Series<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&VipView) -> String);
+
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -255,7 +258,7 @@ pub fn render(v: &View) -> String {
         }
     }
     // The proxy's SYN-flood defence.
-    let syn: [(&str, &str, &str, &dyn Fn(&VipView) -> String); 8] = [
+    let syn: [Series<'_>; 8] = [
         ("fulcrum_vip_syns_total", "counter", "SYNs to the (proxy) VIP that reached admission or a SYN cookie.", &|x| {
             x.counters.syns.to_string()
         }),

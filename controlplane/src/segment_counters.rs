@@ -96,7 +96,6 @@ mod tests {
         l1.vip_set(id, c::VIP_FLOOD_LCORES, 1);
         assert_eq!(read(&seg, &mut totals, &[id], &[]).vips[&id].flood_lcores, 2);
 
-        drop((l0, l1));
         drop(dp);
         let mut dp = seg.dataplane(&init).unwrap();
         let l0 = dp.take_lcore(0).unwrap();

@@ -959,7 +959,6 @@ fn syn_flood_counters_sum_and_rebase() {
     assert_eq!(s.backend(0, BACKEND_ATTEMPTS), 9, "VIP words do not overlap the backends'");
     assert_eq!(s.vip(last - 1, VIP_SYNS), 0);
 
-    drop((l0, l1));
     drop(dp);
     let mut dp = seg.dataplane(&init).unwrap();
     let l0 = dp.take_lcore(0).unwrap();
