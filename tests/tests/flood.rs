@@ -18,6 +18,14 @@
 //!
 //! Figures are printed (`--nocapture`); every assertion is on a counter or an
 //! outcome, with no timing threshold beyond the clients' own bounds.
+//!
+//! Status (2 shared cores, net_tap, one lcore): the generator sends 84k-100k/s
+//! and the router forwards all of it, but the dataplane reads only 20k-45k
+//! frames/s from the tap; the tap's kernel queue tail-drops the rest, the
+//! streams' segments among them, so both flood tests fail on "no empty
+//! interval" (FullNAT also on the 80k/s counted and on new connections).
+//! The forwarder-side assertions (evictions, junk entries counted and swept,
+//! half-open quota, no port exhaustion) held in those runs.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
