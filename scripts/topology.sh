@@ -30,6 +30,11 @@
 #  P-rtr routes 198.18.1.0/24 via 198.18.0.2 and has NO default route: it knows the
 #    fabric (198.18.0.0/24), the outside network (198.19.0.0/24) and the VIPs only, so
 #    packets to anything else (replies to spoofed sources) die there.
+#  P-rtr also has a blackhole route for 198.19.128.0/17, the prefix flood tests spoof
+#    their sources from (tests/src/bin/synflood.rs, run in P-out): replies to those
+#    sources are discarded there silently (no ICMP back towards the fabric), and
+#    rp_filter is 0 on the router, so the spoofed packets are forwarded at all (see
+#    cmd_up).
 #  P-out's default route is P-rtr (198.19.0.1).
 #  P-be1..3 have a default route via P-rtr (198.18.0.254), beside their on-link
 #    198.18.0.0/24, so DSR replies (sent straight from the backend) reach P-out.
@@ -84,6 +89,8 @@ declare -A LEAF_ADDR=([cli]=198.18.0.10 [be1]=198.18.0.21 [be2]=198.18.0.22 [be3
 ROUTER_FAB_ADDR=198.18.0.254
 ROUTER_OUT_ADDR=198.19.0.1
 OUT_ADDR=198.19.0.10
+# Sources the flood tests spoof (blackholed at the router).
+SPOOF_PREFIX=198.19.128.0/17
 ALL_NS=("$FAB" "$PREFIX-cli" "$PREFIX-be1" "$PREFIX-be2" "$PREFIX-be3" "$PREFIX-rtr" "$PREFIX-out")
 
 ns_exists() { [ -e "/var/run/netns/$1" ]; }
@@ -161,6 +168,20 @@ cmd_up() {
     nsx "$rtr" sysctl -qw net.ipv4.conf.default.send_redirects=0 >/dev/null
     nsx "$rtr" sysctl -qw net.ipv4.conf.eth0.send_redirects=0 >/dev/null
     nsx "$rtr" ip route add 198.18.1.0/24 via 198.18.0.2 dev eth0
+    # Flood tests send from P-out with sources spoofed in $SPOOF_PREFIX (inside
+    # 198.18.0.0/15, so nothing leaves the benchmarking range). On the Internet a
+    # router cannot filter random sources: an edge router in front of a load balancer
+    # has routes (a default, or a full table) back to nearly every address, so strict
+    # reverse-path filtering passes spoofed packets anyway, and where routing is
+    # asymmetric it drops legitimate ones. Model that: no reverse-path filter here
+    # (with rp_filter=1 the kernel would drop these sources for arriving on eth1
+    # while their route is the blackhole), and replies to them go to a blackhole:
+    # they die at the router, as replies to unrouted sources die somewhere upstream.
+    nsx "$rtr" sysctl -qw net.ipv4.conf.all.rp_filter=0 >/dev/null
+    nsx "$rtr" sysctl -qw net.ipv4.conf.default.rp_filter=0 >/dev/null
+    nsx "$rtr" sysctl -qw net.ipv4.conf.eth0.rp_filter=0 >/dev/null
+    nsx "$rtr" sysctl -qw net.ipv4.conf.eth1.rp_filter=0 >/dev/null
+    nsx "$rtr" ip route add blackhole "$SPOOF_PREFIX"
     nsx "$out" ip route add default via "$ROUTER_OUT_ADDR" dev eth0
     # Backends answer outside clients (DSR) through the router; their on-link
     # 198.18.0.0/24 route stays the more specific one.

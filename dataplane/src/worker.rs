@@ -109,6 +109,18 @@ impl fulcrum_forward::Frame for Mbuf {
 /// How often an lcore publishes its engine's counters.
 const REPORT_PERIOD: Duration = Duration::from_millis(200);
 
+/// How often an lcore reclaims expired connection-tracking entries, and how
+/// many table slots each pass looks at ([`Forwarder::sweep`] resumes where
+/// the previous pass stopped). Expiry is lazy on the packet path (an expired
+/// entry is reclaimed when its flow or its bucket is next touched), so without
+/// this the entries of a flood's junk flows would stay counted in
+/// `conntrack_entries`, and in the table's pressure level, until overwritten.
+/// 1024 slots a millisecond: a 1M-entry table is covered about once a
+/// second; a pass reads 32 signature lines (and the entry of each expired
+/// way it frees), a few microseconds, taken at most once a millisecond.
+const SWEEP_PERIOD: Duration = Duration::from_millis(1);
+const SWEEP_SLOTS: usize = 1024;
+
 impl Worker<'_> {
     /// Polls until `stop` is set. Every mbuf is sent, handed to another lcore,
     /// or freed within the iteration that received it, so nothing is held on
@@ -119,6 +131,7 @@ impl Worker<'_> {
         // engine has its own origin; its snapshots' instants are on it).
         let clock = |t: Instant| smoltcp::time::Instant::from_micros((t - start).as_micros() as i64);
         let mut next_report = start;
+        let mut next_sweep = start;
         let mut batch = MbufBatch::default();
         // Start of the previous iteration, when it had work: its length is
         // measured by this iteration's clock read, not an extra one.
@@ -152,6 +165,12 @@ impl Worker<'_> {
                         Some(m) => self.tx.push(m),
                         None => self.counters.drop_local(LocalDrop::TxNoMbuf, 1),
                     }
+                }
+            }
+            if now >= next_sweep {
+                next_sweep = now + SWEEP_PERIOD;
+                if let Some(f) = &mut self.forward {
+                    f.forwarder.sweep(now_ns, SWEEP_SLOTS);
                 }
             }
             let mut idle_for = None;

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 pub mod client;
 pub mod cp;
+pub mod flood;
 pub mod forward_util;
 pub mod netns;
 pub mod pattern;
@@ -543,7 +544,16 @@ pub struct StartOptions {
     pub ready_timeout: Duration,
     /// Run `topology.sh attach` after ready (default true).
     pub attach: bool,
+    /// Give the port this MAC (`xx:xx:xx:xx:xx:xx`), so that a restarted dataplane
+    /// keeps its MAC as a restarted machine keeps its NIC's, and neighbours' ARP
+    /// caches stay right. The tap is then declared as a `vdev` (net_tap's `mac=`
+    /// argument), and the harness sets its kernel queue to the dataplane's default
+    /// for a `tap` ([`TAP_QUEUE_LEN`]). None (default): net_tap picks one.
+    pub tap_mac: Option<String>,
 }
+
+/// The dataplane's default kernel queue for a `tap` (dataplane.software.tap_queue_len).
+pub const TAP_QUEUE_LEN: u32 = 16384;
 
 impl Default for StartOptions {
     fn default() -> Self {
@@ -553,6 +563,7 @@ impl Default for StartOptions {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             attach: true,
+            tap_mac: None,
         }
     }
 }
@@ -598,6 +609,8 @@ pub struct Dataplane {
     stats_file: PathBuf,
     mac: String,
     ready_line: String,
+    /// What it was started with (for [`Dataplane::restart`]).
+    opts: Option<StartOptions>,
 }
 
 impl Dataplane {
@@ -622,10 +635,17 @@ impl Dataplane {
         let config = dir.path().join("fulcrum.toml");
         let stats_file = dir.path().join("stats.json");
         let log = dir.path().join("dataplane.log");
+        let base = match &opts.tap_mac {
+            None => base_config(topo),
+            Some(mac) => base_config(topo).replace(
+                &format!("software = {{ tap = \"{}\" }}", topo.tap()),
+                &format!("software = {{ vdev = \"net_tap0,iface={},mac={mac}\" }}", topo.tap()),
+            ),
+        };
         let text = if opts.extra_config.trim().is_empty() {
-            base_config(topo)
+            base
         } else {
-            merge_toml(&base_config(topo), &opts.extra_config)
+            merge_toml(&base, &opts.extra_config)
         };
         fs::write(&config, &text).expect("write config");
 
@@ -638,7 +658,7 @@ impl Dataplane {
             cmd.env(k, v);
         }
         let proc = Guarded::spawn("fulcrum-dataplane", cmd, &log);
-        let mut dp = Dataplane { proc, dir, config, stats_file, mac: String::new(), ready_line: String::new() };
+        let mut dp = Dataplane { proc, dir, config, stats_file, mac: String::new(), ready_line: String::new(), opts: None };
 
         // Wait for the ready line; fail early if the process exits.
         let start = Instant::now();
@@ -671,7 +691,24 @@ impl Dataplane {
         if opts.attach {
             topo.attach(&topo.tap());
         }
+        if opts.tap_mac.is_some() {
+            let len = TAP_QUEUE_LEN.to_string();
+            topo.exec_ok("fab", &["ip", "link", "set", "dev", &topo.tap(), "txqueuelen", &len]);
+        }
+        dp.opts = Some(opts);
         dp
+    }
+
+    /// Stops this dataplane (SIGTERM, bounded) and starts another with the same
+    /// options and config; returns `(time to stop, time from stop to ready and
+    /// attached)`. Its counters start from zero. Keep the MAC across the restart
+    /// with [`StartOptions::tap_mac`].
+    pub fn restart(&mut self, topo: &Topology) -> (Duration, Duration) {
+        let opts = self.opts.clone().expect("started by start_with");
+        let (_, stopped) = self.stop_sigterm();
+        let t = Instant::now();
+        *self = Dataplane::start_with(topo, opts);
+        (stopped, t.elapsed())
     }
 
     pub fn pid(&self) -> u32 {
