@@ -542,6 +542,9 @@ pub struct Socket<'a> {
     /// tsval generator - if some, tcp timestamp is enabled
     tsval_generator: Option<TcpTimestampGenerator>,
 
+    /// FULCRUM: ISN for the next LISTEN -> SYN-RECEIVED transition (taken).
+    initial_seq_no: Option<TcpSeqNumber>,
+
     /// 0 if not seen or timestamp not enabled
     last_remote_tsval: u32,
 
@@ -619,6 +622,7 @@ impl<'a> Socket<'a> {
             challenge_ack_timer: Instant::from_secs(0),
             nagle: true,
             tsval_generator: None,
+            initial_seq_no: None,
             last_remote_tsval: 0,
             congestion_controller: congestion::AnyController::new(),
 
@@ -630,6 +634,12 @@ impl<'a> Socket<'a> {
             #[cfg(feature = "socket-tcp-pause-synack")]
             synack_paused: false,
         }
+    }
+
+    /// FULCRUM: the initial sequence number the next LISTEN -> SYN-RECEIVED
+    /// transition uses (and takes) instead of a random one; `reset` clears it.
+    pub fn set_initial_seq_no(&mut self, isn: Option<TcpSeqNumber>) {
+        self.initial_seq_no = isn;
     }
 
     /// Enable or disable TCP Timestamp.
@@ -924,6 +934,7 @@ impl<'a> Socket<'a> {
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.initial_seq_no = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
 
@@ -1916,7 +1927,10 @@ impl<'a> Socket<'a> {
                     local: IpEndpoint::new(ip_repr.dst_addr(), repr.dst_port),
                     remote: IpEndpoint::new(ip_repr.src_addr(), repr.src_port),
                 });
-                self.local_seq_no = Self::random_seq_no(cx);
+                self.local_seq_no = match self.initial_seq_no.take() {
+                    Some(isn) => isn,
+                    None => Self::random_seq_no(cx),
+                };
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no;
                 self.remote_has_sack = repr.sack_permitted;
