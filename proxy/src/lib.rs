@@ -29,6 +29,7 @@ pub mod engine;
 mod frame;
 mod limits;
 mod proxy_protocol;
+pub mod syncookie;
 mod tables;
 #[cfg(test)]
 mod testdata;
