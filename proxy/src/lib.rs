@@ -35,7 +35,9 @@ mod tables;
 mod testdata;
 mod timer;
 
-pub use config::{ConfigError, EngineConfig, StaticRoute, MAX_CLIENT_TABLE, MAX_ROUTES};
+pub use config::{
+    ConfigError, EngineConfig, StaticRoute, SynCookies, MAX_CLIENT_TABLE, MAX_ROUTES,
+};
 pub use counters::{BackendCounters, BackendSnapshot, EngineCounters, VipCounters, VipSnapshot};
 pub use engine::Engine;
 pub use proxy_protocol::Header as ProxyHeader;

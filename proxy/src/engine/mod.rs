@@ -95,6 +95,7 @@ mod admit;
 mod close;
 mod conn;
 mod connect;
+mod cookie;
 mod ingress;
 mod neighbors;
 mod reconfigure;
@@ -112,9 +113,10 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr};
 
-use crate::config::{ConfigError, EngineConfig};
+use crate::config::{ConfigError, EngineConfig, SynCookies};
 use crate::counters::EngineCounters;
 use crate::limits::ClientTable;
+use crate::syncookie::{window_shift, Keys, Seed, SynAckSpec};
 use crate::tables::VipTables;
 use crate::timer::Timers;
 
@@ -126,8 +128,23 @@ use vip::{vip_mut, VipState};
 /// connections, so a long burst cannot fill receive windows unrelayed.
 const INGRESS_BURST: usize = 64;
 
+/// Ethernet, IPv4 and TCP headers without options: our MSS is the frame
+/// size less these.
+const HEADERS: usize = 14 + 20 + 20;
+
 fn smol(d: std::time::Duration) -> Duration {
     Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the Unix epoch, wrapping: monotonic across connections
+/// and engines, as RFC 7323 timestamps must be to protect TIME-WAIT reuse.
+/// The one TSval clock of every socket (client and backend side) and of
+/// cookie SYN-ACKs.
+pub(crate) fn millisecond_clock() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u32)
+        .unwrap_or(0)
 }
 
 /// One lcore's proxy: owns its connections, fed frames by the dataplane.
@@ -179,6 +196,22 @@ pub struct Engine {
     next_neighbor_refresh: Instant,
     mac: EthernetAddress,
     counters: EngineCounters,
+    syn_cookies: SynCookies,
+    cookie_threshold: u64,
+    half_open_timeout: Duration,
+    /// Current and previous epoch's cookie keys (updated by `tick`).
+    keys: Keys,
+    /// Our side of cookie SYN-ACKs (window, MSS, window scale).
+    synack: SynAckSpec,
+    /// Next flood-window evaluation and key update (see `cookie::tick`).
+    next_tick: Instant,
+    /// Some VIP is in flood mode (`Auto`): `poll_at` includes `next_tick`.
+    flooded: bool,
+    /// Frames the engine builds to feed smoltcp itself (a cookie's SYN, an
+    /// ARP reply), and where smoltcp's answers to them would go: frame-sized,
+    /// allocated once.
+    scratch_frame: Vec<u8>,
+    scratch_tx: Vec<u8>,
 }
 
 impl Engine {
@@ -225,6 +258,17 @@ impl Engine {
             .filter(|&p| owner_of_port(p, config.lcores) == config.lcore)
             .collect();
 
+        let seed = config.syn_cookie_seed.unwrap_or_else(Seed::process_random);
+        let unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let synack = SynAckSpec {
+            mac: config.mac,
+            window: u16::try_from(config.buffer_size).unwrap_or(u16::MAX),
+            mss: u16::try_from(config.mtu - HEADERS).unwrap_or(u16::MAX),
+            wscale: window_shift(config.buffer_size),
+        };
         let mut engine = Self {
             iface,
             caps,
@@ -261,6 +305,15 @@ impl Engine {
             next_neighbor_refresh: Instant::ZERO,
             mac: config.mac,
             counters: EngineCounters::default(),
+            syn_cookies: config.syn_cookies,
+            cookie_threshold: u64::from(config.syn_cookie_threshold),
+            half_open_timeout: smol(config.half_open_timeout),
+            keys: Keys::new(seed, unix_secs),
+            synack,
+            next_tick: Instant::ZERO,
+            flooded: false,
+            scratch_frame: vec![0; config.mtu],
+            scratch_tx: vec![0; config.mtu],
         };
         engine.reconfigure_with(&tables)?;
         Ok(engine)
@@ -280,6 +333,9 @@ impl Engine {
                 self.run_dirty(now, device);
             }
         }
+        if now >= self.next_tick {
+            self.tick(now);
+        }
         while let Some(id) = self.timers.pop_expired(now) {
             self.mark_dirty(id as usize);
         }
@@ -292,7 +348,8 @@ impl Engine {
     /// When the engine must be polled again if no frame arrives first.
     pub fn poll_at(&self) -> Option<Instant> {
         let refresh = (!self.neighbors.is_empty()).then_some(self.next_neighbor_refresh);
-        [self.timers.next_at(), refresh].into_iter().flatten().min()
+        let tick = self.flooded.then_some(self.next_tick);
+        [self.timers.next_at(), refresh, tick].into_iter().flatten().min()
     }
 
     /// [`poll_at`](Self::poll_at) as a delay from `now` (zero if overdue).
@@ -327,8 +384,8 @@ impl Engine {
         }
     }
 
-    /// Connection logic for one connection: connect / fail over, relay,
-    /// propagate FIN and RST, idle timeout.
+    /// Connection logic for one connection: half-open timeout, connect /
+    /// fail over, relay, propagate FIN and RST, idle timeout.
     fn service(&mut self, id: usize, now: Instant) {
         let conn = self.conns[id].as_ref().expect("live");
         let client_state = conn.client.get::<tcp::Socket>(conn.ch).state();
@@ -337,12 +394,28 @@ impl Engine {
         }
         let conn = self.conns[id].as_mut().expect("live");
         let vip = vip_mut(&mut self.vips, conn.vip);
+        if conn.half_open_deadline.is_some_and(|at| now >= at) {
+            // Still SYN-RECEIVED (else unlisted above): both ways aborted.
+            conn.client.get_mut::<tcp::Socket>(conn.ch).abort();
+            conn.backend.get_mut::<tcp::Socket>(conn.bh).abort();
+            vip.counters.drop_half_open_timeout += 1;
+            conn.phase = Phase::Closing;
+            self.unlist_handshake(id);
+            return;
+        }
+        // Before Proxying the client can only have left by RST (which puts
+        // the socket back to LISTEN, or CLOSED) or never completed its SYN
+        // (smoltcp rejected it; bad checksums are dropped before admission,
+        // see `frame::classify`): our SYN-ACK is still held. A cookie
+        // connection's client is established already and may also have sent
+        // its FIN (CLOSE-WAIT): only a reset ends it here.
+        let client_gone = if conn.cookie {
+            matches!(client_state, State::Closed | State::Listen)
+        } else {
+            client_state != State::SynReceived
+        };
         match conn.phase {
-            Phase::New | Phase::Connecting { .. } if client_state != State::SynReceived => {
-                // Our SYN-ACK is still held, so the client can only have left
-                // by RST (which puts the socket back to LISTEN) or never
-                // completed its SYN (smoltcp rejected it; bad checksums are
-                // dropped before admission, see `frame::classify`).
+            Phase::New | Phase::Connecting { .. } if client_gone => {
                 conn.client.get_mut::<tcp::Socket>(conn.ch).abort();
                 conn.backend.get_mut::<tcp::Socket>(conn.bh).abort();
                 if conn.phase != Phase::New {
