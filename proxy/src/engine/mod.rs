@@ -427,6 +427,11 @@ impl Engine {
             Phase::Connecting { deadline } => {
                 if !connect::connecting(conn, vip, deadline, now) {
                     self.connect_next(id, now);
+                } else if conn.phase == Phase::Proxying {
+                    // A cookie connection's client may have sent data already
+                    // (even in its handshake ACK): relay it now, nothing else
+                    // would wake this connection for it.
+                    splice::relay(conn, vip, now);
                 }
             }
             Phase::Proxying => splice::relay(conn, vip, now),
