@@ -24,7 +24,9 @@
 //! whose client socket listens on the VIP:port, then the SYN is handed to it.
 //! A SYN beyond the VIP's limit (or with no backend) goes to an empty socket
 //! set and smoltcp answers it with RST, as it does for any segment of an
-//! unknown connection.
+//! unknown connection. That is below the SYN-flood threshold; above it, SYNs
+//! are answered with cookies and connections are created from the ACKs that
+//! return them (next section).
 //!
 //! # SYN-ACK held until the backend is up
 //! The client socket pauses its SYN-ACK (`socket-tcp-pause-synack`) while the
@@ -34,7 +36,60 @@
 //! connection that is reset later, and no client data needs buffering before
 //! a backend exists. A client's retransmitted SYN is ignored by the paused
 //! socket, so `connect_timeout * connect_tries` should stay below the
-//! client's SYN retry budget (Linux: 1 s, 3 s, 7 s, ...).
+//! client's SYN retry budget (Linux: 1 s, 3 s, 7 s, ...), and below
+//! `half_open_timeout`, which ends a connection whose client is still
+//! SYN-RECEIVED that long after admission (both sides reset,
+//! `drop_half_open_timeout`; a deadline filed in the timer heap, no scan).
+//!
+//! # SYN flood
+//! The price of holding the SYN-ACK is that a SYN spends a connection, two
+//! sockets, a local port and a backend connection before the client has
+//! shown it exists; a spoofed flood would fill the backends. So each VIP has
+//! a `half_open` gauge on each engine (connections listed in `handshaking`:
+//! +1 at admission, -1 when the client leaves LISTEN/SYN-RECEIVED or the
+//! connection is released, once), and `syn_cookies`:
+//! - `Auto`: a SYN that finds `syn_cookie_threshold` half-open connections
+//!   turns the VIP's *flood mode* on (`VipSnapshot::flood_since`). It goes
+//!   off only after a whole second with fewer than `threshold` SYNs to the
+//!   VIP while fewer than `threshold` are half-open: without that
+//!   hysteresis, spoofed half-open entries expiring would make room for new
+//!   spoofed SYNs to reach backends again. The one-second windows are
+//!   evaluated by a tick from `poll` (and `poll_at` includes it while some
+//!   VIP is in flood mode), so flood mode ends even when SYNs stop.
+//! - `Always`: every SYN is answered with a cookie. `Off`: never, and ACKs
+//!   are not checked for cookies.
+//!
+//! In flood mode a SYN (after the flag and checksum checks) is answered at
+//! once with a SYN-ACK built straight into the TX token the SYN came with
+//! (`cookie`): its sequence number is a SYN cookie ([`crate::syncookie`]),
+//! and nothing is kept: no socket, buffer, local port, rate token or backend
+//! connection. The SYN-ACK goes to the SYN's source MAC address, without a
+//! neighbour lookup: the rule the dataplane follows for ARP and ping replies
+//! (reply to whom it came from). It offers our MSS, the window (unscaled) and,
+//! only if the client sent a timestamp, the window scale the client socket
+//! will use and SACK; the client's own window scale and SACK go into our
+//! TSval, taken from the sockets' millisecond clock (so the connection's
+//! later timestamps never go back: the client's PAWS check would drop them).
+//!
+//! An ACK (no SYN, no RST) to a VIP for no connection, in any mode but `Off`
+//! and whether or not this engine is in flood mode (another instance sharing
+//! the seed may have sent the cookie), has its checksums verified and its
+//! acknowledgment number - 1 validated as a cookie with the current or the
+//! previous epoch's key (64-second epochs of Unix time; keys derived from
+//! the seed, cached, recomputed when the epoch changes). An invalid one is
+//! counted and answered with RST. A valid one goes through admission like a
+//! SYN (a refusal resets the client), then becomes a connection: its client
+//! socket listens, takes the cookie as its ISN (the one smoltcp hook,
+//! `set_initial_seq_no`), is fed the SYN the cookie stands for (built in
+//! scratch space), sends its SYN-ACK into a discarding token (smoltcp opens
+//! its receive window only once it has advertised it) and then gets the real
+//! ACK, payload included: it is ESTABLISHED, never half-open. An on-link
+//! client's MAC is taught to smoltcp with an ARP reply the engine feeds it,
+//! so its first segment need not wait on ARP. The backend is connected to as
+//! usual; data the client sent waits in the client socket until then. So
+//! what a client sees: below the threshold, the SYN-ACK comes once a backend
+//! is up and a dead pool gives a RST to the SYN; in flood mode the handshake
+//! completes at once and a dead pool gives a RST after the handshake.
 //!
 //! # TIME-WAIT
 //! smoltcp holds TIME-WAIT for 10 s. The engine does not: a connection whose
@@ -84,6 +139,7 @@
 //! - `ingress`: frames to the one socket set they concern;
 //! - `admit`: accepting a SYN, admission and limits;
 //! - `connect`: connecting to backends, failover, the held SYN-ACK;
+//! - `cookie`: flood mode, SYN cookies sent and cookie ACKs accepted;
 //! - `splice`: relaying bytes, half-close, resets, idle timeout;
 //! - `close`: releasing finished connections, filing deadlines;
 //! - `reconfigure`: new VIP tables applied between polls;
