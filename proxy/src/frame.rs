@@ -1,8 +1,9 @@
 //! The engine's own cheap frame classification: what it needs to know about
 //! a frame (ARP, or a TCP segment's 4-tuple, flags and whether it is a bare
 //! SYN) before choosing the socket set smoltcp processes it with. A bare SYN
-//! has its checksums verified here, before admission spends anything on it;
-//! other segments are verified by smoltcp as usual. Steering a frame
+//! has its checksums verified here, before admission spends anything on it,
+//! and so does an ACK that may carry a SYN cookie ([`tcp_checksums_ok`], the
+//! same check); other segments are verified by smoltcp as usual. Steering a frame
 //! to its lcore happens earlier, in the dataplane, with
 //! [`fulcrum_model::steer`].
 

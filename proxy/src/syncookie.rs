@@ -223,7 +223,11 @@ pub fn decode(
     cookie: u32,
 ) -> Option<u16> {
     let parity = u64::from((cookie >> EPOCH_BIT_SHIFT) & 1);
-    let key = if parity == current.epoch & 1 { current } else { previous };
+    let key = if parity == current.epoch & 1 {
+        current
+    } else {
+        previous
+    };
     (hash(key, flow, client_isn) == cookie >> HASH_SHIFT)
         .then(|| MSS_TABLE[(cookie & MSS_INDEX_MASK) as usize])
 }
@@ -353,7 +357,8 @@ impl<'a> Segment<'a> {
             return None;
         }
         let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        let ip_payload = &frame[ETH_HEADER..][usize::from(ip.header_len())..usize::from(ip.total_len())];
+        let ip_payload =
+            &frame[ETH_HEADER..][usize::from(ip.header_len())..usize::from(ip.total_len())];
         let tcp = TcpPacket::new_checked(ip_payload).ok()?;
         let tcp = TcpRepr::parse(
             &tcp,
@@ -398,7 +403,12 @@ pub struct SynAckSpec {
 /// The SYN-ACK answering `syn` with `cookie` as ISN: MSS always; window
 /// scale and SACK-permitted only if the client offered them and a
 /// timestamp; the timestamp (`tsval`, echoing the client's) if it sent one.
-pub fn synack_repr(syn: &TcpRepr<'_>, cookie: u32, tsval: u32, spec: &SynAckSpec) -> TcpRepr<'static> {
+pub fn synack_repr(
+    syn: &TcpRepr<'_>,
+    cookie: u32,
+    tsval: u32,
+    spec: &SynAckSpec,
+) -> TcpRepr<'static> {
     let ts = syn.timestamp.is_some();
     TcpRepr {
         src_port: syn.dst_port,
@@ -524,7 +534,10 @@ mod tests {
             assert_eq!(mss_index(mss), idx, "{mss:?}");
             let keys = Keys::new(SEED, T0);
             let c = keys.mint(&flow(), 0x1234_5678, mss);
-            assert_eq!(keys.check(&flow(), 0x1234_5678, c), Some(MSS_TABLE[usize::from(idx)]));
+            assert_eq!(
+                keys.check(&flow(), 0x1234_5678, c),
+                Some(MSS_TABLE[usize::from(idx)])
+            );
         }
     }
 
@@ -576,20 +589,38 @@ mod tests {
         for bit in 0..32 {
             let a = Ipv4Addr::from(u32::from(f.client) ^ (1 << bit));
             let v = Ipv4Addr::from(u32::from(f.vip) ^ (1 << bit));
-            assert_eq!(keys.check(&Flow { client: a, ..f }, isn, c), None, "client bit {bit}");
-            assert_eq!(keys.check(&Flow { vip: v, ..f }, isn, c), None, "vip bit {bit}");
+            assert_eq!(
+                keys.check(&Flow { client: a, ..f }, isn, c),
+                None,
+                "client bit {bit}"
+            );
+            assert_eq!(
+                keys.check(&Flow { vip: v, ..f }, isn, c),
+                None,
+                "vip bit {bit}"
+            );
             assert_eq!(keys.check(&f, isn ^ (1 << bit), c), None, "isn bit {bit}");
             if bit < 16 {
                 let p = 1u16 << bit;
-                let cp = Flow { client_port: f.client_port ^ p, ..f };
-                let vp = Flow { vip_port: f.vip_port ^ p, ..f };
+                let cp = Flow {
+                    client_port: f.client_port ^ p,
+                    ..f
+                };
+                let vp = Flow {
+                    vip_port: f.vip_port ^ p,
+                    ..f
+                };
                 assert_eq!(keys.check(&cp, isn, c), None, "client port bit {bit}");
                 assert_eq!(keys.check(&vp, isn, c), None, "vip port bit {bit}");
             }
             // The cookie's hash and parity bits (the MSS bits are not authenticated,
             // like Linux's: any index is a valid MSS).
             if bit >= 2 {
-                assert_eq!(keys.check(&f, isn, c ^ (1 << bit)), None, "cookie bit {bit}");
+                assert_eq!(
+                    keys.check(&f, isn, c ^ (1 << bit)),
+                    None,
+                    "cookie bit {bit}"
+                );
             }
         }
     }
@@ -606,11 +637,25 @@ mod tests {
         // The ISN of a SYN-ACK answering client ISN 0xFFFFFFFF acknowledges 0.
         let mut syn = Segment::parse(&VALID_SYN).unwrap().tcp;
         syn.seq_number = TcpSeqNumber(-1);
-        let spec = SynAckSpec { mac: EthernetAddress([2, 0, 0, 0, 0, 2]), window: 1, mss: 1460, wscale: 0 };
-        assert_eq!(synack_repr(&syn, c, 0, &spec).ack_number, Some(TcpSeqNumber(0)));
+        let spec = SynAckSpec {
+            mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            window: 1,
+            mss: 1460,
+            wscale: 0,
+        };
+        assert_eq!(
+            synack_repr(&syn, c, 0, &spec).ack_number,
+            Some(TcpSeqNumber(0))
+        );
         // A cookie at the top of the space: the client's ACK number wraps to 0.
-        assert_eq!(from_ack(TcpSeqNumber(0), TcpSeqNumber(0)), (0xffff_ffff, 0xffff_ffff));
-        assert_eq!(from_ack(TcpSeqNumber(1), TcpSeqNumber(0x7fff_ffff)), (0, 0x7fff_fffe));
+        assert_eq!(
+            from_ack(TcpSeqNumber(0), TcpSeqNumber(0)),
+            (0xffff_ffff, 0xffff_ffff)
+        );
+        assert_eq!(
+            from_ack(TcpSeqNumber(1), TcpSeqNumber(0x7fff_ffff)),
+            (0, 0x7fff_fffe)
+        );
         let (isn, cookie) = from_ack(TcpSeqNumber(0), TcpSeqNumber(c as i32) + 1);
         assert_eq!(keys.check(&flow(), isn, cookie), Some(536));
     }
@@ -624,12 +669,24 @@ mod tests {
                     let ts = ts_encode(now, o);
                     assert_eq!(ts_decode(ts), Some(o), "now {now:#x} {o:?}");
                     // Never ahead of the clock, at most 64 ms behind.
-                    assert!(now.wrapping_sub(ts) < 64 || now == ts, "now {now:#x} ts {ts:#x}");
+                    assert!(
+                        now.wrapping_sub(ts) < 64 || now == ts,
+                        "now {now:#x} ts {ts:#x}"
+                    );
                     assert_eq!(ts & 0x20, 0, "ECN bit stays clear");
                 }
             }
         }
-        assert_eq!(ts_encode(0x1234_5678, TsOptions { wscale: Some(7), sack: true }), 0x1234_5657);
+        assert_eq!(
+            ts_encode(
+                0x1234_5678,
+                TsOptions {
+                    wscale: Some(7),
+                    sack: true
+                }
+            ),
+            0x1234_5657
+        );
         assert_eq!(ts_encode(0x1234_5640, TsOptions::default()), 0x1234_560f);
         assert_eq!(ts_decode(0x0e).unwrap().wscale, Some(14));
         assert_eq!(ts_decode(0x0f).unwrap().wscale, None);
@@ -651,16 +708,33 @@ mod tests {
     fn literal_synack() {
         let syn = Segment::parse(&VALID_SYN).unwrap();
         let keys = Keys::new(SEED, T0);
-        let cookie = keys.mint(&syn.flow(), syn.tcp.seq_number.0 as u32, syn.tcp.max_seg_size);
+        let cookie = keys.mint(
+            &syn.flow(),
+            syn.tcp.seq_number.0 as u32,
+            syn.tcp.max_seg_size,
+        );
         let spec = SynAckSpec {
             mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
             window: 65535,
             mss: 1460,
             wscale: 1,
         };
-        let repr = synack_repr(&syn.tcp, cookie, ts_encode(0x1234_5678, syn.offered()), &spec);
+        let repr = synack_repr(
+            &syn.tcp,
+            cookie,
+            ts_encode(0x1234_5678, syn.offered()),
+            &spec,
+        );
         let mut buf = vec![0u8; frame_len(&repr)];
-        emit_tcp(&mut buf, spec.mac, syn.mac, syn.dst, syn.src, &repr, &ChecksumCapabilities::default());
+        emit_tcp(
+            &mut buf,
+            spec.mac,
+            syn.mac,
+            syn.dst,
+            syn.src,
+            &repr,
+            &ChecksumCapabilities::default(),
+        );
         #[rustfmt::skip]
         const EXPECTED: [u8; 58] = [
             // Ethernet: to the SYN's source MAC, from ours.
@@ -687,10 +761,18 @@ mod tests {
         syn.tcp.window_scale = Some(7);
         syn.tcp.sack_permitted = true;
         syn.tcp.timestamp = Some(TcpTimestampRepr::new(1000, 0));
-        let spec = SynAckSpec { mac: EthernetAddress([2, 0, 0, 0, 0, 2]), window: 65535, mss: 1460, wscale: 3 };
+        let spec = SynAckSpec {
+            mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            window: 65535,
+            mss: 1460,
+            wscale: 3,
+        };
         let tsval = ts_encode(0x1234_5678, syn.offered());
         let r = synack_repr(&syn.tcp, 1, tsval, &spec);
-        assert_eq!((r.window_scale, r.sack_permitted, r.max_seg_size), (Some(3), true, Some(1460)));
+        assert_eq!(
+            (r.window_scale, r.sack_permitted, r.max_seg_size),
+            (Some(3), true, Some(1460))
+        );
         assert_eq!(r.timestamp, Some(TcpTimestampRepr::new(0x1234_5657, 1000)));
         // Window scale not offered: none in answer; SACK alone still offered.
         syn.tcp.window_scale = None;
@@ -707,7 +789,10 @@ mod tests {
         assert_eq!(s.timestamp, Some(TcpTimestampRepr::new(1001, 0)));
         ack.timestamp = None;
         let s = synthesized_syn(&ack, 536, ts_decode(tsval));
-        assert_eq!((s.window_scale, s.sack_permitted, s.timestamp), (None, false, None));
+        assert_eq!(
+            (s.window_scale, s.sack_permitted, s.timestamp),
+            (None, false, None)
+        );
         assert_eq!(s.max_seg_size, Some(536));
     }
 }

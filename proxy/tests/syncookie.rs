@@ -121,7 +121,13 @@ fn parse_sent(frame: &[u8]) -> Option<Sent> {
         .expect("engine frames have good checksums");
     let payload = r.payload.to_vec();
     let tcp = TcpRepr { payload: &[], ..r };
-    Some(Sent { mac: eth.dst_addr(), src, dst, tcp, payload })
+    Some(Sent {
+        mac: eth.dst_addr(),
+        src,
+        dst,
+        tcp,
+        payload,
+    })
 }
 
 /// Polls the engine once with `frame`; returns the TCP segments it sent to
@@ -144,7 +150,12 @@ fn introduce_ghost(w: &mut Wire, ip: Ipv4Addr) {
     use smoltcp::wire::{ArpOperation, ArpPacket, ArpRepr, EthernetProtocol, EthernetRepr};
     let mut buf = vec![0u8; 42];
     let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr { src_addr: GHOST_MAC, dst_addr: ENGINE_MAC, ethertype: EthernetProtocol::Arp }.emit(&mut eth);
+    EthernetRepr {
+        src_addr: GHOST_MAC,
+        dst_addr: ENGINE_MAC,
+        ethertype: EthernetProtocol::Arp,
+    }
+    .emit(&mut eth);
     ArpRepr::EthernetIpv4 {
         operation: ArpOperation::Reply,
         source_hardware_addr: GHOST_MAC,
@@ -159,7 +170,10 @@ fn introduce_ghost(w: &mut Wire, ip: Ipv4Addr) {
 
 /// Sends a ghost SYN, returns the engine's SYN-ACK.
 fn cookie_synack(w: &mut Wire, ip: Ipv4Addr, port: u16, isn: u32, o: Opts) -> Sent {
-    let mut sent = feed(w, client_frame(ip, port, TcpControl::Syn, isn, None, o, &[]));
+    let mut sent = feed(
+        w,
+        client_frame(ip, port, TcpControl::Syn, isn, None, o, &[]),
+    );
     assert_eq!(sent.len(), 1, "one SYN-ACK");
     let s = sent.pop().unwrap();
     assert_eq!(s.tcp.control, TcpControl::Syn);
@@ -168,7 +182,12 @@ fn cookie_synack(w: &mut Wire, ip: Ipv4Addr, port: u16, isn: u32, o: Opts) -> Se
 }
 
 fn flow(ip: Ipv4Addr, port: u16) -> Flow {
-    Flow { client: ip, vip: VIP, client_port: port, vip_port: VIP_PORT }
+    Flow {
+        client: ip,
+        vip: VIP,
+        client_port: port,
+        vip_port: VIP_PORT,
+    }
 }
 
 /// (a) `always`: the literal SYN gets a SYN-ACK whose sequence number is a
@@ -179,25 +198,46 @@ fn always_mode_answers_a_literal_syn_with_a_cookie_and_keeps_nothing() {
     let mut w = setup(SynCookies::Always, SEED).build();
     w.engine_dev.rx.push_back(VALID_SYN.to_vec());
     w.engine.poll(w.now, &mut w.engine_dev);
-    let sent: Vec<Sent> = w.engine_dev.tx.drain(..).filter_map(|f| parse_sent(&f)).collect();
+    let sent: Vec<Sent> = w
+        .engine_dev
+        .tx
+        .drain(..)
+        .filter_map(|f| parse_sent(&f))
+        .collect();
     assert_eq!(sent.len(), 1);
     let s = &sent[0];
-    assert_eq!(s.mac, EthernetAddress([2, 0, 0, 0, 0, 0x0a]), "to the SYN's source MAC");
+    assert_eq!(
+        s.mac,
+        EthernetAddress([2, 0, 0, 0, 0, 0x0a]),
+        "to the SYN's source MAC"
+    );
     assert_eq!((s.src, s.dst), (VIP, CLIENT_IP));
     assert_eq!(s.tcp.control, TcpControl::Syn);
     assert_eq!(s.tcp.ack_number, Some(TcpSeqNumber(0x1234_5679)));
     assert_eq!(s.tcp.max_seg_size, Some(1460));
     assert_eq!(s.tcp.window_len, 65535);
-    assert_eq!((s.tcp.window_scale, s.tcp.sack_permitted, s.tcp.timestamp), (None, false, None));
+    assert_eq!(
+        (s.tcp.window_scale, s.tcp.sack_permitted, s.tcp.timestamp),
+        (None, false, None)
+    );
     let cookie = s.tcp.seq_number.0 as u32;
     let keys = Keys::new(SEED, unix_secs());
-    assert_eq!(keys.check(&flow(CLIENT_IP, 40000), 0x1234_5678, cookie), Some(1460));
+    assert_eq!(
+        keys.check(&flow(CLIENT_IP, 40000), 0x1234_5678, cookie),
+        Some(1460)
+    );
 
     let v = vip(&w);
-    assert_eq!((v.syns, v.cookies_sent, v.accepted, v.half_open), (1, 1, 0, 0));
+    assert_eq!(
+        (v.syns, v.cookies_sent, v.accepted, v.half_open),
+        (1, 1, 0, 0)
+    );
     assert_eq!(w.engine.connections(), 0);
     assert_eq!(attempts(&w), 0, "no backend SYN");
-    assert!(w.engine.snapshot()[0].flood_since.is_some(), "always: flood mode on");
+    assert!(
+        w.engine.snapshot()[0].flood_since.is_some(),
+        "always: flood mode on"
+    );
 }
 
 /// (a) The options: window scale (the client socket's shift) and SACK only
@@ -206,7 +246,12 @@ fn always_mode_answers_a_literal_syn_with_a_cookie_and_keeps_nothing() {
 fn cookie_synack_options_follow_the_clients() {
     let mut w = setup(SynCookies::Always, SEED).build();
     let ip = Ipv4Addr::new(198, 18, 0, 99);
-    let ts = Opts { mss: Some(1400), wscale: Some(7), sack: true, ts: Some((777, 0)) };
+    let ts = Opts {
+        mss: Some(1400),
+        wscale: Some(7),
+        sack: true,
+        ts: Some((777, 0)),
+    };
     let before = now_ms();
     let s = cookie_synack(&mut w, ip, 1000, 5, ts);
     let after = now_ms();
@@ -215,19 +260,40 @@ fn cookie_synack_options_follow_the_clients() {
     assert!(s.tcp.sack_permitted);
     let t = s.tcp.timestamp.expect("timestamp echoed");
     assert_eq!(t.tsecr, 777);
-    assert_eq!(ts_decode(t.tsval), Some(TsOptions { wscale: Some(7), sack: true }));
-    assert!(after.wrapping_sub(t.tsval) as i32 >= 0, "TSval ahead of the socket clock");
-    assert!(t.tsval.wrapping_sub((before & !0x3f).wrapping_sub(64)) as i32 >= 0, "TSval too old");
+    assert_eq!(
+        ts_decode(t.tsval),
+        Some(TsOptions {
+            wscale: Some(7),
+            sack: true
+        })
+    );
+    assert!(
+        after.wrapping_sub(t.tsval) as i32 >= 0,
+        "TSval ahead of the socket clock"
+    );
+    assert!(
+        t.tsval.wrapping_sub((before & !0x3f).wrapping_sub(64)) as i32 >= 0,
+        "TSval too old"
+    );
     let keys = Keys::new(SEED, unix_secs());
-    assert_eq!(keys.check(&flow(ip, 1000), 5, s.tcp.seq_number.0 as u32), Some(1300));
+    assert_eq!(
+        keys.check(&flow(ip, 1000), 5, s.tcp.seq_number.0 as u32),
+        Some(1300)
+    );
 
     // No timestamp: neither window scale nor SACK, whatever was offered.
     let s = cookie_synack(&mut w, ip, 1001, 5, Opts { ts: None, ..ts });
-    assert_eq!((s.tcp.window_scale, s.tcp.sack_permitted, s.tcp.timestamp), (None, false, None));
+    assert_eq!(
+        (s.tcp.window_scale, s.tcp.sack_permitted, s.tcp.timestamp),
+        (None, false, None)
+    );
     // Timestamp without window scale: SACK yes, window scale no.
     let s = cookie_synack(&mut w, ip, 1002, 5, Opts { wscale: None, ..ts });
     assert_eq!((s.tcp.window_scale, s.tcp.sack_permitted), (None, true));
-    assert_eq!(ts_decode(s.tcp.timestamp.unwrap().tsval).unwrap().wscale, None);
+    assert_eq!(
+        ts_decode(s.tcp.timestamp.unwrap().tsval).unwrap().wscale,
+        None
+    );
     assert_eq!(w.engine.connections(), 0);
 }
 
@@ -238,14 +304,19 @@ fn real_client_exchange(timestamps: bool, client_buffer: usize) {
     w.client().set_buffer(client_buffer);
     let sock = w.client().connect((VIP, VIP_PORT), 40100);
     if timestamps {
-        w.client().sock(sock).set_tsval_generator(Some(|| 4_000_000));
+        w.client()
+            .sock(sock)
+            .set_tsval_generator(Some(|| 4_000_000));
     }
     w.engine_tx_log = Some(Vec::new());
     let mut ex = Exchange::new(0, vec![(40100, sock)]);
     let got = ex_run(&mut w, &mut ex);
     assert_eq!(got, "0:hello from 40100\n");
     let v = vip(&w);
-    assert_eq!((v.cookies_sent, v.cookies_validated, v.cookies_rejected), (1, 1, 0));
+    assert_eq!(
+        (v.cookies_sent, v.cookies_validated, v.cookies_rejected),
+        (1, 1, 0)
+    );
     assert_eq!((v.client_resets, v.backend_resets, v.half_open), (0, 0, 0));
     let log = w.engine_tx_log.take().unwrap();
     let to_client: Vec<Sent> = log
@@ -253,13 +324,26 @@ fn real_client_exchange(timestamps: bool, client_buffer: usize) {
         .filter_map(|f| parse_sent(f))
         .filter(|s| s.dst == CLIENT_IP)
         .collect();
-    assert!(to_client.iter().all(|s| s.tcp.control != TcpControl::Rst), "engine reset the client");
+    assert!(
+        to_client.iter().all(|s| s.tcp.control != TcpControl::Rst),
+        "engine reset the client"
+    );
     // One SYN-ACK (the cookie); every later segment continues its sequence.
-    let synacks: Vec<_> = to_client.iter().filter(|s| s.tcp.control == TcpControl::Syn).collect();
+    let synacks: Vec<_> = to_client
+        .iter()
+        .filter(|s| s.tcp.control == TcpControl::Syn)
+        .collect();
     assert_eq!(synacks.len(), 1);
     let isn = synacks[0].tcp.seq_number;
-    let data = to_client.iter().find(|s| !s.payload.is_empty()).expect("response data");
-    assert_eq!(data.tcp.seq_number, isn + 1, "client socket's ISN is the cookie");
+    let data = to_client
+        .iter()
+        .find(|s| !s.payload.is_empty())
+        .expect("response data");
+    assert_eq!(
+        data.tcp.seq_number,
+        isn + 1,
+        "client socket's ISN is the cookie"
+    );
     assert_eq!(data.tcp.timestamp.is_some(), timestamps);
     settle(&mut w);
 }
@@ -296,9 +380,22 @@ fn real_client_through_a_cookie_without_timestamps() {
 #[test]
 fn cookie_ack_with_payload_relays_both_ways() {
     for (i, o) in [
-        Opts { mss: Some(1460), ..Opts::default() },
-        Opts { mss: Some(1460), wscale: Some(7), sack: true, ts: Some((1000, 0)) },
-        Opts { mss: Some(1460), wscale: None, sack: false, ts: Some((1000, 0)) },
+        Opts {
+            mss: Some(1460),
+            ..Opts::default()
+        },
+        Opts {
+            mss: Some(1460),
+            wscale: Some(7),
+            sack: true,
+            ts: Some((1000, 0)),
+        },
+        Opts {
+            mss: Some(1460),
+            wscale: None,
+            sack: false,
+            ts: Some((1000, 0)),
+        },
     ]
     .into_iter()
     .enumerate()
@@ -316,7 +413,10 @@ fn cookie_ack_with_payload_relays_both_ways() {
             TcpControl::Psh,
             isn.wrapping_add(1),
             Some((cookie + 1).0 as u32),
-            Opts { ts, ..Opts::default() },
+            Opts {
+                ts,
+                ..Opts::default()
+            },
             b"hello\n",
         );
         w.engine_tx_log = Some(Vec::new());
@@ -324,29 +424,71 @@ fn cookie_ack_with_payload_relays_both_ways() {
         let mut seen = std::collections::HashMap::new();
         let ok = w.run_until(Duration::from_secs(5), |w| {
             serve_lines(w, 1, &mut seen);
-            w.engine_tx_log.as_ref().unwrap().iter().filter_map(|f| parse_sent(f)).any(|s| !s.payload.is_empty() && s.dst == ip)
+            w.engine_tx_log
+                .as_ref()
+                .unwrap()
+                .iter()
+                .filter_map(|f| parse_sent(f))
+                .any(|s| !s.payload.is_empty() && s.dst == ip)
         });
-        assert!(ok, "case {i}: no response to the client: {:?}, seen {seen:?}", vip(&w));
-        assert_eq!(seen.values().next().unwrap(), b"hello\n", "case {i}: backend got the ACK's payload");
+        assert!(
+            ok,
+            "case {i}: no response to the client: {:?}, seen {seen:?}",
+            vip(&w)
+        );
+        assert_eq!(
+            seen.values().next().unwrap(),
+            b"hello\n",
+            "case {i}: backend got the ACK's payload"
+        );
         let v = vip(&w);
-        assert_eq!((v.cookies_validated, v.accepted, v.half_open), (1, 1, 0), "case {i}");
-        let to_client: Vec<Sent> = w.engine_tx_log.take().unwrap().iter().filter_map(|f| parse_sent(f)).filter(|s| s.dst == ip).collect();
-        assert!(to_client.iter().all(|s| s.tcp.control != TcpControl::Rst), "case {i}: RST");
+        assert_eq!(
+            (v.cookies_validated, v.accepted, v.half_open),
+            (1, 1, 0),
+            "case {i}"
+        );
+        let to_client: Vec<Sent> = w
+            .engine_tx_log
+            .take()
+            .unwrap()
+            .iter()
+            .filter_map(|f| parse_sent(f))
+            .filter(|s| s.dst == ip)
+            .collect();
+        assert!(
+            to_client.iter().all(|s| s.tcp.control != TcpControl::Rst),
+            "case {i}: RST"
+        );
         let data = to_client.iter().find(|s| !s.payload.is_empty()).unwrap();
         assert_eq!(data.payload, b"0:hello\n");
         assert_eq!(data.tcp.seq_number, cookie + 1, "case {i}: ISN = cookie");
-        assert_eq!(data.tcp.ack_number, Some(TcpSeqNumber(isn.wrapping_add(7) as i32)), "case {i}: payload acknowledged");
+        assert_eq!(
+            data.tcp.ack_number,
+            Some(TcpSeqNumber(isn.wrapping_add(7) as i32)),
+            "case {i}: payload acknowledged"
+        );
         assert_eq!(data.mac, GHOST_MAC, "case {i}: to whom it came from");
         assert_eq!(data.tcp.timestamp.is_some(), ts.is_some(), "case {i}");
         if let Some(t) = data.tcp.timestamp {
             assert_eq!(t.tsecr, 1001, "case {i}: echoes the ACK's TSval");
-            assert!(t.tsval.wrapping_sub(synack.tcp.timestamp.unwrap().tsval) as i32 >= 0, "case {i}: TSval went back");
+            assert!(
+                t.tsval.wrapping_sub(synack.tcp.timestamp.unwrap().tsval) as i32 >= 0,
+                "case {i}: TSval went back"
+            );
         }
         // Window: scaled by the shift announced in the SYN-ACK iff both sides
         // agreed on scaling (the socket computed the same shift).
-        let shift = if synack.tcp.window_scale.is_some() { window_shift(BUFFER) } else { 0 };
+        let shift = if synack.tcp.window_scale.is_some() {
+            window_shift(BUFFER)
+        } else {
+            0
+        };
         let window = usize::from(data.tcp.window_len) << shift;
-        assert!(window > BUFFER / 2 && window <= BUFFER, "case {i}: window {window} (field {}, shift {shift})", data.tcp.window_len);
+        assert!(
+            window > BUFFER / 2 && window <= BUFFER,
+            "case {i}: window {window} (field {}, shift {shift})",
+            data.tcp.window_len
+        );
         if shift == 0 {
             assert_eq!(data.tcp.window_len, u16::MAX, "case {i}: unscaled window");
         }
@@ -366,7 +508,15 @@ fn auto_mode_turns_on_at_the_threshold_and_off_after_a_quiet_second() {
     let mut w = s.build();
     let spoofed = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 100)) + i);
     for i in 0..THRESHOLD {
-        w.engine_dev.rx.push_back(client_frame(spoofed(i), 3000, TcpControl::Syn, i, None, Opts::default(), &[]));
+        w.engine_dev.rx.push_back(client_frame(
+            spoofed(i),
+            3000,
+            TcpControl::Syn,
+            i,
+            None,
+            Opts::default(),
+            &[],
+        ));
     }
     // Let the half-open connections reach their backend (SYN-ACKs released to nobody).
     w.run_until(Duration::from_millis(50), |_| false);
@@ -375,32 +525,74 @@ fn auto_mode_turns_on_at_the_threshold_and_off_after_a_quiet_second() {
     assert_eq!(attempts(&w), u64::from(THRESHOLD));
     assert!(w.engine.snapshot()[0].flood_since.is_none());
     for i in THRESHOLD..5 * THRESHOLD {
-        w.engine_dev.rx.push_back(client_frame(spoofed(i), 3000, TcpControl::Syn, i, None, Opts::default(), &[]));
+        w.engine_dev.rx.push_back(client_frame(
+            spoofed(i),
+            3000,
+            TcpControl::Syn,
+            i,
+            None,
+            Opts::default(),
+            &[],
+        ));
     }
     w.run_until(Duration::from_millis(50), |_| false);
     let v = vip(&w);
     assert_eq!(v.syns, u64::from(5 * THRESHOLD));
     assert_eq!(v.cookies_sent, u64::from(4 * THRESHOLD));
-    assert_eq!((v.accepted, v.half_open), (u64::from(THRESHOLD), u64::from(THRESHOLD)));
-    assert_eq!(w.engine.connections(), THRESHOLD as usize, "connections stopped growing");
-    assert_eq!(attempts(&w), u64::from(THRESHOLD), "backend attempts stopped growing");
+    assert_eq!(
+        (v.accepted, v.half_open),
+        (u64::from(THRESHOLD), u64::from(THRESHOLD))
+    );
+    assert_eq!(
+        w.engine.connections(),
+        THRESHOLD as usize,
+        "connections stopped growing"
+    );
+    assert_eq!(
+        attempts(&w),
+        u64::from(THRESHOLD),
+        "backend attempts stopped growing"
+    );
     let since = w.engine.snapshot()[0].flood_since.expect("flood mode on");
 
     // (f) The half-open connections time out, both sides aborted.
     let ok = w.run_until(Duration::from_secs(3), |w| w.engine.connections() == 0);
     assert!(ok, "half-open connections did not time out");
     let v = vip(&w);
-    assert_eq!((v.drop_half_open_timeout, v.half_open), (u64::from(THRESHOLD), 0));
+    assert_eq!(
+        (v.drop_half_open_timeout, v.half_open),
+        (u64::from(THRESHOLD), 0)
+    );
     w.run_until(Duration::from_millis(20), |_| false);
-    let backend_open = w.backend(0).connections().into_iter().filter(|&s| w.hosts[1].sets[s.shard].get::<tcp::Socket>(s.handle).state() == tcp::State::Established).count();
+    let backend_open = w
+        .backend(0)
+        .connections()
+        .into_iter()
+        .filter(|&s| {
+            w.hosts[1].sets[s.shard]
+                .get::<tcp::Socket>(s.handle)
+                .state()
+                == tcp::State::Established
+        })
+        .count();
     assert_eq!(backend_open, 0, "backend side not reset");
     // Spoofed SYNs kept coming at a flood rate meanwhile? Not here: quiet, so
     // flood mode ends within two ticks.
-    let ok = w.run_until(Duration::from_secs(3), |w| w.engine.snapshot()[0].flood_since.is_none());
+    let ok = w.run_until(Duration::from_secs(3), |w| {
+        w.engine.snapshot()[0].flood_since.is_none()
+    });
     assert!(ok, "flood mode did not end");
     assert!(w.now > since);
     // Below the threshold again: a SYN is admitted as before.
-    w.engine_dev.rx.push_back(client_frame(spoofed(99), 3000, TcpControl::Syn, 1, None, Opts::default(), &[]));
+    w.engine_dev.rx.push_back(client_frame(
+        spoofed(99),
+        3000,
+        TcpControl::Syn,
+        1,
+        None,
+        Opts::default(),
+        &[],
+    ));
     w.step();
     assert_eq!(vip(&w).accepted, u64::from(THRESHOLD) + 1);
 }
@@ -418,7 +610,15 @@ fn flood_mode_holds_while_syns_keep_coming() {
     let mut syn = |w: &mut Wire| {
         n += 1;
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 100)) + n);
-        w.engine_dev.rx.push_back(client_frame(ip, 3000, TcpControl::Syn, n, None, Opts::default(), &[]));
+        w.engine_dev.rx.push_back(client_frame(
+            ip,
+            3000,
+            TcpControl::Syn,
+            n,
+            None,
+            Opts::default(),
+            &[],
+        ));
     };
     for _ in 0..=THRESHOLD {
         syn(&mut w);
@@ -429,10 +629,18 @@ fn flood_mode_holds_while_syns_keep_coming() {
     for _ in 0..40 {
         syn(&mut w);
         w.run_until(Duration::from_millis(100), |_| false);
-        assert!(w.engine.snapshot()[0].flood_since.is_some(), "flood mode ended under a flood at {}", w.now);
+        assert!(
+            w.engine.snapshot()[0].flood_since.is_some(),
+            "flood mode ended under a flood at {}",
+            w.now
+        );
     }
     assert_eq!(vip(&w).half_open, 0, "half-open connections timed out");
-    assert_eq!(vip(&w).accepted, u64::from(THRESHOLD), "no spoofed SYN reached admission in flood mode");
+    assert_eq!(
+        vip(&w).accepted,
+        u64::from(THRESHOLD),
+        "no spoofed SYN reached admission in flood mode"
+    );
 }
 
 /// (d) ACKs whose cookie is forged, expired or from another secret: counted,
@@ -445,29 +653,71 @@ fn bad_cookies_are_rejected_and_reset() {
     let f = flow(ip, 4000);
     let cases = [
         ("forged", 0x1357_9bdfu32),
-        ("expired", encode(&EpochKey::derive(&SEED, epoch - 2), &f, isn, mss_index(Some(1460)))),
-        ("future", encode(&EpochKey::derive(&SEED, epoch + 1), &f, isn, mss_index(Some(1460)))),
-        ("other seed", encode(&EpochKey::derive(&Seed([1; 32]), epoch), &f, isn, 3)),
+        (
+            "expired",
+            encode(
+                &EpochKey::derive(&SEED, epoch - 2),
+                &f,
+                isn,
+                mss_index(Some(1460)),
+            ),
+        ),
+        (
+            "future",
+            encode(
+                &EpochKey::derive(&SEED, epoch + 1),
+                &f,
+                isn,
+                mss_index(Some(1460)),
+            ),
+        ),
+        (
+            "other seed",
+            encode(&EpochKey::derive(&Seed([1; 32]), epoch), &f, isn, 3),
+        ),
     ];
     for mode in [SynCookies::Auto, SynCookies::Always] {
         for (what, cookie) in cases {
             let mut w = setup(mode, SEED).build();
             introduce_ghost(&mut w, ip);
-            let ack = client_frame(ip, 4000, TcpControl::None, isn + 1, Some(cookie.wrapping_add(1)), Opts::default(), &[]);
+            let ack = client_frame(
+                ip,
+                4000,
+                TcpControl::None,
+                isn + 1,
+                Some(cookie.wrapping_add(1)),
+                Opts::default(),
+                &[],
+            );
             let sent = feed(&mut w, ack);
             let v = vip(&w);
-            assert_eq!((v.cookies_rejected, v.cookies_validated, v.accepted), (1, 0, 0), "{what}");
+            assert_eq!(
+                (v.cookies_rejected, v.cookies_validated, v.accepted),
+                (1, 0, 0),
+                "{what}"
+            );
             assert_eq!(w.engine.connections(), 0, "{what}");
             assert_eq!(attempts(&w), 0, "{what}");
             assert_eq!(sent.len(), 1, "{what}");
-            assert_eq!(sent[0].tcp.control, TcpControl::Rst, "{what}: answered with RST");
-            assert_eq!(sent[0].tcp.seq_number, TcpSeqNumber(cookie.wrapping_add(1) as i32), "{what}");
+            assert_eq!(
+                sent[0].tcp.control,
+                TcpControl::Rst,
+                "{what}: answered with RST"
+            );
+            assert_eq!(
+                sent[0].tcp.seq_number,
+                TcpSeqNumber(cookie.wrapping_add(1) as i32),
+                "{what}"
+            );
         }
     }
     // Cookies off: not even looked at (RST as before, nothing counted).
     let mut w = setup(SynCookies::Off, SEED).build();
     introduce_ghost(&mut w, ip);
-    let sent = feed(&mut w, client_frame(ip, 4000, TcpControl::None, 1, Some(2), Opts::default(), &[]));
+    let sent = feed(
+        &mut w,
+        client_frame(ip, 4000, TcpControl::None, 1, Some(2), Opts::default(), &[]),
+    );
     assert_eq!(vip(&w).cookies_rejected, 0);
     assert_eq!(sent[0].tcp.control, TcpControl::Rst);
 }
@@ -478,8 +728,25 @@ fn bad_cookies_are_rejected_and_reset() {
 fn engines_sharing_a_seed_validate_each_others_cookies() {
     let ip = Ipv4Addr::new(198, 18, 0, 99);
     let mut a = setup(SynCookies::Always, SEED).build();
-    let synack = cookie_synack(&mut a, ip, 5000, 77, Opts { mss: Some(1460), ..Opts::default() });
-    let ack = client_frame(ip, 5000, TcpControl::None, 78, Some((synack.tcp.seq_number + 1).0 as u32), Opts::default(), &[]);
+    let synack = cookie_synack(
+        &mut a,
+        ip,
+        5000,
+        77,
+        Opts {
+            mss: Some(1460),
+            ..Opts::default()
+        },
+    );
+    let ack = client_frame(
+        ip,
+        5000,
+        TcpControl::None,
+        78,
+        Some((synack.tcp.seq_number + 1).0 as u32),
+        Opts::default(),
+        &[],
+    );
 
     let mut b = setup(SynCookies::Auto, SEED).build();
     // Its backend resolved (ARP), as in any engine that has been running.
@@ -488,7 +755,9 @@ fn engines_sharing_a_seed_validate_each_others_cookies() {
     assert!(sent.iter().all(|s| s.tcp.control != TcpControl::Rst));
     assert_eq!((vip(&b).cookies_validated, vip(&b).accepted), (1, 1));
     assert_eq!(b.engine.connections(), 1);
-    let ok = b.run_until(Duration::from_secs(1), |w| w.backend(0).connections().len() == 1);
+    let ok = b.run_until(Duration::from_secs(1), |w| {
+        w.backend(0).connections().len() == 1
+    });
     assert!(ok, "B connected to its backend");
 
     let mut c = setup(SynCookies::Auto, Seed([0xa5; 32])).build();
@@ -510,7 +779,15 @@ fn admission_refusal_after_a_valid_cookie_resets_the_client() {
     let ip = Ipv4Addr::new(198, 18, 0, 99);
     for (port, isn) in [(6000u16, 10u32), (6001, 20)] {
         let synack = cookie_synack(&mut w, ip, port, isn, Opts::default());
-        let ack = client_frame(ip, port, TcpControl::None, isn + 1, Some((synack.tcp.seq_number + 1).0 as u32), Opts::default(), &[]);
+        let ack = client_frame(
+            ip,
+            port,
+            TcpControl::None,
+            isn + 1,
+            Some((synack.tcp.seq_number + 1).0 as u32),
+            Opts::default(),
+            &[],
+        );
         let sent = feed(&mut w, ack);
         if port == 6000 {
             assert_eq!(w.engine.connections(), 1);
@@ -533,9 +810,13 @@ fn dead_pool_after_a_cookie_resets_the_established_client() {
     s.vip.connect_tries = 1;
     let mut w = s.build();
     let sock = w.client().connect((VIP, VIP_PORT), 40200);
-    let ok = w.run_until(Duration::from_secs(2), |w| w.client().sock(sock).state() == tcp::State::Established);
+    let ok = w.run_until(Duration::from_secs(2), |w| {
+        w.client().sock(sock).state() == tcp::State::Established
+    });
     assert!(ok, "cookie handshake completes at once");
-    let ok = w.run_until(Duration::from_secs(10), |w| w.client().sock(sock).state() == tcp::State::Closed);
+    let ok = w.run_until(Duration::from_secs(10), |w| {
+        w.client().sock(sock).state() == tcp::State::Closed
+    });
     assert!(ok, "client not reset");
     let v = vip(&w);
     assert_eq!((v.cookies_validated, v.drop_connect_failed), (1, 1));

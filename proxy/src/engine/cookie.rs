@@ -108,9 +108,11 @@ impl Engine {
         let Some(syn) = Segment::parse(frame) else {
             return;
         };
-        let cookie = self
-            .keys
-            .mint(&syn.flow(), syn.tcp.seq_number.0 as u32, syn.tcp.max_seg_size);
+        let cookie = self.keys.mint(
+            &syn.flow(),
+            syn.tcp.seq_number.0 as u32,
+            syn.tcp.max_seg_size,
+        );
         let tsval = ts_encode(millisecond_clock(), syn.offered());
         let repr = synack_repr(&syn.tcp, cookie, tsval, &self.synack);
         let (mac, caps) = (self.mac, &self.caps.checksum);

@@ -378,6 +378,10 @@ impl Engine {
     /// Takes every frame the device has, runs the connections those frames
     /// and expired timers touched, and transmits what they have to send.
     pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) {
+        // First: keys of the current epoch before any cookie is checked.
+        if now >= self.next_tick {
+            self.tick(now);
+        }
         let mut frames = 0usize;
         loop {
             let Some((rx, tx)) = device.receive(now) else {
@@ -388,9 +392,6 @@ impl Engine {
             if frames % INGRESS_BURST == 0 {
                 self.run_dirty(now, device);
             }
-        }
-        if now >= self.next_tick {
-            self.tick(now);
         }
         while let Some(id) = self.timers.pop_expired(now) {
             self.mark_dirty(id as usize);
