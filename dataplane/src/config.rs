@@ -31,6 +31,17 @@ pub struct Proxy {
     pub local_ports: PortRange,
     /// Released connections kept with their buffers for reuse, per lcore.
     pub max_spare_connections: usize,
+    /// SYN cookies: `"auto"` (per VIP once it has `syn_cookie_threshold`
+    /// half-open connections on an lcore), `"always"` or `"off"`.
+    pub syn_cookies: SynCookieMode,
+    /// Half-open connections per VIP per lcore that start flood mode; >= 1.
+    pub syn_cookie_threshold: u32,
+    /// Cookie secret, 64 hex digits; instances sharing it validate each
+    /// other's cookies. Absent: random per process.
+    pub syn_cookie_seed: Option<SeedText>,
+    /// A client that has not completed its handshake this long after its SYN
+    /// was admitted is dropped (`"5s"`, `"500ms"`).
+    pub half_open_timeout: TimeSpan,
 }
 
 impl Default for Proxy {
@@ -39,7 +50,71 @@ impl Default for Proxy {
             buffer_size: 64 * 1024,
             local_ports: PortRange(32768, 61000),
             max_spare_connections: 1024,
+            syn_cookies: SynCookieMode(fulcrum_proxy::SynCookies::Auto),
+            syn_cookie_threshold: 128,
+            syn_cookie_seed: None,
+            half_open_timeout: TimeSpan(std::time::Duration::from_secs(5)),
         }
+    }
+}
+
+/// `proxy.syn_cookies`: `"auto"`, `"always"` or `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynCookieMode(pub fulcrum_proxy::SynCookies);
+
+impl<'de> Deserialize<'de> for SynCookieMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use fulcrum_proxy::SynCookies;
+        let s = String::deserialize(d)?;
+        match s.as_str() {
+            "auto" => Ok(Self(SynCookies::Auto)),
+            "always" => Ok(Self(SynCookies::Always)),
+            "off" => Ok(Self(SynCookies::Off)),
+            _ => Err(serde::de::Error::custom(format!(
+                "proxy.syn_cookies: {s:?} is not one of \"auto\", \"always\", \"off\""
+            ))),
+        }
+    }
+}
+
+/// `proxy.syn_cookie_seed`: 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeedText(pub fulcrum_proxy::syncookie::Seed);
+
+impl<'de> Deserialize<'de> for SeedText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        fulcrum_proxy::syncookie::Seed::from_hex(&s)
+            .map(Self)
+            .map_err(|e| serde::de::Error::custom(format!("proxy.syn_cookie_seed: {e}")))
+    }
+}
+
+/// A duration written `"5s"` or `"500ms"` (a whole number and a unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeSpan(pub std::time::Duration);
+
+impl TimeSpan {
+    fn parse(s: &str) -> Option<Self> {
+        let (digits, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit())?);
+        let n: u64 = digits.parse().ok()?;
+        let d = match unit.trim() {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            _ => return None,
+        };
+        Some(Self(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeSpan {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "proxy.half_open_timeout: {s:?} is not a duration like \"5s\" or \"500ms\""
+            ))
+        })
     }
 }
 
@@ -456,6 +531,12 @@ impl Config {
         if !(1024..=16 << 20).contains(&p.buffer_size) {
             return Err(format!("proxy.buffer_size: {} must be from 1024 to 16777216 bytes", p.buffer_size));
         }
+        if p.syn_cookie_threshold == 0 {
+            return Err("proxy.syn_cookie_threshold: must be at least 1".into());
+        }
+        if p.half_open_timeout.0.is_zero() {
+            return Err("proxy.half_open_timeout: must be above zero".into());
+        }
         if usize::from(p.local_ports.1 - p.local_ports.0) < self.dataplane.lcores.0.len() {
             return Err("proxy.local_ports: fewer ports than lcores".into());
         }
@@ -673,6 +754,36 @@ mod tests {
         assert!("0,0".parse::<LcoreList>().is_err());
         assert!("x".parse::<LcoreList>().is_err());
         assert!("200".parse::<LcoreList>().is_err());
+    }
+
+    #[test]
+    fn syn_cookie_settings() {
+        let c = parse(SOFTWARE).unwrap();
+        assert_eq!(c.proxy.syn_cookies.0, fulcrum_proxy::SynCookies::Auto);
+        assert_eq!((c.proxy.syn_cookie_threshold, c.proxy.syn_cookie_seed), (128, None));
+        assert_eq!(c.proxy.half_open_timeout.0, std::time::Duration::from_secs(5));
+        let seed = "00".repeat(31) + "ff";
+        let c = parse(&format!(
+            "{SOFTWARE}[proxy]\nsyn_cookies = \"always\"\nsyn_cookie_threshold = 7\nsyn_cookie_seed = \"{seed}\"\nhalf_open_timeout = \"250ms\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.proxy.syn_cookies.0, fulcrum_proxy::SynCookies::Always);
+        assert_eq!(c.proxy.syn_cookie_threshold, 7);
+        assert_eq!(c.proxy.syn_cookie_seed.unwrap().0 .0[31], 0xff);
+        assert_eq!(c.proxy.half_open_timeout.0, std::time::Duration::from_millis(250));
+        let bad = [
+            ("syn_cookies = \"on\"".to_string(), "proxy.syn_cookies: \"on\""),
+            ("syn_cookie_threshold = 0".to_string(), "proxy.syn_cookie_threshold"),
+            ("syn_cookie_seed = \"abc\"".to_string(), "proxy.syn_cookie_seed: 3 characters"),
+            (format!("syn_cookie_seed = \"{}\"", "x".repeat(64)), "proxy.syn_cookie_seed: character 0"),
+            ("half_open_timeout = \"5\"".to_string(), "proxy.half_open_timeout: \"5\""),
+            ("half_open_timeout = \"5 min\"".to_string(), "proxy.half_open_timeout"),
+            ("half_open_timeout = \"0s\"".to_string(), "proxy.half_open_timeout: must be above zero"),
+        ];
+        for (line, expect) in bad {
+            let e = parse(&format!("{SOFTWARE}[proxy]\n{line}\n")).unwrap_err();
+            assert!(e.contains(expect), "{line:?}: error {e:?} should mention {expect:?}");
+        }
     }
 
     #[test]

@@ -382,6 +382,10 @@ fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> 
     e.local_ports = config.proxy.local_ports.0..config.proxy.local_ports.1;
     e.buffer_size = config.proxy.buffer_size;
     e.max_spare_connections = config.proxy.max_spare_connections;
+    e.syn_cookies = config.proxy.syn_cookies.0;
+    e.syn_cookie_threshold = config.proxy.syn_cookie_threshold;
+    e.syn_cookie_seed = config.proxy.syn_cookie_seed.map(|s| s.0);
+    e.half_open_timeout = config.proxy.half_open_timeout.0;
     // Initial sequence numbers must not be predictable: seed from the clock.
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

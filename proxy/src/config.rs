@@ -15,6 +15,8 @@ use fulcrum_model::{Invalid, Mode, Vip};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::EthernetAddress;
 
+use crate::syncookie::Seed;
+
 /// Most routes an engine holds, the default route included: smoltcp's
 /// compile-time `IFACE_MAX_ROUTE_COUNT` (feature `iface-max-route-count-16`
 /// in this crate's Cargo.toml).
@@ -80,11 +82,40 @@ pub struct EngineConfig {
     /// together), allocated once; when full the least recently used entry
     /// (CLOCK approximation) is evicted.
     pub client_table_capacity: usize,
+    /// SYN cookies for the proxy VIPs (see the engine's "SYN flood").
+    pub syn_cookies: SynCookies,
+    /// Half-open connections (client not yet ESTABLISHED) per VIP on this
+    /// engine at which a SYN turns flood mode on (`SynCookies::Auto`); >= 1.
+    pub syn_cookie_threshold: u32,
+    /// Secret the cookie keys derive from; instances sharing it validate
+    /// each other's cookies. `None`: random per process
+    /// ([`Seed::process_random`]), cookies valid on this instance only.
+    pub syn_cookie_seed: Option<Seed>,
+    /// A client still in SYN-RECEIVED this long after its SYN was admitted is
+    /// aborted both ways (`drop_half_open_timeout`); > 0.
+    pub half_open_timeout: Duration,
+}
+
+/// When SYNs to a proxy VIP are answered with SYN cookies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SynCookies {
+    /// Per VIP, once it has `syn_cookie_threshold` half-open connections
+    /// (flood mode), until a quiet second; ACKs carrying a valid cookie are
+    /// accepted whatever the mode (another instance sharing the seed may have
+    /// sent it).
+    #[default]
+    Auto,
+    /// Every SYN (flood mode on from the start).
+    Always,
+    /// Never; ACKs for unknown connections are not validated (RST as before).
+    Off,
 }
 
 impl EngineConfig {
     /// Defaults: lcore 0 of 1, ports 32768..61000, 64 KiB buffers, 1024 spare
-    /// connections, 1514-byte frames, 1 ms delayed ACK, 4096 rate-limited clients.
+    /// connections, 1514-byte frames, 1 ms delayed ACK, 4096 rate-limited clients,
+    /// SYN cookies `Auto` from 128 half-open connections, random seed, 5 s
+    /// half-open timeout.
     pub fn new(mac: EthernetAddress, addr: Ipv4Addr, prefix_len: u8) -> Self {
         Self {
             mac,
@@ -104,6 +135,10 @@ impl EngineConfig {
             random_seed: 0x5eed,
             flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
             client_table_capacity: 4096,
+            syn_cookies: SynCookies::Auto,
+            syn_cookie_threshold: 128,
+            syn_cookie_seed: None,
+            half_open_timeout: Duration::from_secs(5),
         }
     }
 
@@ -150,6 +185,12 @@ impl EngineConfig {
         if self.client_table_capacity > MAX_CLIENT_TABLE {
             return Err(ConfigError::ClientTableCapacity(self.client_table_capacity));
         }
+        if self.syn_cookie_threshold == 0 {
+            return Err(ConfigError::SynCookieThreshold);
+        }
+        if self.half_open_timeout.is_zero() {
+            return Err(ConfigError::HalfOpenTimeout);
+        }
         // VIPs are checked by `VipTables::build` and, for what depends on the
         // engine (its own address, its client table), when applied.
         Ok(())
@@ -192,6 +233,10 @@ pub enum ConfigError {
         "client table capacity {0} is above {MAX_CLIENT_TABLE} (or 0 while a VIP limits clients)"
     )]
     ClientTableCapacity(usize),
+    #[error("syn_cookie_threshold must be at least 1")]
+    SynCookieThreshold,
+    #[error("half_open_timeout must be above zero")]
+    HalfOpenTimeout,
     #[error("VIP {addr}:{port}: {source}")]
     Maglev {
         addr: Ipv4Addr,
@@ -222,6 +267,18 @@ mod tests {
         crate::Engine::new(c.clone()).expect("16 routes are installed");
         c.routes.push(route(15, [198, 18, 0, 253]));
         assert!(matches!(c.validate(), Err(ConfigError::TooManyRoutes(17))));
+    }
+
+    #[test]
+    fn syn_cookie_settings_are_checked() {
+        let mut c = base();
+        c.syn_cookie_threshold = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::SynCookieThreshold)));
+        c.syn_cookie_threshold = 1;
+        c.half_open_timeout = Duration::ZERO;
+        assert!(matches!(c.validate(), Err(ConfigError::HalfOpenTimeout)));
+        c.half_open_timeout = Duration::from_millis(1);
+        c.validate().unwrap();
     }
 
     #[test]

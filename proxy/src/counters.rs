@@ -55,8 +55,8 @@ pub struct VipCounters {
     /// (SYN-RECEIVED with the SYN-ACK held or sent). Flood mode starts when
     /// this reaches the engine's cookie threshold.
     pub half_open: u64,
-    /// Half-open connections aborted because the client did not complete the
-    /// handshake within `half_open_timeout` after its SYN-ACK was released.
+    /// Half-open connections aborted (both sides) because the client did not
+    /// complete the handshake within `half_open_timeout` after admission.
     pub drop_half_open_timeout: u64,
 }
 

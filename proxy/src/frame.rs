@@ -1,8 +1,9 @@
 //! The engine's own cheap frame classification: what it needs to know about
 //! a frame (ARP, or a TCP segment's 4-tuple, flags and whether it is a bare
 //! SYN) before choosing the socket set smoltcp processes it with. A bare SYN
-//! has its checksums verified here, before admission spends anything on it;
-//! other segments are verified by smoltcp as usual. Steering a frame
+//! has its checksums verified here, before admission spends anything on it,
+//! and so does an ACK that may carry a SYN cookie ([`tcp_checksums_ok`], the
+//! same check); other segments are verified by smoltcp as usual. Steering a frame
 //! to its lcore happens earlier, in the dataplane, with
 //! [`fulcrum_model::steer`].
 
@@ -118,11 +119,7 @@ pub(crate) fn classify(frame: &[u8], checksum: &ChecksumCapabilities) -> Frame {
             .fold(0, |acc, &(on, bit)| if on { acc | bit } else { acc });
             let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
-            let bad_checksum = syn_only
-                && plausible(flags)
-                && ((checksum.ipv4.rx() && !ip.verify_checksum())
-                    || (checksum.tcp.rx()
-                        && !tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst))));
+            let bad_checksum = syn_only && plausible(flags) && !checksums_ok(&ip, &tcp, checksum);
             Frame::Tcp(TcpMeta {
                 src,
                 dst,
@@ -135,6 +132,35 @@ pub(crate) fn classify(frame: &[u8], checksum: &ChecksumCapabilities) -> Frame {
         }
         _ => Frame::Other,
     }
+}
+
+/// The IPv4 header and TCP checksums (pseudo-header, header and payload,
+/// bounded by the IPv4 total length), those `checksum` says are verified on
+/// receive: the one check for SYNs ([`classify`]) and cookie ACKs
+/// ([`tcp_checksums_ok`]).
+fn checksums_ok(
+    ip: &Ipv4Packet<&[u8]>,
+    tcp: &TcpPacket<&[u8]>,
+    checksum: &ChecksumCapabilities,
+) -> bool {
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    (!checksum.ipv4.rx() || ip.verify_checksum())
+        && (!checksum.tcp.rx()
+            || tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)))
+}
+
+/// [`checksums_ok`] for a frame [`classify`] called TCP (false if it is not).
+pub(crate) fn tcp_checksums_ok(frame: &[u8], checksum: &ChecksumCapabilities) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+        return false;
+    };
+    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+        return false;
+    };
+    checksums_ok(&ip, &tcp, checksum)
 }
 
 #[cfg(test)]
@@ -286,5 +312,8 @@ mod tests {
         f[TCP_FLAGS_AT] = ACK;
         let m = meta(&f, &ChecksumCapabilities::default());
         assert!(!m.syn_only && !m.bad_checksum);
+        // The cookie path verifies such an ACK with the same check.
+        assert!(!tcp_checksums_ok(&f, &ChecksumCapabilities::default()));
+        assert!(tcp_checksums_ok(&VALID_SYN, &ChecksumCapabilities::default()));
     }
 }

@@ -29,12 +29,15 @@ pub mod engine;
 mod frame;
 mod limits;
 mod proxy_protocol;
+pub mod syncookie;
 mod tables;
 #[cfg(test)]
 mod testdata;
 mod timer;
 
-pub use config::{ConfigError, EngineConfig, StaticRoute, MAX_CLIENT_TABLE, MAX_ROUTES};
+pub use config::{
+    ConfigError, EngineConfig, StaticRoute, SynCookies, MAX_CLIENT_TABLE, MAX_ROUTES,
+};
 pub use counters::{BackendCounters, BackendSnapshot, EngineCounters, VipCounters, VipSnapshot};
 pub use engine::Engine;
 pub use proxy_protocol::Header as ProxyHeader;

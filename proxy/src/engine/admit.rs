@@ -1,6 +1,7 @@
-//! Accepting a SYN: admission (concurrency, client rate, VIP rate, a
-//! backend), then a connection whose client socket listens on the VIP:port
-//! with its SYN-ACK held until a backend is up. Rate tokens are taken only
+//! Accepting a SYN (or the ACK of a valid SYN cookie): admission
+//! (concurrency, client rate, VIP rate, a backend), then a connection whose
+//! client socket listens on the VIP:port, with its SYN-ACK held until a
+//! backend is up (a cookie's client socket takes the cookie as its ISN instead). Rate tokens are taken only
 //! from an admitted SYN; a refused SYN is answered with RST and counted by
 //! reason. See the engine's "Accepting" and "Limits".
 
@@ -13,15 +14,29 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
 use super::conn::{Conn, FlowKey, Phase};
+use super::cookie::cookie_isn;
 use super::vip::vip_mut;
-use super::{smol, Engine};
+use super::{millisecond_clock, smol, Engine};
 
 impl Engine {
     /// Admission, in order: concurrency limit (`drop_limit`), the client's
     /// rate (`drop_client_rate`), the VIP's rate (`drop_rate`), a backend
     /// with weight (`drop_no_backend`). Rate tokens are taken only from an
     /// admitted SYN, so a client over its limit does not use up the VIP's.
-    pub(super) fn admit(&mut self, now: Instant, vi: usize, key: FlowKey) -> Option<usize> {
+    ///
+    /// `cookie`: admitting the ACK of a validated SYN cookie: the client
+    /// socket will take the cookie as its ISN, sends its SYN-ACK without
+    /// holding it (the client has had it already) and is not half-open.
+    /// Otherwise the connection is half-open until its client leaves
+    /// SYN-RECEIVED (listed in `handshaking`, counted in the VIP's
+    /// `half_open`), for at most `half_open_timeout`.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        vi: usize,
+        key: FlowKey,
+        cookie: Option<u32>,
+    ) -> Option<usize> {
         let seed = self.flow_seed;
         let vip = vip_mut(&mut self.vips, vi);
         if vip.counters.active >= u64::from(vip.cfg.max_connections) {
@@ -93,7 +108,9 @@ impl Engine {
                 port: key.local_port,
             })
             .expect("closed socket, non-zero port");
-        client.pause_synack(true);
+        // After `listen`, which clears it.
+        client.set_initial_seq_no(cookie.map(cookie_isn));
+        client.pause_synack(cookie.is_none());
         tune_client(client, self.ack_delay);
         conn.vip = vi;
         conn.client_ep = SocketAddrV4::new(key.remote, key.remote_port);
@@ -115,7 +132,10 @@ impl Engine {
         conn.fin_to_backend = false;
         conn.fin_to_client = false;
         conn.dirty = false;
-        conn.handshake_pos = Some(self.handshaking.len());
+        conn.cookie = cookie.is_some();
+        let half_open = cookie.is_none();
+        conn.handshake_pos = half_open.then_some(self.handshaking.len());
+        conn.half_open_deadline = half_open.then_some(now + self.half_open_timeout);
 
         let id = match self.free_ids.pop() {
             Some(id) => id,
@@ -125,7 +145,10 @@ impl Engine {
             }
         };
         self.conns[id] = Some(conn);
-        self.handshaking.push(id);
+        if half_open {
+            self.handshaking.push(id);
+            vip_mut(&mut self.vips, vi).counters.half_open += 1;
+        }
         self.flows.insert(key, id);
         self.mark_dirty(id);
         Some(id)
@@ -138,8 +161,14 @@ impl Engine {
 /// Internet, where the bandwidth-delay product is large and Cubic's
 /// RTT-independent window growth recovers far faster than Reno (why it is the
 /// Linux default). Set on every reuse: it also resets the controller's state.
+///
+/// TCP timestamps from the engine's one millisecond clock, as backend
+/// sockets: a cookie SYN-ACK's TSval comes from that clock, and a client's
+/// PAWS check drops segments whose TSval goes back (smoltcp turns timestamps
+/// off again if the client's SYN has none).
 fn tune_client(s: &mut tcp::Socket, ack_delay: Option<Duration>) {
     s.set_nagle_enabled(false);
     s.set_ack_delay(ack_delay);
     s.set_congestion_control(CongestionControl::Cubic);
+    s.set_tsval_generator(Some(millisecond_clock));
 }

@@ -48,18 +48,23 @@ impl Engine {
             Phase::Closing => None,
         };
         // A paused client socket always claims to want the CPU (its SYN-ACK is
-        // due); its real wake-up is the backend's progress.
+        // due); its real wake-up is the backend's progress. A cookie
+        // connection's client is not paused (it may owe the client an ACK).
         let client_at = match conn.phase {
-            Phase::New | Phase::Connecting { .. } => None,
+            Phase::New | Phase::Connecting { .. } if !conn.cookie => None,
             _ => client_at,
         };
-        let at = [own, client_at, backend_at].into_iter().flatten().min();
+        let at = [own, client_at, backend_at, conn.half_open_deadline]
+            .into_iter()
+            .flatten()
+            .min();
         self.timers.set(id as u32, at);
     }
 
     pub(super) fn release(&mut self, id: usize) {
         self.unlist_handshake(id);
         let conn = self.conns[id].take().expect("live");
+        debug_assert!(conn.handshake_pos.is_none() && conn.half_open_deadline.is_none());
         let vip = vip_mut(&mut self.vips, conn.vip);
         self.flows.remove(&FlowKey {
             remote: *conn.client_ep.ip(),
@@ -85,6 +90,7 @@ impl Engine {
         }
         vip.counters.active -= 1;
         if vip.counters.active == 0 && !vip.configured {
+            debug_assert_eq!(vip.counters.half_open, 0, "half-open gauge leaked");
             // The last connection of a removed VIP: its drain is over.
             self.vips[conn.vip] = None;
             self.free_vips.push(conn.vip);
@@ -96,10 +102,20 @@ impl Engine {
         }
     }
 
+    /// The client left LISTEN/SYN-RECEIVED, or the connection is released:
+    /// out of `handshaking`, its VIP's `half_open` gauge down by one (once:
+    /// `handshake_pos` is taken).
     pub(super) fn unlist_handshake(&mut self, id: usize) {
-        let Some(pos) = self.conns[id].as_mut().and_then(|c| c.handshake_pos.take()) else {
+        let Some(conn) = self.conns[id].as_mut() else {
             return;
         };
+        let Some(pos) = conn.handshake_pos.take() else {
+            return;
+        };
+        conn.half_open_deadline = None;
+        let vip = vip_mut(&mut self.vips, conn.vip);
+        debug_assert!(vip.counters.half_open > 0, "half-open gauge underflow");
+        vip.counters.half_open = vip.counters.half_open.saturating_sub(1);
         self.handshaking.swap_remove(pos);
         if let Some(&moved) = self.handshaking.get(pos) {
             if let Some(c) = self.conns[moved].as_mut() {

@@ -11,7 +11,8 @@ use smoltcp::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
-    /// Client SYN received (SYN-ACK paused); no backend tried yet.
+    /// Client SYN received (SYN-ACK paused), or a cookie ACK (client
+    /// established); no backend tried yet.
     New,
     /// Backend SYN sent; give up on this backend at `deadline`.
     Connecting { deadline: Instant },
@@ -63,6 +64,12 @@ pub(super) struct Conn {
     pub(super) dirty: bool,
     /// Index in `Engine::handshaking` while the client has no SYN-ACK yet.
     pub(super) handshake_pos: Option<usize>,
+    /// While half-open (listed in `handshaking`): when the client must have
+    /// completed its handshake (`half_open_timeout` after admission).
+    pub(super) half_open_deadline: Option<Instant>,
+    /// Admitted from the ACK of a valid SYN cookie: the client was
+    /// ESTABLISHED at admission, never half-open.
+    pub(super) cookie: bool,
 }
 
 impl Conn {
@@ -103,6 +110,8 @@ impl Conn {
             fin_to_client: false,
             dirty: false,
             handshake_pos: None,
+            half_open_deadline: None,
+            cookie: false,
         }
     }
 }

@@ -10,12 +10,13 @@ use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
 use super::conn::{Conn, FlowKey, Phase};
 use super::vip::{vip_mut, VipState};
-use super::Engine;
+use super::{millisecond_clock, Engine};
 use crate::proxy_protocol::Header;
 
 impl Engine {
     /// Starts the next backend attempt in Maglev preference order, or gives
-    /// up and resets the client (still in SYN-RECEIVED: it sees a refusal).
+    /// up and resets the client (still in SYN-RECEIVED: it sees a refusal;
+    /// a cookie connection's client is established already and sees a RST).
     pub(super) fn connect_next(&mut self, id: usize, now: Instant) {
         let conn = self.conns[id].as_mut().expect("live");
         let vip = vip_mut(&mut self.vips, conn.vip);
@@ -116,13 +117,14 @@ pub(super) fn connecting(
                 // Fits: buffers are at least 1 KiB and empty.
                 let _ = b.send_slice(h.as_bytes());
             }
-            conn.client
-                .get_mut::<tcp::Socket>(conn.ch)
-                .pause_synack(false);
+            let client = conn.client.get_mut::<tcp::Socket>(conn.ch);
+            client.pause_synack(false);
             conn.phase = Phase::Proxying;
             conn.last_active = now;
             conn.backend_last = State::Established;
-            conn.client_last = State::SynReceived;
+            // SYN-RECEIVED, or for a cookie connection whatever its client
+            // reached meanwhile (ESTABLISHED, CLOSE-WAIT).
+            conn.client_last = client.state();
         }
         State::SynSent if now < deadline => {}
         _ => {
@@ -148,13 +150,4 @@ fn tune_backend(s: &mut tcp::Socket, ack_delay: Option<Duration>) {
     s.set_ack_delay(ack_delay);
     s.set_congestion_control(CongestionControl::Reno);
     s.set_tsval_generator(Some(millisecond_clock));
-}
-
-/// Milliseconds since the Unix epoch, wrapping: monotonic across connections
-/// and engines, as RFC 7323 timestamps must be to protect TIME-WAIT reuse.
-fn millisecond_clock() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u32)
-        .unwrap_or(0)
 }

@@ -4,9 +4,11 @@
 //! segment to us with an impossible flag set ([`plausible`]) is dropped and
 //! counted (`drop_bad_flags`) before anything else, and so is a bare SYN with
 //! a bad checksum (`drop_bad_checksum`), before admission. A SYN
-//! to a VIP with no connection is admitted first ([`Engine::admit`]); any
-//! other segment of an unknown connection goes to the empty sink set, and
-//! smoltcp answers it with RST.
+//! to a VIP with no connection is admitted first ([`Engine::admit`]), or, in
+//! flood mode, answered with a SYN cookie into this frame's TX token
+//! (`cookie`); an ACK to a VIP with no connection may carry a cookie and
+//! become one; any other segment of an unknown connection goes to the empty
+//! sink set, and smoltcp answers it with RST.
 
 use std::net::Ipv4Addr;
 
@@ -14,8 +16,10 @@ use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
 use smoltcp::time::Instant;
 
 use super::conn::FlowKey;
+use super::cookie::CookieAck;
+use super::vip::vip_mut;
 use super::Engine;
-use crate::frame::{classify, plausible, Frame, TcpMeta};
+use crate::frame::{classify, plausible, Frame, TcpMeta, ACK, RST, SYN};
 
 impl Engine {
     pub(super) fn is_ours(&self, addr: Ipv4Addr) -> bool {
@@ -43,7 +47,14 @@ impl Engine {
                     self.counters.drop_bad_checksum += 1;
                     return;
                 }
-                self.tcp_target(now, &meta)
+                match self.tcp_target(now, &meta, frame) {
+                    Target::Conn(id, client_side) => Some((id, client_side)),
+                    Target::Sink => None,
+                    Target::Cookie(vi) => {
+                        self.send_cookie(vi, frame, tx);
+                        return;
+                    }
+                }
             }
             _ => {
                 self.counters.frames_not_ours += 1;
@@ -72,9 +83,10 @@ impl Engine {
         self.iface.poll_ingress_single(now, &mut device, set);
     }
 
-    /// Connection (and side: true = client) a TCP segment belongs to,
-    /// admitting a new connection for a SYN to a VIP; `None` = answer with RST.
-    pub(super) fn tcp_target(&mut self, now: Instant, m: &TcpMeta) -> Option<(usize, bool)> {
+    /// Where a TCP segment goes: its connection (and side: true = client),
+    /// a new connection for a SYN (admitted) or a valid cookie ACK to a VIP,
+    /// a cookie answer for a SYN in flood mode, or the sink (RST).
+    pub(super) fn tcp_target(&mut self, now: Instant, m: &TcpMeta, frame: &[u8]) -> Target {
         let key = FlowKey {
             remote: m.src,
             local: m.dst,
@@ -84,17 +96,42 @@ impl Engine {
         let client_side = m.dst != self.addr;
         if let Some(&id) = self.flows.get(&key) {
             self.mark_dirty(id);
-            return Some((id, client_side));
+            return Target::Conn(id, client_side);
         }
-        let vip = match self.vip_by_endpoint.get(&(m.dst, m.dst_port)) {
-            Some(&vip) if m.syn_only => vip,
-            _ => {
-                self.counters.unknown_flow += 1;
-                return None;
-            }
+        let Some(&vi) = self.vip_by_endpoint.get(&(m.dst, m.dst_port)) else {
+            self.counters.unknown_flow += 1;
+            return Target::Sink;
         };
-        self.admit(now, vip, key).map(|id| (id, true))
+        if m.syn_only {
+            vip_mut(&mut self.vips, vi).counters.syns += 1;
+            if self.flood_mode(now, vi) {
+                return Target::Cookie(vi);
+            }
+            return match self.admit(now, vi, key, None) {
+                Some(id) => Target::Conn(id, true),
+                None => Target::Sink,
+            };
+        }
+        if m.flags & ACK != 0 && m.flags & (SYN | RST) == 0 {
+            match self.cookie_ack(now, vi, key, frame) {
+                CookieAck::Accepted(id) => return Target::Conn(id, true),
+                CookieAck::Refused => return Target::Sink,
+                CookieAck::Rejected | CookieAck::NotChecked => {}
+            }
+        }
+        self.counters.unknown_flow += 1;
+        Target::Sink
     }
+}
+
+/// Where [`Engine::tcp_target`] sends a segment.
+pub(super) enum Target {
+    /// A connection's socket set (true: client side).
+    Conn(usize, bool),
+    /// The empty set: smoltcp answers with RST.
+    Sink,
+    /// A SYN to this VIP slot, to be answered with a cookie.
+    Cookie(usize),
 }
 
 /// A one-frame smoltcp device: lends the frame the engine already took from
@@ -147,6 +184,19 @@ pub(super) struct FrameRx<'f>(&'f [u8]);
 impl RxToken for FrameRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
         f(self.0)
+    }
+}
+
+/// A TX token writing into engine-owned scratch space, for frames the
+/// engine feeds smoltcp itself (a cookie's synthesized SYN, a neighbour
+/// learnt from a cookie ACK): smoltcp answers neither, and nothing written
+/// here would be sent.
+pub(super) struct Discard<'a>(pub(super) &'a mut [u8]);
+
+impl TxToken for Discard<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let len = len.min(self.0.len());
+        f(&mut self.0[..len])
     }
 }
 

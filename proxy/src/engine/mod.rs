@@ -24,7 +24,9 @@
 //! whose client socket listens on the VIP:port, then the SYN is handed to it.
 //! A SYN beyond the VIP's limit (or with no backend) goes to an empty socket
 //! set and smoltcp answers it with RST, as it does for any segment of an
-//! unknown connection.
+//! unknown connection. That is below the SYN-flood threshold; above it, SYNs
+//! are answered with cookies and connections are created from the ACKs that
+//! return them (next section).
 //!
 //! # SYN-ACK held until the backend is up
 //! The client socket pauses its SYN-ACK (`socket-tcp-pause-synack`) while the
@@ -34,7 +36,60 @@
 //! connection that is reset later, and no client data needs buffering before
 //! a backend exists. A client's retransmitted SYN is ignored by the paused
 //! socket, so `connect_timeout * connect_tries` should stay below the
-//! client's SYN retry budget (Linux: 1 s, 3 s, 7 s, ...).
+//! client's SYN retry budget (Linux: 1 s, 3 s, 7 s, ...), and below
+//! `half_open_timeout`, which ends a connection whose client is still
+//! SYN-RECEIVED that long after admission (both sides reset,
+//! `drop_half_open_timeout`; a deadline filed in the timer heap, no scan).
+//!
+//! # SYN flood
+//! The price of holding the SYN-ACK is that a SYN spends a connection, two
+//! sockets, a local port and a backend connection before the client has
+//! shown it exists; a spoofed flood would fill the backends. So each VIP has
+//! a `half_open` gauge on each engine (connections listed in `handshaking`:
+//! +1 at admission, -1 when the client leaves LISTEN/SYN-RECEIVED or the
+//! connection is released, once), and `syn_cookies`:
+//! - `Auto`: a SYN that finds `syn_cookie_threshold` half-open connections
+//!   turns the VIP's *flood mode* on (`VipSnapshot::flood_since`). It goes
+//!   off only after a whole second with fewer than `threshold` SYNs to the
+//!   VIP while fewer than `threshold` are half-open: without that
+//!   hysteresis, spoofed half-open entries expiring would make room for new
+//!   spoofed SYNs to reach backends again. The one-second windows are
+//!   evaluated by a tick from `poll` (and `poll_at` includes it while some
+//!   VIP is in flood mode), so flood mode ends even when SYNs stop.
+//! - `Always`: every SYN is answered with a cookie. `Off`: never, and ACKs
+//!   are not checked for cookies.
+//!
+//! In flood mode a SYN (after the flag and checksum checks) is answered at
+//! once with a SYN-ACK built straight into the TX token the SYN came with
+//! (`cookie`): its sequence number is a SYN cookie ([`crate::syncookie`]),
+//! and nothing is kept: no socket, buffer, local port, rate token or backend
+//! connection. The SYN-ACK goes to the SYN's source MAC address, without a
+//! neighbour lookup: the rule the dataplane follows for ARP and ping replies
+//! (reply to whom it came from). It offers our MSS, the window (unscaled) and,
+//! only if the client sent a timestamp, the window scale the client socket
+//! will use and SACK; the client's own window scale and SACK go into our
+//! TSval, taken from the sockets' millisecond clock (so the connection's
+//! later timestamps never go back: the client's PAWS check would drop them).
+//!
+//! An ACK (no SYN, no RST) to a VIP for no connection, in any mode but `Off`
+//! and whether or not this engine is in flood mode (another instance sharing
+//! the seed may have sent the cookie), has its checksums verified and its
+//! acknowledgment number - 1 validated as a cookie with the current or the
+//! previous epoch's key (64-second epochs of Unix time; keys derived from
+//! the seed, cached, recomputed when the epoch changes). An invalid one is
+//! counted and answered with RST. A valid one goes through admission like a
+//! SYN (a refusal resets the client), then becomes a connection: its client
+//! socket listens, takes the cookie as its ISN (the one smoltcp hook,
+//! `set_initial_seq_no`), is fed the SYN the cookie stands for (built in
+//! scratch space), sends its SYN-ACK into a discarding token (smoltcp opens
+//! its receive window only once it has advertised it) and then gets the real
+//! ACK, payload included: it is ESTABLISHED, never half-open. An on-link
+//! client's MAC is taught to smoltcp with an ARP reply the engine feeds it,
+//! so its first segment need not wait on ARP. The backend is connected to as
+//! usual; data the client sent waits in the client socket until then. So
+//! what a client sees: below the threshold, the SYN-ACK comes once a backend
+//! is up and a dead pool gives a RST to the SYN; in flood mode the handshake
+//! completes at once and a dead pool gives a RST after the handshake.
 //!
 //! # TIME-WAIT
 //! smoltcp holds TIME-WAIT for 10 s. The engine does not: a connection whose
@@ -84,6 +139,7 @@
 //! - `ingress`: frames to the one socket set they concern;
 //! - `admit`: accepting a SYN, admission and limits;
 //! - `connect`: connecting to backends, failover, the held SYN-ACK;
+//! - `cookie`: flood mode, SYN cookies sent and cookie ACKs accepted;
 //! - `splice`: relaying bytes, half-close, resets, idle timeout;
 //! - `close`: releasing finished connections, filing deadlines;
 //! - `reconfigure`: new VIP tables applied between polls;
@@ -95,6 +151,7 @@ mod admit;
 mod close;
 mod conn;
 mod connect;
+mod cookie;
 mod ingress;
 mod neighbors;
 mod reconfigure;
@@ -112,9 +169,10 @@ use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr};
 
-use crate::config::{ConfigError, EngineConfig};
+use crate::config::{ConfigError, EngineConfig, SynCookies};
 use crate::counters::EngineCounters;
 use crate::limits::ClientTable;
+use crate::syncookie::{window_shift, Keys, Seed, SynAckSpec};
 use crate::tables::VipTables;
 use crate::timer::Timers;
 
@@ -126,8 +184,23 @@ use vip::{vip_mut, VipState};
 /// connections, so a long burst cannot fill receive windows unrelayed.
 const INGRESS_BURST: usize = 64;
 
+/// Ethernet, IPv4 and TCP headers without options: our MSS is the frame
+/// size less these.
+const HEADERS: usize = 14 + 20 + 20;
+
 fn smol(d: std::time::Duration) -> Duration {
     Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the Unix epoch, wrapping: monotonic across connections
+/// and engines, as RFC 7323 timestamps must be to protect TIME-WAIT reuse.
+/// The one TSval clock of every socket (client and backend side) and of
+/// cookie SYN-ACKs.
+pub(crate) fn millisecond_clock() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u32)
+        .unwrap_or(0)
 }
 
 /// One lcore's proxy: owns its connections, fed frames by the dataplane.
@@ -179,6 +252,22 @@ pub struct Engine {
     next_neighbor_refresh: Instant,
     mac: EthernetAddress,
     counters: EngineCounters,
+    syn_cookies: SynCookies,
+    cookie_threshold: u64,
+    half_open_timeout: Duration,
+    /// Current and previous epoch's cookie keys (updated by `tick`).
+    keys: Keys,
+    /// Our side of cookie SYN-ACKs (window, MSS, window scale).
+    synack: SynAckSpec,
+    /// Next flood-window evaluation and key update (see `cookie::tick`).
+    next_tick: Instant,
+    /// Some VIP is in flood mode (`Auto`): `poll_at` includes `next_tick`.
+    flooded: bool,
+    /// Frames the engine builds to feed smoltcp itself (a cookie's SYN, an
+    /// ARP reply), and where smoltcp's answers to them would go: frame-sized,
+    /// allocated once.
+    scratch_frame: Vec<u8>,
+    scratch_tx: Vec<u8>,
 }
 
 impl Engine {
@@ -225,6 +314,17 @@ impl Engine {
             .filter(|&p| owner_of_port(p, config.lcores) == config.lcore)
             .collect();
 
+        let seed = config.syn_cookie_seed.unwrap_or_else(Seed::process_random);
+        let unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let synack = SynAckSpec {
+            mac: config.mac,
+            window: u16::try_from(config.buffer_size).unwrap_or(u16::MAX),
+            mss: u16::try_from(config.mtu - HEADERS).unwrap_or(u16::MAX),
+            wscale: window_shift(config.buffer_size),
+        };
         let mut engine = Self {
             iface,
             caps,
@@ -261,6 +361,15 @@ impl Engine {
             next_neighbor_refresh: Instant::ZERO,
             mac: config.mac,
             counters: EngineCounters::default(),
+            syn_cookies: config.syn_cookies,
+            cookie_threshold: u64::from(config.syn_cookie_threshold),
+            half_open_timeout: smol(config.half_open_timeout),
+            keys: Keys::new(seed, unix_secs),
+            synack,
+            next_tick: Instant::ZERO,
+            flooded: false,
+            scratch_frame: vec![0; config.mtu],
+            scratch_tx: vec![0; config.mtu],
         };
         engine.reconfigure_with(&tables)?;
         Ok(engine)
@@ -269,6 +378,10 @@ impl Engine {
     /// Takes every frame the device has, runs the connections those frames
     /// and expired timers touched, and transmits what they have to send.
     pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) {
+        // First: keys of the current epoch before any cookie is checked.
+        if now >= self.next_tick {
+            self.tick(now);
+        }
         let mut frames = 0usize;
         loop {
             let Some((rx, tx)) = device.receive(now) else {
@@ -292,7 +405,8 @@ impl Engine {
     /// When the engine must be polled again if no frame arrives first.
     pub fn poll_at(&self) -> Option<Instant> {
         let refresh = (!self.neighbors.is_empty()).then_some(self.next_neighbor_refresh);
-        [self.timers.next_at(), refresh].into_iter().flatten().min()
+        let tick = self.flooded.then_some(self.next_tick);
+        [self.timers.next_at(), refresh, tick].into_iter().flatten().min()
     }
 
     /// [`poll_at`](Self::poll_at) as a delay from `now` (zero if overdue).
@@ -327,8 +441,8 @@ impl Engine {
         }
     }
 
-    /// Connection logic for one connection: connect / fail over, relay,
-    /// propagate FIN and RST, idle timeout.
+    /// Connection logic for one connection: half-open timeout, connect /
+    /// fail over, relay, propagate FIN and RST, idle timeout.
     fn service(&mut self, id: usize, now: Instant) {
         let conn = self.conns[id].as_ref().expect("live");
         let client_state = conn.client.get::<tcp::Socket>(conn.ch).state();
@@ -337,12 +451,28 @@ impl Engine {
         }
         let conn = self.conns[id].as_mut().expect("live");
         let vip = vip_mut(&mut self.vips, conn.vip);
+        if conn.half_open_deadline.is_some_and(|at| now >= at) {
+            // Still SYN-RECEIVED (else unlisted above): both ways aborted.
+            conn.client.get_mut::<tcp::Socket>(conn.ch).abort();
+            conn.backend.get_mut::<tcp::Socket>(conn.bh).abort();
+            vip.counters.drop_half_open_timeout += 1;
+            conn.phase = Phase::Closing;
+            self.unlist_handshake(id);
+            return;
+        }
+        // Before Proxying the client can only have left by RST (which puts
+        // the socket back to LISTEN, or CLOSED) or never completed its SYN
+        // (smoltcp rejected it; bad checksums are dropped before admission,
+        // see `frame::classify`): our SYN-ACK is still held. A cookie
+        // connection's client is established already and may also have sent
+        // its FIN (CLOSE-WAIT): only a reset ends it here.
+        let client_gone = if conn.cookie {
+            matches!(client_state, State::Closed | State::Listen)
+        } else {
+            client_state != State::SynReceived
+        };
         match conn.phase {
-            Phase::New | Phase::Connecting { .. } if client_state != State::SynReceived => {
-                // Our SYN-ACK is still held, so the client can only have left
-                // by RST (which puts the socket back to LISTEN) or never
-                // completed its SYN (smoltcp rejected it; bad checksums are
-                // dropped before admission, see `frame::classify`).
+            Phase::New | Phase::Connecting { .. } if client_gone => {
                 conn.client.get_mut::<tcp::Socket>(conn.ch).abort();
                 conn.backend.get_mut::<tcp::Socket>(conn.bh).abort();
                 if conn.phase != Phase::New {
@@ -354,6 +484,11 @@ impl Engine {
             Phase::Connecting { deadline } => {
                 if !connect::connecting(conn, vip, deadline, now) {
                     self.connect_next(id, now);
+                } else if conn.phase == Phase::Proxying {
+                    // A cookie connection's client may have sent data already
+                    // (even in its handshake ACK): relay it now, nothing else
+                    // would wake this connection for it.
+                    splice::relay(conn, vip, now);
                 }
             }
             Phase::Proxying => splice::relay(conn, vip, now),

@@ -50,6 +50,11 @@ pub(super) struct VipState {
     pub(super) conn_bucket: Bucket,
     /// Byte bucket (`limits.bandwidth`), both directions.
     pub(super) bw_bucket: Bucket,
+    /// Flood mode (SYNs answered with cookies) on since then.
+    pub(super) flood_since: Option<Instant>,
+    /// SYNs since `window_start` (the flood-mode window, see `Engine::tick`).
+    pub(super) window_syns: u64,
+    pub(super) window_start: Instant,
 }
 
 impl VipState {
@@ -66,6 +71,9 @@ impl VipState {
             counters: VipCounters::default(),
             conn_bucket: Bucket::full(0, Instant::ZERO),
             bw_bucket: Bucket::full(0, Instant::ZERO),
+            flood_since: None,
+            window_syns: 0,
+            window_start: Instant::ZERO,
         };
         v.reset_buckets(false, false);
         v.update(p, r);
@@ -213,7 +221,7 @@ impl VipState {
             port: self.cfg.port,
             removed: !self.configured,
             counters: self.counters,
-            flood_since: None,
+            flood_since: self.flood_since,
             backends: listed
                 .chain(removed)
                 .map(|b| BackendSnapshot {
