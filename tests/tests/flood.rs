@@ -289,17 +289,22 @@ fn dsr_flows_survive_an_ack_flood_and_a_restart() {
     assert_eq!(not_tracked, 0, "flows_not_tracked grew below the new-flow cap");
     assert_eq!(fc(&after, "evictions_established"), 0, "established flows were evicted");
     // ... and gone after their probation timeout (10 s), reclaimed by the sweep.
+    // All but the junk tuples that happened to come twice, 1 s or more apart:
+    // by the probation rule they are indistinguishable from a live flow that
+    // moved here, so they are confirmed and kept on the established timeout
+    // (random tuples from a /17 and 64k ports repeat a few hundred times in 2M).
     let baseline = fc(&before, "conntrack_entries");
+    let confirmed = d("midstream_confirmed");
     let drained = dp.wait_stats(Duration::from_secs(40), "the junk entries to be reclaimed", |s| {
         let n = fc(s, "conntrack_entries");
-        if n <= baseline + 100 {
+        if n <= baseline + confirmed + 100 {
             Ok(n)
         } else {
-            Err(format!("conntrack_entries {n} (baseline {baseline})"))
+            Err(format!("conntrack_entries {n} (baseline {baseline}, confirmed junk {confirmed})"))
         }
     });
     eprintln!(
-        "conntrack back to {drained} (baseline {baseline}) {:.1} s after the flood; expired +{}",
+        "conntrack back to {drained} (baseline {baseline} + {confirmed} confirmed by chance) {:.1} s after the flood; expired +{}",
         flood_end.elapsed().as_secs_f64(),
         fc(&dp.stats(), "expired") - fc(&before, "expired")
     );
