@@ -34,6 +34,27 @@ const FLOOD_PPS: u64 = 100_000;
 /// The loop: this many requests, each a new connection with at most `REQ_MAX` to answer.
 const REQUESTS: u64 = 1000;
 const REQ_MAX: Duration = Duration::from_secs(3);
+/// The control plane's metrics endpoint, inside the fabric namespace.
+const PROMETHEUS: &str = "127.0.0.1:9471";
+
+/// The VIP's `syn` block in `fulcrumctl --json stats`.
+fn ctl_syn(cp: &ControlPlane) -> Result<Value, String> {
+    let st = cp.try_json(&["stats"])?;
+    let vips = st["vips"].as_array().ok_or_else(|| format!("no vips in {st}"))?;
+    vips.iter()
+        .find(|v| v["vip"] == VIP)
+        .map(|v| v["syn"].clone())
+        .filter(|s| !s.is_null())
+        .ok_or_else(|| format!("no syn block for {VIP} in {st}"))
+}
+
+/// A series' value for this VIP in the control plane's /metrics.
+fn metric(topo: &Topology, name: &str) -> Option<f64> {
+    let text = topo.exec_ok("fab", &["curl", "-sS", "--max-time", "2", &format!("http://{PROMETHEUS}/metrics")]);
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("\"{VIP}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
 
 fn vip_toml() -> String {
     format!(
@@ -69,7 +90,7 @@ fn proxy_vip_serves_real_clients_through_a_spoofed_syn_flood() {
     let topo = Topology::up();
     let served = start_backends(&topo, 8080, Mode::Http, &[]);
     let checked = start_backends(&topo, 9000, Mode::Http, &[]);
-    let cp = ControlPlane::start(&topo, &vip_toml());
+    let cp = ControlPlane::start_with_prometheus(&topo, &vip_toml(), PROMETHEUS);
     let dp_config = format!(
         "{}[proxy]\nsyn_cookies = \"auto\"\nsyn_cookie_threshold = {THRESHOLD}\nhalf_open_timeout = \"5s\"\n",
         cp.dataplane_toml()
@@ -103,6 +124,34 @@ fn proxy_vip_serves_real_clients_through_a_spoofed_syn_flood() {
         if n(&v, "flood_lcores") > 0 { Ok(t0.elapsed()) } else { Err(v.to_string()) }
     });
     eprintln!("flood mode on {:.2} s after the flood started", on_after.as_secs_f64());
+    // What an operator sees while it lasts: fulcrumctl stats (text and JSON) and
+    // Prometheus, all through the control plane and the shared memory.
+    let syn = wait_for(Duration::from_secs(10), "flood mode in fulcrumctl stats", || {
+        let syn = ctl_syn(&cp)?;
+        if syn["flood"] == true && syn["cookies_sent"].as_u64().unwrap_or(0) > 0 { Ok(syn) } else { Err(syn.to_string()) }
+    });
+    let text = cp.ctl_ok(&["stats"]);
+    let syn_line = text.lines().find(|l| l.contains("syn:")).unwrap_or("").trim().to_string();
+    eprintln!("fulcrumctl stats during the flood: {syn_line}");
+    eprintln!("fulcrumctl --json stats during the flood: syn = {syn}");
+    assert!(syn_line.contains("flood ON"), "fulcrumctl stats shows no flood: {text}");
+    let prom: Vec<(&str, Option<f64>)> = [
+        "fulcrum_vip_syns_total",
+        "fulcrum_vip_syncookies_sent_total",
+        "fulcrum_vip_syncookies_validated_total",
+        "fulcrum_vip_syncookies_rejected_total",
+        "fulcrum_vip_half_open",
+        "fulcrum_vip_flood_mode",
+        "fulcrum_vip_flood_since_seconds",
+    ]
+    .into_iter()
+    .map(|m| (m, metric(&topo, m)))
+    .collect();
+    eprintln!("Prometheus during the flood: {prom:?}");
+    let get = |m: &str| prom.iter().find(|(n, _)| *n == m).and_then(|(_, v)| *v);
+    assert_eq!(get("fulcrum_vip_flood_mode"), Some(1.0), "{prom:?}");
+    assert!(get("fulcrum_vip_syncookies_sent_total").is_some_and(|v| v > 0.0), "{prom:?}");
+    assert!(get("fulcrum_vip_flood_since_seconds").is_some_and(|v| v > 1.6e9), "{prom:?}");
 
     // The loop, and a sampler for mbufs and connections while it runs.
     let done = AtomicBool::new(false);
