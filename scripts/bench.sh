@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh proxy   [--duration SECONDS] [--connections N] [--prefix P]
 #   scripts/bench.sh forward   (packets/s through the forwarding path vs testpmd macswap)
+#   scripts/bench.sh synflood  (SYN cookies/s on one lcore vs testpmd macswap on the same SYNs)
 #   scripts/bench.sh scale     (proxy engine instructions per request vs open connections)
 #
 # Benchmarks print figures and ratios; they assert nothing about speed.
@@ -173,7 +174,7 @@ fwd_cleanup() {
     for p in "${FWD_PREFIXES[@]}"; do rm -rf "/var/run/dpdk/$p"; done
     [ -n "$FWD_WORK" ] && rm -rf "$FWD_WORK"
     [ -n "$FWD_HP_RESTORE" ] && echo "$FWD_HP_RESTORE" >"$FWD_HP_SYSFS" 2>/dev/null
-    [ "$rc" -eq 0 ] || echo "bench forward: FAILED (exit $rc)" >&2
+    [ "$rc" -eq 0 ] || echo "bench $BENCH: FAILED (exit $rc)" >&2
 }
 
 # fwd_stop PID SECONDS: SIGINT, a bounded wait, then SIGKILL.
@@ -186,12 +187,6 @@ fwd_stop() {
         kill -KILL "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
-}
-
-# fwd_fresh_sample FILE: "mtime_s tx rx new_flows evictions", counted after the call.
-fwd_fresh_sample() {
-    stats_fresh_sample "$1" '[([.lcores[].tx_packets] | add), ([.lcores[].rx_packets] | add),
-        (.forward.new_flows // 0), (.forward.evictions // 0)] | @tsv'
 }
 
 # fwd_max_delta BEFORE AFTER: the largest per-thread tick increase (the polling lcore's).
@@ -209,8 +204,62 @@ fwd_profile() {
         awk '/^ +[0-9.]+%/ && n++ < 14 { sub(/[ -]+$/, ""); gsub(/   */, "  "); print "  " $0 }' >&2; } || true
 }
 
+# fwd_dp_section PREFIX MBUFS PCAP MEM_MB: the [dataplane] table of every net_pcap
+# bench: one lcore on CPU 1, PCAP replayed in a loop, the PMD's TX drops (counts).
+fwd_dp_section() {
+    cat <<CONF
+[dataplane]
+address = "198.18.0.2/24"
+lcores = "1"
+mbufs = $2
+file_prefix = "$1"
+software = { vdev = "net_pcap0,rx_pcap=$3,infinite_rx=1", $(fwd_dp_memory "$4") }
+CONF
+}
+
+# fwd_dp_window DIR BIN PREFIX FILTER: runs BIN on DIR/fulcrum.toml (file_prefix PREFIX),
+# waits for its `ready:` line and checks the port's MAC against FWD_MAC, lets it run
+# FWD_WARMUP seconds, then samples the stats file (jq FILTER, one @tsv row) at both
+# ends of a FWD_DURATION window: sets FWD_S_A and FWD_S_B ("mtime_s <row>") and
+# FWD_R_SHARE (the lcore thread's share of CPU 1 in the window); --profile; stops it
+# and prints its exit report. Runs in the main shell (not in $(...)), so the EXIT
+# trap sees its pid.
+fwd_dp_window() {
+    local dir=$1 bin=$2 prefix=$3 filter=$4
+    "$bin" --config "$dir/fulcrum.toml" --stats-file "$dir/stats.json" >"$dir/dataplane.log" 2>&1 &
+    FWD_DP_PID=$!
+    local i
+    for i in $(seq 1200); do
+        grep -q ' ready: ' "$dir/dataplane.log" && break
+        kill -0 "$FWD_DP_PID" 2>/dev/null || { tail -n 20 "$dir/dataplane.log" >&2; die "the dataplane exited"; }
+        sleep 0.1
+    done
+    grep -q ' ready: ' "$dir/dataplane.log" || { tail -n 20 "$dir/dataplane.log" >&2; die "the dataplane was not ready in 120 s"; }
+    local mac
+    mac=$(grep -o ' ready: .* mac [0-9a-f:]*' "$dir/dataplane.log" | awk '{print $NF}')
+    [ "$mac" = "$FWD_MAC" ] || die "the port's MAC is $mac, the pcap was written for $FWD_MAC"
+    echo "    ready ($(grep -o 'ready: port [0-9]* ([a-z_0-9]*) mac [0-9a-f:]*' "$dir/dataplane.log"))" >&2
+    sleep "$FWD_WARMUP"
+    local k1 k2 w1 w2
+    k1=$(thread_ticks "$FWD_DP_PID")
+    w1=$(date +%s.%N)
+    FWD_S_A=$(stats_fresh_sample "$dir/stats.json" "$filter") || die "no stats from the dataplane"
+    sleep "$FWD_DURATION"
+    FWD_S_B=$(stats_fresh_sample "$dir/stats.json" "$filter") || die "no stats from the dataplane"
+    k2=$(thread_ticks "$FWD_DP_PID")
+    w2=$(date +%s.%N)
+    FWD_R_SHARE=$(fwd_share 0 "$(fwd_max_delta "$k1" "$k2")" "$(awk -v a="$w1" -v b="$w2" 'BEGIN { print b - a }')")
+    [ "$FWD_PROFILE" = 1 ] && fwd_profile "$dir/perf.data" "$FWD_DP_PID"
+    fwd_stop "$FWD_DP_PID" 30
+    FWD_DP_PID=""
+    rm -rf "/var/run/dpdk/$prefix"
+    local exitline
+    exitline=$(grep -o 'lcore [0-9]*: rx .*' "$dir/dataplane.log" | tail -n 1 || true)
+    echo "    ${exitline:-no exit report}; $(grep -o 'mbufs in use: .*' "$dir/dataplane.log" || echo 'no mbuf report')" >&2
+}
+
 # fwd_run_fulcrum NAME PCAP MBUFS MEM_MB: sets FWD_R_MPPS, FWD_R_NEW (flows created in the
-# window), FWD_R_DROPS. Runs in the main shell (not in $(...)), so the EXIT trap sees its pid.
+# window), FWD_R_DROPS, FWD_R_SHARE. Runs in the main shell (not in $(...)), as above.
 fwd_run_fulcrum() {
     local name=$1 pcap=$2 mbufs=$3 mem=$4 bin=${5:-$FWD_DP_BIN} tag=${6:-fulcrum}
     local prefix="${FWD_P}-dp-$$" dir="$FWD_WORK/$name-$tag"
@@ -222,12 +271,7 @@ fwd_run_fulcrum() {
     mkdir -p "$dir"
     FWD_PREFIXES+=("$prefix")
     cat >"$dir/fulcrum.toml" <<CONF
-[dataplane]
-address = "198.18.0.2/24"
-lcores = "1"
-mbufs = $mbufs
-file_prefix = "$prefix"
-software = { vdev = "net_pcap0,rx_pcap=$pcap,infinite_rx=1", $(fwd_dp_memory "$mem") }
+$(fwd_dp_section "$prefix" "$mbufs" "$pcap" "$mem")
 
 [forward]
 # Twice the largest flow count: 31-way buckets at <= 50% load spill (rarely) and never evict.
@@ -243,36 +287,10 @@ backends = [
   { address = "198.18.0.23", port = 80, mac = "02:00:00:00:00:23" },
 ]
 CONF
-    "$bin" --config "$dir/fulcrum.toml" --stats-file "$dir/stats.json" >"$dir/dataplane.log" 2>&1 &
-    FWD_DP_PID=$!
-    local i
-    for i in $(seq 1200); do
-        grep -q ' ready: ' "$dir/dataplane.log" && break
-        kill -0 "$FWD_DP_PID" 2>/dev/null || { tail -n 20 "$dir/dataplane.log" >&2; die "the dataplane exited"; }
-        sleep 0.1
-    done
-    grep -q ' ready: ' "$dir/dataplane.log" || { tail -n 20 "$dir/dataplane.log" >&2; die "the dataplane was not ready in 120 s"; }
-    local mac
-    mac=$(grep -o ' ready: .* mac [0-9a-f:]*' "$dir/dataplane.log" | awk '{print $NF}')
-    [ "$mac" = "$FWD_MAC" ] || die "the port's MAC is $mac, the pcap was written for $FWD_MAC"
-    echo "    ready ($(grep -o 'ready: port [0-9]* ([a-z_0-9]*) mac [0-9a-f:]*' "$dir/dataplane.log"))" >&2
-    sleep "$FWD_WARMUP"
-    local a b k1 k2 w1 w2
-    k1=$(thread_ticks "$FWD_DP_PID")
-    w1=$(date +%s.%N)
-    a=$(fwd_fresh_sample "$dir/stats.json") || die "no stats from the dataplane"
-    sleep "$FWD_DURATION"
-    b=$(fwd_fresh_sample "$dir/stats.json") || die "no stats from the dataplane"
-    k2=$(thread_ticks "$FWD_DP_PID")
-    w2=$(date +%s.%N)
-    FWD_R_SHARE=$(fwd_share 0 "$(fwd_max_delta "$k1" "$k2")" "$(awk -v a="$w1" -v b="$w2" 'BEGIN { print b - a }')")
-    [ "$FWD_PROFILE" = 1 ] && fwd_profile "$dir/perf.data" "$FWD_DP_PID"
-    fwd_stop "$FWD_DP_PID" 30
-    FWD_DP_PID=""
-    rm -rf "/var/run/dpdk/$prefix"
-    local exitline drops
-    exitline=$(grep -o 'lcore [0-9]*: rx .*' "$dir/dataplane.log" | tail -n 1 || true)
-    echo "    ${exitline:-no exit report}; $(grep -o 'mbufs in use: .*' "$dir/dataplane.log" || echo 'no mbuf report')" >&2
+    # "mtime_s tx rx new_flows evictions"
+    fwd_dp_window "$dir" "$bin" "$prefix" '[([.lcores[].tx_packets] | add), ([.lcores[].rx_packets] | add),
+        (.forward.new_flows // 0), (.forward.evictions // 0)] | @tsv'
+    local a=$FWD_S_A b=$FWD_S_B drops
     drops=$(jq -r '[(.forward.drops // {} | to_entries[] | select(.value > 0) | "\(.key)=\(.value)")] | join(",")' "$dir/stats.json" 2>/dev/null || true)
     # shellcheck disable=SC2086
     set -- $a $b
@@ -326,6 +344,78 @@ fwd_run_testpmd() {
               printf "    testpmd Rx-pps in the window (Mpps):%s\n", v > "/dev/stderr"; printf "%.3f\n", s / k / 1e6 }' "$dir/testpmd.log")
 }
 
+# fwd_setup: what every net_pcap bench checks and sets up once its options are read
+# (FWD_DURATION, FWD_WARMUP, FWD_P): root, tools, the EXIT trap (fwd_cleanup), this
+# script on CPU 0, FWD_DP_BIN (FULCRUM_BIN_DIR, else a release build), FWD_WORK,
+# FWD_MAC, FWD_MHZ.
+fwd_setup() {
+    [[ "$FWD_DURATION" =~ ^[0-9]+$ ]] && [ "$FWD_DURATION" -ge 2 ] && [ "$FWD_DURATION" -le 120 ] || die "--duration: 2..120 seconds"
+    [[ "$FWD_WARMUP" =~ ^[0-9]+$ ]] && [ "$FWD_WARMUP" -ge 1 ] && [ "$FWD_WARMUP" -le 60 ] || die "--warmup: 1..60 seconds"
+    [[ "$FWD_P" =~ ^[A-Za-z0-9_-]{1,40}$ ]] || die "--prefix: 1 to 40 of A-Z a-z 0-9 - _"
+    [ "$(id -u)" -eq 0 ] || die "needs root (DPDK)"
+    [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (testpmd: a main and a forwarding lcore)"
+    local t
+    for t in dpdk-testpmd jq python3 taskset awk; do
+        command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"
+    done
+
+    trap fwd_cleanup EXIT
+    trap 'exit 130' INT TERM
+    # This script, its pollers and the pcap writer stay off CPU 1 (the forwarding lcore).
+    taskset -pc 0 $$ >/dev/null
+
+    if [ -n "${FULCRUM_BIN_DIR:-}" ]; then
+        FWD_DP_BIN=$FULCRUM_BIN_DIR/fulcrum-dataplane
+    else
+        say "build (release)"
+        cargo build --release -p fulcrum-dataplane 2>&1 | tail -n 1 >&2
+        FWD_DP_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-dataplane
+    fi
+    [ -x "$FWD_DP_BIN" ] || die "$FWD_DP_BIN not found"
+
+    FWD_WORK=$(mktemp -d "/tmp/fulcrum-bench-$BENCH.XXXXXX")
+    # net_pcap's MAC for the first pcap port of a process ('p' 'c' 'a' 'p', index 0).
+    FWD_MAC=02:70:63:61:70:00
+    FWD_MHZ=$(awk -F: '/^cpu MHz/ { gsub(/ /, "", $2); print $2; exit }' /proc/cpuinfo)
+    [ -n "$FWD_MHZ" ] || die "no 'cpu MHz' in /proc/cpuinfo"
+}
+
+# fwd_mem_for N: MiB of memory for N pcap packets without hugepages. EAL then has
+# 4 KiB pages and a pool object (2176-byte data room + headers, ~2.4 KiB) never
+# straddles a page, so every mbuf takes 4 KiB. The pcap's packets all sit in mbufs
+# (infinite_rx), plus a working margin.
+fwd_mem_for() { echo $(( ($1 + 32767) * 4 / 1024 + 768 )); }
+
+# fwd_fit_memory N FLOOR NOTE: sets FWD_FIT to N, halved (not below FLOOR) until its
+# memory fits beside 2 GiB spare (one DPDK process at a time, plus the pcap files and
+# the tables), and FWD_NOTE (printf NOTE FWD_FIT N) when it had to; then reserves
+# hugepages for it (or sets FWD_HUGE=0). Main shell only: the old nr_hugepages must
+# reach the EXIT trap.
+fwd_fit_memory() {
+    local n=$1 avail_mb
+    avail_mb=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
+    FWD_FIT=$n
+    while [ "$(fwd_mem_for "$FWD_FIT")" -gt $((avail_mb - 2048)) ] && [ "$FWD_FIT" -gt "$2" ]; do
+        FWD_FIT=$((FWD_FIT / 2))
+    done
+    FWD_NOTE=""
+    if [ "$FWD_FIT" -ne "$n" ]; then
+        # shellcheck disable=SC2059
+        FWD_NOTE="only $avail_mb MiB available: $(printf "$3" "$FWD_FIT" "$n")"
+        echo "bench $BENCH: $FWD_NOTE" >&2
+    fi
+    if [ "$FWD_HUGE" = 1 ] && ! fwd_reserve_hugepages $((FWD_FIT + 32767)) 2>"$FWD_WORK/hugepages.err"; then
+        FWD_HUGE=0
+        echo "bench $BENCH: no hugepages ($(cat "$FWD_WORK/hugepages.err")): both run with --no-huge" >&2
+    fi
+}
+
+fwd_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+# Mpps per CPU-second of the forwarding thread (= Mpps when it had CPU 1 to itself).
+fwd_per_cpu() { awk -v p="$1" -v s="$2" 'BEGIN { if (p == "nan" || s == "n/a" || s + 0 < 0.05) print "n/a"; else printf "%.3f", p / (s > 1 ? 1 : s) }'; }
+# Cycles the forwarding thread ran per packet: TSC MHz / Mpps per CPU-second.
+fwd_cyc() { awk -v p="$1" -v m="$FWD_MHZ" 'BEGIN { if (p == "n/a" || p + 0 == 0) print "n/a"; else printf "%.0f", m / p }'; }
+
 fwd_main() {
     FWD_DURATION=8
     FWD_WARMUP=3
@@ -350,64 +440,15 @@ fwd_main() {
             *) die "unknown argument: $1" ;;
         esac
     done
-    [[ "$FWD_DURATION" =~ ^[0-9]+$ ]] && [ "$FWD_DURATION" -ge 2 ] && [ "$FWD_DURATION" -le 120 ] || die "--duration: 2..120 seconds"
-    [[ "$FWD_WARMUP" =~ ^[0-9]+$ ]] && [ "$FWD_WARMUP" -ge 1 ] && [ "$FWD_WARMUP" -le 60 ] || die "--warmup: 1..60 seconds"
     [[ "$FWD_SMALL" =~ ^[0-9]+$ ]] && [ "$FWD_SMALL" -ge 1 ] || die "--small-flows: a positive number"
     [[ "$FWD_LARGE" =~ ^[0-9]+$ ]] && [ "$FWD_LARGE" -ge 1 ] && [ "$FWD_LARGE" -le 8388608 ] || die "--large-flows: 1..8388608"
-    [[ "$FWD_P" =~ ^[A-Za-z0-9_-]{1,40}$ ]] || die "--prefix: 1 to 40 of A-Z a-z 0-9 - _"
     local s
     for s in $FWD_SIZES; do [[ "$s" =~ ^[0-9]+$ ]] && [ "$s" -ge 64 ] && [ "$s" -le 1518 ] || die "--sizes: frame sizes 64..1518"; done
-    [ "$(id -u)" -eq 0 ] || die "needs root (DPDK)"
-    [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (testpmd: a main and a forwarding lcore)"
-    local t
-    for t in dpdk-testpmd jq python3 taskset awk; do
-        command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"
-    done
-
-    trap fwd_cleanup EXIT
-    trap 'exit 130' INT TERM
-    # This script, its pollers and the pcap writer stay off CPU 1 (the forwarding lcore).
-    taskset -pc 0 $$ >/dev/null
-
-    if [ -n "${FULCRUM_BIN_DIR:-}" ]; then
-        FWD_DP_BIN=$FULCRUM_BIN_DIR/fulcrum-dataplane
-    else
-        say "build (release)"
-        cargo build --release -p fulcrum-dataplane 2>&1 | tail -n 1 >&2
-        FWD_DP_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-dataplane
-    fi
-    [ -x "$FWD_DP_BIN" ] || die "$FWD_DP_BIN not found"
     [ -z "$FWD_REF_BIN" ] || [ -x "$FWD_REF_BIN" ] || die "--reference-bin: $FWD_REF_BIN is not an executable"
-
-    FWD_WORK=$(mktemp -d /tmp/fulcrum-bench-fwd.XXXXXX)
-    # net_pcap's MAC for the first pcap port of a process ('p' 'c' 'a' 'p', index 0).
-    FWD_MAC=02:70:63:61:70:00
-    local mhz
-    mhz=$(awk -F: '/^cpu MHz/ { gsub(/ /, "", $2); print $2; exit }' /proc/cpuinfo)
-    [ -n "$mhz" ] || die "no 'cpu MHz' in /proc/cpuinfo"
-
-    # Memory: without hugepages EAL has 4 KiB pages and a pool object (2176-byte data
-    # room + headers, ~2.4 KiB) never straddles a page, so every mbuf takes 4 KiB.
-    # The pcap's packets all sit in mbufs (infinite_rx), plus a working margin.
-    local avail_mb need_mb large=$FWD_LARGE
-    avail_mb=$(awk '/^MemAvailable:/ { print int($2 / 1024) }' /proc/meminfo)
-    fwd_mem_for() { echo $(( ($1 + 32767) * 4 / 1024 + 768 )); }
-    need_mb=$(fwd_mem_for "$large")
-    # One DPDK process at a time, plus the pcap files and the conntrack table: keep 2 GiB spare.
-    while [ "$need_mb" -gt $((avail_mb - 2048)) ] && [ "$large" -gt "$FWD_SMALL" ]; do
-        large=$((large / 2))
-        need_mb=$(fwd_mem_for "$large")
-    done
-    FWD_NOTE=""
-    if [ "$large" -ne "$FWD_LARGE" ]; then
-        FWD_NOTE="only $avail_mb MiB available: the large case uses $large flows instead of $FWD_LARGE"
-        echo "bench forward: $FWD_NOTE" >&2
-    fi
-    # Not in $(...): the old nr_hugepages must reach the EXIT trap.
-    if [ "$FWD_HUGE" = 1 ] && ! fwd_reserve_hugepages $((large + 32767)) 2>"$FWD_WORK/hugepages.err"; then
-        FWD_HUGE=0
-        echo "bench forward: no hugepages ($(cat "$FWD_WORK/hugepages.err")): both run with --no-huge" >&2
-    fi
+    fwd_setup
+    local large
+    fwd_fit_memory "$FWD_LARGE" "$FWD_SMALL" "the large case uses %s flows instead of %s"
+    large=$FWD_FIT
     FWD_CONNTRACK=1024
     while [ "$FWD_CONNTRACK" -lt $((2 * large)) ] || [ "$FWD_CONNTRACK" -lt $((2 * FWD_SMALL)) ]; do FWD_CONNTRACK=$((FWD_CONNTRACK * 2)); done
 
@@ -441,15 +482,10 @@ fwd_main() {
         done
     done
 
-    fwd_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
-    # Mpps per CPU-second of the forwarding thread (= Mpps when it had CPU 1 to itself).
-    fwd_per_cpu() { awk -v p="$1" -v s="$2" 'BEGIN { if (p == "nan" || s == "n/a" || s + 0 < 0.05) print "n/a"; else printf "%.3f", p / (s > 1 ? 1 : s) }'; }
-    # Cycles the forwarding thread ran per packet: TSC MHz / Mpps per CPU-second.
-    fwd_cyc() { awk -v p="$1" -v m="$mhz" 'BEGIN { if (p == "n/a" || p + 0 == 0) print "n/a"; else printf "%.0f", m / p }'; }
     echo
     echo "Fulcrum forwarding (DSR VIP, per-lcore conntrack) vs dpdk-testpmd macswap, one forwarding lcore each"
     echo "(CPU 1), one net_pcap port (rx_pcap, infinite_rx=1; tx dropped by the PMD), --no-pci, $([ "$FWD_HUGE" = 1 ] && echo "2 MB hugepages" || echo "--no-huge (4 KiB pages)"),"
-    echo "${FWD_WARMUP}s warm-up then a ${FWD_DURATION}s window; TSC ${mhz} MHz (/proc/cpuinfo; no PMU cycle counter in this VM)."
+    echo "${FWD_WARMUP}s warm-up then a ${FWD_DURATION}s window; TSC ${FWD_MHZ} MHz (/proc/cpuinfo; no PMU cycle counter in this VM)."
     local fmt='%-5s %8s | %8s %8s %9s | %8s %8s %6s | %8s %8s | %6s\n'
     # shellcheck disable=SC2059
     printf "$fmt" frame flows "Fulcrum" "testpmd" "CPU" "Fulcrum" "testpmd" "ratio" "Fulcrum" "testpmd" "new"
@@ -499,6 +535,166 @@ if [ "${1:-}" = forward ]; then
     exit 0
 fi
 # ============================================================================ end of forward
+
+# ============================================================================ synflood
+# scripts/bench.sh synflood [--duration S] [--warmup S] [--syns N] [--no-auto]
+#                           [--profile] [--prefix P] [--no-huge]
+#
+# SYN cookies per second on ONE lcore with no kernel in the path, beside
+# dpdk-testpmd --forward-mode=macswap on the same frames, one after the other
+# (never at once), in the same run. The harness is `forward`'s (above, functions
+# fwd_*): one net_pcap port `rx_pcap=FILE,infinite_rx=1` whose TX drops (counts)
+# frames, the lcore on CPU 1, 2 MB hugepages reserved for the run (or --no-huge),
+# --no-pci, a unique --file-prefix per process, a --warmup (default 3 s) then a
+# --duration window (default 8 s), the thread's CPU share and cycles/packet from
+# /proc and the TSC, --profile (perf cpu-clock on the dataplane, top symbols).
+# Feed: scripts/syn_pcapgen.py writes --syns N (default 1 048 576) distinct SYNs
+# (source address and port pairs) to the proxy VIP 198.18.1.1:80 from random
+# sources in 198.19.0.0/16, random ports, ISNs and timestamps, shaped like
+# Linux's (74-byte frames: MSS 1460, SACK permitted, timestamps, window scale 7),
+# valid checksums, to net_pcap's port MAC; the file loops.
+# Fulcrum: a proxy VIP with three backends (198.18.0.21-23:8080, addresses only:
+# none is ever contacted), `[proxy] syn_cookies = "always"` and a fixed
+# syn_cookie_seed: every SYN has its checksums verified and is answered with a
+# SYN-ACK carrying a cookie, built and sent to the SYN's source MAC (dropped and
+# counted by the PMD); nothing is kept. Rate: the VIP's `cookies_sent` (`.vips[]`
+# in the stats file) at both ends of the window; the lcore's tx_packets and
+# rx_packets are shown beside it as a cross-check. They agree to within a few
+# percent: the VIP's counters come from the lcore's report, published every
+# 200 ms, the lcore's are read live, so at each end of the window the former lag.
+# Then, unless --no-auto, the same with `syn_cookies = "auto"` (threshold 128):
+# the first SYNs are admitted as connections (their backends never answer ARP)
+# until 128 are half-open, then flood mode answers the rest with cookies; its
+# window, after the warm-up, is in flood mode. Shown in the table, not in the
+# last line.
+# testpmd: macswap on the same pcap (rate: its Rx-pps lines in the window).
+# Ratio = Fulcrum cookies Mpps / testpmd Mpps, both per CPU-second of the lcore
+# thread (= Mpps when it had CPU 1 to itself), as in forward. The last line:
+#   synflood: <Mpps> Mpps cookies per lcore, <ratio> of testpmd macswap
+# Not part of scripts/test.sh: it prints figures and asserts none.
+
+syn_usage() { sed -n '/^# scripts\/bench.sh synflood/,/^# Not part of scripts/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+SYN_VIP=198.18.1.1
+SYN_PORT=80
+
+# syn_run_fulcrum MODE PCAP MBUFS MEM_MB: the dataplane with syn_cookies = MODE on PCAP;
+# sets SYN_R_COOKIES, SYN_R_TX, SYN_R_RX (Mpps in the window) and FWD_R_SHARE. Main shell.
+syn_run_fulcrum() {
+    local mode=$1 pcap=$2 mbufs=$3 mem=$4
+    local prefix="${FWD_P}-dp-$$" dir="$FWD_WORK/syn-$mode"
+    mkdir -p "$dir"
+    FWD_PREFIXES+=("$prefix")
+    cat >"$dir/fulcrum.toml" <<CONF
+$(fwd_dp_section "$prefix" "$mbufs" "$pcap" "$mem")
+
+[proxy]
+syn_cookies = "$mode"
+# Fixed, so that runs are alike (the cookie work does not depend on it).
+syn_cookie_seed = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+
+[[vip]]
+address = "$SYN_VIP"
+port = $SYN_PORT
+mode = "proxy"
+backends = [
+  { address = "198.18.0.21", port = 8080 },
+  { address = "198.18.0.22", port = 8080 },
+  { address = "198.18.0.23", port = 8080 },
+]
+CONF
+    local vip=".vips[]? | select(.address == \"$SYN_VIP\" and .port == $SYN_PORT)"
+    # "mtime_s tx rx cookies_sent syns"
+    fwd_dp_window "$dir" "$FWD_DP_BIN" "$prefix" "[([.lcores[].tx_packets] | add), ([.lcores[].rx_packets] | add),
+        ([$vip | .cookies_sent] | add // 0), ([$vip | .syns] | add // 0)] | @tsv"
+    echo "    at exit: $(jq -r "[($vip | \"VIP syns \(.syns), cookies_sent \(.cookies_sent), accepted \(.accepted), half_open \(.half_open), flood_lcores \(.flood_lcores), drop_half_open_timeout \(.drop_half_open_timeout)\"),
+        (.proxy | \"proxy drop_bad_checksum \(.drop_bad_checksum), drop_bad_flags \(.drop_bad_flags), frames_not_ours \(.frames_not_ours), unknown_flow \(.unknown_flow)\")] | join(\"; \")" "$dir/stats.json" 2>/dev/null || echo 'no stats')" >&2
+    # shellcheck disable=SC2086
+    set -- $FWD_S_A $FWD_S_B
+    # $1 t1 $2 tx1 $3 rx1 $4 ck1 $5 syn1 | $6 t2 $7 tx2 $8 rx2 $9 ck2 ${10} syn2
+    read -r SYN_R_COOKIES SYN_R_TX SYN_R_RX < <(awk -v t1="$1" -v x1="$2" -v r1="$3" -v c1="$4" -v s1="$5" \
+        -v t2="$6" -v x2="$7" -v r2="$8" -v c2="$9" -v s2="${10}" \
+        'BEGIN { dt = t2 - t1; if (dt <= 0) { print "nan nan nan"; exit }
+                 printf "    window %.3f s: rx %d, syns %d, cookies sent %d, tx %d\n", dt, r2 - r1, s2 - s1, c2 - c1, x2 - x1 > "/dev/stderr";
+                 printf "%.3f %.3f %.3f\n", (c2 - c1) / dt / 1e6, (x2 - x1) / dt / 1e6, (r2 - r1) / dt / 1e6 }')
+}
+
+syn_main() {
+    FWD_DURATION=8
+    FWD_WARMUP=3
+    FWD_PROFILE=0
+    FWD_P=synbench
+    local syns=1048576 auto=1
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --duration) FWD_DURATION=$2; shift 2 ;;
+            --warmup) FWD_WARMUP=$2; shift 2 ;;
+            --syns) syns=$2; shift 2 ;;
+            --no-auto) auto=0; shift ;;
+            --profile) FWD_PROFILE=1; shift ;;
+            --prefix) FWD_P=$2; shift 2 ;;
+            --no-huge) FWD_HUGE=0; shift ;;
+            -h|--help) syn_usage ;;
+            *) die "unknown argument: $1" ;;
+        esac
+    done
+    [[ "$syns" =~ ^[0-9]+$ ]] && [ "$syns" -ge 1024 ] && [ "$syns" -le 8388608 ] || die "--syns: 1024..8388608"
+    fwd_setup
+    fwd_fit_memory "$syns" 4096 "the pcap holds %s SYNs instead of %s"
+    syns=$FWD_FIT
+    local pcap=$FWD_WORK/syns.pcap mbufs=$((syns + 32767)) mem
+    mem=$(fwd_mem_for "$syns")
+    say "pcap: $syns SYNs to $SYN_VIP:$SYN_PORT (scripts/syn_pcapgen.py)"
+    python3 "$ROOT/scripts/syn_pcapgen.py" --out "$pcap" --syns "$syns" --dst-mac "$FWD_MAC" \
+        --vip "$SYN_VIP" --port "$SYN_PORT" || die "writing $pcap"
+
+    declare -A MP SH TX RX
+    local modes=(always) m
+    [ "$auto" = 1 ] && modes+=(auto)
+    for m in "${modes[@]}"; do
+        say "Fulcrum, syn_cookies = \"$m\" ($(fwd_tp_memory "$mem" | sed 's/--huge-unlink/2 MB hugepages/'), $mbufs mbufs, ${FWD_WARMUP}s warm-up, ${FWD_DURATION}s window)"
+        syn_run_fulcrum "$m" "$pcap" "$mbufs" "$mem"
+        MP[$m]=$SYN_R_COOKIES TX[$m]=$SYN_R_TX RX[$m]=$SYN_R_RX SH[$m]=$FWD_R_SHARE
+        echo "    => ${MP[$m]} Mpps cookies sent (lcore thread had ${SH[$m]} of CPU 1)" >&2
+    done
+    say "testpmd macswap, same pcap"
+    fwd_run_testpmd syn "$pcap" "$mbufs" "$mem"
+    MP[testpmd]=$FWD_R_MPPS SH[testpmd]=$FWD_R_SHARE TX[testpmd]=- RX[testpmd]=-
+    echo "    => ${MP[testpmd]} Mpps (${SH[testpmd]})" >&2
+    rm -f "$pcap"
+
+    echo
+    echo "Fulcrum SYN cookies (proxy VIP, every SYN answered with a cookie SYN-ACK) vs dpdk-testpmd macswap, one lcore"
+    echo "each (CPU 1), one net_pcap port (rx_pcap of $syns distinct 74-byte SYNs, infinite_rx=1; tx dropped by the PMD),"
+    echo "--no-pci, $([ "$FWD_HUGE" = 1 ] && echo "2 MB hugepages" || echo "--no-huge (4 KiB pages)"), ${FWD_WARMUP}s warm-up then a ${FWD_DURATION}s window; TSC ${FWD_MHZ} MHz (/proc/cpuinfo)."
+    local fmt='%-24s | %8s %8s %8s | %6s | %8s %8s | %6s\n' pc tpc
+    # shellcheck disable=SC2059
+    printf "$fmt" run "Mpps" "tx" "rx" "CPU" "Mpps/CPU" "cyc/pkt" "ratio"
+    # shellcheck disable=SC2059
+    printf "$fmt" "" "" "Mpps" "Mpps" "share" "" "" "to tp"
+    tpc=$(fwd_per_cpu "${MP[testpmd]}" "${SH[testpmd]}")
+    for m in "${modes[@]}" testpmd; do
+        pc=$(fwd_per_cpu "${MP[$m]}" "${SH[$m]}")
+        # shellcheck disable=SC2059
+        printf "$fmt" "$([ "$m" = testpmd ] && echo "testpmd macswap" || echo "Fulcrum cookies ($m)")" "${MP[$m]}" "${TX[$m]}" "${RX[$m]}" \
+            "${SH[$m]}" "$pc" "$(fwd_cyc "$pc")" "$(fwd_ratio "$pc" "$tpc")"
+    done
+    echo "Mpps: Fulcrum = the VIP's cookies_sent per second, testpmd = its Rx-pps (every frame swapped and sent back);"
+    echo "tx/rx: the lcore's tx_packets/rx_packets per second (cross-check). CPU share: CPU time (utime+stime) the lcore"
+    echo "thread got in the window, 1.00 = all of CPU 1. Mpps/CPU = Mpps / share; ratio and cycles/packet use it."
+    [ -z "$FWD_NOTE" ] || echo "($FWD_NOTE)"
+    local f
+    f=$(fwd_per_cpu "${MP[always]}" "${SH[always]}")
+    echo "synflood: $f Mpps cookies per lcore, $(fwd_ratio "$f" "$tpc") of testpmd macswap"
+}
+
+if [ "${1:-}" = synflood ]; then
+    shift
+    syn_main "$@"
+    exit 0
+fi
+# ============================================================================ end of synflood
+
 
 # ============================================================================ scale
 # scripts/bench.sh scale [--requests K] [--wall-runs R] [--top N] [--keep DIR]
