@@ -267,6 +267,7 @@ fn sum_forwarders(forwarders: &[&ForwardReport]) -> Value {
                 ("midstream_flows", c.midstream_flows),
                 ("midstream_confirmed", c.midstream_confirmed),
                 ("flows_not_tracked", c.flows_not_tracked),
+                ("syn_retransmit_admitted", c.syn_retransmit_admitted),
                 ("expired", c.expired),
                 ("icmp_errors_forwarded", c.icmp_errors_forwarded),
                 ("icmp_too_big_sent", c.icmp_too_big_sent),

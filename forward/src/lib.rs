@@ -94,6 +94,24 @@
 //!   of a backend; further SYNs are dropped ([`DropReason::HalfOpenFull`]).
 //!   Expired half-open entries still count until reclaimed: a SYN finding
 //!   the quota full first reclaims up to 8 of the oldest.
+//! - **Retransmitted SYNs pass a full quota** ("first SYN drop", as DDoS
+//!   mitigation appliances authenticate). A SYN dropped for the quota has
+//!   its tuple remembered (a fixed table of [`SYN_MEMORY_SLOTS`] per
+//!   lcore: 4-way sets of (fingerprint, time), keyed by a hash derived
+//!   from [`FloodConfig::port_seed`], the oldest of a set replaced). A SYN
+//!   of a remembered tuple arriving 0.5 s to 10 s after it (a real
+//!   client's retransmission: Linux resends after 1 s, then 3 s, ...; not
+//!   an immediate duplicate) is admitted although the quota is full: the
+//!   oldest of up to 8 half-open entries at the head of the half-open ring
+//!   (a spoofed SYN that never completed) is freed with its twin and its
+//!   source port, and counted ([`Counters::syn_retransmit_admitted`]).
+//!   What a client sees under a flood: its first SYN is dropped
+//!   (`half_open_full`), its retransmission 1 s later gets through. A
+//!   random-source flood never repeats a tuple; an attacker repeating
+//!   every tuple halves his own rate and still competes only with other
+//!   repeated tuples (and evicts only half-open entries, never an
+//!   established flow). The memory holds the last ~1M dropped tuples
+//!   (8 MiB): at 100k dropped SYN/s a tuple stays about 10 s.
 //! - **Unpredictable FullNAT source ports** (RFC 6056 algorithm 3): the
 //!   search starts at a keyed hash of (client address, client port, backend
 //!   address, backend port, protocol) over this lcore's (address, port)
@@ -138,6 +156,11 @@ pub const ENTRY_BYTES: usize = conntrack::BYTES_PER_ENTRY;
 
 /// Most frames [`Forwarder::process_burst`] takes at once (a receive burst).
 pub const MAX_BURST: usize = 32;
+
+/// Slots of the per-lcore memory of FullNAT SYNs dropped for the
+/// half-open quota (8 bytes each; see the crate docs, "Retransmitted SYNs
+/// pass a full quota").
+pub const SYN_MEMORY_SLOTS: usize = 1 << 20;
 
 /// Default entries per lcore.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -403,6 +426,10 @@ pub struct Counters {
     pub flows_not_tracked: u64,
     /// Expired entries reclaimed.
     pub expired: u64,
+    /// FullNAT SYNs admitted past a full half-open quota because they were
+    /// retransmissions of a SYN dropped for it 0.5 s to 10 s before (each
+    /// freed the oldest half-open flow; see the crate docs).
+    pub syn_retransmit_admitted: u64,
     /// ICMP errors forwarded to a backend or translated to a client.
     pub icmp_errors_forwarded: u64,
     /// ICMP fragmentation-needed sent to clients.
@@ -455,6 +482,9 @@ pub struct Forwarder {
     /// Half-open FullNAT entries, oldest first (a ring of `half_open_max`
     /// indexes): where the quota looks for expired ones to reclaim.
     half_open_ring: Ring,
+    /// Tuples of FullNAT SYNs dropped for the quota, to admit their
+    /// retransmissions.
+    syn_memory: SynMemory,
     mtu: u16,
     neigh: Neighbours,
     /// Installed VIPs by id (`MAX_VIPS` slots).
@@ -541,6 +571,7 @@ impl Forwarder {
             new_flows: TokenBucket::new(fl.new_flow_rate, fl.new_flow_burst),
             half_open_max,
             half_open_ring: Ring::new(half_open_max),
+            syn_memory: SynMemory::new(SYN_MEMORY_SLOTS, fl.port_seed),
             mtu: config.mtu,
             neigh: Neighbours::new(config.neighbours),
             vips: (0..MAX_VIPS).map(|_| None).collect(),
@@ -785,6 +816,92 @@ impl Ring {
         self.head = (self.head + 1) % n;
         self.len -= 1;
         Some(i)
+    }
+}
+
+/// Ways of a [`SynMemory`] set.
+const SYN_WAYS: usize = 4;
+
+/// A fixed memory of tuples (FullNAT SYNs dropped for the half-open quota)
+/// and when each was first seen: sets of [`SYN_WAYS`] slots of
+/// `fingerprint << 32 | tick`, picked by a keyed hash; a new tuple takes a
+/// free slot of its set, else the oldest. Fingerprint 0: free.
+pub(crate) struct SynMemory {
+    slots: Vec<u64>,
+    keys: [u64; 3],
+}
+
+/// What [`SynMemory::seen`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Not remembered (or too long ago): remembered now.
+    First,
+    /// Remembered, but less than the window's start ago: left as it was.
+    TooSoon,
+    /// Remembered within the window: the slot, to [`SynMemory::forget`].
+    Again(usize),
+}
+
+impl SynMemory {
+    /// A free slot (written, not just zeroed: the pages are touched now,
+    /// not on the packet path).
+    const FREE: u64 = u32::MAX as u64;
+
+    fn new(slots: usize, seed: u64) -> Self {
+        let sets = slots.div_ceil(SYN_WAYS).max(1);
+        SynMemory {
+            slots: vec![Self::FREE; sets * SYN_WAYS],
+            keys: datapath::port_keys(seed ^ 0x5359_4e5f_5245_5458),
+        }
+    }
+
+    /// Memory in slots (fixed).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether `key`'s SYN was seen `window.0..=window.1` ticks before
+    /// `now`; remembers it as first seen now unless it was seen less than
+    /// `window.0` ago.
+    pub(crate) fn seen(&mut self, key: &conntrack::Key, now: u32, window: (u32, u32)) -> Seen {
+        let sets = self.slots.len() / SYN_WAYS;
+        if sets == 0 {
+            return Seen::First;
+        }
+        let start = datapath::port_start(&self.keys, (key.src, key.sport), (key.dst, key.dport), key.proto, sets) * SYN_WAYS;
+        // Fingerprint from other bits of the same keys.
+        let fp = (datapath::port_start(&self.keys, (key.dst, key.dport), (key.src, key.sport), key.proto, 1 << 32) as u32).max(1);
+        let Some(set) = self.slots.get_mut(start..start + SYN_WAYS) else { return Seen::First };
+        let age = |s: u64| now.wrapping_sub(s as u32);
+        let is_free = |s: u64| s >> 32 == 0;
+        let hit = set.iter().position(|&s| (s >> 32) as u32 == fp);
+        if let Some(w) = hit {
+            let a = set.get(w).map_or(0, |&s| age(s));
+            if a < window.0 {
+                return Seen::TooSoon;
+            }
+            if a <= window.1 {
+                return Seen::Again(start + w);
+            }
+        }
+        // A stale sighting is renewed in place; a new tuple takes a free
+        // slot, else the oldest.
+        let victim = hit
+            .or_else(|| set.iter().position(|&s| is_free(s)))
+            .or_else(|| (0..SYN_WAYS).max_by_key(|&w| set.get(w).map_or(0, |&s| age(s))))
+            .unwrap_or(0);
+        if let Some(s) = set.get_mut(victim) {
+            *s = u64::from(fp) << 32 | u64::from(now);
+        }
+        Seen::First
+    }
+
+    /// Frees slot `i` (its retransmission was admitted).
+    pub(crate) fn forget(&mut self, i: usize) {
+        if let Some(s) = self.slots.get_mut(i) {
+            *s = Self::FREE;
+        }
     }
 }
 

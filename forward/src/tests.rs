@@ -1222,6 +1222,108 @@ fn fullnat_half_open_quota() {
     assert_eq!(drops(&f, DropReason::HalfOpenFull), 2);
 }
 
+/// FullNAT with the half-open quota full of spoofed SYNs: a real client's
+/// first SYN is dropped, its retransmission 1 s later is admitted and
+/// translated, by freeing the oldest spoofed half-open flow (whose source
+/// port, the only free one here, the new flow then takes, and whose
+/// replies now reach the new client). An immediate duplicate (< 0.5 s) is
+/// not admitted, nor a retransmission more than 10 s later (which counts
+/// as a first SYN again). The SYN memory never grows.
+#[test]
+fn fullnat_retransmitted_syn_passes_a_full_half_open_quota() {
+    let mut cfg = config(1024);
+    cfg.local_ports = (40_000, 40_040);
+    cfg.flood.half_open_max = 20;
+    let mut f = build(cfg, &test_vips());
+    assert_eq!(f.half_open(), (0, 20));
+    let slots = f.syn_memory.len();
+    assert_eq!(slots, SYN_MEMORY_SLOTS);
+    // 20 established flows hold half of the 40 ports...
+    for p in 0..20u16 {
+        assert!(matches!(run(&mut f, 0, &tcp_from(&FNAT_SYN, CLIENT, 11_000 + p, F_SYN)).0, Verdict::Transmit { .. }));
+        assert!(matches!(run(&mut f, 0, &tcp_from(&FNAT_SYN, CLIENT, 11_000 + p, F_ACK)).0, Verdict::Transmit { .. }));
+    }
+    assert_eq!(f.half_open(), (0, 20));
+    // ...and 20 spoofed SYNs, 0.1 s apart, the other half and the quota.
+    let spoofed = |p: u8| Ipv4Addr::new(203, 0, 113, p);
+    let mut spoofed_ports = vec![];
+    for p in 0..20u8 {
+        let (v, out) = run(&mut f, u64::from(p) * SEC / 10, &tcp_from(&FNAT_SYN, spoofed(p), 30_000, F_SYN));
+        assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+        spoofed_ports.push(snat_port(&out));
+    }
+    assert_eq!(f.half_open(), (20, 20));
+    assert_eq!(f.conntrack_len(), 80);
+
+    // A real client: first SYN dropped, retransmitted 1 s later: admitted.
+    let legit = Ipv4Addr::new(198, 19, 7, 7);
+    let syn = tcp_from(&FNAT_SYN, legit, 50_000, F_SYN);
+    assert_eq!(run(&mut f, 2 * SEC, &syn).0, Verdict::Drop(DropReason::HalfOpenFull));
+    assert_eq!(f.counters().syn_retransmit_admitted, 0);
+    let (v, out) = run(&mut f, 3 * SEC, &syn);
+    assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+    assert_eq!(f.counters().syn_retransmit_admitted, 1);
+    // Translated: OWN:<the oldest spoofed flow's port> -> backend 198.18.2.4:8080.
+    assert_eq!(out[26..30], OWN.octets());
+    assert_eq!(out[30..34], [198, 18, 2, 4]);
+    assert_eq!(snat_port(&out), spoofed_ports[0], "the freed port is the only free one");
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8080);
+    assert_eq!(out[..6], [2, 0, 0, 0, 2, 4]);
+    assert!(Ipv4Packet::new_checked(&out[14..]).unwrap().verify_checksum());
+    // The count, the quota and the table are as before: one half-open pair
+    // out, one in.
+    assert_eq!(f.half_open(), (20, 20));
+    assert_eq!(f.conntrack_len(), 80);
+    // The spoofed flow is gone (its ACK finds nothing), and the backend's
+    // SYN-ACK on that port goes to the real client.
+    let (v, _) = run(&mut f, 3 * SEC, &tcp_from(&FNAT_SYN, spoofed(0), 30_000, F_ACK));
+    assert_eq!(v, Verdict::Drop(DropReason::NoSyn));
+    let mut synack = FNAT_SYNACK.to_vec();
+    synack[36..38].copy_from_slice(&spoofed_ports[0].to_be_bytes());
+    let (v, back) = run(&mut f, 3 * SEC, &synack);
+    assert!(matches!(v, Verdict::Transmit { .. }), "{v:?}");
+    assert_eq!(back[26..30], [198, 18, 1, 4], "from the VIP");
+    assert_eq!(back[30..34], legit.octets());
+    assert_eq!(u16::from_be_bytes([back[36], back[37]]), 50_000);
+    // (Its handshake is left open: every port is taken, 20 established and
+    // 20 half-open, so the quota stays full for what follows.)
+    assert_eq!(f.half_open(), (20, 20));
+
+    // An immediate duplicate (0.4 s) is not admitted, and does not restart
+    // the window: 0.6 s after the first it is.
+    let dup = tcp_from(&FNAT_SYN, legit, 50_001, F_SYN);
+    let t = 4 * SEC;
+    assert_eq!(run(&mut f, t, &dup).0, Verdict::Drop(DropReason::HalfOpenFull));
+    assert_eq!(run(&mut f, t + 4 * SEC / 10, &dup).0, Verdict::Drop(DropReason::HalfOpenFull));
+    assert_eq!(f.counters().syn_retransmit_admitted, 1);
+    assert!(matches!(run(&mut f, t + 6 * SEC / 10, &dup).0, Verdict::Transmit { .. }));
+    assert_eq!(f.counters().syn_retransmit_admitted, 2);
+    assert_eq!(f.half_open(), (20, 20));
+
+    // A repeat 11 s later is a first SYN again; 1 s after that, admitted.
+    let late = tcp_from(&FNAT_SYN, legit, 50_002, F_SYN);
+    assert_eq!(run(&mut f, 5 * SEC, &late).0, Verdict::Drop(DropReason::HalfOpenFull));
+    assert_eq!(run(&mut f, 16 * SEC, &late).0, Verdict::Drop(DropReason::HalfOpenFull));
+    assert_eq!(f.counters().syn_retransmit_admitted, 2);
+    assert!(matches!(run(&mut f, 17 * SEC, &late).0, Verdict::Transmit { .. }));
+    assert_eq!(f.counters().syn_retransmit_admitted, 3);
+
+    // A random-source flood: every SYN dropped, none admitted; the memory
+    // stays its size, the table and quota too.
+    let before = drops(&f, DropReason::HalfOpenFull);
+    for n in 0..5000u32 {
+        let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + n);
+        let v = run(&mut f, 18 * SEC + u64::from(n) * SEC / 5000, &tcp_from(&FNAT_SYN, src, 1024 + n as u16, F_SYN)).0;
+        assert_eq!(v, Verdict::Drop(DropReason::HalfOpenFull));
+    }
+    assert_eq!(drops(&f, DropReason::HalfOpenFull), before + 5000);
+    assert_eq!(f.counters().syn_retransmit_admitted, 3);
+    assert_eq!(f.syn_memory.len(), slots);
+    assert_eq!(f.half_open(), (20, 20));
+    assert_eq!(f.conntrack_len(), 80);
+    assert_eq!(drops(&f, DropReason::NoPort), 0);
+}
+
 /// FullNAT source ports are chosen by a keyed hash (RFC 6056): two
 /// forwarders with different seeds pick different first ports for the same
 /// tuple, successive flows' ports are not a sequence, and every port stays

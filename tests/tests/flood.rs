@@ -75,6 +75,10 @@ fn fc(s: &Value, field: &str) -> u64 {
 /// Waits until `vip:5201` has forwarded some bytes since `since` (the stream is on).
 fn wait_stream_flowing(dp: &Dataplane, vip: &str, since: u64) {
     dp.wait_stats(Duration::from_secs(15), &format!("iperf3 bytes through {vip}:5201"), |s| {
+        // A stats file written before the VIPs were installed has none yet.
+        if !s["vips"].as_array().is_some_and(|vs| vs.iter().any(|v| v["address"].as_str() == Some(vip))) {
+            return Err(format!("{vip} not in the stats yet"));
+        }
         let b = vip_counter(s, vip, 5201, "tcp", "bytes");
         if b > since + 1_000_000 {
             Ok(())
@@ -164,14 +168,32 @@ fn fullnat_stream_survives_a_syn_flood() {
         FloodSpec { mode: "syn", dst: FNAT_VIP.into(), dport: 5201, rate: FLOOD_PPS, duration: Duration::from_secs(FLOOD_SECS) },
     );
     // New connections from the real client while the flood lasts: batches of 10
-    // GETs (one curl, a new connection each, at most 5 s each).
+    // GETs in parallel (one curl, a new connection each, at most 5 s each:
+    // under the flood a first SYN is dropped and the kernel's retransmission
+    // 1 s later is admitted, so each takes about 1 s), until the flood ends.
     let url = format!("http://{FNAT_VIP}/?req=[1-10]");
-    let (mut ok, mut failed) = (0u64, 0u64);
+    let (mut ok, mut failed, mut batches) = (0u64, 0u64, 0u64);
     let mut flood = Some(flood);
     while flood.as_mut().is_some_and(Flood::is_running) {
         let out = topo.exec_timeout(
             "out",
-            &["curl", "-sS", "--max-time", "5", "-H", "Connection: close", "-w", " code=%{http_code}\n", &url],
+            &[
+                "curl",
+                "-sS",
+                "--parallel",
+                "--parallel-immediate",
+                "--parallel-max",
+                "10",
+                "--max-time",
+                "5",
+                "--connect-timeout",
+                "5",
+                "-H",
+                "Connection: close",
+                "-w",
+                " code=%{http_code}\n",
+                &url,
+            ],
             Duration::from_secs(70),
         );
         let text = String::from_utf8_lossy(&out.stdout);
@@ -179,6 +201,7 @@ fn fullnat_stream_survives_a_syn_flood() {
         let good = codes.iter().filter(|c| **c == "200").count() as u64;
         ok += good;
         failed += 10 - good.min(10);
+        batches += 1;
     }
     let r = flood.take().expect("flood").finish(Duration::from_secs(15));
     let flood_wall = t0.elapsed();
@@ -213,7 +236,12 @@ fn fullnat_stream_survives_a_syn_flood() {
         format_forward_drops(&after)
     );
     let total = ok + failed;
-    eprintln!("new connections from {} during the flood: {ok} of {total} answered ({:.2} %)", topo.ns("out"), 100.0 * ok as f64 / total.max(1) as f64);
+    let retx = d(&|s| fc(s, "syn_retransmit_admitted"));
+    eprintln!(
+        "new connections from {} during the flood ({batches} parallel batches of 10): {ok} of {total} answered ({:.2} %); SYNs admitted as retransmissions: {retx}",
+        topo.ns("out"),
+        100.0 * ok as f64 / total.max(1) as f64
+    );
     assert_no_empty_interval("iperf3 through the FullNAT VIP during the SYN flood", &v);
     let (bytes, bps) = iperf3_tcp_received(&v);
     eprintln!("iperf3: {bytes} bytes, {:.0} Mbit/s over the whole run", bps / 1e6);
@@ -222,7 +250,7 @@ fn fullnat_stream_survives_a_syn_flood() {
     assert_eq!(fc(&after, "evictions_established"), 0, "established flows were evicted");
     assert!(half_open_full > 0, "the half-open quota was never hit");
     assert_eq!(no_port, 0, "source ports ran out (no_port)");
-    assert!(total > 0, "no legitimate connection was tried");
+    assert!(total >= 50, "only {total} legitimate connections were tried (< 50)");
     assert!(ok * 100 >= total * 99, "only {ok} of {total} new connections during the flood were answered");
     dp.assert_running();
     drop(nginxes);

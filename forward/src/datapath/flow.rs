@@ -8,8 +8,9 @@
 //! each on the established path.
 
 use super::*;
-use crate::conntrack::F_HALF_OPEN;
-use crate::Ticks;
+use crate::conntrack::{ticks, F_HALF_OPEN};
+use crate::{Seen, Ticks};
+use std::time::Duration;
 
 pub(super) fn timeout(f: &Forwarder, s: State) -> u32 {
     f.timeouts.by_state.get(s as usize).copied().unwrap_or(1)
@@ -335,6 +336,43 @@ fn half_open_room(f: &mut Forwarder, now: u32) -> bool {
     f.table.half_open() < f.half_open_max
 }
 
+/// A SYN retransmitted within this window after one dropped for the
+/// quota is admitted (crate docs, "Retransmitted SYNs pass a full quota").
+pub(crate) const SYN_RETRANSMIT_WINDOW: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+/// With the half-open quota full: whether this SYN (`key`) retransmits one
+/// dropped for the quota within [`SYN_RETRANSMIT_WINDOW`], and if so room
+/// made for it by freeing the oldest half-open flow (with its twin and
+/// source port) among the first few of the ring. Otherwise the SYN is
+/// remembered (unless it repeats one too soon) and refused.
+#[inline(never)]
+fn admit_retransmission(f: &mut Forwarder, key: &Key, now: u32) -> bool {
+    let to = |d: Duration| ticks(d.as_nanos() as u64);
+    let window = (to(SYN_RETRANSMIT_WINDOW.0), to(SYN_RETRANSMIT_WINDOW.1));
+    let Seen::Again(slot) = f.syn_memory.seen(key, now, window) else { return false };
+    // The oldest live half-open entry among the ring's next few (the ring is
+    // oldest first, but the quota's reclaim sends live ones to the back).
+    let mut oldest: Option<(u32, u32)> = None;
+    for _ in 0..HALF_OPEN_RECLAIM {
+        let Some(i) = f.half_open_ring.pop() else { break };
+        let Some(e) = f.table.get(i).filter(|e| e.flags & F_HALF_OPEN != 0) else { continue };
+        let age = now.wrapping_sub(e.born);
+        match oldest {
+            Some((_, a)) if a >= age => f.half_open_ring.push(i),
+            Some((j, _)) => {
+                f.half_open_ring.push(j);
+                oldest = Some((i, age));
+            }
+            None => oldest = Some((i, age)),
+        }
+    }
+    let Some((i, _)) = oldest else { return false };
+    f.table.remove(i);
+    f.syn_memory.forget(slot);
+    f.counters.syn_retransmit_admitted += 1;
+    true
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn create(
     f: &mut Forwarder,
@@ -353,7 +391,7 @@ pub(super) fn create(
         return Err(DropReason::NoSyn);
     }
     let half_open = fullnat && key.proto == TCP;
-    if half_open && !half_open_room(f, now) {
+    if half_open && !half_open_room(f, now) && !admit_retransmission(f, &key, now) {
         return Err(DropReason::HalfOpenFull);
     }
     let v = vip_rt(&f.vips, vip).ok_or(DropReason::NoBackend)?;

@@ -31,9 +31,9 @@ use fullnat::*;
 use icmp_error::*;
 use tunnel::*;
 
-pub(crate) use flow::{deliver, maglev_key, port_keys, refuse};
+pub(crate) use flow::{deliver, maglev_key, port_keys, port_start, refuse};
 #[cfg(test)]
-pub(crate) use flow::{alloc_port, port_start};
+pub(crate) use flow::alloc_port;
 pub(crate) use fullnat::reply_hit;
 pub(crate) use steer::owner;
 
