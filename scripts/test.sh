@@ -46,6 +46,13 @@ cleanup_topologies() {
         [[ "$prefix" =~ ^t[0-9a-f]{5}$ ]] || continue
         remove_topology "$prefix"
     done
+    # BIRD files (and daemons, stopped by pidfile) of --instances topologies.
+    for d in /run/fulcrum-topology/t?????; do
+        [ -e "$d" ] || continue
+        prefix=$(basename "$d")
+        [[ "$prefix" =~ ^t[0-9a-f]{5}$ ]] || continue
+        remove_topology "$prefix"
+    done
     for d in "$OWNER_DIR"/t?????.owner; do
         [ -e "$d" ] || continue
         prefix=$(basename "$d" .owner)

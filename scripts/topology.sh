@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The standard software-mode topology for Fulcrum (one-armed, as Maglev/Katran deploy).
 #
-#   topology.sh up     [--prefix P]
-#   topology.sh attach [--prefix P] [--tap NAME] [--timeout SECONDS]
+#   topology.sh up     [--prefix P] [--instances N]
+#   topology.sh attach [--prefix P] [--tap NAME | --instance K] [--timeout SECONDS]
 #   topology.sh down   [--prefix P] [--tap NAME]
 #   topology.sh status [--prefix P]
 #
 # Default prefix P=fl, default tap NAME=P-dp. Prefix: 1..8 chars of [a-z0-9], so that
-# every interface name fits in 15 chars.
+# every interface name fits in 15 chars. --instances N (1..9): N Fulcrum instances
+# announcing the VIPs over BGP to the router (see "Several instances" below).
 #
 #                       namespace P-fab
 #                  +-----------------------------+
@@ -51,6 +52,33 @@
 # enslaves it to br0 and sets it up.
 # `down` kills every process in the P-* namespaces; a dataplane started in the root
 # namespace is not among them: stop it yourself.
+#
+# Several instances (`up --instances N`, N = 1..9): the same topology, except:
+#  * instance k's dataplane has address 198.18.0.2 (k = 1) or 198.18.0.(40+k) (k >= 2;
+#    .3 stays free for FullNAT's SNAT address) and tap P-dp (k = 1) or P-dpk; it runs
+#    in P-fab like the single dataplane, with EAL file prefix P (k = 1) or P-dpk, and
+#    `attach --instance k` puts its tap on br0;
+#  * instance k has a kernel namespace P-lbk, eth0 198.18.0.(50+k)/24 on br0, default
+#    route via the router: its control plane, its BIRD and its health checks live there
+#    (BIRD cannot speak from the dataplane's address: DPDK owns it). Its BIRD (AS 65001)
+#    announces the static routes of the routes file (written by the control plane:
+#    `route 198.18.1.1/32 via <dataplane address>;` lines, empty at first) to the router
+#    in BGP session `uplink`, with the dataplane's address as next hop (third-party
+#    next hop on the shared subnet) and nothing else;
+#  * the router P-rtr has NO static VIP route: it runs BIRD (AS 65000), one eBGP session
+#    per instance (import all, export none), and installs the VIP routes in its kernel
+#    table with `merge paths on` (ECMP over the instances announcing a VIP) and
+#    fib_multipath_hash_policy=1 (L4 hash: connections of one client spread).
+#    BGP: hold time 3 s, keepalive 1 s, error wait time 1, 5 (a session comes back
+#    within ~5 s of an error); BFD 100 ms x 5 on every session, so a silent peer
+#    (host lost, link down, BIRD frozen) is declared down after ~0.5 s (the hold
+#    timer, 3 s, is the fallback); a peer that closes its session (BIRD stopped or
+#    killed) is withdrawn at once.
+#  * files (configs, control sockets, pidfiles, logs, routes files) live in
+#    /run/fulcrum-topology/P/{rtr,lb1,lb2,...}; `up` prints one line per instance
+#    (stdout) with what its control plane needs; `down` stops every BIRD by its
+#    pidfile and removes the directory; `status` shows the BGP sessions.
+#  * P-cli still routes 198.18.1.0/24 via 198.18.0.2 (instance 1), not through BGP.
 set -euo pipefail
 
 die() { printf 'topology: error: %s\n' "$*" >&2; exit 1; }
@@ -66,6 +94,8 @@ CMD=$1; shift
 PREFIX=fl
 TAP=""
 TIMEOUT=20
+INSTANCES=""
+INSTANCE=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) [ $# -ge 2 ] || usage; PREFIX=$2; shift 2 ;;
@@ -74,11 +104,32 @@ while [ $# -gt 0 ]; do
         --tap=*) TAP=${1#*=}; shift ;;
         --timeout) [ $# -ge 2 ] || usage; TIMEOUT=$2; shift 2 ;;
         --timeout=*) TIMEOUT=${1#*=}; shift ;;
+        --instances) [ $# -ge 2 ] || usage; INSTANCES=$2; shift 2 ;;
+        --instances=*) INSTANCES=${1#*=}; shift ;;
+        --instance) [ $# -ge 2 ] || usage; INSTANCE=$2; shift 2 ;;
+        --instance=*) INSTANCE=${1#*=}; shift ;;
         -h|--help) usage ;;
         *) die "unknown argument: $1" ;;
     esac
 done
 [[ "$PREFIX" =~ ^[a-z0-9]{1,8}$ ]] || die "prefix must be 1..8 chars of [a-z0-9]: '$PREFIX'"
+MAX_INSTANCES=9
+if [ -n "$INSTANCES" ]; then
+    [[ "$INSTANCES" =~ ^[1-9]$ ]] || die "--instances must be 1..$MAX_INSTANCES: '$INSTANCES'"
+fi
+if [ -n "$INSTANCE" ]; then
+    [[ "$INSTANCE" =~ ^[1-9]$ ]] || die "--instance must be 1..$MAX_INSTANCES: '$INSTANCE'"
+    [ -z "$TAP" ] || die "give --tap or --instance, not both"
+fi
+
+# Instance k's addresses and names (see "Several instances" above).
+inst_dp_addr() { if [ "$1" -eq 1 ]; then echo 198.18.0.2; else echo "198.18.0.$((40 + $1))"; fi; }
+inst_tap() { if [ "$1" -eq 1 ]; then echo "$PREFIX-dp"; else echo "$PREFIX-dp$1"; fi; }
+inst_file_prefix() { if [ "$1" -eq 1 ]; then echo "$PREFIX"; else echo "$PREFIX-dp$1"; fi; }
+inst_lb_addr() { echo "198.18.0.$((50 + $1))"; }
+inst_ns() { echo "$PREFIX-lb$1"; }
+
+if [ -n "$INSTANCE" ]; then TAP=$(inst_tap "$INSTANCE"); fi
 TAP=${TAP:-$PREFIX-dp}
 [ "${#TAP}" -le 15 ] || die "tap name too long (max 15): '$TAP'"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "--timeout must be whole seconds"
@@ -92,6 +143,13 @@ OUT_ADDR=198.19.0.10
 # Sources the flood tests spoof (blackholed at the router).
 SPOOF_PREFIX=198.19.128.0/17
 ALL_NS=("$FAB" "$PREFIX-cli" "$PREFIX-be1" "$PREFIX-be2" "$PREFIX-be3" "$PREFIX-rtr" "$PREFIX-out")
+# Instance namespaces P-lb1..P-lb9 (only with --instances; `down` looks for all).
+LB_NS=()
+for ((k = 1; k <= MAX_INSTANCES; k++)); do LB_NS+=("$(inst_ns "$k")"); done
+# BIRD's files (configs, sockets, pidfiles, logs, routes files).
+RUNDIR=/run/fulcrum-topology/$PREFIX
+ROUTER_AS=65000
+INSTANCE_AS=65001
 
 ns_exists() { [ -e "/var/run/netns/$1" ]; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
@@ -105,9 +163,14 @@ quiet_ns() {
 }
 
 cmd_up() {
-    for ns in "${ALL_NS[@]}"; do
+    for ns in "${ALL_NS[@]}" "${LB_NS[@]}"; do
         ns_exists "$ns" && die "namespace $ns already exists (run: $0 down --prefix $PREFIX)"
     done
+    [ ! -e "$RUNDIR" ] || die "$RUNDIR already exists (run: $0 down --prefix $PREFIX)"
+    if [ -n "$INSTANCES" ]; then
+        command -v bird >/dev/null && command -v birdc >/dev/null ||
+            die "--instances needs BIRD 2 (bird, birdc): apt-get install bird2 (scripts/setup.sh installs it)"
+    fi
     # From here on, any failure (set -e exits the script) removes what was created.
     UP_DONE=0
     trap '[ "$UP_DONE" = 1 ] || { log "up failed; cleaning up"; set +e; cmd_down >/dev/null 2>&1; }' EXIT
@@ -167,7 +230,9 @@ cmd_up() {
     nsx "$rtr" sysctl -qw net.ipv4.conf.all.send_redirects=0 >/dev/null
     nsx "$rtr" sysctl -qw net.ipv4.conf.default.send_redirects=0 >/dev/null
     nsx "$rtr" sysctl -qw net.ipv4.conf.eth0.send_redirects=0 >/dev/null
-    nsx "$rtr" ip route add 198.18.1.0/24 via 198.18.0.2 dev eth0
+    if [ -z "$INSTANCES" ]; then
+        nsx "$rtr" ip route add 198.18.1.0/24 via 198.18.0.2 dev eth0
+    fi
     # Flood tests send from P-out with sources spoofed in $SPOOF_PREFIX (inside
     # 198.18.0.0/15, so nothing leaves the benchmarking range). On the Internet a
     # router cannot filter random sources: an edge router in front of a load balancer
@@ -188,8 +253,222 @@ cmd_up() {
     for leaf in be1 be2 be3; do
         nsx "$PREFIX-$leaf" ip route add default via "$ROUTER_FAB_ADDR" dev eth0
     done
+    if [ -n "$INSTANCES" ]; then
+        up_instances
+    fi
     UP_DONE=1
-    log "up: prefix $PREFIX (namespaces: ${ALL_NS[*]})"
+    if [ -n "$INSTANCES" ]; then
+        log "up: prefix $PREFIX, $INSTANCES instance(s) (namespaces: ${ALL_NS[*]} ${LB_NS[*]:0:$INSTANCES})"
+        print_instances
+    else
+        log "up: prefix $PREFIX (namespaces: ${ALL_NS[*]})"
+    fi
+}
+
+# ---------------------------------------------------------------- several instances
+
+# BGP timers and BFD, the same on both ends of every session.
+bgp_timers() {
+    cat <<EOF
+    hold time 3;
+    keepalive time 1;
+    connect delay time 1;
+    connect retry time 2;
+    error wait time 1, 5;
+    bfd on;
+EOF
+}
+
+bfd_protocol() {
+    cat <<EOF
+protocol bfd {
+    interface "eth0" {
+        min rx interval 100 ms;
+        min tx interval 100 ms;
+        idle tx interval 1000 ms;
+        multiplier 5;
+    };
+}
+EOF
+}
+
+write_router_conf() {
+    local dir=$RUNDIR/rtr k
+    {
+        cat <<EOF
+# BIRD of the router $PREFIX-rtr (written by topology.sh up --instances $INSTANCES).
+log "$dir/bird.log" all;
+router id $ROUTER_FAB_ADDR;
+
+protocol device {
+    scan time 10;
+}
+
+# VIP routes learnt over BGP go to the kernel; several instances announcing the same
+# VIP make one multipath route (ECMP).
+protocol kernel {
+    ipv4 {
+        import none;
+        export all;
+    };
+    merge paths on;
+}
+
+EOF
+        bfd_protocol
+        echo
+        for ((k = 1; k <= INSTANCES; k++)); do
+            cat <<EOF
+protocol bgp lb$k {
+    description "instance $k ($(inst_ns "$k"), dataplane $(inst_dp_addr "$k"))";
+    local $ROUTER_FAB_ADDR as $ROUTER_AS;
+    neighbor $(inst_lb_addr "$k") as $INSTANCE_AS;
+$(bgp_timers)
+    ipv4 {
+        import all;
+        export none;
+    };
+}
+
+EOF
+        done
+    } >"$dir/bird.conf"
+}
+
+write_instance_conf() {
+    local k=$1 dir=$RUNDIR/lb$1
+    cat >"$dir/bird.conf" <<EOF
+# BIRD of instance $k ($(inst_ns "$k"); written by topology.sh up --instances $INSTANCES).
+# The control plane writes the routes file and runs \`birdc -s $dir/bird.ctl configure\`.
+log "$dir/bird.log" all;
+router id $(inst_lb_addr "$k");
+
+protocol device {
+    scan time 10;
+}
+
+# One line per VIP this instance serves: route 198.18.1.1/32 via $(inst_dp_addr "$k");
+protocol static vips {
+    ipv4;
+    include "$dir/routes.conf";
+}
+
+$(bfd_protocol)
+
+# Announces the VIPs (only the routes of \`vips\`) to the router, next hop the
+# dataplane's address: the static routes' gateway, on the subnet shared with the
+# router, is kept as the BGP next hop (third-party next hop); the export filter sets
+# it explicitly too, so no BIRD default can turn it into this speaker's address.
+protocol bgp uplink {
+    description "router $PREFIX-rtr";
+    local $(inst_lb_addr "$k") as $INSTANCE_AS;
+    neighbor $ROUTER_FAB_ADDR as $ROUTER_AS;
+$(bgp_timers)
+    ipv4 {
+        import none;
+        export filter {
+            if proto != "vips" then reject;
+            bgp_next_hop = $(inst_dp_addr "$k");
+            accept;
+        };
+    };
+}
+EOF
+}
+
+# Start BIRD in namespace $1 with the files of $RUNDIR/$2 (config checked first).
+start_bird() {
+    local ns=$1 dir=$RUNDIR/$2
+    bird -p -c "$dir/bird.conf" || die "BIRD config $dir/bird.conf does not parse"
+    # bird forks into the background once its socket is open.
+    nsx "$ns" bird -c "$dir/bird.conf" -s "$dir/bird.ctl" -P "$dir/bird.pid"
+}
+
+up_instances() {
+    local k ns leaf
+    mkdir -p "$RUNDIR/rtr"
+    # ECMP over the instances, hashing on the L4 ports too.
+    nsx "$PREFIX-rtr" sysctl -qw net.ipv4.fib_multipath_hash_policy=1 >/dev/null
+    for ((k = 1; k <= INSTANCES; k++)); do
+        ns=$(inst_ns "$k")
+        leaf=lb$k
+        ip netns add "$ns"
+        quiet_ns "$ns"
+        nsx "$FAB" ip link add "$leaf" type veth peer name "$leaf-l"
+        nsx "$FAB" ip link set "$leaf-l" netns "$ns"
+        nsx "$ns" ip link set "$leaf-l" name eth0
+        nsx "$ns" ip addr add "$(inst_lb_addr "$k")/24" dev eth0
+        nsx "$ns" ip link set eth0 up
+        nsx "$FAB" ip link set "$leaf" master br0
+        nsx "$FAB" ip link set "$leaf" up
+        nsx "$ns" ip route add default via "$ROUTER_FAB_ADDR" dev eth0
+        mkdir -p "$RUNDIR/$leaf"
+        : >"$RUNDIR/$leaf/routes.conf"
+        write_instance_conf "$k"
+    done
+    write_router_conf
+    echo "$INSTANCES" >"$RUNDIR/instances"
+    start_bird "$PREFIX-rtr" rtr
+    for ((k = 1; k <= INSTANCES; k++)); do
+        start_bird "$(inst_ns "$k")" "lb$k"
+    done
+    # Bounded wait for every session to be established (no routes yet).
+    local i=0 down_list
+    while :; do
+        down_list=()
+        for ((k = 1; k <= INSTANCES; k++)); do
+            [ "$(bgp_state "$RUNDIR/rtr/bird.ctl" "lb$k")" = Established ] || down_list+=("lb$k")
+        done
+        [ "${#down_list[@]}" -gt 0 ] || break
+        i=$((i + 1))
+        if [ "$i" -gt 200 ]; then
+            birdc -s "$RUNDIR/rtr/bird.ctl" show protocols >&2 || true
+            die "BGP sessions not established within 20 s: ${down_list[*]} (logs: $RUNDIR/*/bird.log)"
+        fi
+        sleep 0.1
+    done
+    log "up: BGP sessions established with $INSTANCES instance(s) after $((i / 10)).$((i % 10)) s"
+}
+
+# The info column of BGP protocol $2 at the BIRD of socket $1 ("Established", "Active", ...).
+bgp_state() {
+    birdc -s "$1" show protocols "$2" 2>/dev/null | awk -v p="$2" '$1 == p { print $6 }'
+}
+
+print_instances() {
+    local k
+    for ((k = 1; k <= INSTANCES; k++)); do
+        printf 'instance=%d dataplane_address=%s tap=%s file_prefix=%s netns=%s kernel_address=%s bird_socket=%s routes_file=%s bird_config=%s\n' \
+            "$k" "$(inst_dp_addr "$k")" "$(inst_tap "$k")" "$(inst_file_prefix "$k")" "$(inst_ns "$k")" \
+            "$(inst_lb_addr "$k")" "$RUNDIR/lb$k/bird.ctl" "$RUNDIR/lb$k/routes.conf" "$RUNDIR/lb$k/bird.conf"
+    done
+}
+
+# SIGTERM every BIRD of this prefix by its pidfile (BIRD then removes the routes it
+# installed), wait up to 3 s, then SIGKILL.
+stop_birds() {
+    [ -d "$RUNDIR" ] || return 0
+    local f pid pids=()
+    for f in "$RUNDIR"/*/bird.pid; do
+        [ -f "$f" ] || continue
+        pid=$(tr -dc '0-9' <"$f")
+        [ -n "$pid" ] || continue
+        # A pidfile left by a BIRD that died long ago may name a recycled pid.
+        [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = bird ] || continue
+        pids+=("$pid")
+    done
+    [ "${#pids[@]}" -gt 0 ] || return 0
+    log "down: stopping BIRD (pid ${pids[*]})"
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    local i alive=()
+    for ((i = 0; i < 30; i++)); do
+        alive=()
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        [ "${#alive[@]}" -gt 0 ] || return 0
+        sleep 0.1
+    done
+    log "down: SIGKILL BIRD ${alive[*]}"
+    kill -KILL "${alive[@]}" 2>/dev/null || true
 }
 
 tap_in_fab() { ns_exists "$FAB" && nsx "$FAB" ip link show dev "$TAP" >/dev/null 2>&1; }
@@ -299,9 +578,10 @@ kill_ns_pids() {
 }
 
 cmd_down() {
-    kill_ns_pids "${ALL_NS[@]}"
-    local ns
-    for ns in "${ALL_NS[@]}"; do
+    stop_birds
+    kill_ns_pids "${ALL_NS[@]}" "${LB_NS[@]}"
+    local ns k t
+    for ns in "${ALL_NS[@]}" "${LB_NS[@]}"; do
         if ns_exists "$ns"; then
             ip netns delete "$ns" 2>/dev/null || log "down: warning: could not delete $ns"
         fi
@@ -309,14 +589,30 @@ cmd_down() {
     if tap_in_root; then
         ip link delete dev "$TAP" 2>/dev/null || log "down: warning: could not delete $TAP"
     fi
-    # DPDK runtime dir for --file-prefix P, and hugepage files left by a killed process.
+    # Instances' taps (P-dp2..) left in the root namespace.
+    for ((k = 2; k <= MAX_INSTANCES; k++)); do
+        t=$(inst_tap "$k")
+        [ "$t" != "$TAP" ] || continue
+        if ip link show dev "$t" >/dev/null 2>&1; then
+            ip link delete dev "$t" 2>/dev/null || log "down: warning: could not delete $t"
+        fi
+    done
+    # DPDK runtime dirs for --file-prefix P (and P-dpk of instances k >= 2), and
+    # hugepage files left by a killed process.
     rm -rf "/var/run/dpdk/$PREFIX"
     rm -f /dev/hugepages/"$PREFIX"map_* 2>/dev/null || true
+    for ((k = 2; k <= MAX_INSTANCES; k++)); do
+        t=$(inst_file_prefix "$k")
+        rm -rf "/var/run/dpdk/$t"
+        rm -f /dev/hugepages/"$t"map_* 2>/dev/null || true
+    done
+    rm -rf "$RUNDIR"
+    rmdir /run/fulcrum-topology 2>/dev/null || true
     log "down: prefix $PREFIX removed"
 }
 
 cmd_status() {
-    local ns
+    local ns k n
     for ns in "${ALL_NS[@]}"; do
         if ns_exists "$ns"; then
             echo "== $ns"
@@ -325,6 +621,24 @@ cmd_status() {
             echo "== $ns (absent)"
         fi
     done
+    for ns in "${LB_NS[@]}"; do
+        if ns_exists "$ns"; then
+            echo "== $ns"
+            nsx "$ns" ip -br addr
+        fi
+    done
+    [ -f "$RUNDIR/instances" ] || return 0
+    INSTANCES=$(cat "$RUNDIR/instances")
+    echo "== instances"
+    print_instances
+    for n in rtr $(for ((k = 1; k <= INSTANCES; k++)); do echo "lb$k"; done); do
+        echo "== BIRD $n ($RUNDIR/$n/bird.ctl)"
+        birdc -s "$RUNDIR/$n/bird.ctl" show protocols 2>&1 || true
+    done
+    if ns_exists "$PREFIX-rtr"; then
+        echo "== $PREFIX-rtr routes to the VIPs (198.18.1.0/24)"
+        nsx "$PREFIX-rtr" ip route show root 198.18.1.0/24
+    fi
 }
 
 case "$CMD" in

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 pub mod client;
 pub mod cp;
+pub mod ecmp;
 pub mod flood;
 pub mod forward_util;
 pub mod netns;
@@ -324,6 +325,9 @@ pub struct Topology {
     prefix: String,
     dir: tempfile::TempDir,
     torn_down: bool,
+    /// The instances of a topology built with [`Topology::up_instances`] (empty
+    /// otherwise).
+    instances: Vec<ecmp::Instance>,
     // Dropped last (fields drop after `Drop::drop`): teardown happens under the lock.
     _lock: MutexGuard<'static, ()>,
 }
@@ -333,26 +337,46 @@ impl Topology {
     pub fn up() -> Topology {
         let lock = serial();
         assert_root();
+        Self::up_with(Self::fresh_prefix(), lock, None)
+    }
+
+    /// A fresh prefix (`t` + 5 hex digits) no namespace or owner file uses.
+    fn fresh_prefix() -> String {
         let pid = std::process::id();
         for _ in 0..16 {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let prefix = format!("t{:05x}", (pid.wrapping_mul(64).wrapping_add(n)) & 0xfffff);
-            if Path::new("/var/run/netns").join(format!("{prefix}-fab")).exists() || owner_file(&prefix).exists() {
+            if Path::new("/var/run/netns").join(format!("{prefix}-fab")).exists()
+                || owner_file(&prefix).exists()
+                || Path::new(ecmp::RUN_DIR).join(&prefix).exists()
+            {
                 continue;
             }
-            return Self::up_with(prefix, lock);
+            return prefix;
         }
         panic!("no free topology prefix found");
+    }
+
+    /// Build a topology with `n` (1..9) Fulcrum instances announcing VIPs over BGP to
+    /// the router (`topology.sh up --instances n`, see [`ecmp`]), with a fresh prefix,
+    /// taking the global lock like [`Topology::up`]. Dropping it stops every BIRD and
+    /// removes everything, as for `up`.
+    pub fn up_instances(n: usize) -> Topology {
+        assert!((1..=9).contains(&n), "1..9 instances, not {n}");
+        let lock = serial();
+        assert_root();
+        let prefix = Self::fresh_prefix();
+        Self::up_with(prefix, lock, Some(n))
     }
 
     /// Build a topology with a given prefix (1..8 chars of [a-z0-9]).
     pub fn up_prefix(prefix: &str) -> Topology {
         let lock = serial();
         assert_root();
-        Self::up_with(prefix.to_string(), lock)
+        Self::up_with(prefix.to_string(), lock, None)
     }
 
-    fn up_with(prefix: String, lock: MutexGuard<'static, ()>) -> Topology {
+    fn up_with(prefix: String, lock: MutexGuard<'static, ()>, instances: Option<usize>) -> Topology {
         let dir = tempfile::Builder::new()
             .prefix(&format!("fulcrum-{prefix}-"))
             .tempdir()
@@ -361,10 +385,26 @@ impl Topology {
         // topology alone while the process that made it is alive.
         let _ = fs::create_dir_all(OWNER_DIR);
         let _ = fs::write(owner_file(&prefix), format!("{}\n", std::process::id()));
-        let topo = Topology { prefix, dir, torn_down: false, _lock: lock };
-        let out = topo.script(&["up"]);
+        let mut topo = Topology { prefix, dir, torn_down: false, instances: Vec::new(), _lock: lock };
+        let n = instances.map(|n| n.to_string());
+        let mut args = vec!["up"];
+        if let Some(n) = &n {
+            args.extend(["--instances", n.as_str()]);
+        }
+        let out = topo.script(&args);
         if !out.status.success() {
-            panic!("topology.sh up --prefix {} failed: {}", topo.prefix, describe(&out));
+            panic!("topology.sh {} --prefix {} failed: {}", args.join(" "), topo.prefix, describe(&out));
+        }
+        if let Some(n) = instances {
+            let text = String::from_utf8_lossy(&out.stdout);
+            topo.instances = text.lines().filter_map(ecmp::Instance::parse).collect();
+            assert_eq!(
+                topo.instances.len(),
+                n,
+                "topology.sh up --instances {n} printed {} instance lines:\n{}",
+                topo.instances.len(),
+                describe(&out)
+            );
         }
         topo
     }
@@ -500,6 +540,18 @@ impl Topology {
             left.push(format!("interface {tap} in the root namespace"));
         }
         left.extend(Self::dataplane_leftovers(prefix));
+        // What `up --instances` adds: taps and EAL prefixes P-dp2.., BIRD's files.
+        for k in 2..=9 {
+            let t = format!("{prefix}-dp{k}");
+            if Path::new("/sys/class/net").join(&t).exists() {
+                left.push(format!("interface {t} in the root namespace"));
+            }
+            left.extend(Self::dataplane_leftovers(&t));
+        }
+        let run = Path::new(ecmp::RUN_DIR).join(prefix);
+        if run.exists() {
+            left.push(format!("{}", run.display()));
+        }
         left
     }
 }
@@ -550,6 +602,10 @@ pub struct StartOptions {
     /// argument), and the harness sets its kernel queue to the dataplane's default
     /// for a `tap` ([`TAP_QUEUE_LEN`]). None (default): net_tap picks one.
     pub tap_mac: Option<String>,
+    /// Start instance k's dataplane of a topology built with
+    /// [`Topology::up_instances`] ([`instance_base_config`]: its address, tap, EAL
+    /// file prefix and lcore). None (default): the topology's single dataplane.
+    pub instance: Option<usize>,
 }
 
 /// The dataplane's default kernel queue for a `tap` (dataplane.software.tap_queue_len).
@@ -564,6 +620,7 @@ impl Default for StartOptions {
             ready_timeout: Duration::from_secs(30),
             attach: true,
             tap_mac: None,
+            instance: None,
         }
     }
 }
@@ -580,6 +637,29 @@ pub fn base_config(topo: &Topology) -> String {
          software = {{ tap = \"{tap}\" }}\n",
         p = topo.prefix(),
         tap = topo.tap()
+    )
+}
+
+/// The base config of instance `k` of a topology built with
+/// [`Topology::up_instances`]: [`base_config`] with the instance's address
+/// (198.18.0.2, 198.18.0.42, ...), tap (`P-dp`, `P-dp2`, ...) and EAL file prefix
+/// (`P`, `P-dp2`, ...), so that several dataplanes run side by side; instance k polls
+/// lcore (k-1) modulo the machine's CPUs, so two instances do not share a core.
+pub fn instance_base_config(topo: &Topology, k: usize) -> String {
+    let i = topo.instance(k);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!(
+        "[dataplane]\n\
+         address = \"{addr}/24\"\n\
+         lcores = \"{lcore}\"\n\
+         mbufs = 8191\n\
+         file_prefix = \"{fp}\"\n\
+         gateway = \"{ROUTER_IP}\"\n\
+         software = {{ tap = \"{tap}\" }}\n",
+        addr = i.dataplane_ip,
+        lcore = (k - 1) % cpus,
+        fp = i.file_prefix,
+        tap = i.tap
     )
 }
 
@@ -635,11 +715,15 @@ impl Dataplane {
         let config = dir.path().join("fulcrum.toml");
         let stats_file = dir.path().join("stats.json");
         let log = dir.path().join("dataplane.log");
+        let (base, tap) = match opts.instance {
+            None => (base_config(topo), topo.tap()),
+            Some(k) => (instance_base_config(topo, k), topo.instance(k).tap.clone()),
+        };
         let base = match &opts.tap_mac {
-            None => base_config(topo),
-            Some(mac) => base_config(topo).replace(
-                &format!("software = {{ tap = \"{}\" }}", topo.tap()),
-                &format!("software = {{ vdev = \"net_tap0,iface={},mac={mac}\" }}", topo.tap()),
+            None => base,
+            Some(mac) => base.replace(
+                &format!("software = {{ tap = \"{tap}\" }}"),
+                &format!("software = {{ vdev = \"net_tap0,iface={tap},mac={mac}\" }}"),
             ),
         };
         let text = if opts.extra_config.trim().is_empty() {
@@ -689,11 +773,11 @@ impl Dataplane {
             .or_else(|| dp.log().lines().find_map(|l| l.find("mac ").and_then(|i| find_mac(&l[i..]))))
             .unwrap_or_default();
         if opts.attach {
-            topo.attach(&topo.tap());
+            topo.attach(&tap);
         }
         if opts.tap_mac.is_some() {
             let len = TAP_QUEUE_LEN.to_string();
-            topo.exec_ok("fab", &["ip", "link", "set", "dev", &topo.tap(), "txqueuelen", &len]);
+            topo.exec_ok("fab", &["ip", "link", "set", "dev", &tap, "txqueuelen", &len]);
         }
         dp.opts = Some(opts);
         dp
