@@ -44,6 +44,17 @@ pub struct View {
     pub vips: Vec<VipView>,
     pub dataplane_up: bool,
     pub generation: u64,
+    /// The installed tables' digests the dataplane reported.
+    pub tables: Vec<VipTableView>,
+}
+
+/// A VIP's installed Maglev table as the dataplane reported it: its digest
+/// (16 hex digits) and the generation it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VipTableView {
+    pub vip: String,
+    pub digest: String,
+    pub generation: u64,
 }
 
 /// What the endpoint shows, built afresh for every scrape.
@@ -367,7 +378,27 @@ pub fn render(v: &View) -> String {
             }
         }
     }
+    render_tables(&mut o, &v.tables);
     o
+}
+
+/// `fulcrum_vip_table_info`: the digest of each VIP's installed Maglev table
+/// as a label (a 64-bit digest does not fit a float sample), with the
+/// generation it belongs to. Equal digests on two instances: same table.
+fn render_tables(o: &mut String, tables: &[VipTableView]) {
+    head(
+        o,
+        "fulcrum_vip_table_info",
+        "gauge",
+        "1 for every VIP whose installed Maglev table the dataplane reported, labelled with the table's digest (slot -> backend address:port) and the generation it belongs to.",
+    );
+    for t in tables {
+        let _ = writeln!(
+            o,
+            "fulcrum_vip_table_info{{vip=\"{}\",digest=\"{}\",generation=\"{}\"}} 1",
+            t.vip, t.digest, t.generation
+        );
+    }
 }
 
 #[cfg(test)]
@@ -396,6 +427,7 @@ mod tests {
             }],
             dataplane_up: true,
             generation: 4,
+            tables: vec![],
         };
         let text = render(&v);
         for line in [
@@ -441,6 +473,7 @@ mod tests {
             vips: vec![vip("198.18.1.1:80", Some(true)), vip("198.18.1.3:80", Some(false))],
             dataplane_up: true,
             generation: 1,
+            tables: vec![],
         };
         let text = render(&v);
         for line in [
@@ -481,6 +514,7 @@ mod tests {
             vips: vec![proxy("198.18.1.1:80", 2, Some(1_700_000_000.25)), proxy("198.18.1.3:80", 0, None)],
             dataplane_up: true,
             generation: 1,
+            tables: vec![],
         };
         let text = render(&v);
         for (name, kind) in [
@@ -512,5 +546,27 @@ mod tests {
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn table_digest_series() {
+        let v = View {
+            tables: vec![
+                VipTableView { vip: "198.18.1.1:80".into(), digest: "e908e9135a20e780".into(), generation: 7 },
+                VipTableView { vip: "198.18.1.2:0/udp".into(), digest: "00000000000000ff".into(), generation: 7 },
+            ],
+            ..Default::default()
+        };
+        let text = render(&v);
+        for line in [
+            "# TYPE fulcrum_vip_table_info gauge\n",
+            "fulcrum_vip_table_info{vip=\"198.18.1.1:80\",digest=\"e908e9135a20e780\",generation=\"7\"} 1\n",
+            "fulcrum_vip_table_info{vip=\"198.18.1.2:0/udp\",digest=\"00000000000000ff\",generation=\"7\"} 1\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        assert_eq!(text.matches("# HELP fulcrum_vip_table_info ").count(), 1);
+        let empty = render(&View::default());
+        assert!(empty.contains("# TYPE fulcrum_vip_table_info gauge\n") && !empty.contains("fulcrum_vip_table_info{"), "{empty}");
     }
 }

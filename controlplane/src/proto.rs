@@ -384,6 +384,24 @@ pub struct VipInfo {
     pub bandwidth_bytes_per_sec: Option<u64>,
     pub health: Option<HealthCheck>,
     pub backends: Vec<BackendEntry>,
+    /// The digest of the Maglev table the dataplane installed for the VIP,
+    /// as it reported it; `None` until it has.
+    #[serde(default)]
+    pub table: Option<VipTableInfo>,
+}
+
+/// The Maglev table the dataplane installed for a VIP
+/// ([`fulcrum_model::TableDigest`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipTableInfo {
+    /// 16 lowercase hex digits ([`fulcrum_maglev::MaglevTable::digest`]).
+    pub digest: String,
+    /// The generation the dataplane had applied when it reported this digest.
+    pub generation: u64,
+    /// Table size.
+    pub slots: u32,
+    /// Backends with weight in the table (up, not drained, weight > 0).
+    pub backends: u32,
 }
 
 /// Health as shown: a checked backend's state, or `unchecked`.

@@ -14,11 +14,16 @@
 //! keeps serving.
 //!
 //! The dataplane's own file goes through the same [`prepare`], as generation 0.
+//!
+//! [`prepare`] also digests each VIP's Maglev table, the very table object
+//! the lcores are handed ([`TableDigest`]); the report carries the digests of
+//! the VIPs installed, with the generation they belong to ([`installed_tables`]),
+//! so that load balancers sharing a VIP behind ECMP can be compared.
 
 use crate::counters::LcoreSnapshot;
 use crate::stats::LcoreReport;
 use fulcrum_forward::{DropReason as ForwardDrop, ForwardVip};
-use fulcrum_model::{Facts, Mode, Published, VipRefusal};
+use fulcrum_model::{Facts, Mode, Published, TableDigest, VipRefusal};
 use fulcrum_proxy::VipTables;
 use fulcrum_shm as shm;
 use std::collections::HashMap;
@@ -47,6 +52,15 @@ pub struct Applied {
 pub struct Prepared {
     pub applied: Applied,
     pub refused: Vec<VipRefusal>,
+    /// The digest of every VIP's table in `applied` (by id), computed from
+    /// the tables the lcores will install.
+    pub tables: Vec<TableDigest>,
+}
+
+/// The digests of a generation's VIPs that every lcore installed: those of
+/// `tables` not `refused` (an lcore may still refuse a VIP [`prepare`] kept).
+pub fn installed_tables(tables: &[TableDigest], refused: &[VipRefusal]) -> Vec<TableDigest> {
+    tables.iter().filter(|t| !refused.iter().any(|r| r.id == t.id)).cloned().collect()
 }
 
 /// What an lcore says once it has installed a generation.
@@ -80,6 +94,7 @@ pub fn prepare(vips: &[Published], generation: u64, facts: &Facts, lcores: usize
     let mut proxy = Vec::new();
     let mut proxy_vips = Vec::new();
     let mut forward = Vec::new();
+    let mut digests = Vec::new();
     let mut addrs = vec![facts.address];
     for p in vips {
         let v = &p.vip;
@@ -94,7 +109,10 @@ pub fn prepare(vips: &[Published], generation: u64, facts: &Facts, lcores: usize
             proxy.push(v.clone());
         } else {
             match ForwardVip::build(p.id, v) {
-                Ok(f) => forward.push(Arc::new(f)),
+                Ok(f) => {
+                    digests.push(TableDigest::of(p.id, v, f.table()));
+                    forward.push(Arc::new(f));
+                }
                 Err(e) => {
                     refused.push(refuse(e.to_string()));
                     continue;
@@ -114,8 +132,14 @@ pub fn prepare(vips: &[Published], generation: u64, facts: &Facts, lcores: usize
         }
     }
     let tables = VipTables::build(proxy, lcores).map_err(|e| e.to_string())?;
+    for (v, table) in tables.tables() {
+        if let Some(&id) = ids.proxy_vips.get(&(v.address, v.port)) {
+            digests.push(TableDigest::of(id, v, table));
+        }
+    }
+    digests.sort_by_key(|t| t.id);
     let applied = Applied { generation, tables, proxy_vips, forward, addrs, ids };
-    Ok(Prepared { applied, refused })
+    Ok(Prepared { applied, refused, tables: digests })
 }
 
 /// Lcore-level counter names in the segment: traffic and load, the
@@ -225,6 +249,63 @@ mod tests {
     use super::*;
     use crate::counters::LcoreCounters;
     use crate::stats::tests::{engine, flood_counters};
+
+    fn published(id: u16, vip: fulcrum_model::Vip, first_slot: u32) -> Published {
+        let slots = (first_slot..first_slot + vip.backends.len() as u32).collect();
+        Published { id, slots, vip }
+    }
+
+    /// `prepare` digests the tables it hands the lcores: a proxy and a DSR
+    /// VIP over the same three backends have the digest of a table built from
+    /// those backends in any order; a refused VIP has none; draining a
+    /// backend changes the digest and undraining brings it back.
+    #[test]
+    fn prepare_digests_the_installed_tables() {
+        use fulcrum_maglev::MaglevTable;
+        use fulcrum_model::{Backend, BackendState, Proto, Vip};
+        let facts = Facts {
+            address: Ipv4Addr::new(198, 18, 0, 2),
+            snat_addresses: vec![],
+            lcores: 2,
+            forwarding: true,
+        };
+        let backends: Vec<Backend> = (0..3).map(|i| Backend::new(Ipv4Addr::new(198, 18, 0, 21 + i), 80, 1)).collect();
+        let proxy = Vip::proxy(Ipv4Addr::new(198, 18, 1, 1), 80, backends.clone());
+        let mut dsr = Vip { backends: backends.clone(), ..Vip::new(Ipv4Addr::new(198, 18, 1, 2), 80, Mode::Dsr) };
+        dsr.proto = Proto::Tcp;
+        // FullNAT without SNAT addresses: refused by this dataplane.
+        let fullnat = Vip { backends: backends.clone(), ..Vip::new(Ipv4Addr::new(198, 18, 1, 3), 80, Mode::Fullnat) };
+        let gen = |proxy: &Vip, dsr: &Vip| {
+            vec![published(3, dsr.clone(), 0), published(7, proxy.clone(), 3), published(9, fullnat.clone(), 6)]
+        };
+        let p = prepare(&gen(&proxy, &dsr), 5, &facts, 2).unwrap();
+        assert_eq!(p.refused.iter().map(|r| r.id).collect::<Vec<_>>(), [9]);
+        assert_eq!(p.tables.iter().map(|t| t.id).collect::<Vec<_>>(), [3, 7]);
+        let mut reversed = backends.clone();
+        reversed.reverse();
+        let table = MaglevTable::build(&reversed.iter().map(Backend::maglev).collect::<Vec<_>>(), 65_537).unwrap();
+        let expected = fulcrum_maglev::digest_hex(table.digest(|i| reversed[i].endpoint()));
+        for t in &p.tables {
+            assert_eq!(t.digest, expected, "{t:?}");
+            assert_eq!((t.slots, t.backends), (65_537, 3));
+        }
+        assert_eq!(p.tables[0].vip, "198.18.1.2:80");
+        assert_eq!(p.tables[1].vip, "198.18.1.1:80");
+        // An lcore refusing VIP 3 leaves only VIP 7's digest in the report.
+        let refused = [VipRefusal { id: 3, vip: "198.18.1.2:80/tcp".into(), reason: "test".into() }];
+        assert_eq!(installed_tables(&p.tables, &refused).iter().map(|t| t.id).collect::<Vec<_>>(), [7]);
+
+        let (mut proxy2, mut dsr2) = (proxy.clone(), dsr.clone());
+        proxy2.backends[1].state = BackendState::Drain;
+        dsr2.backends[1].state = BackendState::Drain;
+        let drained = prepare(&gen(&proxy2, &dsr2), 6, &facts, 2).unwrap();
+        for (a, b) in drained.tables.iter().zip(&p.tables) {
+            assert_ne!(a.digest, b.digest);
+            assert_eq!(a.backends, 2);
+        }
+        let back = prepare(&gen(&proxy, &dsr), 7, &facts, 2).unwrap();
+        assert_eq!(back.tables, p.tables);
+    }
 
     /// Two lcores write their engines' SYN-flood counters into their blocks;
     /// a reader of the segment sums them and counts the lcores in flood mode.

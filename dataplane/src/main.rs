@@ -22,7 +22,7 @@ use fulcrum_packet::EthernetAddress;
 use fulcrum_proxy::Engine;
 use fulcrum_forward::Forwarder;
 use control::{LcoreAck, Prepared};
-use fulcrum_model::{DataplaneReport, Facts, Mode, Published, VipRefusal};
+use fulcrum_model::{DataplaneReport, Facts, Mode, Published, TableDigest, VipRefusal};
 use stats::{LcoreReport, Stats};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -163,7 +163,7 @@ fn serve_port(
     let facts = config.facts(forwarding);
     // The file's VIPs are generation 0, prepared like any other.
     let file_vips = file_generation(config);
-    let Prepared { applied: initial, refused } = control::prepare(&file_vips, 0, &facts, lcores.len())
+    let Prepared { applied: initial, refused, tables: initial_tables } = control::prepare(&file_vips, 0, &facts, lcores.len())
         .map_err(|e| anyhow::anyhow!("the file's VIPs: {e}"))?;
     if let Some(r) = refused.first() {
         bail!("the file's VIP {}: {}", r.vip, r.reason);
@@ -263,7 +263,7 @@ fn serve_port(
     };
     let outcomes = std::thread::scope(|scope| {
         let (collect, shm_role, commands, acks, facts) = (&collect, shm_role.as_ref(), &commands, &acks, &facts);
-        scope.spawn(move || control_thread(cli, stop, collect, shm_role, commands, acks, facts));
+        scope.spawn(move || control_thread(cli, stop, collect, shm_role, commands, acks, facts, initial_tables));
         let mut consumers: Vec<_> = rings.iter().map(|r| r.consumer()).collect();
         let jobs: Vec<(dpdk::LcoreId, LcoreJob<'_>)> = lcores
             .iter()
@@ -458,6 +458,8 @@ impl Drop for StopOnPanic<'_> {
 
 /// The control thread: heartbeat, new generations from the control plane and
 /// the report back (every 100 ms), and the stats file (every second), until `stop`.
+/// `initial_tables`: the table digests of the file's VIPs (generation 0).
+#[allow(clippy::too_many_arguments)]
 fn control_thread(
     cli: &Cli,
     stop: &AtomicBool,
@@ -466,15 +468,17 @@ fn control_thread(
     commands: &[ArrayQueue<Arc<control::Applied>>],
     acks: &[ArrayQueue<LcoreAck>],
     facts: &Facts,
+    initial_tables: Vec<TableDigest>,
 ) {
     let mut subscriber = shm.map(|s| s.subscriber());
-    let mut report = DataplaneReport { facts: facts.clone(), generation: 0, refused: Vec::new() };
+    let mut report = DataplaneReport { facts: facts.clone(), generation: 0, refused: Vec::new(), tables: Vec::new() };
     if let Some(role) = shm {
         write_report(role, &report);
     }
     // Generation handed to the lcores and not yet installed by all, with the
-    // VIPs it leaves out so far; what each lcore installed last.
-    let mut pending: Option<(u64, Vec<VipRefusal>)> = Some((0, Vec::new()));
+    // VIPs it leaves out so far and its tables' digests; what each lcore
+    // installed last.
+    let mut pending: Option<(u64, Vec<VipRefusal>, Vec<TableDigest>)> = Some((0, Vec::new(), initial_tables));
     let mut installed: Vec<Option<u64>> = vec![None; commands.len()];
     let mut next_stats = std::time::Instant::now();
     // What `Segment::check` said last (logged once per change).
@@ -494,7 +498,7 @@ fn control_thread(
                 fulcrum_shm::Poll::Unchanged => {}
                 fulcrum_shm::Poll::New(generation, number) => {
                     match control::prepare(&generation.vips, number, facts, commands.len()) {
-                        Ok(Prepared { applied, refused }) => {
+                        Ok(Prepared { applied, refused, tables }) => {
                             tracing::info!(
                                 "control plane generation {number}: {} proxy and {} forwarding VIP(s), {} refused",
                                 applied.proxy_vips.len(),
@@ -508,7 +512,7 @@ fn control_thread(
                             for queue in commands {
                                 queue.force_push(Arc::clone(&applied));
                             }
-                            pending = Some((number, refused));
+                            pending = Some((number, refused, tables));
                         }
                         Err(e) => {
                             tracing::error!("control plane generation {number} refused: {e}");
@@ -525,7 +529,7 @@ fn control_thread(
         for (i, queue) in acks.iter().enumerate() {
             while let Some(ack) = queue.pop() {
                 installed[i] = Some(ack.generation);
-                if let Some((g, refused)) = pending.as_mut().filter(|(g, _)| *g == ack.generation) {
+                if let Some((g, refused, _)) = pending.as_mut().filter(|(g, ..)| *g == ack.generation) {
                     for r in ack.refused {
                         if !refused.iter().any(|x| x.id == r.id) {
                             tracing::warn!("generation {g}: lcore {i} refused VIP {} (id {}): {}", r.vip, r.id, r.reason);
@@ -535,8 +539,13 @@ fn control_thread(
                 }
             }
         }
-        if let Some((g, refused)) = pending.take_if(|(g, _)| installed.iter().all(|i| i.is_some_and(|i| i >= *g))) {
+        if let Some((g, refused, tables)) = pending.take_if(|(g, ..)| installed.iter().all(|i| i.is_some_and(|i| i >= *g))) {
             tracing::info!("generation {g} installed on every lcore ({} VIP(s) refused)", refused.len());
+            // The digests and the generation they belong to go out in one report.
+            report.tables = control::installed_tables(&tables, &refused);
+            for t in &report.tables {
+                tracing::debug!("generation {g}: VIP {} (id {}) table digest {} ({} slots, {} backends)", t.vip, t.id, t.digest, t.slots, t.backends);
+            }
             report.generation = g;
             report.refused = refused;
             if let (Some(role), Some(sub)) = (shm, subscriber.as_ref()) {

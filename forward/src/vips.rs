@@ -132,6 +132,13 @@ impl ForwardVip {
         self.id
     }
 
+    /// The Maglev table the packet path uses (shared by every lcore that
+    /// installs this VIP): index i is the VIP's `backends[i]` as given to
+    /// [`build`](Self::build).
+    pub fn table(&self) -> &MaglevTable {
+        &self.table
+    }
+
     /// `address:port/proto`.
     pub fn name(&self) -> String {
         format!("{}:{}/{}", self.address, self.port, self.proto.name())

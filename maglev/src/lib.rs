@@ -26,9 +26,9 @@
 
 use std::fmt;
 use std::iter::FusedIterator;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddrV4};
 
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use xxhash_rust::xxh3::{xxh3_64_with_seed, Xxh3Default};
 
 /// Default table size: prime, and >= 100 x backends for up to 655 backends.
 pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
@@ -347,6 +347,56 @@ impl MaglevTable {
     pub fn size(&self) -> u32 {
         self.size
     }
+
+    /// Digest of what the table sends where, to compare the tables of load
+    /// balancers that must agree (same VIP behind ECMP): equal digests mean
+    /// every slot maps to the same backend address and port.
+    ///
+    /// `endpoint(i)` is the address and port of backend `i` of the list the
+    /// table was built from (the index [`lookup`](Self::lookup) returns).
+    ///
+    /// Definition (version 1), so that any implementation can reproduce it:
+    /// XXH3-64 with seed 0 (plain `XXH3_64bits`) over the byte string
+    ///
+    /// * the table size, 4 bytes, big-endian; then
+    /// * for each slot `0..size` in order, 6 bytes: the owning backend's IPv4
+    ///   address (4 bytes, network order) and port (2 bytes, big-endian); an
+    ///   empty slot (only in a table with no backend of weight > 0, where every
+    ///   slot is empty) is 6 zero bytes (`0.0.0.0:0`, never a backend).
+    ///
+    /// So `4 + 6 x size` bytes in all. Weights, list order, backend keys and
+    /// backends owning no slot (weight 0, drained, down) do not enter it
+    /// except through the slots they own. Rendered as 16 lowercase hex digits
+    /// by [`digest_hex`].
+    pub fn digest(&self, endpoint: impl Fn(usize) -> SocketAddrV4) -> u64 {
+        let bytes = |e: SocketAddrV4| {
+            let mut b = [0u8; 6];
+            b[..4].copy_from_slice(&e.ip().octets());
+            b[4..].copy_from_slice(&e.port().to_be_bytes());
+            b
+        };
+        let owners: Vec<[u8; 6]> = (0..self.backends).map(|i| bytes(endpoint(i))).collect();
+        let mut h = Xxh3Default::new();
+        h.update(&self.size.to_be_bytes());
+        // Slots in chunks, to keep the hasher's calls few.
+        const CHUNK: usize = 6 * 1024;
+        let mut buf = Vec::with_capacity(CHUNK);
+        for s in 0..self.size as usize {
+            let b = self.slots.get(s).map_or([0u8; 6], |&i| owners[usize::from(i)]);
+            buf.extend_from_slice(&b);
+            if buf.len() >= CHUNK {
+                h.update(&buf);
+                buf.clear();
+            }
+        }
+        h.update(&buf);
+        h.digest()
+    }
+}
+
+/// A [`MaglevTable::digest`] as shown and exported: 16 lowercase hex digits.
+pub fn digest_hex(digest: u64) -> String {
+    format!("{digest:016x}")
 }
 
 /// Iterator returned by [`MaglevTable::preference`].

@@ -1,5 +1,5 @@
 use super::*;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::time::Instant;
 
 /// Backend `i` at 198.18.x.y:8080 (benchmarking range), weight 1.
@@ -336,4 +336,105 @@ fn report_spread_build_time_and_disruption() {
         assert!(counts.iter().all(|&c| (f64::from(c) - ideal).abs() <= 1.0));
         assert!(worst < bound, "N={n}: {worst:.4} >= {bound}");
     }
+}
+
+/// Backends at 198.18.0.21.. port 8080 (index i: 198.18.0.(21 + i)), with
+/// `ports[i]` overriding the port when given.
+fn endpoints(n: usize) -> Vec<SocketAddrV4> {
+    (0..n).map(|i| SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 21 + i as u8), 8080)).collect()
+}
+
+fn digest_of(eps: &[SocketAddrV4], weights: &[u32], size: u32) -> u64 {
+    let list: Vec<Backend> = eps
+        .iter()
+        .zip(weights)
+        .map(|(e, &w)| Backend::at(IpAddr::V4(*e.ip()), e.port(), w))
+        .collect();
+    let table = MaglevTable::build(&list, size).unwrap();
+    table.digest(|i| eps[i])
+}
+
+#[test]
+fn digest_ignores_list_order() {
+    let eps = endpoints(5);
+    let weights = [1, 2, 1, 3, 1];
+    let a = digest_of(&eps, &weights, DEFAULT_TABLE_SIZE);
+    let mut rev: Vec<(SocketAddrV4, u32)> = eps.iter().copied().zip(weights).collect();
+    rev.reverse();
+    rev.swap(0, 2);
+    let (e2, w2): (Vec<_>, Vec<_>) = rev.into_iter().unzip();
+    assert_eq!(digest_of(&e2, &w2, DEFAULT_TABLE_SIZE), a);
+}
+
+#[test]
+fn digest_changes_with_a_drained_backend_a_port_or_the_size() {
+    let eps = endpoints(3);
+    let base = digest_of(&eps, &[1, 1, 1], DEFAULT_TABLE_SIZE);
+    // Weight 0 (what drained and down become in the model): its slots move.
+    let drained = digest_of(&eps, &[1, 0, 1], DEFAULT_TABLE_SIZE);
+    assert_ne!(drained, base);
+    // ... and that is exactly the table without it.
+    let without = digest_of(&[eps[0], eps[2]], &[1, 1], DEFAULT_TABLE_SIZE);
+    assert_eq!(drained, without);
+    // Back to weight 1: the first digest exactly.
+    assert_eq!(digest_of(&eps, &[1, 1, 1], DEFAULT_TABLE_SIZE), base);
+    // Another port for one backend: another key (other slots) and other bytes.
+    let mut other_port = eps.clone();
+    other_port[1].set_port(8081);
+    assert_ne!(digest_of(&other_port, &[1, 1, 1], DEFAULT_TABLE_SIZE), base);
+    // Weights change the shares.
+    assert_ne!(digest_of(&eps, &[1, 2, 1], DEFAULT_TABLE_SIZE), base);
+    assert_ne!(digest_of(&eps, &[1, 1, 1], 65_521), base);
+}
+
+/// The port enters the digest itself, not only through the permutation: two
+/// tables with the same slot -> backend index mapping and endpoints differing
+/// only by a port digest differently.
+#[test]
+fn digest_covers_the_port_bytes() {
+    let eps = endpoints(2);
+    let table = MaglevTable::build(&[Backend { key: 1, weight: 1 }, Backend { key: 2, weight: 1 }], 7).unwrap();
+    let mut other = eps.clone();
+    other[0].set_port(8081);
+    assert_ne!(table.digest(|i| eps[i]), table.digest(|i| other[i]));
+}
+
+/// The definition, spelled out, and a literal value so that any change of it
+/// (or of the table builder) is caught.
+#[test]
+fn digest_definition_and_golden_value() {
+    let eps = endpoints(3);
+    let list: Vec<Backend> = eps.iter().map(|e| Backend::at(IpAddr::V4(*e.ip()), e.port(), 1)).collect();
+    let table = MaglevTable::build(&list, 13).unwrap();
+    let mut bytes = 13u32.to_be_bytes().to_vec();
+    for s in 0..13u64 {
+        let e = eps[table.lookup(s).unwrap()];
+        bytes.extend_from_slice(&e.ip().octets());
+        bytes.extend_from_slice(&e.port().to_be_bytes());
+    }
+    assert_eq!(bytes.len(), 4 + 6 * 13);
+    let d = table.digest(|i| eps[i]);
+    assert_eq!(d, xxhash_rust::xxh3::xxh3_64(&bytes));
+    assert_eq!(digest_hex(d), "e908e9135a20e780", "table {:?}", (0..13).map(|s| table.lookup(s).unwrap()).collect::<Vec<_>>());
+
+    // Every backend drained: every slot empty, six zero bytes each.
+    let none: Vec<Backend> = list.iter().map(|b| Backend { weight: 0, ..*b }).collect();
+    let empty = MaglevTable::build(&none, 13).unwrap();
+    let mut bytes = 13u32.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&[0u8; 6 * 13]);
+    assert_eq!(empty.digest(|i| eps[i]), xxhash_rust::xxh3::xxh3_64(&bytes));
+}
+
+/// The default table size (65537 slots) digests quickly enough for the
+/// dataplane's control thread (once per VIP per generation).
+#[test]
+fn digest_of_a_default_table_is_fast() {
+    let eps = endpoints(10);
+    let list: Vec<Backend> = eps.iter().map(|e| Backend::at(IpAddr::V4(*e.ip()), e.port(), 1)).collect();
+    let table = MaglevTable::build(&list, DEFAULT_TABLE_SIZE).unwrap();
+    let t = Instant::now();
+    let d = table.digest(|i| eps[i]);
+    let took = t.elapsed();
+    println!("digest of a {DEFAULT_TABLE_SIZE}-slot table: {} in {took:?}", digest_hex(d));
+    assert!(took < std::time::Duration::from_millis(200), "{took:?}");
 }

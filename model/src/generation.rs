@@ -1,6 +1,7 @@
 //! What crosses the shared-memory segment: the control plane's published
 //! [`Generation`], and the dataplane's [`DataplaneReport`] (the [`Facts`] it
-//! validates against, and the VIPs it refused).
+//! validates against, the VIPs it refused, and a digest of each installed
+//! VIP's Maglev table).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -8,7 +9,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use crate::validate::Invalid;
-use crate::{validate_set, Vip, MAX_BACKENDS, MAX_VIPS};
+use crate::{validate_set, Proto, Vip, MAX_BACKENDS, MAX_VIPS};
 
 /// One VIP as published: the VIP and its counter identities, which survive
 /// across generations (the control plane keeps them in its state file).
@@ -103,6 +104,47 @@ pub struct DataplaneReport {
     pub generation: u64,
     /// VIPs of that generation left out, and why; the others serve.
     pub refused: Vec<VipRefusal>,
+    /// A digest of each installed VIP's Maglev table, as the lcores use it,
+    /// for that same `generation` (written together with it). Readers of an
+    /// older dataplane see none.
+    #[serde(default)]
+    pub tables: Vec<TableDigest>,
+}
+
+/// The Maglev table a VIP of the applied generation is installed with, as a
+/// digest ([`fulcrum_maglev::MaglevTable::digest`]: the table size, then
+/// each slot's backend address and port): two load balancers with equal
+/// digests for a VIP send every flow hash to the same backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDigest {
+    /// The control plane's VIP id.
+    pub id: u16,
+    /// `address:port`, `address:port/udp` for a UDP VIP.
+    pub vip: String,
+    /// Table size.
+    pub slots: u32,
+    /// Backends with an effective weight > 0 (up, not drained, weight > 0).
+    pub backends: u32,
+    /// [`fulcrum_maglev::digest_hex`]: 16 lowercase hex digits.
+    pub digest: String,
+}
+
+impl TableDigest {
+    /// The digest of `table`, built from `vip.backends` in list order (with
+    /// [`Vip::maglev_backends`]), as installed under id `id`.
+    pub fn of(id: u16, vip: &Vip, table: &fulcrum_maglev::MaglevTable) -> TableDigest {
+        let digest = table.digest(|i| vip.backends[i].endpoint());
+        TableDigest {
+            id,
+            vip: match vip.proto {
+                Proto::Tcp => format!("{}:{}", vip.address, vip.port),
+                Proto::Udp => format!("{}:{}/udp", vip.address, vip.port),
+            },
+            slots: table.size(),
+            backends: vip.backends.iter().filter(|b| b.effective_weight() > 0).count() as u32,
+            digest: fulcrum_maglev::digest_hex(digest),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +158,45 @@ mod tests {
             vip.backends.push(Backend::new(Ipv4Addr::new(198, 18, 0, 21 + i as u8), 80, 1));
         }
         Published { id, slots, vip }
+    }
+
+    /// The report of a dataplane without table digests still reads.
+    #[test]
+    fn report_without_tables_reads() {
+        let json = r#"{"facts":{"address":"198.18.0.2","snat_addresses":[],"lcores":1,"forwarding":false},"generation":3,"refused":[]}"#;
+        let r: DataplaneReport = serde_json::from_str(json).unwrap();
+        assert_eq!(r.generation, 3);
+        assert!(r.tables.is_empty());
+    }
+
+    /// A VIP's table digest: the same backends in another order give the same
+    /// one; a drained or down backend, or another port, another one.
+    #[test]
+    fn table_digest_of_a_vip() {
+        use crate::BackendState;
+        let of = |v: &Vip| TableDigest::of(4, v, &fulcrum_maglev::MaglevTable::build(&v.maglev_backends(), v.table_size).unwrap());
+        let mut v = published(4, vec![0, 1, 2], 80).vip;
+        let base = of(&v);
+        assert_eq!((base.id, base.vip.as_str(), base.slots, base.backends), (4, "198.18.1.1:80", 65_537, 3));
+        assert_eq!(base.digest.len(), 16);
+        assert!(base.digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{}", base.digest);
+        v.backends.reverse();
+        assert_eq!(of(&v), base);
+        for state in [BackendState::Drain, BackendState::Down] {
+            let mut d = v.clone();
+            d.backends[1].state = state;
+            let t = of(&d);
+            assert_ne!(t.digest, base.digest, "{state:?}");
+            assert_eq!(t.backends, 2);
+        }
+        let mut p = v.clone();
+        p.backends[0].port = 81;
+        assert_ne!(of(&p).digest, base.digest);
+        let mut u = v.clone();
+        u.mode = Mode::Dsr;
+        u.proto = crate::Proto::Udp;
+        assert_eq!(of(&u).vip, "198.18.1.1:80/udp");
+        assert_eq!(of(&u).digest, base.digest, "the digest is the table's, whatever the VIP's mode");
     }
 
     #[test]

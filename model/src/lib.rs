@@ -27,7 +27,7 @@ mod generation;
 mod validate;
 mod vip;
 
-pub use generation::{DataplaneReport, Facts, Generation, Published, VipRefusal};
+pub use generation::{DataplaneReport, Facts, Generation, Published, TableDigest, VipRefusal};
 pub use validate::{validate_set, Invalid};
 pub use vip::{
     defaults, per_lcore_bandwidth, Affinity, Backend, BackendState, Cidr, Encap, Mac, Mode, Proto, ProxyProtocol,

@@ -127,6 +127,12 @@ impl VipTables {
         self.vips.iter().map(|p| &p.cfg)
     }
 
+    /// Each VIP with the Maglev table the engines install for it (shared by
+    /// pointer): index i of the table is `vip.backends[i]`.
+    pub fn tables(&self) -> impl Iterator<Item = (&Vip, &MaglevTable)> {
+        self.vips.iter().map(|p| (&p.cfg, &*p.table))
+    }
+
     /// The lcore count the VIPs' limits were split for.
     pub fn lcores(&self) -> usize {
         self.lcores

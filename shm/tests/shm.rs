@@ -382,7 +382,7 @@ fn garbage_is_rejected_and_previous_generation_stays() {
 
 #[test]
 fn dataplane_report_round_trip_and_corruption() {
-    use fulcrum_model::{DataplaneReport, Facts, VipRefusal};
+    use fulcrum_model::{DataplaneReport, Facts, TableDigest, VipRefusal};
     let (_d, path) = tmp();
     let seg = Segment::open_or_create(&path).unwrap();
     assert_eq!(seg.dataplane_report(), None, "nothing written yet");
@@ -396,6 +396,13 @@ fn dataplane_report_round_trip_and_corruption() {
         },
         generation: 7,
         refused: vec![VipRefusal { id: 3, vip: "198.18.0.2:80/tcp".into(), reason: "address: own".into() }],
+        tables: vec![TableDigest {
+            id: 4,
+            vip: "198.18.1.1:80".into(),
+            slots: 65_537,
+            backends: 3,
+            digest: "0123456789abcdef".into(),
+        }],
     };
     dp.write_report(&report).unwrap();
     assert_eq!(seg.dataplane_report().as_ref(), Some(&report));
@@ -410,6 +417,20 @@ fn dataplane_report_round_trip_and_corruption() {
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 1], at).unwrap();
     assert_eq!(seg.dataplane_report(), None);
+    // Every VIP's table digest at its longest fits with room to spare.
+    report.tables = (0..fulcrum_model::MAX_VIPS as u16)
+        .map(|id| TableDigest {
+            id,
+            vip: "255.255.255.255:65535/udp".into(),
+            slots: fulcrum_model::MAX_TABLE_SIZE,
+            backends: fulcrum_model::MAX_BACKENDS as u32,
+            digest: "0123456789abcdef".into(),
+        })
+        .collect();
+    let len = serde_json::to_vec(&report).unwrap().len();
+    assert!(len * 3 < MAX_REPORT, "{len} bytes of {MAX_REPORT}");
+    dp.write_report(&report).unwrap();
+    assert_eq!(seg.dataplane_report().as_ref(), Some(&report));
     // Too large to fit: refused with an error, nothing written.
     report.refused = (0..2000)
         .map(|i| VipRefusal { id: i as u16, vip: "x".repeat(40), reason: "y".repeat(40) })

@@ -565,10 +565,21 @@ fn fmt_vips(d: &[VipInfo]) -> String {
                 rate(&v.new_conn_rate),
                 v.health.as_ref().map_or_else(|| "-".into(), |h| format!("{:?}", h.kind).to_lowercase()),
                 opt(&tunnel),
+                digest_cell(v),
+                v.table.as_ref().map_or_else(|| "-".into(), |t| t.generation.to_string()),
             ]
         })
         .collect();
-    table(&["VIP", "ID", "MODE", "PROTO", "AFFINITY", "BACKENDS", "MAX_CONN", "NEW_CONN_RATE", "HEALTH", "TUNNEL"], &rows)
+    table(
+        &["VIP", "ID", "MODE", "PROTO", "AFFINITY", "BACKENDS", "MAX_CONN", "NEW_CONN_RATE", "HEALTH", "TUNNEL", "DIGEST", "DIGEST_GEN"],
+        &rows,
+    )
+}
+
+/// The installed table's digest, its first 12 hex digits (all 16 in
+/// `--json`); `-` while the dataplane has not reported it.
+fn digest_cell(v: &VipInfo) -> String {
+    v.table.as_ref().map_or_else(|| "-".into(), |t| t.digest.chars().take(12).collect())
 }
 
 fn fmt_backends(d: &[BackendInfo]) -> String {

@@ -10,7 +10,9 @@
 //! - `publication`: the generation built from the desired state and health,
 //!   publishing it, and watching the dataplane apply it;
 //! - `views`: what `status`, `vip list`, `stats`, `health`, ... answer, and
-//!   the Prometheus view.
+//!   the Prometheus view;
+//! - `digests`: the installed Maglev tables' digests the dataplane reports
+//!   (`vip list`, Prometheus).
 
 macro_rules! log {
     ($($t:tt)*) => {{
@@ -20,6 +22,7 @@ macro_rules! log {
 }
 
 mod commands;
+mod digests;
 mod publication;
 mod socket;
 mod views;

@@ -20,7 +20,7 @@ fn facts(address: [u8; 4]) -> Facts {
 }
 
 fn report(address: [u8; 4], generation: u64, refused: Vec<VipRefusal>) -> DataplaneReport {
-    DataplaneReport { facts: facts(address), generation, refused }
+    DataplaneReport { facts: facts(address), generation, refused, tables: vec![] }
 }
 
 struct Fixture {
@@ -83,7 +83,7 @@ fn a_vip_on_the_dataplanes_own_address_is_refused_up_front() {
     assert!(e.contains("VIP 198.18.0.2:443: address:") && e.contains("would refuse"), "{e}");
     let e = d.handle(add("198.18.0.3:443", Mode::Proxy)).unwrap_err();
     assert!(e.contains("FullNAT source addresses"), "{e}");
-    f.seg.lock().report = Some(DataplaneReport { facts: Facts { forwarding: false, ..facts([198, 18, 0, 2]) }, generation: n, refused: vec![] });
+    f.seg.lock().report = Some(DataplaneReport { facts: Facts { forwarding: false, ..facts([198, 18, 0, 2]) }, generation: n, refused: vec![], tables: vec![] });
     let e = d.handle(add("198.18.1.9:0", Mode::Dsr)).unwrap_err();
     assert!(e.contains("VIP 198.18.1.9:0: mode:") && e.contains("no forwarder"), "{e}");
     let e = d
@@ -232,4 +232,38 @@ fn a_segment_problem_shows_in_status_and_goes_away() {
     d.tick(false);
     let Reply::Status(st) = d.handle(Request::Status).unwrap() else { panic!("not status") };
     assert_eq!(st.dataplane.segment, None);
+}
+
+/// `vip list` and the Prometheus view show the table digests the dataplane
+/// reported, with the generation they belong to; a VIP it reported none for
+/// (or another VIP under the same id) shows none.
+#[test]
+fn reported_table_digests_are_shown() {
+    use fulcrum_model::TableDigest;
+    let f = Fixture::new();
+    let two = format!("{VIPS}\n[[vip]]\naddress = \"198.18.1.2\"\nport = 443\nmode = \"proxy\"\ntable_size = 251\nbackends = [{{ address = \"198.18.0.21\", port = 8443 }}]\n");
+    let mut d = f.start(&two).unwrap();
+    let (n, g) = f.published();
+    let list = |d: &mut Daemon| {
+        let Reply::Vips(v) = d.handle(Request::VipList).unwrap() else { panic!("not a VIP list") };
+        v
+    };
+    assert!(list(&mut d).iter().all(|v| v.table.is_none()), "no report yet");
+    let digest = |id, vip: &str| TableDigest { id, vip: vip.into(), slots: 251, backends: 2, digest: "e908e9135a20e780".into() };
+    let mut r = report([198, 18, 0, 2], n, vec![]);
+    // The first VIP's digest, and one under the second VIP's id for another VIP.
+    r.tables = vec![digest(g.vips[0].id, "198.18.1.1:80"), digest(g.vips[1].id, "198.18.1.9:443")];
+    f.seg.lock().report = Some(r);
+    d.tick(false);
+    let v = list(&mut d);
+    let t = v[0].table.as_ref().expect("the first VIP's digest");
+    assert_eq!((t.digest.as_str(), t.generation, t.slots, t.backends), ("e908e9135a20e780", n, 251, 2));
+    assert_eq!(v[1].table, None);
+    let m = d.metrics_view();
+    assert_eq!(
+        m.tables,
+        vec![crate::metrics::VipTableView { vip: "198.18.1.1:80".into(), digest: "e908e9135a20e780".into(), generation: n }]
+    );
+    let text = crate::metrics::render(&m);
+    assert!(text.contains(&format!("fulcrum_vip_table_info{{vip=\"198.18.1.1:80\",digest=\"e908e9135a20e780\",generation=\"{n}\"}} 1\n")), "{text}");
 }

@@ -147,6 +147,7 @@ impl Daemon {
                             drain: b.state == BackendState::Drain,
                         })
                         .collect(),
+                    table: self.table_info(k, self.state.vip_id(k)),
                 }
             })
             .collect()
@@ -321,6 +322,6 @@ impl Daemon {
                 flood_since_unix: self.flood_since(id).map(|s| s.0),
             });
         }
-        metrics::View { vips, dataplane_up: self.dp.alive, generation: self.published_gen }
+        metrics::View { vips, dataplane_up: self.dp.alive, generation: self.published_gen, tables: self.table_views() }
     }
 }

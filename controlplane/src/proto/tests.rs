@@ -136,10 +136,17 @@ fn replies_round_trip() {
         bandwidth_bytes_per_sec: None,
         health: Some(HealthCheck::new(RawKind::Tcp)),
         backends: vec![BackendEntry { backend: "198.18.0.21:0".parse().unwrap(), slot: Some(3), weight: 1, mac: None, drain: true }],
+        table: Some(VipTableInfo { digest: "e908e9135a20e780".into(), generation: 9, slots: 251, backends: 0 }),
     };
     let v = serde_json::to_value(Reply::Vips(vec![vip.clone()])).unwrap();
     assert_eq!((v[0]["vip"].as_str(), v[0]["backends"][0]["slot"].as_u64()), (Some("198.18.1.2:0/udp"), Some(3)));
-    round_trip(Reply::Vips(vec![vip.clone()]), vec![vip]);
+    assert_eq!((v[0]["table"]["digest"].as_str(), v[0]["table"]["generation"].as_u64()), (Some("e908e9135a20e780"), Some(9)));
+    round_trip(Reply::Vips(vec![vip.clone()]), vec![vip.clone()]);
+    // An older daemon's reply, without `table`, still parses.
+    let mut old = serde_json::to_value(Response::ok(Reply::Vips(vec![vip]))).unwrap();
+    old["data"][0].as_object_mut().unwrap().remove("table").unwrap();
+    let back: Response<Vec<VipInfo>> = serde_json::from_value(old).unwrap();
+    assert_eq!(back.into_result().unwrap()[0].table, None);
 
     let backend = BackendInfo {
         vip: k("198.18.1.1:80"),
