@@ -64,6 +64,23 @@ impl ControlPlane {
     /// Like [`start`](Self::start), with Prometheus on `prometheus` (an address
     /// inside `P-fab`, e.g. `127.0.0.1:9469`; read it with `curl` in `fab`).
     pub fn start_with_prometheus(topo: &Topology, vips_toml: &str, prometheus: &str) -> ControlPlane {
+        Self::start_in(topo, &topo.ns("fab"), crate::FABRIC_IP, vips_toml, prometheus)
+    }
+
+    /// Instance `inst`'s control plane ([`Topology::up_instances`]): it runs in the
+    /// instance's own namespace (P-lbk), health-checks from its kernel address and
+    /// announces through the instance's BIRD (`[bgp]`: its socket, its routes file,
+    /// next hop its dataplane's address). `vips_toml` is the VIPs (the same on every
+    /// instance of a pool).
+    pub fn start_for_instance(topo: &Topology, inst: &crate::ecmp::Instance, vips_toml: &str) -> ControlPlane {
+        let bgp = format!(
+            "[bgp]\nbird_socket = {:?}\nroutes_file = {:?}\nnext_hop = \"{}\"\n\n",
+            inst.bird_socket, inst.routes_file, inst.dataplane_ip
+        );
+        Self::start_in(topo, &inst.netns, &inst.kernel_ip, &format!("{bgp}{vips_toml}"), "")
+    }
+
+    fn start_in(topo: &Topology, netns: &str, health_source: &str, vips_toml: &str, prometheus: &str) -> ControlPlane {
         let bin = controlplane_bin();
         assert!(bin.is_file(), "{} not found: build with `cargo build --release --bins`", bin.display());
         assert!(fulcrumctl_bin().is_file(), "{} not found", fulcrumctl_bin().display());
@@ -79,11 +96,10 @@ impl ControlPlane {
         let state_file = dir.path().join("state/controlplane.json");
         let text = format!(
             "[controlplane]\nshm = {shm:?}\nsocket = {socket:?}\nstate_file = {state_file:?}\n\
-             prometheus = \"{prometheus}\"\nhealth_source = \"{}\"\n\n{vips_toml}",
-            crate::FABRIC_IP
+             prometheus = \"{prometheus}\"\nhealth_source = \"{health_source}\"\n\n{vips_toml}"
         );
         fs::write(&config, text).expect("write controlplane.toml");
-        let mut cp = ControlPlane { proc: None, dir, shm, config, socket, state_file, fab: topo.ns("fab"), starts: 0 };
+        let mut cp = ControlPlane { proc: None, dir, shm, config, socket, state_file, fab: netns.to_string(), starts: 0 };
         cp.spawn();
         cp
     }
