@@ -44,6 +44,53 @@ pub struct View {
     pub vips: Vec<VipView>,
     pub dataplane_up: bool,
     pub generation: u64,
+    /// BGP announcement; `None` without `[bgp]` (no series).
+    pub bgp: Option<BgpView>,
+}
+
+/// BGP announcement: the session, `birdc configure` failures, each VIP's
+/// address announced or not.
+#[derive(Debug, Clone, Default)]
+pub struct BgpView {
+    pub session_up: bool,
+    pub configure_failures: u64,
+    /// VIP name, announced.
+    pub vips: Vec<(String, bool)>,
+}
+
+/// The BGP series (with `[bgp]` only).
+pub fn render_bgp(o: &mut String, b: &BgpView) {
+    head(
+        o,
+        "fulcrum_bgp_session_up",
+        "gauge",
+        "1 while BIRD's BGP session to the router is Established.",
+    );
+    let _ = writeln!(o, "fulcrum_bgp_session_up {}", u8::from(b.session_up));
+    head(
+        o,
+        "fulcrum_bgp_configure_failures_total",
+        "counter",
+        "birdc configure runs that failed (each retried).",
+    );
+    let _ = writeln!(
+        o,
+        "fulcrum_bgp_configure_failures_total {}",
+        b.configure_failures
+    );
+    head(
+        o,
+        "fulcrum_vip_announced",
+        "gauge",
+        "1 while the VIP's address is announced over BGP by this instance.",
+    );
+    for (vip, on) in &b.vips {
+        let _ = writeln!(
+            o,
+            "fulcrum_vip_announced{{vip=\"{vip}\"}} {}",
+            u8::from(*on)
+        );
+    }
 }
 
 /// What the endpoint shows, built afresh for every scrape.
@@ -367,6 +414,9 @@ pub fn render(v: &View) -> String {
             }
         }
     }
+    if let Some(b) = &v.bgp {
+        render_bgp(&mut o, b);
+    }
     o
 }
 
@@ -396,6 +446,7 @@ mod tests {
             }],
             dataplane_up: true,
             generation: 4,
+            bgp: None,
         };
         let text = render(&v);
         for line in [
@@ -441,6 +492,7 @@ mod tests {
             vips: vec![vip("198.18.1.1:80", Some(true)), vip("198.18.1.3:80", Some(false))],
             dataplane_up: true,
             generation: 1,
+            bgp: None,
         };
         let text = render(&v);
         for line in [
@@ -481,6 +533,7 @@ mod tests {
             vips: vec![proxy("198.18.1.1:80", 2, Some(1_700_000_000.25)), proxy("198.18.1.3:80", 0, None)],
             dataplane_up: true,
             generation: 1,
+            bgp: None,
         };
         let text = render(&v);
         for (name, kind) in [
@@ -509,6 +562,32 @@ mod tests {
             "fulcrum_vip_flood_lcores{vip=\"198.18.1.3:80\"} 0\n",
             "fulcrum_vip_flood_since_seconds{vip=\"198.18.1.3:80\"} 0\n",
             "fulcrum_vip_drops_total{vip=\"198.18.1.1:80\",reason=\"half_open_timeout\"} 9\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn bgp_series() {
+        let mut v = View::default();
+        assert!(!render(&v).contains("bgp"), "no [bgp]: no series");
+        v.bgp = Some(BgpView {
+            session_up: true,
+            configure_failures: 3,
+            vips: vec![
+                ("198.18.1.1:80".into(), true),
+                ("198.18.1.2:53/udp".into(), false),
+            ],
+        });
+        let text = render(&v);
+        for line in [
+            "# TYPE fulcrum_bgp_session_up gauge\n",
+            "fulcrum_bgp_session_up 1\n",
+            "# TYPE fulcrum_bgp_configure_failures_total counter\n",
+            "fulcrum_bgp_configure_failures_total 3\n",
+            "# TYPE fulcrum_vip_announced gauge\n",
+            "fulcrum_vip_announced{vip=\"198.18.1.1:80\"} 1\n",
+            "fulcrum_vip_announced{vip=\"198.18.1.2:53/udp\"} 0\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -110,6 +110,7 @@ impl Daemon {
                     })
                 })
                 .collect(),
+            bgp: self.bgp_status(),
         }
     }
 
@@ -147,6 +148,7 @@ impl Daemon {
                             drain: b.state == BackendState::Drain,
                         })
                         .collect(),
+                    announced: self.vip_announced(k),
                 }
             })
             .collect()
@@ -321,6 +323,6 @@ impl Daemon {
                 flood_since_unix: self.flood_since(id).map(|s| s.0),
             });
         }
-        metrics::View { vips, dataplane_up: self.dp.alive, generation: self.published_gen }
+        metrics::View { vips, dataplane_up: self.dp.alive, generation: self.published_gen, bgp: self.bgp_metrics() }
     }
 }
