@@ -1,4 +1,5 @@
-//! The control plane's TOML file: `[controlplane]` and `[[vip]]` tables.
+//! The control plane's TOML file: `[controlplane]`, the optional `[bgp]`
+//! and `[[vip]]` tables.
 
 use fulcrum_model::{BackendState, Vip};
 use serde::Deserialize;
@@ -10,8 +11,107 @@ use std::path::{Path, PathBuf};
 struct File {
     #[serde(default)]
     controlplane: Controlplane,
+    #[serde(default)]
+    bgp: Option<BgpFile>,
     #[serde(default, rename = "vip")]
     vips: Vec<Vip>,
+}
+
+/// `[bgp]` as written; checked into [`Bgp`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BgpFile {
+    bird_socket: Option<PathBuf>,
+    routes_file: Option<PathBuf>,
+    next_hop: Option<Ipv4Addr>,
+    protocol: Option<String>,
+    birdc: Option<PathBuf>,
+}
+
+/// `[bgp]`: this instance's BIRD 2, which announces the VIPs the control
+/// plane decides (see [`crate::announce`]). Absent: nothing is announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bgp {
+    /// BIRD's control socket (`bird -s`), for `birdc -s`.
+    pub bird_socket: PathBuf,
+    /// The file BIRD's static protocol includes; the control plane rewrites
+    /// it (temp + rename) with one `route A/32 via NEXT_HOP;` per VIP
+    /// address announced.
+    pub routes_file: PathBuf,
+    /// The next hop of the routes: this instance's dataplane address.
+    pub next_hop: Ipv4Addr,
+    /// BIRD's BGP protocol towards the router (its state is shown in `status`).
+    pub protocol: String,
+    /// The `birdc` program.
+    pub birdc: PathBuf,
+}
+
+impl BgpFile {
+    fn check(self) -> Result<Bgp, String> {
+        let path = |name: &str, p: Option<PathBuf>, what: &str| -> Result<PathBuf, String> {
+            match p {
+                None => Err(format!("bgp.{name}: required ({what})")),
+                Some(p) if p.as_os_str().is_empty() => {
+                    Err(format!("bgp.{name}: must not be empty ({what})"))
+                }
+                Some(p) => Ok(p),
+            }
+        };
+        let bird_socket = path(
+            "bird_socket",
+            self.bird_socket,
+            "BIRD's control socket, as given to `bird -s`",
+        )?;
+        let routes_file = path(
+            "routes_file",
+            self.routes_file,
+            "the file BIRD's static protocol includes, written by the control plane",
+        )?;
+        if routes_file.file_name().is_none() {
+            return Err(format!(
+                "bgp.routes_file: {} is not a file name",
+                routes_file.display()
+            ));
+        }
+        let next_hop = self
+            .next_hop
+            .ok_or("bgp.next_hop: required (this instance's dataplane address, IPv4)")?;
+        if next_hop.is_unspecified()
+            || next_hop.is_multicast()
+            || next_hop.is_broadcast()
+            || next_hop.is_loopback()
+        {
+            return Err(format!(
+                "bgp.next_hop: {next_hop} cannot be a next hop (give the dataplane's address)"
+            ));
+        }
+        let protocol = self.protocol.unwrap_or_else(|| "uplink".into());
+        let symbol = protocol
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && protocol
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !symbol {
+            return Err(format!(
+                "bgp.protocol: {protocol:?} is not a BIRD protocol name (letters, digits and _, not starting with a digit)"
+            ));
+        }
+        let birdc = self.birdc.unwrap_or_else(|| "birdc".into());
+        if birdc.as_os_str().is_empty() {
+            return Err(
+                "bgp.birdc: must not be empty (the birdc program; default \"birdc\")".into(),
+            );
+        }
+        Ok(Bgp {
+            bird_socket,
+            routes_file,
+            next_hop,
+            protocol,
+            birdc,
+        })
+    }
 }
 
 /// `[controlplane]`: where things live.
@@ -49,6 +149,8 @@ impl Default for Controlplane {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub controlplane: Controlplane,
+    /// `[bgp]`; `None`: nothing is announced.
+    pub bgp: Option<Bgp>,
     pub vips: Vec<Vip>,
 }
 
@@ -89,9 +191,10 @@ impl Config {
                 return Err(format!("controlplane.{name}: must not be empty"));
             }
         }
+        let bgp = file.bgp.map(BgpFile::check).transpose()?;
         check_vips(&file.vips).map_err(|e| e.to_string())?;
         let vips = file.vips;
-        Ok(Config { controlplane: file.controlplane, vips })
+        Ok(Config { controlplane: file.controlplane, bgp, vips })
     }
 }
 
@@ -192,6 +295,63 @@ mod tests {
         for (t, want) in cases {
             let e = Config::parse(&t).unwrap_err();
             assert!(e.contains(want), "{e:?} should mention {want}");
+        }
+    }
+
+    #[test]
+    fn bgp_table() {
+        assert_eq!(Config::parse("").unwrap().bgp, None);
+        let ok = "[bgp]\nbird_socket = \"/run/bird/bird.ctl\"\nroutes_file = \"/etc/bird/vips.conf\"\nnext_hop = \"198.18.0.2\"\n";
+        let b = Config::parse(ok).unwrap().bgp.unwrap();
+        assert_eq!(b.protocol, "uplink");
+        assert_eq!(b.birdc, PathBuf::from("birdc"));
+        assert_eq!(b.next_hop, Ipv4Addr::new(198, 18, 0, 2));
+        let b = Config::parse(&format!(
+            "{ok}protocol = \"up_2\"\nbirdc = \"/usr/sbin/birdc\"\n"
+        ))
+        .unwrap()
+        .bgp
+        .unwrap();
+        assert_eq!(
+            (b.protocol.as_str(), b.birdc),
+            ("up_2", PathBuf::from("/usr/sbin/birdc"))
+        );
+        let cases = [
+            (
+                "[bgp]\nroutes_file = \"/x\"\nnext_hop = \"198.18.0.2\"\n".to_owned(),
+                "bgp.bird_socket: required",
+            ),
+            (
+                "[bgp]\nbird_socket = \"/x\"\nnext_hop = \"198.18.0.2\"\n".to_owned(),
+                "bgp.routes_file: required",
+            ),
+            (
+                "[bgp]\nbird_socket = \"/x\"\nroutes_file = \"/y\"\n".to_owned(),
+                "bgp.next_hop: required",
+            ),
+            (
+                ok.replace("\"/run/bird/bird.ctl\"", "\"\""),
+                "bgp.bird_socket: must not be empty",
+            ),
+            (ok.replace("198.18.0.2", "198.18.0"), "next_hop"),
+            (
+                ok.replace("198.18.0.2", "0.0.0.0"),
+                "bgp.next_hop: 0.0.0.0 cannot be a next hop",
+            ),
+            (
+                format!("{ok}protocol = \"up-link\"\n"),
+                "bgp.protocol: \"up-link\" is not a BIRD protocol name",
+            ),
+            (format!("{ok}protocol = \"\"\n"), "bgp.protocol"),
+            (
+                format!("{ok}birdc = \"\"\n"),
+                "bgp.birdc: must not be empty",
+            ),
+            (format!("{ok}nexthop = \"198.18.0.2\"\n"), "nexthop"),
+        ];
+        for (text, want) in cases {
+            let e = Config::parse(&text).unwrap_err();
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
         }
     }
 }

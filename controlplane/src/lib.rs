@@ -5,6 +5,7 @@
 //! control socket and the published [`fulcrum_model::Generation`].
 #![forbid(unsafe_code)]
 pub mod health;
+pub mod announce;
 pub mod checks;
 pub mod config;
 pub mod daemon;

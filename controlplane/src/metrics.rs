@@ -46,6 +46,8 @@ pub struct View {
     pub generation: u64,
     /// The installed tables' digests the dataplane reported.
     pub tables: Vec<VipTableView>,
+    /// BGP announcement; `None` without `[bgp]` (no series).
+    pub bgp: Option<BgpView>,
 }
 
 /// A VIP's installed Maglev table as the dataplane reported it: its digest
@@ -55,6 +57,51 @@ pub struct VipTableView {
     pub vip: String,
     pub digest: String,
     pub generation: u64,
+}
+
+/// BGP announcement: the session, `birdc configure` failures, each VIP's
+/// address announced or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BgpView {
+    pub session_up: bool,
+    pub configure_failures: u64,
+    /// VIP name, announced.
+    pub vips: Vec<(String, bool)>,
+}
+
+/// The BGP series (with `[bgp]` only).
+pub fn render_bgp(o: &mut String, b: &BgpView) {
+    head(
+        o,
+        "fulcrum_bgp_session_up",
+        "gauge",
+        "1 while BIRD's BGP session to the router is Established.",
+    );
+    let _ = writeln!(o, "fulcrum_bgp_session_up {}", u8::from(b.session_up));
+    head(
+        o,
+        "fulcrum_bgp_configure_failures_total",
+        "counter",
+        "birdc configure runs that failed (each retried).",
+    );
+    let _ = writeln!(
+        o,
+        "fulcrum_bgp_configure_failures_total {}",
+        b.configure_failures
+    );
+    head(
+        o,
+        "fulcrum_vip_announced",
+        "gauge",
+        "1 while the VIP's address is announced over BGP by this instance.",
+    );
+    for (vip, on) in &b.vips {
+        let _ = writeln!(
+            o,
+            "fulcrum_vip_announced{{vip=\"{vip}\"}} {}",
+            u8::from(*on)
+        );
+    }
 }
 
 /// What the endpoint shows, built afresh for every scrape.
@@ -379,6 +426,9 @@ pub fn render(v: &View) -> String {
         }
     }
     render_tables(&mut o, &v.tables);
+    if let Some(b) = &v.bgp {
+        render_bgp(&mut o, b);
+    }
     o
 }
 
@@ -428,6 +478,7 @@ mod tests {
             dataplane_up: true,
             generation: 4,
             tables: vec![],
+            bgp: None,
         };
         let text = render(&v);
         for line in [
@@ -474,6 +525,7 @@ mod tests {
             dataplane_up: true,
             generation: 1,
             tables: vec![],
+            bgp: None,
         };
         let text = render(&v);
         for line in [
@@ -515,6 +567,7 @@ mod tests {
             dataplane_up: true,
             generation: 1,
             tables: vec![],
+            bgp: None,
         };
         let text = render(&v);
         for (name, kind) in [
@@ -568,5 +621,31 @@ mod tests {
         assert_eq!(text.matches("# HELP fulcrum_vip_table_info ").count(), 1);
         let empty = render(&View::default());
         assert!(empty.contains("# TYPE fulcrum_vip_table_info gauge\n") && !empty.contains("fulcrum_vip_table_info{"), "{empty}");
+    }
+
+    #[test]
+    fn bgp_series() {
+        let mut v = View::default();
+        assert!(!render(&v).contains("bgp"), "no [bgp]: no series");
+        v.bgp = Some(BgpView {
+            session_up: true,
+            configure_failures: 3,
+            vips: vec![
+                ("198.18.1.1:80".into(), true),
+                ("198.18.1.2:53/udp".into(), false),
+            ],
+        });
+        let text = render(&v);
+        for line in [
+            "# TYPE fulcrum_bgp_session_up gauge\n",
+            "fulcrum_bgp_session_up 1\n",
+            "# TYPE fulcrum_bgp_configure_failures_total counter\n",
+            "fulcrum_bgp_configure_failures_total 3\n",
+            "# TYPE fulcrum_vip_announced gauge\n",
+            "fulcrum_vip_announced{vip=\"198.18.1.1:80\"} 1\n",
+            "fulcrum_vip_announced{vip=\"198.18.1.2:53/udp\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

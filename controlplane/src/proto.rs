@@ -190,6 +190,41 @@ pub enum Request {
     Health,
     /// Re-read the TOML file (as SIGHUP does).
     Reload,
+    /// Take this instance out of (or back into) rotation: out, every VIP
+    /// is withdrawn from BGP while the dataplane keeps serving the flows it
+    /// has; persisted in the state file.
+    Rotation {
+        rotation: Rotation,
+    },
+}
+
+/// Whether this instance is in rotation (its VIPs may be announced) or out
+/// (every VIP withdrawn by the operator).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    #[default]
+    In,
+    Out,
+}
+
+impl Rotation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rotation::In => "in",
+            Rotation::Out => "out",
+        }
+    }
+}
+
+/// `rotation in|out`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotationReply {
+    pub rotation: Rotation,
+    /// It was not already so.
+    pub changed: bool,
+    /// `[bgp]` is configured (without it nothing is announced either way).
+    pub bgp_configured: bool,
 }
 
 impl Request {
@@ -220,6 +255,56 @@ pub struct StatusReply {
     /// VIPs whose panic threshold holds passive ejection back now.
     #[serde(default)]
     pub vips_in_panic: Vec<VipPanicInfo>,
+    /// BGP announcement (absent from an older daemon's reply).
+    #[serde(default)]
+    pub bgp: BgpStatus,
+}
+
+/// `status`'s `bgp` block: what this instance tells its BIRD.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BgpStatus {
+    /// `[bgp]` is configured; when not, nothing else is set.
+    pub configured: bool,
+    pub bird_socket: Option<String>,
+    pub routes_file: Option<String>,
+    pub next_hop: Option<Ipv4Addr>,
+    /// BIRD's BGP protocol watched.
+    pub protocol: Option<String>,
+    /// Its state from `birdc show protocols` (`Established`, `Active`,
+    /// `Connect`, ..., `down`), refreshed about once a second; `None`
+    /// until read.
+    pub session: Option<String>,
+    /// The rest of that line (BIRD's info column), or why it could not be read.
+    pub session_info: Option<String>,
+    /// How long ago it was read.
+    pub session_age_secs: Option<f64>,
+    pub rotation: Rotation,
+    /// Addresses in the routes file BIRD was last configured with.
+    pub routes: Vec<Ipv4Addr>,
+    /// `birdc configure` runs that failed (retried every tick).
+    pub configure_failures: u64,
+    pub last_error: Option<String>,
+    /// How long the last successful `birdc configure` took.
+    pub last_configure_ms: Option<f64>,
+    /// Every configured VIP: announced or withdrawn, why, since when.
+    pub vips: Vec<VipAnnouncement>,
+}
+
+/// One VIP's announcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipAnnouncement {
+    pub vip: VipKey,
+    /// Its address is in the routes BIRD has (or is being given).
+    pub announced: bool,
+    /// Why the VIP itself is withdrawn (`dataplane down`, `generation N not
+    /// applied (applied M)`, `refused by the dataplane: ...`, `no healthy
+    /// backend`, `out of rotation`); `None` when its own rule holds. A VIP
+    /// withdrawn by its own rule may still be `announced` because another
+    /// VIP on the same address is.
+    pub reason: Option<String>,
+    /// Unix seconds since it is so, and how long that is.
+    pub since_unix: f64,
+    pub for_secs: f64,
 }
 
 /// A VIP in panic: passive ejection would take its healthy share below
@@ -388,6 +473,10 @@ pub struct VipInfo {
     /// as it reported it; `None` until it has.
     #[serde(default)]
     pub table: Option<VipTableInfo>,
+    /// Its address is announced over BGP; `None` without `[bgp]` (and from
+    /// an older daemon).
+    #[serde(default)]
+    pub announced: Option<bool>,
 }
 
 /// The Maglev table the dataplane installed for a VIP
@@ -564,6 +653,7 @@ pub enum Reply {
     Health(Vec<HealthInfo>),
     Changed(ChangeReply),
     Reloaded(ReloadReply),
+    Rotation(RotationReply),
 }
 
 /// One response line.

@@ -12,8 +12,21 @@ use std::net::SocketAddrV4;
 use std::path::Path;
 
 /// The state file's shape: 2 since VIPs are `fulcrum_model::Vip` (keyed by
-/// address, port and protocol; backend drain is `state = "drain"`).
-pub const STATE_VERSION: u32 = 2;
+/// address, port and protocol; backend drain is `state = "drain"`); 3 adds
+/// `out_of_rotation`.
+///
+/// Version 3 is only written while the instance is out of rotation: a file
+/// in rotation is written as version 2 (the same shape without the field),
+/// so an older control plane still reads it; one out of rotation is refused
+/// by an older control plane (which would silently put the instance back in
+/// rotation) with the version error. Both versions are read.
+pub const STATE_VERSION: u32 = 3;
+/// The oldest version read (see [`STATE_VERSION`]).
+pub const STATE_VERSION_MIN: u32 = 2;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +45,10 @@ pub struct State {
     /// Last generation number published.
     #[serde(default)]
     pub generation: u64,
+    /// Taken out of rotation (`fulcrumctl rotation out`): no VIP is
+    /// announced over BGP. Version 3 (written only when true).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub out_of_rotation: bool,
 }
 
 impl Default for State {
@@ -43,6 +60,7 @@ impl Default for State {
             vip_ids: BTreeMap::new(),
             slots: BTreeMap::new(),
             generation: 0,
+            out_of_rotation: false,
         }
     }
 }
@@ -66,8 +84,8 @@ pub enum StateError {
     #[error("{path}: cannot read: {source}")]
     Read { path: String, source: std::io::Error },
     #[error(
-        "{path}: state file version {found} (written by {by}); this fulcrum-controlplane reads version \
-         {STATE_VERSION}: move the file aside to start from the TOML (changes made with fulcrumctl since \
+        "{path}: state file version {found} (written by {by}); this fulcrum-controlplane reads versions \
+         {STATE_VERSION_MIN} and {STATE_VERSION}: move the file aside to start from the TOML (changes made with fulcrumctl since \
          are not carried over)"
     )]
     Version { path: String, found: String, by: &'static str },
@@ -94,7 +112,11 @@ impl State {
             None => {
                 return Err(StateError::Version { path: p(), found: "1".into(), by: "an older fulcrum-controlplane" })
             }
-            Some(v) if v.as_u64() != Some(u64::from(STATE_VERSION)) => {
+            Some(v)
+                if !v.as_u64().is_some_and(|n| {
+                    (u64::from(STATE_VERSION_MIN)..=u64::from(STATE_VERSION)).contains(&n)
+                }) =>
+            {
                 let by = if v.as_u64().is_some_and(|n| n > u64::from(STATE_VERSION)) {
                     "a newer fulcrum-controlplane"
                 } else {
@@ -180,10 +202,13 @@ impl State {
 
     fn write(&self, path: &Path) -> Result<(), String> {
         use std::io::Write;
+        let mut this = self.clone();
+        this.version = if self.out_of_rotation { STATE_VERSION } else { STATE_VERSION_MIN };
+        let this = &this;
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string_pretty(this).map_err(|e| e.to_string())?;
         let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
         f.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -412,7 +437,7 @@ mod more_tests {
         std::fs::write(&path, r#"{"vips":[],"toml_base":[],"vip_ids":{},"slots":{},"generation":3}"#).unwrap();
         let e = State::load(&path).unwrap_err().to_string();
         assert!(e.contains("state.json") && e.contains("version 1") && e.contains("move the file aside"), "{e}");
-        std::fs::write(&path, r#"{"version":3}"#).unwrap();
+        std::fs::write(&path, r#"{"version":4}"#).unwrap();
         assert!(State::load(&path).unwrap_err().to_string().contains("newer"));
         let s = State { vips: vec![Vip::new([198, 18, 1, 1].into(), 80, Mode::Proxy)], ..Default::default() };
         s.save(&path).unwrap();
@@ -530,9 +555,43 @@ mod corrupt_tests {
     fn another_version_is_still_refused_and_left_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        std::fs::write(&path, r#"{"version":3}"#).unwrap();
+        std::fs::write(&path, r#"{"version":4}"#).unwrap();
         let e = State::load_or_set_aside(&path).unwrap_err().to_string();
         assert!(e.contains("newer"), "{e}");
         assert!(path.exists());
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    #[test]
+    fn out_of_rotation_is_version_3_and_in_rotation_stays_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut s = State::default();
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"version\": 2") && !text.contains("out_of_rotation"),
+            "{text}"
+        );
+        assert!(!State::load(&path).unwrap().unwrap().out_of_rotation);
+        s.out_of_rotation = true;
+        s.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("\"version\": 3") && text.contains("\"out_of_rotation\": true"),
+            "{text}"
+        );
+        assert!(State::load(&path).unwrap().unwrap().out_of_rotation);
+        // What an older control plane wrote (version 2) loads, in rotation.
+        std::fs::write(
+            &path,
+            r#"{"version":2,"vips":[],"toml_base":[],"vip_ids":{},"slots":{}}"#,
+        )
+        .unwrap();
+        assert!(!State::load(&path).unwrap().unwrap().out_of_rotation);
     }
 }

@@ -3,8 +3,8 @@
 
 use clap::{Args, Parser, Subcommand};
 use fulcrum_controlplane::proto::{
-    self, BackendInfo, ChangeReply, HealthInfo, LimitChange, LimitsInfo, ReloadReply, Request, StatsReply,
-    StatusReply, SynStats, VipInfo, VipKey, VipOptions,
+    self, BackendInfo, BgpStatus, ChangeReply, HealthInfo, LimitChange, LimitsInfo, ReloadReply, Request, Rotation,
+    RotationReply, StatsReply, StatusReply, SynStats, VipInfo, VipKey, VipOptions,
 };
 use fulcrum_model::health::HealthCheck;
 use fulcrum_model::{Affinity, Cidr, Encap, Mac, Mode, Proto, ProxyProtocol, Rate, Tunnel};
@@ -59,6 +59,23 @@ enum Command {
     },
     /// Re-read the configuration file (as SIGHUP does) and apply the difference.
     Reload,
+    /// Take this instance out of BGP rotation (`out`: every VIP is
+    /// withdrawn, the dataplane keeps serving the flows it has) or put it
+    /// back (`in`: VIPs are announced again by the usual rule). Kept across
+    /// control-plane restarts (state file). `fulcrumctl status` shows it.
+    Rotation {
+        /// in or out
+        #[arg(value_parser = parse_rotation)]
+        rotation: Rotation,
+    },
+}
+
+fn parse_rotation(s: &str) -> Result<Rotation, String> {
+    match s {
+        "in" => Ok(Rotation::In),
+        "out" => Ok(Rotation::Out),
+        _ => Err(format!("{s:?}: in or out")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -314,6 +331,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         Command::Stats => Request::Stats,
         Command::Health => Request::Health,
         Command::Reload => Request::Reload,
+        Command::Rotation { rotation } => Request::Rotation {
+            rotation: *rotation,
+        },
         Command::Vip(VipCmd::List) => Request::VipList,
         Command::Vip(VipCmd::Add { vip, opts }) => {
             let (vip, options) = vip_add(*vip, opts)?;
@@ -366,6 +386,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         Command::Stats => show(cli, &req, fmt_stats)?,
         Command::Health => show(cli, &req, |v: &Vec<HealthInfo>| fmt_health(v))?,
         Command::Reload => show(cli, &req, |r: &ReloadReply| format!("ok: generation {}", r.generation))?,
+        Command::Rotation { .. } => show(cli, &req, fmt_rotation)?,
         _ => show(cli, &req, |r: &ChangeReply| format!("ok: generation {}", r.generation))?,
     };
     print!("{text}");
@@ -470,6 +491,71 @@ fn duration(secs: f64) -> String {
     }
 }
 
+fn fmt_rotation(r: &RotationReply) -> String {
+    let what = match r.rotation {
+        Rotation::Out => {
+            "out of rotation: every VIP withdrawn (the dataplane keeps serving established flows)"
+        }
+        Rotation::In => "in rotation: VIPs announced by the usual rule",
+    };
+    let mut s = format!("ok: {what}{}", if r.changed { "" } else { " (already so)" });
+    if !r.bgp_configured {
+        s.push_str("\nnote: no [bgp] configured: nothing is announced either way");
+    }
+    s
+}
+
+/// `status`'s `bgp` block.
+fn fmt_bgp(o: &mut String, b: &BgpStatus) {
+    if !b.configured {
+        let _ = writeln!(o, "bgp: not configured (rotation {})", b.rotation.name());
+        return;
+    }
+    let _ = write!(
+        o,
+        "bgp: session {} {}",
+        b.protocol.as_deref().unwrap_or("-"),
+        b.session.as_deref().unwrap_or("unknown")
+    );
+    if let Some(i) = b
+        .session_info
+        .as_deref()
+        .filter(|i| !i.is_empty() && Some(*i) != b.session.as_deref())
+    {
+        let _ = write!(o, " ({i})");
+    }
+    let _ = writeln!(o, ", rotation {}", b.rotation.name());
+    let routes: Vec<String> = b.routes.iter().map(|a| format!("{a}/32")).collect();
+    let _ = writeln!(
+        o,
+        "  routes via {}: {}; BIRD {}, routes file {}",
+        b.next_hop.map_or_else(|| "-".into(), |a| a.to_string()),
+        if routes.is_empty() {
+            "none".into()
+        } else {
+            routes.join(", ")
+        },
+        b.bird_socket.as_deref().unwrap_or("-"),
+        b.routes_file.as_deref().unwrap_or("-")
+    );
+    let _ = write!(o, "  birdc configure: {} failures", b.configure_failures);
+    if let Some(ms) = b.last_configure_ms {
+        let _ = write!(o, ", last took {ms:.1} ms");
+    }
+    let _ = writeln!(o);
+    if let Some(e) = &b.last_error {
+        let _ = writeln!(o, "  FAILING: {e}");
+    }
+    for v in &b.vips {
+        let state = match (v.announced, &v.reason) {
+            (true, None) => "announced".to_owned(),
+            (true, Some(r)) => format!("announced (for another VIP on its address; itself: {r})"),
+            (false, r) => format!("withdrawn: {}", r.as_deref().unwrap_or("-")),
+        };
+        let _ = writeln!(o, "  VIP {} {state}, for {}", v.vip, duration(v.for_secs));
+    }
+}
+
 fn fmt_status(d: &StatusReply) -> String {
     let (cp, dp) = (&d.controlplane, &d.dataplane);
     let mut o = String::new();
@@ -544,6 +630,7 @@ fn fmt_status(d: &StatusReply) -> String {
             p.ejections_skipped
         );
     }
+    fmt_bgp(&mut o, &d.bgp);
     o
 }
 
@@ -567,11 +654,13 @@ fn fmt_vips(d: &[VipInfo]) -> String {
                 opt(&tunnel),
                 digest_cell(v),
                 v.table.as_ref().map_or_else(|| "-".into(), |t| t.generation.to_string()),
+                v.announced
+                    .map_or_else(|| "-".into(), |a| if a { "yes" } else { "no" }.to_owned()),
             ]
         })
         .collect();
     table(
-        &["VIP", "ID", "MODE", "PROTO", "AFFINITY", "BACKENDS", "MAX_CONN", "NEW_CONN_RATE", "HEALTH", "TUNNEL", "DIGEST", "DIGEST_GEN"],
+        &["VIP", "ID", "MODE", "PROTO", "AFFINITY", "BACKENDS", "MAX_CONN", "NEW_CONN_RATE", "HEALTH", "TUNNEL", "DIGEST", "DIGEST_GEN", "ANNOUNCED"],
         &rows,
     )
 }

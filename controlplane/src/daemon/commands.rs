@@ -80,6 +80,7 @@ impl Daemon {
                 self.backend_change(vip, backend, |b| b.state = BackendState::Up)
             }
             Request::LimitSet { vip, change } => self.change(|vips| limit_set(find(vips, vip)?, vip, change)),
+            Request::Rotation { rotation } => self.set_rotation(rotation).map(Reply::Rotation),
         }
     }
 

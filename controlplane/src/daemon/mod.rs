@@ -13,6 +13,8 @@
 //!   the Prometheus view;
 //! - `digests`: the installed Maglev tables' digests the dataplane reports
 //!   (`vip list`, Prometheus).
+//! - `bgp`: which VIPs are announced (every tick, [`crate::announce`]'s
+//!   rule), handed to BIRD; `rotation in|out`.
 
 macro_rules! log {
     ($($t:tt)*) => {{
@@ -21,6 +23,7 @@ macro_rules! log {
     }};
 }
 
+mod bgp;
 mod commands;
 mod digests;
 mod publication;
@@ -108,6 +111,10 @@ pub struct Daemon {
     prometheus_bound: Option<String>,
     /// The control socket's and the Prometheus endpoint's client counters.
     inputs: Arc<Inputs>,
+    /// `[bgp]`: this instance's BIRD, driven from its own thread.
+    bird: Option<crate::announce::Bird>,
+    /// What is announced, per VIP, since when.
+    announce: bgp::Announce,
 }
 
 /// Why the daemon did not start, and its exit code (2: configuration or
@@ -139,6 +146,9 @@ impl Daemon {
     /// ids and slots, saves the state, starts the health checker and
     /// publishes unless the segment already holds the same generation.
     pub fn new(config_path: &Path, config: Config, mut seg: Box<dyn Segment>) -> Result<Daemon, StartError> {
+        // Before anything else: BIRD announces nothing until the dataplane
+        // is seen applying the current generation.
+        let bird = config.bgp.clone().map(crate::announce::Bird::start);
         let cp = config.controlplane.clone();
         let report = seg.report();
         let facts = report.as_ref().map(|r| &r.facts);
@@ -212,6 +222,8 @@ impl Daemon {
             startup_slots: HashSet::new(),
             prometheus_bound: None,
             inputs: Arc::new(Inputs::default()),
+            bird,
+            announce: bgp::Announce::default(),
         };
         let (max_vips, max_slots) = daemon.seg.capacity();
         daemon.state.assign_ids(max_vips, max_slots).map_err(|e| fail(2, e))?;
@@ -243,6 +255,7 @@ impl Daemon {
         self.seg.heartbeat();
         self.poll_health();
         self.watch_dataplane();
+        self.announce_tick();
         if sample {
             self.sample();
         }
@@ -259,6 +272,7 @@ pub fn run(config_path: &Path, open_segment: impl FnOnce(&Path) -> Result<Box<dy
         }
     };
     let cp = config.controlplane.clone();
+    let config_bgp = config.bgp.clone();
     // Take the control-plane role first: a second daemon must not touch the
     // state file or the socket of a running one.
     if cp.socket.exists() && UnixStream::connect(&cp.socket).is_ok() {
@@ -326,12 +340,16 @@ pub fn run(config_path: &Path, open_segment: impl FnOnce(&Path) -> Result<Box<dy
     let control = lock(&shared).inputs.control.clone();
     socket::serve(listener, shared.clone(), control);
     log!(
-        "ready: socket {}, shm {}, state {}, prometheus {}, generation {}",
+        "ready: socket {}, shm {}, state {}, prometheus {}, generation {}, bgp {}",
         cp.socket.display(),
         cp.shm.display(),
         cp.state_file.display(),
         if cp.prometheus.is_empty() { "off" } else { &cp.prometheus },
-        lock(&shared).published_gen
+        lock(&shared).published_gen,
+        match &config_bgp {
+            Some(b) => format!("via {} (routes {}, next hop {})", b.bird_socket.display(), b.routes_file.display(), b.next_hop),
+            None => "off".into(),
+        }
     );
 
     let mut next = Instant::now();

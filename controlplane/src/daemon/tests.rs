@@ -208,9 +208,9 @@ fn published_state_is_drain_then_health_then_up() {
     let states: Vec<BackendState> = g.vips[0].vip.backends.iter().map(|b| b.state).collect();
     assert_eq!(states, vec![BackendState::Up, BackendState::Drain]);
     drop(d);
-    // The state file written is version 2 and loads back.
+    // The state file written is version 2 (in rotation) and loads back.
     let s = State::load(&f.dir.path().join("state.json")).unwrap().unwrap();
-    assert_eq!(s.version, state::STATE_VERSION);
+    assert_eq!(s.version, state::STATE_VERSION_MIN);
     assert_eq!(s.vips[0].backends[1].state, BackendState::Drain);
 }
 
@@ -266,4 +266,124 @@ fn reported_table_digests_are_shown() {
     );
     let text = crate::metrics::render(&m);
     assert!(text.contains(&format!("fulcrum_vip_table_info{{vip=\"198.18.1.1:80\",digest=\"e908e9135a20e780\",generation=\"{n}\"}} 1\n")), "{text}");
+}
+
+/// `[bgp]` with a fake `birdc` that records its calls: the routes file
+/// written empty at start, a VIP announced once the dataplane (alive, this
+/// test's pid) applied the published generation, withdrawn when it is out
+/// of rotation (kept across a restart) and when the dataplane's pid is gone.
+#[test]
+fn bgp_announcement_follows_the_dataplane_and_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let d0 = f.dir.path();
+    let birdc = d0.join("birdc");
+    std::fs::write(
+        &birdc,
+        format!("#!/bin/sh\necho \"$*\" >> {:?}\n", d0.join("calls")),
+    )
+    .unwrap();
+    std::fs::set_permissions(&birdc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let routes = d0.join("routes.conf");
+    let bgp = format!(
+        "[bgp]\nbird_socket = {:?}\nroutes_file = {routes:?}\nnext_hop = \"198.18.0.2\"\nbirdc = {birdc:?}\n{VIPS}",
+        d0.join("bird.ctl")
+    );
+    let route_lines = || {
+        std::fs::read_to_string(&routes)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("route"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let wait_routes = |want: &[&str]| {
+        let end = Instant::now() + Duration::from_secs(5);
+        while route_lines() != want {
+            assert!(
+                Instant::now() < end,
+                "routes {:?}, want {want:?}",
+                route_lines()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut d = f.start(&bgp).unwrap();
+    assert!(route_lines().is_empty(), "written empty at start");
+    assert!(std::fs::read_to_string(d0.join("calls"))
+        .unwrap()
+        .contains("configure"));
+    let reason = |d: &mut Daemon| {
+        let Reply::Status(st) = d.handle(Request::Status).unwrap() else {
+            panic!("not status")
+        };
+        assert!(st.bgp.configured);
+        st.bgp.vips[0].reason.clone()
+    };
+    d.tick(false);
+    assert_eq!(reason(&mut d).as_deref(), Some("dataplane down"));
+    // The dataplane: this process, beating, generation applied.
+    let (n, _) = f.published();
+    let beat = |f: &Fixture, b: u64| {
+        let mut s = f.seg.lock();
+        s.dataplane.present = true;
+        s.dataplane.pid = std::process::id();
+        s.dataplane.epoch = 2;
+        s.dataplane.beat = b;
+    };
+    beat(&f, 1);
+    f.seg.lock().dataplane.applied_generation = n - 1;
+    f.seg.lock().report = Some(report([198, 18, 0, 2], n - 1, vec![]));
+    d.tick(false);
+    assert_eq!(
+        reason(&mut d),
+        Some(format!("generation {n} not applied (applied {})", n - 1))
+    );
+    f.seg.lock().dataplane.applied_generation = n;
+    f.seg.lock().report = Some(report([198, 18, 0, 2], n, vec![]));
+    beat(&f, 2);
+    d.tick(false);
+    assert_eq!(reason(&mut d), None);
+    wait_routes(&["route 198.18.1.1/32 via 198.18.0.2;"]);
+    let Reply::Vips(v) = d.handle(Request::VipList).unwrap() else {
+        panic!()
+    };
+    assert_eq!(v[0].announced, Some(true));
+    // Out of rotation: withdrawn, persisted, kept across a restart.
+    let Reply::Rotation(r) = d
+        .handle(Request::Rotation {
+            rotation: crate::proto::Rotation::Out,
+        })
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(r.changed && r.bgp_configured);
+    assert_eq!(reason(&mut d).as_deref(), Some("out of rotation"));
+    wait_routes(&[]);
+    drop(d);
+    let mut d = f.start(&bgp).unwrap();
+    beat(&f, 3);
+    d.tick(false);
+    assert_eq!(reason(&mut d).as_deref(), Some("out of rotation"));
+    d.handle(Request::Rotation {
+        rotation: crate::proto::Rotation::In,
+    })
+    .unwrap();
+    beat(&f, 4);
+    d.tick(false);
+    assert_eq!(reason(&mut d), None);
+    wait_routes(&["route 198.18.1.1/32 via 198.18.0.2;"]);
+    // The dataplane's pid gone: withdrawn at the next tick.
+    f.seg.lock().dataplane.pid = u32::MAX - 1;
+    beat(&f, 5);
+    f.seg.lock().dataplane.pid = u32::MAX - 1;
+    d.tick(false);
+    assert_eq!(reason(&mut d).as_deref(), Some("dataplane down"));
+    wait_routes(&[]);
+    let m = crate::metrics::render(&d.metrics_view());
+    assert!(
+        m.contains("fulcrum_vip_announced{vip=\"198.18.1.1:80\"} 0\n"),
+        "{m}"
+    );
 }

@@ -110,6 +110,7 @@ impl Daemon {
                     })
                 })
                 .collect(),
+            bgp: self.bgp_status(),
         }
     }
 
@@ -148,6 +149,7 @@ impl Daemon {
                         })
                         .collect(),
                     table: self.table_info(k, self.state.vip_id(k)),
+                    announced: self.vip_announced(k),
                 }
             })
             .collect()
@@ -322,6 +324,12 @@ impl Daemon {
                 flood_since_unix: self.flood_since(id).map(|s| s.0),
             });
         }
-        metrics::View { vips, dataplane_up: self.dp.alive, generation: self.published_gen, tables: self.table_views() }
+        metrics::View {
+            vips,
+            dataplane_up: self.dp.alive,
+            generation: self.published_gen,
+            tables: self.table_views(),
+            bgp: self.bgp_metrics(),
+        }
     }
 }

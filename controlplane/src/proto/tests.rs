@@ -107,6 +107,7 @@ fn replies_round_trip() {
             up: 2,
             threshold_pct: 50,
         }],
+        bgp: BgpStatus::default(),
     };
     let line = serde_json::to_value(Reply::Status(Box::new(status.clone()))).unwrap();
     assert_eq!(line["dataplane"]["state"], "never seen");
@@ -137,6 +138,7 @@ fn replies_round_trip() {
         health: Some(HealthCheck::new(RawKind::Tcp)),
         backends: vec![BackendEntry { backend: "198.18.0.21:0".parse().unwrap(), slot: Some(3), weight: 1, mac: None, drain: true }],
         table: Some(VipTableInfo { digest: "e908e9135a20e780".into(), generation: 9, slots: 251, backends: 0 }),
+        announced: Some(true),
     };
     let v = serde_json::to_value(Reply::Vips(vec![vip.clone()])).unwrap();
     assert_eq!((v[0]["vip"].as_str(), v[0]["backends"][0]["slot"].as_u64()), (Some("198.18.1.2:0/udp"), Some(3)));
@@ -234,4 +236,50 @@ fn replies_round_trip() {
 
     let e: Response<ChangeReply> = serde_json::from_str(r#"{"ok":false,"error":"no VIP 198.18.9.9:80"}"#).unwrap();
     assert_eq!(e.into_result().unwrap_err(), "no VIP 198.18.9.9:80");
+}
+
+#[test]
+fn rotation_on_the_wire() {
+    let r: Request = serde_json::from_str(r#"{"cmd":"rotation","rotation":"out"}"#).unwrap();
+    assert_eq!(
+        r,
+        Request::Rotation {
+            rotation: Rotation::Out
+        }
+    );
+    assert!(r.is_change());
+    assert_eq!(
+        serde_json::to_string(&Request::Rotation {
+            rotation: Rotation::In
+        })
+        .unwrap(),
+        r#"{"cmd":"rotation","rotation":"in"}"#
+    );
+    assert!(
+        serde_json::from_str::<Request>(r#"{"cmd":"rotation","rotation":"sideways"}"#).is_err()
+    );
+    let reply = RotationReply {
+        rotation: Rotation::Out,
+        changed: true,
+        bgp_configured: true,
+    };
+    round_trip(Reply::Rotation(reply.clone()), reply);
+    let bgp = BgpStatus {
+        configured: true,
+        next_hop: Some([198, 18, 0, 2].into()),
+        session: Some("Established".into()),
+        rotation: Rotation::Out,
+        routes: vec![[198, 18, 1, 1].into()],
+        vips: vec![VipAnnouncement {
+            vip: k("198.18.1.1:80"),
+            announced: false,
+            reason: Some("out of rotation".into()),
+            since_unix: 1.5,
+            for_secs: 0.5,
+        }],
+        ..Default::default()
+    };
+    let v = serde_json::to_value(&bgp).unwrap();
+    assert_eq!(v["rotation"], "out");
+    assert_eq!(serde_json::from_value::<BgpStatus>(v).unwrap(), bgp);
 }
