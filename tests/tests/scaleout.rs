@@ -41,7 +41,7 @@ fn vips_toml() -> String {
     let be = |port: u16| {
         BACKEND_IPS.iter().map(|b| format!("{{ address = \"{b}\", port = {port} }}")).collect::<Vec<_>>().join(", ")
     };
-    let health = "health = { kind = \"tcp\", port = 8080, interval_ms = 300, timeout_ms = 300, rise = 1, fall = 2 }";
+    let health = "health = { kind = \"tcp\", port = 8080, interval_ms = 400, timeout_ms = 300, rise = 1, fall = 2 }";
     format!(
         "[[vip]]\naddress = \"{PROXY_VIP}\"\nport = 80\nmode = \"proxy\"\n{health}\nbackends = [ {} ]\n\n\
          [[vip]]\naddress = \"{DSR_VIP}\"\nport = 5201\nproto = \"tcp\"\nmode = \"dsr\"\naffinity = \"client\"\n{health}\nbackends = [ {} ]\n",
