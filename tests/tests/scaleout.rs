@@ -8,7 +8,11 @@
 //!   generation; the router's kernel route has both next hops;
 //! - 10 000 short connections to the proxy VIP all succeed and each instance
 //!   carries at least 30 % (its dataplane's `accepted`);
-//! - the two instances' installed-table digests are equal;
+//! - the two instances' installed-table digests are equal; a drain on one of them
+//!   changes its digest only, and undraining brings the same digest back;
+//! - every backend down as one instance's health checks see it (their answers
+//!   blackholed): that instance withdraws with reason `no healthy backend`, the
+//!   other keeps serving every connection;
 //! - DSR: eight paced iperf3 streams through the DSR VIP, spread over both
 //!   instances by the router; kill -9 of instance 2's dataplane: its control plane
 //!   withdraws the VIPs (time printed), the streams that were on it continue
@@ -136,6 +140,45 @@ fn two_instances_behind_ecmp_share_vips_and_survive_a_dataplane_loss() {
     eprintln!("table digests: instance 1 {:?}, instance 2 {:?}", d[0], d[1]);
     assert_eq!(d[0].len(), 2, "{:?}", d[0]);
     assert_eq!(d[0], d[1], "the instances' installed tables differ");
+
+    // ---- One instance's own view differs: instance 2 drains a backend.
+    let pvip = format!("{PROXY_VIP}:80");
+    cps[1].ctl_ok(&["backend", "drain", &pvip, "198.18.0.22:8080"]);
+    let drained = wait_for(Duration::from_secs(10), "instance 2's digest to change", || {
+        let d2 = digests(&cps[1])?;
+        if d2[&pvip] != d[0][&pvip] { Ok(d2) } else { Err(format!("{d2:?}")) }
+    });
+    let d1_now = digests(&cps[0]).unwrap();
+    eprintln!("instance 2 drains 198.18.0.22:8080: instance 1 {pvip} {}, instance 2 {}", d1_now[&pvip], drained[&pvip]);
+    assert_ne!(d1_now[&pvip], drained[&pvip], "a drain on one instance must show in its digest only");
+    cps[1].ctl_ok(&["backend", "undrain", &pvip, "198.18.0.22:8080"]);
+    let undrained = wait_for(Duration::from_secs(10), "instance 2's digest back", || {
+        let d2 = digests(&cps[1])?;
+        if d2 == d[0] { Ok(d2) } else { Err(format!("{d2:?}")) }
+    });
+    eprintln!("undrained: instance 2 {undrained:?} (equal to instance 1 again)");
+
+    // ---- Every backend down as instance 2 sees them (its health checks, from its
+    // own kernel address, get no answer): it withdraws; instance 1 keeps serving.
+    for be in BACKENDS {
+        topo.exec_ok(be, &["ip", "route", "add", "blackhole", &format!("{}/32", i2.kernel_ip)]);
+    }
+    let t_down = Instant::now();
+    topo.wait_router_nexthops(PROXY_VIP, &hops[..1], Duration::from_secs(15));
+    let down_took = t_down.elapsed();
+    let reasons = cps[1].status()["bgp"]["vips"].clone();
+    eprintln!("instance 2's checks fail: withdrawn {:.2} s later; its reasons: {reasons}", down_took.as_secs_f64());
+    assert!(reasons.to_string().contains("no healthy backend"), "{reasons}");
+    let spread = in_netns(&topo.ns("out"), || client::http_spread(vip, 500, 8, Duration::from_secs(10)));
+    let s1 = fresh_stats(&dps[0]);
+    eprintln!("while instance 2 sees no backend: 500 connections: {} ok, {} failed", spread.total_ok(), spread.failed);
+    assert_eq!(spread.failed, 0, "{:?}", spread.failures);
+    for be in BACKENDS {
+        topo.exec_ok(be, &["ip", "route", "del", "blackhole", &format!("{}/32", i2.kernel_ip)]);
+    }
+    topo.wait_router_nexthops(PROXY_VIP, &hops, Duration::from_secs(15));
+    topo.wait_router_nexthops(DSR_VIP, &hops, Duration::from_secs(15));
+    eprintln!("instance 2's checks pass again: announced again ({} accepted by instance 1 so far)", accepted(&s1));
 
     // ---- DSR streams over both instances; instance 2's dataplane dies.
     let rate = format!("{}M", 200 / STREAMS);
