@@ -241,8 +241,9 @@ fn proxy_vip_serves_real_clients_through_a_spoofed_syn_flood() {
     );
     eprintln!("first failures: {:?}", loop_result.failures.iter().take(5).collect::<Vec<_>>());
     eprintln!(
-        "backends: {accepted} connections accepted on the served port (loop {} + warm/post 0 + half-open timeouts {half_open_timeouts}), {checks} health-check connections on 9000; dataplane opened {}",
+        "backends: {accepted} connections accepted on the served port (loop {} + post-flood round {} + spoofed half-open timeouts {half_open_timeouts}), {checks} health-check connections on 9000; dataplane opened {}",
         loop_result.total_ok() + loop_result.failed,
+        post.total_ok(),
         opened(&v2) - opened(&v0)
     );
     eprintln!(
