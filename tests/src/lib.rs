@@ -39,6 +39,7 @@ pub mod flood;
 pub mod forward_util;
 pub mod netns;
 pub mod pattern;
+pub mod rawframe;
 pub mod servers;
 pub mod tcp;
 pub mod vip;

@@ -28,6 +28,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use fulcrum_tests::rawframe::{fold, iface_mac, parse_mac, sum16, LINUX_SYN_OPTIONS, SYN_TSVAL_OFFSET};
+
 // ---------------------------------------------------------------------------- frames
 
 /// What to send.
@@ -58,8 +60,7 @@ impl Mode {
     }
 }
 
-const ETH: usize = 14;
-const IP: usize = 20;
+use fulcrum_tests::rawframe::{ETH, IP};
 /// Offsets in the frame.
 const IP_ID: usize = ETH + 4;
 const IP_CSUM: usize = ETH + 10;
@@ -69,8 +70,8 @@ const TCP_SPORT: usize = TCP;
 const TCP_SEQ: usize = TCP + 4;
 const TCP_ACK: usize = TCP + 8;
 const TCP_CSUM: usize = TCP + 16;
-/// The SYN's TSval: MSS(4) SACK-permitted(2) then kind 8 len 10.
-const TCP_TSVAL: usize = TCP + 20 + 4 + 2 + 2;
+/// The SYN's TSval.
+const TCP_TSVAL: usize = TCP + 20 + SYN_TSVAL_OFFSET;
 /// Largest frame built (SYN).
 const MAX_FRAME: usize = ETH + IP + 40;
 
@@ -108,7 +109,7 @@ fn template(mode: Mode, src_mac: [u8; 6], dst_mac: [u8; 6], dst: Ipv4Addr, dport
     if mode == Mode::Syn {
         // Linux's order: MSS 1460, SACK permitted, timestamps (TSval varied,
         // TSecr 0), NOP, window scale 7.
-        f.extend_from_slice(&[2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 0, 0, 0, 0, 0, 1, 3, 3, 7]);
+        f.extend_from_slice(&LINUX_SYN_OPTIONS);
     }
     debug_assert_eq!(f.len(), mode.frame_len());
     f
@@ -123,25 +124,6 @@ struct Fields {
     ack: u32,
     ip_id: u16,
     tsval: u32,
-}
-
-/// One's-complement sum of big-endian 16-bit words (an odd last byte padded).
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        acc += u32::from(*b) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
 }
 
 /// Writes `x`'s fields into a frame made by [`template`] and computes its IPv4
@@ -214,18 +196,6 @@ struct Args {
     seed: Option<u64>,
 }
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        return Err(format!("not a MAC: {s:?}"));
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| format!("not a MAC: {s:?}"))?;
-    }
-    Ok(mac)
-}
-
 fn parse_prefix(s: &str) -> Result<(u32, u8), String> {
     let (a, l) = s.split_once('/').ok_or_else(|| format!("not a prefix: {s:?}"))?;
     let a: Ipv4Addr = a.parse().map_err(|_| format!("not a prefix: {s:?}"))?;
@@ -291,12 +261,6 @@ fn parse_args() -> Result<Args, String> {
     }
     a.batch = a.batch.clamp(1, 1024);
     Ok(a)
-}
-
-/// The interface's own MAC (sysfs).
-fn iface_mac(iface: &str) -> Result<[u8; 6], String> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).map_err(|e| format!("{iface}: {e}"))?;
-    parse_mac(s.trim())
 }
 
 /// `gw`'s MAC from `/proc/net/arp` (complete entries on `iface`), after one ping
