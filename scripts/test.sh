@@ -40,10 +40,13 @@ cleanup_topologies() {
         remove_topology "$prefix"
     done
     # Runtime dirs of test prefixes whose namespaces are gone already.
-    for d in /var/run/dpdk/t?????; do
+    # (P itself, and P-<suffix> of further dataplanes in the same topology.)
+    for d in /var/run/dpdk/t????? /var/run/dpdk/t?????-*; do
         [ -e "$d" ] || continue
         prefix=$(basename "$d")
+        prefix=${prefix%%-*}
         [[ "$prefix" =~ ^t[0-9a-f]{5}$ ]] || continue
+        [ -e "/var/run/netns/$prefix-fab" ] && continue   # its namespaces are handled above
         remove_topology "$prefix"
     done
     # BIRD files (and daemons, stopped by pidfile) of --instances topologies.

@@ -597,15 +597,16 @@ cmd_down() {
             ip link delete dev "$t" 2>/dev/null || log "down: warning: could not delete $t"
         fi
     done
-    # DPDK runtime dirs for --file-prefix P (and P-dpk of instances k >= 2), and
-    # hugepage files left by a killed process.
+    # DPDK runtime dirs for --file-prefix P and every P-<suffix> (P-dpk of instances
+    # k >= 2, or any other dataplane a test starts in this topology: the `-` keeps
+    # them apart from other topologies' prefixes), and hugepage files left by a
+    # killed process.
     rm -rf "/var/run/dpdk/$PREFIX"
     rm -f /dev/hugepages/"$PREFIX"map_* 2>/dev/null || true
-    for ((k = 2; k <= MAX_INSTANCES; k++)); do
-        t=$(inst_file_prefix "$k")
-        rm -rf "/var/run/dpdk/$t"
-        rm -f /dev/hugepages/"$t"map_* 2>/dev/null || true
+    for t in /var/run/dpdk/"$PREFIX"-*; do
+        [ -e "$t" ] && rm -rf "$t"
     done
+    rm -f /dev/hugepages/"$PREFIX"-*map_* 2>/dev/null || true
     rm -rf "$RUNDIR"
     rmdir /run/fulcrum-topology 2>/dev/null || true
     log "down: prefix $PREFIX removed"

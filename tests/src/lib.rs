@@ -541,13 +541,21 @@ impl Topology {
             left.push(format!("interface {tap} in the root namespace"));
         }
         left.extend(Self::dataplane_leftovers(prefix));
-        // What `up --instances` adds: taps and EAL prefixes P-dp2.., BIRD's files.
+        // What `up --instances` adds: taps P-dp2.., EAL prefixes P-<suffix> (any
+        // further dataplane a test starts here), BIRD's files.
         for k in 2..=9 {
             let t = format!("{prefix}-dp{k}");
             if Path::new("/sys/class/net").join(&t).exists() {
                 left.push(format!("interface {t} in the root namespace"));
             }
-            left.extend(Self::dataplane_leftovers(&t));
+        }
+        if let Ok(rd) = fs::read_dir("/var/run/dpdk") {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("{prefix}-")) {
+                    left.extend(Self::dataplane_leftovers(&n));
+                }
+            }
         }
         let run = Path::new(ecmp::RUN_DIR).join(prefix);
         if run.exists() {

@@ -164,7 +164,7 @@ fn installed_table_digests_follow_drains_and_match_everywhere() {
     }
     let shm2 = topo.dir().join("second-dataplane.shm");
     let second_dp_toml = format!(
-        "[dataplane]\nfile_prefix = \"{p}b\"\nsoftware = {{ tap = \"{p}-dq\" }}\nshm = {shm2:?}\n\n{reversed}",
+        "[dataplane]\nfile_prefix = \"{p}-dq\"\nsoftware = {{ tap = \"{p}-dq\" }}\nshm = {shm2:?}\n\n{reversed}",
         p = topo.prefix()
     );
     let dp2 = Dataplane::start_with(&topo, StartOptions { extra_config: second_dp_toml, attach: false, ..Default::default() });
