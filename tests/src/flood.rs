@@ -190,10 +190,19 @@ pub struct Stream {
 impl Stream {
     /// `iperf3 -c target -p 5201 -t seconds -b STREAM_RATE -i 1 -J` from P-out.
     pub fn start(topo: &Topology, target: &str, seconds: u32) -> Stream {
-        let t = seconds.to_string();
+        Self::start_parallel(topo, target, seconds, 1, STREAM_RATE)
+    }
+
+    /// Like [`start`](Self::start) with `-P streams` TCP streams in one iperf3
+    /// test, each paced at `rate` (iperf3's `-b`, per stream).
+    pub fn start_parallel(topo: &Topology, target: &str, seconds: u32, streams: usize, rate: &str) -> Stream {
+        let (t, p) = (seconds.to_string(), streams.to_string());
         let proc = topo.spawn(
             "out",
-            &["iperf3", "-c", target, "-p", "5201", "-t", &t, "-b", STREAM_RATE, "-i", "1", "-J", "--connect-timeout", "5000"],
+            &[
+                "iperf3", "-c", target, "-p", "5201", "-t", &t, "-P", &p, "-b", rate, "-i", "1", "-J", "--connect-timeout",
+                "5000",
+            ],
         );
         Stream { proc, target: target.to_string(), seconds }
     }
@@ -216,6 +225,18 @@ impl Stream {
         }
         v
     }
+}
+
+/// Established connections to port 5201 (iperf3's control and data connections)
+/// in each of `backends` (`ss` in each namespace).
+pub fn iperf3_connections(topo: &Topology, backends: &[&'static str]) -> Vec<(&'static str, usize)> {
+    backends
+        .iter()
+        .map(|be| {
+            let out = topo.exec_ok(be, &["ss", "-Htn", "state", "established", "( sport = :5201 )"]);
+            (*be, out.lines().filter(|l| !l.trim().is_empty()).count())
+        })
+        .collect()
 }
 
 /// Runs `args` in `leaf` and describes the result (for messages).

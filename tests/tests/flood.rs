@@ -257,17 +257,6 @@ fn fullnat_stream_survives_a_syn_flood() {
     drop(guards);
 }
 
-/// Established connections to :5201 in each backend (`ss`), by leaf.
-fn iperf3_connections(topo: &Topology) -> Vec<(&'static str, usize)> {
-    BACKENDS
-        .iter()
-        .map(|be| {
-            let out = topo.exec_ok(be, &["ss", "-Htn", "state", "established", "( sport = :5201 )"]);
-            (*be, out.lines().filter(|l| !l.trim().is_empty()).count())
-        })
-        .collect()
-}
-
 /// "Accepted connection" lines (one per iperf3 test) in each backend's server log.
 fn accepted(servers: &[(&'static str, Guarded)]) -> Vec<(&'static str, usize)> {
     servers.iter().map(|(be, g)| (*be, g.output().matches("Accepted connection").count())).collect()
@@ -350,7 +339,7 @@ fn dsr_flows_survive_an_ack_flood_and_a_restart() {
     let accepted_before = accepted(&servers);
     let stream = Stream::start(&topo, DSR_VIP, 16);
     wait_stream_flowing(&dp, DSR_VIP, vip_counter(&dp.stats(), DSR_VIP, 5201, "tcp", "bytes"));
-    let conns = iperf3_connections(&topo);
+    let conns = iperf3_connections(&topo, &BACKENDS);
     let flood = Flood::start(
         &topo,
         FloodSpec { mode: "ack", dst: DSR_VIP.into(), dport: 5201, rate: ACK_FLOOD_PPS, duration: Duration::from_secs(10) },
@@ -379,7 +368,7 @@ fn dsr_flows_survive_an_ack_flood_and_a_restart() {
     let r = flood.finish(Duration::from_secs(15));
     let v = stream.finish();
     let s = fresh_stats(&dp);
-    let conns_after = iperf3_connections(&topo);
+    let conns_after = iperf3_connections(&topo, &BACKENDS);
     let accepted_after = accepted(&servers);
     let iv = iperf3_intervals(&v);
     eprintln!(

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_tests::client;
 use fulcrum_tests::cp::ControlPlane;
+use fulcrum_tests::flood::{iperf3_connections, Stream};
 use fulcrum_tests::forward_util::{dsr_backend, fresh_stats, iperf3_server};
 use fulcrum_tests::servers::{start_backends, Mode};
 use fulcrum_tests::*;
@@ -70,17 +71,6 @@ fn accepted(s: &Value) -> u64 {
         .as_array()
         .and_then(|a| a.iter().find(|v| v["address"] == PROXY_VIP && v["port"] == 80))
         .map_or(0, |v| v["accepted"].as_u64().unwrap_or(0))
-}
-
-/// Established iperf3 data connections per backend (`ss` in each backend).
-fn streams_per_backend(topo: &Topology) -> Vec<(&'static str, usize)> {
-    BACKENDS
-        .iter()
-        .map(|be| {
-            let out = topo.exec_ok(be, &["ss", "-Htn", "state", "established", "( sport = :5201 )"]);
-            (*be, out.lines().filter(|l| !l.trim().is_empty()).count())
-        })
-        .collect()
 }
 
 #[test]
@@ -188,16 +178,9 @@ fn two_instances_behind_ecmp_share_vips_and_survive_a_dataplane_loss() {
 
     // ---- DSR streams over both instances; instance 2's dataplane dies.
     let rate = format!("{}M", 200 / STREAMS);
-    let iperf = topo.spawn(
-        "out",
-        &[
-            "iperf3", "-c", DSR_VIP, "-p", "5201", "-P", &STREAMS.to_string(), "-b", &rate, "-t", &STREAM_SECS.to_string(),
-            "-i", "1", "-J", "--connect-timeout", "5000",
-        ],
-    );
-    let mut iperf = iperf;
+    let stream = Stream::start_parallel(&topo, DSR_VIP, STREAM_SECS as u32, STREAMS, &rate);
     let on_backends = wait_for(Duration::from_secs(15), "the streams established", || {
-        let s = streams_per_backend(&topo);
+        let s = iperf3_connections(&topo, &BACKENDS);
         if s.iter().map(|(_, n)| n).sum::<usize>() > STREAMS { Ok(s) } else { Err(format!("{s:?}")) }
     });
     // Which instance carries how many of the streams (its forwarded packets move).
@@ -232,12 +215,7 @@ fn two_instances_behind_ecmp_share_vips_and_survive_a_dataplane_loss() {
 
     // The streams: all finish (iperf3 reports a reset or a stall as an error), on
     // the backends they started on, with no long gap.
-    let status = iperf.wait_timeout(Duration::from_secs(STREAM_SECS + 30));
-    let out = iperf.output();
-    let json = out.find('{').map_or("", |i| &out[i..]);
-    let json = json.rfind('}').map_or("", |j| &json[..=j]);
-    let v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
-    assert!(status.is_some_and(|s| s.success()) && v.get("error").is_none(), "iperf3 failed ({status:?}): {out}");
+    let v = stream.finish();
     let intervals = v["intervals"].as_array().cloned().unwrap_or_default();
     let mut worst_gap = 0usize;
     for sidx in 0..STREAMS {
