@@ -5,6 +5,8 @@
 #   scripts/bench.sh forward   (packets/s through the forwarding path vs testpmd macswap)
 #   scripts/bench.sh synflood  (SYN cookies/s on one lcore vs testpmd macswap on the same SYNs)
 #   scripts/bench.sh scale     (proxy engine instructions per request vs open connections)
+#   scripts/bench.sh capacity  (new connections/s, keep-alive requests/s, Gbps per dataplane lcore;
+#                               no kernel: fulcrum-loadgen over net_memif)
 #
 # Benchmarks print figures and ratios; they assert nothing about speed.
 #
@@ -865,6 +867,414 @@ if [ "${1:-}" = scale ]; then
     exit 0
 fi
 # ============================================================================ end of scale
+
+# ============================================================================ capacity
+# scripts/bench.sh capacity [--duration S] [--warmup S] [--conn-connections N]
+#                           [--ka-connections N] [--bulk-connections N]
+#                           [--callgrind-seconds S] [--no-callgrind] [--no-huge] [--prefix P]
+#
+# The dataplane's own capacity through a proxy VIP, with no kernel on the path:
+# fulcrum-loadgen (tools/loadgen: a DPDK process of its own, one lcore, smoltcp
+# clients 198.18.0.100-115 and smoltcp backends 198.18.0.21-23:8080 answering a
+# fixed 64-byte HTTP/1.1 response, every byte of every request and response
+# checked) is joined to the dataplane (198.18.0.2, proxy VIP 198.18.1.1:80 ->
+# the three backends) by net_memif: the dataplane's port is the memif server,
+# the generator's the client, over a control socket /run/fulcrum-cap-<pid>-<n>.sock
+# and shared memory. Both --no-pci, unique --file-prefix each; 2 MB hugepages
+# (files unlinked once mapped) when enough are free, else --no-huge (--no-huge forces it).
+# One dataplane lcore on CPU 1, the generator on CPU 0 (this script too). Phases:
+#   (a) new connections/s: one request per connection, the backend closes after
+#       its response (Connection: close), --conn-connections at once (default 128);
+#   (b) keep-alive requests/s: --ka-connections open connections (default 128),
+#       one request in flight on each, so that many in flight in all;
+#   (c) bulk: --bulk-connections (default 8) connections each streaming a
+#       verified pattern from a backend; Gbps of payload through the VIP.
+# Each phase: a fresh dataplane and generator, --warmup s (default 3), then a
+# --duration s window (default 10) sampled at both ends: the generator's status
+# file (verified responses / payload bytes, its own busy_ns) and the dataplane's
+# stats file (the lcore's busy_ns: time in loop iterations that had work).
+# Printed per phase: the raw rate; the lcore's busy share; the rate per busy
+# second of the lcore (raw rate / busy share: the capacity figure, what one fully
+# busy lcore would do, valid as long as the generator is what holds the rate
+# back; with 2 cores the generator usually saturates first); busy-time cycles
+# per request (or per byte) = busy share x TSC Hz / rate; the generator's busy
+# share and its thread's CPU share (from /proc), so the reader sees which side
+# saturated. perf stat -e instructions:u,cycles:u on the lcore's thread when the
+# machine has hardware counters (checked with `perf stat -e instructions:u true`;
+# VMs like these print <not supported>: then said so and skipped).
+# Instructions per request: callgrind. The dataplane runs under
+# `valgrind --tool=callgrind --toggle-collect='*Worker::run*'` (only the lcore
+# loop; EAL, control and stats threads excluded) with the generator native for
+# --callgrind-seconds (default 10): under valgrind the dataplane is ~50x slower,
+# so its lcores are saturated the whole time (every loop iteration has work: no
+# busy-poll idle iterations inflate the count; the idle-loop instructions before
+# the first and after the last request are a back-off's worth, <1% here);
+# instructions / verified responses (bulk: per KiB of payload). Done for (a),
+# (b), (c) with one lcore and for (a), (b) with TWO lcores (lcores 0,1, two memif
+# queue pairs; the generator spreads its shards over both queues, the dataplane
+# steers each flow to its owner lcore), whose total instructions per request are
+# compared with one lcore's (two lcores and a generator do not fit two cores, so
+# rates are not compared). Saturated lcores process full bursts: per-request
+# instructions are those of a busy dataplane.
+# DPVS's published figure (200k new connections/s per worker, FullNAT, real NICs)
+# is printed beside ours as a reference line. Last line:
+#   capacity: <N> new connections/s, <M> requests/s per lcore
+# (N, M per busy lcore-second). Every wait is bounded; processes, sockets,
+# /var/run/dpdk/<prefix> and the work directory are removed on exit, also on failure.
+# Not part of scripts/test.sh: it prints figures and asserts none (the generator
+# does fail the run if any response or request differed from what was sent).
+
+cap_usage() { sed -n '/^# scripts\/bench.sh capacity/,/^# Not part of scripts\/test.sh: it prints figures and asserts none (the generator/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+CAP_DP_PID=""
+CAP_GEN_PID=""
+CAP_WORK=""
+CAP_PREFIXES=()
+CAP_SOCKETS=()
+
+cap_cleanup() {
+    local rc=$? p
+    set +e
+    [ -n "$CAP_GEN_PID" ] && kill -KILL "$CAP_GEN_PID" 2>/dev/null
+    [ -n "$CAP_DP_PID" ] && kill -KILL "$CAP_DP_PID" 2>/dev/null
+    wait 2>/dev/null
+    for p in "${CAP_PREFIXES[@]}"; do rm -rf "/var/run/dpdk/$p"; done
+    for p in "${CAP_SOCKETS[@]}"; do rm -f "$p"; done
+    [ -n "$CAP_WORK" ] && rm -rf "$CAP_WORK"
+    [ "$rc" -eq 0 ] || echo "bench $BENCH: FAILED (exit $rc)" >&2
+}
+
+# cap_stop PID SECONDS: SIGINT, a bounded wait, then SIGKILL; returns the exit status.
+cap_stop() {
+    local pid=$1 secs=$2 i rc=0
+    kill -INT "$pid" 2>/dev/null || true
+    for i in $(seq $((secs * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "    pid $pid did not stop in ${secs}s: killed" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || rc=$?
+    return "$rc"
+}
+
+# cap_gen_sample: "time responses bulk_bytes busy_ns closed_ok failed timeouts" from the generator's status file.
+cap_gen_sample() {
+    local i row
+    for i in $(seq 50); do
+        row=$(jq -r '[.time, .responses, .bulk_bytes, .busy_ns, .closed_ok, .failed, .timeouts] | @tsv' "$1" 2>/dev/null) && [ -n "$row" ] && { echo "$row"; return 0; }
+        sleep 0.02
+    done
+    die "could not read the generator's status file $1"
+}
+
+# cap_config FILE PREFIX SOCKET LCORES: the dataplane's configuration.
+cap_config() {
+    local mem='hugepages = "on"'
+    [ "$CAP_HUGE" = 1 ] || mem='hugepages = "off", no_huge_memory_mb = 512'
+    # Under callgrind always without hugepages (valgrind maps no hugetlbfs).
+    [ "${5:-}" = valgrind ] && mem='hugepages = "off", no_huge_memory_mb = 256'
+    cat >"$1" <<CONF
+[dataplane]
+address = "198.18.0.2/24"
+lcores = "$4"
+mbufs = 16383
+file_prefix = "$2"
+software = { vdev = "net_memif0,role=server,socket=$3,socket-abstract=no,mac=02:00:00:00:00:02", $mem }
+
+[forward]
+# No forwarding VIP: the smallest table (quick to set up under valgrind).
+conntrack_entries = 1024
+
+[[vip]]
+address = "198.18.1.1"
+port = 80
+mode = "proxy"
+max_connections = 60000
+backends = [
+  { address = "198.18.0.21", port = 8080, weight = 1 },
+  { address = "198.18.0.22", port = 8080, weight = 1 },
+  { address = "198.18.0.23", port = 8080, weight = 1 },
+]
+CONF
+}
+
+# cap_start NAME MODE LCORES CONNS GEN_SECONDS [valgrind]: starts a dataplane (under
+# callgrind with "valgrind") and the generator against it; sets CAP_DIR.
+cap_start() {
+    local name=$1 mode=$2 lcores=$3 conns=$4 secs=$5 vg=${6:-}
+    CAP_N=$((CAP_N + 1))
+    CAP_DIR=$CAP_WORK/$name
+    mkdir -p "$CAP_DIR"
+    local dprefix="${CAP_P}-dp-$$-$CAP_N" gprefix="${CAP_P}-gen-$$-$CAP_N" sock="/run/fulcrum-cap-$$-$CAP_N.sock"
+    CAP_PREFIXES+=("$dprefix" "$gprefix")
+    CAP_SOCKETS+=("$sock")
+    rm -f "$sock"
+    cap_config "$CAP_DIR/fulcrum.toml" "$dprefix" "$sock" "$lcores" "$vg"
+    local queues
+    queues=$(echo "$lcores" | tr ',' '\n' | wc -l)
+    local ready_wait=600
+    if [ "$vg" = valgrind ]; then
+        valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*Worker::run*' \
+            --callgrind-out-file="$CAP_DIR/callgrind.out" \
+            "$CAP_DP_BIN" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
+        ready_wait=3000
+    else
+        "$CAP_DP_BIN" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
+    fi
+    CAP_DP_PID=$!
+    local i
+    for i in $(seq "$ready_wait"); do
+        grep -q ' ready: ' "$CAP_DIR/dataplane.log" && break
+        kill -0 "$CAP_DP_PID" 2>/dev/null || { tail -n 20 "$CAP_DIR/dataplane.log" >&2; die "the dataplane exited"; }
+        sleep 0.1
+    done
+    grep -q ' ready: ' "$CAP_DIR/dataplane.log" || { tail -n 20 "$CAP_DIR/dataplane.log" >&2; die "the dataplane was not ready in $((ready_wait / 10)) s"; }
+    local huge=()
+    [ "$CAP_HUGE" = 1 ] || huge=(--no-huge --memory-mb 768)
+    "$CAP_GEN_BIN" --socket "$sock" --file-prefix "$gprefix" --lcore 0 --mode "$mode" --connections "$conns" \
+        --queues "$queues" --duration "$secs" --status-file "$CAP_DIR/gen.json" --linger 120 --link-timeout 60 "${huge[@]}" \
+        >"$CAP_DIR/gen.out" 2>"$CAP_DIR/gen.err" &
+    CAP_GEN_PID=$!
+    for i in $(seq 900); do
+        grep -q 'memif link up' "$CAP_DIR/gen.err" && break
+        kill -0 "$CAP_GEN_PID" 2>/dev/null || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator exited"; }
+        sleep 0.1
+    done
+    grep -q 'memif link up' "$CAP_DIR/gen.err" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the memif link did not come up in 90 s"; }
+}
+
+# cap_finish SECONDS: waits (bounded) for the generator's summary line, stops the
+# dataplane first (a memif peer that goes away under a polling lcore can crash it),
+# then the generator; dies if the generator found a bad byte. Prints its summary.
+cap_finish() {
+    local secs=$1 i
+    for i in $(seq $((secs * 10))); do
+        grep -q '^loadgen: ' "$CAP_DIR/gen.out" && break
+        kill -0 "$CAP_GEN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cap_stop "$CAP_DP_PID" 120 || echo "    the dataplane exited with status $?" >&2
+    CAP_DP_PID=""
+    local rc=0
+    cap_stop "$CAP_GEN_PID" 30 || rc=$?
+    CAP_GEN_PID=""
+    grep -q '^loadgen: ' "$CAP_DIR/gen.out" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator printed no summary"; }
+    [ "$rc" -eq 0 ] || { tail -n 5 "$CAP_DIR/gen.err" >&2; die "the generator failed (exit $rc): $(grep -o 'error: .*' "$CAP_DIR/gen.err" | tail -n 1)"; }
+    echo "    generator: $(sed 's/^loadgen: //' "$CAP_DIR/gen.out" | awk '{ for (i = 1; i <= NF; i++) if ($i !~ /^(rx_missed|unknown|inbox_full|in_flight|mode)=/) printf "%s ", $i }')" >&2
+    echo "    dataplane: $(grep -o 'lcore [0-9]*: rx .*' "$CAP_DIR/dataplane.log" | tr '\n' ';' | sed 's/;$//')" >&2
+}
+
+# cap_window NAME MODE CONNS: one native measurement; sets C[NAME.*].
+cap_window() {
+    local name=$1 mode=$2 conns=$3
+    say "$name: $mode, $conns connections, one lcore (CPU 1), generator on CPU 0: ${CAP_WARMUP}s warm-up, ${CAP_DURATION}s window"
+    cap_start "$name" "$mode" 1 "$conns" $((CAP_WARMUP + CAP_DURATION + 3))
+    local k0 k1 k2 tid
+    k0=$(thread_ticks "$CAP_DP_PID")
+    sleep "$CAP_WARMUP"
+    k1=$(thread_ticks "$CAP_DP_PID")
+    # The lcore's thread: the one that ran most during the warm-up.
+    tid=$(awk 'NR == FNR { a[$1] = $2; next } ($1 in a) { d = $2 - a[$1]; if (d >= m) { m = d; t = $1 } } END { print t }' <(echo "$k0") <(echo "$k1"))
+    local g1 d1 g2 d2 gk1 gk2 perf_out=""
+    d1=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    g1=$(cap_gen_sample "$CAP_DIR/gen.json")
+    gk1=$(thread_ticks "$CAP_GEN_PID")
+    k1=$(thread_ticks "$CAP_DP_PID")
+    if [ "$CAP_PERF" = 1 ]; then
+        perf stat -x, -e instructions:u,cycles:u -t "$tid" -o "$CAP_DIR/perf.csv" -- sleep "$CAP_DURATION" 2>/dev/null || true
+        perf_out=$CAP_DIR/perf.csv
+    else
+        sleep "$CAP_DURATION"
+    fi
+    d2=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    g2=$(cap_gen_sample "$CAP_DIR/gen.json")
+    gk2=$(thread_ticks "$CAP_GEN_PID")
+    k2=$(thread_ticks "$CAP_DP_PID")
+    cap_finish 60
+    local hz gen_ticks dp_ticks
+    hz=$(getconf CLK_TCK)
+    gen_ticks=$(fwd_max_delta "$gk1" "$gk2")
+    dp_ticks=$(awk -v t="$tid" 'NR == FNR { if ($1 == t) a = $2; next } $1 == t { print $2 - a }' <(echo "$k1") <(echo "$k2"))
+    local instr="" cyc=""
+    if [ -n "$perf_out" ] && [ -s "$perf_out" ]; then
+        instr=$(awk -F, '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ { print $1 }' "$perf_out")
+        cyc=$(awk -F, '$3 ~ /^cycles/ && $1 ~ /^[0-9]+$/ { print $1 }' "$perf_out")
+    fi
+    # shellcheck disable=SC2086
+    set -- $d1 $d2 $g1 $g2
+    # $1 dt1 $2 busy1 | $3 dt2 $4 busy2 | $5 t1 $6 resp1 $7 bytes1 $8 gbusy1 $9 ok1 ${10} failed1 ${11} to1 | ${12} t2 ${13} resp2 ${14} bytes2 ${15} gbusy2 ${16} ok2 ${17} failed2 ${18} to2
+    read -r C[$name.rate] C[$name.busy] C[$name.per_busy] C[$name.cycles] C[$name.gen_busy] C[$name.gen_cpu] C[$name.dp_cpu] C[$name.pinstr] C[$name.pcyc] C[$name.errors] < <(
+        awk -v mode="$mode" -v mhz="$CAP_MHZ" -v hz="$hz" -v gt="$gen_ticks" -v dt_ticks="${dp_ticks:-0}" -v pi="${instr:-}" -v pc="${cyc:-}" \
+            -v dp1="$1" -v b1="$2" -v dp2="$3" -v b2="$4" -v t1="$5" -v r1="$6" -v y1="$7" -v gb1="$8" -v f1="${10}" -v o1="${11}" \
+            -v t2="${12}" -v r2="${13}" -v y2="${14}" -v gb2="${15}" -v f2="${17}" -v o2="${18}" 'BEGIN {
+            gdt = t2 - t1; ddt = dp2 - dp1
+            if (gdt <= 0 || ddt <= 0) { print "nan nan nan nan nan nan nan n/a n/a nan"; exit }
+            units = (mode == "bulk") ? (y2 - y1) : (r2 - r1)
+            rate = (mode == "bulk") ? units * 8 / gdt / 1e9 : units / gdt
+            busy = (b2 - b1) / 1e9 / ddt
+            per = (busy > 0) ? rate / busy : 0
+            # busy-time cycles per unit (request, or byte for bulk)
+            cyc = (units > 0) ? (b2 - b1) / 1e9 * mhz * 1e6 / units : 0
+            pinstr = (pi != "" && units > 0) ? sprintf("%.0f", pi / units) : "n/a"
+            pcyc = (pc != "" && units > 0) ? sprintf("%.0f", pc / units) : "n/a"
+            printf "%s %.2f %s %s %.2f %.2f %.2f %s %s %d\n", (mode == "bulk") ? sprintf("%.2f", rate) : sprintf("%.0f", rate), busy,
+                (mode == "bulk") ? sprintf("%.2f", per) : sprintf("%.0f", per), (mode == "bulk") ? sprintf("%.2f", cyc) : sprintf("%.0f", cyc),
+                (gb2 - gb1) / 1e9 / gdt, gt / hz / gdt, dt_ticks / hz / gdt, pinstr, pcyc, (f2 - f1) + (o2 - o1)
+        }')
+    echo "    window: ${C[$name.rate]} $( [ "$mode" = bulk ] && echo Gbps || echo /s ), lcore busy ${C[$name.busy]}, per busy lcore-second ${C[$name.per_busy]}; generator busy ${C[$name.gen_busy]} (CPU ${C[$name.gen_cpu]}); failed+timeouts ${C[$name.errors]}" >&2
+}
+
+# cap_callgrind NAME MODE LCORES CONNS: instructions in the lcore loop(s) per
+# verified response (bulk: per KiB of payload), dataplane under callgrind; sets C[NAME.instr].
+cap_callgrind() {
+    local name=$1 mode=$2 lcores=$3 conns=$4
+    say "$name: $mode, $conns connections, lcores $lcores under callgrind, ${CAP_CG_SECONDS}s"
+    cap_start "$name" "$mode" "$lcores" "$conns" "$CAP_CG_SECONDS" valgrind
+    cap_finish $((CAP_CG_SECONDS + 60))
+    local total units
+    for i in $(seq 600); do grep -q '^summary:' "$CAP_DIR/callgrind.out" 2>/dev/null && break; sleep 0.1; done
+    total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$CAP_DIR/callgrind.out")
+    [ -n "$total" ] && [ "$total" -gt 0 ] || die "no instruction total in $CAP_DIR/callgrind.out"
+    if [ "$mode" = bulk ]; then
+        units=$(sed -n 's/.* bulk_bytes=\([0-9]*\).*/\1/p' "$CAP_DIR/gen.out")
+        C[$name.instr]=$(awk -v t="$total" -v u="$units" 'BEGIN { if (u > 0) printf "%.1f", t / (u / 1024); else print "n/a" }')
+    else
+        units=$(sed -n 's/.* responses=\([0-9]*\).*/\1/p' "$CAP_DIR/gen.out")
+        C[$name.instr]=$(awk -v t="$total" -v u="$units" 'BEGIN { if (u > 0) printf "%.0f", t / u; else print "n/a" }')
+    fi
+    echo "    callgrind: $total instructions in the lcore loop(s) for $units $( [ "$mode" = bulk ] && echo "payload bytes" || echo responses ) = ${C[$name.instr]} per $( [ "$mode" = bulk ] && echo KiB || echo request )" >&2
+}
+
+cap_main() {
+    CAP_DURATION=10
+    CAP_WARMUP=3
+    CAP_CG_SECONDS=10
+    CAP_P=cap
+    CAP_HUGE=1
+    local conn_c=128 ka_c=128 bulk_c=8 callgrind=1
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --duration) CAP_DURATION=$2; shift 2 ;;
+            --warmup) CAP_WARMUP=$2; shift 2 ;;
+            --conn-connections) conn_c=$2; shift 2 ;;
+            --ka-connections) ka_c=$2; shift 2 ;;
+            --bulk-connections) bulk_c=$2; shift 2 ;;
+            --callgrind-seconds) CAP_CG_SECONDS=$2; shift 2 ;;
+            --no-callgrind) callgrind=0; shift ;;
+            --no-huge) CAP_HUGE=0; shift ;;
+            --prefix) CAP_P=$2; shift 2 ;;
+            -h|--help) cap_usage ;;
+            *) die "unknown argument: $1" ;;
+        esac
+    done
+    [[ "$CAP_DURATION" =~ ^[0-9]+$ ]] && [ "$CAP_DURATION" -ge 2 ] && [ "$CAP_DURATION" -le 120 ] || die "--duration: 2..120 seconds"
+    [[ "$CAP_WARMUP" =~ ^[0-9]+$ ]] && [ "$CAP_WARMUP" -ge 1 ] && [ "$CAP_WARMUP" -le 60 ] || die "--warmup: 1..60 seconds"
+    [[ "$CAP_CG_SECONDS" =~ ^[0-9]+$ ]] && [ "$CAP_CG_SECONDS" -ge 2 ] && [ "$CAP_CG_SECONDS" -le 120 ] || die "--callgrind-seconds: 2..120"
+    local v
+    for v in "$conn_c" "$ka_c" "$bulk_c"; do
+        [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] && [ "$v" -le 20000 ] || die "connections: 1..20000"
+    done
+    [[ "$CAP_P" =~ ^[A-Za-z0-9_-]{1,20}$ ]] && [ "${CAP_P#-}" = "$CAP_P" ] || die "--prefix: 1 to 20 of A-Z a-z 0-9 - _, not starting with -"
+    [ "$(id -u)" -eq 0 ] || die "needs root (DPDK)"
+    [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (one for the dataplane's lcore, one for the generator)"
+    local t
+    for t in jq awk taskset; do command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"; done
+    [ "$callgrind" = 0 ] || command -v valgrind >/dev/null || die "valgrind not found (or pass --no-callgrind)"
+    [ -e /usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_net_memif.so ] || ls /usr/lib/*/dpdk/pmds-*/librte_net_memif.so >/dev/null 2>&1 ||
+        die "DPDK's net_memif PMD (librte_net_memif.so) is not installed"
+
+    trap cap_cleanup EXIT
+    trap 'exit 130' INT TERM
+    taskset -pc 0 $$ >/dev/null
+
+    if [ -n "${FULCRUM_BIN_DIR:-}" ]; then
+        CAP_DP_BIN=$FULCRUM_BIN_DIR/fulcrum-dataplane
+        CAP_GEN_BIN=$FULCRUM_BIN_DIR/fulcrum-loadgen
+    else
+        say "build (release): fulcrum-dataplane, fulcrum-loadgen"
+        cargo build --release -p fulcrum-dataplane -p fulcrum-loadgen 2>&1 | tail -n 1 >&2
+        CAP_DP_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-dataplane
+        CAP_GEN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-loadgen
+    fi
+    [ -x "$CAP_DP_BIN" ] || die "$CAP_DP_BIN not found"
+    [ -x "$CAP_GEN_BIN" ] || die "$CAP_GEN_BIN not found"
+    CAP_WORK=$(mktemp -d /tmp/fulcrum-bench-capacity.XXXXXX)
+    CAP_N=0
+    CAP_MHZ=$(awk -F: '/^cpu MHz/ { gsub(/ /, "", $2); print $2; exit }' /proc/cpuinfo)
+    [ -n "$CAP_MHZ" ] || die "no 'cpu MHz' in /proc/cpuinfo"
+    if [ "$CAP_HUGE" = 1 ]; then
+        # dataplane 16383 + generator 32767 mbufs (~2.4 KiB each) + EAL: ~256 MB.
+        local free
+        free=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+        if ! awk '$3 == "hugetlbfs" { f = 1 } END { exit !f }' /proc/mounts || [ "${free:-0}" -lt 200 ]; then
+            echo "bench $BENCH: fewer than 200 free 2 MB hugepages or no hugetlbfs mount: both run with --no-huge" >&2
+            CAP_HUGE=0
+        fi
+    fi
+    CAP_PERF=0
+    local perf_note
+    if ! command -v perf >/dev/null; then
+        perf_note="perf not installed"
+    elif perf stat -x, -e instructions:u,cycles:u true 2>&1 | grep -q '^[0-9][0-9]*,.*instructions'; then
+        CAP_PERF=1
+        perf_note="perf stat -e instructions:u,cycles:u on the lcore's thread"
+    else
+        perf_note="perf stat -e instructions:u,cycles:u: <not supported> here (no hardware PMU in this VM): no perf figures"
+    fi
+    echo "bench $BENCH: $perf_note" >&2
+
+    declare -gA C
+    cap_window conn conn "$conn_c"
+    cap_window ka keepalive "$ka_c"
+    cap_window bulk bulk "$bulk_c"
+    if [ "$callgrind" = 1 ]; then
+        cap_callgrind cg1.conn conn 1 "$conn_c"
+        cap_callgrind cg1.ka keepalive 1 "$ka_c"
+        cap_callgrind cg1.bulk bulk 1 "$bulk_c"
+        cap_callgrind cg2.conn conn 0,1 "$conn_c"
+        cap_callgrind cg2.ka keepalive 0,1 "$ka_c"
+    fi
+    local na=n/a
+    for v in cg1.conn cg1.ka cg1.bulk cg2.conn cg2.ka; do C[$v.instr]=${C[$v.instr]:-$na}; done
+
+    echo
+    echo "Fulcrum capacity through proxy VIP 198.18.1.1:80 -> 3 backends, ONE dataplane lcore (CPU 1), no kernel on the path:"
+    echo "fulcrum-loadgen (smoltcp clients + backends, DPDK, CPU 0) <-> net_memif <-> fulcrum-dataplane; ${CAP_DURATION}s windows after ${CAP_WARMUP}s warm-up"
+    echo "($(if [ "$CAP_HUGE" = 1 ]; then echo "2 MB hugepages"; else echo "--no-huge"; fi); TSC ${CAP_MHZ} MHz; load average now $(cut -d' ' -f1 /proc/loadavg) on $(getconf _NPROCESSORS_ONLN) CPUs)"
+    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' phase "raw rate" "lcore" "per busy" "busy-cycles" "instructions" "gen" "gen" "perf"
+    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "" "" busy "lcore-second" "per unit" "per unit (cg)" busy CPU "instr/u"
+    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' -------------------------- ------------ ------- ---------------- -------------- -------------- --------- -------- --------
+    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "(a) new connections/s" "${C[conn.rate]}" "${C[conn.busy]}" "${C[conn.per_busy]}" "${C[conn.cycles]}/conn" "${C[cg1.conn.instr]}/conn" "${C[conn.gen_busy]}" "${C[conn.gen_cpu]}" "${C[conn.pinstr]}"
+    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "(b) keep-alive requests/s" "${C[ka.rate]}" "${C[ka.busy]}" "${C[ka.per_busy]}" "${C[ka.cycles]}/req" "${C[cg1.ka.instr]}/req" "${C[ka.gen_busy]}" "${C[ka.gen_cpu]}" "${C[ka.pinstr]}"
+    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "(c) bulk Gbps (payload)" "${C[bulk.rate]}" "${C[bulk.busy]}" "${C[bulk.per_busy]}" "${C[bulk.cycles]}/B" "${C[cg1.bulk.instr]}/KiB" "${C[bulk.gen_busy]}" "${C[bulk.gen_cpu]}" "${C[bulk.pinstr]}"
+    echo "raw rate: measured; lcore busy: the lcore's busy_ns / window (loop iterations that had work; idle ones back off);"
+    echo "per busy lcore-second = raw rate / lcore busy: the capacity figure (the generator, not the lcore, held the raw rate"
+    echo "back whenever lcore busy < 1); busy-cycles = busy time x TSC per unit; instructions (cg) = callgrind, lcore loop,"
+    echo "saturated; gen busy = the generator's busy_ns share, gen CPU = its thread's CPU share (near 1: the generator saturated)."
+    echo "connections at once: (a) $conn_c, (b) $ka_c (one request in flight each), (c) $bulk_c streams; failed+timed out in the"
+    echo "windows: (a) ${C[conn.errors]}, (b) ${C[ka.errors]}, (c) ${C[bulk.errors]}. $perf_note."
+    if [ "$callgrind" = 1 ]; then
+        echo
+        echo "Instructions per request (callgrind, lcore loops only, lcores saturated), one vs TWO dataplane lcores"
+        printf '%-26s %14s %14s %10s\n' phase "1 lcore" "2 lcores" "2/1"
+        printf '%-26s %14s %14s %10s\n' -------------------------- -------------- -------------- ----------
+        printf '%-26s %14s %14s %10s\n' "(a) new connection" "${C[cg1.conn.instr]}" "${C[cg2.conn.instr]}" "$(fwd_ratio "${C[cg2.conn.instr]}" "${C[cg1.conn.instr]}")"
+        printf '%-26s %14s %14s %10s\n' "(b) keep-alive request" "${C[cg1.ka.instr]}" "${C[cg2.ka.instr]}" "$(fwd_ratio "${C[cg2.ka.instr]}" "${C[cg1.ka.instr]}")"
+        echo "(two lcores: lcores 0,1, two memif queue pairs, flows steered to their owner lcore; rates not compared:"
+        echo " two lcores and a generator do not fit two cores)"
+    fi
+    echo
+    echo "reference: DPVS (published): 200000 new connections/s per worker, FullNAT, real NICs; Fulcrum here:" \
+        "${C[conn.per_busy]} new connections/s per busy lcore-second ($(fwd_ratio "${C[conn.per_busy]}" 200000) of DPVS's figure; proxy mode: full TCP termination on both sides)"
+    echo "capacity: ${C[conn.per_busy]} new connections/s, ${C[ka.per_busy]} requests/s per lcore"
+}
+
+if [ "${1:-}" = capacity ]; then
+    shift
+    cap_main "$@"
+    exit 0
+fi
+# ============================================================================ end of capacity
 
 usage() { sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
