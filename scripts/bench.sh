@@ -872,6 +872,7 @@ fi
 # scripts/bench.sh capacity [--duration S] [--warmup S] [--conn-connections N]
 #                           [--ka-connections N] [--bulk-connections N]
 #                           [--callgrind-seconds S] [--no-callgrind] [--no-huge] [--prefix P]
+#                           [--reference-bin PATH]
 #
 # The dataplane's own capacity through a proxy VIP, with no kernel on the path:
 # fulcrum-loadgen (tools/loadgen: a DPDK process of its own, one lcore, smoltcp
@@ -904,18 +905,24 @@ fi
 # VMs like these print <not supported>: then said so and skipped).
 # Instructions per request: callgrind. The dataplane runs under
 # `valgrind --tool=callgrind --toggle-collect='*Worker::run*'` (only the lcore
-# loop; EAL, control and stats threads excluded) with the generator native for
-# --callgrind-seconds (default 10): under valgrind the dataplane is ~50x slower,
-# so its lcores are saturated the whole time (every loop iteration has work: no
-# busy-poll idle iterations inflate the count; the idle-loop instructions before
-# the first and after the last request are a back-off's worth, <1% here);
-# instructions / verified responses (bulk: per KiB of payload). Done for (a),
-# (b), (c) with one lcore and for (a), (b) with TWO lcores (lcores 0,1, two memif
-# queue pairs; the generator spreads its shards over both queues, the dataplane
-# steers each flow to its owner lcore), whose total instructions per request are
+# loops; EAL, control and stats threads excluded), the generator natively: under
+# valgrind the dataplane is ~50x slower, so its lcores are saturated (every loop
+# iteration has work, so no busy-poll idle iterations inflate the count; the
+# lcores' busy share in the window is printed to show it). After 4 s of warm-up
+# (ARP, first connections) the counters are zeroed (callgrind_control -z) and
+# --callgrind-seconds (default 10) later dumped (-d); instructions / responses
+# verified by the generator in between (read just before and after each command,
+# their mean), bulk: per KiB of payload. Done for (a), (b), (c) with one lcore and
+# for (a), (b) with TWO lcores (lcores 0,1, two memif queue pairs; the generator
+# spreads its shards over both queues, the dataplane steers each flow to its
+# owner lcore), whose instructions per request (summed over both lcores) are
 # compared with one lcore's (two lcores and a generator do not fit two cores, so
-# rates are not compared). Saturated lcores process full bursts: per-request
-# instructions are those of a busy dataplane.
+# rates are not compared). Saturated lcores process full bursts: these are the
+# instructions of a busy dataplane.
+# --reference-bin PATH: another fulcrum-dataplane (e.g. main's build) runs each
+# native phase and the one-lcore callgrind phases (a), (b) too, right after this
+# build's, same generator, config and CPUs; a last table gives both and this/ref,
+# so a change is measured against the code before it in one invocation.
 # DPVS's published figure (200k new connections/s per worker, FullNAT, real NICs)
 # is printed beside ours as a reference line. Last line:
 #   capacity: <N> new connections/s, <M> requests/s per lcore
@@ -1016,10 +1023,10 @@ cap_start() {
     if [ "$vg" = valgrind ]; then
         valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*Worker::run*' \
             --callgrind-out-file="$CAP_DIR/callgrind.out" \
-            "$CAP_DP_BIN" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
+            "${CAP_BIN_NOW:-$CAP_DP_BIN}" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
         ready_wait=3000
     else
-        "$CAP_DP_BIN" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
+        "${CAP_BIN_NOW:-$CAP_DP_BIN}" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
     fi
     CAP_DP_PID=$!
     local i
@@ -1121,37 +1128,54 @@ cap_window() {
                 (mode == "bulk") ? sprintf("%.2f", per) : sprintf("%.0f", per), (mode == "bulk") ? sprintf("%.2f", cyc) : sprintf("%.0f", cyc),
                 (gb2 - gb1) / 1e9 / gdt, gt / hz / gdt, dt_ticks / hz / gdt, pinstr, pcyc, (f2 - f1) + (o2 - o1)
         }')
-    echo "    window: ${C[$name.rate]} $( [ "$mode" = bulk ] && echo Gbps || echo /s ), lcore busy ${C[$name.busy]}, per busy lcore-second ${C[$name.per_busy]}; generator busy ${C[$name.gen_busy]} (CPU ${C[$name.gen_cpu]}); failed+timeouts ${C[$name.errors]}" >&2
+    echo "    window: ${C[$name.rate]} $( [ "$mode" = bulk ] && echo Gbps || echo /s ), lcore busy ${C[$name.busy]} (CPU ${C[$name.dp_cpu]}), per busy lcore-second ${C[$name.per_busy]}; generator busy ${C[$name.gen_busy]} (CPU ${C[$name.gen_cpu]}); failed+timeouts ${C[$name.errors]}" >&2
 }
 
 # cap_callgrind NAME MODE LCORES CONNS: instructions in the lcore loop(s) per
-# verified response (bulk: per KiB of payload), dataplane under callgrind; sets C[NAME.instr].
+# verified response (bulk: per KiB of payload), dataplane under callgrind, counted
+# in a window: counters zeroed (callgrind_control -z) after CAP_CG_WARMUP seconds,
+# dumped (-d) CAP_CG_SECONDS later; the generator's counts are read just before
+# and just after each command (their mean). Sets C[NAME.instr], C[NAME.busy].
 cap_callgrind() {
     local name=$1 mode=$2 lcores=$3 conns=$4
-    say "$name: $mode, $conns connections, lcores $lcores under callgrind, ${CAP_CG_SECONDS}s"
-    cap_start "$name" "$mode" "$lcores" "$conns" "$CAP_CG_SECONDS" valgrind
+    say "$name: $mode, $conns connections, lcores $lcores under callgrind: ${CAP_CG_WARMUP}s warm-up, ${CAP_CG_SECONDS}s window"
+    cap_start "$name" "$mode" "$lcores" "$conns" $((CAP_CG_WARMUP + CAP_CG_SECONDS + 10)) valgrind
+    sleep "$CAP_CG_WARMUP"
+    local a1 a2 b1 b2 d1 d2
+    d1=$(stats_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    a1=$(cap_gen_sample "$CAP_DIR/gen.json")
+    timeout 60 callgrind_control -z "$CAP_DP_PID" >"$CAP_DIR/cgctl.log" 2>&1 || { cat "$CAP_DIR/cgctl.log" >&2; die "callgrind_control -z failed"; }
+    a2=$(cap_gen_sample "$CAP_DIR/gen.json")
+    sleep "$CAP_CG_SECONDS"
+    b1=$(cap_gen_sample "$CAP_DIR/gen.json")
+    timeout 60 callgrind_control -d "$CAP_DP_PID" >>"$CAP_DIR/cgctl.log" 2>&1 || { cat "$CAP_DIR/cgctl.log" >&2; die "callgrind_control -d failed"; }
+    b2=$(cap_gen_sample "$CAP_DIR/gen.json")
+    d2=$(stats_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
     cap_finish $((CAP_CG_SECONDS + 60))
-    local total units
-    for i in $(seq 600); do grep -q '^summary:' "$CAP_DIR/callgrind.out" 2>/dev/null && break; sleep 0.1; done
-    total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$CAP_DIR/callgrind.out")
-    [ -n "$total" ] && [ "$total" -gt 0 ] || die "no instruction total in $CAP_DIR/callgrind.out"
-    if [ "$mode" = bulk ]; then
-        units=$(sed -n 's/.* bulk_bytes=\([0-9]*\).*/\1/p' "$CAP_DIR/gen.out")
-        C[$name.instr]=$(awk -v t="$total" -v u="$units" 'BEGIN { if (u > 0) printf "%.1f", t / (u / 1024); else print "n/a" }')
-    else
-        units=$(sed -n 's/.* responses=\([0-9]*\).*/\1/p' "$CAP_DIR/gen.out")
-        C[$name.instr]=$(awk -v t="$total" -v u="$units" 'BEGIN { if (u > 0) printf "%.0f", t / u; else print "n/a" }')
-    fi
-    echo "    callgrind: $total instructions in the lcore loop(s) for $units $( [ "$mode" = bulk ] && echo "payload bytes" || echo responses ) = ${C[$name.instr]} per $( [ "$mode" = bulk ] && echo KiB || echo request )" >&2
+    local dump=$CAP_DIR/callgrind.out.1 total col unit
+    [ -s "$dump" ] || die "callgrind wrote no dump ($dump)"
+    total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dump")
+    [ -n "$total" ] && [ "$total" -gt 0 ] || die "no instruction total in $dump"
+    # status row: time responses bulk_bytes ...
+    if [ "$mode" = bulk ]; then col=3; unit=KiB; else col=2; unit=request; fi
+    read -r C[$name.instr] C[$name.units] C[$name.busy] < <(awk -v t="$total" -v c="$col" -v bulk="$([ "$mode" = bulk ] && echo 1 || echo 0)" \
+        -v a1="$a1" -v a2="$a2" -v b1="$b1" -v b2="$b2" -v d1="$d1" -v d2="$d2" -v n="$(echo "$lcores" | tr ',' '\n' | wc -l)" 'BEGIN {
+        split(a1, x1, "\t"); split(a2, x2, "\t"); split(b1, y1, "\t"); split(b2, y2, "\t"); split(d1, p, " "); split(d2, q, " ")
+        u = (y1[c] + y2[c]) / 2 - (x1[c] + x2[c]) / 2
+        busy = (q[1] > p[1]) ? (q[2] - p[2]) / 1e9 / (q[1] - p[1]) / n : 0
+        if (u <= 0) { printf "n/a 0 %.2f\n", busy; exit }
+        printf "%s %.0f %.2f\n", bulk ? sprintf("%.1f", t / (u / 1024)) : sprintf("%.0f", t / u), u, busy }')
+    echo "    callgrind: $total instructions in the lcore loop(s) for ${C[$name.units]} $([ "$mode" = bulk ] && echo "payload bytes" || echo responses) = ${C[$name.instr]} per $unit; lcore(s) busy ${C[$name.busy]} of the window (1.00: saturated)" >&2
 }
 
 cap_main() {
     CAP_DURATION=10
     CAP_WARMUP=3
     CAP_CG_SECONDS=10
+    CAP_CG_WARMUP=4
     CAP_P=cap
     CAP_HUGE=1
-    local conn_c=128 ka_c=128 bulk_c=8 callgrind=1
+    local conn_c=128 ka_c=128 bulk_c=8 callgrind=1 ref=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --duration) CAP_DURATION=$2; shift 2 ;;
@@ -1163,6 +1187,7 @@ cap_main() {
             --no-callgrind) callgrind=0; shift ;;
             --no-huge) CAP_HUGE=0; shift ;;
             --prefix) CAP_P=$2; shift 2 ;;
+            --reference-bin) ref=$2; shift 2 ;;
             -h|--help) cap_usage ;;
             *) die "unknown argument: $1" ;;
         esac
@@ -1179,7 +1204,9 @@ cap_main() {
     [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (one for the dataplane's lcore, one for the generator)"
     local t
     for t in jq awk taskset; do command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"; done
-    [ "$callgrind" = 0 ] || command -v valgrind >/dev/null || die "valgrind not found (or pass --no-callgrind)"
+    if [ "$callgrind" = 1 ]; then
+        for t in valgrind callgrind_control; do command -v "$t" >/dev/null || die "$t not found (or pass --no-callgrind)"; done
+    fi
     [ -e /usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_net_memif.so ] || ls /usr/lib/*/dpdk/pmds-*/librte_net_memif.so >/dev/null 2>&1 ||
         die "DPDK's net_memif PMD (librte_net_memif.so) is not installed"
 
@@ -1197,6 +1224,7 @@ cap_main() {
         CAP_GEN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-loadgen
     fi
     [ -x "$CAP_DP_BIN" ] || die "$CAP_DP_BIN not found"
+    [ -z "$ref" ] || [ -x "$ref" ] || die "--reference-bin: $ref is not an executable"
     [ -x "$CAP_GEN_BIN" ] || die "$CAP_GEN_BIN not found"
     CAP_WORK=$(mktemp -d /tmp/fulcrum-bench-capacity.XXXXXX)
     CAP_N=0
@@ -1224,44 +1252,83 @@ cap_main() {
     echo "bench $BENCH: $perf_note" >&2
 
     declare -gA C
-    cap_window conn conn "$conn_c"
-    cap_window ka keepalive "$ka_c"
-    cap_window bulk bulk "$bulk_c"
+    CAP_BIN_NOW=""
+    # cap_both FUNCTION NAME ARGS...: this build, then (with --reference-bin) the reference as ref.NAME.
+    cap_both() {
+        local fn=$1 name=$2
+        shift 2
+        CAP_BIN_NOW=""
+        "$fn" "$name" "$@"
+        if [ -n "$ref" ]; then
+            CAP_BIN_NOW=$ref
+            "$fn" "ref.$name" "$@"
+            CAP_BIN_NOW=""
+        fi
+    }
+    cap_both cap_window conn conn "$conn_c"
+    cap_both cap_window ka keepalive "$ka_c"
+    cap_both cap_window bulk bulk "$bulk_c"
     if [ "$callgrind" = 1 ]; then
-        cap_callgrind cg1.conn conn 1 "$conn_c"
-        cap_callgrind cg1.ka keepalive 1 "$ka_c"
+        cap_both cap_callgrind cg1.conn conn 1 "$conn_c"
+        cap_both cap_callgrind cg1.ka keepalive 1 "$ka_c"
         cap_callgrind cg1.bulk bulk 1 "$bulk_c"
         cap_callgrind cg2.conn conn 0,1 "$conn_c"
         cap_callgrind cg2.ka keepalive 0,1 "$ka_c"
     fi
     local na=n/a
-    for v in cg1.conn cg1.ka cg1.bulk cg2.conn cg2.ka; do C[$v.instr]=${C[$v.instr]:-$na}; done
+    for v in cg1.conn cg1.ka cg1.bulk cg2.conn cg2.ka; do C[$v.instr]=${C[$v.instr]:-$na}; C[$v.busy]=${C[$v.busy]:-$na}; done
 
     echo
     echo "Fulcrum capacity through proxy VIP 198.18.1.1:80 -> 3 backends, ONE dataplane lcore (CPU 1), no kernel on the path:"
     echo "fulcrum-loadgen (smoltcp clients + backends, DPDK, CPU 0) <-> net_memif <-> fulcrum-dataplane; ${CAP_DURATION}s windows after ${CAP_WARMUP}s warm-up"
     echo "($(if [ "$CAP_HUGE" = 1 ]; then echo "2 MB hugepages"; else echo "--no-huge"; fi); TSC ${CAP_MHZ} MHz; load average now $(cut -d' ' -f1 /proc/loadavg) on $(getconf _NPROCESSORS_ONLN) CPUs)"
-    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' phase "raw rate" "lcore" "per busy" "busy-cycles" "instructions" "gen" "gen" "perf"
-    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "" "" busy "lcore-second" "per unit" "per unit (cg)" busy CPU "instr/u"
-    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' -------------------------- ------------ ------- ---------------- -------------- -------------- --------- -------- --------
-    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "(a) new connections/s" "${C[conn.rate]}" "${C[conn.busy]}" "${C[conn.per_busy]}" "${C[conn.cycles]}/conn" "${C[cg1.conn.instr]}/conn" "${C[conn.gen_busy]}" "${C[conn.gen_cpu]}" "${C[conn.pinstr]}"
-    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "(b) keep-alive requests/s" "${C[ka.rate]}" "${C[ka.busy]}" "${C[ka.per_busy]}" "${C[ka.cycles]}/req" "${C[cg1.ka.instr]}/req" "${C[ka.gen_busy]}" "${C[ka.gen_cpu]}" "${C[ka.pinstr]}"
-    printf '%-26s %12s %7s %16s %14s %14s %9s %8s %8s\n' "(c) bulk Gbps (payload)" "${C[bulk.rate]}" "${C[bulk.busy]}" "${C[bulk.per_busy]}" "${C[bulk.cycles]}/B" "${C[cg1.bulk.instr]}/KiB" "${C[bulk.gen_busy]}" "${C[bulk.gen_cpu]}" "${C[bulk.pinstr]}"
-    echo "raw rate: measured; lcore busy: the lcore's busy_ns / window (loop iterations that had work; idle ones back off);"
-    echo "per busy lcore-second = raw rate / lcore busy: the capacity figure (the generator, not the lcore, held the raw rate"
-    echo "back whenever lcore busy < 1); busy-cycles = busy time x TSC per unit; instructions (cg) = callgrind, lcore loop,"
-    echo "saturated; gen busy = the generator's busy_ns share, gen CPU = its thread's CPU share (near 1: the generator saturated)."
+    local f='%-26s %10s %6s %6s %14s %13s %14s %6s %6s %8s\n'
+    # shellcheck disable=SC2059
+    {
+    printf "$f" phase "raw rate" lcore lcore "per busy" busy-cycles instructions gen gen perf
+    printf "$f" "" "" busy CPU lcore-second "per unit" "per unit (cg)" busy CPU "instr/u"
+    printf "$f" -------------------------- ---------- ------ ------ -------------- ------------- -------------- ------ ------ --------
+    printf "$f" "(a) new connections/s" "${C[conn.rate]}" "${C[conn.busy]}" "${C[conn.dp_cpu]}" "${C[conn.per_busy]}" "${C[conn.cycles]}/conn" "${C[cg1.conn.instr]}/conn" "${C[conn.gen_busy]}" "${C[conn.gen_cpu]}" "${C[conn.pinstr]}"
+    printf "$f" "(b) keep-alive requests/s" "${C[ka.rate]}" "${C[ka.busy]}" "${C[ka.dp_cpu]}" "${C[ka.per_busy]}" "${C[ka.cycles]}/req" "${C[cg1.ka.instr]}/req" "${C[ka.gen_busy]}" "${C[ka.gen_cpu]}" "${C[ka.pinstr]}"
+    printf "$f" "(c) bulk Gbps (payload)" "${C[bulk.rate]}" "${C[bulk.busy]}" "${C[bulk.dp_cpu]}" "${C[bulk.per_busy]}" "${C[bulk.cycles]}/B" "${C[cg1.bulk.instr]}/KiB" "${C[bulk.gen_busy]}" "${C[bulk.gen_cpu]}" "${C[bulk.pinstr]}"
+    }
+    echo "raw rate: measured; lcore busy: the lcore's busy_ns / window (loop iterations that had work; idle ones back off),"
+    echo "lcore CPU: its thread's CPU share (/proc; busy + idle spinning; below busy: it was preempted); per busy lcore-second"
+    echo "= raw rate / lcore busy: the capacity figure (what a fully busy lcore does; the raw rate was held back by the"
+    echo "generator, or by the round trips between the two, whenever lcore busy < 1); busy-cycles = busy time x TSC per unit;"
+    echo "instructions (cg) = callgrind, lcore loop, saturated (below); gen busy = the generator's own busy_ns share (iterations"
+    echo "with work), gen CPU = its thread's CPU share (it busy-polls: below 1.00, other processes took CPU 0 from it)."
     echo "connections at once: (a) $conn_c, (b) $ka_c (one request in flight each), (c) $bulk_c streams; failed+timed out in the"
     echo "windows: (a) ${C[conn.errors]}, (b) ${C[ka.errors]}, (c) ${C[bulk.errors]}. $perf_note."
     if [ "$callgrind" = 1 ]; then
         echo
-        echo "Instructions per request (callgrind, lcore loops only, lcores saturated), one vs TWO dataplane lcores"
+        echo "Instructions per request (callgrind, lcore loops only), one vs TWO dataplane lcores; (busy: the lcores' busy"
+        echo "share in the callgrind window, 1.00 = saturated, no idle iterations counted)"
         printf '%-26s %14s %14s %10s\n' phase "1 lcore" "2 lcores" "2/1"
         printf '%-26s %14s %14s %10s\n' -------------------------- -------------- -------------- ----------
         printf '%-26s %14s %14s %10s\n' "(a) new connection" "${C[cg1.conn.instr]}" "${C[cg2.conn.instr]}" "$(fwd_ratio "${C[cg2.conn.instr]}" "${C[cg1.conn.instr]}")"
         printf '%-26s %14s %14s %10s\n' "(b) keep-alive request" "${C[cg1.ka.instr]}" "${C[cg2.ka.instr]}" "$(fwd_ratio "${C[cg2.ka.instr]}" "${C[cg1.ka.instr]}")"
+        printf '%-26s %14s %14s\n' "    busy (a)" "${C[cg1.conn.busy]}" "${C[cg2.conn.busy]}"
+        printf '%-26s %14s %14s\n' "    busy (b)" "${C[cg1.ka.busy]}" "${C[cg2.ka.busy]}"
+        echo "(c) bulk, one lcore: ${C[cg1.bulk.instr]} instructions per KiB of payload (busy ${C[cg1.bulk.busy]})"
         echo "(two lcores: lcores 0,1, two memif queue pairs, flows steered to their owner lcore; rates not compared:"
         echo " two lcores and a generator do not fit two cores)"
+    fi
+    if [ -n "$ref" ]; then
+        for v in ref.cg1.conn ref.cg1.ka; do C[$v.instr]=${C[$v.instr]:-$na}; done
+        echo
+        echo "This build vs the reference ($ref), same run, same generator:"
+        printf '%-44s %14s %14s %9s\n' metric "this build" reference this/ref
+        printf '%-44s %14s %14s %9s\n' -------------------------------------------- -------------- -------------- ---------
+        printf '%-44s %14s %14s %9s\n' "(a) new connections/s per busy lcore-second" "${C[conn.per_busy]}" "${C[ref.conn.per_busy]}" "$(fwd_ratio "${C[conn.per_busy]}" "${C[ref.conn.per_busy]}")"
+        printf '%-44s %14s %14s %9s\n' "(b) keep-alive requests/s per busy lcore-s" "${C[ka.per_busy]}" "${C[ref.ka.per_busy]}" "$(fwd_ratio "${C[ka.per_busy]}" "${C[ref.ka.per_busy]}")"
+        printf '%-44s %14s %14s %9s\n' "(c) bulk Gbps per busy lcore-second" "${C[bulk.per_busy]}" "${C[ref.bulk.per_busy]}" "$(fwd_ratio "${C[bulk.per_busy]}" "${C[ref.bulk.per_busy]}")"
+        printf '%-44s %14s %14s %9s\n' "(a) raw new connections/s" "${C[conn.rate]}" "${C[ref.conn.rate]}" "$(fwd_ratio "${C[conn.rate]}" "${C[ref.conn.rate]}")"
+        printf '%-44s %14s %14s %9s\n' "(b) raw keep-alive requests/s" "${C[ka.rate]}" "${C[ref.ka.rate]}" "$(fwd_ratio "${C[ka.rate]}" "${C[ref.ka.rate]}")"
+        if [ "$callgrind" = 1 ]; then
+            printf '%-44s %14s %14s %9s\n' "(a) instructions per connection (callgrind)" "${C[cg1.conn.instr]}" "${C[ref.cg1.conn.instr]}" "$(fwd_ratio "${C[cg1.conn.instr]}" "${C[ref.cg1.conn.instr]}")"
+            printf '%-44s %14s %14s %9s\n' "(b) instructions per request (callgrind)" "${C[cg1.ka.instr]}" "${C[ref.cg1.ka.instr]}" "$(fwd_ratio "${C[cg1.ka.instr]}" "${C[ref.cg1.ka.instr]}")"
+        fi
     fi
     echo
     echo "reference: DPVS (published): 200000 new connections/s per worker, FullNAT, real NICs; Fulcrum here:" \

@@ -467,9 +467,8 @@ fn generate_on(
         shards.iter().map(|s| if let Role::Clients(cl) = &s.role { cl.busy() } else { 0 }).sum::<usize>(),
     );
     let _ = std::io::stdout().flush();
-    if cli.linger > 0.0 {
+    if cli.linger > 0.0 && !stop.load(Ordering::SeqCst) {
         let until = Instant::now() + Duration::from_secs_f64(cli.linger.min(3600.0));
-        stop.store(false, Ordering::SeqCst);
         while !stop.load(Ordering::Relaxed) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
