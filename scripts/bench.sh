@@ -894,12 +894,18 @@ fi
 # --duration s window (default 10) sampled at both ends: the generator's status
 # file (verified responses / payload bytes, its own busy_ns) and the dataplane's
 # stats file (the lcore's busy_ns: time in loop iterations that had work).
-# Printed per phase: the raw rate; the lcore's busy share; the rate per busy
-# second of the lcore (raw rate / busy share: the capacity figure, what one fully
-# busy lcore would do, valid as long as the generator is what holds the rate
-# back; with 2 cores the generator usually saturates first); busy-time cycles
-# per request (or per byte) = busy share x TSC Hz / rate; the generator's busy
-# share and its thread's CPU share (from /proc), so the reader sees which side
+# Printed per phase: the raw rate; the lcore's busy share (busy_ns / window) and
+# its thread's CPU share (on-CPU time from /proc/<pid>/task/<tid>/schedstat); the
+# rate per busy second of the lcore = raw rate / min(busy share, CPU share): the
+# capacity figure, what one fully busy lcore would do, valid as long as the
+# generator (or the round trips between the two) is what holds the raw rate back;
+# with 2 cores the generator usually saturates first. Why the min: the lcore's
+# real work time is at most its busy time (wall time of iterations that had work,
+# which on a shared machine includes being preempted inside them) and at most its
+# CPU time (which includes idle spinning before the back-off sleeps), so dividing
+# by the smaller gives the tighter figure that is still a lower bound. Busy-time
+# cycles per request (or per byte) = that time x TSC Hz / units; the generator's
+# busy share and its thread's CPU share, so the reader sees which side
 # saturated. perf stat -e instructions:u,cycles:u on the lcore's thread when the
 # machine has hardware counters (checked with `perf stat -e instructions:u true`;
 # VMs like these print <not supported>: then said so and skipped).
@@ -973,6 +979,9 @@ cap_gen_sample() {
     done
     die "could not read the generator's status file $1"
 }
+
+# cap_run_ns PID TID: nanoseconds the thread has run on a CPU (schedstat), 0 if unknown.
+cap_run_ns() { awk '{ print $1 + 0 }' "/proc/$1/task/$2/schedstat" 2>/dev/null || echo 0; }
 
 # cap_config FILE PREFIX SOCKET LCORES: the dataplane's configuration.
 cap_config() {
@@ -1082,11 +1091,14 @@ cap_window() {
     k1=$(thread_ticks "$CAP_DP_PID")
     # The lcore's thread: the one that ran most during the warm-up.
     tid=$(awk 'NR == FNR { a[$1] = $2; next } ($1 in a) { d = $2 - a[$1]; if (d >= m) { m = d; t = $1 } } END { print t }' <(echo "$k0") <(echo "$k1"))
-    local g1 d1 g2 d2 gk1 gk2 perf_out=""
+    local g1 d1 g2 d2 gk1 gk2 perf_out="" gtid r1 r2 gr1 gr2
+    gk1=$(thread_ticks "$CAP_GEN_PID")
     d1=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
     g1=$(cap_gen_sample "$CAP_DIR/gen.json")
-    gk1=$(thread_ticks "$CAP_GEN_PID")
-    k1=$(thread_ticks "$CAP_DP_PID")
+    r1=$(cap_run_ns "$CAP_DP_PID" "$tid")
+    # The generator's polling thread: the one that ran most so far.
+    gtid=$(echo "$gk1" | sort -k2,2nr | awk 'NR == 1 { print $1 }')
+    gr1=$(cap_run_ns "$CAP_GEN_PID" "$gtid")
     if [ "$CAP_PERF" = 1 ]; then
         perf stat -x, -e instructions:u,cycles:u -t "$tid" -o "$CAP_DIR/perf.csv" -- sleep "$CAP_DURATION" 2>/dev/null || true
         perf_out=$CAP_DIR/perf.csv
@@ -1095,13 +1107,14 @@ cap_window() {
     fi
     d2=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
     g2=$(cap_gen_sample "$CAP_DIR/gen.json")
-    gk2=$(thread_ticks "$CAP_GEN_PID")
-    k2=$(thread_ticks "$CAP_DP_PID")
+    r2=$(cap_run_ns "$CAP_DP_PID" "$tid")
+    gr2=$(cap_run_ns "$CAP_GEN_PID" "$gtid")
     cap_finish 60
     local hz gen_ticks dp_ticks
     hz=$(getconf CLK_TCK)
-    gen_ticks=$(fwd_max_delta "$gk1" "$gk2")
-    dp_ticks=$(awk -v t="$tid" 'NR == FNR { if ($1 == t) a = $2; next } $1 == t { print $2 - a }' <(echo "$k1") <(echo "$k2"))
+    # On-CPU nanoseconds, as CLK_TCK ticks for the computation below.
+    gen_ticks=$(awk -v a="$gr1" -v b="$gr2" -v hz="$hz" 'BEGIN { print (b - a) * hz / 1e9 }')
+    dp_ticks=$(awk -v a="$r1" -v b="$r2" -v hz="$hz" 'BEGIN { print (b - a) * hz / 1e9 }')
     local instr="" cyc=""
     if [ -n "$perf_out" ] && [ -s "$perf_out" ]; then
         instr=$(awk -F, '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ { print $1 }' "$perf_out")
@@ -1119,9 +1132,15 @@ cap_window() {
             units = (mode == "bulk") ? (y2 - y1) : (r2 - r1)
             rate = (mode == "bulk") ? units * 8 / gdt / 1e9 : units / gdt
             busy = (b2 - b1) / 1e9 / ddt
-            per = (busy > 0) ? rate / busy : 0
+            cpu = dt_ticks / hz / gdt
+            # Work time <= busy time (which includes preemption inside busy
+            # iterations) and <= CPU time (which includes idle spinning): the
+            # smaller is the tighter bound, so rate / it is a lower bound on
+            # what a fully busy lcore does.
+            work = (cpu > 0 && cpu < busy) ? cpu : busy
+            per = (work > 0) ? rate / work : 0
             # busy-time cycles per unit (request, or byte for bulk)
-            cyc = (units > 0) ? (b2 - b1) / 1e9 * mhz * 1e6 / units : 0
+            cyc = (units > 0) ? work * gdt * mhz * 1e6 / units : 0
             pinstr = (pi != "" && units > 0) ? sprintf("%.0f", pi / units) : "n/a"
             pcyc = (pc != "" && units > 0) ? sprintf("%.0f", pc / units) : "n/a"
             printf "%s %.2f %s %s %.2f %.2f %.2f %s %s %d\n", (mode == "bulk") ? sprintf("%.2f", rate) : sprintf("%.0f", rate), busy,
@@ -1293,9 +1312,10 @@ cap_main() {
     printf "$f" "(c) bulk Gbps (payload)" "${C[bulk.rate]}" "${C[bulk.busy]}" "${C[bulk.dp_cpu]}" "${C[bulk.per_busy]}" "${C[bulk.cycles]}/B" "${C[cg1.bulk.instr]}/KiB" "${C[bulk.gen_busy]}" "${C[bulk.gen_cpu]}" "${C[bulk.pinstr]}"
     }
     echo "raw rate: measured; lcore busy: the lcore's busy_ns / window (loop iterations that had work; idle ones back off),"
-    echo "lcore CPU: its thread's CPU share (/proc; busy + idle spinning; below busy: it was preempted); per busy lcore-second"
-    echo "= raw rate / lcore busy: the capacity figure (what a fully busy lcore does; the raw rate was held back by the"
-    echo "generator, or by the round trips between the two, whenever lcore busy < 1); busy-cycles = busy time x TSC per unit;"
+    echo "lcore CPU: its thread's on-CPU share (schedstat; busy + idle spinning; below busy: it was preempted inside busy"
+    echo "iterations); per busy lcore-second = raw rate / min(lcore busy, lcore CPU): the capacity figure, a lower bound on"
+    echo "what a fully busy lcore does (the raw rate was held back by the generator, or by the round trips between the"
+    echo "two, whenever the lcore was not busy all the time); busy-cycles = that time x TSC per unit;"
     echo "instructions (cg) = callgrind, lcore loop, saturated (below); gen busy = the generator's own busy_ns share (iterations"
     echo "with work), gen CPU = its thread's CPU share (it busy-polls: below 1.00, other processes took CPU 0 from it)."
     echo "connections at once: (a) $conn_c, (b) $ka_c (one request in flight each), (c) $bulk_c streams; failed+timed out in the"
