@@ -70,8 +70,9 @@ struct Cli {
     /// Client connections open at once (in total).
     #[arg(long, default_value_t = 512)]
     connections: usize,
-    /// Client source addresses (one shard each), from --first-client on.
-    #[arg(long, default_value_t = 16)]
+    /// Client source addresses (one shard each), from --first-client on;
+    /// 0: enough for at most 32 connections each (at least 16).
+    #[arg(long, default_value_t = 0)]
     client_addresses: usize,
     #[arg(long, default_value = "198.18.0.100")]
     first_client: Ipv4Addr,
@@ -80,8 +81,9 @@ struct Cli {
     backends: Vec<Ipv4Addr>,
     #[arg(long, default_value_t = 8080)]
     backend_port: u16,
-    /// Shards per backend address (split by the dataplane's source port).
-    #[arg(long, default_value_t = 4)]
+    /// Shards per backend address (split by the dataplane's source port);
+    /// 0: enough for about 16 connections each (at least 4).
+    #[arg(long, default_value_t = 0)]
     backend_shards: usize,
     /// The proxy VIP the clients connect to.
     #[arg(long, default_value = "198.18.1.1:80")]
@@ -156,7 +158,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    sizes(&mut cli);
     if let Err(e) = run(&cli) {
         tracing::error!("{e}");
         eprintln!("fulcrum-loadgen: error: {e}");
@@ -167,6 +170,17 @@ fn main() {
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let v: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
     v.try_into().ok()
+}
+
+/// Fills in the automatic sizes (0) from the connection count: smoltcp walks
+/// a whole socket set per packet, so sets stay at a few dozen sockets.
+fn sizes(cli: &mut Cli) {
+    if cli.client_addresses == 0 {
+        cli.client_addresses = cli.connections.div_ceil(32).clamp(16, 100);
+    }
+    if cli.backend_shards == 0 {
+        cli.backend_shards = cli.connections.div_ceil(16 * cli.backends.len().max(1)).clamp(4, 64);
+    }
 }
 
 fn check(cli: &Cli) -> Result<[u8; 6], Error> {
