@@ -161,8 +161,7 @@ fn main() {
     let mut cli = Cli::parse();
     sizes(&mut cli);
     if let Err(e) = run(&cli) {
-        tracing::error!("{e}");
-        eprintln!("fulcrum-loadgen: error: {e}");
+        tracing::error!("error: {e}");
         std::process::exit(1);
     }
 }
