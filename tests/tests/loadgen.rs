@@ -101,7 +101,7 @@ backends = [
     // lingers, not polling, so the dataplane can stop first: a memif peer
     // leaving under a polling lcore can crash it).
     wait_until(Duration::from_secs(90), "the generator's summary", || {
-        generator.output().contains("loadgen: ") || !generator.is_running()
+        generator.output().lines().any(|l| l.starts_with("loadgen: ")) || !generator.is_running()
     });
     let dp_status = stop(&mut dp);
     let gen_status = stop(&mut generator);
