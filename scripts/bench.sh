@@ -927,7 +927,7 @@ fi
 # not both saturated: one runs dry while the other holds the CPU, and its idle
 # iterations (1024 spins before each back-off sleep) land in the lcore-loop count.
 # So each run also gives the instructions inside Worker::receive and Engine::poll
-# only (callgrind_annotate --inclusive, from the same dump): no idle iteration
+# only (the inclusive costs of Worker::run's calls to them, from the same dump): no idle iteration
 # calls them, so that figure is idle-free at any load, and its 2/1 ratio is the
 # comparison to read (it leaves out the per-iteration driver RX/TX calls and loop
 # overhead, ~3% of a saturated lcore's loop here). Saturated lcores process full
@@ -1157,18 +1157,29 @@ cap_window() {
     echo "    window: ${C[$name.rate]} $( [ "$mode" = bulk ] && echo Gbps || echo /s ), lcore busy ${C[$name.busy]} (CPU ${C[$name.dp_cpu]}), per busy lcore-second ${C[$name.per_busy]}; generator busy ${C[$name.gen_busy]} (CPU ${C[$name.gen_cpu]}); failed+timeouts ${C[$name.errors]}" >&2
 }
 
-# cap_cg_work FILE: instructions inside Worker::receive and Engine::poll
-# (inclusive, summed over the source files their inlined code comes from): the
-# lcore's work on received frames and in the engine, never run by an idle
-# iteration (the loop calls them only with frames or a due timer).
+# cap_cg_work FILE: instructions in the calls Worker::run makes to
+# Worker::receive and Engine::poll (the inclusive costs on those call edges of
+# the callgrind dump; names compressed or not): the lcore's work on received
+# frames and in the engine, never run by an idle iteration (the loop calls them
+# only with frames or a due timer).
 cap_cg_work() {
-    callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$1" 2>/dev/null |
-        awk 'match($0, /^ *[0-9,]+ \( *[0-9.]+%\)  /) {
-                 n = substr($0, 1, RLENGTH); sub(/\(.*/, "", n); gsub(/[ ,]/, "", n)
-                 r = substr($0, RLENGTH + 1); f = substr(r, index(r, ":") + 1); sub(/ \[[^]]*\]$/, "", f)
-                 if (f == "fulcrum_dataplane::worker::Worker::receive" || f == "fulcrum_proxy::engine::Engine::poll") s += n
+    awk 'function nm(s,   id, rest) {
+             if (match(s, /^\([0-9]+\)/)) {
+                 id = substr(s, 1, RLENGTH); rest = substr(s, RLENGTH + 2)
+                 if (rest != "") names[id] = rest
+                 return names[id]
              }
-             END { printf "%.0f\n", s }'
+             return s
+         }
+         /^fn=/ { f = nm(substr($0, 4)); inrun = (f == "fulcrum_dataplane::worker::Worker::run"); next }
+         /^cfn=/ { c = nm(substr($0, 5)); next }
+         /^calls=/ {
+             want = inrun && (c == "fulcrum_dataplane::worker::Worker::receive" || c == "fulcrum_proxy::engine::Engine::poll")
+             getline
+             if (want) s += $2
+             next
+         }
+         END { printf "%.0f\n", s }' "$1"
 }
 
 # cap_callgrind NAME MODE LCORES CONNS: instructions in the lcore loop(s) per
@@ -1252,7 +1263,7 @@ cap_main() {
     local t
     for t in jq awk taskset; do command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"; done
     if [ "$callgrind" = 1 ]; then
-        for t in valgrind callgrind_control callgrind_annotate; do command -v "$t" >/dev/null || die "$t not found (or pass --no-callgrind)"; done
+        for t in valgrind callgrind_control; do command -v "$t" >/dev/null || die "$t not found (or pass --no-callgrind)"; done
     fi
     [ -e /usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_net_memif.so ] || ls /usr/lib/*/dpdk/pmds-*/librte_net_memif.so >/dev/null 2>&1 ||
         die "DPDK's net_memif PMD (librte_net_memif.so) is not installed"
