@@ -1226,8 +1226,8 @@ cap_callgrind() {
     echo "    callgrind: $total instructions in the lcore loop(s) for ${C[$name.units]} $([ "$mode" = bulk ] && echo "payload bytes" || echo responses) = ${C[$name.instr]} per $unit (receive + engine only: ${C[$name.work]}); lcore(s) busy ${C[$name.busy]} of the window (1.00: saturated)" >&2
 }
 
-# fwd_per_busy RATE SHARE DECIMALS: RATE / SHARE.
-fwd_per_busy() { awk -v r="$1" -v b="$2" -v d="$3" 'BEGIN { if (r == "nan" || b == "nan" || b + 0 <= 0) print "n/a"; else printf "%.*f", d, r / b }'; }
+# cap_per_busy RATE SHARE DECIMALS: RATE / SHARE.
+cap_per_busy() { awk -v r="$1" -v b="$2" -v d="$3" 'BEGIN { if (r == "nan" || b == "nan" || b + 0 <= 0) print "n/a"; else printf "%.*f", d, r / b }'; }
 
 cap_main() {
     CAP_DURATION=10
@@ -1361,7 +1361,7 @@ cap_main() {
     echo "instructions (cg) = callgrind, lcore loop, saturated (below); gen busy = the generator's own busy_ns share (iterations"
     echo "with work), gen CPU = its thread's CPU share (it busy-polls: below 1.00, other processes took CPU 0 from it)."
     echo "by busy_ns alone (raw rate / lcore busy; on a shared machine busy_ns also counts preemption inside busy iterations):"
-    echo "(a) $(fwd_per_busy "${C[conn.rate]}" "${C[conn.busy]}" 0) new connections/s, (b) $(fwd_per_busy "${C[ka.rate]}" "${C[ka.busy]}" 0) requests/s, (c) $(fwd_per_busy "${C[bulk.rate]}" "${C[bulk.busy]}" 2) Gbps per busy lcore-second."
+    echo "(a) $(cap_per_busy "${C[conn.rate]}" "${C[conn.busy]}" 0) new connections/s, (b) $(cap_per_busy "${C[ka.rate]}" "${C[ka.busy]}" 0) requests/s, (c) $(cap_per_busy "${C[bulk.rate]}" "${C[bulk.busy]}" 2) Gbps per busy lcore-second."
     echo "connections at once: (a) $conn_c, (b) $ka_c (one request in flight each), (c) $bulk_c streams; failed+timed out in the"
     echo "windows: (a) ${C[conn.errors]}, (b) ${C[ka.errors]}, (c) ${C[bulk.errors]}. $perf_note."
     if [ "$callgrind" = 1 ]; then
