@@ -389,7 +389,7 @@ impl Setup {
             now: Instant::from_secs(1),
             engine,
             engine_dev: QueueDevice {
-                pool: None,
+                pool: Some(RefCell::new(Vec::with_capacity(POOL_FRAMES))),
                 ..QueueDevice::default()
             },
             engine_mac: mac(2),
