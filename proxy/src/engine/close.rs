@@ -9,7 +9,7 @@ use smoltcp::time::Instant;
 
 use super::conn::{FlowKey, Phase};
 use super::vip::vip_mut;
-use super::Engine;
+use super::{Engine, NO_CONN};
 use crate::limits::bandwidth_quantum;
 
 impl Engine {
@@ -75,12 +75,7 @@ impl Engine {
         if let Some(bi) = conn.backend_idx {
             let be = vip.be_mut(bi);
             if conn.local_port != 0 {
-                self.flows.remove(&FlowKey {
-                    remote: be.cfg.address,
-                    local: self.addr,
-                    remote_port: be.cfg.port,
-                    local_port: conn.local_port,
-                });
+                self.by_port[usize::from(conn.local_port)] = NO_CONN;
                 self.ports.push_back(conn.local_port);
             }
             if conn.opened {

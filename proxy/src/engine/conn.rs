@@ -48,8 +48,12 @@ pub(super) struct Conn {
     pub(super) backend_idx: Option<usize>,
     /// The backend connection reached ESTABLISHED (counted as active).
     pub(super) opened: bool,
-    /// Local port of the backend connection; 0 when none is held.
+    /// Local port of the backend connection; 0 when none is held. While
+    /// held, `Engine::by_port[local_port]` is this connection.
     pub(super) local_port: u16,
+    /// The backend's endpoint while `local_port` is held: what a segment
+    /// found through `Engine::by_port` must come from.
+    pub(super) backend_ep: SocketAddrV4,
     pub(super) phase: Phase,
     /// Last time payload moved either way. Segments alone do not count: our
     /// own retransmissions and probes draw ACKs from a peer that has stopped
@@ -102,6 +106,7 @@ impl Conn {
             backend_idx: None,
             opened: false,
             local_port: 0,
+            backend_ep: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             phase: Phase::New,
             last_active: Instant::ZERO,
             client_last: State::Closed,
@@ -117,6 +122,8 @@ impl Conn {
 }
 
 /// Flow-table key: a segment's (remote, local) endpoints as we receive it.
+/// Client sides only: a backend side is found by its local port
+/// (`Engine::by_port`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FlowKey {
     pub(super) remote: Ipv4Addr,

@@ -10,7 +10,7 @@
 //! become one; any other segment of an unknown connection goes to the empty
 //! sink set, and smoltcp answers it with RST.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
 use smoltcp::time::Instant;
@@ -18,7 +18,7 @@ use smoltcp::time::Instant;
 use super::conn::FlowKey;
 use super::cookie::CookieAck;
 use super::vip::vip_mut;
-use super::Engine;
+use super::{Engine, NO_CONN};
 use crate::frame::{classify, plausible, Frame, TcpMeta, ACK, RST, SYN};
 
 impl Engine {
@@ -93,10 +93,20 @@ impl Engine {
             remote_port: m.src_port,
             local_port: m.dst_port,
         };
-        let client_side = m.dst != self.addr;
-        if let Some(&id) = self.flows.get(&key) {
+        if m.dst == self.addr {
+            // A backend side: its local port names the connection.
+            let id = self.by_port[usize::from(m.dst_port)];
+            if id != NO_CONN {
+                let id = id as usize;
+                let conn = self.conns[id].as_ref().expect("by_port points at live slots");
+                if conn.backend_ep == SocketAddrV4::new(m.src, m.src_port) {
+                    self.mark_dirty(id);
+                    return Target::Conn(id, false);
+                }
+            }
+        } else if let Some(&id) = self.flows.get(&key) {
             self.mark_dirty(id);
-            return Target::Conn(id, client_side);
+            return Target::Conn(id, true);
         }
         let Some(&vi) = self.vip_by_endpoint.get(&(m.dst, m.dst_port)) else {
             self.counters.unknown_flow += 1;

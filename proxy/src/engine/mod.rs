@@ -6,8 +6,10 @@
 //! backend-facing socket. smoltcp walks the whole set it is given for every
 //! ingress segment, every egress pass and every `poll_at`; giving it a set of
 //! one socket makes that walk constant. The engine does the dispatch itself:
-//! it classifies each frame's 4-tuple, looks it up in a flow table (one hash
-//! lookup) and hands the frame to `poll_ingress_single` with that connection's
+//! it classifies each frame's 4-tuple, finds its connection (a client side
+//! by one hash lookup of the 4-tuple; a backend side by its local port, which
+//! indexes a table directly, since a port is held by one connection at a
+//! time) and hands the frame to `poll_ingress_single` with that connection's
 //! set. This is sharding taken to shards of one connection: both sockets of a
 //! connection share its shard, no port arithmetic ties shards to local ports,
 //! and a hot shard cannot exist.
@@ -180,6 +182,9 @@ use conn::{Conn, FlowKey, Phase};
 use ingress::{NoTx, OneFrame};
 use vip::{vip_mut, VipState};
 
+/// `Engine::by_port` entry of a port no connection holds.
+const NO_CONN: u32 = u32::MAX;
+
 /// Frames taken from the device between two passes over the dirty
 /// connections, so a long burst cannot fill receive windows unrelayed.
 const INGRESS_BURST: usize = 64;
@@ -231,8 +236,14 @@ pub struct Engine {
     conns: Vec<Option<Conn>>,
     free_ids: Vec<usize>,
     spare: Vec<Conn>,
-    /// Both sides of every live connection (client 4-tuple, backend 4-tuple).
+    /// The client side of every live connection, by 4-tuple.
     flows: HashMap<FlowKey, usize>,
+    /// The backend side of every live connection, by its local port (each
+    /// port this lcore owns is held by at most one connection): a direct
+    /// index instead of a hash of the 4-tuple; the segment's remote endpoint
+    /// is then checked against the connection's `backend_ep`.
+    /// `NO_CONN` where no connection holds the port.
+    by_port: Box<[u32]>,
     /// This lcore's local ports not in use, least recently used first.
     ports: VecDeque<u16>,
     timers: Timers,
@@ -351,6 +362,7 @@ impl Engine {
             free_ids: Vec::new(),
             spare: Vec::new(),
             flows: HashMap::new(),
+            by_port: vec![NO_CONN; 1 << 16].into_boxed_slice(),
             ports,
             timers: Timers::default(),
             dirty: Vec::new(),
