@@ -66,6 +66,17 @@ pub(super) struct Conn {
     pub(super) fin_to_backend: bool,
     pub(super) fin_to_client: bool,
     pub(super) dirty: bool,
+    /// Sides whose socket may have changed since the last `settle`
+    /// ([`CLIENT`], [`BACKEND`]): only those are polled for egress and asked
+    /// their `poll_at`; an untouched side's `poll_at` is the one cached below.
+    pub(super) touched: u8,
+    /// smoltcp's `poll_at` of each side's set, as of the last `settle` that
+    /// had the side touched.
+    pub(super) client_at: Option<Instant>,
+    pub(super) backend_at: Option<Instant>,
+    /// `Engine::arp_gen` at the last `settle`: a neighbour learnt since can
+    /// change a waiting socket's `poll_at`, so both sides count as touched.
+    pub(super) arp_gen: u32,
     /// Index in `Engine::handshaking` while the client has no SYN-ACK yet.
     pub(super) handshake_pos: Option<usize>,
     /// While half-open (listed in `handshaking`): when the client must have
@@ -114,12 +125,21 @@ impl Conn {
             fin_to_backend: false,
             fin_to_client: false,
             dirty: false,
+            touched: 0,
+            client_at: None,
+            backend_at: None,
+            arp_gen: 0,
             handshake_pos: None,
             half_open_deadline: None,
             cookie: false,
         }
     }
 }
+
+/// `Conn::touched` bits.
+pub(super) const CLIENT: u8 = 1;
+pub(super) const BACKEND: u8 = 2;
+pub(super) const BOTH: u8 = CLIENT | BACKEND;
 
 /// Flow-table key: a segment's (remote, local) endpoints as we receive it.
 /// Client sides only: a backend side is found by its local port

@@ -15,7 +15,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
 use smoltcp::time::Instant;
 
-use super::conn::FlowKey;
+use super::conn::{FlowKey, BACKEND, BOTH, CLIENT};
 use super::cookie::CookieAck;
 use super::vip::vip_mut;
 use super::{Engine, NO_CONN};
@@ -33,8 +33,10 @@ impl Engine {
                 if let Ok(i) = self.neighbors.binary_search(&sender) {
                     self.neighbor_heard[i] = true;
                 }
+                // smoltcp learns neighbours from ARP aimed at us only.
+                self.arp_gen = self.arp_gen.wrapping_add(1);
                 for i in 0..self.handshaking.len() {
-                    self.mark_dirty(self.handshaking[i]);
+                    self.mark_dirty(self.handshaking[i], BOTH);
                 }
                 None
             }
@@ -100,12 +102,12 @@ impl Engine {
                 let id = id as usize;
                 let conn = self.conns[id].as_ref().expect("by_port points at live slots");
                 if conn.backend_ep == SocketAddrV4::new(m.src, m.src_port) {
-                    self.mark_dirty(id);
+                    self.mark_dirty(id, BACKEND);
                     return Target::Conn(id, false);
                 }
             }
         } else if let Some(&id) = self.flows.get(&key) {
-            self.mark_dirty(id);
+            self.mark_dirty(id, CLIENT);
             return Target::Conn(id, true);
         }
         let Some(&vi) = self.vip_by_endpoint.get(&(m.dst, m.dst_port)) else {

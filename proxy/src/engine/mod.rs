@@ -178,7 +178,7 @@ use crate::syncookie::{window_shift, Keys, Seed, SynAckSpec};
 use crate::tables::VipTables;
 use crate::timer::Timers;
 
-use conn::{Conn, FlowKey, Phase};
+use conn::{Conn, FlowKey, Phase, BACKEND, BOTH, CLIENT};
 use ingress::{NoTx, OneFrame};
 use vip::{vip_mut, VipState};
 
@@ -252,6 +252,9 @@ pub struct Engine {
     /// smoltcp would otherwise keep a socket waiting for a neighbour silent
     /// for a whole second after the answer arrived.
     handshaking: Vec<usize>,
+    /// Bumped whenever smoltcp may have learnt a neighbour (ARP aimed at
+    /// us): see `Conn::arp_gen`.
+    arp_gen: u32,
     /// Empty set: segments of unknown connections go here and smoltcp answers
     /// them with RST; ARP goes here too (it touches no socket).
     sink: SocketSet<'static>,
@@ -367,6 +370,7 @@ impl Engine {
             timers: Timers::default(),
             dirty: Vec::new(),
             handshaking: Vec::new(),
+            arp_gen: 0,
             sink: SocketSet::new(Vec::new()),
             neighbors: Vec::new(),
             neighbor_heard: Vec::new(),
@@ -406,7 +410,7 @@ impl Engine {
             }
         }
         while let Some(id) = self.timers.pop_expired(now) {
-            self.mark_dirty(id as usize);
+            self.mark_dirty(id as usize, BOTH);
         }
         self.run_dirty(now, device);
         if now >= self.next_neighbor_refresh {
@@ -427,8 +431,10 @@ impl Engine {
             .map(|at| if at > now { at - now } else { Duration::ZERO })
     }
 
-    fn mark_dirty(&mut self, id: usize) {
+    /// Lists a connection for service this poll, with `sides` touched.
+    fn mark_dirty(&mut self, id: usize, sides: u8) {
         if let Some(conn) = self.conns[id].as_mut() {
+            conn.touched |= sides;
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(id);
@@ -456,7 +462,12 @@ impl Engine {
     /// Connection logic for one connection: half-open timeout, connect /
     /// fail over, relay, propagate FIN and RST, idle timeout.
     fn service(&mut self, id: usize, now: Instant) {
-        let conn = self.conns[id].as_ref().expect("live");
+        let conn = self.conns[id].as_mut().expect("live");
+        // Outside Proxying every service may change either side (connect,
+        // held SYN-ACK, aborts); in Proxying, `relay` adds what it changes.
+        if conn.phase != Phase::Proxying || conn.arp_gen != self.arp_gen {
+            conn.touched = BOTH;
+        }
         let client_state = conn.client.get::<tcp::Socket>(conn.ch).state();
         if !matches!(client_state, State::Listen | State::SynReceived) {
             self.unlist_handshake(id);
@@ -510,7 +521,10 @@ impl Engine {
 
     fn transmit<D: Device + ?Sized>(&mut self, id: usize, now: Instant, device: &mut D) {
         let conn = self.conns[id].as_mut().expect("live");
-        for set in [&mut conn.client, &mut conn.backend] {
+        // An untouched side has nothing new to send: its socket is as the
+        // last egress pass left it (a timer of its coming due marks both).
+        let sides = [(CLIENT, &mut conn.client), (BACKEND, &mut conn.backend)];
+        for (_, set) in sides.into_iter().filter(|(side, _)| conn.touched & side != 0) {
             // One segment per socket per pass: repeat while something is sent.
             loop {
                 self.counters.sockets_visited += 1;
