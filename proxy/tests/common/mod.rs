@@ -58,6 +58,10 @@ pub struct QueueDevice {
 /// Bound of the engine device's buffer pool.
 pub const POOL_FRAMES: usize = 4096;
 
+/// Capacity of every buffer of the engine device's pool (a whole frame, as
+/// an mbuf has), so reusing one never reallocates.
+const POOL_FRAME_BYTES: usize = 1514;
+
 pub struct QRx<'a>(Vec<u8>, Option<&'a RefCell<Vec<Vec<u8>>>>);
 impl RxToken for QRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -78,7 +82,11 @@ impl TxToken for QTx<'_> {
                 buf.resize(len, 0);
                 buf
             }
-            None => vec![0; len],
+            None => {
+                let mut buf = Vec::with_capacity(POOL_FRAME_BYTES.max(len));
+                buf.resize(len, 0);
+                buf
+            }
         };
         let r = f(&mut buf);
         self.0.push_back(buf);
@@ -448,7 +456,10 @@ impl Wire {
         for (from, f) in frames {
             let dst = EthernetFrame::new_unchecked(&f[..]).dst_addr();
             if dst == self.engine_mac || (dst.is_broadcast() && from != usize::MAX) {
-                self.engine_dev.rx.push_back(f.clone());
+                // A whole frame's capacity: it joins the engine's pool once read.
+                let mut copy = Vec::with_capacity(POOL_FRAME_BYTES.max(f.len()));
+                copy.extend_from_slice(&f);
+                self.engine_dev.rx.push_back(copy);
             }
             for (i, h) in self.hosts.iter_mut().enumerate() {
                 if i != from && (dst == h.mac || dst.is_broadcast()) {
