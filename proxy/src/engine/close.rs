@@ -64,10 +64,7 @@ impl Engine {
             Phase::New | Phase::Connecting { .. } if !conn.cookie => None,
             _ => client_at,
         };
-        let at = [own, client_at, backend_at, conn.half_open_deadline]
-            .into_iter()
-            .flatten()
-            .min();
+        let at = earliest(earliest(own, client_at), earliest(backend_at, conn.half_open_deadline));
         self.timers.set(id as u32, at);
     }
 
@@ -127,5 +124,14 @@ impl Engine {
                 c.handshake_pos = Some(pos);
             }
         }
+    }
+}
+
+/// The earlier of two optional deadlines (`None`: no deadline).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }
