@@ -19,6 +19,12 @@
 //! connection: the earliest of smoltcp's `poll_at` for its sets, the connect
 //! timeout and the idle timeout). Cost per packet is therefore O(1) plus an
 //! O(log n) heap update, independent of how many connections are open.
+//! Within a serviced connection only the sides it may have changed
+//! (`Conn::touched`: the frame's side; both when bytes were relayed, a FIN
+//! propagated, a socket aborted or connected, on a timer, or after an ARP
+//! aimed at us) are polled for egress and asked smoltcp's `poll_at`; the
+//! other side's socket is as its last egress pass left it, and its `poll_at`
+//! is the one cached then.
 //!
 //! # Accepting
 //! There is no listen backlog in smoltcp, so no listener waits in advance: a
