@@ -397,7 +397,9 @@ impl Setup {
             now: Instant::from_secs(1),
             engine,
             engine_dev: QueueDevice {
-                pool: Some(RefCell::new(Vec::with_capacity(POOL_FRAMES))),
+                pool: Some(RefCell::new(
+                    (0..POOL_FRAMES).map(|_| Vec::with_capacity(POOL_FRAME_BYTES)).collect(),
+                )),
                 ..QueueDevice::default()
             },
             engine_mac: mac(2),
