@@ -4,7 +4,7 @@
 #   scripts/bench.sh proxy   [--duration SECONDS] [--connections N] [--prefix P]
 #   scripts/bench.sh forward   (packets/s through the forwarding path vs testpmd macswap)
 #   scripts/bench.sh synflood  (SYN cookies/s on one lcore vs testpmd macswap on the same SYNs)
-#   scripts/bench.sh scale     (proxy engine instructions per request vs open connections)
+#   scripts/bench.sh scale     (proxy engine instructions per request and per new connection vs open connections)
 #   scripts/bench.sh capacity  (new connections/s, keep-alive requests/s, Gbps per dataplane lcore;
 #                               no kernel: fulcrum-loadgen over net_memif)
 #
@@ -699,7 +699,7 @@ fi
 
 
 # ============================================================================ scale
-# scripts/bench.sh scale [--requests K] [--wall-runs R] [--top N] [--keep DIR]
+# scripts/bench.sh scale [--requests K] [--new-connections C] [--wall-runs R] [--top N] [--keep DIR]
 #
 # Cost per request of the proxy engine (crate proxy) with 100, 1 000 and 10 000
 # open connections, in-process: proxy/examples/scale.rs opens N idle client
@@ -725,6 +725,15 @@ fi
 # and the ratios 1k/100 and 10k/100; then, from the callgrind profiles, the
 # engine's top functions by instructions (self cost) at 100 and at 10 000, and
 # the functions whose instructions grew the most between the two.
+# Then the cost of a new connection, with 100 and with 10 000 others open
+# (`scale --new N C`, common::scale_new_connections): C connections (default
+# 2 000) one after the other, each a whole life: the client's SYN, admission,
+# the backend connection opened, the held SYN-ACK released, one echo request
+# and its answer, the backend closing, the client closing, both sides closed
+# and the connection released (its backend connection with it); after as
+# many again not measured (warm-up). Same columns per connection (callgrind
+# on Engine::poll, zeroed on entry to scale_measured_new; wall time; visits),
+# and the top functions by instructions per connection at 100.
 # Wall time is only indicative on a loaded machine; instructions are the figure.
 # Needs valgrind (callgrind_annotate). About a minute in all. Not part of
 # scripts/test.sh: it prints figures, asserts none (tests/scale.rs asserts).
@@ -753,10 +762,11 @@ scale_self_costs() {
 scale_short() { awk -v w=72 '{ if (length($0) > w) print substr($0, 1, w - 3) "..."; else print }'; }
 
 scale_main() {
-    local requests=10000 runs=5 top=12 keep=""
+    local requests=10000 newconns=2000 runs=5 top=12 keep=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --requests) requests=$2; shift 2 ;;
+            --new-connections) newconns=$2; shift 2 ;;
             --wall-runs) runs=$2; shift 2 ;;
             --top) top=$2; shift 2 ;;
             --keep) keep=$2; shift 2 ;;
@@ -765,6 +775,7 @@ scale_main() {
         esac
     done
     [[ "$requests" =~ ^[0-9]+$ ]] && [ "$requests" -ge 1 ] && [ "$requests" -le 100000 ] || die "--requests: 1..100000"
+    [[ "$newconns" =~ ^[0-9]+$ ]] && [ "$newconns" -ge 1 ] && [ "$newconns" -le 15000 ] || die "--new-connections: 1..15000"
     [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 1 ] && [ "$runs" -le 50 ] || die "--wall-runs: 1..50"
     [[ "$top" =~ ^[0-9]+$ ]] && [ "$top" -ge 1 ] && [ "$top" -le 100 ] || die "--top: 1..100"
     for t in valgrind callgrind_annotate cargo; do
@@ -818,6 +829,40 @@ scale_main() {
         scale_self_costs "$cg" >"$work/self.$n"
     done
 
+    local new_sizes=(100 10000)
+    declare -A NINSTR NUS NUSMIN NVISITS
+    for n in "${new_sizes[@]}"; do
+        say "$n open connections: $runs native runs of $newconns new connections (wall time), then one under callgrind (instructions)"
+        : >"$work/nus.$n"
+        for i in $(seq "$runs"); do
+            out=$(timeout 300 "$bin" --new "$n" "$newconns") || die "$bin --new $n $newconns failed"
+            echo "    $out" >&2
+            line=$(echo "$out" | grep '^scale_new_result ')
+            us=$(echo "$line" | sed -n 's/.* us_per_connection=\([0-9.]*\).*/\1/p')
+            visits=$(echo "$line" | sed -n 's/.* sockets_visited_per_connection=\([0-9.]*\).*/\1/p')
+            [ -n "$us" ] && [ -n "$visits" ] || die "unexpected output: $out"
+            echo "$us" >>"$work/nus.$n"
+            NVISITS[$n]=$visits
+        done
+        NUS[$n]=$(sort -n "$work/nus.$n" | awk '{ v[NR] = $1 } END { printf "%.2f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+        NUSMIN[$n]=$(sort -n "$work/nus.$n" | awk 'NR == 1 { printf "%.2f", $1 }')
+        local cg=$work/callgrind.engine.new.$n.out t0=$SECONDS
+        timeout 600 valgrind --tool=callgrind --collect-atstart=no \
+            --toggle-collect='*Engine::poll*' --zero-before='*scale_measured_new*' \
+            --compress-strings=no --compress-pos=no \
+            --callgrind-out-file="$cg" "$bin" --new "$n" "$newconns" >"$work/cgn.$n.log" 2>&1 ||
+            { tail -n 20 "$work/cgn.$n.log" >&2; die "callgrind run failed (--new, N=$n)"; }
+        out=$(grep '^scale_new_result ' "$work/cgn.$n.log")
+        [ "$(echo "$out" | sed -n 's/.* sockets_visited_per_connection=\([0-9.]*\).*/\1/p')" = "${NVISITS[$n]}" ] ||
+            die "under callgrind the run differed: $out"
+        local total
+        total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$cg")
+        [ -n "$total" ] && [ "$total" -gt 0 ] || die "no instruction total in $cg"
+        NINSTR[$n]=$(awk -v t="$total" -v k="$newconns" 'BEGIN { printf "%.0f", t / k }')
+        echo "    callgrind ($((SECONDS - t0)) s): $total instructions in Engine::poll for $newconns new connections = ${NINSTR[$n]}/connection" >&2
+        scale_self_costs "$cg" >"$work/selfnew.$n"
+    done
+
     scale_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
     echo
     echo "Proxy engine cost per request vs open connections (proxy/examples/scale.rs: in-memory wire, fake clock;"
@@ -855,10 +900,28 @@ scale_main() {
         sort -t$'\t' -k1,1nr | awk 'NR <= 8' |
         while IFS=$'\t' read -r _ x y d f; do printf '%10s %10s %10s  %s\n' "$x" "$y" "$d" "$(echo "$f" | scale_short)"; done
 
+    echo
+    echo "Proxy engine cost per new connection (same wire; $newconns connections one after the other, each: SYN,"
+    echo "backend connection, one echo request, backend and client close, released; beside N idle open connections)"
+    printf '%-18s %14s %12s %12s %14s\n' "open connections" "instr/conn" "us/conn min" "us/conn med" "visits/conn"
+    printf '%-18s %14s %12s %12s %14s\n' ---------------- ---------- ----------- ----------- -----------
+    for n in "${new_sizes[@]}"; do
+        printf '%-18s %14s %12s %12s %14s\n' "$n" "${NINSTR[$n]}" "${NUSMIN[$n]}" "${NUS[$n]}" "${NVISITS[$n]}"
+    done
+    printf '%-18s %14s %12s %12s %14s\n' "ratio 10k/100" "$(scale_ratio "${NINSTR[10000]}" "${NINSTR[100]}")" \
+        "$(scale_ratio "${NUSMIN[10000]}" "${NUSMIN[100]}")" "$(scale_ratio "${NUS[10000]}" "${NUS[100]}")" \
+        "$(scale_ratio "${NVISITS[10000]}" "${NVISITS[100]}")"
+    echo
+    echo "Top $top functions by instructions per new connection inside Engine::poll (self cost), 100 open"
+    printf '%10s  %s\n' "at 100" function
+    awk -F'\t' -v k="$newconns" '{ printf "%.0f\t%s\n", $1 / k, $2 }' "$work/selfnew.100" | awk -v t="$top" 'NR <= t' |
+        while IFS=$'\t' read -r x f; do printf '%10s  %s\n' "$x" "$(echo "$f" | scale_short)"; done
+
     if [ -n "$keep" ]; then
         mkdir -p "$keep" && cp "$work"/callgrind.engine.*.out "$keep"/ && echo "(callgrind files kept in $keep)"
     fi
     echo "scale: ${INSTR[100]}, ${INSTR[1000]}, ${INSTR[10000]} instructions per request; 10k/100 = $(scale_ratio "${INSTR[10000]}" "${INSTR[100]}")"
+    echo "scale: ${NINSTR[100]}, ${NINSTR[10000]} instructions per new connection (100, 10 000 open); 10k/100 = $(scale_ratio "${NINSTR[10000]}" "${NINSTR[100]}")"
 }
 
 if [ "${1:-}" = scale ]; then
@@ -1533,14 +1596,14 @@ done
 
 # ---------------------------------------------------------------------------- measuring
 
-# wrk_run URL [extra wrk args...]: prints "req_per_s p50_ms p99_ms errors"
+# wrk_run URL [extra wrk args...]: prints "req_per_s p50_ms p99_ms errors requests"
 wrk_run() {
     local url=$1; shift
     local out
     out=$(nsx cli "${PEERS_CPU[@]}" timeout --kill-after=5 $((DURATION + 30)) \
         wrk -t2 -c"$CONNS" -d"${DURATION}s" --timeout 5s --latency "$@" "$url" 2>&1) || {
         echo "$out" >&2
-        echo "nan nan nan nan"
+        echo "nan nan nan nan nan"
         return 0
     }
     echo "$out" | sed 's/^/    /' >&2
@@ -1551,24 +1614,142 @@ wrk_run() {
     p50=$(echo "$out" | awk "$to_ms"' $1 == "50%" {printf "%.3f", ms($2)}')
     p99=$(echo "$out" | awk "$to_ms"' $1 == "99%" {printf "%.3f", ms($2)}')
     errs=$(echo "$out" | awk '/Socket errors:/ {gsub(",", ""); s = $4 + $6 + $8 + $10} /Non-2xx/ {s += $5} END {print s + 0}')
-    echo "${rps:-nan} ${p50:-nan} ${p99:-nan} ${errs:-0}"
+    # "  123456 requests in 10.00s, 12.34MB read"
+    local reqs
+    reqs=$(echo "$out" | awk '$2 == "requests" && $3 == "in" {print $1}')
+    echo "${rps:-nan} ${p50:-nan} ${p99:-nan} ${errs:-0} ${reqs:-nan}"
 }
 
-# iperf_run HOST STREAMS: prints Gbit/s received (nan on failure, with the reason on stderr)
+# iperf_run HOST STREAMS: prints "Gbit/s bytes" received (nan nan on failure, with the
+# reason on stderr)
 iperf_run() {
-    local host=$1 streams=$2 out gbps
+    local host=$1 streams=$2 out gbps bytes
     out=$(nsx cli "${PEERS_CPU[@]}" timeout --kill-after=5 $((DURATION + 30)) \
         iperf3 -c "$host" -p 5201 -t "$DURATION" -P "$streams" -J 2>&1) || true
     gbps=$(echo "$out" | jq -r 'if .error then empty else .end.sum_received.bits_per_second / 1e9 | . * 1000 | round / 1000 end' 2>/dev/null || true)
+    bytes=$(echo "$out" | jq -r 'if .error then empty else .end.sum_received.bytes end' 2>/dev/null || true)
     if [ -z "$gbps" ]; then
         echo "    iperf3 failed: $(echo "$out" | jq -r '.error // empty' 2>/dev/null || true)" >&2
         echo "$out" | tail -n 5 | sed 's/^/    /' >&2
-        echo "nan"
+        echo "nan nan"
         return 0
     fi
     echo "    ${gbps} Gbit/s" >&2
-    echo "$gbps"
+    echo "$gbps ${bytes:-nan}"
 }
+
+# ---- cycles per request / per byte, over each wrk and iperf3 window
+# Fulcrum: its own cycles, user space only, on its lcore's thread (the thread of the
+# dataplane that used the most CPU in the window): what it would spend on a NIC,
+# where no kernel is in its path. HAProxy: its total cycles, user + kernel, every
+# thread of its process (its socket system calls; the kernel's TCP receive work
+# for its packets mostly runs in softirq on the sender's side and is counted
+# for neither). Two ways to count, chosen once by cyc_probe:
+#   perf     `perf stat -e cycles:u -t TID` (Fulcrum; TID = the dataplane's busiest
+#            thread so far, its lcore) and `perf stat -e cycles:u,cycles:k -p PID`
+#            (HAProxy), when the CPU's cycle counter is available;
+#   cputime  otherwise (virtual machines without a PMU: `perf stat -e cycles true`
+#            says "<not supported>"): CPU time from /proc/PID/task/*/stat (utime =
+#            user, stime = kernel, in CLK_TCK ticks) times the clock rate from
+#            /proc/cpuinfo ("cpu MHz"): cycles at the nominal clock. The total
+#            per thread is exact; its user/kernel split is the kernel's tick sampling.
+CYC_MODE=""
+CYC_MHZ=""
+cyc_probe() {
+    CYC_MHZ=$(awk -F: '/^cpu MHz/ { printf "%.0f", $2; exit }' /proc/cpuinfo)
+    [ -n "$CYC_MHZ" ] || CYC_MHZ=nan
+    if command -v perf >/dev/null && perf stat -x, -e cycles:u -- true 2>&1 >/dev/null | grep -q '^[0-9]'; then
+        CYC_MODE=perf
+    else
+        CYC_MODE=cputime
+    fi
+}
+
+# thread_times PID: "tid utime stime" (CLK_TCK ticks) of every thread of PID, one a line.
+thread_times() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        awk -v tid="${t##*/}" '{ sub(/^.*\) /, ""); print tid, $12, $13 }' "$t/stat" 2>/dev/null || true
+    done
+}
+
+# cyc_pid WHO: the pid of Fulcrum's dataplane (the process running $DP_BIN) or of
+# HAProxy (the haproxy process in namespace $P-fab).
+cyc_pid() {
+    local p exe
+    if [ "$1" = fulcrum ]; then
+        exe=$(readlink -f "$DP_BIN")
+        for p in /proc/[0-9]*; do
+            [ "$(readlink "$p/exe" 2>/dev/null)" = "$exe" ] && { echo "${p#/proc/}"; return 0; }
+        done
+    else
+        for p in $(ip netns pids "$P-fab"); do
+            [ "$(cat "/proc/$p/comm" 2>/dev/null)" = haproxy ] && { echo "$p"; return 0; }
+        done
+    fi
+    die "no $1 process found"
+}
+
+CYC_PID=""
+CYC_T0=""
+CYC_PERF_PID=""
+# cyc_begin WHO: opens a counting window on WHO's process (fulcrum or haproxy).
+cyc_begin() {
+    local who=$1
+    [ -n "$CYC_MODE" ] || cyc_probe
+    CYC_PID=$(cyc_pid "$who") || die "cannot count cycles: no $who process"
+    CYC_T0=$(thread_times "$CYC_PID")
+    CYC_PERF_PID=""
+    if [ "$CYC_MODE" = perf ]; then
+        if [ "$who" = fulcrum ]; then
+            local tid
+            tid=$(echo "$CYC_T0" | awk '{ print $1, $2 + $3 }' | sort -k2,2nr | awk 'NR == 1 { print $1 }')
+            perf stat -x, -e cycles:u -t "$tid" -o "$WORK/cyc.perf" >/dev/null 2>&1 &
+        else
+            perf stat -x, -e cycles:u,cycles:k -p "$CYC_PID" -o "$WORK/cyc.perf" >/dev/null 2>&1 &
+        fi
+        CYC_PERF_PID=$!
+    fi
+}
+
+# cyc_end WHO KEY COUNT: closes the window opened by cyc_begin; R[WHO.KEY] = cycles
+# per unit of COUNT (requests or bytes; Fulcrum: user space of its lcore thread;
+# HAProxy: user + kernel) and R[WHO.KEY.all] = user + kernel (Fulcrum: its lcore
+# thread's).
+cyc_end() {
+    local who=$1 key=$2 count=$3 t1 u s
+    R[$who.$key]=nan
+    R[$who.$key.all]=nan
+    t1=$(thread_times "$CYC_PID")
+    if [ "$who" = fulcrum ]; then
+        # The lcore: the thread with the largest CPU time in the window.
+        read -r u s <<<"$(awk 'NR == FNR { u[$1] = $2; s[$1] = $3; next }
+            ($1 in u) { d = $2 - u[$1] + $3 - s[$1]; if (d >= m) { m = d; bu = $2 - u[$1]; bs = $3 - s[$1] } }
+            END { print bu + 0, bs + 0 }' <(echo "$CYC_T0") <(echo "$t1"))"
+    else
+        read -r u s <<<"$(awk 'NR == FNR { u[$1] = $2; s[$1] = $3; next }
+            ($1 in u) { bu += $2 - u[$1]; bs += $3 - s[$1] } END { print bu + 0, bs + 0 }' <(echo "$CYC_T0") <(echo "$t1"))"
+    fi
+    local hz own all
+    hz=$(getconf CLK_TCK)
+    own=$(awk -v t="$u" -v hz="$hz" -v m="$CYC_MHZ" 'BEGIN { printf "%.0f", t / hz * m * 1e6 }')
+    all=$(awk -v t="$((u + s))" -v hz="$hz" -v m="$CYC_MHZ" 'BEGIN { printf "%.0f", t / hz * m * 1e6 }')
+    [ "$who" = haproxy ] && own=$all
+    if [ -n "$CYC_PERF_PID" ]; then
+        kill -INT "$CYC_PERF_PID" 2>/dev/null
+        wait "$CYC_PERF_PID" 2>/dev/null || true
+        own=$(awk -F, '$3 ~ /^cycles/ && $1 ~ /^[0-9]+$/ { t += $1 } END { print t + 0 }' "$WORK/cyc.perf")
+        [ "$who" = haproxy ] && all=$own
+        CYC_PERF_PID=""
+    fi
+    local unit=requests
+    [[ $key == *byte* ]] && unit=bytes
+    echo "    cycles ($CYC_MODE): utime $u, stime $s ticks; $who's own: $own cycles for $count $unit" >&2
+    [[ "$count" =~ ^[0-9]+$ ]] && [ "$count" -gt 0 ] || return 0
+    R[$who.$key]=$(awk -v c="$own" -v n="$count" 'BEGIN { f = (c / n < 10) ? "%.3f" : "%.0f"; printf f, c / n }')
+    R[$who.$key.all]=$(awk -v c="$all" -v n="$count" 'BEGIN { f = (c / n < 10) ? "%.3f" : "%.0f"; printf f, c / n }')
+}
+
 
 declare -A R
 
@@ -1631,16 +1812,24 @@ open_load() {
 }
 
 measure() {
-    local who=$1 http_host=$2 iperf_host=$3 r
+    local who=$1 http_host=$2 iperf_host=$3 r n_req n_bytes
     say "$who: wrk, new connection per request (Connection: close), ${DURATION}s, $CONNS connections"
-    read -r R[$who.close.rps] R[$who.close.p50] R[$who.close.p99] R[$who.close.err] \
+    cyc_begin "$who"
+    read -r R[$who.close.rps] R[$who.close.p50] R[$who.close.p99] R[$who.close.err] n_req \
         <<<"$(wrk_run "http://$http_host/" -H 'Connection: close')"
+    cyc_end "$who" close.cyc "$n_req"
     say "$who: wrk, keepalive, ${DURATION}s, $CONNS connections"
-    read -r R[$who.ka.rps] R[$who.ka.p50] R[$who.ka.p99] R[$who.ka.err] <<<"$(wrk_run "http://$http_host/")"
+    cyc_begin "$who"
+    read -r R[$who.ka.rps] R[$who.ka.p50] R[$who.ka.p99] R[$who.ka.err] n_req <<<"$(wrk_run "http://$http_host/")"
+    cyc_end "$who" ka.cyc "$n_req"
     say "$who: iperf3, 1 stream, ${DURATION}s"
-    R[$who.iperf1]=$(iperf_run "$iperf_host" 1)
+    cyc_begin "$who"
+    read -r R[$who.iperf1] n_bytes <<<"$(iperf_run "$iperf_host" 1)"
+    cyc_end "$who" iperf1.cycbyte "$n_bytes"
     say "$who: iperf3, 8 parallel streams, ${DURATION}s"
-    R[$who.iperf8]=$(iperf_run "$iperf_host" 8)
+    cyc_begin "$who"
+    read -r R[$who.iperf8] n_bytes <<<"$(iperf_run "$iperf_host" 8)"
+    cyc_end "$who" iperf8.cycbyte "$n_bytes"
     local n
     for n in "${OPEN_SIZES[@]}"; do
         if [ "$who" = haproxy ] && [ "$n" -gt "$HA_MAXCONN" ]; then
@@ -1795,7 +1984,20 @@ row "keepalive: p99 latency (ms)"              ka.p99
 row "keepalive: errors"                        ka.err
 row "iperf3, 1 stream: Gbit/s"                 iperf1
 row "iperf3, 8 streams: Gbit/s"                iperf8
-echo "(requests/s and Gbit/s: higher is better; latency: lower is better)"
+row "short connections: cycles/request"        close.cyc
+row "keepalive: cycles/request"                ka.cyc
+row "iperf3, 1 stream: cycles/byte"            iperf1.cycbyte
+row "iperf3, 8 streams: cycles/byte"           iperf8.cycbyte
+echo "(requests/s and Gbit/s: higher is better; latency and cycles: lower is better)"
+echo "(cycles: Fulcrum = its own, user space of its lcore thread; HAProxy = its total, user + kernel, all its"
+echo " threads; counted $([ "$CYC_MODE" = perf ] && echo "by perf stat (cycles:u; cycles:u + cycles:k)" ||
+    echo "as CPU time x $CYC_MHZ MHz (no cycle counter here: perf stat -e cycles says <not supported>)")"
+echo " over each wrk / iperf3 window; issue 14 asks Ful/HAP <= 0.25 per request and <= 1 per byte)"
+row "Fulcrum lcore user+kernel: short, cyc/req"   close.cyc.all
+row "Fulcrum lcore user+kernel: keepalive, cyc/req" ka.cyc.all
+row "Fulcrum lcore user+kernel: 1 stream, cyc/B"  iperf1.cycbyte.all
+row "Fulcrum lcore user+kernel: 8 streams, cyc/B" iperf8.cycbyte.all
+echo "(the same windows with the kernel time of Fulcrum's lcore thread: on net_tap, the tap's system calls)"
 
 echo
 echo "CPU per request vs open connections (fulcrum-keepalive-load: N keep-alive connections open, requests"

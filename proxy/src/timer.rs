@@ -39,6 +39,9 @@ impl Timers {
             (p, Some(at)) => {
                 let p = p as usize;
                 let old = self.heap[p].0;
+                if at == old {
+                    return;
+                }
                 self.heap[p].0 = at;
                 if at < old {
                     self.up(p);

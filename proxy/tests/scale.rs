@@ -50,3 +50,27 @@ fn per_request_cost_is_flat_in_open_connections() {
         large.micros_per_request
     );
 }
+
+/// A new connection's whole life (SYN to release, backend connection
+/// included) costs the same work with 100 or 2 000 other connections open:
+/// the engine does not walk its connections to admit, connect or release.
+#[test]
+fn new_connection_cost_is_flat_in_open_connections() {
+    let mut visits = Vec::new();
+    for n in [100u16, 2_000] {
+        let (mut w, _socks) = scale_open_connections(n);
+        // Warm-up (spare pool, flow table), then the measured ones.
+        scale_new_connections(&mut w, SCALE_NEW_FIRST_PORT, 100);
+        let c = scale_new_connections(&mut w, SCALE_NEW_FIRST_PORT + 100, 200);
+        let v = c.sockets_visited as f64 / c.requests as f64;
+        println!("open connections {n:>6}: {v:.1} sockets visited per new connection");
+        assert_eq!(w.engine.connections(), usize::from(n), "every new connection released");
+        visits.push(v);
+    }
+    assert!(
+        visits[1] <= 1.5 * visits[0],
+        "work per new connection grew from {:.1} to {:.1}",
+        visits[0],
+        visits[1]
+    );
+}

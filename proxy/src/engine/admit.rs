@@ -13,7 +13,7 @@ use smoltcp::socket::tcp::{self, CongestionControl, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
-use super::conn::{Conn, FlowKey, Phase};
+use super::conn::{Conn, FlowKey, Phase, BOTH};
 use super::cookie::cookie_isn;
 use super::vip::vip_mut;
 use super::{millisecond_clock, smol, Engine};
@@ -132,6 +132,9 @@ impl Engine {
         conn.fin_to_backend = false;
         conn.fin_to_client = false;
         conn.dirty = false;
+        conn.touched = 0;
+        conn.client_at = None;
+        conn.backend_at = None;
         conn.cookie = cookie.is_some();
         let half_open = cookie.is_none();
         conn.handshake_pos = half_open.then_some(self.handshaking.len());
@@ -150,7 +153,7 @@ impl Engine {
             vip_mut(&mut self.vips, vi).counters.half_open += 1;
         }
         self.flows.insert(key, id);
-        self.mark_dirty(id);
+        self.mark_dirty(id, BOTH);
         Some(id)
     }
 }

@@ -7,20 +7,30 @@
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Instant;
 
-use super::conn::{FlowKey, Phase};
+use super::conn::{FlowKey, Phase, BACKEND, CLIENT};
 use super::vip::vip_mut;
-use super::Engine;
+use super::{Engine, NO_CONN};
 use crate::limits::bandwidth_quantum;
 
 impl Engine {
     /// Releases a finished connection, or files its next deadline.
     pub(super) fn settle(&mut self, id: usize, now: Instant) {
-        let conn = self.conns[id].as_ref().expect("live");
+        let conn = self.conns[id].as_mut().expect("live");
         let vip = self.vips[conn.vip].as_ref().expect("VIP slot in use");
         let done_state = |s: State| matches!(s, State::Closed | State::TimeWait);
-        self.counters.sockets_visited += 2;
-        let client_at = self.iface.poll_at(now, &conn.client);
-        let backend_at = self.iface.poll_at(now, &conn.backend);
+        // smoltcp's poll_at of a side is a function of its socket, which
+        // only changes when the side is touched (see `Conn::touched`).
+        if conn.touched & CLIENT != 0 {
+            self.counters.sockets_visited += 1;
+            conn.client_at = self.iface.poll_at(now, &conn.client);
+        }
+        if conn.touched & BACKEND != 0 {
+            self.counters.sockets_visited += 1;
+            conn.backend_at = self.iface.poll_at(now, &conn.backend);
+        }
+        conn.touched = 0;
+        conn.arp_gen = self.arp_gen;
+        let (client_at, backend_at) = (conn.client_at, conn.backend_at);
         let c = conn.client.get::<tcp::Socket>(conn.ch).state();
         let b = conn.backend.get::<tcp::Socket>(conn.bh).state();
         let quiet = |at: Option<Instant>| at.is_none_or(|at| at > now);
@@ -54,10 +64,7 @@ impl Engine {
             Phase::New | Phase::Connecting { .. } if !conn.cookie => None,
             _ => client_at,
         };
-        let at = [own, client_at, backend_at, conn.half_open_deadline]
-            .into_iter()
-            .flatten()
-            .min();
+        let at = earliest(earliest(own, client_at), earliest(backend_at, conn.half_open_deadline));
         self.timers.set(id as u32, at);
     }
 
@@ -75,12 +82,7 @@ impl Engine {
         if let Some(bi) = conn.backend_idx {
             let be = vip.be_mut(bi);
             if conn.local_port != 0 {
-                self.flows.remove(&FlowKey {
-                    remote: be.cfg.address,
-                    local: self.addr,
-                    remote_port: be.cfg.port,
-                    local_port: conn.local_port,
-                });
+                self.by_port[usize::from(conn.local_port)] = NO_CONN;
                 self.ports.push_back(conn.local_port);
             }
             if conn.opened {
@@ -122,5 +124,14 @@ impl Engine {
                 c.handshake_pos = Some(pos);
             }
         }
+    }
+}
+
+/// The earlier of two optional deadlines (`None`: no deadline).
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
     }
 }

@@ -48,8 +48,12 @@ pub(super) struct Conn {
     pub(super) backend_idx: Option<usize>,
     /// The backend connection reached ESTABLISHED (counted as active).
     pub(super) opened: bool,
-    /// Local port of the backend connection; 0 when none is held.
+    /// Local port of the backend connection; 0 when none is held. While
+    /// held, `Engine::by_port[local_port]` is this connection.
     pub(super) local_port: u16,
+    /// The backend's endpoint while `local_port` is held: what a segment
+    /// found through `Engine::by_port` must come from.
+    pub(super) backend_ep: SocketAddrV4,
     pub(super) phase: Phase,
     /// Last time payload moved either way. Segments alone do not count: our
     /// own retransmissions and probes draw ACKs from a peer that has stopped
@@ -62,6 +66,17 @@ pub(super) struct Conn {
     pub(super) fin_to_backend: bool,
     pub(super) fin_to_client: bool,
     pub(super) dirty: bool,
+    /// Sides whose socket may have changed since the last `settle`
+    /// ([`CLIENT`], [`BACKEND`]): only those are polled for egress and asked
+    /// their `poll_at`; an untouched side's `poll_at` is the one cached below.
+    pub(super) touched: u8,
+    /// smoltcp's `poll_at` of each side's set, as of the last `settle` that
+    /// had the side touched.
+    pub(super) client_at: Option<Instant>,
+    pub(super) backend_at: Option<Instant>,
+    /// `Engine::arp_gen` at the last `settle`: a neighbour learnt since can
+    /// change a waiting socket's `poll_at`, so both sides count as touched.
+    pub(super) arp_gen: u32,
     /// Index in `Engine::handshaking` while the client has no SYN-ACK yet.
     pub(super) handshake_pos: Option<usize>,
     /// While half-open (listed in `handshaking`): when the client must have
@@ -102,6 +117,7 @@ impl Conn {
             backend_idx: None,
             opened: false,
             local_port: 0,
+            backend_ep: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             phase: Phase::New,
             last_active: Instant::ZERO,
             client_last: State::Closed,
@@ -109,6 +125,10 @@ impl Conn {
             fin_to_backend: false,
             fin_to_client: false,
             dirty: false,
+            touched: 0,
+            client_at: None,
+            backend_at: None,
+            arp_gen: 0,
             handshake_pos: None,
             half_open_deadline: None,
             cookie: false,
@@ -116,11 +136,28 @@ impl Conn {
     }
 }
 
+/// `Conn::touched` bits.
+pub(super) const CLIENT: u8 = 1;
+pub(super) const BACKEND: u8 = 2;
+pub(super) const BOTH: u8 = CLIENT | BACKEND;
+
 /// Flow-table key: a segment's (remote, local) endpoints as we receive it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Client sides only: a backend side is found by its local port
+/// (`Engine::by_port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct FlowKey {
     pub(super) remote: Ipv4Addr,
     pub(super) local: Ipv4Addr,
     pub(super) remote_port: u16,
     pub(super) local_port: u16,
+}
+
+/// The 12 bytes in two integer writes: the flow table's hasher (SipHash,
+/// randomly keyed: clients choose their addresses and ports) costs per
+/// `write` call, and the derived `Hash` made four.
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(u32::from(self.remote)) << 32 | u64::from(u32::from(self.local)));
+        state.write_u32(u32::from(self.remote_port) << 16 | u32::from(self.local_port));
+    }
 }

@@ -8,9 +8,11 @@ use smoltcp::socket::tcp::{self, CongestionControl, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{IpAddress, IpListenEndpoint};
 
-use super::conn::{Conn, FlowKey, Phase};
+use std::net::SocketAddrV4;
+
+use super::conn::{Conn, Phase};
 use super::vip::{vip_mut, VipState};
-use super::{millisecond_clock, Engine};
+use super::{millisecond_clock, Engine, NO_CONN};
 use crate::proxy_protocol::Header;
 
 impl Engine {
@@ -22,13 +24,7 @@ impl Engine {
         let vip = vip_mut(&mut self.vips, conn.vip);
         if let Some(old) = conn.backend_idx.take() {
             if conn.local_port != 0 {
-                let be = &vip.be(old).cfg;
-                self.flows.remove(&FlowKey {
-                    remote: be.address,
-                    local: self.addr,
-                    remote_port: be.port,
-                    local_port: conn.local_port,
-                });
+                self.by_port[usize::from(conn.local_port)] = NO_CONN;
                 self.ports.push_back(conn.local_port);
                 conn.local_port = 0;
             }
@@ -72,15 +68,8 @@ impl Engine {
         be.counters.attempts += 1;
         conn.backend_idx = Some(bi);
         conn.local_port = port;
-        self.flows.insert(
-            FlowKey {
-                remote: be.cfg.address,
-                local: self.addr,
-                remote_port: be.cfg.port,
-                local_port: port,
-            },
-            id,
-        );
+        conn.backend_ep = SocketAddrV4::new(be.cfg.address, be.cfg.port);
+        self.by_port[usize::from(port)] = id as u32;
         conn.phase = Phase::Connecting {
             // An unconnectable backend (port 0, unspecified address) fails at
             // once through the normal failure path.

@@ -218,6 +218,7 @@ impl Engine {
             };
             self.iface
                 .poll_ingress_single(now, &mut device, &mut self.sink);
+            self.arp_gen = self.arp_gen.wrapping_add(1);
         }
 
         // The socket "sends" its SYN-ACK (the client has had the same one,

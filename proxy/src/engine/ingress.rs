@@ -10,15 +10,15 @@
 //! become one; any other segment of an unknown connection goes to the empty
 //! sink set, and smoltcp answers it with RST.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use smoltcp::phy::{Device, DeviceCapabilities, RxToken, TxToken};
 use smoltcp::time::Instant;
 
-use super::conn::FlowKey;
+use super::conn::{FlowKey, BACKEND, BOTH, CLIENT};
 use super::cookie::CookieAck;
 use super::vip::vip_mut;
-use super::Engine;
+use super::{Engine, NO_CONN};
 use crate::frame::{classify, plausible, Frame, TcpMeta, ACK, RST, SYN};
 
 impl Engine {
@@ -33,8 +33,10 @@ impl Engine {
                 if let Ok(i) = self.neighbors.binary_search(&sender) {
                     self.neighbor_heard[i] = true;
                 }
+                // smoltcp learns neighbours from ARP aimed at us only.
+                self.arp_gen = self.arp_gen.wrapping_add(1);
                 for i in 0..self.handshaking.len() {
-                    self.mark_dirty(self.handshaking[i]);
+                    self.mark_dirty(self.handshaking[i], BOTH);
                 }
                 None
             }
@@ -93,10 +95,20 @@ impl Engine {
             remote_port: m.src_port,
             local_port: m.dst_port,
         };
-        let client_side = m.dst != self.addr;
-        if let Some(&id) = self.flows.get(&key) {
-            self.mark_dirty(id);
-            return Target::Conn(id, client_side);
+        if m.dst == self.addr {
+            // A backend side: its local port names the connection.
+            let id = self.by_port[usize::from(m.dst_port)];
+            if id != NO_CONN {
+                let id = id as usize;
+                let conn = self.conns[id].as_ref().expect("by_port points at live slots");
+                if conn.backend_ep == SocketAddrV4::new(m.src, m.src_port) {
+                    self.mark_dirty(id, BACKEND);
+                    return Target::Conn(id, false);
+                }
+            }
+        } else if let Some(&id) = self.flows.get(&key) {
+            self.mark_dirty(id, CLIENT);
+            return Target::Conn(id, true);
         }
         let Some(&vi) = self.vip_by_endpoint.get(&(m.dst, m.dst_port)) else {
             self.counters.unknown_flow += 1;

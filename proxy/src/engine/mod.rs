@@ -6,8 +6,10 @@
 //! backend-facing socket. smoltcp walks the whole set it is given for every
 //! ingress segment, every egress pass and every `poll_at`; giving it a set of
 //! one socket makes that walk constant. The engine does the dispatch itself:
-//! it classifies each frame's 4-tuple, looks it up in a flow table (one hash
-//! lookup) and hands the frame to `poll_ingress_single` with that connection's
+//! it classifies each frame's 4-tuple, finds its connection (a client side
+//! by one hash lookup of the 4-tuple; a backend side by its local port, which
+//! indexes a table directly, since a port is held by one connection at a
+//! time) and hands the frame to `poll_ingress_single` with that connection's
 //! set. This is sharding taken to shards of one connection: both sockets of a
 //! connection share its shard, no port arithmetic ties shards to local ports,
 //! and a hot shard cannot exist.
@@ -17,6 +19,12 @@
 //! connection: the earliest of smoltcp's `poll_at` for its sets, the connect
 //! timeout and the idle timeout). Cost per packet is therefore O(1) plus an
 //! O(log n) heap update, independent of how many connections are open.
+//! Within a serviced connection only the sides it may have changed
+//! (`Conn::touched`: the frame's side; both when bytes were relayed, a FIN
+//! propagated, a socket aborted or connected, on a timer, or after an ARP
+//! aimed at us) are polled for egress and asked smoltcp's `poll_at`; the
+//! other side's socket is as its last egress pass left it, and its `poll_at`
+//! is the one cached then.
 //!
 //! # Accepting
 //! There is no listen backlog in smoltcp, so no listener waits in advance: a
@@ -176,9 +184,12 @@ use crate::syncookie::{window_shift, Keys, Seed, SynAckSpec};
 use crate::tables::VipTables;
 use crate::timer::Timers;
 
-use conn::{Conn, FlowKey, Phase};
+use conn::{Conn, FlowKey, Phase, BACKEND, BOTH, CLIENT};
 use ingress::{NoTx, OneFrame};
 use vip::{vip_mut, VipState};
+
+/// `Engine::by_port` entry of a port no connection holds.
+const NO_CONN: u32 = u32::MAX;
 
 /// Frames taken from the device between two passes over the dirty
 /// connections, so a long burst cannot fill receive windows unrelayed.
@@ -231,8 +242,14 @@ pub struct Engine {
     conns: Vec<Option<Conn>>,
     free_ids: Vec<usize>,
     spare: Vec<Conn>,
-    /// Both sides of every live connection (client 4-tuple, backend 4-tuple).
+    /// The client side of every live connection, by 4-tuple.
     flows: HashMap<FlowKey, usize>,
+    /// The backend side of every live connection, by its local port (each
+    /// port this lcore owns is held by at most one connection): a direct
+    /// index instead of a hash of the 4-tuple; the segment's remote endpoint
+    /// is then checked against the connection's `backend_ep`.
+    /// `NO_CONN` where no connection holds the port.
+    by_port: Box<[u32]>,
     /// This lcore's local ports not in use, least recently used first.
     ports: VecDeque<u16>,
     timers: Timers,
@@ -241,6 +258,9 @@ pub struct Engine {
     /// smoltcp would otherwise keep a socket waiting for a neighbour silent
     /// for a whole second after the answer arrived.
     handshaking: Vec<usize>,
+    /// Bumped whenever smoltcp may have learnt a neighbour (ARP aimed at
+    /// us): see `Conn::arp_gen`.
+    arp_gen: u32,
     /// Empty set: segments of unknown connections go here and smoltcp answers
     /// them with RST; ARP goes here too (it touches no socket).
     sink: SocketSet<'static>,
@@ -351,10 +371,12 @@ impl Engine {
             free_ids: Vec::new(),
             spare: Vec::new(),
             flows: HashMap::new(),
+            by_port: vec![NO_CONN; 1 << 16].into_boxed_slice(),
             ports,
             timers: Timers::default(),
             dirty: Vec::new(),
             handshaking: Vec::new(),
+            arp_gen: 0,
             sink: SocketSet::new(Vec::new()),
             neighbors: Vec::new(),
             neighbor_heard: Vec::new(),
@@ -394,7 +416,7 @@ impl Engine {
             }
         }
         while let Some(id) = self.timers.pop_expired(now) {
-            self.mark_dirty(id as usize);
+            self.mark_dirty(id as usize, BOTH);
         }
         self.run_dirty(now, device);
         if now >= self.next_neighbor_refresh {
@@ -415,8 +437,10 @@ impl Engine {
             .map(|at| if at > now { at - now } else { Duration::ZERO })
     }
 
-    fn mark_dirty(&mut self, id: usize) {
+    /// Lists a connection for service this poll, with `sides` touched.
+    fn mark_dirty(&mut self, id: usize, sides: u8) {
         if let Some(conn) = self.conns[id].as_mut() {
+            conn.touched |= sides;
             if !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push(id);
@@ -444,7 +468,12 @@ impl Engine {
     /// Connection logic for one connection: half-open timeout, connect /
     /// fail over, relay, propagate FIN and RST, idle timeout.
     fn service(&mut self, id: usize, now: Instant) {
-        let conn = self.conns[id].as_ref().expect("live");
+        let conn = self.conns[id].as_mut().expect("live");
+        // Outside Proxying every service may change either side (connect,
+        // held SYN-ACK, aborts); in Proxying, `relay` adds what it changes.
+        if conn.phase != Phase::Proxying || conn.arp_gen != self.arp_gen {
+            conn.touched = BOTH;
+        }
         let client_state = conn.client.get::<tcp::Socket>(conn.ch).state();
         if !matches!(client_state, State::Listen | State::SynReceived) {
             self.unlist_handshake(id);
@@ -498,7 +527,10 @@ impl Engine {
 
     fn transmit<D: Device + ?Sized>(&mut self, id: usize, now: Instant, device: &mut D) {
         let conn = self.conns[id].as_mut().expect("live");
-        for set in [&mut conn.client, &mut conn.backend] {
+        // An untouched side has nothing new to send: its socket is as the
+        // last egress pass left it (a timer of its coming due marks both).
+        let sides = [(CLIENT, &mut conn.client), (BACKEND, &mut conn.backend)];
+        for (_, set) in sides.into_iter().filter(|(side, _)| conn.touched & side != 0) {
             // One segment per socket per pass: repeat while something is sent.
             loop {
                 self.counters.sockets_visited += 1;

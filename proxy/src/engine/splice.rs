@@ -8,7 +8,7 @@
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Instant;
 
-use super::conn::{Conn, Phase};
+use super::conn::{Conn, Phase, BOTH};
 use super::vip::VipState;
 use crate::limits::bandwidth_burst;
 
@@ -37,6 +37,10 @@ pub(super) fn relay(conn: &mut Conn, vip: &mut VipState, now: Instant) {
         (up, splice(b, c, budget - up))
     };
     conn.down_first = !conn.down_first;
+    if up + down > 0 {
+        // Both rings changed: the writer's window, the reader's send queue.
+        conn.touched = BOTH;
+    }
     conn.throttled = false;
     if vip.limits.bandwidth.is_some() {
         vip.bw_bucket.take((up + down) as u64);
@@ -62,10 +66,12 @@ pub(super) fn relay(conn: &mut Conn, vip: &mut VipState, now: Instant) {
     if !conn.fin_to_backend && peer_finished(c) {
         b.close();
         conn.fin_to_backend = true;
+        conn.touched = BOTH;
     }
     if !conn.fin_to_client && peer_finished(b) {
         c.close();
         conn.fin_to_client = true;
+        conn.touched = BOTH;
     }
     if was_reset(c.state(), conn.client_last) {
         // A reset SYN-RECEIVED socket sits in LISTEN: close it.
@@ -73,16 +79,19 @@ pub(super) fn relay(conn: &mut Conn, vip: &mut VipState, now: Instant) {
         b.abort();
         vip.counters.client_resets += 1;
         conn.phase = Phase::Closing;
+        conn.touched = BOTH;
     } else if was_reset(b.state(), conn.backend_last) {
         c.abort();
         vip.counters.backend_resets += 1;
         vip.be_mut(bi).counters.resets += 1;
         conn.phase = Phase::Closing;
+        conn.touched = BOTH;
     } else if now >= conn.last_active + conn.idle_timeout {
         c.abort();
         b.abort();
         vip.counters.drop_idle_timeout += 1;
         conn.phase = Phase::Closing;
+        conn.touched = BOTH;
     }
     conn.client_last = c.state();
     conn.backend_last = b.state();
@@ -92,12 +101,13 @@ pub(super) fn relay(conn: &mut Conn, vip: &mut VipState, now: Instant) {
 /// more than `to` has room for: what cannot move stays in `from`, whose
 /// window then closes, so a slow reader stalls its writer instead of growing
 /// memory. One copy, straight from ring to ring. At most `budget` bytes
-/// (bandwidth limit).
+/// (bandwidth limit). An empty source costs one length check (most
+/// services find one direction empty).
 fn splice(from: &mut tcp::Socket, to: &mut tcp::Socket, budget: usize) -> usize {
     let mut moved = 0;
     // The receive ring hands out at most two contiguous pieces (wrap-around).
     for _ in 0..2 {
-        if !to.can_send() || moved >= budget {
+        if from.recv_queue() == 0 || !to.can_send() || moved >= budget {
             break;
         }
         let left = budget - moved;

@@ -174,12 +174,6 @@ impl VipState {
         }
     }
 
-    pub(super) fn be(&self, slot: usize) -> &BackendSlot {
-        self.backends[slot]
-            .as_ref()
-            .expect("referenced backend slot")
-    }
-
     pub(super) fn be_mut(&mut self, slot: usize) -> &mut BackendSlot {
         self.backends[slot]
             .as_mut()

@@ -3,6 +3,7 @@
 //! clock that only moves when the wire is quiet.
 #![allow(dead_code)] // each test binary uses part of the harness
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
@@ -39,23 +40,54 @@ fn caps() -> DeviceCapabilities {
 }
 
 /// Frames in and out as owned vectors.
+///
+/// With a `pool` (the engine's device, see [`Setup::build`]), frame buffers
+/// are recycled as a DPDK device recycles mbufs: a received frame's buffer
+/// goes back to the pool once consumed and a transmitted frame's buffer
+/// comes from it, so what the engine is measured for (`Engine::poll`) does
+/// not include the harness's own malloc and free per frame. The wire refills
+/// the pool with the buffers of the engine's transmitted frames and bounds it
+/// ([`POOL_FRAMES`]), outside `Engine::poll`. Peers have no pool.
 #[derive(Default)]
 pub struct QueueDevice {
     pub rx: VecDeque<Vec<u8>>,
     pub tx: VecDeque<Vec<u8>>,
+    pub pool: Option<RefCell<Vec<Vec<u8>>>>,
 }
 
-pub struct QRx(Vec<u8>);
-impl RxToken for QRx {
+/// Bound of the engine device's buffer pool.
+pub const POOL_FRAMES: usize = 4096;
+
+/// Capacity of every buffer of the engine device's pool (a whole frame, as
+/// an mbuf has), so reusing one never reallocates.
+const POOL_FRAME_BYTES: usize = 1514;
+
+pub struct QRx<'a>(Vec<u8>, Option<&'a RefCell<Vec<Vec<u8>>>>);
+impl RxToken for QRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.0);
+        if let Some(pool) = self.1 {
+            pool.borrow_mut().push(self.0);
+        }
+        r
     }
 }
 
-pub struct QTx<'a>(&'a mut VecDeque<Vec<u8>>);
+pub struct QTx<'a>(&'a mut VecDeque<Vec<u8>>, Option<&'a RefCell<Vec<Vec<u8>>>>);
 impl TxToken for QTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buf = vec![0; len];
+        let mut buf = match self.1.and_then(|pool| pool.borrow_mut().pop()) {
+            Some(mut buf) => {
+                buf.clear();
+                buf.resize(len, 0);
+                buf
+            }
+            None => {
+                let mut buf = Vec::with_capacity(POOL_FRAME_BYTES.max(len));
+                buf.resize(len, 0);
+                buf
+            }
+        };
         let r = f(&mut buf);
         self.0.push_back(buf);
         r
@@ -63,14 +95,15 @@ impl TxToken for QTx<'_> {
 }
 
 impl Device for QueueDevice {
-    type RxToken<'a> = QRx;
+    type RxToken<'a> = QRx<'a>;
     type TxToken<'a> = QTx<'a>;
-    fn receive(&mut self, _: Instant) -> Option<(QRx, QTx<'_>)> {
+    fn receive(&mut self, _: Instant) -> Option<(QRx<'_>, QTx<'_>)> {
         let f = self.rx.pop_front()?;
-        Some((QRx(f), QTx(&mut self.tx)))
+        let pool = self.pool.as_ref();
+        Some((QRx(f, pool), QTx(&mut self.tx, pool)))
     }
     fn transmit(&mut self, _: Instant) -> Option<QTx<'_>> {
-        Some(QTx(&mut self.tx))
+        Some(QTx(&mut self.tx, self.pool.as_ref()))
     }
     fn capabilities(&self) -> DeviceCapabilities {
         caps()
@@ -84,19 +117,19 @@ struct Single<'a> {
 }
 impl Device for Single<'_> {
     type RxToken<'b>
-        = QRx
+        = QRx<'b>
     where
         Self: 'b;
     type TxToken<'b>
         = QTx<'b>
     where
         Self: 'b;
-    fn receive(&mut self, _: Instant) -> Option<(QRx, QTx<'_>)> {
+    fn receive(&mut self, _: Instant) -> Option<(QRx<'_>, QTx<'_>)> {
         let f = self.frame.take()?;
-        Some((QRx(f), QTx(self.tx)))
+        Some((QRx(f, None), QTx(self.tx, None)))
     }
     fn transmit(&mut self, _: Instant) -> Option<QTx<'_>> {
-        Some(QTx(self.tx))
+        Some(QTx(self.tx, None))
     }
     fn capabilities(&self) -> DeviceCapabilities {
         caps()
@@ -363,7 +396,12 @@ impl Setup {
         Wire {
             now: Instant::from_secs(1),
             engine,
-            engine_dev: QueueDevice::default(),
+            engine_dev: QueueDevice {
+                pool: Some(RefCell::new(
+                    (0..POOL_FRAMES).map(|_| Vec::with_capacity(POOL_FRAME_BYTES)).collect(),
+                )),
+                ..QueueDevice::default()
+            },
             engine_mac: mac(2),
             hosts,
             engine_time: std::time::Duration::ZERO,
@@ -420,13 +458,26 @@ impl Wire {
         for (from, f) in frames {
             let dst = EthernetFrame::new_unchecked(&f[..]).dst_addr();
             if dst == self.engine_mac || (dst.is_broadcast() && from != usize::MAX) {
-                self.engine_dev.rx.push_back(f.clone());
+                // A whole frame's capacity: it joins the engine's pool once read.
+                let mut copy = Vec::with_capacity(POOL_FRAME_BYTES.max(f.len()));
+                copy.extend_from_slice(&f);
+                self.engine_dev.rx.push_back(copy);
             }
             for (i, h) in self.hosts.iter_mut().enumerate() {
                 if i != from && (dst == h.mac || dst.is_broadcast()) {
                     h.dev.rx.push_back(f.clone());
                 }
             }
+            if from == usize::MAX {
+                if let Some(pool) = &self.engine_dev.pool {
+                    pool.borrow_mut().push(f);
+                }
+            }
+        }
+        if let Some(pool) = &self.engine_dev.pool {
+            let mut pool = pool.borrow_mut();
+            let keep = pool.len().min(POOL_FRAMES);
+            pool.truncate(keep);
         }
         moved
     }
@@ -748,4 +799,69 @@ pub fn tcp_seen(frame: &[u8]) -> Option<TcpSeen> {
         ack: t.ack(),
         rst: t.rst(),
     })
+}
+
+/// First client port of [`scale_new_connections`] (the idle connections of
+/// [`scale_open_connections`] use 10 001 upwards).
+pub const SCALE_NEW_FIRST_PORT: u16 = 30_000;
+
+/// `count` new connections, one after the other, each a whole life: the
+/// client connects to the VIP from a fresh port (SYN, the engine's backend
+/// connection, the held SYN-ACK), sends "ping\n"; the backend answers it and
+/// closes; the client reads the answer to the end and closes. Each
+/// connection is done when the engine has released it (both of its sockets
+/// closed, its backend connection with it) and the client socket is CLOSED;
+/// the client socket is then removed from its host. Ports `first_port..`.
+/// Ends with the trailing segments of the last one. The engine's connection
+/// count must be back where it was.
+pub fn scale_new_connections(w: &mut Wire, first_port: u16, count: usize) -> ScaleCost {
+    let visits0 = w.engine.counters().sockets_visited;
+    let time0 = w.engine_time;
+    let open = w.engine.connections();
+    assert!(
+        usize::from(first_port) + count <= usize::from(u16::MAX),
+        "client ports run out"
+    );
+    for i in 0..count {
+        let port = first_port + i as u16;
+        let c = w.client().connect((VIP, VIP_PORT), port);
+        let mut sent = false;
+        let mut got = Vec::new();
+        let ok = w.run_until(Duration::from_secs(2), |w| {
+            for b in 0..3 {
+                for s in w.backend(b).touched_connections() {
+                    let sock = w.backend(b).sock(s);
+                    if sock.can_recv() {
+                        let mut req = Vec::new();
+                        read_all(sock, &mut req);
+                        if sock.may_send() {
+                            sock.send_slice(&req).unwrap();
+                            sock.close();
+                        }
+                    }
+                }
+            }
+            let sock = w.client().sock(c);
+            if !sent && sock.may_send() {
+                sock.send_slice(b"ping\n").unwrap();
+                sent = true;
+            }
+            read_all(sock, &mut got);
+            if sent && !sock.may_recv() && sock.may_send() {
+                sock.close();
+            }
+            sock.state() == tcp::State::Closed && w.engine.connections() == open
+        });
+        assert!(ok, "new connection {i} (port {port}) did not complete");
+        assert_eq!(got, b"ping\n", "new connection {i}: answer");
+        w.client().sets[c.shard].remove(c.handle);
+    }
+    // Include the trailing segments of the last connection.
+    w.run_until(Duration::from_millis(20), |_| false);
+    assert_eq!(w.engine.connections(), open);
+    ScaleCost {
+        requests: count,
+        sockets_visited: w.engine.counters().sockets_visited - visits0,
+        engine_time: w.engine_time - time0,
+    }
 }
