@@ -320,7 +320,7 @@ fn generate_on(
     let start = Instant::now();
     let smol = |t: Instant| smoltcp::time::Instant::from_micros((t - start).as_micros() as i64);
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
-    let gateway = Ipv4Address::from(cli.gateway);
+    let gateway: Ipv4Address = cli.gateway;
     let nq = usize::from(cli.queues);
 
     // Shards: one per client address, backend_shards per backend address.
@@ -328,7 +328,7 @@ fn generate_on(
     let mut dispatch = Dispatch::new();
     let per_client = cli.connections.div_ceil(cli.client_addresses);
     for i in 0..cli.client_addresses {
-        let addr = Ipv4Address::from(Ipv4Addr::from(u32::from(cli.first_client) + i as u32));
+        let addr = Ipv4Addr::from(u32::from(cli.first_client) + i as u32);
         let first_port = 1024 + ((seed >> 16) as u16 % 60000);
         let idx = shards.len();
         dispatch.add(addr, idx, 1);
@@ -340,7 +340,7 @@ fn generate_on(
     // backends and shards never finds none: twice the fair share, plus spares.
     let per_backend = (cli.connections.div_ceil(cli.backends.len() * cli.backend_shards) * 2 + 8).max(16);
     for b in &cli.backends {
-        let addr = Ipv4Address::from(*b);
+        let addr = *b;
         let first = shards.len();
         dispatch.add(addr, first, cli.backend_shards);
         for k in 0..cli.backend_shards {
@@ -357,7 +357,7 @@ fn generate_on(
         cli.mode
     );
 
-    let vip = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from(*cli.vip.ip())), cli.vip.port());
+    let vip = IpEndpoint::new(IpAddress::Ipv4(*cli.vip.ip()), cli.vip.port());
     let timeout = smoltcp::time::Duration::from_micros((cli.timeout * 1e6) as u64);
     let deadline = cli.duration.map(|d| start + Duration::from_secs_f64(d));
     let mut c = Counters::default();
@@ -392,13 +392,13 @@ fn generate_on(
                         }
                     }
                     Target::All(first, count) => {
-                        for i in first + 1..first + count {
+                        for shard in &mut shards[first + 1..first + count] {
                             let copy = pool.alloc().and_then(|mut n| {
                                 n.append(m.len())?.copy_from_slice(m.data());
                                 Some(n)
                             });
                             if let Some(copy) = copy {
-                                if shards[i].push(copy).is_err() {
+                                if shard.push(copy).is_err() {
                                     dispatch.inbox_full += 1;
                                 }
                             }
