@@ -1122,7 +1122,7 @@ cap_start() {
         >"$CAP_DIR/gen.out" 2>"$CAP_DIR/gen.err" &
     CAP_GEN_PID=$!
     for i in $(seq 900); do
-        grep -q 'memif link up' "$CAP_DIR/gen.err" && break
+        grep -q 'memif link up' "$CAP_DIR/gen.err" 2>/dev/null && break
         kill -0 "$CAP_GEN_PID" 2>/dev/null || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator exited"; }
         sleep 0.1
     done
