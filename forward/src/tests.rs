@@ -609,7 +609,10 @@ fn steering() {
 /// belongs to `scripts/bench.sh forward`); `FULCRUM_BENCH_PACKETS` sets the
 /// packets per case, e.g. for `valgrind --tool=callgrind
 /// --toggle-collect='*process_burst*'`, which counts the forwarder's own
-/// instructions without the frame rebuild around it.
+/// instructions without the frame rebuild around it. `FULCRUM_BENCH_CASE`
+/// (e.g. `dsr-4096`) runs only the cases whose `mode-flows` name contains
+/// it: two callgrind runs of one case, with N and with 0 packets, give the
+/// instructions per established packet as their difference over N.
 #[test]
 fn bench_established_flows() {
     let release = !cfg!(debug_assertions);
@@ -617,8 +620,12 @@ fn bench_established_flows() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if release { 5_000_000 } else { 100_000 });
+    let only = std::env::var("FULCRUM_BENCH_CASE").unwrap_or_default();
     for (mode_vip, name) in [(0usize, "dsr"), (4, "fullnat")] {
         for flows in [4096usize, if release { 1 << 20 } else { 1 << 14 }] {
+            if !format!("{name}-{flows}").contains(&only) {
+                continue;
+            }
             let mut cfg = config(flows * 2 * 2);
             // Every flow tracked (no new-flow cap), however fast they come.
             cfg.flood.new_flow_rate = 0;

@@ -83,6 +83,14 @@ pub(super) fn next_state(s: State, fl: Flags) -> State {
 /// creation becomes established: returns whether this packet did that.
 #[inline]
 pub(super) fn touch(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
+    // The steady states, nearly every packet: an established TCP flow's
+    // packet without SYN, FIN or RST, or a UDP flow's, keeps its state
+    // (`next_state` returns it unchanged) and only restarts its timeout.
+    let steady = e.state == State::Udp as u8 || (e.state == State::Established as u8 && !fl.has(SYN | FIN | RST));
+    if steady {
+        e.deadline = now.wrapping_add(t.by_state.get(usize::from(e.state)).copied().unwrap_or(1));
+        return false;
+    }
     let mut s = next_state(State::from_u8(e.state), fl);
     let confirmed = s == State::Probation && now.wrapping_sub(e.born) >= t.confirm;
     if confirmed {
@@ -97,6 +105,12 @@ pub(super) fn touch(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
 /// settles the pair's half-open count once it has left the SYN state.
 #[inline]
 pub(super) fn sync_twin(table: &mut Table, &Entry { twin, state, deadline, .. }: &Entry) {
+    sync_twin_of(table, twin, state, deadline);
+}
+
+/// [`sync_twin`] with the entry's `twin`, `state` and `deadline`.
+#[inline]
+fn sync_twin_of(table: &mut Table, twin: u32, state: u8, deadline: u32) {
     if twin != NO_TWIN {
         let mut settle = false;
         if let Some(t) = table.get_mut(twin) {
@@ -284,15 +298,17 @@ pub(crate) fn deliver(
     account(vips, e, ip.total, fl.is_none());
     let v = apply(mac.0, buf, start, ip, e, mode, key);
     if fl.is_some() {
-        let e = *e;
+        // What the rest needs of the entry, not a copy of its line.
+        let (flags, state, deadline, twin) = (e.flags, e.state, e.deadline, e.twin);
         if confirmed {
+            let e = *e;
             confirm(counters, vips, &e);
         }
         // A FullNAT flow leaving the SYN state (client ACK, FIN or RST).
-        if e.flags & F_HALF_OPEN != 0 && e.state != State::SynSent as u8 {
+        if flags & F_HALF_OPEN != 0 && state != State::SynSent as u8 {
             table.settle(idx);
         }
-        sync_twin(table, &e);
+        sync_twin_of(table, twin, state, deadline);
     }
     Some(v)
 }
@@ -523,5 +539,40 @@ pub(crate) fn maglev_key(seed: u64, affinity: Affinity, src: u32, sport: u16, ds
     match affinity {
         Affinity::Flow => flow_hash(seed, Ipv4Addr::from(src).into(), sport, Ipv4Addr::from(dst).into(), dport, proto),
         Affinity::Client => addr_hash(seed, Ipv4Addr::from(src).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `touch` as it was before its steady-state shortcut: the reference.
+    fn touch_reference(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
+        let mut s = next_state(State::from_u8(e.state), fl);
+        let confirmed = s == State::Probation && now.wrapping_sub(e.born) >= t.confirm;
+        if confirmed {
+            s = State::Established;
+        }
+        e.state = s as u8;
+        e.deadline = now.wrapping_add(t.by_state.get(s as usize).copied().unwrap_or(1));
+        confirmed
+    }
+
+    /// The steady-state shortcut changes nothing: every state byte (valid
+    /// or not), every flags byte, young and old probation entries.
+    #[test]
+    fn touch_equals_the_reference_for_every_state_and_flags() {
+        let t = Ticks { by_state: [1, 30, 900, 60, 10, 300, 10], confirm: 5 };
+        for state in 0..=8u8 {
+            for flags in 0..=255u8 {
+                for (now, born) in [(100u32, 99u32), (100, 90), (3, u32::MAX - 2)] {
+                    let e = Entry { state, born, deadline: 7, ..Entry::default() };
+                    let (mut a, mut b) = (e, e);
+                    let ra = touch(&mut a, &t, now, Flags::tcp(flags));
+                    let rb = touch_reference(&mut b, &t, now, Flags::tcp(flags));
+                    assert_eq!((ra, a), (rb, b), "state {state} flags {flags:#04x} now {now} born {born}");
+                }
+            }
+        }
     }
 }
