@@ -5,6 +5,8 @@
 #   scripts/bench.sh forward   (packets/s through the forwarding path vs testpmd macswap)
 #   scripts/bench.sh synflood  (SYN cookies/s on one lcore vs testpmd macswap on the same SYNs)
 #   scripts/bench.sh scale     (proxy engine instructions per request and per new connection vs open connections)
+#   scripts/bench.sh capacity  (new connections/s, keep-alive requests/s, Gbps per dataplane lcore;
+#                               no kernel: fulcrum-loadgen over net_memif)
 #
 # Benchmarks print figures and ratios; they assert nothing about speed.
 #
@@ -928,6 +930,534 @@ if [ "${1:-}" = scale ]; then
     exit 0
 fi
 # ============================================================================ end of scale
+
+# ============================================================================ capacity
+# scripts/bench.sh capacity [--duration S] [--warmup S] [--conn-connections N]
+#                           [--ka-connections N] [--bulk-connections N]
+#                           [--callgrind-seconds S] [--no-callgrind] [--no-huge] [--prefix P]
+#                           [--reference-bin PATH]
+#
+# The dataplane's own capacity through a proxy VIP, with no kernel on the path:
+# fulcrum-loadgen (tools/loadgen: a DPDK process of its own, one lcore, smoltcp
+# clients 198.18.0.100-115 and smoltcp backends 198.18.0.21-23:8080 answering a
+# fixed 64-byte HTTP/1.1 response, every byte of every request and response
+# checked) is joined to the dataplane (198.18.0.2, proxy VIP 198.18.1.1:80 ->
+# the three backends) by net_memif: the dataplane's port is the memif server,
+# the generator's the client, over a control socket /run/fulcrum-cap-<pid>-<n>.sock
+# and shared memory. Both --no-pci, unique --file-prefix each; 2 MB hugepages
+# (files unlinked once mapped) when enough are free, else --no-huge (--no-huge forces it).
+# One dataplane lcore on CPU 1, the generator on CPU 0 (this script too). Phases:
+#   (a) new connections/s: one request per connection, the backend closes after
+#       its response (Connection: close), --conn-connections at once (default 128);
+#   (b) keep-alive requests/s: --ka-connections open connections (default 128),
+#       one request in flight on each, so that many in flight in all;
+#   (c) bulk: --bulk-connections (default 8) connections each streaming a
+#       verified pattern from a backend; Gbps of payload through the VIP.
+# Each phase: a fresh dataplane and generator, --warmup s (default 3), then a
+# --duration s window (default 10) sampled at both ends: the generator's status
+# file (verified responses / payload bytes, its own busy_ns) and the dataplane's
+# stats file (the lcore's busy_ns: time in loop iterations that had work).
+# Printed per phase: the raw rate; the lcore's busy share (busy_ns / window) and
+# its thread's CPU share (on-CPU time from /proc/<pid>/task/<tid>/schedstat); the
+# rate per busy second of the lcore = raw rate / min(busy share, CPU share): the
+# capacity figure, what one fully busy lcore would do, valid as long as the
+# generator (or the round trips between the two) is what holds the raw rate back;
+# with 2 cores the generator usually saturates first. Why the min: the lcore's
+# real work time is at most its busy time (wall time of iterations that had work,
+# which on a shared machine includes being preempted inside them) and at most its
+# CPU time (which includes idle spinning before the back-off sleeps), so dividing
+# by the smaller gives the tighter figure that is still a lower bound. Busy-time
+# cycles per request (or per byte) = that time x TSC Hz / units; the generator's
+# busy share and its thread's CPU share, so the reader sees which side
+# saturated. perf stat -e instructions:u,cycles:u on the lcore's thread when the
+# machine has hardware counters (checked with `perf stat -e instructions:u true`;
+# VMs like these print <not supported>: then said so and skipped).
+# Instructions per request: callgrind. The dataplane runs under
+# `valgrind --tool=callgrind --toggle-collect='*Worker::run*'` (only the lcore
+# loops; EAL, control and stats threads excluded), the generator natively: under
+# valgrind the dataplane is ~50x slower, so its lcores are saturated (every loop
+# iteration has work, so no busy-poll idle iterations inflate the count; the
+# lcores' busy share in the window is printed to show it). After 4 s of warm-up
+# (ARP, first connections) the counters are zeroed (callgrind_control -z) and
+# --callgrind-seconds (default 10) later dumped (-d); instructions / responses
+# verified by the generator in between (read just before and after each command,
+# their mean), bulk: per KiB of payload. Done for (a), (b), (c) with one lcore and
+# for (a), (b) with TWO lcores (lcores 0,1, two memif queue pairs; the generator
+# spreads its shards over both queues, the dataplane steers each flow to its
+# owner lcore), whose instructions per request (summed over both lcores) are
+# compared with one lcore's (two lcores and a generator do not fit two cores, so
+# rates are not compared). Valgrind runs one thread at a time, so two lcores are
+# not both saturated: one runs dry while the other holds the CPU, and its idle
+# iterations (1024 spins before each back-off sleep) land in the lcore-loop count.
+# So each run also gives the instructions inside Worker::receive and Engine::poll
+# only (callgrind_annotate --inclusive, from the same dump): no idle iteration
+# calls them, so that figure is idle-free at any load, and its 2/1 ratio is the
+# comparison to read (it leaves out the per-iteration driver RX/TX calls and loop
+# overhead, ~3% of a saturated lcore's loop here). Saturated lcores process full
+# bursts: these are the instructions of a busy dataplane.
+# --reference-bin PATH: another fulcrum-dataplane (e.g. main's build) runs each
+# native phase and the one-lcore callgrind phases (a), (b) too, right after this
+# build's, same generator, config and CPUs; a last table gives both and this/ref,
+# so a change is measured against the code before it in one invocation.
+# DPVS's published figure (200k new connections/s per worker, FullNAT, real NICs)
+# is printed beside ours as a reference line. Last line:
+#   capacity: <N> new connections/s, <M> requests/s per lcore
+# (N, M per busy lcore-second). Every wait is bounded; processes, sockets,
+# /var/run/dpdk/<prefix> and the work directory are removed on exit, also on failure.
+# Not part of scripts/test.sh: it prints figures and asserts none (the generator
+# does fail the run if any response or request differed from what was sent).
+
+cap_usage() { sed -n '/^# scripts\/bench.sh capacity/,/^# Not part of scripts\/test.sh: it prints figures and asserts none (the generator/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+CAP_DP_PID=""
+CAP_GEN_PID=""
+CAP_WORK=""
+CAP_PREFIXES=()
+CAP_SOCKETS=()
+
+cap_cleanup() {
+    local rc=$? p
+    set +e
+    [ -n "$CAP_GEN_PID" ] && kill -KILL "$CAP_GEN_PID" 2>/dev/null
+    [ -n "$CAP_DP_PID" ] && kill -KILL "$CAP_DP_PID" 2>/dev/null
+    wait 2>/dev/null
+    for p in "${CAP_PREFIXES[@]}"; do rm -rf "/var/run/dpdk/$p"; done
+    for p in "${CAP_SOCKETS[@]}"; do rm -f "$p"; done
+    [ -n "$CAP_WORK" ] && rm -rf "$CAP_WORK"
+    [ "$rc" -eq 0 ] || echo "bench $BENCH: FAILED (exit $rc)" >&2
+}
+
+# cap_stop PID SECONDS: SIGINT, a bounded wait, then SIGKILL; returns the exit status.
+cap_stop() {
+    local pid=$1 secs=$2 i rc=0
+    kill -INT "$pid" 2>/dev/null || true
+    for i in $(seq $((secs * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "    pid $pid did not stop in ${secs}s: killed" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || rc=$?
+    return "$rc"
+}
+
+# cap_gen_sample: "time responses bulk_bytes busy_ns closed_ok failed timeouts" from the generator's status file.
+cap_gen_sample() {
+    local i row
+    for i in $(seq 50); do
+        row=$(jq -r '[.time, .responses, .bulk_bytes, .busy_ns, .closed_ok, .failed, .timeouts] | @tsv' "$1" 2>/dev/null) && [ -n "$row" ] && { echo "$row"; return 0; }
+        sleep 0.02
+    done
+    die "could not read the generator's status file $1"
+}
+
+# cap_run_ns PID TID: nanoseconds the thread has run on a CPU (schedstat), 0 if unknown.
+cap_run_ns() { awk '{ print $1 + 0 }' "/proc/$1/task/$2/schedstat" 2>/dev/null || echo 0; }
+
+# cap_config FILE PREFIX SOCKET LCORES: the dataplane's configuration.
+cap_config() {
+    local mem='hugepages = "on"'
+    [ "$CAP_HUGE" = 1 ] || mem='hugepages = "off", no_huge_memory_mb = 512'
+    # Under callgrind always without hugepages (valgrind maps no hugetlbfs).
+    [ "${5:-}" = valgrind ] && mem='hugepages = "off", no_huge_memory_mb = 256'
+    cat >"$1" <<CONF
+[dataplane]
+address = "198.18.0.2/24"
+lcores = "$4"
+mbufs = 16383
+file_prefix = "$2"
+software = { vdev = "net_memif0,role=server,socket=$3,socket-abstract=no,mac=02:00:00:00:00:02", $mem }
+
+[forward]
+# No forwarding VIP: the smallest table (quick to set up under valgrind).
+conntrack_entries = 1024
+
+[[vip]]
+address = "198.18.1.1"
+port = 80
+mode = "proxy"
+max_connections = 60000
+backends = [
+  { address = "198.18.0.21", port = 8080, weight = 1 },
+  { address = "198.18.0.22", port = 8080, weight = 1 },
+  { address = "198.18.0.23", port = 8080, weight = 1 },
+]
+CONF
+}
+
+# cap_start NAME MODE LCORES CONNS GEN_SECONDS [valgrind]: starts a dataplane (under
+# callgrind with "valgrind") and the generator against it; sets CAP_DIR.
+cap_start() {
+    local name=$1 mode=$2 lcores=$3 conns=$4 secs=$5 vg=${6:-}
+    CAP_N=$((CAP_N + 1))
+    CAP_DIR=$CAP_WORK/$name
+    mkdir -p "$CAP_DIR"
+    local dprefix="${CAP_P}-dp-$$-$CAP_N" gprefix="${CAP_P}-gen-$$-$CAP_N" sock="/run/fulcrum-cap-$$-$CAP_N.sock"
+    CAP_PREFIXES+=("$dprefix" "$gprefix")
+    CAP_SOCKETS+=("$sock")
+    rm -f "$sock"
+    cap_config "$CAP_DIR/fulcrum.toml" "$dprefix" "$sock" "$lcores" "$vg"
+    local queues
+    queues=$(echo "$lcores" | tr ',' '\n' | wc -l)
+    local ready_wait=600
+    if [ "$vg" = valgrind ]; then
+        valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*Worker::run*' \
+            --callgrind-out-file="$CAP_DIR/callgrind.out" \
+            "${CAP_BIN_NOW:-$CAP_DP_BIN}" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
+        ready_wait=3000
+    else
+        "${CAP_BIN_NOW:-$CAP_DP_BIN}" --config "$CAP_DIR/fulcrum.toml" --stats-file "$CAP_DIR/stats.json" >"$CAP_DIR/dataplane.log" 2>&1 &
+    fi
+    CAP_DP_PID=$!
+    local i
+    for i in $(seq "$ready_wait"); do
+        grep -q ' ready: ' "$CAP_DIR/dataplane.log" && break
+        kill -0 "$CAP_DP_PID" 2>/dev/null || { tail -n 20 "$CAP_DIR/dataplane.log" >&2; die "the dataplane exited"; }
+        sleep 0.1
+    done
+    grep -q ' ready: ' "$CAP_DIR/dataplane.log" || { tail -n 20 "$CAP_DIR/dataplane.log" >&2; die "the dataplane was not ready in $((ready_wait / 10)) s"; }
+    local huge=()
+    [ "$CAP_HUGE" = 1 ] || huge=(--no-huge --memory-mb 768)
+    "$CAP_GEN_BIN" --socket "$sock" --file-prefix "$gprefix" --lcore 0 --mode "$mode" --connections "$conns" \
+        --queues "$queues" --duration "$secs" --status-file "$CAP_DIR/gen.json" --linger 120 --link-timeout 60 "${huge[@]}" \
+        >"$CAP_DIR/gen.out" 2>"$CAP_DIR/gen.err" &
+    CAP_GEN_PID=$!
+    for i in $(seq 900); do
+        grep -q 'memif link up' "$CAP_DIR/gen.err" && break
+        kill -0 "$CAP_GEN_PID" 2>/dev/null || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator exited"; }
+        sleep 0.1
+    done
+    grep -q 'memif link up' "$CAP_DIR/gen.err" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the memif link did not come up in 90 s"; }
+}
+
+# cap_finish SECONDS: waits (bounded) for the generator's summary line, stops the
+# dataplane first (a memif peer that goes away under a polling lcore can crash it),
+# then the generator; dies if the generator found a bad byte. Prints its summary.
+cap_finish() {
+    local secs=$1 i
+    for i in $(seq $((secs * 10))); do
+        grep -q '^loadgen: ' "$CAP_DIR/gen.out" && break
+        kill -0 "$CAP_GEN_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cap_stop "$CAP_DP_PID" 120 || echo "    the dataplane exited with status $?" >&2
+    CAP_DP_PID=""
+    local rc=0
+    cap_stop "$CAP_GEN_PID" 30 || rc=$?
+    CAP_GEN_PID=""
+    grep -q '^loadgen: ' "$CAP_DIR/gen.out" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator printed no summary"; }
+    [ "$rc" -eq 0 ] || { tail -n 5 "$CAP_DIR/gen.err" >&2; die "the generator failed (exit $rc): $(grep -o 'error: .*' "$CAP_DIR/gen.err" | tail -n 1)"; }
+    echo "    generator: $(sed 's/^loadgen: //' "$CAP_DIR/gen.out" | awk '{ for (i = 1; i <= NF; i++) if ($i !~ /^(rx_missed|unknown|inbox_full|in_flight|mode)=/) printf "%s ", $i }')" >&2
+    echo "    dataplane: $(grep -o 'lcore [0-9]*: rx .*' "$CAP_DIR/dataplane.log" | tr '\n' ';' | sed 's/;$//')" >&2
+}
+
+# cap_window NAME MODE CONNS: one native measurement; sets C[NAME.*].
+cap_window() {
+    local name=$1 mode=$2 conns=$3
+    say "$name: $mode, $conns connections, one lcore (CPU 1), generator on CPU 0: ${CAP_WARMUP}s warm-up, ${CAP_DURATION}s window"
+    cap_start "$name" "$mode" 1 "$conns" $((CAP_WARMUP + CAP_DURATION + 3))
+    local k0 k1 k2 tid
+    k0=$(thread_ticks "$CAP_DP_PID")
+    sleep "$CAP_WARMUP"
+    k1=$(thread_ticks "$CAP_DP_PID")
+    # The lcore's thread: the one that ran most during the warm-up.
+    tid=$(awk 'NR == FNR { a[$1] = $2; next } ($1 in a) { d = $2 - a[$1]; if (d >= m) { m = d; t = $1 } } END { print t }' <(echo "$k0") <(echo "$k1"))
+    local g1 d1 g2 d2 gk1 gk2 perf_out="" gtid r1 r2 gr1 gr2
+    gk1=$(thread_ticks "$CAP_GEN_PID")
+    d1=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    g1=$(cap_gen_sample "$CAP_DIR/gen.json")
+    r1=$(cap_run_ns "$CAP_DP_PID" "$tid")
+    # The generator's polling thread: the one that ran most so far.
+    gtid=$(echo "$gk1" | sort -k2,2nr | awk 'NR == 1 { print $1 }')
+    gr1=$(cap_run_ns "$CAP_GEN_PID" "$gtid")
+    if [ "$CAP_PERF" = 1 ]; then
+        perf stat -x, -e instructions:u,cycles:u -t "$tid" -o "$CAP_DIR/perf.csv" -- sleep "$CAP_DURATION" 2>/dev/null || true
+        perf_out=$CAP_DIR/perf.csv
+    else
+        sleep "$CAP_DURATION"
+    fi
+    d2=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    g2=$(cap_gen_sample "$CAP_DIR/gen.json")
+    r2=$(cap_run_ns "$CAP_DP_PID" "$tid")
+    gr2=$(cap_run_ns "$CAP_GEN_PID" "$gtid")
+    cap_finish 60
+    local hz gen_ticks dp_ticks
+    hz=$(getconf CLK_TCK)
+    # On-CPU nanoseconds, as CLK_TCK ticks for the computation below.
+    gen_ticks=$(awk -v a="$gr1" -v b="$gr2" -v hz="$hz" 'BEGIN { print (b - a) * hz / 1e9 }')
+    dp_ticks=$(awk -v a="$r1" -v b="$r2" -v hz="$hz" 'BEGIN { print (b - a) * hz / 1e9 }')
+    local instr="" cyc=""
+    if [ -n "$perf_out" ] && [ -s "$perf_out" ]; then
+        instr=$(awk -F, '$3 ~ /^instructions/ && $1 ~ /^[0-9]+$/ { print $1 }' "$perf_out")
+        cyc=$(awk -F, '$3 ~ /^cycles/ && $1 ~ /^[0-9]+$/ { print $1 }' "$perf_out")
+    fi
+    # shellcheck disable=SC2086
+    set -- $d1 $d2 $g1 $g2
+    # $1 dt1 $2 busy1 | $3 dt2 $4 busy2 | $5 t1 $6 resp1 $7 bytes1 $8 gbusy1 $9 ok1 ${10} failed1 ${11} to1 | ${12} t2 ${13} resp2 ${14} bytes2 ${15} gbusy2 ${16} ok2 ${17} failed2 ${18} to2
+    read -r C[$name.rate] C[$name.busy] C[$name.per_busy] C[$name.cycles] C[$name.gen_busy] C[$name.gen_cpu] C[$name.dp_cpu] C[$name.pinstr] C[$name.pcyc] C[$name.errors] < <(
+        awk -v mode="$mode" -v mhz="$CAP_MHZ" -v hz="$hz" -v gt="$gen_ticks" -v dt_ticks="${dp_ticks:-0}" -v pi="${instr:-}" -v pc="${cyc:-}" \
+            -v dp1="$1" -v b1="$2" -v dp2="$3" -v b2="$4" -v t1="$5" -v r1="$6" -v y1="$7" -v gb1="$8" -v f1="${10}" -v o1="${11}" \
+            -v t2="${12}" -v r2="${13}" -v y2="${14}" -v gb2="${15}" -v f2="${17}" -v o2="${18}" 'BEGIN {
+            gdt = t2 - t1; ddt = dp2 - dp1
+            if (gdt <= 0 || ddt <= 0) { print "nan nan nan nan nan nan nan n/a n/a nan"; exit }
+            units = (mode == "bulk") ? (y2 - y1) : (r2 - r1)
+            rate = (mode == "bulk") ? units * 8 / gdt / 1e9 : units / gdt
+            busy = (b2 - b1) / 1e9 / ddt
+            cpu = dt_ticks / hz / gdt
+            # Work time <= busy time (which includes preemption inside busy
+            # iterations) and <= CPU time (which includes idle spinning): the
+            # smaller is the tighter bound, so rate / it is a lower bound on
+            # what a fully busy lcore does.
+            work = (cpu > 0 && cpu < busy) ? cpu : busy
+            per = (work > 0) ? rate / work : 0
+            # busy-time cycles per unit (request, or byte for bulk)
+            cyc = (units > 0) ? work * gdt * mhz * 1e6 / units : 0
+            pinstr = (pi != "" && units > 0) ? sprintf("%.0f", pi / units) : "n/a"
+            pcyc = (pc != "" && units > 0) ? sprintf("%.0f", pc / units) : "n/a"
+            printf "%s %.2f %s %s %.2f %.2f %.2f %s %s %d\n", (mode == "bulk") ? sprintf("%.2f", rate) : sprintf("%.0f", rate), busy,
+                (mode == "bulk") ? sprintf("%.2f", per) : sprintf("%.0f", per), (mode == "bulk") ? sprintf("%.2f", cyc) : sprintf("%.0f", cyc),
+                (gb2 - gb1) / 1e9 / gdt, gt / hz / gdt, dt_ticks / hz / gdt, pinstr, pcyc, (f2 - f1) + (o2 - o1)
+        }')
+    echo "    window: ${C[$name.rate]} $( [ "$mode" = bulk ] && echo Gbps || echo /s ), lcore busy ${C[$name.busy]} (CPU ${C[$name.dp_cpu]}), per busy lcore-second ${C[$name.per_busy]}; generator busy ${C[$name.gen_busy]} (CPU ${C[$name.gen_cpu]}); failed+timeouts ${C[$name.errors]}" >&2
+}
+
+# cap_cg_work FILE: instructions inside Worker::receive and Engine::poll
+# (inclusive, summed over the source files their inlined code comes from): the
+# lcore's work on received frames and in the engine, never run by an idle
+# iteration (the loop calls them only with frames or a due timer).
+cap_cg_work() {
+    callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$1" 2>/dev/null |
+        awk 'match($0, /^ *[0-9,]+ \( *[0-9.]+%\)  /) {
+                 n = substr($0, 1, RLENGTH); sub(/\(.*/, "", n); gsub(/[ ,]/, "", n)
+                 r = substr($0, RLENGTH + 1); f = substr(r, index(r, ":") + 1); sub(/ \[[^]]*\]$/, "", f)
+                 if (f == "fulcrum_dataplane::worker::Worker::receive" || f == "fulcrum_proxy::engine::Engine::poll") s += n
+             }
+             END { printf "%.0f\n", s }'
+}
+
+# cap_callgrind NAME MODE LCORES CONNS: instructions in the lcore loop(s) per
+# verified response (bulk: per KiB of payload), dataplane under callgrind, counted
+# in a window: counters zeroed (callgrind_control -z) after CAP_CG_WARMUP seconds,
+# dumped (-d) CAP_CG_SECONDS later; the generator's counts are read just before
+# and just after each command (their mean). Sets C[NAME.instr], C[NAME.busy].
+cap_callgrind() {
+    local name=$1 mode=$2 lcores=$3 conns=$4
+    say "$name: $mode, $conns connections, lcores $lcores under callgrind: ${CAP_CG_WARMUP}s warm-up, ${CAP_CG_SECONDS}s window"
+    cap_start "$name" "$mode" "$lcores" "$conns" $((CAP_CG_WARMUP + CAP_CG_SECONDS + 10)) valgrind
+    sleep "$CAP_CG_WARMUP"
+    local a1 a2 b1 b2 d1 d2
+    d1=$(stats_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    a1=$(cap_gen_sample "$CAP_DIR/gen.json")
+    timeout 60 callgrind_control -z "$CAP_DP_PID" >"$CAP_DIR/cgctl.log" 2>&1 || { cat "$CAP_DIR/cgctl.log" >&2; die "callgrind_control -z failed"; }
+    a2=$(cap_gen_sample "$CAP_DIR/gen.json")
+    sleep "$CAP_CG_SECONDS"
+    b1=$(cap_gen_sample "$CAP_DIR/gen.json")
+    timeout 60 callgrind_control -d "$CAP_DP_PID" >>"$CAP_DIR/cgctl.log" 2>&1 || { cat "$CAP_DIR/cgctl.log" >&2; die "callgrind_control -d failed"; }
+    b2=$(cap_gen_sample "$CAP_DIR/gen.json")
+    d2=$(stats_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    cap_finish $((CAP_CG_SECONDS + 60))
+    local dump=$CAP_DIR/callgrind.out.1 total col unit
+    [ -s "$dump" ] || die "callgrind wrote no dump ($dump)"
+    total=$(sed -n 's/^summary: *\([0-9]*\).*/\1/p' "$dump")
+    [ -n "$total" ] && [ "$total" -gt 0 ] || die "no instruction total in $dump"
+    # status row: time responses bulk_bytes ...
+    if [ "$mode" = bulk ]; then col=3; unit=KiB; else col=2; unit=request; fi
+    local work
+    work=$(cap_cg_work "$dump")
+    C[$name.work]=$(awk -v w="$work" -v a1="$a1" -v a2="$a2" -v b1="$b1" -v b2="$b2" -v c="$col" -v bulk="$([ "$mode" = bulk ] && echo 1 || echo 0)" 'BEGIN {
+        split(a1, x1, "\t"); split(a2, x2, "\t"); split(b1, y1, "\t"); split(b2, y2, "\t")
+        u = (y1[c] + y2[c]) / 2 - (x1[c] + x2[c]) / 2
+        if (u <= 0 || w <= 0) { print "n/a"; exit }
+        if (bulk) printf "%.1f\n", w / (u / 1024); else printf "%.0f\n", w / u }')
+    read -r C[$name.instr] C[$name.units] C[$name.busy] < <(awk -v t="$total" -v c="$col" -v bulk="$([ "$mode" = bulk ] && echo 1 || echo 0)" \
+        -v a1="$a1" -v a2="$a2" -v b1="$b1" -v b2="$b2" -v d1="$d1" -v d2="$d2" -v n="$(echo "$lcores" | tr ',' '\n' | wc -l)" 'BEGIN {
+        split(a1, x1, "\t"); split(a2, x2, "\t"); split(b1, y1, "\t"); split(b2, y2, "\t"); split(d1, p, " "); split(d2, q, " ")
+        u = (y1[c] + y2[c]) / 2 - (x1[c] + x2[c]) / 2
+        busy = (q[1] > p[1]) ? (q[2] - p[2]) / 1e9 / (q[1] - p[1]) / n : 0
+        if (u <= 0) { printf "n/a 0 %.2f\n", busy; exit }
+        printf "%s %.0f %.2f\n", bulk ? sprintf("%.1f", t / (u / 1024)) : sprintf("%.0f", t / u), u, busy }')
+    echo "    callgrind: $total instructions in the lcore loop(s) for ${C[$name.units]} $([ "$mode" = bulk ] && echo "payload bytes" || echo responses) = ${C[$name.instr]} per $unit (receive + engine only: ${C[$name.work]}); lcore(s) busy ${C[$name.busy]} of the window (1.00: saturated)" >&2
+}
+
+cap_main() {
+    CAP_DURATION=10
+    CAP_WARMUP=3
+    CAP_CG_SECONDS=10
+    CAP_CG_WARMUP=4
+    CAP_P=cap
+    CAP_HUGE=1
+    local conn_c=128 ka_c=128 bulk_c=8 callgrind=1 ref=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --duration) CAP_DURATION=$2; shift 2 ;;
+            --warmup) CAP_WARMUP=$2; shift 2 ;;
+            --conn-connections) conn_c=$2; shift 2 ;;
+            --ka-connections) ka_c=$2; shift 2 ;;
+            --bulk-connections) bulk_c=$2; shift 2 ;;
+            --callgrind-seconds) CAP_CG_SECONDS=$2; shift 2 ;;
+            --no-callgrind) callgrind=0; shift ;;
+            --no-huge) CAP_HUGE=0; shift ;;
+            --prefix) CAP_P=$2; shift 2 ;;
+            --reference-bin) ref=$2; shift 2 ;;
+            -h|--help) cap_usage ;;
+            *) die "unknown argument: $1" ;;
+        esac
+    done
+    [[ "$CAP_DURATION" =~ ^[0-9]+$ ]] && [ "$CAP_DURATION" -ge 2 ] && [ "$CAP_DURATION" -le 120 ] || die "--duration: 2..120 seconds"
+    [[ "$CAP_WARMUP" =~ ^[0-9]+$ ]] && [ "$CAP_WARMUP" -ge 1 ] && [ "$CAP_WARMUP" -le 60 ] || die "--warmup: 1..60 seconds"
+    [[ "$CAP_CG_SECONDS" =~ ^[0-9]+$ ]] && [ "$CAP_CG_SECONDS" -ge 2 ] && [ "$CAP_CG_SECONDS" -le 120 ] || die "--callgrind-seconds: 2..120"
+    local v
+    for v in "$conn_c" "$ka_c" "$bulk_c"; do
+        [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] && [ "$v" -le 20000 ] || die "connections: 1..20000"
+    done
+    [[ "$CAP_P" =~ ^[A-Za-z0-9_-]{1,20}$ ]] && [ "${CAP_P#-}" = "$CAP_P" ] || die "--prefix: 1 to 20 of A-Z a-z 0-9 - _, not starting with -"
+    [ "$(id -u)" -eq 0 ] || die "needs root (DPDK)"
+    [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (one for the dataplane's lcore, one for the generator)"
+    local t
+    for t in jq awk taskset; do command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"; done
+    if [ "$callgrind" = 1 ]; then
+        for t in valgrind callgrind_control callgrind_annotate; do command -v "$t" >/dev/null || die "$t not found (or pass --no-callgrind)"; done
+    fi
+    [ -e /usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_net_memif.so ] || ls /usr/lib/*/dpdk/pmds-*/librte_net_memif.so >/dev/null 2>&1 ||
+        die "DPDK's net_memif PMD (librte_net_memif.so) is not installed"
+
+    trap cap_cleanup EXIT
+    trap 'exit 130' INT TERM
+    taskset -pc 0 $$ >/dev/null
+
+    if [ -n "${FULCRUM_BIN_DIR:-}" ]; then
+        CAP_DP_BIN=$FULCRUM_BIN_DIR/fulcrum-dataplane
+        CAP_GEN_BIN=$FULCRUM_BIN_DIR/fulcrum-loadgen
+    else
+        say "build (release): fulcrum-dataplane, fulcrum-loadgen"
+        cargo build --release -p fulcrum-dataplane -p fulcrum-loadgen 2>&1 | tail -n 1 >&2
+        CAP_DP_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-dataplane
+        CAP_GEN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/fulcrum-loadgen
+    fi
+    [ -x "$CAP_DP_BIN" ] || die "$CAP_DP_BIN not found"
+    [ -z "$ref" ] || [ -x "$ref" ] || die "--reference-bin: $ref is not an executable"
+    [ -x "$CAP_GEN_BIN" ] || die "$CAP_GEN_BIN not found"
+    CAP_WORK=$(mktemp -d /tmp/fulcrum-bench-capacity.XXXXXX)
+    CAP_N=0
+    CAP_MHZ=$(awk -F: '/^cpu MHz/ { gsub(/ /, "", $2); print $2; exit }' /proc/cpuinfo)
+    [ -n "$CAP_MHZ" ] || die "no 'cpu MHz' in /proc/cpuinfo"
+    if [ "$CAP_HUGE" = 1 ]; then
+        # dataplane 16383 + generator 32767 mbufs (~2.4 KiB each) + EAL: ~256 MB.
+        local free
+        free=$(awk '/^HugePages_Free:/ { print $2 }' /proc/meminfo)
+        if ! awk '$3 == "hugetlbfs" { f = 1 } END { exit !f }' /proc/mounts || [ "${free:-0}" -lt 200 ]; then
+            echo "bench $BENCH: fewer than 200 free 2 MB hugepages or no hugetlbfs mount: both run with --no-huge" >&2
+            CAP_HUGE=0
+        fi
+    fi
+    CAP_PERF=0
+    local perf_note
+    if ! command -v perf >/dev/null; then
+        perf_note="perf not installed"
+    elif perf stat -x, -e instructions:u,cycles:u true 2>&1 | grep -q '^[0-9][0-9]*,.*instructions'; then
+        CAP_PERF=1
+        perf_note="perf stat -e instructions:u,cycles:u on the lcore's thread"
+    else
+        perf_note="perf stat -e instructions:u,cycles:u: <not supported> here (no hardware PMU in this VM): no perf figures"
+    fi
+    echo "bench $BENCH: $perf_note" >&2
+
+    declare -gA C
+    CAP_BIN_NOW=""
+    # cap_both FUNCTION NAME ARGS...: this build, then (with --reference-bin) the reference as ref.NAME.
+    cap_both() {
+        local fn=$1 name=$2
+        shift 2
+        CAP_BIN_NOW=""
+        "$fn" "$name" "$@"
+        if [ -n "$ref" ]; then
+            CAP_BIN_NOW=$ref
+            "$fn" "ref.$name" "$@"
+            CAP_BIN_NOW=""
+        fi
+    }
+    cap_both cap_window conn conn "$conn_c"
+    cap_both cap_window ka keepalive "$ka_c"
+    cap_both cap_window bulk bulk "$bulk_c"
+    if [ "$callgrind" = 1 ]; then
+        cap_both cap_callgrind cg1.conn conn 1 "$conn_c"
+        cap_both cap_callgrind cg1.ka keepalive 1 "$ka_c"
+        cap_callgrind cg1.bulk bulk 1 "$bulk_c"
+        cap_callgrind cg2.conn conn 0,1 "$conn_c"
+        cap_callgrind cg2.ka keepalive 0,1 "$ka_c"
+    fi
+    local na=n/a
+    for v in cg1.conn cg1.ka cg1.bulk cg2.conn cg2.ka; do C[$v.instr]=${C[$v.instr]:-$na}; C[$v.busy]=${C[$v.busy]:-$na}; C[$v.work]=${C[$v.work]:-$na}; done
+
+    echo
+    echo "Fulcrum capacity through proxy VIP 198.18.1.1:80 -> 3 backends, ONE dataplane lcore (CPU 1), no kernel on the path:"
+    echo "fulcrum-loadgen (smoltcp clients + backends, DPDK, CPU 0) <-> net_memif <-> fulcrum-dataplane; ${CAP_DURATION}s windows after ${CAP_WARMUP}s warm-up"
+    echo "($(if [ "$CAP_HUGE" = 1 ]; then echo "2 MB hugepages"; else echo "--no-huge"; fi); TSC ${CAP_MHZ} MHz; load average now $(cut -d' ' -f1 /proc/loadavg) on $(getconf _NPROCESSORS_ONLN) CPUs)"
+    local f='%-26s %10s %6s %6s %14s %13s %14s %6s %6s %8s\n'
+    # shellcheck disable=SC2059
+    {
+    printf "$f" phase "raw rate" lcore lcore "per busy" busy-cycles instructions gen gen perf
+    printf "$f" "" "" busy CPU lcore-second "per unit" "per unit (cg)" busy CPU "instr/u"
+    printf "$f" -------------------------- ---------- ------ ------ -------------- ------------- -------------- ------ ------ --------
+    printf "$f" "(a) new connections/s" "${C[conn.rate]}" "${C[conn.busy]}" "${C[conn.dp_cpu]}" "${C[conn.per_busy]}" "${C[conn.cycles]}/conn" "${C[cg1.conn.instr]}/conn" "${C[conn.gen_busy]}" "${C[conn.gen_cpu]}" "${C[conn.pinstr]}"
+    printf "$f" "(b) keep-alive requests/s" "${C[ka.rate]}" "${C[ka.busy]}" "${C[ka.dp_cpu]}" "${C[ka.per_busy]}" "${C[ka.cycles]}/req" "${C[cg1.ka.instr]}/req" "${C[ka.gen_busy]}" "${C[ka.gen_cpu]}" "${C[ka.pinstr]}"
+    printf "$f" "(c) bulk Gbps (payload)" "${C[bulk.rate]}" "${C[bulk.busy]}" "${C[bulk.dp_cpu]}" "${C[bulk.per_busy]}" "${C[bulk.cycles]}/B" "${C[cg1.bulk.instr]}/KiB" "${C[bulk.gen_busy]}" "${C[bulk.gen_cpu]}" "${C[bulk.pinstr]}"
+    }
+    echo "raw rate: measured; lcore busy: the lcore's busy_ns / window (loop iterations that had work; idle ones back off),"
+    echo "lcore CPU: its thread's on-CPU share (schedstat; busy + idle spinning; below busy: it was preempted inside busy"
+    echo "iterations); per busy lcore-second = raw rate / min(lcore busy, lcore CPU): the capacity figure, a lower bound on"
+    echo "what a fully busy lcore does (the raw rate was held back by the generator, or by the round trips between the"
+    echo "two, whenever the lcore was not busy all the time); busy-cycles = that time x TSC per unit;"
+    echo "instructions (cg) = callgrind, lcore loop, saturated (below); gen busy = the generator's own busy_ns share (iterations"
+    echo "with work), gen CPU = its thread's CPU share (it busy-polls: below 1.00, other processes took CPU 0 from it)."
+    echo "connections at once: (a) $conn_c, (b) $ka_c (one request in flight each), (c) $bulk_c streams; failed+timed out in the"
+    echo "windows: (a) ${C[conn.errors]}, (b) ${C[ka.errors]}, (c) ${C[bulk.errors]}. $perf_note."
+    if [ "$callgrind" = 1 ]; then
+        echo
+        echo "Instructions per request (callgrind), one vs TWO dataplane lcores. 'lcore loop': everything in Worker::run;"
+        echo "'receive+engine': only Worker::receive and Engine::poll, which no idle iteration runs (so busy-poll idle"
+        echo "iterations cannot inflate it; it leaves out the per-iteration driver RX/TX calls and loop overhead). busy: the"
+        echo "lcores' busy share in the window (1.00: saturated, the two figures then differ only by that per-iteration work)."
+        printf '%-36s %14s %14s %10s\n' "" "1 lcore" "2 lcores" "2/1"
+        printf '%-36s %14s %14s %10s\n' ------------------------------------ -------------- -------------- ----------
+        printf '%-36s %14s %14s %10s\n' "(a) new connection, lcore loop" "${C[cg1.conn.instr]}" "${C[cg2.conn.instr]}" "$(fwd_ratio "${C[cg2.conn.instr]}" "${C[cg1.conn.instr]}")"
+        printf '%-36s %14s %14s %10s\n' "(a) new connection, receive+engine" "${C[cg1.conn.work]}" "${C[cg2.conn.work]}" "$(fwd_ratio "${C[cg2.conn.work]}" "${C[cg1.conn.work]}")"
+        printf '%-36s %14s %14s %10s\n' "(b) keep-alive, lcore loop" "${C[cg1.ka.instr]}" "${C[cg2.ka.instr]}" "$(fwd_ratio "${C[cg2.ka.instr]}" "${C[cg1.ka.instr]}")"
+        printf '%-36s %14s %14s %10s\n' "(b) keep-alive, receive+engine" "${C[cg1.ka.work]}" "${C[cg2.ka.work]}" "$(fwd_ratio "${C[cg2.ka.work]}" "${C[cg1.ka.work]}")"
+        printf '%-36s %14s %14s\n' "    busy (a)" "${C[cg1.conn.busy]}" "${C[cg2.conn.busy]}"
+        printf '%-36s %14s %14s\n' "    busy (b)" "${C[cg1.ka.busy]}" "${C[cg2.ka.busy]}"
+        echo "(c) bulk, one lcore: ${C[cg1.bulk.instr]} instructions per KiB of payload in the lcore loop, ${C[cg1.bulk.work]} in"
+        echo "    receive+engine (busy ${C[cg1.bulk.busy]})"
+        echo "(two lcores: lcores 0,1, two memif queue pairs, flows steered to their owner lcore; rates not compared:"
+        echo " two lcores and a generator do not fit two cores)"
+    fi
+    if [ -n "$ref" ]; then
+        for v in ref.cg1.conn ref.cg1.ka; do C[$v.instr]=${C[$v.instr]:-$na}; done
+        echo
+        echo "This build vs the reference ($ref), same run, same generator:"
+        printf '%-44s %14s %14s %9s\n' metric "this build" reference this/ref
+        printf '%-44s %14s %14s %9s\n' -------------------------------------------- -------------- -------------- ---------
+        printf '%-44s %14s %14s %9s\n' "(a) new connections/s per busy lcore-second" "${C[conn.per_busy]}" "${C[ref.conn.per_busy]}" "$(fwd_ratio "${C[conn.per_busy]}" "${C[ref.conn.per_busy]}")"
+        printf '%-44s %14s %14s %9s\n' "(b) keep-alive requests/s per busy lcore-s" "${C[ka.per_busy]}" "${C[ref.ka.per_busy]}" "$(fwd_ratio "${C[ka.per_busy]}" "${C[ref.ka.per_busy]}")"
+        printf '%-44s %14s %14s %9s\n' "(c) bulk Gbps per busy lcore-second" "${C[bulk.per_busy]}" "${C[ref.bulk.per_busy]}" "$(fwd_ratio "${C[bulk.per_busy]}" "${C[ref.bulk.per_busy]}")"
+        printf '%-44s %14s %14s %9s\n' "(a) raw new connections/s" "${C[conn.rate]}" "${C[ref.conn.rate]}" "$(fwd_ratio "${C[conn.rate]}" "${C[ref.conn.rate]}")"
+        printf '%-44s %14s %14s %9s\n' "(b) raw keep-alive requests/s" "${C[ka.rate]}" "${C[ref.ka.rate]}" "$(fwd_ratio "${C[ka.rate]}" "${C[ref.ka.rate]}")"
+        if [ "$callgrind" = 1 ]; then
+            printf '%-44s %14s %14s %9s\n' "(a) instructions per connection (callgrind)" "${C[cg1.conn.instr]}" "${C[ref.cg1.conn.instr]}" "$(fwd_ratio "${C[cg1.conn.instr]}" "${C[ref.cg1.conn.instr]}")"
+            printf '%-44s %14s %14s %9s\n' "(b) instructions per request (callgrind)" "${C[cg1.ka.instr]}" "${C[ref.cg1.ka.instr]}" "$(fwd_ratio "${C[cg1.ka.instr]}" "${C[ref.cg1.ka.instr]}")"
+        fi
+    fi
+    echo
+    echo "reference: DPVS (published): 200000 new connections/s per worker, FullNAT, real NICs; Fulcrum here:" \
+        "${C[conn.per_busy]} new connections/s per busy lcore-second ($(fwd_ratio "${C[conn.per_busy]}" 200000) of DPVS's figure; proxy mode: full TCP termination on both sides)"
+    echo "capacity: ${C[conn.per_busy]} new connections/s, ${C[ka.per_busy]} requests/s per lcore"
+}
+
+if [ "${1:-}" = capacity ]; then
+    shift
+    cap_main "$@"
+    exit 0
+fi
+# ============================================================================ end of capacity
 
 usage() { sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 

@@ -6,12 +6,11 @@ mod config;
 mod control;
 mod counters;
 mod device;
-#[allow(unsafe_code)]
-mod dpdk;
 mod stats;
 mod worker;
 
 use anyhow::{bail, Context};
+use fulcrum_dataplane::dpdk;
 use clap::Parser;
 use config::{Config, MBUF_CACHE};
 use counters::LcoreCounters;

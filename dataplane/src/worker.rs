@@ -96,16 +96,6 @@ pub struct Worker<'a> {
     pub reports: &'a ArrayQueue<LcoreReport>,
 }
 
-impl fulcrum_forward::Frame for Mbuf {
-    fn bytes(&self) -> &[u8] {
-        self.data()
-    }
-
-    fn room_mut(&mut self) -> (&mut [u8], usize, usize) {
-        Mbuf::room_mut(self)
-    }
-}
-
 /// How often an lcore publishes its engine's counters.
 const REPORT_PERIOD: Duration = Duration::from_millis(200);
 
