@@ -937,8 +937,11 @@ fi
 # scripts/bench.sh capacity [--duration S] [--warmup S] [--conn-connections N]
 #                           [--ka-connections N] [--bulk-connections N]
 #                           [--callgrind-seconds S] [--no-callgrind] [--no-huge] [--prefix P]
-#                           [--reference-bin PATH]
+#                           [--reference-bin PATH] [--phases LIST]
 #
+# --phases: comma-separated subset of conn,ka,bulk,cg1.conn,cg1.ka,cg1.bulk,cg2.conn,cg2.ka
+# (default all; for iterating on one figure). Each native phase also prints the frames the
+# dataplane received and sent per unit (request, connection, KiB) in its window.
 # The dataplane's own capacity through a proxy VIP, with no kernel on the path:
 # fulcrum-loadgen (tools/loadgen: a DPDK process of its own, one lcore, smoltcp
 # clients 198.18.0.100-115 and smoltcp backends 198.18.0.21-23:8080 answering a
@@ -1165,7 +1168,7 @@ cap_window() {
     tid=$(awk 'NR == FNR { a[$1] = $2; next } ($1 in a) { d = $2 - a[$1]; if (d >= m) { m = d; t = $1 } } END { print t }' <(echo "$k0") <(echo "$k1"))
     local g1 d1 g2 d2 gk1 gk2 perf_out="" gtid r1 r2 gr1 gr2
     gk1=$(thread_ticks "$CAP_GEN_PID")
-    d1=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    d1=$(stats_fresh_sample "$CAP_DIR/stats.json" '([.lcores[].busy_ns] | add), ([.lcores[].rx_packets] | add), ([.lcores[].tx_packets] | add)' | tr '\n' ' ')
     g1=$(cap_gen_sample "$CAP_DIR/gen.json")
     r1=$(cap_run_ns "$CAP_DP_PID" "$tid")
     # The generator's polling thread: the one that ran most so far.
@@ -1177,11 +1180,15 @@ cap_window() {
     else
         sleep "$CAP_DURATION"
     fi
-    d2=$(stats_fresh_sample "$CAP_DIR/stats.json" '[.lcores[].busy_ns] | add')
+    d2=$(stats_fresh_sample "$CAP_DIR/stats.json" '([.lcores[].busy_ns] | add), ([.lcores[].rx_packets] | add), ([.lcores[].tx_packets] | add)' | tr '\n' ' ')
     g2=$(cap_gen_sample "$CAP_DIR/gen.json")
     r2=$(cap_run_ns "$CAP_DP_PID" "$tid")
     gr2=$(cap_run_ns "$CAP_GEN_PID" "$gtid")
     cap_finish 60
+    # Frames the dataplane received and sent per unit in the window (the ACK work).
+    local fr1 ft1 fr2 ft2
+    read -r _ _ fr1 ft1 <<<"$d1"; read -r _ _ fr2 ft2 <<<"$d2"
+    d1=$(echo "$d1" | cut -d' ' -f1,2); d2=$(echo "$d2" | cut -d' ' -f1,2)
     local hz gen_ticks dp_ticks
     hz=$(getconf CLK_TCK)
     # On-CPU nanoseconds, as CLK_TCK ticks for the computation below.
@@ -1219,6 +1226,10 @@ cap_window() {
                 (mode == "bulk") ? sprintf("%.2f", per) : sprintf("%.0f", per), (mode == "bulk") ? sprintf("%.2f", cyc) : sprintf("%.0f", cyc),
                 (gb2 - gb1) / 1e9 / gdt, gt / hz / gdt, dt_ticks / hz / gdt, pinstr, pcyc, (f2 - f1) + (o2 - o1)
         }')
+    read -r C[$name.frx] C[$name.ftx] < <(awk -v m="$mode" -v a="$fr1" -v b="$fr2" -v c="$ft1" -v d="$ft2" -v u1="$(echo "$g1" | cut -f2,3)" -v u2="$(echo "$g2" | cut -f2,3)" 'BEGIN {
+        split(u1, x, "\t"); split(u2, y, "\t"); u = (m == "bulk") ? (y[2] - x[2]) / 1024 : y[1] - x[1]
+        if (u <= 0) { print "n/a n/a"; exit } printf "%.2f %.2f\n", (b - a) / u, (d - c) / u }')
+    echo "    frames per $([ "$mode" = bulk ] && echo KiB || echo unit) in the window: dataplane received ${C[$name.frx]}, sent ${C[$name.ftx]}" >&2
     echo "    window: ${C[$name.rate]} $( [ "$mode" = bulk ] && echo Gbps || echo /s ), lcore busy ${C[$name.busy]} (CPU ${C[$name.dp_cpu]}), per busy lcore-second ${C[$name.per_busy]}; generator busy ${C[$name.gen_busy]} (CPU ${C[$name.gen_cpu]}); failed+timeouts ${C[$name.errors]}" >&2
 }
 
@@ -1301,7 +1312,7 @@ cap_main() {
     CAP_CG_WARMUP=4
     CAP_P=cap
     CAP_HUGE=1
-    local conn_c=128 ka_c=128 bulk_c=8 callgrind=1 ref=""
+    local conn_c=128 ka_c=128 bulk_c=8 callgrind=1 ref="" phases=",conn,ka,bulk,cg1.conn,cg1.ka,cg1.bulk,cg2.conn,cg2.ka,"
     while [ $# -gt 0 ]; do
         case "$1" in
             --duration) CAP_DURATION=$2; shift 2 ;;
@@ -1314,6 +1325,7 @@ cap_main() {
             --no-huge) CAP_HUGE=0; shift ;;
             --prefix) CAP_P=$2; shift 2 ;;
             --reference-bin) ref=$2; shift 2 ;;
+            --phases) phases=",$2,"; shift 2 ;;
             -h|--help) cap_usage ;;
             *) die "unknown argument: $1" ;;
         esac
@@ -1391,15 +1403,17 @@ cap_main() {
             CAP_BIN_NOW=""
         fi
     }
-    cap_both cap_window conn conn "$conn_c"
-    cap_both cap_window ka keepalive "$ka_c"
-    cap_both cap_window bulk bulk "$bulk_c"
+    # cap_phase NAME CMD...: runs CMD when --phases lists NAME (default: all).
+    cap_phase() { local n=$1; shift; [[ "$phases" == *",$n,"* ]] && "$@"; return 0; }
+    cap_phase conn cap_both cap_window conn conn "$conn_c"
+    cap_phase ka cap_both cap_window ka keepalive "$ka_c"
+    cap_phase bulk cap_both cap_window bulk bulk "$bulk_c"
     if [ "$callgrind" = 1 ]; then
-        cap_both cap_callgrind cg1.conn conn 1 "$conn_c"
-        cap_both cap_callgrind cg1.ka keepalive 1 "$ka_c"
-        cap_callgrind cg1.bulk bulk 1 "$bulk_c"
-        cap_callgrind cg2.conn conn 0,1 "$conn_c"
-        cap_callgrind cg2.ka keepalive 0,1 "$ka_c"
+        cap_phase cg1.conn cap_both cap_callgrind cg1.conn conn 1 "$conn_c"
+        cap_phase cg1.ka cap_both cap_callgrind cg1.ka keepalive 1 "$ka_c"
+        cap_phase cg1.bulk cap_callgrind cg1.bulk bulk 1 "$bulk_c"
+        cap_phase cg2.conn cap_callgrind cg2.conn conn 0,1 "$conn_c"
+        cap_phase cg2.ka cap_callgrind cg2.ka keepalive 0,1 "$ka_c"
     fi
     local na=n/a
     for v in cg1.conn cg1.ka cg1.bulk cg2.conn cg2.ka; do C[$v.instr]=${C[$v.instr]:-$na}; C[$v.busy]=${C[$v.busy]:-$na}; C[$v.work]=${C[$v.work]:-$na}; done
@@ -1408,7 +1422,11 @@ cap_main() {
     echo "Fulcrum capacity through proxy VIP 198.18.1.1:80 -> 3 backends, ONE dataplane lcore (CPU 1), no kernel on the path:"
     echo "fulcrum-loadgen (smoltcp clients + backends, DPDK, CPU 0) <-> net_memif <-> fulcrum-dataplane; ${CAP_DURATION}s windows after ${CAP_WARMUP}s warm-up"
     echo "($(if [ "$CAP_HUGE" = 1 ]; then echo "2 MB hugepages"; else echo "--no-huge"; fi); TSC ${CAP_MHZ} MHz; load average now $(cut -d' ' -f1 /proc/loadavg) on $(getconf _NPROCESSORS_ONLN) CPUs)"
-    local f='%-26s %10s %6s %6s %14s %13s %14s %6s %6s %8s\n'
+    local f='%-26s %10s %6s %6s %14s %13s %14s %6s %6s %8s\n' k
+    # Phases left out by --phases print n/a.
+    for v in conn ka bulk; do
+        for k in rate busy dp_cpu per_busy cycles gen_busy gen_cpu pinstr errors; do C[$v.$k]=${C[$v.$k]:-$na}; done
+    done
     # shellcheck disable=SC2059
     {
     printf "$f" phase "raw rate" lcore lcore "per busy" busy-cycles instructions gen gen perf
@@ -1429,6 +1447,8 @@ cap_main() {
     echo "(a) $(cap_per_busy "${C[conn.rate]}" "${C[conn.busy]}" 0) new connections/s, (b) $(cap_per_busy "${C[ka.rate]}" "${C[ka.busy]}" 0) requests/s, (c) $(cap_per_busy "${C[bulk.rate]}" "${C[bulk.busy]}" 2) Gbps per busy lcore-second."
     echo "connections at once: (a) $conn_c, (b) $ka_c (one request in flight each), (c) $bulk_c streams; failed+timed out in the"
     echo "windows: (a) ${C[conn.errors]}, (b) ${C[ka.errors]}, (c) ${C[bulk.errors]}. $perf_note."
+    echo "frames the dataplane received/sent per unit: (a) ${C[conn.frx]:-n/a}/${C[conn.ftx]:-n/a} per connection," \
+        "(b) ${C[ka.frx]:-n/a}/${C[ka.ftx]:-n/a} per request, (c) ${C[bulk.frx]:-n/a}/${C[bulk.ftx]:-n/a} per KiB"
     if [ "$callgrind" = 1 ]; then
         echo
         echo "Instructions per request (callgrind), one vs TWO dataplane lcores. 'lcore loop': everything in Worker::run;"

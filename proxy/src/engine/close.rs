@@ -7,7 +7,7 @@
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Instant;
 
-use super::conn::{FlowKey, Phase, BACKEND, CLIENT};
+use super::conn::{FlowKey, Phase};
 use super::vip::vip_mut;
 use super::{Engine, NO_CONN};
 use crate::limits::bandwidth_quantum;
@@ -19,15 +19,9 @@ impl Engine {
         let vip = self.vips[conn.vip].as_ref().expect("VIP slot in use");
         let done_state = |s: State| matches!(s, State::Closed | State::TimeWait);
         // smoltcp's poll_at of a side is a function of its socket, which
-        // only changes when the side is touched (see `Conn::touched`).
-        if conn.touched & CLIENT != 0 {
-            self.counters.sockets_visited += 1;
-            conn.client_at = self.iface.poll_at(now, &conn.client);
-        }
-        if conn.touched & BACKEND != 0 {
-            self.counters.sockets_visited += 1;
-            conn.backend_at = self.iface.poll_at(now, &conn.backend);
-        }
+        // only changes when the side is touched (see `Conn::touched`):
+        // `transmit` filed it for the touched sides, as its last egress
+        // pass left them.
         conn.touched = 0;
         conn.arp_gen = self.arp_gen;
         let (client_at, backend_at) = (conn.client_at, conn.backend_at);

@@ -70,7 +70,7 @@ pub(super) struct Conn {
     /// ([`CLIENT`], [`BACKEND`]): only those are polled for egress and asked
     /// their `poll_at`; an untouched side's `poll_at` is the one cached below.
     pub(super) touched: u8,
-    /// smoltcp's `poll_at` of each side's set, as of the last `settle` that
+    /// smoltcp's `poll_at` of each side's set, as of the last `transmit` that
     /// had the side touched.
     pub(super) client_at: Option<Instant>,
     pub(super) backend_at: Option<Instant>,

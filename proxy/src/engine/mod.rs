@@ -525,18 +525,35 @@ impl Engine {
         }
     }
 
+    /// Transmits what each touched side has to send and files its smoltcp
+    /// `poll_at` (`Conn::client_at` / `backend_at`, read by `settle`).
+    /// smoltcp is asked when the side wants service before it is asked to
+    /// send: a side with nothing due (the usual case for the side a segment
+    /// just arrived on: its ACK waits for the reply) costs one `poll_at`
+    /// instead of an empty `dispatch` and a `poll_at`, and a side that sent
+    /// is only polled again while its `poll_at` says it has more due now
+    /// (one segment per socket per egress pass).
     fn transmit<D: Device + ?Sized>(&mut self, id: usize, now: Instant, device: &mut D) {
         let conn = self.conns[id].as_mut().expect("live");
         // An untouched side has nothing new to send: its socket is as the
         // last egress pass left it (a timer of its coming due marks both).
-        let sides = [(CLIENT, &mut conn.client), (BACKEND, &mut conn.backend)];
-        for (_, set) in sides.into_iter().filter(|(side, _)| conn.touched & side != 0) {
-            // One segment per socket per pass: repeat while something is sent.
+        let touched = conn.touched;
+        let sides = [
+            (CLIENT, &mut conn.client, &mut conn.client_at),
+            (BACKEND, &mut conn.backend, &mut conn.backend_at),
+        ];
+        for (_, set, at) in sides.into_iter().filter(|(side, _, _)| touched & side != 0) {
+            let mut idle = false;
             loop {
                 self.counters.sockets_visited += 1;
-                if self.iface.poll_egress(now, device, set) == PollResult::None {
+                *at = self.iface.poll_at(now, set);
+                // After an egress pass that sent nothing, its `poll_at` is
+                // filed as it stands (a paused SYN-ACK claims "now" forever).
+                if idle || at.is_some_and(|t| t > now) || at.is_none() {
                     break;
                 }
+                self.counters.sockets_visited += 1;
+                idle = self.iface.poll_egress(now, device, set) == PollResult::None;
             }
         }
     }
