@@ -251,6 +251,7 @@ impl RouteEntry {
 #[serde(try_from = "SoftwareFile")]
 pub struct Software {
     pub device: SoftDevice,
+    /// Whether EAL uses hugepages (`"auto"`, `"on"`, `"off"`).
     pub hugepages: Hugepages,
     /// Memory for EAL, in MiB, when running without hugepages.
     pub no_huge_memory_mb: u32,
