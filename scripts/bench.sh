@@ -15,8 +15,8 @@
 # (198.18.0.21-23:8080, keepalive on) and iperf3 servers (:5201) in the backend
 # namespaces, then measures, with the same client tools from the client namespace:
 #
-#   1. Fulcrum (release binary, one lcore, --no-pci, on software device D: af_xdp
-#      unless --device or FULCRUM_SOFT_DEVICE says tap or af_packet), proxy VIPs
+#   1. Fulcrum (release binary, one lcore, --no-pci, on software device D: af_packet
+#      unless --device or FULCRUM_SOFT_DEVICE says tap or af_xdp), proxy VIPs
 #        198.18.1.1:80   -> nginx 8080 (Maglev, per-connection placement)
 #        198.18.1.2:5201 -> iperf3 5201 (affinity "client": all of a test's streams
 #                           reach the same iperf3 server)
@@ -889,7 +889,7 @@ DURATION=10
 CONNS=64
 P=bench
 # The software device of `proxy` (the fastest here by `bench.sh devices`).
-DEVICE=${FULCRUM_SOFT_DEVICE:-af_xdp}
+DEVICE=${FULCRUM_SOFT_DEVICE:-af_packet}
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;

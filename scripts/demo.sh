@@ -3,7 +3,7 @@
 # sets up what it needs, builds, brings up the standard topology (network
 # namespaces on 198.18.0.0/24), starts three real nginx backends and the real
 # DPDK dataplane on a software device (--no-pci: the host's NICs are never touched;
-# af_xdp on a veth pair the dataplane creates, or FULCRUM_SOFT_DEVICE=tap|af_packet)
+# af_packet on a veth pair the dataplane creates, or FULCRUM_SOFT_DEVICE=tap|af_xdp)
 # with the control plane beside it (VIP, backends and HTTP health checks come
 # from it through shared memory), pings the dataplane, sends real HTTP
 # requests from the client namespace through the VIP 198.18.1.1:80, prints
@@ -28,7 +28,7 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 P=${FULCRUM_DEMO_PREFIX:-demo}
 REQUESTS=${FULCRUM_DEMO_REQUESTS:-300}
 # The dataplane's software device: `[dataplane] software = { DEVICE = "P-dp" }`.
-DEVICE=${FULCRUM_SOFT_DEVICE:-af_xdp}
+DEVICE=${FULCRUM_SOFT_DEVICE:-af_packet}
 case "$DEVICE" in tap|af_packet|af_xdp) ;; *) echo "demo: FULCRUM_SOFT_DEVICE must be tap, af_packet or af_xdp: '$DEVICE'" >&2; exit 2 ;; esac
 VIP=198.18.1.1
 ROUTER=198.18.0.254

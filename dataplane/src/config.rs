@@ -586,6 +586,12 @@ impl Config {
             }
             _ => {}
         }
+        if let (Some(SoftDevice::AfXdp(_)), n @ 2..) = (d.software.as_ref().map(|s| &s.device), d.lcores.0.len()) {
+            return Err(format!(
+                "dataplane.software.af_xdp: {n} lcores, but net_af_xdp takes one queue per combined channel and a veth \
+                 has none (it is given one): use one lcore, or af_packet or tap for several"
+            ));
+        }
         if let Some(hw) = &d.hardware {
             if !is_pci_address(&hw.pci) {
                 return Err(format!(
@@ -855,9 +861,11 @@ mod tests {
         assert_eq!(d.veth(), Some(("fl-dp", "fl-dp-d".to_owned())));
         assert_eq!(d.kernel_iface(), Some("fl-dp"));
         assert!(v.starts_with("--vdev=net_af_packet0,iface=fl-dp-d,qpairs=2,"), "{v}");
-        let (d, v) = eal("af_xdp = \"fl-dp\"");
-        assert_eq!(d, SoftDevice::AfXdp("fl-dp".into()));
-        assert_eq!(v, "--vdev=net_af_xdp0,iface=fl-dp-d,start_queue=0,queue_count=2");
+        let e = parse("[dataplane]\naddress = \"198.18.0.2/24\"\nlcores = \"0-1\"\nmbufs = 8191\nsoftware = { af_xdp = \"fl-dp\" }\n").unwrap_err();
+        assert!(e.starts_with("dataplane.software.af_xdp: 2 lcores"), "{e}");
+        let c = parse("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"fl-dp\" }\n").unwrap();
+        assert_eq!(c.dataplane.software.as_ref().unwrap().device, SoftDevice::AfXdp("fl-dp".into()));
+        assert!(c.eal_args(false, &[]).contains(&"--vdev=net_af_xdp0,iface=fl-dp-d,start_queue=0,queue_count=1".to_owned()));
         let (d, v) = eal("tap = \"fl-dp\", mac = \"02:00:00:00:00:2a\"");
         assert_eq!((d.veth(), d.kernel_iface()), (None, Some("fl-dp")));
         assert_eq!(v, "--vdev=net_tap0,iface=fl-dp,mac=02:00:00:00:00:2a");

@@ -189,8 +189,8 @@ fn serve_port(
             deepen_tap_queue(tap, sw.tap_queue_len());
         }
     }
-    if let Some(veth) = veth {
-        veth.kernel_side_up()?;
+    if let (Some(veth), Some(sw)) = (veth, &d.software) {
+        veth.port_started(&sw.device, port.mac())?;
     }
     let mac = port.mac();
     // With a control plane, VIPs of every mode may arrive at any time: have

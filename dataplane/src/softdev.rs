@@ -27,6 +27,9 @@
 //!   the pair when the pipe closes without the word `done`, i.e. when the
 //!   dataplane died without running [`Veth`]'s drop (SIGKILL, abort). A clean
 //!   exit deletes the pair itself and then sends `done`.
+//! * af_packet: frames reaching the DPDK side go no further than the packet
+//!   taps: the side's kernel MAC differs from the port's, so the kernel's own
+//!   stack drops them at once instead of routing them ([`Veth::port_started`]).
 //! * Only `ip` and `ethtool` are run, on these two interfaces; nothing else of
 //!   the host is touched.
 
@@ -157,8 +160,25 @@ impl Veth {
         Ok(())
     }
 
-    /// Brings the kernel side up: call once the DPDK port is started.
-    pub fn kernel_side_up(&self) -> Result<(), VethError> {
+    /// Once the port has started: af_packet only, the DPDK side's kernel MAC
+    /// is changed to one the port does not use (the PMD read the port's at
+    /// probe and keeps it). Why: an AF_PACKET socket gets a copy of each
+    /// frame, and the frame itself goes on into the kernel's own stack on the
+    /// DPDK side, on the CPU of whoever sent it; addressed to the interface's
+    /// own MAC it would be routed (and refused: not ours, no forwarding),
+    /// addressed to another MAC it is PACKET_OTHERHOST and `ip_rcv` drops it
+    /// first thing. (XDP's redirect to an AF_XDP socket consumes the frame.)
+    pub fn port_started(&self, device: &SoftDevice, port_mac: [u8; 6]) -> Result<(), VethError> {
+        if matches!(device, SoftDevice::AfPacket(_)) {
+            let mut other = port_mac;
+            other[5] ^= 0x01;
+            run("ip", &["link", "set", "dev", &self.dpdk, "address", &crate::config::mac_text(other)])?;
+        }
+        self.kernel_side_up()
+    }
+
+    /// Brings the kernel side up.
+    fn kernel_side_up(&self) -> Result<(), VethError> {
         run("ip", &["link", "set", "dev", &self.kernel, "up"]).map(drop)
     }
 

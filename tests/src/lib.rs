@@ -64,7 +64,7 @@ pub enum SoftDevice {
 
 /// The device tests run on unless `FULCRUM_SOFT_DEVICE` says otherwise: the
 /// fastest that works here (`scripts/bench.sh devices` measures them).
-pub const DEFAULT_SOFT_DEVICE: SoftDevice = SoftDevice::AfXdp;
+pub const DEFAULT_SOFT_DEVICE: SoftDevice = SoftDevice::AfPacket;
 
 impl SoftDevice {
     pub const ALL: [SoftDevice; 3] = [SoftDevice::Tap, SoftDevice::AfPacket, SoftDevice::AfXdp];
