@@ -7,7 +7,7 @@
 //!   would have put a tap, so `scripts/topology.sh attach` handles both alike;
 //!   the DPDK side is `<name>-d` ([`crate::config::veth_peer_name`]).
 //! * The kernel side is brought up only once the DPDK port is started
-//!   ([`Veth::kernel_side_up`]): "up" means "the dataplane is receiving", as
+//!   ([`Veth::port_started`]): "up" means "the dataplane is receiving", as
 //!   it does for a tap (net_tap sets its interface up in `rte_eth_dev_start`).
 //! * The kernel side transmits finished frames only: transmit checksum
 //!   offload, TSO and GSO are off on it, and GRO is off on the DPDK side.
@@ -19,9 +19,10 @@
 //!   that state, and DPDK's af_packet PMD ignores TP_STATUS_CSUMNOTREADY and
 //!   truncates to its frame size. With the offloads off on the interface the
 //!   kernel transmits into, `validate_xmit_skb` finishes checksums and
-//!   segments before the veth hands the frame over. (A frame that still
-//!   arrives with a bad checksum is dropped and counted by the engine:
-//!   `drop_bad_checksum` for a SYN, smoltcp's checksum check for the rest.)
+//!   segments before the veth hands the frame over. (A SYN that still
+//!   arrives unfinished is dropped before admission and counted,
+//!   `proxy.drop_bad_checksum`; smoltcp drops any other such segment by its
+//!   own checksum check, not counted apart.)
 //! * The pair goes with the process, as a tap does, however it ends: a
 //!   watcher (`sh`, in its own process group) holds a pipe from us and deletes
 //!   the pair when the pipe closes without the word `done`, i.e. when the
