@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks Fulcrum against a reference, on this machine alone, in one run.
 #
-#   scripts/bench.sh proxy   [--duration SECONDS] [--connections N] [--prefix P]
+#   scripts/bench.sh proxy   [--duration SECONDS] [--connections N] [--prefix P] [--device D]
+#   scripts/bench.sh devices [--duration SECONDS] [--connections N] [--prefix P]
+#                            (proxy VIP on each software device: tap, af_packet, af_xdp)
 #   scripts/bench.sh forward   (packets/s through the forwarding path vs testpmd macswap)
 #   scripts/bench.sh synflood  (SYN cookies/s on one lcore vs testpmd macswap on the same SYNs)
 #   scripts/bench.sh scale     (proxy engine instructions per request and per new connection vs open connections)
@@ -15,7 +17,8 @@
 # (198.18.0.21-23:8080, keepalive on) and iperf3 servers (:5201) in the backend
 # namespaces, then measures, with the same client tools from the client namespace:
 #
-#   1. Fulcrum (release binary, one lcore, net_tap, --no-pci), proxy VIPs
+#   1. Fulcrum (release binary, one lcore, --no-pci, on software device D: af_packet
+#      unless --device or FULCRUM_SOFT_DEVICE says tap or af_xdp), proxy VIPs
 #        198.18.1.1:80   -> nginx 8080 (Maglev, per-connection placement)
 #        198.18.1.2:5201 -> iperf3 5201 (affinity "client": all of a test's streams
 #                           reach the same iperf3 server)
@@ -43,6 +46,17 @@
 # calls; the kernel's TCP receive work for its packets mostly runs in softirq on
 # the sender's side and is not counted). Prints us/request per N and 10k/100.
 # Every run is bounded (--duration, default 10 s each); every wait is bounded.
+#
+# devices: the same topology, backends and Fulcrum VIPs as proxy (no HAProxy), with
+# the dataplane started once per software device, one after the other: tap
+# (net_tap), af_packet and af_xdp (a veth pair the dataplane creates; see
+# dataplane/src/softdev.rs). Each gets the same port MAC, so the peers' ARP caches
+# stay right across restarts. Per device: wrk requests/s with a new connection per
+# request and with keep-alive, iperf3 Gbit/s with one stream, and the lcore's busy
+# time per request (busy_ns over the two wrk runs / their requests; in software mode
+# it includes the device's system calls: a tap's read/write, af_packet's sendto, ...)
+# and, when `perf stat -e cycles:u` works here, user-space cycles per request of the
+# lcore thread. Prints one table, with each device's ratio to tap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -1501,21 +1515,25 @@ usage() { sed -n '2,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2;
 
 [ $# -ge 1 ] || usage
 WHAT=$1; shift
-[ "$WHAT" = proxy ] || usage
+[ "$WHAT" = proxy ] || [ "$WHAT" = devices ] || usage
 DURATION=10
 CONNS=64
 P=bench
+# The software device of `proxy` (the fastest here by `bench.sh devices`).
+DEVICE=${FULCRUM_SOFT_DEVICE:-af_packet}
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
         --connections) CONNS=$2; shift 2 ;;
         --prefix) P=$2; shift 2 ;;
+        --device) DEVICE=$2; shift 2 ;;
         -h|--help) usage ;;
         *) die "unknown argument: $1" ;;
     esac
 done
 [[ "$DURATION" =~ ^[0-9]+$ ]] && [ "$DURATION" -ge 1 ] && [ "$DURATION" -le 300 ] || die "--duration: 1..300 seconds"
 [[ "$CONNS" =~ ^[0-9]+$ ]] && [ "$CONNS" -ge 1 ] && [ "$CONNS" -le 5000 ] || die "--connections: 1..5000"
+case "$DEVICE" in tap|af_packet|af_xdp) ;; *) die "--device: tap, af_packet or af_xdp, not '$DEVICE'" ;; esac
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, DPDK)"
 for t in nginx haproxy wrk iperf3 jq; do
     command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"
@@ -1864,15 +1882,103 @@ measure() {
     done
 }
 
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
+}
+
+# ---------------------------------------------------------------------------- devices
+
+# lcore_cycles_start: `perf stat -e cycles:u` on the dataplane's lcore thread (lcore 0
+# is EAL's main thread: the process's first thread) into $WORK/perf.out; sets PERF_PID,
+# empty when perf cannot count cycles here. lcore_cycles_stop: prints the count, or n/a.
+PERF_OK=""
+lcore_cycles_start() {
+    PERF_PID=""
+    if [ -z "$PERF_OK" ]; then
+        PERF_OK=no
+        command -v perf >/dev/null && perf stat -x, -e cycles:u true 2>&1 | grep -q '^[0-9]' && PERF_OK=yes
+    fi
+    [ "$PERF_OK" = yes ] || return 0
+    perf stat -x, -e cycles:u -t "$DP_PID" -o "$WORK/perf.out" >/dev/null 2>&1 &
+    PERF_PID=$!
+}
+lcore_cycles_stop() {
+    if [ -z "$PERF_PID" ]; then echo n/a; return 0; fi
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    awk -F, '$3 ~ /cycles/ && $1 ~ /^[0-9]+$/ { print $1; f = 1 } END { if (!f) print "n/a" }' "$WORK/perf.out" 2>/dev/null || echo n/a
+}
+
+# per_request TOTAL RPS: TOTAL / (RPS x DURATION), or nan.
+per_request() {
+    awk -v t="$1" -v r="$2" -v d="$DURATION" -v scale="${3:-1}" 'BEGIN {
+        if (t == "n/a" || t == "nan" || r == "nan" || r + 0 == 0) print "n/a"; else printf "%.0f", t / scale / (r * d) }'
+}
+
+# device_measure DEVICE: requests/s (short, keep-alive), iperf3 1 stream, and the
+# lcore's busy ns and user cycles per request of each wrk run, into R[DEVICE.*].
+device_measure() {
+    local dev=$1 b0 b1 c kind
+    for kind in close ka; do
+        say "$dev: wrk, $([ $kind = close ] && echo 'new connection per request (Connection: close)' || echo keepalive), ${DURATION}s, $CONNS connections"
+        b0=$(fulcrum_cost)
+        lcore_cycles_start
+        if [ $kind = close ]; then
+            read -r R[$dev.close.rps] R[$dev.close.p50] R[$dev.close.p99] R[$dev.close.err] \
+                <<<"$(wrk_run "http://198.18.1.1/" -H 'Connection: close')"
+        else
+            read -r R[$dev.ka.rps] R[$dev.ka.p50] R[$dev.ka.p99] R[$dev.ka.err] <<<"$(wrk_run "http://198.18.1.1/")"
+        fi
+        c=$(lcore_cycles_stop)
+        b1=$(fulcrum_cost)
+        R[$dev.$kind.busy]=$(per_request "$((b1 - b0))" "${R[$dev.$kind.rps]}")
+        R[$dev.$kind.cycles]=$(per_request "$c" "${R[$dev.$kind.rps]}")
+        echo "    lcore busy $(( (b1 - b0) / 1000000 )) ms: ${R[$dev.$kind.busy]} ns/request; cycles:u/request ${R[$dev.$kind.cycles]}" >&2
+    done
+    say "$dev: iperf3, 1 stream, ${DURATION}s"
+    R[$dev.iperf1]=$(iperf_run 198.18.1.2 1)
+}
+
+DEVICES=(tap af_packet af_xdp)
+devices_main() {
+    local dev
+    for dev in "${DEVICES[@]}"; do
+        fulcrum_start "$dev"
+        device_measure "$dev"
+        fulcrum_stop
+    done
+    echo
+    echo "Software devices, proxy VIP, one Fulcrum lcore ($NCPU cores; ${DURATION}s per run; wrk -t2 -c$CONNS$([ "$NCPU" -ge 2 ] && echo "; lcore on CPU 0, client and backends on CPU 1-$((NCPU - 1))"))"
+    echo "busy ns/req: the lcore's busy time (iterations with work, device system calls included) per request"
+    printf '%-10s %12s %12s %10s %13s %13s %12s %12s %9s %9s %9s\n' device "short req/s" "ka req/s" "1s Gbit/s" \
+        "short ns/req" "ka ns/req" "short cyc/r" "ka cyc/r" "short/tap" "ka/tap" "Gb/tap"
+    for dev in "${DEVICES[@]}"; do
+        printf '%-10s %12s %12s %10s %13s %13s %12s %12s %9s %9s %9s\n' "$dev" "${R[$dev.close.rps]}" "${R[$dev.ka.rps]}" \
+            "${R[$dev.iperf1]}" "${R[$dev.close.busy]}" "${R[$dev.ka.busy]}" "${R[$dev.close.cycles]}" "${R[$dev.ka.cycles]}" \
+            "$(ratio "${R[$dev.close.rps]}" "${R[tap.close.rps]}")" "$(ratio "${R[$dev.ka.rps]}" "${R[tap.ka.rps]}")" \
+            "$(ratio "${R[$dev.iperf1]}" "${R[tap.iperf1]}")"
+    done
+    echo "errors (short, keep-alive): $(for dev in "${DEVICES[@]}"; do printf '%s %s/%s  ' "$dev" "${R[$dev.close.err]}" "${R[$dev.ka.err]}"; done)"
+    [ "$PERF_OK" = yes ] || echo "(cyc/r n/a: perf stat -e cycles:u is not supported on this machine)"
+}
+
 # ---------------------------------------------------------------------------- Fulcrum
 
-say "Fulcrum: $DP_BIN, one lcore"
-cat >"$WORK/fulcrum.toml" <<CONF
+# The port's MAC on every device (the peers' ARP caches stay right when
+# `devices` restarts the dataplane on another one).
+DP_MAC=02:00:00:00:00:02
+
+# fulcrum_start DEVICE: the dataplane on DEVICE with the proxy VIPs, ready,
+# attached, warmed up; its pid in DP_PID, its stats in $WORK/stats.json.
+fulcrum_start() {
+    local device=$1
+    say "Fulcrum: $DP_BIN, one lcore, software device $device"
+    cat >"$WORK/fulcrum.toml" <<CONF
 [dataplane]
 address = "198.18.0.2/24"
 lcores = "0"
 file_prefix = "$P"
-software = { tap = "$P-dp" }
+software = { $device = "$P-dp", mac = "$DP_MAC" }
 
 [[vip]]
 address = "198.18.1.1"
@@ -1896,40 +2002,59 @@ backends = [
   { address = "198.18.0.23", port = 5201, weight = 1 },
 ]
 CONF
-nsx fab "$DP_BIN" --config "$WORK/fulcrum.toml" --stats-file "$WORK/stats.json" >"$WORK/dataplane.log" 2>&1 &
-DP_PID=$!
-for _ in $(seq 300); do
-    grep -q ' ready: ' "$WORK/dataplane.log" && break
-    kill -0 "$DP_PID" 2>/dev/null || { cat "$WORK/dataplane.log" >&2; die "the dataplane exited"; }
-    sleep 0.1
-done
-grep -q ' ready: ' "$WORK/dataplane.log" || { cat "$WORK/dataplane.log" >&2; die "the dataplane was not ready in 30 s"; }
-scripts/topology.sh attach --prefix "$P" --tap "$P-dp" 2>&1 | tail -n 1 >&2
-wait_tcp cli 198.18.1.1 80
-wait_tcp cli 198.18.1.2 5201
-# Warm-up (not measured), 4 s of short connections: the dataplane resolves a
-# backend's MAC on first use, and smoltcp sends at most one ARP request per second,
-# so the first connections to each backend can fail over while that happens; an
-# iperf3 test whose control connection failed over would have its streams on another
-# server. (Its ARP requests sent at start-up went out before the tap was on the
-# bridge.)
-say "Fulcrum: warm-up, 4 s"
-nsx cli timeout 20 wrk -t1 -c8 -d4s -H 'Connection: close' http://198.18.1.1/ >/dev/null 2>&1 || true
-jq -c '[.vips[0].backends[] | {address, opened, connect_failures}]' "$WORK/stats.json" >&2 || true
+    rm -f "$WORK/stats.json"
+    # Not through nsx (a function: $! would be the subshell's pid, not the dataplane's).
+    ip netns exec "$P-fab" "$DP_BIN" --config "$WORK/fulcrum.toml" --stats-file "$WORK/stats.json" >"$WORK/dataplane.log" 2>&1 &
+    DP_PID=$!
+    for _ in $(seq 300); do
+        grep -q ' ready: ' "$WORK/dataplane.log" && break
+        kill -0 "$DP_PID" 2>/dev/null || { cat "$WORK/dataplane.log" >&2; die "the dataplane exited"; }
+        sleep 0.1
+    done
+    grep -q ' ready: ' "$WORK/dataplane.log" || { cat "$WORK/dataplane.log" >&2; die "the dataplane was not ready in 30 s"; }
+    scripts/topology.sh attach --prefix "$P" --tap "$P-dp" 2>&1 | tail -n 1 >&2
+    wait_tcp cli 198.18.1.1 80
+    wait_tcp cli 198.18.1.2 5201
+    # Warm-up (not measured), 4 s of short connections: the dataplane resolves a
+    # backend's MAC on first use, and smoltcp sends at most one ARP request per second,
+    # so the first connections to each backend can fail over while that happens; an
+    # iperf3 test whose control connection failed over would have its streams on another
+    # server. (Its ARP requests sent at start-up went out before the tap was on the
+    # bridge.)
+    say "Fulcrum: warm-up, 4 s"
+    nsx cli timeout 20 wrk -t1 -c8 -d4s -H 'Connection: close' http://198.18.1.1/ >/dev/null 2>&1 || true
+    jq -c '[.vips[0].backends[] | {address, opened, connect_failures}]' "$WORK/stats.json" >&2 || true
+}
 
-measure fulcrum 198.18.1.1 198.18.1.2
+# fulcrum_stop: SIGINT (bounded), its exit report and the VIPs' counters.
+fulcrum_stop() {
+    say "Fulcrum: stop (SIGINT)"
+    kill -INT "$DP_PID"
+    for _ in $(seq 100); do kill -0 "$DP_PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$DP_PID" 2>/dev/null; then kill -KILL "$DP_PID"; fi
+    wait "$DP_PID" 2>/dev/null || true
+    DP_PID=""
+    grep -E 'mbufs in use|signal received|ERROR' "$WORK/dataplane.log" >&2 || true
+    # Its interface (tap, or veth) goes with it; the next start needs the name.
+    for _ in $(seq 100); do nsx fab ip link show dev "$P-dp" >/dev/null 2>&1 || break; sleep 0.1; done
+    if nsx fab ip link show dev "$P-dp" >/dev/null 2>&1; then
+        tail -n 5 "$WORK/dataplane.log" >&2
+        die "$P-dp still exists 10 s after the dataplane exited"
+    fi
+    if [ -s "$WORK/stats.json" ]; then
+        jq -c '.vips[]? | {vip: "\(.address):\(.port)", accepted, drop_connect_failed, drop_limit, drop_no_port,
+            backends: [.backends[] | {address, opened, connect_failures}]}' "$WORK/stats.json" >&2 || true
+    fi
+}
 
-say "Fulcrum: stop (SIGINT)"
-kill -INT "$DP_PID"
-for _ in $(seq 100); do kill -0 "$DP_PID" 2>/dev/null || break; sleep 0.1; done
-if kill -0 "$DP_PID" 2>/dev/null; then kill -KILL "$DP_PID"; fi
-wait "$DP_PID" 2>/dev/null || true
-DP_PID=""
-grep -E 'mbufs in use' "$WORK/dataplane.log" >&2 || true
-if [ -s "$WORK/stats.json" ]; then
-    jq -c '.vips[]? | {vip: "\(.address):\(.port)", accepted, drop_connect_failed, drop_limit, drop_no_port,
-        backends: [.backends[] | {address, opened, connect_failures}]}' "$WORK/stats.json" >&2 || true
+if [ "$WHAT" = devices ]; then
+    devices_main
+    exit 0
 fi
+
+fulcrum_start "$DEVICE"
+measure fulcrum 198.18.1.1 198.18.1.2
+fulcrum_stop
 
 # ---------------------------------------------------------------------------- HAProxy
 
@@ -1985,9 +2110,6 @@ HA_PID=""
 
 # ---------------------------------------------------------------------------- table
 
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "n/a" || b == "n/a" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
-}
 row() {
     local name=$1 key=$2
     printf '%-44s %12s %12s %10s\n' "$name" "${R[fulcrum.$key]}" "${R[haproxy.$key]}" "$(ratio "${R[fulcrum.$key]}" "${R[haproxy.$key]}")"

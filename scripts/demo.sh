@@ -2,7 +2,8 @@
 # Fulcrum in software mode, end to end, on this machine alone:
 # sets up what it needs, builds, brings up the standard topology (network
 # namespaces on 198.18.0.0/24), starts three real nginx backends and the real
-# DPDK dataplane on net_tap (--no-pci: the host's NICs are never touched)
+# DPDK dataplane on a software device (--no-pci: the host's NICs are never touched;
+# af_packet on a veth pair the dataplane creates, or FULCRUM_SOFT_DEVICE=tap|af_xdp)
 # with the control plane beside it (VIP, backends and HTTP health checks come
 # from it through shared memory), pings the dataplane, sends real HTTP
 # requests from the client namespace through the VIP 198.18.1.1:80, prints
@@ -26,6 +27,9 @@ ROOT=$PWD
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 P=${FULCRUM_DEMO_PREFIX:-demo}
 REQUESTS=${FULCRUM_DEMO_REQUESTS:-300}
+# The dataplane's software device: `[dataplane] software = { DEVICE = "P-dp" }`.
+DEVICE=${FULCRUM_SOFT_DEVICE:-af_packet}
+case "$DEVICE" in tap|af_packet|af_xdp) ;; *) echo "demo: FULCRUM_SOFT_DEVICE must be tap, af_packet or af_xdp: '$DEVICE'" >&2; exit 2 ;; esac
 VIP=198.18.1.1
 ROUTER=198.18.0.254
 
@@ -146,7 +150,7 @@ address = "$addr/24"
 lcores = "$lcore"
 file_prefix = "$prefix"
 shm = "$shm"
-software = { tap = "$tap" }
+software = { $DEVICE = "$tap" }
 ${extra}
 CONF
     sed -i '${/^$/d}' "$d/fulcrum.toml"

@@ -20,6 +20,7 @@ PACKAGES=(
     curl python3-scapy
     nginx-light socat ncat iperf3 wrk haproxy
     tcpdump procps
+    ethtool
     bird2
 )
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Build and test Fulcrum: setup, release build of every binary, then every crate's unit
-# tests and the integration tests (real dataplane on net_tap in network namespaces),
-# one test at a time. Leftover test topologies (prefix t + 5 hex digits) are removed on
-# exit, whatever happened.
+# tests and the integration tests (real dataplane in network namespaces, on the
+# harness's default software device, or FULCRUM_SOFT_DEVICE=tap|af_packet|af_xdp),
+# one test at a time, and then a smoke set on net_tap (FULCRUM_SMOKE_DEVICE to change
+# it): the demo path (dataplane and control plane up, ARP, ping, clean exit), a proxy
+# VIP, DSR and FullNAT, and the outside client through the router. Leftover test
+# topologies (prefix t + 5 hex digits) are removed on exit, whatever happened.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -110,4 +113,25 @@ fi
 run_tests() {
     cargo test --release --workspace -- --test-threads=1 2>&1 | tee "$LOG"
 }
-step test run_tests
+# The smoke set on the other device: "<test binary> <test name>".
+SMOKE_DEVICE=${FULCRUM_SMOKE_DEVICE:-tap}
+SMOKE=(
+    "foundation ping_and_arp"
+    "foundation sigterm_clean_exit_of_both_daemons"
+    "proxy http_spread_equal_weights"
+    "forward dsr_http_and_iperf3"
+    "forward fullnat_http_and_iperf3"
+    "edge outside_client_through_the_router"
+)
+run_smoke() {
+    local entry bin name
+    for entry in "${SMOKE[@]}"; do
+        read -r bin name <<<"$entry"
+        FULCRUM_SOFT_DEVICE=$SMOKE_DEVICE cargo test --release -p fulcrum-tests --test "$bin" -- \
+            --test-threads=1 --exact "$name" 2>&1 | tee -a "$LOG" || return 1
+    done
+}
+RC=0
+step test run_tests || RC=1
+step "smoke-$SMOKE_DEVICE" run_smoke || RC=1
+exit "$RC"

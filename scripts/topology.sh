@@ -45,8 +45,9 @@
 # (a leftover topology means an earlier run did not clean up; run `down` first).
 # On failure half way, `up` removes what it created.
 # `down` is idempotent: it succeeds when nothing exists.
-# `attach` waits (bounded, --timeout, default 20 s) for the dataplane's tap interface to
-# appear in P-fab or in the root namespace and be brought up by the DPDK port's start
+# `attach` waits (bounded, --timeout, default 20 s) for the dataplane's interface (a tap,
+# or the kernel side of the veth an af_packet/af_xdp dataplane creates: the same to
+# this script) to appear in P-fab or in the root namespace and be brought up once the DPDK port has started
 # (so it may be run right after launching the dataplane), moves it into P-fab if needed,
 # gives its kernel side a MAC that differs from the DPDK port's (see cmd_attach),
 # enslaves it to br0 and sets it up.
@@ -589,13 +590,16 @@ cmd_down() {
     if tap_in_root; then
         ip link delete dev "$TAP" 2>/dev/null || log "down: warning: could not delete $TAP"
     fi
-    # Instances' taps (P-dp2..) left in the root namespace.
-    for ((k = 2; k <= MAX_INSTANCES; k++)); do
-        t=$(inst_tap "$k")
-        [ "$t" != "$TAP" ] || continue
-        if ip link show dev "$t" >/dev/null 2>&1; then
-            ip link delete dev "$t" 2>/dev/null || log "down: warning: could not delete $t"
-        fi
+    # Instances' taps (P-dp2..) left in the root namespace, and the DPDK sides
+    # (NAME-d) of veth pairs an af_packet/af_xdp dataplane running in the root
+    # namespace left there (deleting either side of a veth deletes both).
+    for ((k = 1; k <= MAX_INSTANCES; k++)); do
+        for t in "$(inst_tap "$k")" "$(inst_tap "$k")-d"; do
+            [ "$t" != "$TAP" ] || continue
+            if ip link show dev "$t" >/dev/null 2>&1; then
+                ip link delete dev "$t" 2>/dev/null || log "down: warning: could not delete $t"
+            fi
+        done
     done
     # DPDK runtime dirs for --file-prefix P and every P-<suffix> (P-dpk of instances
     # k >= 2, or any other dataplane a test starts in this topology: the `-` keeps

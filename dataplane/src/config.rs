@@ -205,7 +205,7 @@ pub struct Dataplane {
     /// generations (the file's VIPs serve until the first one arrives), and
     /// counters and a heartbeat go back through it.
     pub shm: Option<std::path::PathBuf>,
-    /// Software mode: a `net_tap` virtual device stands in for the NIC.
+    /// Software mode: a virtual device stands in for the NIC (see [`Software`]).
     pub software: Option<Software>,
     /// Hardware mode: the one PCI device the operator names.
     pub hardware: Option<Hardware>,
@@ -242,19 +242,18 @@ impl RouteEntry {
     }
 }
 
+/// `[dataplane] software`: the device standing in for a NIC, and EAL's memory.
+///
+/// Written with exactly one device key, e.g. `software = { tap = "fl-dp" }`,
+/// `software = { af_packet = "fl-dp" }`, `software = { af_xdp = "fl-dp" }` or
+/// `software = { vdev = "net_pcap0,..." }`; which one is [`Software::device`].
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SoftwareFile")]
 pub struct Software {
-    /// Name of the kernel tap interface the port creates (at most 15 bytes).
-    pub tap: Option<String>,
-    /// Instead of a tap: any DPDK virtual device, e.g. for benchmarks with no
-    /// kernel in the path (`net_pcap0,rx_pcap=flows.pcap,infinite_rx=1,...`).
-    /// PCI devices are still never probed (`--no-pci`).
-    pub vdev: Option<String>,
-    #[serde(default)]
+    pub device: SoftDevice,
+    /// Whether EAL uses hugepages (`"auto"`, `"on"`, `"off"`).
     pub hugepages: Hugepages,
     /// Memory for EAL, in MiB, when running without hugepages.
-    #[serde(default = "defaults::no_huge_memory_mb")]
     pub no_huge_memory_mb: u32,
     /// Frames the kernel queues on the tap towards the dataplane (the
     /// interface's `txqueuelen`; only with `tap`). net_tap has no descriptor
@@ -262,6 +261,186 @@ pub struct Software {
     /// kernel's default (1000) drops most of a burst of many connections'
     /// first windows. See [`Software::tap_queue_len`].
     pub tap_queue_len: Option<u32>,
+    /// The port's MAC (`"02:00:00:00:00:01"`), so that a restarted dataplane
+    /// keeps its address as a restarted machine keeps its NIC's. Absent: the
+    /// device's own (net_tap's random one; the veth's).
+    pub mac: Option<[u8; 6]>,
+}
+
+/// The software device: one concept, one place. Every kind but `Vdev` has a
+/// kernel interface named by the operator, in the dataplane's own network
+/// namespace, that `scripts/topology.sh attach` puts on a bridge; the
+/// dataplane never touches anything else of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SoftDevice {
+    /// `net_tap`: DPDK creates the kernel interface (a tap) itself. Every
+    /// frame is a read or write system call on the lcore.
+    Tap(String),
+    /// `net_af_packet` on a veth pair the dataplane creates: the kernel side
+    /// has the operator's name, the DPDK side [`veth_peer_name`]. Frames are
+    /// copied through PACKET_MMAP rings; one `sendto` kicks a whole burst.
+    AfPacket(String),
+    /// `net_af_xdp` on such a veth pair (XDP on the DPDK side, copy mode).
+    AfXdp(String),
+    /// Any DPDK virtual device, given as EAL's `--vdev` argument (benchmarks
+    /// with no kernel in the path: `net_pcap0,rx_pcap=...`, `net_memif0,...`).
+    Vdev(String),
+}
+
+/// Largest kernel interface name for `af_packet`/`af_xdp`: the DPDK side's
+/// name adds [`VETH_PEER_SUFFIX`] and must fit IFNAMSIZ - 1 = 15 bytes.
+pub const VETH_NAME_MAX: usize = 15 - VETH_PEER_SUFFIX.len();
+/// Appended to the kernel side's name to name the DPDK side of the veth.
+pub const VETH_PEER_SUFFIX: &str = "-d";
+
+/// The DPDK side of the veth whose kernel side is `iface`.
+pub fn veth_peer_name(iface: &str) -> String {
+    format!("{iface}{VETH_PEER_SUFFIX}")
+}
+
+impl SoftDevice {
+    /// The key it is written with in `[dataplane] software`.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SoftDevice::Tap(_) => "tap",
+            SoftDevice::AfPacket(_) => "af_packet",
+            SoftDevice::AfXdp(_) => "af_xdp",
+            SoftDevice::Vdev(_) => "vdev",
+        }
+    }
+
+    /// The kernel interface the operator attaches (tap or veth kernel side).
+    pub fn kernel_iface(&self) -> Option<&str> {
+        match self {
+            SoftDevice::Tap(n) | SoftDevice::AfPacket(n) | SoftDevice::AfXdp(n) => Some(n),
+            SoftDevice::Vdev(_) => None,
+        }
+    }
+
+    /// The veth pair the dataplane creates: `(kernel side, DPDK side)`.
+    pub fn veth(&self) -> Option<(&str, String)> {
+        match self {
+            SoftDevice::AfPacket(n) | SoftDevice::AfXdp(n) => Some((n, veth_peer_name(n))),
+            SoftDevice::Tap(_) | SoftDevice::Vdev(_) => None,
+        }
+    }
+
+    /// EAL's `--vdev` value. `queues`: the lcores' RX/TX queue pairs (the
+    /// kernel spreads flows over af_packet's and af_xdp's queues itself).
+    pub fn eal_vdev(&self, queues: usize, mac: Option<[u8; 6]>) -> String {
+        match self {
+            SoftDevice::Tap(n) => match mac {
+                Some(m) => format!("net_tap0,iface={n},mac={}", mac_text(m)),
+                None => format!("net_tap0,iface={n}"),
+            },
+            // TPACKET_V2 rings: 2048-byte frames hold a 1514-byte frame and
+            // the ring header; 4096 frames a queue (8 MiB of ring each way)
+            // absorb bursts of many connections' first windows, as the tap's
+            // deep kernel queue does. qdisc_bypass: our frames go straight to
+            // the veth's xmit (it has no queue to speak of anyway).
+            SoftDevice::AfPacket(n) => format!(
+                "net_af_packet0,iface={},qpairs={queues},blocksz=4096,framesz=2048,framecnt=4096,qdisc_bypass=1",
+                veth_peer_name(n)
+            ),
+            // Queues count from 0 on the veth's (one per lcore); copy mode is
+            // what a veth offers (no zero-copy driver support).
+            SoftDevice::AfXdp(n) => format!("net_af_xdp0,iface={},start_queue=0,queue_count={queues}", veth_peer_name(n)),
+            SoftDevice::Vdev(v) => v.clone(),
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// `[dataplane] software` as written; [`Software`] is what it means.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SoftwareFile {
+    tap: Option<String>,
+    af_packet: Option<String>,
+    af_xdp: Option<String>,
+    vdev: Option<String>,
+    #[serde(default)]
+    hugepages: Hugepages,
+    #[serde(default = "defaults::no_huge_memory_mb")]
+    no_huge_memory_mb: u32,
+    tap_queue_len: Option<u32>,
+    mac: Option<String>,
+}
+
+impl TryFrom<SoftwareFile> for Software {
+    type Error = String;
+
+    fn try_from(f: SoftwareFile) -> Result<Self, String> {
+        let iface = |key: &str, name: String, max: usize| {
+            let ok = !name.is_empty()
+                && name.len() <= max
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if ok {
+                Ok(name)
+            } else {
+                Err(format!(
+                    "dataplane.software.{key}: {name:?} is not a valid interface name (1 to {max} of A-Z a-z 0-9 - _ .)"
+                ))
+            }
+        };
+        let given = [f.tap.is_some(), f.af_packet.is_some(), f.af_xdp.is_some(), f.vdev.is_some()];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err("dataplane.software: set exactly one of `tap`, `af_packet`, `af_xdp` and `vdev`".into());
+        }
+        let device = if let Some(n) = f.tap {
+            SoftDevice::Tap(iface("tap", n, 15)?)
+        } else if let Some(n) = f.af_packet {
+            SoftDevice::AfPacket(iface("af_packet", n, VETH_NAME_MAX)?)
+        } else if let Some(n) = f.af_xdp {
+            SoftDevice::AfXdp(iface("af_xdp", n, VETH_NAME_MAX)?)
+        } else {
+            let vdev = f.vdev.unwrap_or_default();
+            if !vdev.starts_with("net_") || vdev.chars().any(char::is_whitespace) {
+                return Err(format!("dataplane.software.vdev: {vdev:?} is not a DPDK virtual device like net_pcap0,..."));
+            }
+            SoftDevice::Vdev(vdev)
+        };
+        if f.no_huge_memory_mb < 64 {
+            return Err("dataplane.software.no_huge_memory_mb: at least 64 is needed".into());
+        }
+        match f.tap_queue_len {
+            Some(_) if !matches!(device, SoftDevice::Tap(_)) => {
+                return Err("dataplane.software.tap_queue_len: only a `tap` has a kernel queue".into())
+            }
+            Some(n) if !(64..=1 << 20).contains(&n) => {
+                return Err(format!("dataplane.software.tap_queue_len: {n} is not in 64..=1048576"))
+            }
+            _ => {}
+        }
+        let mac = match f.mac {
+            None => None,
+            Some(_) if matches!(device, SoftDevice::Vdev(_)) => {
+                return Err("dataplane.software.mac: give a `vdev` its MAC in its own arguments".into())
+            }
+            Some(text) => Some(parse_unicast_mac(&text).ok_or_else(|| {
+                format!("dataplane.software.mac: {text:?} is not a unicast MAC like \"02:00:00:00:00:01\"")
+            })?),
+        };
+        Ok(Software { device, hugepages: f.hugepages, no_huge_memory_mb: f.no_huge_memory_mb, tap_queue_len: f.tap_queue_len, mac })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, not multicast (nor broadcast) and not all zeros.
+fn parse_unicast_mac(text: &str) -> Option<[u8; 6]> {
+    let mut m = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in &mut m {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    (parts.next().is_none() && m[0] & 1 == 0 && m != [0; 6]).then_some(m)
 }
 
 impl Software {
@@ -403,41 +582,15 @@ impl Config {
         match (&d.software, &d.hardware) {
             (Some(_), Some(_)) => return Err("dataplane: set either `software` or `hardware`, not both".into()),
             (None, None) => {
-                return Err("dataplane: set `software = { tap = \"NAME\" }` (net_tap, for trying Fulcrum) or `hardware = { pci = \"0000:03:00.0\" }`".into())
+                return Err("dataplane: set `software = { af_packet = \"NAME\" }` (or `tap`, `af_xdp`: for trying Fulcrum) or `hardware = { pci = \"0000:03:00.0\" }`".into())
             }
             _ => {}
         }
-        if let Some(sw) = &d.software {
-            match (&sw.tap, &sw.vdev) {
-                (Some(tap), None) => {
-                    let ok = !tap.is_empty()
-                        && tap.len() <= 15
-                        && tap.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                    if !ok {
-                        return Err(format!(
-                            "dataplane.software.tap: {tap:?} is not a valid interface name (1 to 15 of A-Z a-z 0-9 - _ .)"
-                        ));
-                    }
-                }
-                (None, Some(vdev)) => {
-                    if !vdev.starts_with("net_") || vdev.chars().any(char::is_whitespace) {
-                        return Err(format!("dataplane.software.vdev: {vdev:?} is not a DPDK virtual device like net_pcap0,..."));
-                    }
-                }
-                _ => return Err("dataplane.software: set exactly one of `tap` and `vdev`".into()),
-            }
-            if sw.no_huge_memory_mb < 64 {
-                return Err("dataplane.software.no_huge_memory_mb: at least 64 is needed".into());
-            }
-            match sw.tap_queue_len {
-                Some(_) if sw.tap.is_none() => {
-                    return Err("dataplane.software.tap_queue_len: only a `tap` has a kernel queue".into())
-                }
-                Some(n) if !(64..=1 << 20).contains(&n) => {
-                    return Err(format!("dataplane.software.tap_queue_len: {n} is not in 64..=1048576"))
-                }
-                _ => {}
-            }
+        if let (Some(SoftDevice::AfXdp(_)), n @ 2..) = (d.software.as_ref().map(|s| &s.device), d.lcores.0.len()) {
+            return Err(format!(
+                "dataplane.software.af_xdp: {n} lcores, but net_af_xdp takes one queue per combined channel and a veth \
+                 has none (it is given one): use one lcore, or af_packet or tap for several"
+            ));
         }
         if let Some(hw) = &d.hardware {
             if !is_pci_address(&hw.pci) {
@@ -596,11 +749,7 @@ impl Config {
         ];
         if let Some(sw) = &d.software {
             args.push("--no-pci".into());
-            match (&sw.tap, &sw.vdev) {
-                (Some(tap), _) => args.push(format!("--vdev=net_tap0,iface={tap}")),
-                (None, Some(vdev)) => args.push(format!("--vdev={vdev}")),
-                (None, None) => {}
-            }
+            args.push(format!("--vdev={}", sw.device.eal_vdev(d.lcores.0.len(), sw.mac)));
             let huge = match sw.hugepages {
                 Hugepages::On => true,
                 Hugepages::Off => false,
@@ -695,6 +844,38 @@ mod tests {
         assert!(!huge.contains(&"--no-huge".to_owned()));
         assert!(huge.contains(&"--huge-unlink".to_owned()));
         assert!(args.contains(&"--file-prefix=fulcrum".to_owned()));
+    }
+
+    #[test]
+    fn software_devices() {
+        let eal = |dev: &str| {
+            let c = parse(&format!("[dataplane]\naddress = \"198.18.0.2/24\"\nlcores = \"0-1\"\nmbufs = 8191\nsoftware = {{ {dev} }}\n")).unwrap();
+            let args = c.eal_args(false, &[]);
+            assert!(args.contains(&"--no-pci".to_owned()), "{args:?}");
+            let vdevs: Vec<String> = args.iter().filter(|a| a.starts_with("--vdev=")).cloned().collect();
+            assert_eq!(vdevs.len(), 1, "{args:?}");
+            (c.dataplane.software.unwrap().device, vdevs[0].clone())
+        };
+        let (d, v) = eal("af_packet = \"fl-dp\"");
+        assert_eq!(d, SoftDevice::AfPacket("fl-dp".into()));
+        assert_eq!(d.veth(), Some(("fl-dp", "fl-dp-d".to_owned())));
+        assert_eq!(d.kernel_iface(), Some("fl-dp"));
+        assert!(v.starts_with("--vdev=net_af_packet0,iface=fl-dp-d,qpairs=2,"), "{v}");
+        let e = parse("[dataplane]\naddress = \"198.18.0.2/24\"\nlcores = \"0-1\"\nmbufs = 8191\nsoftware = { af_xdp = \"fl-dp\" }\n").unwrap_err();
+        assert!(e.starts_with("dataplane.software.af_xdp: 2 lcores"), "{e}");
+        let c = parse("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"fl-dp\" }\n").unwrap();
+        assert_eq!(c.dataplane.software.as_ref().unwrap().device, SoftDevice::AfXdp("fl-dp".into()));
+        assert!(c.eal_args(false, &[]).contains(&"--vdev=net_af_xdp0,iface=fl-dp-d,start_queue=0,queue_count=1".to_owned()));
+        let (d, v) = eal("tap = \"fl-dp\", mac = \"02:00:00:00:00:2a\"");
+        assert_eq!((d.veth(), d.kernel_iface()), (None, Some("fl-dp")));
+        assert_eq!(v, "--vdev=net_tap0,iface=fl-dp,mac=02:00:00:00:00:2a");
+        let (d, v) = eal("vdev = \"net_null0\"");
+        assert_eq!((d.veth(), d.kernel_iface(), v.as_str()), (None, None, "--vdev=net_null0"));
+        // The DPDK side's name still fits IFNAMSIZ.
+        let longest = "a".repeat(VETH_NAME_MAX);
+        assert_eq!(veth_peer_name(&longest).len(), 15);
+        let c = parse(&format!("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = {{ af_xdp = \"{longest}\", mac = \"02:00:00:00:00:01\" }}\n")).unwrap();
+        assert_eq!(c.dataplane.software.unwrap().mac, Some([2, 0, 0, 0, 0, 1]));
     }
 
     #[test]
@@ -801,6 +982,15 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nfile_prefix = \"../x\"\n", "file_prefix"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\", tap_queue_len = 10 }\n", "tap_queue_len"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { vdev = \"net_null0\", tap_queue_len = 4096 }\n", "tap_queue_len"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", tap_queue_len = 4096 }\n", "dataplane.software.tap_queue_len: only a `tap`"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_xdp = \"fl0\" }\n", "exactly one of `tap`, `af_packet`, `af_xdp` and `vdev`"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { hugepages = \"off\" }\n", "exactly one"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fourteen-chars\" }\n", "dataplane.software.af_packet: \"fourteen-chars\" is not a valid interface name (1 to 13"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"a b\" }\n", "dataplane.software.af_xdp"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"fl0\", mac = \"01:00:00:00:00:01\" }\n", "dataplane.software.mac: \"01:00:00:00:00:01\" is not a unicast MAC"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\", mac = \"02:00:00:00:00\" }\n", "dataplane.software.mac"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { vdev = \"net_null0\", mac = \"02:00:00:00:00:01\" }\n", "dataplane.software.mac: give a `vdev`"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_pakcet = \"fl0\" }\n", "af_pakcet"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\ngateway = \"198.18.1.1\"\n", "dataplane.gateway: 198.18.1.1 is not on-link"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\ngateway = \"198.18.0.2\"\n", "dataplane.gateway: 198.18.0.2 is the dataplane's own address"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\ngateway = \"x\"\n", "gateway"),

@@ -10,8 +10,10 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 use std::collections::VecDeque;
 
-/// Largest frame the engine sends: a 1500-byte MTU plus the Ethernet header.
-pub const MAX_FRAME: usize = 1514;
+/// The IP MTU of the software devices the dataplane creates (veth pairs).
+pub const MTU: u16 = 1500;
+/// Largest frame the engine sends: the MTU plus the Ethernet header.
+pub const MAX_FRAME: usize = MTU as usize + 14;
 
 /// Frames waiting for the engine: a FIFO whose capacity is fixed at creation,
 /// so pushing never allocates.
@@ -98,8 +100,11 @@ impl<'a> phy::Device for MbufDevice<'_, 'a> {
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MAX_FRAME;
         caps.max_burst_size = Some(crate::dpdk::BURST);
-        // net_tap offloads nothing; all checksums are computed and verified
-        // in software.
+        // No device offloads anything (net_tap, af_packet and af_xdp cannot;
+        // a NIC's offloads are not enabled): all checksums are computed and
+        // verified in software. A frame whose checksum the kernel left
+        // unfinished (CHECKSUM_PARTIAL through a veth: see softdev) fails
+        // here and is dropped, counted by the engine.
         let mut checksum = ChecksumCapabilities::default();
         checksum.ipv4 = Checksum::Both;
         checksum.tcp = Checksum::Both;

@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod counters;
 mod device;
+mod softdev;
 mod stats;
 mod worker;
 
@@ -88,34 +89,62 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     })
     .context("installing the SIGINT/SIGTERM handler")?;
 
+    // af_packet / af_xdp: the veth pair exists before EAL probes the device,
+    // and is removed after the port is closed (when `veth` drops, last).
+    let veth = match &d.software {
+        Some(sw) => softdev::Veth::create(&sw.device, d.lcores.0.len(), sw.mac, device::MTU)?,
+        None => None,
+    };
     let eal = Eal::init(&args)?;
-    let result = serve(&config, &eal, stop, cli);
+    let result = serve(&config, &eal, stop, cli, veth.as_ref());
     drop(eal);
     remove_runtime_dir(&d.file_prefix);
     result
 }
 
-fn serve(config: &Config, eal: &Eal, stop: &AtomicBool, cli: &Cli) -> anyhow::Result<()> {
+fn serve(config: &Config, eal: &Eal, stop: &AtomicBool, cli: &Cli, veth: Option<&softdev::Veth>) -> anyhow::Result<()> {
     let d = &config.dataplane;
     let lcores = eal.lcores();
     let ports = Port::available();
     let Some(&port_id) = ports.first() else {
-        bail!("no DPDK port was probed (software mode needs net_tap; hardware mode needs the PCI device bound to a DPDK driver)");
+        bail!("no DPDK port was probed (software mode: is the device's PMD installed? hardware mode needs the PCI device bound to a DPDK driver)");
     };
     if ports.len() > 1 {
         bail!("{} ports were probed; this dataplane drives exactly one", ports.len());
     }
     let socket = eal.socket_of(eal.main_lcore());
     let pool = Mempool::new("fulcrum_mbufs", d.mbufs, MBUF_CACHE, socket)?;
-    let served = serve_port(config, eal, &pool, port_id, &lcores, stop, cli);
-    let in_use = pool.in_use();
+    let served = serve_port(config, eal, &pool, port_id, &lcores, stop, cli, veth);
+    // What the driver keeps at close by design (see `driver_kept_mbufs`) is
+    // not ours to return; anything beyond it is a leak.
+    let kept = served.as_ref().map_or(0, |k| *k).min(pool.in_use());
+    let in_use = pool.in_use() - kept;
     tracing::info!("mbufs in use: {in_use} of {}", pool.capacity());
+    if kept > 0 {
+        tracing::info!("mbufs kept by the driver at close: {kept} (net_af_xdp's fill and TX rings: DPDK 22.11 does not return them)");
+    }
     drop(pool);
     served?;
     if in_use != 0 {
         bail!("{in_use} mbufs were not returned to the pool");
     }
     Ok(())
+}
+
+/// Mbufs the driver may keep at close, for a driver that does: net_af_xdp
+/// (DPDK 22.11) fills its UMEM fill ring from our pool when a queue is set up
+/// (what it holds right after the port started) and refills it as frames
+/// arrive, and sent mbufs wait in its TX/completion rings (at most
+/// `tx_descriptors` a queue) until a later send collects them; its close only
+/// forgets the pool (`xdp_umem_destroy`), so neither comes back. Other drivers
+/// allocate on receive (net_tap, af_packet) or free their rings at close (NIC
+/// PMDs): 0, and every mbuf must come back.
+fn driver_kept_mbufs(config: &Config, pool: &Mempool) -> u32 {
+    let d = &config.dataplane;
+    match d.software.as_ref().map(|s| &s.device) {
+        Some(config::SoftDevice::AfXdp(_)) => pool.in_use() + d.lcores.0.len() as u32 * u32::from(d.tx_descriptors),
+        _ => 0,
+    }
 }
 
 /// Sets the kernel-side queue of our tap (`txqueuelen`), the only receive
@@ -134,6 +163,7 @@ fn deepen_tap_queue(tap: &str, len: u32) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve_port(
     config: &Config,
     eal: &Eal,
@@ -142,7 +172,8 @@ fn serve_port(
     lcores: &[dpdk::LcoreId],
     stop: &AtomicBool,
     cli: &Cli,
-) -> anyhow::Result<()> {
+    veth: Option<&softdev::Veth>,
+) -> anyhow::Result<u32> {
     let d = &config.dataplane;
     let conf = PortConf {
         queues: u16::try_from(lcores.len()).context("too many lcores")?,
@@ -151,8 +182,14 @@ fn serve_port(
     };
     let socket = eal.socket_of(eal.main_lcore());
     let port = Port::start(port_id, &conf, pool, socket)?;
-    if let Some((tap, len)) = d.software.as_ref().and_then(|s| Some((s.tap.as_deref()?, s.tap_queue_len()))) {
-        deepen_tap_queue(tap, len);
+    let driver_kept = driver_kept_mbufs(config, pool);
+    if let Some(sw) = &d.software {
+        if let config::SoftDevice::Tap(tap) = &sw.device {
+            deepen_tap_queue(tap, sw.tap_queue_len());
+        }
+    }
+    if let (Some(veth), Some(sw)) = (veth, &d.software) {
+        veth.port_started(&sw.device, port.mac())?;
     }
     let mac = port.mac();
     // With a control plane, VIPs of every mode may arrive at any time: have
@@ -239,7 +276,10 @@ fn serve_port(
         lcores.iter().map(|l| l.0).collect::<Vec<_>>(),
         d.software
             .as_ref()
-            .map(|s| format!(", software mode on {}", s.tap.as_deref().map_or_else(|| s.vdev.clone().unwrap_or_default(), |t| format!("tap {t}"))))
+            .map(|s| match &s.device {
+                config::SoftDevice::Vdev(v) => format!(", software mode on {v}"),
+                dev => format!(", software mode on {} {}", dev.key(), dev.kernel_iface().unwrap_or_default()),
+            })
             .unwrap_or_default(),
         if proxying || forwarding {
             format!(", {proxy_count} proxy and {forward_count} forwarding VIP(s) from the file")
@@ -367,7 +407,7 @@ fn serve_port(
     if failed {
         bail!("an lcore failed");
     }
-    Ok(())
+    Ok(driver_kept)
 }
 
 /// One lcore's proxy engine configuration; its VIPs come as generation 0.

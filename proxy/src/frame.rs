@@ -289,6 +289,37 @@ mod tests {
         assert!(!m.bad_checksum);
     }
 
+    /// Issue 14's SYN: a client's SYN as the kernel hands it down to a veth
+    /// with transmit checksum offload on (CHECKSUM_PARTIAL), byte for byte
+    /// as tcpdump decoded it on the veth of the failing af_packet setup
+    /// (`198.18.0.10.53506 > 198.18.1.1.80: Flags [S], cksum 0x8d5e
+    /// (incorrect -> 0x3573), seq 2258281048, win 64240, options [mss
+    /// 1460,sackOK,TS val 1194805484 ecr 0,nop,wscale 10]`, IP id 38626, DF,
+    /// TTL 64). The TCP checksum field holds only the folded pseudo-header
+    /// sum (0x8d5e), which "hardware" was to finish: a bad checksum, dropped
+    /// and counted before admission. With the field finished (0x3573, what
+    /// the kernel writes when the veth's offloads are off) it is a valid SYN.
+    #[test]
+    fn checksum_partial_syn_from_a_veth_is_a_bad_checksum() {
+        const PARTIAL_SYN: [u8; 74] = [
+            0xee, 0xcb, 0x56, 0xf7, 0x86, 0xca, 0x02, 0xfd, 0x71, 0x93, 0x12, 0x30, //
+            0x08, 0x00, 0x45, 0x00, 0x00, 0x3c, 0x96, 0xe2, 0x40, 0x00, 0x40, 0x06, //
+            0x16, 0xaa, 0xc6, 0x12, 0x00, 0x0a, 0xc6, 0x12, 0x01, 0x01, 0xd1, 0x02, //
+            0x00, 0x50, 0x86, 0x9a, 0xa2, 0x58, 0x00, 0x00, 0x00, 0x00, 0xa0, 0x02, //
+            0xfa, 0xf0, 0x8d, 0x5e, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4, 0x04, 0x02, //
+            0x08, 0x0a, 0x47, 0x37, 0x48, 0xec, 0x00, 0x00, 0x00, 0x00, 0x01, 0x03, //
+            0x03, 0x0a,
+        ];
+        const TCP_CHECKSUM_AT: usize = 14 + 20 + 16;
+        let caps = ChecksumCapabilities::default();
+        let m = meta(&PARTIAL_SYN, &caps);
+        assert_eq!((m.src_port, m.dst_port, m.flags), (53506, 80, SYN));
+        assert!(m.syn_only && m.bad_checksum);
+        let mut finished = PARTIAL_SYN;
+        finished[TCP_CHECKSUM_AT..TCP_CHECKSUM_AT + 2].copy_from_slice(&[0x35, 0x73]);
+        assert!(!meta(&finished, &caps).bad_checksum);
+    }
+
     #[test]
     fn flipped_syn_fails_the_checksums() {
         let caps = ChecksumCapabilities::default();

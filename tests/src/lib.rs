@@ -1,12 +1,13 @@
 //! Test harness for Fulcrum's integration tests.
 //!
 //! The integration tests (in `tests/tests/*.rs`) run the real DPDK dataplane binary on
-//! net_tap and real kernel tools inside network namespaces built by
+//! a software device ([`SoftDevice`]: af_packet, af_xdp or net_tap, chosen by
+//! `FULCRUM_SOFT_DEVICE`) and real kernel tools inside network namespaces built by
 //! `scripts/topology.sh`:
 //!
 //! ```text
 //!   P-cli  198.18.0.10 ─┐            namespace P-fab
-//!   P-be1  198.18.0.21 ─┤  br0 198.18.0.1/24 ── P-dp (net_tap) ── fulcrum-dataplane 198.18.0.2
+//!   P-be1  198.18.0.21 ─┤  br0 198.18.0.1/24 ── P-dp (tap or veth) ── fulcrum-dataplane 198.18.0.2
 //!   P-be2  198.18.0.22 ─┤
 //!   P-be3  198.18.0.23 ─┘   (P-cli routes 198.18.1.0/24, the VIPs, via 198.18.0.2)
 //! ```
@@ -47,6 +48,63 @@ pub mod vip;
 pub use netns::{in_netns, raise_nofile_limit, spawn_in_netns};
 pub use nix::sys::signal::Signal;
 pub use serde_json::{self, Value};
+
+// ---------------------------------------------------------------------------- device
+
+/// The software device a test's dataplane runs on: the key of
+/// `[dataplane] software` (the dataplane's `SoftDevice`, less `vdev`). Every
+/// one of them has its kernel interface named `P-dp` where `topology.sh
+/// attach` finds it, so tests do not depend on which it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftDevice {
+    Tap,
+    AfPacket,
+    AfXdp,
+}
+
+/// The device tests run on unless `FULCRUM_SOFT_DEVICE` says otherwise: the
+/// fastest that works here (`scripts/bench.sh devices` measures them).
+pub const DEFAULT_SOFT_DEVICE: SoftDevice = SoftDevice::AfPacket;
+
+impl SoftDevice {
+    pub const ALL: [SoftDevice; 3] = [SoftDevice::Tap, SoftDevice::AfPacket, SoftDevice::AfXdp];
+
+    /// Its key in `[dataplane] software` (and its `FULCRUM_SOFT_DEVICE` value).
+    pub fn key(self) -> &'static str {
+        match self {
+            SoftDevice::Tap => "tap",
+            SoftDevice::AfPacket => "af_packet",
+            SoftDevice::AfXdp => "af_xdp",
+        }
+    }
+
+    /// `FULCRUM_SOFT_DEVICE` (`tap`, `af_packet`, `af_xdp`), else
+    /// [`DEFAULT_SOFT_DEVICE`]. Panics on any other value: a typo must not
+    /// silently test the default.
+    pub fn from_env() -> SoftDevice {
+        match std::env::var("FULCRUM_SOFT_DEVICE") {
+            Err(_) => DEFAULT_SOFT_DEVICE,
+            Ok(v) if v.is_empty() => DEFAULT_SOFT_DEVICE,
+            Ok(v) => Self::ALL
+                .into_iter()
+                .find(|d| d.key() == v)
+                .unwrap_or_else(|| panic!("FULCRUM_SOFT_DEVICE={v:?}: not one of tap, af_packet, af_xdp")),
+        }
+    }
+
+    /// `software = { <key> = "<iface>"[, mac = "<mac>"] }`.
+    pub fn config_line(self, iface: &str, mac: Option<&str>) -> String {
+        match mac {
+            None => format!("software = {{ {} = \"{iface}\" }}", self.key()),
+            Some(m) => format!("software = {{ {} = \"{iface}\", mac = \"{m}\" }}", self.key()),
+        }
+    }
+}
+
+/// The device this test process runs dataplanes on ([`SoftDevice::from_env`]).
+pub fn soft_device() -> SoftDevice {
+    SoftDevice::from_env()
+}
 
 /// The dataplane's address in every topology.
 pub const DATAPLANE_IP: &str = "198.18.0.2";
@@ -536,9 +594,11 @@ impl Topology {
                 }
             }
         }
-        let tap = format!("{prefix}-dp");
-        if Path::new("/sys/class/net").join(&tap).exists() {
-            left.push(format!("interface {tap} in the root namespace"));
+        // The tap, or a veth's kernel side (`P-dp`) and DPDK side (`P-dp-d`).
+        for tap in [format!("{prefix}-dp"), format!("{prefix}-dp-d")] {
+            if Path::new("/sys/class/net").join(&tap).exists() {
+                left.push(format!("interface {tap} in the root namespace"));
+            }
         }
         left.extend(Self::dataplane_leftovers(prefix));
         // What `up --instances` adds: taps P-dp2.., EAL prefixes P-<suffix> (any
@@ -605,20 +665,18 @@ pub struct StartOptions {
     pub ready_timeout: Duration,
     /// Run `topology.sh attach` after ready (default true).
     pub attach: bool,
-    /// Give the port this MAC (`xx:xx:xx:xx:xx:xx`), so that a restarted dataplane
-    /// keeps its MAC as a restarted machine keeps its NIC's, and neighbours' ARP
-    /// caches stay right. The tap is then declared as a `vdev` (net_tap's `mac=`
-    /// argument), and the harness sets its kernel queue to the dataplane's default
-    /// for a `tap` ([`TAP_QUEUE_LEN`]). None (default): net_tap picks one.
-    pub tap_mac: Option<String>,
+    /// Give the port this MAC (`xx:xx:xx:xx:xx:xx`, `software.mac`), so that a
+    /// restarted dataplane keeps its MAC as a restarted machine keeps its NIC's,
+    /// and neighbours' ARP caches stay right. None (default): the device's own.
+    pub mac: Option<String>,
+    /// The software device; None (default): [`soft_device`]. Tests of what only
+    /// one device has (a tap's kernel queue) name it here.
+    pub device: Option<SoftDevice>,
     /// Start instance k's dataplane of a topology built with
     /// [`Topology::up_instances`] ([`instance_base_config`]: its address, tap, EAL
     /// file prefix and lcore). None (default): the topology's single dataplane.
     pub instance: Option<usize>,
 }
-
-/// The dataplane's default kernel queue for a `tap` (dataplane.software.tap_queue_len).
-pub const TAP_QUEUE_LEN: u32 = 16384;
 
 impl Default for StartOptions {
     fn default() -> Self {
@@ -628,14 +686,21 @@ impl Default for StartOptions {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             attach: true,
-            tap_mac: None,
+            mac: None,
+            device: None,
             instance: None,
         }
     }
 }
 
-/// The base config the harness writes for a topology (before merging extra TOML).
+/// The base config the harness writes for a topology (before merging extra TOML),
+/// on [`soft_device`].
 pub fn base_config(topo: &Topology) -> String {
+    base_config_on(topo, soft_device(), None)
+}
+
+/// [`base_config`] on `device`, with the port's MAC set if `mac` is given.
+pub fn base_config_on(topo: &Topology, device: SoftDevice, mac: Option<&str>) -> String {
     format!(
         "[dataplane]\n\
          address = \"{DATAPLANE_IP}/24\"\n\
@@ -643,9 +708,9 @@ pub fn base_config(topo: &Topology) -> String {
          mbufs = 8191\n\
          file_prefix = \"{p}\"\n\
          gateway = \"{ROUTER_IP}\"\n\
-         software = {{ tap = \"{tap}\" }}\n",
+         {software}\n",
         p = topo.prefix(),
-        tap = topo.tap()
+        software = device.config_line(&topo.tap(), mac)
     )
 }
 
@@ -655,6 +720,11 @@ pub fn base_config(topo: &Topology) -> String {
 /// (`P`, `P-dp2`, ...), so that several dataplanes run side by side; instance k polls
 /// lcore (k-1) modulo the machine's CPUs, so two instances do not share a core.
 pub fn instance_base_config(topo: &Topology, k: usize) -> String {
+    instance_base_config_on(topo, k, soft_device(), None)
+}
+
+/// [`instance_base_config`] on `device`, with the port's MAC set if `mac` is given.
+pub fn instance_base_config_on(topo: &Topology, k: usize, device: SoftDevice, mac: Option<&str>) -> String {
     let i = topo.instance(k);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!(
@@ -664,11 +734,11 @@ pub fn instance_base_config(topo: &Topology, k: usize) -> String {
          mbufs = 8191\n\
          file_prefix = \"{fp}\"\n\
          gateway = \"{ROUTER_IP}\"\n\
-         software = {{ tap = \"{tap}\" }}\n",
+         {software}\n",
         addr = i.dataplane_ip,
         lcore = (k - 1) % cpus,
         fp = i.file_prefix,
-        tap = i.tap
+        software = device.config_line(&i.tap, mac)
     )
 }
 
@@ -704,7 +774,7 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// Start with the base config plus `extra_config_toml` (may be empty), wait for
-    /// `ready`, attach the tap to br0.
+    /// `ready`, attach its interface (tap, or veth kernel side) to br0.
     pub fn start(topo: &Topology, extra_config_toml: &str) -> Dataplane {
         Self::start_with(topo, StartOptions { extra_config: extra_config_toml.to_string(), ..Default::default() })
     }
@@ -724,16 +794,11 @@ impl Dataplane {
         let config = dir.path().join("fulcrum.toml");
         let stats_file = dir.path().join("stats.json");
         let log = dir.path().join("dataplane.log");
+        let device = opts.device.unwrap_or_else(soft_device);
+        let mac = opts.mac.as_deref();
         let (base, tap) = match opts.instance {
-            None => (base_config(topo), topo.tap()),
-            Some(k) => (instance_base_config(topo, k), topo.instance(k).tap.clone()),
-        };
-        let base = match &opts.tap_mac {
-            None => base,
-            Some(mac) => base.replace(
-                &format!("software = {{ tap = \"{tap}\" }}"),
-                &format!("software = {{ vdev = \"net_tap0,iface={tap},mac={mac}\" }}"),
-            ),
+            None => (base_config_on(topo, device, mac), topo.tap()),
+            Some(k) => (instance_base_config_on(topo, k, device, mac), topo.instance(k).tap.clone()),
         };
         let text = if opts.extra_config.trim().is_empty() {
             base
@@ -784,10 +849,6 @@ impl Dataplane {
         if opts.attach {
             topo.attach(&tap);
         }
-        if opts.tap_mac.is_some() {
-            let len = TAP_QUEUE_LEN.to_string();
-            topo.exec_ok("fab", &["ip", "link", "set", "dev", &tap, "txqueuelen", &len]);
-        }
         dp.opts = Some(opts);
         dp
     }
@@ -795,7 +856,7 @@ impl Dataplane {
     /// Stops this dataplane (SIGTERM, bounded) and starts another with the same
     /// options and config; returns `(time to stop, time from stop to ready and
     /// attached)`. Its counters start from zero. Keep the MAC across the restart
-    /// with [`StartOptions::tap_mac`].
+    /// with [`StartOptions::mac`].
     pub fn restart(&mut self, topo: &Topology) -> (Duration, Duration) {
         let opts = self.opts.clone().expect("started by start_with");
         let (_, stopped) = self.stop_sigterm();

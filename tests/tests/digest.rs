@@ -152,7 +152,7 @@ fn installed_table_digests_follow_drains_and_match_everywhere() {
     assert_eq!(prom.get(PROXY_VIP), Some(&(digest(&first, PROXY_VIP), t3)), "{prom:?}");
 
     // A second dataplane, independent: its own file with the same VIPs (the
-    // backends in another order), its own tap (not bridged: it carries no
+    // backends in another order), its own interface (not bridged: it carries no
     // traffic), EAL prefix and segment, no control plane. Its report (read
     // from its segment) has the same digests.
     let mut reversed = vips_toml();
@@ -164,8 +164,10 @@ fn installed_table_digests_follow_drains_and_match_everywhere() {
     }
     let shm2 = topo.dir().join("second-dataplane.shm");
     let second_dp_toml = format!(
-        "[dataplane]\nfile_prefix = \"{p}-dq\"\nsoftware = {{ tap = \"{p}-dq\" }}\nshm = {shm2:?}\n\n{reversed}",
-        p = topo.prefix()
+        "[dataplane]\nfile_prefix = \"{p}-dq\"\n{software}\nshm = {shm2:?}\n\n{reversed}",
+        p = topo.prefix(),
+        // The same device key as the base config's, so the merge replaces its name.
+        software = soft_device().config_line(&format!("{}-dq", topo.prefix()), None)
     );
     let dp2 = Dataplane::start_with(&topo, StartOptions { extra_config: second_dp_toml, attach: false, ..Default::default() });
     let seg = fulcrum_shm::Segment::open_existing(&shm2).expect("the second dataplane's segment");

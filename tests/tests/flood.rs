@@ -271,7 +271,7 @@ fn dsr_flows_survive_an_ack_flood_and_a_restart() {
         servers.push((be, iperf3_server(&topo, be, DSR_VIP)));
     }
     let config = format!("[forward]\nconntrack_entries = 1048576\n{}", fwd_vip_toml(DSR_VIP, 5201, "dsr", "client", 5201));
-    let opts = StartOptions { extra_config: config, tap_mac: Some(DP_MAC.into()), ..Default::default() };
+    let opts = StartOptions { extra_config: config, mac: Some(DP_MAC.into()), ..Default::default() };
     let mut dp = Dataplane::start_with(&topo, opts);
     assert_eq!(dp.mac(), DP_MAC);
 

@@ -515,6 +515,12 @@ fn forwarding_drops_are_counted() {
         .map(|c| (c.leaf.clone(), c.finish()))
         .collect();
     // Fragments (first and later) to a VIP; a bad IPv4 header checksum to a VIP.
+    // af_packet never delivers a fragment: DPDK's af_packet PMD joins its
+    // sockets to a PACKET_FANOUT group with PACKET_FANOUT_FLAG_DEFRAG (even with
+    // one queue), so the kernel reassembles IPv4 fragments before the ring, and
+    // an incomplete datagram waits in its reassembly queue. There the fragments
+    // are sent all the same and none may be counted.
+    let fragments_expected = if soft_device() == SoftDevice::AfPacket { 0 } else { 2 * u64::from(N) };
     craft(&topo, &mac, "frag_first", N, DSR_VIP, 80);
     craft(&topo, &mac, "frag_later", N, DSR_VIP, 80);
     craft(&topo, &mac, "bad_csum", N, DSR_VIP, 80);
@@ -537,8 +543,8 @@ fn forwarding_drops_are_counted() {
                 missing.push(format!("ipv4_bad_checksum +{d} < {}", 2 * N));
             }
             let d = fragment(s) - fragment(&base);
-            if d < 2 * u64::from(N) {
-                missing.push(format!("fragment + ipv4_fragment +{d} < {}", 2 * N));
+            if d < fragments_expected {
+                missing.push(format!("fragment + ipv4_fragment +{d} < {fragments_expected}"));
             }
             if missing.is_empty() {
                 Ok(())
@@ -568,8 +574,9 @@ fn forwarding_drops_are_counted() {
     );
     assert_eq!(
         fragment(&after) - fragment(&base),
-        2 * u64::from(N),
-        "fragments (forward.drops.fragment + lcores' ipv4_fragment)"
+        fragments_expected,
+        "fragments (forward.drops.fragment + lcores' ipv4_fragment) on {:?}",
+        soft_device()
     );
     eprintln!(
         "fragments: forward.drops.fragment +{}, lcores' ipv4_fragment +{}; bad checksums: forwarder +{}, lcores +{}",

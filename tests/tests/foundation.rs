@@ -215,15 +215,20 @@ fn malformed_flood() {
     dp.assert_running();
     topo.exec_ok("cli", &["ping", "-c", "3", "-i", "0.2", "-W", "1", DATAPLANE_IP]);
 
-    // No mbuf leaked by the drop paths: back to the idle level.
+    // No mbuf leaked by the drop paths: back to the idle level. net_af_xdp
+    // (DPDK 22.11) frees a sent mbuf only when a later send finds its
+    // completion ring half full: there, what was sent since the baseline (the
+    // pings' replies) may still be held by the driver, and no more.
     eprintln!("mbufs_in_use before the flood: {in_use_before:?}, after: {}", after["mbufs_in_use"]);
     if let Some(before) = in_use_before {
         dp.wait_stats(Duration::from_secs(5), "mbufs_in_use back to its level before the flood", |s| {
             let now = s["mbufs_in_use"].as_u64().unwrap_or(u64::MAX);
-            if now <= before {
+            let sent = lcore_sum(s, "tx_packets").saturating_sub(lcore_sum(&baseline, "tx_packets"));
+            let held_by_driver = if soft_device() == SoftDevice::AfXdp { sent } else { 0 };
+            if now <= before + held_by_driver {
                 Ok(())
             } else {
-                Err(format!("mbufs_in_use {before} before the flood, {now} now"))
+                Err(format!("mbufs_in_use {before} before the flood, {now} now ({held_by_driver} sent since may be held by the driver)"))
             }
         });
     } else {
