@@ -470,6 +470,14 @@ impl Table {
         self.at_probe(k, h).filter(|(_, e)| !e.expired(now)).map(|(i, _)| i as u32)
     }
 
+    /// [`Table::probed`], with the entry to change.
+    #[inline(always)]
+    pub(crate) fn probed_mut(&mut self, k: &Key, h: &Hashed, now: u32) -> Option<(u32, &mut Entry)> {
+        let i = self.probed(k, h, now)?;
+        let (b, w) = (i as usize / STRIDE, i as usize % STRIDE);
+        Some((i, self.ways.get_mut(b)?.0.get_mut(w)?))
+    }
+
     /// The entry [`Table::probe`] noted, if it still holds `k` (the table
     /// may have changed since), live or expired.
     #[inline(always)]
