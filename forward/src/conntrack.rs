@@ -23,6 +23,7 @@
 //! and only then acts: its misses overlap instead of queueing.
 //!
 //! Allocated once and written through (no page faults on the packet path),
+//! the signature lines in whole 2 MiB-aligned huge pages ([`SigPage`]),
 //! then shown to the caller's memory hint (the dataplane has both arrays
 //! collapsed into transparent huge pages: a 1M-entry table is 66 MiB, and
 //! with 4 KiB pages nearly every lookup would also miss the TLB, twice);
@@ -273,12 +274,46 @@ impl Sigs {
     }
 }
 
+/// The huge page size the signature lines are aligned to.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Signature lines by the huge page: 2 MiB-aligned and a whole 2 MiB, so
+/// that the memory hint can back every line of the array with huge pages
+/// (an unaligned array has its first and last partial 2 MiB in 4 KiB pages:
+/// half of a 4 MiB array).
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C, align(2097152))]
+struct SigPage([[Sigs; 128]; 256]);
+
+const _: () = assert!(std::mem::size_of::<SigPage>() == HUGE_PAGE);
+
+/// The signature lines of `n` buckets: whole zeroed [`SigPage`]s, written
+/// once here (no page faults on the packet path), then shown to `hint`.
+fn zeroed_sigs(n: usize, hint: impl FnOnce(&mut [u8])) -> Result<Box<[SigPage]>, TableAlloc> {
+    let pages = (n * std::mem::size_of::<Sigs>()).div_ceil(HUGE_PAGE);
+    // alloc_zeroed through the 2 MiB-aligned layout: no 2 MiB value on the stack.
+    let mut all = bytemuck::allocation::try_zeroed_slice_box::<SigPage>(pages).map_err(|()| TableAlloc {
+        bytes: pages.saturating_mul(HUGE_PAGE),
+    })?;
+    hint(bytemuck::cast_slice_mut(&mut all[..]));
+    Ok(all)
+}
+
+/// A table's memory could not be allocated.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot allocate {bytes} bytes")]
+pub(crate) struct TableAlloc {
+    bytes: usize,
+}
+
 /// `n` zeroed `T`s, written once here so that the packet path never takes
 /// the page faults, then shown to `hint` as bytes. An allocation failure is
 /// an error, not an abort.
-fn zeroed<T: Pod>(n: usize, hint: impl FnOnce(&mut [u8])) -> Result<Box<[T]>, std::collections::TryReserveError> {
+fn zeroed<T: Pod>(n: usize, hint: impl FnOnce(&mut [u8])) -> Result<Box<[T]>, TableAlloc> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n)?;
+    v.try_reserve_exact(n).map_err(|_| TableAlloc {
+        bytes: n.saturating_mul(std::mem::size_of::<T>()),
+    })?;
     v.resize(n, T::zeroed());
     let mut all = v.into_boxed_slice();
     hint(bytemuck::cast_slice_mut(&mut all[..]));
@@ -303,8 +338,9 @@ pub(crate) struct Reclaimed {
 struct Ways([Entry; WAYS]);
 
 pub(crate) struct Table {
-    /// Each bucket's signature line, then each bucket's entries.
-    sigs: Box<[Sigs]>,
+    /// Each bucket's signature line (in whole huge pages: the lines past
+    /// `buckets` are never used), then each bucket's entries.
+    sigs: Box<[SigPage]>,
     ways: Box<[Ways]>,
     /// Bucket count.
     buckets: u32,
@@ -321,11 +357,11 @@ impl Table {
     /// Allocates at least `capacity` entries (whole buckets; at least one,
     /// at most [`MAX_CAPACITY`] entries); `hint` sees the memory first (see
     /// [`zeroed`]).
-    pub(crate) fn new(capacity: usize, mut hint: impl FnMut(&mut [u8])) -> Result<Self, std::collections::TryReserveError> {
+    pub(crate) fn new(capacity: usize, mut hint: impl FnMut(&mut [u8])) -> Result<Self, TableAlloc> {
         let random = std::collections::hash_map::RandomState::new();
         let buckets = capacity.clamp(WAYS, MAX_CAPACITY).div_ceil(WAYS);
         Ok(Table {
-            sigs: zeroed(buckets, &mut hint)?,
+            sigs: zeroed_sigs(buckets, &mut hint)?,
             ways: zeroed(buckets, &mut hint)?,
             buckets: buckets as u32,
             keys: [0, 1, 2].map(|i| random.hash_one(i) | 1),
@@ -434,6 +470,14 @@ impl Table {
         self.at_probe(k, h).filter(|(_, e)| !e.expired(now)).map(|(i, _)| i as u32)
     }
 
+    /// [`Table::probed`], with the entry to change.
+    #[inline(always)]
+    pub(crate) fn probed_mut(&mut self, k: &Key, h: &Hashed, now: u32) -> Option<(u32, &mut Entry)> {
+        let i = self.probed(k, h, now)?;
+        let (b, w) = (i as usize / STRIDE, i as usize % STRIDE);
+        Some((i, self.ways.get_mut(b)?.0.get_mut(w)?))
+    }
+
     /// The entry [`Table::probe`] noted, if it still holds `k` (the table
     /// may have changed since), live or expired.
     #[inline(always)]
@@ -441,7 +485,7 @@ impl Table {
         let i = h.probed? as usize;
         let (b, w) = (i / STRIDE, i % STRIDE);
         let e = self.ways.get(b)?.0.get(w)?;
-        (self.sigs.get(b)?.0[w] == h.sig && e.key_is(k)).then_some((i, e))
+        (self.sigs(b)?.0[w] == h.sig && e.key_is(k)).then_some((i, e))
     }
 
     /// Where `k` is stored, live or expired: the probed entry if it still
@@ -480,12 +524,12 @@ impl Table {
 
     #[inline]
     fn sigs(&self, b: usize) -> Option<&Sigs> {
-        self.sigs.get(b)
+        bytemuck::cast_slice::<SigPage, Sigs>(&self.sigs).get(b)
     }
 
     #[inline]
     fn sigs_mut(&mut self, b: usize) -> Option<&mut Sigs> {
-        self.sigs.get_mut(b)
+        bytemuck::cast_slice_mut::<SigPage, Sigs>(&mut self.sigs).get_mut(b)
     }
 
     /// Entry `i` (bucket `i / STRIDE`, way `i % STRIDE`).
@@ -684,7 +728,7 @@ mod tests {
         assert_eq!(keys.len(), 40);
         let idx: Vec<u32> = keys.iter().map(|&i| t.insert(entry(i), 0, NO_TWIN, &mut rec)).collect();
         assert_eq!((rec.evicted, rec.expired, t.live()), (0, 0, 40));
-        assert_eq!((t.sigs[0].spilled(), t.sigs[1].spilled()), (9, 0));
+        assert_eq!((t.sigs(0).unwrap().spilled(), t.sigs(1).unwrap().spilled()), (9, 0));
         assert_eq!(idx.iter().filter(|&&i| i as usize >= STRIDE).count(), 9);
         for (&key, &at) in keys.iter().zip(&idx) {
             let k = entry(key).key();
@@ -694,7 +738,7 @@ mod tests {
             t.remove(at);
         }
         assert_eq!(t.live(), 0);
-        assert_eq!(t.sigs.iter().map(|s| s.spilled()).sum::<u16>(), 0);
+        assert_eq!((0..t.buckets as usize).map(|b| t.sigs(b).unwrap().spilled()).sum::<u16>(), 0);
         // Full table: the next key evicts one of its home bucket's ways.
         for i in 0..62 {
             t.insert(entry(100 + i), 0, NO_TWIN, &mut rec);

@@ -18,10 +18,13 @@
 
 use std::net::Ipv4Addr;
 
-use crate::conntrack::{Hashed, Key};
+use crate::conntrack::{Hashed, Key, F_HALF_OPEN};
 use crate::csum::checksum20;
 use crate::field::{at, ethernet, ipv4, tcp, udp};
-use crate::datapath::{attribute, deliver, find_vip, rd16, rd32, refuse, reply_hit, vip_rt, Flags, Ip, ETH, TCP, UDP};
+use crate::datapath::{
+    account_to, apply, attribute, deliver, find_vip, rd16, rd32, refuse, reply_hit, steady, sync_twin_of, touch, vip_rt, Flags, Ip, ETH, TCP, UDP,
+};
+use crate::vips::Rewrite;
 use crate::{Forwarder, Verdict};
 
 /// Ethernet, IPv4 without options, and the first 14 bytes of TCP (through
@@ -114,20 +117,71 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
 /// Forwards a staged frame of a live flow; `None` (with nothing changed)
 /// when its flow is not in the table. `buf[start..]` holds the frame `stage`
 /// looked at, unchanged.
+///
+/// The hit routine: a client -> VIP packet of a DSR or FullNAT flow in a
+/// steady state (established TCP without SYN/FIN/RST, or UDP; `steady`),
+/// not half-open, that the mode does not refuse (FullNAT: TTL above 1; a
+/// plain-shape frame has no options) does the general path's `deliver`
+/// steps, in its order, with one VIP lookup: restart the timeout (`touch`),
+/// count under the VIP and backend (`account_to`), rewrite (`apply`),
+/// copy state and deadline to the twin. Anything else takes
+/// [`act_general`].
 #[inline(always)]
 pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane) -> Option<Verdict> {
-    if buf.len() > u32::MAX as usize {
+    if buf.len() > u32::MAX as usize || lane.vip == OWN_ADDRESS {
+        return act_general(f, now, buf, start, lane);
+    }
+    let fl = if lane.key.proto == TCP { Flags::tcp(lane.tcp_flags) } else { Flags::default() };
+    let id = usize::from(lane.vip);
+    let end = start + ETH + usize::from(lane.total);
+    let Forwarder { table, vips, timeouts, mac, .. } = f;
+    let Some(Some(v)) = vips.get_mut(id) else { return None };
+    let (_, e) = table.probed_mut(&lane.key, &lane.hashed, now)?;
+    // An entry of another VIP (removed, or changed under this id): the
+    // general path frees it.
+    if !v.owns(id, e) {
         return None;
     }
-    let i = f.table.probed(&lane.key, &lane.hashed, now)?;
-    let ip = Ip {
+    let lean = match v.rewrite {
+        Rewrite::Dsr => true,
+        Rewrite::FullNat => lane.ttl > 1,
+        Rewrite::Tunnel { .. } => false,
+    };
+    if !lean || !steady(e.state, fl) || e.flags & F_HALF_OPEN != 0 || end > buf.len() {
+        return act_general(f, now, buf, start, lane);
+    }
+    let mode = v.rewrite;
+    let ip = ip_of(lane);
+    touch(e, timeouts, now, fl);
+    account_to(v, e, ip.total, false);
+    let verdict = apply(mac.0, buf, start, &ip, e, mode, lane.key);
+    let (twin, state, deadline) = (e.twin, e.state, e.deadline);
+    sync_twin_of(table, twin, state, deadline);
+    Some(verdict)
+}
+
+/// The staged frame's IPv4 header, as the general path would parse it.
+#[inline(always)]
+fn ip_of(lane: &Lane) -> Ip {
+    Ip {
         ihl: ipv4::HEADER_LEN,
         total: usize::from(lane.total),
         src: Ipv4Addr::from(lane.key.src),
         dst: Ipv4Addr::from(lane.key.dst),
         proto: lane.key.proto,
         ttl: lane.ttl,
-    };
+    }
+}
+
+/// [`act`] for every other live flow: the general path's per-flow steps
+/// (`refuse`, `deliver`, `reply_hit`) without its parse and staging.
+#[inline(never)]
+fn act_general(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane) -> Option<Verdict> {
+    if buf.len() > u32::MAX as usize {
+        return None;
+    }
+    let i = f.table.probed(&lane.key, &lane.hashed, now)?;
+    let ip = ip_of(lane);
     let fl = if lane.key.proto == TCP { Flags::tcp(lane.tcp_flags) } else { Flags::default() };
     if lane.vip == OWN_ADDRESS {
         return Some(reply_hit(f, now, buf, start, &ip, i, fl));

@@ -752,6 +752,20 @@ fn burst_equals_one_at_a_time() {
         v[24..26].copy_from_slice(&c.to_be_bytes());
         frames.push(v);
     }
+    // The handshake's ACK, then steady ACKs of established DSR and FullNAT
+    // flows (the hit routine), one at TTL 1 (FullNAT refuses it), then
+    // FIN, RST and an ACK after them (not steady: the general steps).
+    for input in [&DSR_SYN[..], &FNAT_SYN] {
+        for (flags, ttl) in [(0x10, 64), (0x10, 64), (0x18, 64), (0x10, 1), (0x10, 64), (0x11, 64), (0x10, 64), (0x14, 64), (0x10, 64)] {
+            let mut v = input.to_vec();
+            v[47] = flags;
+            v[22] = ttl;
+            v[24..26].fill(0);
+            let c = crate::csum::checksum(&v[14..34]);
+            v[24..26].copy_from_slice(&c.to_be_bytes());
+            frames.push(v);
+        }
+    }
     // Everything again: now every flow above is established (fast path).
     frames.extend(frames.clone());
     let hints = std::cell::Cell::new(0usize);

@@ -77,17 +77,23 @@ pub(super) fn next_state(s: State, fl: Flags) -> State {
     }
 }
 
+/// Whether a packet with flags `fl` keeps an entry in state `state` as it
+/// is and only restarts its timeout (see [`touch`]).
+#[inline(always)]
+pub(crate) fn steady(state: u8, fl: Flags) -> bool {
+    state == State::Udp as u8 || (state == State::Established as u8 && !fl.has(SYN | FIN | RST))
+}
+
 /// Advances entry `e`'s state for a packet with flags `fl` and restarts its
 /// timeout; its twin (if any) must get the same (see [`sync_twin`]).
 /// A probation entry that sees a packet at least `confirm` ticks after its
 /// creation becomes established: returns whether this packet did that.
 #[inline]
-pub(super) fn touch(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
+pub(crate) fn touch(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
     // The steady states, nearly every packet: an established TCP flow's
     // packet without SYN, FIN or RST, or a UDP flow's, keeps its state
     // (`next_state` returns it unchanged) and only restarts its timeout.
-    let steady = e.state == State::Udp as u8 || (e.state == State::Established as u8 && !fl.has(SYN | FIN | RST));
-    if steady {
+    if steady(e.state, fl) {
         e.deadline = now.wrapping_add(t.by_state.get(usize::from(e.state)).copied().unwrap_or(1));
         return false;
     }
@@ -110,7 +116,7 @@ pub(super) fn sync_twin(table: &mut Table, &Entry { twin, state, deadline, .. }:
 
 /// [`sync_twin`] with the entry's `twin`, `state` and `deadline`.
 #[inline]
-fn sync_twin_of(table: &mut Table, twin: u32, state: u8, deadline: u32) {
+pub(crate) fn sync_twin_of(table: &mut Table, twin: u32, state: u8, deadline: u32) {
     if twin != NO_TWIN {
         let mut settle = false;
         if let Some(t) = table.get_mut(twin) {
@@ -135,7 +141,14 @@ pub(super) fn account_reclaimed(f: &mut Forwarder, rec: Reclaimed) {
 /// Counts a forwarded packet under its VIP and (if still installed) backend.
 #[inline]
 pub(super) fn account(vips: &mut [Option<VipRt>], e: &Entry, bytes: usize, new_flow: bool) {
-    let Some(v) = owner_vip(vips, e) else { return };
+    if let Some(v) = owner_vip(vips, e) {
+        account_to(v, e, bytes, new_flow);
+    }
+}
+
+/// [`account`] with the VIP that owns `e`.
+#[inline(always)]
+pub(crate) fn account_to(v: &mut VipRt, e: &Entry, bytes: usize, new_flow: bool) {
     let (baddr, bport) = if e.flags & F_REVERSE != 0 { (e.src, e.sport) } else { (e.new_dst, e.new_dport) };
     v.traffic.packets += 1;
     v.traffic.bytes += bytes as u64;
@@ -502,7 +515,7 @@ pub(super) fn create(
 /// Rewrites the frame for entry `e` (a client -> VIP flow, or an ICMP error
 /// about one in DSR/tunnel mode, with `client` its client side).
 #[inline(always)]
-pub(super) fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Rewrite, client: Key) -> Verdict {
+pub(crate) fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: &Entry, mode: Rewrite, client: Key) -> Verdict {
     match mode {
         Rewrite::Dsr => {
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {

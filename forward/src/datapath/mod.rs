@@ -31,7 +31,7 @@ use fullnat::*;
 use icmp_error::*;
 use tunnel::*;
 
-pub(crate) use flow::{deliver, maglev_key, port_keys, port_start, refuse};
+pub(crate) use flow::{account_to, apply, deliver, maglev_key, port_keys, port_start, refuse, steady, sync_twin_of, touch};
 #[cfg(test)]
 pub(crate) use flow::alloc_port;
 pub(crate) use fullnat::reply_hit;
