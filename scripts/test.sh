@@ -2,7 +2,7 @@
 # Build and test Fulcrum: setup, release build of every binary, then every crate's unit
 # tests and the integration tests (real dataplane in network namespaces, on the
 # harness's default software device, or FULCRUM_SOFT_DEVICE=tap|af_packet|af_xdp),
-# one test at a time, and then a smoke set on af_packet (FULCRUM_SMOKE_DEVICE to change
+# one test at a time, and then a smoke set on net_tap (FULCRUM_SMOKE_DEVICE to change
 # it): the demo path (dataplane and control plane up, ARP, ping, clean exit), a proxy
 # VIP, DSR and FullNAT, and the outside client through the router. Leftover test
 # topologies (prefix t + 5 hex digits) are removed on exit, whatever happened.
@@ -114,10 +114,8 @@ run_tests() {
     cargo test --release --workspace -- --test-threads=1 2>&1 | tee "$LOG"
 }
 # The smoke set on the other device: "<test binary> <test name>".
-SMOKE_DEVICE=${FULCRUM_SMOKE_DEVICE:-af_packet}
+SMOKE_DEVICE=${FULCRUM_SMOKE_DEVICE:-tap}
 SMOKE=(
-    "softdev af_packet_serves_http_and_bulk"
-    "softdev af_packet_unfinished_checksums_are_counted_drops"
     "foundation ping_and_arp"
     "foundation sigterm_clean_exit_of_both_daemons"
     "proxy http_spread_equal_weights"
