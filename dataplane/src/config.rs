@@ -261,6 +261,9 @@ pub struct Software {
     /// kernel's default (1000) drops most of a burst of many connections'
     /// first windows. See [`Software::tap_queue_len`].
     pub tap_queue_len: Option<u32>,
+    /// Frames in each af_packet RX (and TX) ring (only with `af_packet`). See
+    /// [`Software::af_packet_frames`].
+    pub af_packet_frames: Option<u32>,
     /// The port's MAC (`"02:00:00:00:00:01"`), so that a restarted dataplane
     /// keeps its address as a restarted machine keeps its NIC's. Absent: the
     /// device's own (net_tap's random one; the veth's).
@@ -327,24 +330,22 @@ impl SoftDevice {
 
     /// EAL's `--vdev` value. `queues`: the lcores' RX/TX queue pairs (the
     /// kernel spreads flows over af_packet's and af_xdp's queues itself).
-    pub fn eal_vdev(&self, queues: usize, mac: Option<[u8; 6]>) -> String {
+    /// `af_packet_frames`: frames a ring ([`Software::af_packet_frames`]).
+    pub fn eal_vdev(&self, queues: usize, mac: Option<[u8; 6]>, af_packet_frames: u32) -> String {
         match self {
             SoftDevice::Tap(n) => match mac {
                 Some(m) => format!("net_tap0,iface={n},mac={}", mac_text(m)),
                 None => format!("net_tap0,iface={n}"),
             },
             // TPACKET_V2 rings: 2048-byte frames hold a 1514-byte frame and
-            // the ring header; 16384 frames a queue (32 MiB of ring each way,
-            // the depth of the tap's kernel queue) absorb bursts of many
-            // connections' windows. With 4096, 500 concurrent bulk
-            // connections (proxy::bulk_echo_concurrent) overflowed the RX
-            // ring: the kernel drops there uncounted by DPDK 22.11's PMD,
-            // backends' SYN-ACKs were lost and 89-109 of 500 connections
-            // failed to connect; with 16384, 500 of 500 and 3x faster.
+            // the ring header; `af_packet_frames` frames a queue (default
+            // 16384, see Software::af_packet_frames). The kernel's drops at a
+            // full RX ring are read from its sockets (dpdk::RxRings) and
+            // counted (`rx_ring_full`): DPDK 22.11's PMD does not.
             // qdisc_bypass: our frames go straight to
             // the veth's xmit (it has no queue to speak of anyway).
             SoftDevice::AfPacket(n) => format!(
-                "net_af_packet0,iface={},qpairs={queues},blocksz=4096,framesz=2048,framecnt=16384,qdisc_bypass=1",
+                "net_af_packet0,iface={},qpairs={queues},blocksz=4096,framesz=2048,framecnt={af_packet_frames},qdisc_bypass=1",
                 veth_peer_name(n)
             ),
             // Queues count from 0 on the veth's (one per lcore); copy mode is
@@ -373,6 +374,7 @@ struct SoftwareFile {
     #[serde(default = "defaults::no_huge_memory_mb")]
     no_huge_memory_mb: u32,
     tap_queue_len: Option<u32>,
+    af_packet_frames: Option<u32>,
     mac: Option<String>,
 }
 
@@ -421,6 +423,17 @@ impl TryFrom<SoftwareFile> for Software {
             }
             _ => {}
         }
+        match f.af_packet_frames {
+            Some(_) if !matches!(device, SoftDevice::AfPacket(_)) => {
+                return Err("dataplane.software.af_packet_frames: only an `af_packet` device has rings".into())
+            }
+            Some(n) if !(AF_PACKET_FRAMES_MIN..=AF_PACKET_FRAMES_MAX).contains(&n) || !n.is_power_of_two() => {
+                return Err(format!(
+                    "dataplane.software.af_packet_frames: {n} is not a power of two in {AF_PACKET_FRAMES_MIN}..={AF_PACKET_FRAMES_MAX}"
+                ))
+            }
+            _ => {}
+        }
         let mac = match f.mac {
             None => None,
             Some(_) if matches!(device, SoftDevice::Vdev(_)) => {
@@ -430,7 +443,7 @@ impl TryFrom<SoftwareFile> for Software {
                 format!("dataplane.software.mac: {text:?} is not a unicast MAC like \"02:00:00:00:00:01\"")
             })?),
         };
-        Ok(Software { device, hugepages: f.hugepages, no_huge_memory_mb: f.no_huge_memory_mb, tap_queue_len: f.tap_queue_len, mac })
+        Ok(Software { device, hugepages: f.hugepages, no_huge_memory_mb: f.no_huge_memory_mb, tap_queue_len: f.tap_queue_len, af_packet_frames: f.af_packet_frames, mac })
     }
 }
 
@@ -461,6 +474,19 @@ impl Software {
     /// retransmission too, stayed silent past the proxy's idle timeout.
     pub fn tap_queue_len(&self) -> u32 {
         self.tap_queue_len.unwrap_or_else(defaults::tap_queue_len)
+    }
+
+    /// Frames in each of af_packet's rings, `af_packet_frames` or the default.
+    ///
+    /// Why 16384 (32 MiB of ring each way a queue, the tap queue's depth):
+    /// the RX ring is the port's whole receive buffer, and bursts of many
+    /// connections' windows must fit. With 4096, 500 concurrent bulk
+    /// connections (proxy::bulk_echo_concurrent) overflowed it: backends'
+    /// SYN-ACKs were lost and 89-109 of 500 connections failed to connect;
+    /// with 16384, 500 of 500 and 3x faster. Such drops are counted
+    /// (`rx_ring_full`). A power of two: a whole number of frames per block.
+    pub fn af_packet_frames(&self) -> u32 {
+        self.af_packet_frames.unwrap_or_else(defaults::af_packet_frames)
     }
 }
 
@@ -503,7 +529,14 @@ mod defaults {
     pub fn tap_queue_len() -> u32 {
         16384
     }
+    pub fn af_packet_frames() -> u32 {
+        16384
+    }
 }
+
+/// Bounds of `[dataplane] software.af_packet_frames`.
+const AF_PACKET_FRAMES_MIN: u32 = 16;
+const AF_PACKET_FRAMES_MAX: u32 = 1 << 18;
 
 /// A set of lcore ids, written as EAL writes them (`0-1,3`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -754,7 +787,7 @@ impl Config {
         ];
         if let Some(sw) = &d.software {
             args.push("--no-pci".into());
-            args.push(format!("--vdev={}", sw.device.eal_vdev(d.lcores.0.len(), sw.mac)));
+            args.push(format!("--vdev={}", sw.device.eal_vdev(d.lcores.0.len(), sw.mac, sw.af_packet_frames())));
             let huge = match sw.hugepages {
                 Hugepages::On => true,
                 Hugepages::Off => false,
@@ -866,6 +899,9 @@ mod tests {
         assert_eq!(d.veth(), Some(("fl-dp", "fl-dp-d".to_owned())));
         assert_eq!(d.kernel_iface(), Some("fl-dp"));
         assert!(v.starts_with("--vdev=net_af_packet0,iface=fl-dp-d,qpairs=2,"), "{v}");
+        assert!(v.contains(",framecnt=16384,"), "{v}");
+        let (_, v) = eal("af_packet = \"fl-dp\", af_packet_frames = 64");
+        assert!(v.contains(",framecnt=64,"), "{v}");
         let e = parse("[dataplane]\naddress = \"198.18.0.2/24\"\nlcores = \"0-1\"\nmbufs = 8191\nsoftware = { af_xdp = \"fl-dp\" }\n").unwrap_err();
         assert!(e.starts_with("dataplane.software.af_xdp: 2 lcores"), "{e}");
         let c = parse("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"fl-dp\" }\n").unwrap();
@@ -990,6 +1026,9 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", tap_queue_len = 4096 }\n", "dataplane.software.tap_queue_len: only a `tap`"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_xdp = \"fl0\" }\n", "exactly one of `tap`, `af_packet`, `af_xdp` and `vdev`"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { hugepages = \"off\" }\n", "exactly one"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_packet_frames = 100 }\n", "dataplane.software.af_packet_frames: 100 is not a power of two in 16..=262144"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_packet_frames = 8 }\n", "dataplane.software.af_packet_frames: 8 is not"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\", af_packet_frames = 64 }\n", "dataplane.software.af_packet_frames: only an `af_packet`"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fourteen-chars\" }\n", "dataplane.software.af_packet: \"fourteen-chars\" is not a valid interface name (1 to 13"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"a b\" }\n", "dataplane.software.af_xdp"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"fl0\", mac = \"01:00:00:00:00:01\" }\n", "dataplane.software.mac: \"01:00:00:00:00:01\" is not a unicast MAC"),

@@ -145,7 +145,7 @@ pub fn prepare(vips: &[Published], generation: u64, facts: &Facts, lcores: usize
 /// Lcore-level counter names in the segment: traffic and load, the
 /// dataplane's drop reasons, then the forwarders' drop reasons.
 pub fn lcore_counter_names(example: &LcoreSnapshot) -> Vec<String> {
-    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "busy_ns", "handed_over", "taken_over"]
+    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "busy_ns", "handed_over", "taken_over", "rx_ring_frames"]
         .into_iter()
         .map(str::to_owned)
         .chain(example.drops.keys().map(|k| format!("drop_{k}")))
@@ -163,6 +163,7 @@ pub fn publish(block: &shm::LcoreCounters<'_>, lcore: &LcoreSnapshot, report: Op
         lcore.busy_ns,
         lcore.handed_over,
         lcore.taken_over,
+        lcore.rx_ring_frames,
     ];
     let forward = report.and_then(|r| r.forward.as_ref());
     let fwd_drops = ForwardDrop::ALL.iter().map(|r| forward.map_or(0, |f| f.counters.drops[r.index()]));

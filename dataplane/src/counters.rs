@@ -1,4 +1,7 @@
-//! Per-lcore counters: written by their own lcore only, read by anyone.
+//! Per-lcore counters: written by their own lcore only, read by anyone;
+//! except the two of its af_packet RX ring the kernel keeps
+//! ([`LcoreCounters::rx_ring_frames`], [`LocalDrop::RxRingFull`]), which the
+//! control thread alone writes (still one writer each).
 //!
 //! Each lcore has its own cache-line-aligned block, so counting costs a plain
 //! load and store (no atomic read-modify-write, no sharing between cores);
@@ -42,19 +45,24 @@ pub enum LocalDrop {
     ArpCopyNoMbuf,
     /// The forwarder returned a frame window outside the mbuf (a bug guard).
     ForwardBadFrame,
+    /// af_packet: the kernel found this lcore's RX ring full and dropped the
+    /// frame (the socket's `tp_drops`; DPDK's PMD does not count these).
+    /// Added by the control thread, which reads the kernel's counts.
+    RxRingFull,
 }
 
 impl LocalDrop {
-    const ALL: [LocalDrop; 6] = [
+    const ALL: [LocalDrop; 7] = [
         LocalDrop::TxFull,
         LocalDrop::TxNoMbuf,
         LocalDrop::HandoverFull,
         LocalDrop::EngineInboxFull,
         LocalDrop::ArpCopyNoMbuf,
         LocalDrop::ForwardBadFrame,
+        LocalDrop::RxRingFull,
     ];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             LocalDrop::TxFull => "tx_full",
             LocalDrop::TxNoMbuf => "tx_no_mbuf",
@@ -62,6 +70,7 @@ impl LocalDrop {
             LocalDrop::EngineInboxFull => "engine_inbox_full",
             LocalDrop::ArpCopyNoMbuf => "arp_copy_no_mbuf",
             LocalDrop::ForwardBadFrame => "forward_bad_frame",
+            LocalDrop::RxRingFull => "rx_ring_full",
         }
     }
 }
@@ -83,6 +92,11 @@ pub struct LcoreCounters {
     /// copies of the ARP frames other lcores received (every engine learns
     /// its neighbours from them).
     pub taken_over: Counter,
+    /// af_packet: frames the kernel offered to this lcore's RX ring,
+    /// delivered or dropped (the socket's `tp_packets`); 0 on other devices.
+    /// Written by the control thread. At rest, `rx_packets` (this queue's
+    /// frames) plus `rx_ring_full` drops equals this.
+    pub rx_ring_frames: Counter,
     packet_drops: [Counter; DropReason::COUNT],
     local_drops: [Counter; LocalDrop::ALL.len()],
 }
@@ -113,6 +127,7 @@ impl LcoreCounters {
             busy_ns: self.busy_ns.get(),
             handed_over: self.handed_over.get(),
             taken_over: self.taken_over.get(),
+            rx_ring_frames: self.rx_ring_frames.get(),
             drops,
         }
     }
@@ -129,6 +144,7 @@ pub struct LcoreSnapshot {
     pub busy_ns: u64,
     pub handed_over: u64,
     pub taken_over: u64,
+    pub rx_ring_frames: u64,
     /// Every drop reason, zero or not, so readers can rely on the keys.
     pub drops: BTreeMap<&'static str, u64>,
 }

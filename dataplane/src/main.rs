@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use fulcrum_dataplane::dpdk;
 use clap::Parser;
 use config::{Config, MBUF_CACHE};
-use counters::LcoreCounters;
+use counters::{LcoreCounters, LocalDrop};
 use crossbeam::queue::ArrayQueue;
 use device::{EngineInbox, TxSide};
 use dpdk::{Eal, LcoreJob, LcoreOutcome, MbufBatch, Mempool, Port, PortConf, Ring};
@@ -188,6 +188,23 @@ fn serve_port(
             deepen_tap_queue(tap, sw.tap_queue_len());
         }
     }
+    // Found before the kernel side comes up, and read once: what the
+    // sockets saw before they were bound (any interface's frames) or before
+    // the kernel side was up is not the port's traffic.
+    let mut rx_rings = match (&d.software, veth) {
+        (Some(config::Software { device: dev @ config::SoftDevice::AfPacket(_), .. }), Some(_)) => {
+            let (_, dpdk_side) = dev.veth().expect("af_packet has a veth");
+            let mut rings = dpdk::RxRings::find(&dpdk_side)
+                .with_context(|| format!("finding the af_packet PMD's sockets on {dpdk_side}"))?;
+            if rings.queues() != lcores.len() {
+                bail!("{dpdk_side}: {} af_packet socket(s) for {} queue(s)", rings.queues(), lcores.len());
+            }
+            let before = rings.take().context("reading the af_packet rings' counters")?;
+            tracing::debug!("{dpdk_side}: af_packet sockets' counts before the port's traffic (not counted): {before:?}");
+            Some(rings)
+        }
+        _ => None,
+    };
     if let (Some(veth), Some(sw)) = (veth, &d.software) {
         veth.port_started(&sw.device, port.mac())?;
     }
@@ -302,7 +319,8 @@ fn serve_port(
     };
     let outcomes = std::thread::scope(|scope| {
         let (collect, shm_role, commands, acks, facts) = (&collect, shm_role.as_ref(), &commands, &acks, &facts);
-        scope.spawn(move || control_thread(cli, stop, collect, shm_role, commands, acks, facts, initial_tables));
+        let rx_rings = rx_rings.as_mut().map(|rings| RingCounter { rings, counters: &counters, failed: false });
+        scope.spawn(move || control_thread(cli, stop, collect, shm_role, commands, acks, facts, initial_tables, rx_rings));
         let mut consumers: Vec<_> = rings.iter().map(|r| r.consumer()).collect();
         let jobs: Vec<(dpdk::LcoreId, LcoreJob<'_>)> = lcores
             .iter()
@@ -370,8 +388,10 @@ fn serve_port(
         tracing::info!("vip {v}");
     }
     let ps = port.stats();
+    let ring_frames: u64 = counters.iter().map(|(_, c)| c.rx_ring_frames.get()).sum();
+    let ring_full: u64 = snapshot.lcores.iter().map(|l| l.drops[LocalDrop::RxRingFull.name()]).sum();
     tracing::info!(
-        "port {}: rx {} pkts {} bytes, tx {} pkts {} bytes, missed {}, rx errors {}, tx errors {}, rx no-mbuf {}",
+        "port {}: rx {} pkts {} bytes, tx {} pkts {} bytes, missed {}, rx errors {}, tx errors {}, rx no-mbuf {}{}",
         port.id(),
         ps.rx_packets,
         ps.rx_bytes,
@@ -380,7 +400,12 @@ fn serve_port(
         ps.rx_missed,
         ps.rx_errors,
         ps.tx_errors,
-        ps.rx_nombuf
+        ps.rx_nombuf,
+        if rx_rings.is_some() {
+            format!(", af_packet RX rings: {ring_frames} frames from the kernel, {ring_full} dropped full (rx_ring_full)")
+        } else {
+            String::new()
+        }
     );
     for (name, value) in port.xstats().iter().filter(|(_, v)| *v != 0) {
         tracing::debug!("xstat {name} = {value}");
@@ -508,6 +533,7 @@ fn control_thread(
     acks: &[ArrayQueue<LcoreAck>],
     facts: &Facts,
     initial_tables: Vec<TableDigest>,
+    mut rings: Option<RingCounter<'_>>,
 ) {
     let mut subscriber = shm.map(|s| s.subscriber());
     let mut report = DataplaneReport { facts: facts.clone(), generation: 0, refused: Vec::new(), tables: Vec::new() };
@@ -594,6 +620,9 @@ fn control_thread(
                 write_report(role, &report);
             }
         }
+        if let Some(rings) = rings.as_mut() {
+            rings.read();
+        }
         if let Some(path) = &cli.stats_file {
             if std::time::Instant::now() >= next_stats {
                 next_stats += STATS_PERIOD;
@@ -603,6 +632,40 @@ fn control_thread(
             }
         }
         sleep_unless(stop, CONTROL_PERIOD);
+    }
+    // The lcores have stopped (or are stopping): the last counts, for the
+    // exit report.
+    if let Some(rings) = rings.as_mut() {
+        rings.read();
+    }
+}
+
+/// The af_packet RX rings' kernel counts, added to the counters of the
+/// lcore owning each queue (queue i is lcore i's). The control thread is the
+/// only reader (a read resets the kernel's counts) and the only writer of
+/// these two counters.
+struct RingCounter<'a> {
+    rings: &'a mut dpdk::RxRings,
+    counters: &'a [(u32, LcoreCounters)],
+    /// A read failed (logged once).
+    failed: bool,
+}
+
+impl RingCounter<'_> {
+    fn read(&mut self) {
+        match self.rings.take() {
+            Ok(queues) => {
+                for ((_, lcore), q) in self.counters.iter().zip(queues) {
+                    lcore.rx_ring_frames.add(q.frames);
+                    lcore.drop_local(LocalDrop::RxRingFull, q.drops);
+                }
+            }
+            Err(e) if !self.failed => {
+                tracing::error!("af_packet RX rings: {e}; their drops are no longer counted");
+                self.failed = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 

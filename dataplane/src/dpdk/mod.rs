@@ -9,6 +9,7 @@ mod eal;
 mod lcore;
 mod mbuf;
 mod mempool;
+mod packet_ring;
 mod port;
 mod ring;
 
@@ -16,6 +17,7 @@ pub use eal::Eal;
 pub use lcore::{launch, LcoreJob, LcoreOutcome};
 pub use mbuf::{Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
+pub use packet_ring::{RingCounts, RingError, RxRings};
 pub use port::{Port, PortConf, RxQueue, TxQueue};
 pub use ring::{Ring, RingConsumer};
 
