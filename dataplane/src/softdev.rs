@@ -19,10 +19,9 @@
 //!   that state, and DPDK's af_packet PMD ignores TP_STATUS_CSUMNOTREADY and
 //!   truncates to its frame size. With the offloads off on the interface the
 //!   kernel transmits into, `validate_xmit_skb` finishes checksums and
-//!   segments before the veth hands the frame over. (A SYN that still
-//!   arrives unfinished is dropped before admission and counted,
-//!   `proxy.drop_bad_checksum`; smoltcp drops any other such segment by its
-//!   own checksum check, not counted apart.)
+//!   segments before the veth hands the frame over. (A segment that
+//!   still arrives unfinished is dropped and counted,
+//!   `proxy.drop_bad_checksum`; a SYN before admission.)
 //! * The pair goes with the process, as a tap does, however it ends: a
 //!   watcher (`sh`, in its own process group) holds a pipe from us and deletes
 //!   the pair when the pipe closes without the word `done`, i.e. when the

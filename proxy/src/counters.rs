@@ -97,9 +97,11 @@ pub struct EngineCounters {
     /// set (null, SYN+FIN, SYN+RST, FIN without ACK, xmas, ...; see
     /// `frame::plausible`), dropped before anything else is done for them.
     pub drop_bad_flags: u64,
-    /// Bare SYNs (SYN without ACK or RST) to us with a bad IPv4 header or TCP
-    /// checksum, dropped before admission (no connection, no backend attempt,
-    /// no rate token, no RST).
+    /// TCP segments to us (plausible flags) with a bad IPv4 header or TCP
+    /// checksum, dropped before anything else is done for them: a SYN before
+    /// admission (no connection, no backend attempt, no rate token, no RST),
+    /// an ACK before cookie validation, any segment before smoltcp (which
+    /// does not verify again).
     pub drop_bad_checksum: u64,
 }
 

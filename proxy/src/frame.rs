@@ -1,15 +1,17 @@
 //! The engine's own cheap frame classification: what it needs to know about
 //! a frame (ARP, or a TCP segment's 4-tuple, flags and whether it is a bare
-//! SYN) before choosing the socket set smoltcp processes it with. A bare SYN
-//! has its checksums verified here, before admission spends anything on it,
-//! and so does an ACK that may carry a SYN cookie ([`tcp_checksums_ok`], the
-//! same check); other segments are verified by smoltcp as usual. Steering a frame
+//! SYN) before choosing the socket set smoltcp processes it with. Every TCP
+//! segment with plausible flags has its checksums verified here, once: a
+//! bare SYN before admission spends anything on it, an ACK before it is
+//! taken for a SYN cookie, any other segment before smoltcp sees it; one
+//! that fails is dropped and counted (`drop_bad_checksum`). smoltcp is told
+//! not to verify again ([`transmit_only`]). Steering a frame
 //! to its lcore happens earlier, in the dataplane, with
 //! [`fulcrum_model::steer`].
 
 use std::net::Ipv4Addr;
 
-use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::phy::{Checksum, ChecksumCapabilities};
 use smoltcp::wire::{
     ArpPacket, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket,
 };
@@ -70,17 +72,17 @@ pub(crate) struct TcpMeta {
     pub flags: u8,
     /// SYN without ACK or RST: the only segment that may open a connection.
     pub syn_only: bool,
-    /// A bare SYN with plausible flags whose IPv4 header checksum or TCP
+    /// A segment with plausible flags whose IPv4 header checksum or TCP
     /// checksum (pseudo-header, header and payload, bounded by the IPv4 total
-    /// length) is wrong. Only such SYNs are checked, and only the checksums
-    /// `checksum` says are verified on receive (not those the NIC verified).
+    /// length) is wrong. Segments with impossible flags are not checked
+    /// (they are dropped for their flags), and only the checksums `checksum`
+    /// says are verified on receive (not those the NIC verified).
     pub bad_checksum: bool,
 }
 
-/// Parses headers; verifies checksums only for a bare SYN with plausible
-/// flags (see [`TcpMeta::bad_checksum`]: admission happens before smoltcp
-/// sees the frame), other segments are verified by smoltcp when it processes
-/// them. Fragments are `Other`: their ports are not in every fragment.
+/// Parses headers; verifies the checksums of every TCP segment with
+/// plausible flags (see [`TcpMeta::bad_checksum`]), the one verification a
+/// segment gets. Fragments are `Other`: their ports are not in every fragment.
 pub(crate) fn classify(frame: &[u8], checksum: &ChecksumCapabilities) -> Frame {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return Frame::Other;
@@ -119,7 +121,7 @@ pub(crate) fn classify(frame: &[u8], checksum: &ChecksumCapabilities) -> Frame {
             .fold(0, |acc, &(on, bit)| if on { acc | bit } else { acc });
             let syn_only = tcp.syn() && !tcp.ack() && !tcp.rst();
             let (src, dst) = (ip.src_addr(), ip.dst_addr());
-            let bad_checksum = syn_only && plausible(flags) && !checksums_ok(&ip, &tcp, checksum);
+            let bad_checksum = plausible(flags) && !checksums_ok(&ip, &tcp, checksum);
             Frame::Tcp(TcpMeta {
                 src,
                 dst,
@@ -136,8 +138,7 @@ pub(crate) fn classify(frame: &[u8], checksum: &ChecksumCapabilities) -> Frame {
 
 /// The IPv4 header and TCP checksums (pseudo-header, header and payload,
 /// bounded by the IPv4 total length), those `checksum` says are verified on
-/// receive: the one check for SYNs ([`classify`]) and cookie ACKs
-/// ([`tcp_checksums_ok`]).
+/// receive.
 fn checksums_ok(
     ip: &Ipv4Packet<&[u8]>,
     tcp: &TcpPacket<&[u8]>,
@@ -149,26 +150,25 @@ fn checksums_ok(
             || tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)))
 }
 
-/// [`checksums_ok`] for a frame [`classify`] called TCP (false if it is not).
-pub(crate) fn tcp_checksums_ok(frame: &[u8], checksum: &ChecksumCapabilities) -> bool {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else {
-        return false;
-    };
-    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-        return false;
-    };
-    let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
-        return false;
-    };
-    checksums_ok(&ip, &tcp, checksum)
+/// What smoltcp is told about the checksums [`classify`] verifies (IPv4
+/// header, TCP): computed on transmit as `checksum` says, never verified on
+/// receive, since every segment smoltcp is given was verified here (and
+/// nothing but TCP over IPv4, and ARP, reaches it). The cost is paid once.
+pub(crate) fn transmit_only(checksum: &ChecksumCapabilities) -> ChecksumCapabilities {
+    let tx = |c: &Checksum| if c.tx() { Checksum::Tx } else { Checksum::None };
+    let mut caps = checksum.clone();
+    caps.ipv4 = tx(&checksum.ipv4);
+    caps.tcp = tx(&checksum.tcp);
+    caps
 }
 
 #[cfg(test)]
 mod tests {
-    use smoltcp::phy::Checksum;
-
     use super::*;
-    use crate::testdata::{flipped, PADDING_AT, SEQ_LOW_AT, TCP_FLAGS_AT, TTL_AT, VALID_SYN};
+    use crate::testdata::{
+        flipped, flipped_in, DATA_PAYLOAD_AT, PADDING_AT, SEQ_LOW_AT, TCP_FLAGS_AT, TTL_AT, VALID_DATA,
+        VALID_SYN,
+    };
 
     fn meta(frame: &[u8], caps: &ChecksumCapabilities) -> TcpMeta {
         match classify(frame, caps) {
@@ -335,16 +335,40 @@ mod tests {
         assert!(!meta(&flipped(TTL_AT), &offloaded).bad_checksum);
     }
 
-    /// Only bare SYNs pay for the checksum: the same bad bytes as an ACK are
-    /// left to smoltcp.
+    /// Every segment is verified here, not only SYNs: a data segment
+    /// (PSH+ACK, `hello`) passes intact and is a bad checksum with a payload
+    /// byte, a header byte or the TTL flipped; so is a bare ACK.
     #[test]
-    fn non_syn_segments_are_not_checksummed_here() {
-        let mut f = flipped(SEQ_LOW_AT);
-        f[TCP_FLAGS_AT] = ACK;
-        let m = meta(&f, &ChecksumCapabilities::default());
+    fn data_segments_and_acks_are_checksummed_too() {
+        let caps = ChecksumCapabilities::default();
+        let m = meta(&VALID_DATA, &caps);
+        assert_eq!((m.src_port, m.dst_port, m.flags), (40000, 80, PSH | ACK));
         assert!(!m.syn_only && !m.bad_checksum);
-        // The cookie path verifies such an ACK with the same check.
-        assert!(!tcp_checksums_ok(&f, &ChecksumCapabilities::default()));
-        assert!(tcp_checksums_ok(&VALID_SYN, &ChecksumCapabilities::default()));
+        // Padding beyond the IPv4 total length is not part of the segment.
+        assert!(!meta(&flipped_in(&VALID_DATA, 59), &caps).bad_checksum);
+        assert!(meta(&flipped_in(&VALID_DATA, DATA_PAYLOAD_AT), &caps).bad_checksum);
+        assert!(meta(&flipped_in(&VALID_DATA, SEQ_LOW_AT), &caps).bad_checksum);
+        assert!(meta(&flipped_in(&VALID_DATA, TTL_AT), &caps).bad_checksum);
+        // A bare ACK (the flags byte changed: the checksum no longer holds).
+        let mut ack = VALID_DATA;
+        ack[TCP_FLAGS_AT] = ACK;
+        assert!(meta(&ack, &caps).bad_checksum);
+        // Impossible flags are dropped for those, not checksummed.
+        let mut null = VALID_DATA;
+        null[TCP_FLAGS_AT] = 0;
+        assert!(!meta(&null, &caps).bad_checksum);
+    }
+
+    /// What smoltcp is given: checksums computed on transmit as configured,
+    /// never verified on receive (verified here instead).
+    #[test]
+    fn smoltcp_computes_but_does_not_verify() {
+        let caps = transmit_only(&ChecksumCapabilities::default());
+        assert!(caps.ipv4.tx() && !caps.ipv4.rx() && caps.tcp.tx() && !caps.tcp.rx());
+        let mut offloaded = ChecksumCapabilities::default();
+        offloaded.tcp = Checksum::Rx;
+        offloaded.ipv4 = Checksum::None;
+        let caps = transmit_only(&offloaded);
+        assert!(!caps.ipv4.tx() && !caps.ipv4.rx() && !caps.tcp.tx() && !caps.tcp.rx());
     }
 }

@@ -2,7 +2,10 @@
 //! (literal bytes, `src/testdata.rs`) are put on the engine's wire by hand:
 //! a valid SYN is admitted and a backend connection attempted; the same bytes
 //! with a bad checksum, or segments with impossible flags, are dropped and
-//! counted before admission, with no backend attempt and no reply.
+//! counted before admission, with no backend attempt and no reply. Every
+//! other segment is verified the same way (smoltcp does not verify again):
+//! a corrupted data segment of an established connection is dropped and
+//! counted, the intact one is delivered.
 
 mod common;
 #[path = "../src/testdata.rs"]
@@ -11,8 +14,20 @@ mod testdata;
 use common::*;
 use fulcrum_proxy::EngineCounters;
 use smoltcp::time::Duration;
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet};
+use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket};
 use testdata::{flipped, SEQ_LOW_AT, TCP_FLAGS_AT, TTL_AT, VALID_SYN};
+
+/// [`VALID_SYN`] with the TCP flags `flags` and its TCP checksum made right
+/// again.
+fn with_flags(flags: u8) -> [u8; 60] {
+    let mut f = VALID_SYN;
+    f[TCP_FLAGS_AT] = flags;
+    let ip = Ipv4Packet::new_checked(&f[14..]).unwrap();
+    let (src, dst, end) = (ip.src_addr(), ip.dst_addr(), 14 + usize::from(ip.total_len()));
+    let mut tcp = TcpPacket::new_unchecked(&mut f[14 + 20..end]);
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+    f
+}
 
 /// Puts `frame` on the wire to the engine, runs 2 s of simulated time.
 fn inject(frame: &[u8]) -> Wire {
@@ -118,8 +133,9 @@ fn impossible_flags_to_a_local_port_are_dropped_and_counted() {
 }
 
 /// Legitimate segments of an unknown connection are not taken for
-/// impossible ones: they reach the flow lookup (and are answered with RST
-/// by smoltcp, as before), whatever their checksum.
+/// impossible ones: with good checksums they reach the flow lookup (and are
+/// answered with RST by smoltcp, as before); with the checksum left as it
+/// was for the SYN (wrong now), each is a bad checksum.
 #[test]
 fn legitimate_flags_are_not_dropped() {
     for (what, flags) in [
@@ -130,12 +146,60 @@ fn legitimate_flags_are_not_dropped() {
         ("PSH+ACK", 0x18),
         ("URG+ACK", 0x30),
     ] {
-        let mut f = VALID_SYN;
-        f[TCP_FLAGS_AT] = flags;
-        let w = inject(&f);
+        let w = inject(&with_flags(flags));
         let c = *w.engine.counters();
         assert_eq!((c.drop_bad_flags, c.drop_bad_checksum), (0, 0), "{what}");
         assert_eq!(c.unknown_flow, 1, "{what}");
         assert_eq!(attempts(&w), 0, "{what}");
+        let mut f = VALID_SYN;
+        f[TCP_FLAGS_AT] = flags;
+        let w = inject(&f);
+        let c = *w.engine.counters();
+        assert_eq!((c.drop_bad_flags, c.drop_bad_checksum, c.unknown_flow), (0, 1, 0), "{what}, bad checksum");
+        assert_nothing_spent(&w, what);
     }
+}
+
+/// An established connection: the client's next data segment, taken off
+/// the wire, reaches the engine first with a payload byte flipped (TCP
+/// checksum wrong), then with the TTL flipped (IPv4 header checksum wrong):
+/// each is dropped and counted before smoltcp, which would not verify it
+/// again, and nothing is relayed to the backend nor acknowledged. The
+/// intact segment then passes and its data reaches the backend.
+#[test]
+fn corrupted_segments_of_an_established_connection_are_dropped_and_counted() {
+    let mut w = Setup::new(1).build();
+    let s = w.client().connect((VIP, VIP_PORT), 40000);
+    let up = w.run_until(Duration::from_secs(2), |w| {
+        w.client().sock(s).may_send() && !w.backend(0).connections().is_empty()
+    });
+    assert!(up, "connection through the engine not established");
+    w.run_for(Duration::from_millis(50), |_| {});
+    assert_eq!(w.engine.counters().drop_bad_checksum, 0);
+    w.client().sock(s).send_slice(b"hello\n").unwrap();
+    let now = w.now;
+    w.client().poll(now, true);
+    let sent: Vec<Vec<u8>> = w.client().dev.tx.drain(..).collect();
+    assert_eq!(sent.len(), 1, "one data segment");
+    let good = sent[0].clone();
+    let payload_at = good.len() - 1; // the '\n': frames here carry no padding
+    assert_eq!(good[payload_at], b'\n');
+    for (i, at) in [payload_at, TTL_AT].into_iter().enumerate() {
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        w.engine_dev.rx.push_back(bad);
+        w.engine.poll(now, &mut w.engine_dev);
+        assert_eq!(w.engine.counters().drop_bad_checksum, i as u64 + 1, "byte {at} flipped");
+        assert!(w.engine_dev.tx.is_empty(), "byte {at} flipped: the engine relayed or acknowledged it");
+    }
+    w.engine_dev.rx.push_back(good);
+    let mut got = Vec::new();
+    let delivered = w.run_until(Duration::from_secs(2), |w| {
+        for b in w.backend(0).connections() {
+            read_all(w.backend(0).sock(b), &mut got);
+        }
+        got.ends_with(b"hello\n")
+    });
+    assert!(delivered, "the intact segment's data did not reach the backend: {got:?}");
+    assert_eq!(w.engine.counters().drop_bad_checksum, 2);
 }

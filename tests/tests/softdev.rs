@@ -10,7 +10,7 @@
 //! to AF_PACKET's ring and to XDP, unfinished. The dataplane now turns those
 //! offloads off on the kernel side of the veth it creates, so the kernel
 //! finishes every frame before it crosses; a frame that still arrives
-//! unfinished is dropped and counted (`drop_bad_checksum` for a SYN).
+//! unfinished is dropped and counted (`drop_bad_checksum`).
 //! [`af_packet_unfinished_checksums_are_counted_drops`] turns the offload back
 //! on to show exactly that, and off again to show the cure.
 

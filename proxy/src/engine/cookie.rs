@@ -15,7 +15,6 @@ use super::ingress::{Discard, OneFrame};
 use super::vip::vip_mut;
 use super::{millisecond_clock, Engine};
 use crate::config::SynCookies;
-use crate::frame::tcp_checksums_ok;
 use crate::syncookie::{
     emit_tcp, frame_len, from_ack, synack_repr, synthesized_syn, ts_decode, ts_encode, Segment,
 };
@@ -123,8 +122,8 @@ impl Engine {
     }
 
     /// An ACK (no SYN, no RST) to VIP slot `vi` for no known connection:
-    /// unless cookies are off, its checksums are verified and its
-    /// acknowledgment number - 1 validated as a cookie, whatever this
+    /// unless cookies are off, its acknowledgment number - 1 (checksums
+    /// verified on ingress) is validated as a cookie, whatever this
     /// engine's flood mode (another instance sharing the seed may have sent
     /// it). A valid one goes through admission like a SYN, then becomes a
     /// connection whose client socket is fed the SYN the cookie stands for:
@@ -137,7 +136,8 @@ impl Engine {
         key: FlowKey,
         frame: &[u8],
     ) -> CookieAck {
-        if self.syn_cookies == SynCookies::Off || !tcp_checksums_ok(frame, &self.caps.checksum) {
+        // Its checksums were verified on ingress (`classify`).
+        if self.syn_cookies == SynCookies::Off {
             return CookieAck::NotChecked;
         }
         let Some(ack) = Segment::parse(frame) else {

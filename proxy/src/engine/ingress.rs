@@ -2,8 +2,9 @@
 //! smoltcp with the one socket set it concerns, found by one flow-table
 //! lookup, through a one-frame device that lends it without copying. A TCP
 //! segment to us with an impossible flag set ([`plausible`]) is dropped and
-//! counted (`drop_bad_flags`) before anything else, and so is a bare SYN with
-//! a bad checksum (`drop_bad_checksum`), before admission. A SYN
+//! counted (`drop_bad_flags`) before anything else, and so is any segment
+//! with a bad checksum (`drop_bad_checksum`: verified once, by `classify`;
+//! smoltcp does not verify again), before admission or smoltcp. A SYN
 //! to a VIP with no connection is admitted first ([`Engine::admit`]), or, in
 //! flood mode, answered with a SYN cookie into this frame's TX token
 //! (`cookie`); an ACK to a VIP with no connection may carry a cookie and
@@ -28,7 +29,7 @@ impl Engine {
 
     pub(super) fn ingress<T: TxToken>(&mut self, now: Instant, frame: &[u8], tx: T) {
         self.counters.frames_in += 1;
-        let target = match classify(frame, &self.caps.checksum) {
+        let target = match classify(frame, &self.verify) {
             Frame::Arp { sender, target } if self.is_ours(target) => {
                 if let Ok(i) = self.neighbors.binary_search(&sender) {
                     self.neighbor_heard[i] = true;

@@ -172,7 +172,7 @@ use std::net::Ipv4Addr;
 
 use fulcrum_model::steer::owner_of_port;
 use smoltcp::iface::{Config, Interface, PollResult, Route, SocketSet};
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken};
+use smoltcp::phy::{ChecksumCapabilities, Device, DeviceCapabilities, Medium, RxToken};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Cidr};
@@ -217,7 +217,12 @@ pub(crate) fn millisecond_clock() -> u32 {
 /// One lcore's proxy: owns its connections, fed frames by the dataplane.
 pub struct Engine {
     iface: Interface,
+    /// What smoltcp is told: checksums computed on transmit, not verified
+    /// on receive ([`crate::frame::transmit_only`]).
     caps: DeviceCapabilities,
+    /// The checksums verified on receive, by [`crate::frame::classify`]
+    /// (`EngineConfig::checksum`: those the NIC did not verify).
+    verify: ChecksumCapabilities,
     addr: Ipv4Addr,
     ack_delay: Option<Duration>,
     buffer_size: usize,
@@ -302,7 +307,7 @@ impl Engine {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = config.mtu;
-        caps.checksum = config.checksum.clone();
+        caps.checksum = crate::frame::transmit_only(&config.checksum);
         let mut icfg = Config::new(HardwareAddress::Ethernet(config.mac));
         icfg.random_seed = config.random_seed;
         let mut iface =
@@ -348,6 +353,7 @@ impl Engine {
         let mut engine = Self {
             iface,
             caps,
+            verify: config.checksum.clone(),
             addr: config.addr,
             ack_delay: config.ack_delay.map(smol),
             buffer_size: config.buffer_size,
