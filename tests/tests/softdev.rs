@@ -137,6 +137,45 @@ fn af_packet_unfinished_checksums_are_counted_drops() {
     });
 }
 
+/// Not only SYNs: a segment of an established connection that reaches the
+/// dataplane with its checksum unfinished is dropped and counted too
+/// (`drop_bad_checksum`; smoltcp, which verified it before, silently, no
+/// longer does). A TCP connection from the client to the echo VIP echoes
+/// `a`; with transmit checksum offload turned back on on the veth's kernel
+/// side, the client's `b` (and its retransmissions) arrive unfinished and
+/// are counted; off again, a retransmission arrives finished and `b` comes
+/// back: the connection survived.
+#[test]
+fn af_packet_unfinished_segments_of_a_connection_are_counted_drops() {
+    use std::io::{Read, Write};
+    let topo = Topology::up();
+    let _echo = start_backends(&topo, ECHO_PORT, Mode::Echo, &[]);
+    let dp = start_on(&topo, SoftDevice::AfPacket);
+    let echo: SocketAddr = format!("{ECHO_VIP}:{ECHO_PORT}").parse().unwrap();
+    let mut stream = in_netns(&topo.ns("cli"), || std::net::TcpStream::connect_timeout(&echo, Duration::from_secs(5)))
+        .expect("a connection to the echo VIP");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut byte = [0u8; 1];
+    stream.write_all(b"a").unwrap();
+    stream.read_exact(&mut byte).expect("the echo of a");
+    assert_eq!(&byte, b"a");
+    let tap = topo.tap();
+    topo.exec_ok("fab", &["ethtool", "-K", &tap, "tx", "on"]);
+    let before = bad_checksum_drops(&dp);
+    stream.write_all(b"b").unwrap();
+    dp.wait_stats(Duration::from_secs(10), "the connection's unfinished segment to be counted", |s| {
+        let now = proxy_counter(s, "drop_bad_checksum").unwrap_or(0);
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("drop_bad_checksum {now}, {before} before"))
+        }
+    });
+    topo.exec_ok("fab", &["ethtool", "-K", &tap, "tx", "off"]);
+    stream.read_exact(&mut byte).expect("the echo of b, retransmitted finished");
+    assert_eq!(&byte, b"b");
+}
+
 /// The veth goes with the process however it ends (SIGKILL included), as a
 /// tap does, and a dataplane started again on the same name comes up.
 #[test]
