@@ -251,6 +251,17 @@ mod tests {
     use crate::counters::LcoreCounters;
     use crate::stats::tests::{engine, flood_counters};
 
+    /// Every lcore counter, the af_packet ring's two included, has a slot
+    /// and a name that fit the segment's name table.
+    #[test]
+    fn lcore_counter_names_fit_the_segment() {
+        let names = lcore_counter_names(&LcoreCounters::default().snapshot(0));
+        assert!(names.len() <= shm::LCORE_COUNTERS, "{} names: {names:?}", names.len());
+        assert!(names.iter().all(|n| n.len() < shm::NAME_LEN), "{names:?}");
+        assert!(names.contains(&"rx_ring_frames".to_owned()) && names.contains(&"drop_rx_ring_full".to_owned()));
+        eprintln!("{} of {} lcore counter slots used", names.len(), shm::LCORE_COUNTERS);
+    }
+
     fn published(id: u16, vip: fulcrum_model::Vip, first_slot: u32) -> Published {
         let slots = (first_slot..first_slot + vip.backends.len() as u32).collect();
         Published { id, slots, vip }
