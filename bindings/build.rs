@@ -51,7 +51,7 @@ fn main() {
         .allowlist_function("fulcrum_rte_errno")
         .allowlist_function("rte_pktmbuf_(pool_create|alloc|free|alloc_bulk|append|trim|adj|reset)")
         .allowlist_function("rte_mempool_(free|avail_count|in_use_count)")
-        .allowlist_function("rte_eth_(dev_count_avail|find_next|dev_configure|dev_info_get|rx_queue_setup|tx_queue_setup|dev_start|dev_stop|dev_close|macaddr_get|link_get_nowait|stats_get|xstats_get|xstats_get_names|promiscuous_enable|dev_socket_id|rx_burst|tx_burst|dev_get_name_by_port)")
+        .allowlist_function("rte_eth_(dev_count_avail|find_next|dev_configure|dev_info_get|rx_queue_setup|tx_queue_setup|dev_start|dev_stop|dev_close|macaddr_get|link_get_nowait|stats_get|xstats_get|xstats_get_names|promiscuous_enable|dev_socket_id|rx_burst|tx_burst|dev_get_name_by_port|dev_set_mtu|dev_get_mtu)")
         .allowlist_function("rte_ring_(create|free|enqueue_burst|dequeue_burst|count)")
         .allowlist_var("RTE_.*|RING_F_.*")
         .allowlist_type("rte_eth_.*")

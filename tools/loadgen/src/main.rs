@@ -289,7 +289,7 @@ fn generate_on(
     mac: [u8; 6],
     stop: &AtomicBool,
 ) -> Result<(), Error> {
-    let conf = PortConf { queues: cli.queues, rx_descriptors: 1024, tx_descriptors: 1024 };
+    let conf = PortConf { queues: cli.queues, rx_descriptors: 1024, tx_descriptors: 1024, mtu: None };
     let port = Port::start(port_id, &conf, pool, socket)?;
     let port_mac = port.mac();
     if port_mac != mac {
