@@ -29,7 +29,7 @@ pub const fn frame_len(mtu: u16) -> usize {
 /// frame is always one mbuf, never a chain. A multiple of 2 KiB, at least
 /// DPDK's default (2048) and with 96 bytes to spare beyond the frame:
 /// net_af_packet's ring frames are this size too, and hold the kernel's
-/// `tpacket2_hdr` and link-layer address (its MAC offset is at most 82)
+/// `tpacket2_hdr` and link-layer address (the frame starts 66 bytes in)
 /// before the frame. 1500 -> 2048, 9000 -> 10240.
 pub const fn frame_room(mtu: u16) -> u16 {
     const SLACK: usize = 96;
