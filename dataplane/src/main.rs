@@ -277,7 +277,7 @@ fn serve_port(
     }
     let link = port.link();
     tracing::info!(
-        "ready: port {} ({}) mac {} link {} {} Mb/s, address {}/{}, {} queue(s) on lcore(s) {:?}{}{}",
+        "ready: port {} ({}) mac {} link {} {} Mb/s, address {}/{}, mtu {}, {} queue(s) on lcore(s) {:?}{}{}",
         port.id(),
         port.name(),
         mac_string(mac),
@@ -285,6 +285,7 @@ fn serve_port(
         link.speed_mbps,
         d.address.addr,
         d.address.prefix_len,
+        d.mtu,
         conf.queues,
         lcores.iter().map(|l| l.0).collect::<Vec<_>>(),
         d.software

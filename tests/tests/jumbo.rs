@@ -58,6 +58,7 @@ fn jumbo_frames_through_proxy_and_dsr(device: SoftDevice) {
     let extra = format!("[dataplane]\nmtu = {MTU}\n[forward]\nconntrack_entries = 65536\n{}", vips_toml(&[echo, dsr]));
     let opts = StartOptions { extra_config: extra, device: Some(device), ..Default::default() };
     let mut dp = Dataplane::start_with(&topo, opts);
+    assert!(dp.ready_line().contains(&format!(", mtu {MTU},")), "{}", dp.ready_line());
     let iface_mtu = topo.exec_ok("fab", &["cat", &format!("/sys/class/net/{}/mtu", topo.tap())]);
     assert_eq!(iface_mtu.trim(), MTU.to_string(), "the dataplane's interface {} on {device:?}", topo.tap());
 
