@@ -663,6 +663,20 @@ impl Config {
                 d.rx_descriptors
             ));
         }
+        // Without hugepages (`off`, or `auto` falling back), EAL's -m must
+        // hold the pool, whose buffers grow with the MTU.
+        if let Some(sw) = d.software.as_ref().filter(|sw| !matches!(sw.hugepages, Hugepages::On)) {
+            let need = self.hugepage_bytes().div_ceil(1 << 20);
+            if u64::from(sw.no_huge_memory_mb) < need {
+                return Err(format!(
+                    "dataplane.software.no_huge_memory_mb: {} MiB cannot hold {} packet buffers of {} bytes (mtu {}) and EAL's own memory: at least {need} are needed (or fewer mbufs)",
+                    sw.no_huge_memory_mb,
+                    d.mbufs,
+                    self.frame_room(),
+                    d.mtu
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1091,6 +1105,7 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", via = \"198.18.0.253\" }, { prefix = \"10.0.0.0/8\", via = \"198.18.0.252\" }]\n", "dataplane.routes[1].prefix: 10.0.0.0/8 is listed twice"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", gw = \"198.18.0.253\" }]\n", "gw"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = 9001\n", "dataplane.mtu: 9001 must be from 576 to 9000"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", no_huge_memory_mb = 256 }\nmtu = 9000\nmbufs = 32767\n", "dataplane.software.no_huge_memory_mb: 256 MiB cannot hold 32767 packet buffers of 10240 bytes (mtu 9000) and EAL's own memory: at least 346 are needed"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = 500\n", "dataplane.mtu: 500 must be from 576 to 9000"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = \"jumbo\"\n", "mtu"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\n[forward]\nmtu = 1600\n", "forward.mtu: 1600 must be from 576 to the port's MTU (dataplane.mtu, 1500)"),
