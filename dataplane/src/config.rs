@@ -197,7 +197,8 @@ pub struct Dataplane {
     /// the proxy engine advertises MSS `mtu - 40` on both sides, and the
     /// device gets it (af_packet's veth from the dataplane, others through
     /// DPDK, which refuses what the driver cannot carry: DPDK 22.11's
-    /// net_tap and af_xdp stop short of 9000, af_packet carries it); the
+    /// net_tap stops at 1504, af_xdp is refused above 1500 here, af_packet
+    /// carries 9000); the
     /// network the port is on must carry it too (`topology.sh up --mtu`).
     /// Under SYN cookies, a connection's MSS is at most 1460 (the cookie's
     /// MSS table, as Linux's).
@@ -620,6 +621,13 @@ impl Config {
                 return Err("dataplane: set `software = { af_packet = \"NAME\" }` (or `tap`, `af_xdp`: for trying Fulcrum) or `hardware = { pci = \"0000:03:00.0\" }`".into())
             }
             _ => {}
+        }
+        if matches!(d.software.as_ref().map(|s| &s.device), Some(SoftDevice::AfXdp(_))) && d.mtu > crate::device::DEFAULT_MTU {
+            return Err(format!(
+                "dataplane.mtu: {} with af_xdp: DPDK 22.11's af_xdp puts each packet buffer in one page of its \
+                 UMEM, and buffers for frames above 1514 bytes do not fit one: use af_packet for jumbo frames",
+                d.mtu
+            ));
         }
         if let (Some(SoftDevice::AfXdp(_)), n @ 2..) = (d.software.as_ref().map(|s| &s.device), d.lcores.0.len()) {
             return Err(format!(
@@ -1107,6 +1115,7 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = 9001\n", "dataplane.mtu: 9001 must be from 576 to 9000"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", no_huge_memory_mb = 256 }\nmtu = 9000\nmbufs = 32767\n", "dataplane.software.no_huge_memory_mb: 256 MiB cannot hold 32767 packet buffers of 10240 bytes (mtu 9000) and EAL's own memory: at least 346 are needed"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = 500\n", "dataplane.mtu: 500 must be from 576 to 9000"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"fl0\" }\nmtu = 3000\n", "dataplane.mtu: 3000 with af_xdp"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = \"jumbo\"\n", "mtu"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\n[forward]\nmtu = 1600\n", "forward.mtu: 1600 must be from 576 to the port's MTU (dataplane.mtu, 1500)"),
         ];

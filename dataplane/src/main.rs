@@ -151,8 +151,8 @@ fn driver_kept_mbufs(config: &Config, pool: &Mempool) -> u32 {
 /// there) or on af_packet, whose veth the dataplane made with the MTU
 /// (DPDK 22.11's af_packet tells ethdev 1500 at most, whatever its rings
 /// hold); otherwise the port's, which the driver may refuse (DPDK 22.11's
-/// net_tap takes 1504 at most, af_xdp's copy mode less than a page),
-/// failing the start with the figures.
+/// net_tap takes 1504 at most), failing the start with the figures. (af_xdp
+/// above 1500 is refused by the configuration check.)
 fn port_mtu(config: &Config) -> Option<u16> {
     let d = &config.dataplane;
     let af_packet = matches!(d.software.as_ref().map(|s| &s.device), Some(config::SoftDevice::AfPacket(_)));
