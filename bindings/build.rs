@@ -48,7 +48,7 @@ fn main() {
         .allowlist_function("rte_eal_(init|cleanup|remote_launch|wait_lcore|mp_wait_lcore)")
         .allowlist_function("rte_(lcore_id|get_main_lcore|lcore_count|get_next_lcore|lcore_to_socket_id|socket_id|lcore_is_enabled|thread_register)")
         .allowlist_function("rte_(strerror|delay_us_sleep|pause|get_tsc_hz|rdtsc)")
-        .allowlist_function("fulcrum_rte_errno")
+        .allowlist_function("fulcrum_rte_errno|fulcrum_memif_.*")
         .allowlist_function("rte_pktmbuf_(pool_create|alloc|free|alloc_bulk|append|trim|adj|reset)")
         .allowlist_function("rte_mempool_(free|avail_count|in_use_count)")
         .allowlist_function("rte_eth_(dev_count_avail|find_next|dev_configure|dev_info_get|rx_queue_setup|tx_queue_setup|dev_start|dev_stop|dev_close|macaddr_get|link_get_nowait|stats_get|xstats_get|xstats_get_names|promiscuous_enable|dev_socket_id|rx_burst|tx_burst|dev_get_name_by_port|dev_set_mtu|dev_get_mtu)")

@@ -1077,35 +1077,15 @@ cap_gen_sample() {
 # cap_run_ns PID TID: nanoseconds the thread has run on a CPU (schedstat), 0 if unknown.
 cap_run_ns() { awk '{ print $1 + 0 }' "/proc/$1/task/$2/schedstat" 2>/dev/null || echo 0; }
 
-# cap_config FILE PREFIX SOCKET LCORES: the dataplane's configuration.
+# cap_config FILE PREFIX SOCKET LCORES [valgrind]: the dataplane's configuration
+# (tools/loadgen/dataplane.toml, shared with tests/tests/loadgen.rs).
 cap_config() {
     local mem='hugepages = "on"'
     [ "$CAP_HUGE" = 1 ] || mem='hugepages = "off", no_huge_memory_mb = 512'
     # Under callgrind always without hugepages (valgrind maps no hugetlbfs).
     [ "${5:-}" = valgrind ] && mem='hugepages = "off", no_huge_memory_mb = 256'
-    cat >"$1" <<CONF
-[dataplane]
-address = "198.18.0.2/24"
-lcores = "$4"
-mbufs = 16383
-file_prefix = "$2"
-software = { vdev = "net_memif0,role=server,socket=$3,socket-abstract=no,mac=02:00:00:00:00:02", $mem }
-
-[forward]
-# No forwarding VIP: the smallest table (quick to set up under valgrind).
-conntrack_entries = 1024
-
-[[vip]]
-address = "198.18.1.1"
-port = 80
-mode = "proxy"
-max_connections = 60000
-backends = [
-  { address = "198.18.0.21", port = 8080, weight = 1 },
-  { address = "198.18.0.22", port = 8080, weight = 1 },
-  { address = "198.18.0.23", port = 8080, weight = 1 },
-]
-CONF
+    sed -e "s|@FILE_PREFIX@|$2|" -e "s|@SOCKET@|$3|" -e "s|@LCORES@|$4|" -e "s|@MEMORY@|$mem|" \
+        "$ROOT/tools/loadgen/dataplane.toml" >"$1"
 }
 
 # cap_start NAME MODE LCORES CONNS GEN_SECONDS [valgrind]: starts a dataplane (under
@@ -1153,13 +1133,13 @@ cap_start() {
     grep -q 'memif link up' "$CAP_DIR/gen.err" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the memif link did not come up in 90 s"; }
 }
 
-# cap_finish SECONDS: waits (bounded) for the generator's summary line, stops the
+# cap_finish SECONDS: waits (bounded) for the generator's summary (JSON), stops the
 # dataplane first (a memif peer that goes away under a polling lcore can crash it),
 # then the generator; dies if the generator found a bad byte. Prints its summary.
 cap_finish() {
     local secs=$1 i
     for i in $(seq $((secs * 10))); do
-        grep -q '^loadgen: ' "$CAP_DIR/gen.out" && break
+        grep -q '^{' "$CAP_DIR/gen.out" && break
         kill -0 "$CAP_GEN_PID" 2>/dev/null || break
         sleep 0.1
     done
@@ -1168,9 +1148,10 @@ cap_finish() {
     local rc=0
     cap_stop "$CAP_GEN_PID" 30 || rc=$?
     CAP_GEN_PID=""
-    grep -q '^loadgen: ' "$CAP_DIR/gen.out" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator printed no summary"; }
+    grep -q '^{' "$CAP_DIR/gen.out" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator printed no summary"; }
     [ "$rc" -eq 0 ] || { tail -n 5 "$CAP_DIR/gen.err" >&2; die "the generator failed (exit $rc): $(grep -o 'error: .*' "$CAP_DIR/gen.err" | tail -n 1)"; }
-    echo "    generator: $(sed 's/^loadgen: //' "$CAP_DIR/gen.out" | awk '{ for (i = 1; i <= NF; i++) if ($i !~ /^(rx_missed|unknown|inbox_full|in_flight|mode)=/) printf "%s ", $i }')" >&2
+    # The summary: one JSON record (fulcrum-loadgen-status's Status) on stdout.
+    echo "    generator: $(jq -r 'del(.time, .mode, .loops, .rx_missed, .unknown, .inbox_full, .in_flight) | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CAP_DIR/gen.out")" >&2
     echo "    dataplane: $(grep -o 'lcore [0-9]*: rx .*' "$CAP_DIR/dataplane.log" | tr '\n' ';' | sed 's/;$//')" >&2
 }
 

@@ -195,6 +195,14 @@ fn serve_port(
     };
     let socket = eal.socket_of(eal.main_lcore());
     let port = Port::start(port_id, &conf, pool, socket)?;
+    // A net_memif peer's disconnect must not unmap memory under a polling lcore.
+    let (memif_guard, mut quiescent) = match d.software.as_ref().and_then(|s| memif_socket(&s.device)) {
+        Some(path) => {
+            let (guard, tokens) = dpdk::MemifGuard::start(port.id(), &path, lcores.len())?;
+            (Some(guard), tokens.into_iter().map(Some).collect())
+        }
+        None => (None, Vec::new()),
+    };
     let driver_kept = driver_kept_mbufs(config, pool);
     if let Some(sw) = &d.software {
         if let config::SoftDevice::Tap(tap) = &sw.device {
@@ -363,6 +371,7 @@ fn serve_port(
                     proxy,
                     forward: forwarder.map(|forwarder| ForwardSide { forwarder }),
                     reports: &reports[i],
+                    quiescent: quiescent.get_mut(i).and_then(Option::take),
                 };
                 let job: LcoreJob<'_> = Box::new(move || {
                     // A dead lcore would silently blackhole its queue: stop all.
@@ -401,6 +410,8 @@ fn serve_port(
         tracing::debug!("xstat {name} = {value}");
     }
     drop(rings);
+    // Before the port: the port's stop takes the lock the guard holds.
+    drop(memif_guard);
     drop(port);
     if let Some(path) = &cli.stats_file {
         collect().write(path)?;
@@ -423,6 +434,17 @@ fn serve_port(
         bail!("an lcore failed");
     }
     Ok(driver_kept)
+}
+
+/// The control socket of a `net_memif` vdev (DPDK's default when not given).
+fn memif_socket(device: &config::SoftDevice) -> Option<String> {
+    let config::SoftDevice::Vdev(v) = device else { return None };
+    let (name, args) = v.split_once(',').unwrap_or((v.as_str(), ""));
+    if !name.starts_with("net_memif") {
+        return None;
+    }
+    let socket = args.split(',').find_map(|kv| kv.strip_prefix("socket=")).unwrap_or("/run/memif.sock");
+    Some(socket.to_owned())
 }
 
 /// One lcore's proxy engine configuration; its VIPs come as generation 0.

@@ -8,6 +8,7 @@
 mod eal;
 mod lcore;
 mod mbuf;
+mod memif;
 mod mempool;
 mod port;
 mod ring;
@@ -15,6 +16,7 @@ mod ring;
 pub use eal::Eal;
 pub use lcore::{launch, LcoreJob, LcoreOutcome};
 pub use mbuf::{Mbuf, MbufBatch, BURST};
+pub use memif::{gate_open, MemifGuard, MemifGuardError, QuiescentToken};
 pub use mempool::Mempool;
 pub use port::{Port, PortConf, RxQueue, TxQueue};
 pub use ring::{Ring, RingConsumer};

@@ -302,7 +302,7 @@ impl RxQueue<'_> {
     pub fn recv(&mut self, batch: &mut MbufBatch) -> usize {
         let have = batch.len();
         let room = (BURST - have) as u16;
-        if room == 0 {
+        if room == 0 || !super::gate_open(self.port) {
             return 0;
         }
         // SAFETY: the slots from `have` on are free and `room` long; &mut self
@@ -324,6 +324,10 @@ impl TxQueue<'_> {
             return Sent::default();
         }
         let total_bytes = batch.bytes();
+        if !super::gate_open(self.port) {
+            batch.drain().for_each(drop::<Mbuf>);
+            return Sent { packets: 0, bytes: 0, dropped: len };
+        }
         // SAFETY: slots 0..len hold mbufs we own; &mut self means only this lcore
         // uses the queue; the driver takes ownership of the first n it returns.
         let n = usize::from(unsafe { dpdk_sys::rte_eth_tx_burst(self.port.0, self.queue.0, batch.slots_mut(), len as u16) });
