@@ -2,8 +2,11 @@
 # Benchmarks Fulcrum against a reference, on this machine alone, in one run.
 #
 #   scripts/bench.sh proxy   [--duration SECONDS] [--connections N] [--prefix P] [--device D]
+#                            [--mtu BYTES]  (every link and the dataplane at that MTU; 9000:
+#                                            jumbo frames, af_packet only)
 #   scripts/bench.sh devices [--duration SECONDS] [--connections N] [--prefix P]
-#                            (proxy VIP on each software device: tap, af_packet, af_xdp)
+#                            (proxy VIP on each software device: tap, af_packet, af_xdp,
+#                             and af_packet with jumbo frames)
 #   scripts/bench.sh forward   (packets/s through the forwarding path vs testpmd macswap)
 #   scripts/bench.sh synflood  (SYN cookies/s on one lcore vs testpmd macswap on the same SYNs)
 #   scripts/bench.sh scale     (proxy engine instructions per request and per new connection vs open connections)
@@ -56,7 +59,9 @@
 # time per request (busy_ns over the two wrk runs / their requests; in software mode
 # it includes the device's system calls: a tap's read/write, af_packet's sendto, ...)
 # and, when `perf stat -e cycles:u` works here, user-space cycles per request of the
-# lcore thread. Prints one table, with each device's ratio to tap.
+# lcore thread. Then af_packet again with jumbo frames: every link of the topology and
+# the dataplane at MTU 9000 (`topology.sh mtu`, `[dataplane] mtu`; tap and af_xdp
+# cannot carry them in DPDK 22.11). Prints one table, with each run's ratio to tap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -1072,35 +1077,15 @@ cap_gen_sample() {
 # cap_run_ns PID TID: nanoseconds the thread has run on a CPU (schedstat), 0 if unknown.
 cap_run_ns() { awk '{ print $1 + 0 }' "/proc/$1/task/$2/schedstat" 2>/dev/null || echo 0; }
 
-# cap_config FILE PREFIX SOCKET LCORES: the dataplane's configuration.
+# cap_config FILE PREFIX SOCKET LCORES [valgrind]: the dataplane's configuration
+# (tools/loadgen/dataplane.toml, shared with tests/tests/loadgen.rs).
 cap_config() {
     local mem='hugepages = "on"'
     [ "$CAP_HUGE" = 1 ] || mem='hugepages = "off", no_huge_memory_mb = 512'
     # Under callgrind always without hugepages (valgrind maps no hugetlbfs).
     [ "${5:-}" = valgrind ] && mem='hugepages = "off", no_huge_memory_mb = 256'
-    cat >"$1" <<CONF
-[dataplane]
-address = "198.18.0.2/24"
-lcores = "$4"
-mbufs = 16383
-file_prefix = "$2"
-software = { vdev = "net_memif0,role=server,socket=$3,socket-abstract=no,mac=02:00:00:00:00:02", $mem }
-
-[forward]
-# No forwarding VIP: the smallest table (quick to set up under valgrind).
-conntrack_entries = 1024
-
-[[vip]]
-address = "198.18.1.1"
-port = 80
-mode = "proxy"
-max_connections = 60000
-backends = [
-  { address = "198.18.0.21", port = 8080, weight = 1 },
-  { address = "198.18.0.22", port = 8080, weight = 1 },
-  { address = "198.18.0.23", port = 8080, weight = 1 },
-]
-CONF
+    sed -e "s|@FILE_PREFIX@|$2|" -e "s|@SOCKET@|$3|" -e "s|@LCORES@|$4|" -e "s|@MEMORY@|$mem|" \
+        "$ROOT/tools/loadgen/dataplane.toml" >"$1"
 }
 
 # cap_start NAME MODE LCORES CONNS GEN_SECONDS [valgrind]: starts a dataplane (under
@@ -1148,13 +1133,13 @@ cap_start() {
     grep -q 'memif link up' "$CAP_DIR/gen.err" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the memif link did not come up in 90 s"; }
 }
 
-# cap_finish SECONDS: waits (bounded) for the generator's summary line, stops the
+# cap_finish SECONDS: waits (bounded) for the generator's summary (JSON), stops the
 # dataplane first (a memif peer that goes away under a polling lcore can crash it),
 # then the generator; dies if the generator found a bad byte. Prints its summary.
 cap_finish() {
     local secs=$1 i
     for i in $(seq $((secs * 10))); do
-        grep -q '^loadgen: ' "$CAP_DIR/gen.out" && break
+        grep -q '^{' "$CAP_DIR/gen.out" && break
         kill -0 "$CAP_GEN_PID" 2>/dev/null || break
         sleep 0.1
     done
@@ -1163,9 +1148,10 @@ cap_finish() {
     local rc=0
     cap_stop "$CAP_GEN_PID" 30 || rc=$?
     CAP_GEN_PID=""
-    grep -q '^loadgen: ' "$CAP_DIR/gen.out" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator printed no summary"; }
+    grep -q '^{' "$CAP_DIR/gen.out" || { tail -n 20 "$CAP_DIR/gen.err" >&2; die "the generator printed no summary"; }
     [ "$rc" -eq 0 ] || { tail -n 5 "$CAP_DIR/gen.err" >&2; die "the generator failed (exit $rc): $(grep -o 'error: .*' "$CAP_DIR/gen.err" | tail -n 1)"; }
-    echo "    generator: $(sed 's/^loadgen: //' "$CAP_DIR/gen.out" | awk '{ for (i = 1; i <= NF; i++) if ($i !~ /^(rx_missed|unknown|inbox_full|in_flight|mode)=/) printf "%s ", $i }')" >&2
+    # The summary: one JSON record (fulcrum-loadgen-status's Status) on stdout.
+    echo "    generator: $(jq -r 'del(.time, .mode, .loops, .rx_missed, .unknown, .inbox_full, .in_flight) | to_entries | map("\(.key)=\(.value)") | join(" ")' "$CAP_DIR/gen.out")" >&2
     echo "    dataplane: $(grep -o 'lcore [0-9]*: rx .*' "$CAP_DIR/dataplane.log" | tr '\n' ';' | sed 's/;$//')" >&2
 }
 
@@ -1521,12 +1507,14 @@ CONNS=64
 P=bench
 # The software device of `proxy` (the fastest here by `bench.sh devices`).
 DEVICE=${FULCRUM_SOFT_DEVICE:-af_packet}
+MTU=1500
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION=$2; shift 2 ;;
         --connections) CONNS=$2; shift 2 ;;
         --prefix) P=$2; shift 2 ;;
         --device) DEVICE=$2; shift 2 ;;
+        --mtu) MTU=$2; shift 2 ;;
         -h|--help) usage ;;
         *) die "unknown argument: $1" ;;
     esac
@@ -1534,6 +1522,8 @@ done
 [[ "$DURATION" =~ ^[0-9]+$ ]] && [ "$DURATION" -ge 1 ] && [ "$DURATION" -le 300 ] || die "--duration: 1..300 seconds"
 [[ "$CONNS" =~ ^[0-9]+$ ]] && [ "$CONNS" -ge 1 ] && [ "$CONNS" -le 5000 ] || die "--connections: 1..5000"
 case "$DEVICE" in tap|af_packet|af_xdp) ;; *) die "--device: tap, af_packet or af_xdp, not '$DEVICE'" ;; esac
+[[ "$MTU" =~ ^[0-9]{3,4}$ ]] && [ "$MTU" -ge 576 ] && [ "$MTU" -le 9000 ] || die "--mtu: 576..9000"
+[ "$WHAT" = proxy ] || [ "$MTU" = 1500 ] || die "--mtu is for proxy (devices measures MTU 9000 itself)"
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespaces, DPDK)"
 for t in nginx haproxy wrk iperf3 jq; do
     command -v "$t" >/dev/null || die "$t not found (scripts/setup.sh installs it)"
@@ -1597,7 +1587,7 @@ if [ -e "/var/run/netns/$P-fab" ]; then
     echo "removing a leftover topology $P" >&2
     scripts/topology.sh down --prefix "$P" >/dev/null 2>&1 || true
 fi
-scripts/topology.sh up --prefix "$P" 2>&1 | tail -n 1 >&2
+scripts/topology.sh up --prefix "$P" --mtu "$MTU" 2>&1 | tail -n 1 >&2
 # Many short connections from one client: reuse TIME_WAIT ports, widen the range.
 nsx cli sysctl -qw net.ipv4.tcp_tw_reuse=1
 nsx cli sysctl -qw net.ipv4.ip_local_port_range="1024 65000"
@@ -1924,10 +1914,10 @@ device_measure() {
         b0=$(fulcrum_cost)
         lcore_cycles_start
         if [ $kind = close ]; then
-            read -r R[$dev.close.rps] R[$dev.close.p50] R[$dev.close.p99] R[$dev.close.err] \
+            read -r R[$dev.close.rps] R[$dev.close.p50] R[$dev.close.p99] R[$dev.close.err] _ \
                 <<<"$(wrk_run "http://198.18.1.1/" -H 'Connection: close')"
         else
-            read -r R[$dev.ka.rps] R[$dev.ka.p50] R[$dev.ka.p99] R[$dev.ka.err] <<<"$(wrk_run "http://198.18.1.1/")"
+            read -r R[$dev.ka.rps] R[$dev.ka.p50] R[$dev.ka.p99] R[$dev.ka.err] _ <<<"$(wrk_run "http://198.18.1.1/")"
         fi
         c=$(lcore_cycles_stop)
         b1=$(fulcrum_cost)
@@ -1936,10 +1926,12 @@ device_measure() {
         echo "    lcore busy $(( (b1 - b0) / 1000000 )) ms: ${R[$dev.$kind.busy]} ns/request; cycles:u/request ${R[$dev.$kind.cycles]}" >&2
     done
     say "$dev: iperf3, 1 stream, ${DURATION}s"
-    R[$dev.iperf1]=$(iperf_run 198.18.1.2 1)
+    read -r R[$dev.iperf1] _ <<<"$(iperf_run 198.18.1.2 1)"
 }
 
 DEVICES=(tap af_packet af_xdp)
+# The jumbo-frame run: af_packet at this MTU, labelled af_packet/MTU.
+JUMBO_MTU=9000
 devices_main() {
     local dev
     for dev in "${DEVICES[@]}"; do
@@ -1947,13 +1939,18 @@ devices_main() {
         device_measure "$dev"
         fulcrum_stop
     done
+    scripts/topology.sh mtu --prefix "$P" --mtu "$JUMBO_MTU"
+    fulcrum_start af_packet "$JUMBO_MTU"
+    device_measure "af_packet/$JUMBO_MTU"
+    fulcrum_stop
+    DEVICES+=("af_packet/$JUMBO_MTU")
     echo
     echo "Software devices, proxy VIP, one Fulcrum lcore ($NCPU cores; ${DURATION}s per run; wrk -t2 -c$CONNS$([ "$NCPU" -ge 2 ] && echo "; lcore on CPU 0, client and backends on CPU 1-$((NCPU - 1))"))"
     echo "busy ns/req: the lcore's busy time (iterations with work, device system calls included) per request"
-    printf '%-10s %12s %12s %10s %13s %13s %12s %12s %9s %9s %9s\n' device "short req/s" "ka req/s" "1s Gbit/s" \
+    printf '%-14s %12s %12s %10s %13s %13s %12s %12s %9s %9s %9s\n' device "short req/s" "ka req/s" "1s Gbit/s" \
         "short ns/req" "ka ns/req" "short cyc/r" "ka cyc/r" "short/tap" "ka/tap" "Gb/tap"
     for dev in "${DEVICES[@]}"; do
-        printf '%-10s %12s %12s %10s %13s %13s %12s %12s %9s %9s %9s\n' "$dev" "${R[$dev.close.rps]}" "${R[$dev.ka.rps]}" \
+        printf '%-14s %12s %12s %10s %13s %13s %12s %12s %9s %9s %9s\n' "$dev" "${R[$dev.close.rps]}" "${R[$dev.ka.rps]}" \
             "${R[$dev.iperf1]}" "${R[$dev.close.busy]}" "${R[$dev.ka.busy]}" "${R[$dev.close.cycles]}" "${R[$dev.ka.cycles]}" \
             "$(ratio "${R[$dev.close.rps]}" "${R[tap.close.rps]}")" "$(ratio "${R[$dev.ka.rps]}" "${R[tap.ka.rps]}")" \
             "$(ratio "${R[$dev.iperf1]}" "${R[tap.iperf1]}")"
@@ -1968,16 +1965,17 @@ devices_main() {
 # `devices` restarts the dataplane on another one).
 DP_MAC=02:00:00:00:00:02
 
-# fulcrum_start DEVICE: the dataplane on DEVICE with the proxy VIPs, ready,
-# attached, warmed up; its pid in DP_PID, its stats in $WORK/stats.json.
+# fulcrum_start DEVICE [MTU]: the dataplane on DEVICE (at MTU, default 1500) with the
+# proxy VIPs, ready, attached, warmed up; its pid in DP_PID, its stats in $WORK/stats.json.
 fulcrum_start() {
-    local device=$1
-    say "Fulcrum: $DP_BIN, one lcore, software device $device"
+    local device=$1 mtu=${2:-1500}
+    say "Fulcrum: $DP_BIN, one lcore, software device $device, MTU $mtu"
     cat >"$WORK/fulcrum.toml" <<CONF
 [dataplane]
 address = "198.18.0.2/24"
 lcores = "0"
 file_prefix = "$P"
+mtu = $mtu
 software = { $device = "$P-dp", mac = "$DP_MAC" }
 
 [[vip]]
@@ -2052,7 +2050,7 @@ if [ "$WHAT" = devices ]; then
     exit 0
 fi
 
-fulcrum_start "$DEVICE"
+fulcrum_start "$DEVICE" "$MTU"
 measure fulcrum 198.18.1.1 198.18.1.2
 fulcrum_stop
 

@@ -19,7 +19,7 @@ PACKAGES=(
     iproute2 iputils-ping iputils-arping
     curl python3-scapy
     nginx-light socat ncat iperf3 wrk haproxy
-    tcpdump procps
+    tcpdump procps jq
     ethtool
     bird2
 )

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The standard software-mode topology for Fulcrum (one-armed, as Maglev/Katran deploy).
 #
-#   topology.sh up     [--prefix P] [--instances N]
+#   topology.sh up     [--prefix P] [--instances N] [--mtu BYTES]
 #   topology.sh attach [--prefix P] [--tap NAME | --instance K] [--timeout SECONDS]
 #   topology.sh down   [--prefix P] [--tap NAME]
 #   topology.sh status [--prefix P]
+#   topology.sh mtu    [--prefix P] --mtu BYTES
 #
 # Default prefix P=fl, default tap NAME=P-dp. Prefix: 1..8 chars of [a-z0-9], so that
 # every interface name fits in 15 chars. --instances N (1..9): N Fulcrum instances
@@ -37,6 +38,9 @@
 #    rp_filter is 0 on the router, so the spoofed packets are forwarded at all (see
 #    cmd_up).
 #  P-out's default route is P-rtr (198.19.0.1).
+#  --mtu BYTES (576..9000, default 1500): the IP MTU of every link `up` makes (jumbo
+#    frames: 9000); `mtu --mtu BYTES` changes it on a topology that is up. The dataplane gives its own interface its `[dataplane] mtu`; the
+#    bridge takes the smallest MTU of its ports, as Linux bridges do.
 #  P-be1..3 have a default route via P-rtr (198.18.0.254), beside their on-link
 #    198.18.0.0/24, so DSR replies (sent straight from the backend) reach P-out.
 #  Only 198.18.0.0/15 is used; nothing routes out of the topology.
@@ -97,6 +101,7 @@ TAP=""
 TIMEOUT=20
 INSTANCES=""
 INSTANCE=""
+MTU=1500
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) [ $# -ge 2 ] || usage; PREFIX=$2; shift 2 ;;
@@ -109,12 +114,15 @@ while [ $# -gt 0 ]; do
         --instances=*) INSTANCES=${1#*=}; shift ;;
         --instance) [ $# -ge 2 ] || usage; INSTANCE=$2; shift 2 ;;
         --instance=*) INSTANCE=${1#*=}; shift ;;
+        --mtu) [ $# -ge 2 ] || usage; MTU=$2; shift 2 ;;
+        --mtu=*) MTU=${1#*=}; shift ;;
         -h|--help) usage ;;
         *) die "unknown argument: $1" ;;
     esac
 done
 [[ "$PREFIX" =~ ^[a-z0-9]{1,8}$ ]] || die "prefix must be 1..8 chars of [a-z0-9]: '$PREFIX'"
 MAX_INSTANCES=9
+[[ "$MTU" =~ ^[0-9]{3,4}$ ]] && [ "$MTU" -ge 576 ] && [ "$MTU" -le 9000 ] || die "--mtu must be 576..9000 bytes: '$MTU'"
 if [ -n "$INSTANCES" ]; then
     [[ "$INSTANCES" =~ ^[1-9]$ ]] || die "--instances must be 1..$MAX_INSTANCES: '$INSTANCES'"
 fi
@@ -161,6 +169,19 @@ quiet_ns() {
     nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 >/dev/null
     nsx "$ns" sysctl -qw net.ipv6.conf.default.disable_ipv6=1 >/dev/null
     nsx "$ns" ip link set lo up
+}
+
+# Every link `up` made, in every namespace of the topology, gets --mtu (veth ends
+# first; each bridge then follows its ports).
+set_mtu_everywhere() {
+    local ns dev
+    for ns in "${ALL_NS[@]}" "${LB_NS[@]}"; do
+        ns_exists "$ns" || continue
+        for dev in $(nsx "$ns" ip -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do
+            nsx "$ns" ip link set dev "$dev" mtu "$MTU"
+        done
+    done
+    log "links set to MTU $MTU"
 }
 
 cmd_up() {
@@ -257,6 +278,7 @@ cmd_up() {
     if [ -n "$INSTANCES" ]; then
         up_instances
     fi
+    [ "$MTU" = 1500 ] || set_mtu_everywhere
     UP_DONE=1
     if [ -n "$INSTANCES" ]; then
         log "up: prefix $PREFIX, $INSTANCES instance(s) (namespaces: ${ALL_NS[*]} ${LB_NS[*]:0:$INSTANCES})"
@@ -651,5 +673,6 @@ case "$CMD" in
     attach) cmd_attach ;;
     down) cmd_down ;;
     status) cmd_status ;;
+    mtu) ns_exists "$FAB" || die "no topology with prefix $PREFIX"; set_mtu_everywhere ;;
     *) usage ;;
 esac

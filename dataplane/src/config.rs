@@ -145,8 +145,9 @@ pub struct Forward {
     pub snat_addresses: Vec<Ipv4Addr>,
     /// Connection-tracking entries per lcore (66 bytes each).
     pub conntrack_entries: usize,
-    /// IPv4 MTU towards backends; tunnelled packets must fit.
-    pub mtu: u16,
+    /// IPv4 MTU towards backends; tunnelled packets must fit. At most, and
+    /// by default, the port's (`dataplane.mtu`): see [`Config::forward_mtu`].
+    pub mtu: Option<u16>,
     /// DSR/tunnel: new flows tracked per second per lcore; beyond it new flows
     /// are still forwarded by Maglev but not inserted (counted). 0: no cap.
     pub new_flow_rate: u32,
@@ -163,7 +164,7 @@ impl Default for Forward {
         Forward {
             snat_addresses: Vec::new(),
             conntrack_entries: 1 << 20,
-            mtu: 1500,
+            mtu: None,
             new_flow_rate: flood.new_flow_rate,
             new_flow_burst: flood.new_flow_burst,
             half_open_max: flood.half_open_max,
@@ -191,6 +192,18 @@ pub struct Dataplane {
     /// Packet buffers in the pool (2^k - 1 is the most memory-efficient).
     #[serde(default = "defaults::mbufs")]
     pub mbufs: u32,
+    /// The port's IP MTU, 576 to 9000 (jumbo frames above 1500). Packet
+    /// buffers are sized for one whole frame ([`crate::device::frame_room`]),
+    /// the proxy engine advertises MSS `mtu - 40` on both sides, and the
+    /// device gets it (af_packet's veth from the dataplane, others through
+    /// DPDK, which refuses what the driver cannot carry: DPDK 22.11's
+    /// net_tap stops at 1504, af_xdp is refused above 1500 here, af_packet
+    /// carries 9000); the
+    /// network the port is on must carry it too (`topology.sh up --mtu`).
+    /// Under SYN cookies, a connection's MSS is at most 1460 (the cookie's
+    /// MSS table, as Linux's).
+    #[serde(default = "defaults::mtu")]
+    pub mtu: u16,
     /// Descriptors per RX and per TX queue.
     #[serde(default = "defaults::descriptors")]
     pub rx_descriptors: u16,
@@ -329,25 +342,35 @@ impl SoftDevice {
     }
 
     /// EAL's `--vdev` value. `queues`: the lcores' RX/TX queue pairs (the
-    /// kernel spreads flows over af_packet's and af_xdp's queues itself).
+    /// kernel spreads flows over af_packet's and af_xdp's queues itself);
+    /// `mtu`: the port's IP MTU (sizes af_packet's ring frames);
     /// `af_packet_frames`: frames a ring ([`Software::af_packet_frames`]).
-    pub fn eal_vdev(&self, queues: usize, mac: Option<[u8; 6]>, af_packet_frames: u32) -> String {
+    pub fn eal_vdev(&self, queues: usize, mac: Option<[u8; 6]>, mtu: u16, af_packet_frames: u32) -> String {
         match self {
             SoftDevice::Tap(n) => match mac {
                 Some(m) => format!("net_tap0,iface={n},mac={}", mac_text(m)),
                 None => format!("net_tap0,iface={n}"),
             },
-            // TPACKET_V2 rings: 2048-byte frames hold a 1514-byte frame and
-            // the ring header; `af_packet_frames` frames a queue (default
-            // 16384, see Software::af_packet_frames). The kernel's drops at a
-            // full RX ring are read from its sockets (dpdk::RxRings) and
-            // counted (`rx_ring_full`): DPDK 22.11's PMD does not.
+            // TPACKET_V2 rings: ring frames of `frame_room` bytes (2048 at
+            // MTU 1500: a 1514-byte frame and the ring header; 10240 for
+            // jumbo frames), two to a block (blocks are whole pages);
+            // `af_packet_frames` frames a queue (default 16384, see
+            // Software::af_packet_frames). The kernel's drops at a full RX
+            // ring are read from its sockets (dpdk::RxRings) and counted
+            // (`rx_ring_full`): DPDK 22.11's PMD does not.
             // qdisc_bypass: our frames go straight to
             // the veth's xmit (it has no queue to speak of anyway).
-            SoftDevice::AfPacket(n) => format!(
-                "net_af_packet0,iface={},qpairs={queues},blocksz=4096,framesz=2048,framecnt={af_packet_frames},qdisc_bypass=1",
-                veth_peer_name(n)
-            ),
+            // DPDK 22.11's af_packet declares a 1518-byte maximum frame to
+            // ethdev whatever its ring frames hold, so its MTU is not set
+            // through DPDK: the dataplane gives the veth its MTU (softdev).
+            SoftDevice::AfPacket(n) => {
+                let frame = crate::device::frame_room(mtu);
+                format!(
+                    "net_af_packet0,iface={},qpairs={queues},blocksz={},framesz={frame},framecnt={af_packet_frames},qdisc_bypass=1",
+                    veth_peer_name(n),
+                    2 * u32::from(frame),
+                )
+            }
             // Queues count from 0 on the veth's (one per lcore); copy mode is
             // what a veth offers (no zero-copy driver support).
             SoftDevice::AfXdp(n) => format!("net_af_xdp0,iface={},start_queue=0,queue_count={queues}", veth_peer_name(n)),
@@ -484,7 +507,9 @@ impl Software {
     /// connections (proxy::bulk_echo_concurrent) overflowed it: backends'
     /// SYN-ACKs were lost and 89-109 of 500 connections failed to connect;
     /// with 16384, 500 of 500 and 3x faster. Such drops are counted
-    /// (`rx_ring_full`). A power of two: a whole number of frames per block.
+    /// (`rx_ring_full`). Kernel memory: frames x frame room, per ring, two
+    /// rings per lcore (16384 at MTU 9000: 160 MiB a ring). A power of two:
+    /// blocks hold two frames.
     pub fn af_packet_frames(&self) -> u32 {
         self.af_packet_frames.unwrap_or_else(defaults::af_packet_frames)
     }
@@ -517,6 +542,9 @@ mod defaults {
     pub fn mbufs() -> u32 {
         8191
     }
+    pub fn mtu() -> u16 {
+        crate::device::DEFAULT_MTU
+    }
     pub fn descriptors() -> u16 {
         1024
     }
@@ -536,7 +564,7 @@ mod defaults {
 
 /// Bounds of `[dataplane] software.af_packet_frames`.
 const AF_PACKET_FRAMES_MIN: u32 = 16;
-const AF_PACKET_FRAMES_MAX: u32 = 1 << 18;
+const AF_PACKET_FRAMES_MAX: u32 = 1 << 16;
 
 /// A set of lcore ids, written as EAL writes them (`0-1,3`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -624,6 +652,13 @@ impl Config {
             }
             _ => {}
         }
+        if matches!(d.software.as_ref().map(|s| &s.device), Some(SoftDevice::AfXdp(_))) && d.mtu > crate::device::DEFAULT_MTU {
+            return Err(format!(
+                "dataplane.mtu: {} with af_xdp: DPDK 22.11's af_xdp puts each packet buffer in one page of its \
+                 UMEM, and buffers for frames above 1514 bytes do not fit one: use af_packet for jumbo frames",
+                d.mtu
+            ));
+        }
         if let (Some(SoftDevice::AfXdp(_)), n @ 2..) = (d.software.as_ref().map(|s| &s.device), d.lcores.0.len()) {
             return Err(format!(
                 "dataplane.software.af_xdp: {n} lcores, but net_af_xdp takes one queue per combined channel and a veth \
@@ -665,6 +700,20 @@ impl Config {
                 d.lcores.0.len(),
                 d.rx_descriptors
             ));
+        }
+        // Without hugepages (`off`, or `auto` falling back), EAL's -m must
+        // hold the pool, whose buffers grow with the MTU.
+        if let Some(sw) = d.software.as_ref().filter(|sw| !matches!(sw.hugepages, Hugepages::On)) {
+            let need = self.hugepage_bytes().div_ceil(1 << 20);
+            if u64::from(sw.no_huge_memory_mb) < need {
+                return Err(format!(
+                    "dataplane.software.no_huge_memory_mb: {} MiB cannot hold {} packet buffers of {} bytes (mtu {}) and EAL's own memory: at least {need} are needed (or fewer mbufs)",
+                    sw.no_huge_memory_mb,
+                    d.mbufs,
+                    self.frame_room(),
+                    d.mtu
+                ));
+            }
         }
         Ok(())
     }
@@ -736,8 +785,18 @@ impl Config {
                 return Err(format!("forward.snat_addresses: {a} cannot be a SNAT address"));
             }
         }
-        if !(576..=9000).contains(&self.forward.mtu) {
-            return Err(format!("forward.mtu: {} must be from 576 to 9000", self.forward.mtu));
+        let mtus = crate::device::MTU_RANGE;
+        let port_mtu = self.dataplane.mtu;
+        if !mtus.contains(&port_mtu) {
+            return Err(format!("dataplane.mtu: {port_mtu} must be from {} to {}", mtus.start(), mtus.end()));
+        }
+        if let Some(mtu) = self.forward.mtu {
+            if mtu < *mtus.start() || mtu > port_mtu {
+                return Err(format!(
+                    "forward.mtu: {mtu} must be from {} to the port's MTU (dataplane.mtu, {port_mtu})",
+                    mtus.start()
+                ));
+            }
         }
         if !(1024..=1 << 26).contains(&self.forward.conntrack_entries) {
             return Err(format!("forward.conntrack_entries: {} must be from 1024 to 67108864", self.forward.conntrack_entries));
@@ -787,7 +846,7 @@ impl Config {
         ];
         if let Some(sw) = &d.software {
             args.push("--no-pci".into());
-            args.push(format!("--vdev={}", sw.device.eal_vdev(d.lcores.0.len(), sw.mac, sw.af_packet_frames())));
+            args.push(format!("--vdev={}", sw.device.eal_vdev(d.lcores.0.len(), sw.mac, d.mtu, sw.af_packet_frames())));
             let huge = match sw.hugepages {
                 Hugepages::On => true,
                 Hugepages::Off => false,
@@ -828,16 +887,27 @@ fn is_pci_address(s: &str) -> bool {
         && (b'0'..=b'7').contains(&b[11])
 }
 
-/// Bytes one mbuf takes in the pool: 2176 bytes of data room, the 128-byte
-/// `rte_mbuf` and the mempool's object header (2368 measured with DPDK 22.11).
-const MBUF_FOOTPRINT: u64 = 2368;
+/// Bytes one mbuf takes in the pool beyond its frame room: the 128-byte
+/// headroom, the 128-byte `rte_mbuf` and the mempool's object header (2368
+/// in all for 2048 bytes of room, measured with DPDK 22.11).
+const MBUF_OVERHEAD: u64 = 2368 - 2048;
 /// EAL's own hugepage use beside the pool (measured: under 4 MiB), with headroom.
 const EAL_OVERHEAD: u64 = 16 << 20;
 
 impl Config {
     /// Hugepage memory this configuration needs.
     pub fn hugepage_bytes(&self) -> u64 {
-        u64::from(self.dataplane.mbufs) * MBUF_FOOTPRINT + EAL_OVERHEAD
+        u64::from(self.dataplane.mbufs) * (u64::from(self.frame_room()) + MBUF_OVERHEAD) + EAL_OVERHEAD
+    }
+
+    /// Frame room of each packet buffer, for the port's MTU.
+    pub fn frame_room(&self) -> u16 {
+        crate::device::frame_room(self.dataplane.mtu)
+    }
+
+    /// The forwarder's MTU towards backends: `forward.mtu`, or the port's.
+    pub fn forward_mtu(&self) -> u16 {
+        self.forward.mtu.unwrap_or(self.dataplane.mtu)
     }
 }
 
@@ -917,6 +987,39 @@ mod tests {
         assert_eq!(veth_peer_name(&longest).len(), 15);
         let c = parse(&format!("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = {{ af_xdp = \"{longest}\", mac = \"02:00:00:00:00:01\" }}\n")).unwrap();
         assert_eq!(c.dataplane.software.unwrap().mac, Some([2, 0, 0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn jumbo_frames_size_buffers_rings_and_the_engine() {
+        let c = parse(SOFTWARE).unwrap();
+        assert_eq!((c.dataplane.mtu, c.frame_room(), c.forward_mtu()), (1500, 2048, 1500));
+        let af_packet = |extra: &str| {
+            let c = parse(&format!("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = {{ af_packet = \"fl-dp\" }}\n{extra}")).unwrap();
+            let vdev = c.eal_args(false, &[]).into_iter().find(|a| a.starts_with("--vdev=")).unwrap();
+            (c, vdev)
+        };
+        // MTU 1500: the rings as they always were.
+        let (c, v) = af_packet("");
+        assert_eq!(v, "--vdev=net_af_packet0,iface=fl-dp-d,qpairs=1,blocksz=4096,framesz=2048,framecnt=16384,qdisc_bypass=1");
+        assert_eq!(c.hugepage_bytes(), 8191 * 2368 + (16 << 20));
+        // MTU 9000: 10240-byte ring frames and buffers, two frames a block.
+        let (c, v) = af_packet("mtu = 9000\n");
+        assert_eq!(v, "--vdev=net_af_packet0,iface=fl-dp-d,qpairs=1,blocksz=20480,framesz=10240,framecnt=16384,qdisc_bypass=1");
+        assert_eq!((c.frame_room(), c.forward_mtu()), (10240, 9000));
+        assert_eq!(c.hugepage_bytes(), 8191 * (10240 + 320) + (16 << 20));
+        // The forwarder's path MTU towards backends may be lower than the port's.
+        let (c, _) = af_packet("mtu = 9000\n[forward]\nmtu = 1500\n");
+        assert_eq!(c.forward_mtu(), 1500);
+    }
+
+    #[test]
+    fn frame_room_holds_the_frame_and_the_ring_header() {
+        use crate::device::{frame_len, frame_room, MTU_RANGE};
+        assert_eq!([frame_room(576), frame_room(1500), frame_room(1938), frame_room(1939), frame_room(9000)], [2048, 2048, 2048, 4096, 10240]);
+        for mtu in MTU_RANGE {
+            let room = usize::from(frame_room(mtu));
+            assert!(room >= frame_len(mtu) + 96 && room % 2048 == 0 && room - 2048 < frame_len(mtu) + 96, "{mtu}");
+        }
     }
 
     #[test]
@@ -1026,7 +1129,7 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", tap_queue_len = 4096 }\n", "dataplane.software.tap_queue_len: only a `tap`"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_xdp = \"fl0\" }\n", "exactly one of `tap`, `af_packet`, `af_xdp` and `vdev`"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { hugepages = \"off\" }\n", "exactly one"),
-            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_packet_frames = 100 }\n", "dataplane.software.af_packet_frames: 100 is not a power of two in 16..=262144"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_packet_frames = 100 }\n", "dataplane.software.af_packet_frames: 100 is not a power of two in 16..=65536"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", af_packet_frames = 8 }\n", "dataplane.software.af_packet_frames: 8 is not"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\", af_packet_frames = 64 }\n", "dataplane.software.af_packet_frames: only an `af_packet`"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fourteen-chars\" }\n", "dataplane.software.af_packet: \"fourteen-chars\" is not a valid interface name (1 to 13"),
@@ -1045,6 +1148,12 @@ mod tests {
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", via = \"10.0.0.1\" }]\n", "dataplane.routes[0].via: 10.0.0.1 is not on-link"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", via = \"198.18.0.253\" }, { prefix = \"10.0.0.0/8\", via = \"198.18.0.252\" }]\n", "dataplane.routes[1].prefix: 10.0.0.0/8 is listed twice"),
             ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nroutes = [{ prefix = \"10.0.0.0/8\", gw = \"198.18.0.253\" }]\n", "gw"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = 9001\n", "dataplane.mtu: 9001 must be from 576 to 9000"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_packet = \"fl0\", no_huge_memory_mb = 256 }\nmtu = 9000\nmbufs = 32767\n", "dataplane.software.no_huge_memory_mb: 256 MiB cannot hold 32767 packet buffers of 10240 bytes (mtu 9000) and EAL's own memory: at least 346 are needed"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = 500\n", "dataplane.mtu: 500 must be from 576 to 9000"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { af_xdp = \"fl0\" }\nmtu = 3000\n", "dataplane.mtu: 3000 with af_xdp"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\nmtu = \"jumbo\"\n", "mtu"),
+            ("[dataplane]\naddress = \"198.18.0.2/24\"\nsoftware = { tap = \"fl0\" }\n[forward]\nmtu = 1600\n", "forward.mtu: 1600 must be from 576 to the port's MTU (dataplane.mtu, 1500)"),
         ];
         for (text, expect) in cases {
             let e = parse(text).unwrap_err();

@@ -10,10 +10,33 @@ use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Med
 use smoltcp::time::Instant;
 use std::collections::VecDeque;
 
-/// The IP MTU of the software devices the dataplane creates (veth pairs).
-pub const MTU: u16 = 1500;
-/// Largest frame the engine sends: the MTU plus the Ethernet header.
-pub const MAX_FRAME: usize = MTU as usize + 14;
+/// The IP MTUs a port may have (`[dataplane] mtu`): from IPv4's minimum
+/// datagram every host must take to the usual jumbo size.
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
+/// The port's IP MTU unless the configuration says otherwise.
+pub const DEFAULT_MTU: u16 = 1500;
+/// What a frame adds to its IP packet: the Ethernet header (no VLAN tag).
+pub const ETH_HEADER: usize = 14;
+/// Largest frame at the largest MTU.
+pub const MAX_FRAME: usize = *MTU_RANGE.end() as usize + ETH_HEADER;
+
+/// The largest frame at IP MTU `mtu`.
+pub const fn frame_len(mtu: u16) -> usize {
+    mtu as usize + ETH_HEADER
+}
+
+/// Bytes of room each packet buffer has for a frame at IP MTU `mtu`: one
+/// frame is always one mbuf, never a chain. A multiple of 2 KiB, at least
+/// DPDK's default (2048) and with 96 bytes to spare beyond the frame:
+/// net_af_packet's ring frames are this size too, and hold the kernel's
+/// `tpacket2_hdr` and link-layer address (the frame starts 66 bytes in)
+/// before the frame. 1500 -> 2048, 9000 -> 10240.
+pub const fn frame_room(mtu: u16) -> u16 {
+    const SLACK: usize = 96;
+    const ALIGN: usize = 2048;
+    let need = frame_len(mtu) + SLACK;
+    (need.div_ceil(ALIGN) * ALIGN) as u16
+}
 
 /// Frames waiting for the engine: a FIFO whose capacity is fixed at creation,
 /// so pushing never allocates.
@@ -49,6 +72,8 @@ pub struct TxSide<'a> {
     pub batch: MbufBatch,
     pub pool: &'a Mempool,
     pub counters: &'a LcoreCounters,
+    /// Largest frame the port carries ([`frame_len`] of its MTU).
+    pub max_frame: usize,
 }
 
 impl TxSide<'_> {
@@ -98,7 +123,7 @@ impl<'a> phy::Device for MbufDevice<'_, 'a> {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
-        caps.max_transmission_unit = MAX_FRAME;
+        caps.max_transmission_unit = self.tx.max_frame;
         caps.max_burst_size = Some(crate::dpdk::BURST);
         // No device offloads anything (net_tap, af_packet and af_xdp cannot;
         // a NIC's offloads are not enabled): all checksums are computed and

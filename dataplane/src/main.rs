@@ -92,7 +92,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // af_packet / af_xdp: the veth pair exists before EAL probes the device,
     // and is removed after the port is closed (when `veth` drops, last).
     let veth = match &d.software {
-        Some(sw) => softdev::Veth::create(&sw.device, d.lcores.0.len(), sw.mac, device::MTU)?,
+        Some(sw) => softdev::Veth::create(&sw.device, d.lcores.0.len(), sw.mac, d.mtu)?,
         None => None,
     };
     let eal = Eal::init(&args)?;
@@ -113,7 +113,7 @@ fn serve(config: &Config, eal: &Eal, stop: &AtomicBool, cli: &Cli, veth: Option<
         bail!("{} ports were probed; this dataplane drives exactly one", ports.len());
     }
     let socket = eal.socket_of(eal.main_lcore());
-    let pool = Mempool::new("fulcrum_mbufs", d.mbufs, MBUF_CACHE, socket)?;
+    let pool = Mempool::with_buffer("fulcrum_mbufs", d.mbufs, MBUF_CACHE, config.frame_room(), socket)?;
     let served = serve_port(config, eal, &pool, port_id, &lcores, stop, cli, veth);
     // What the driver keeps at close by design (see `driver_kept_mbufs`) is
     // not ours to return; anything beyond it is a leak.
@@ -145,6 +145,18 @@ fn driver_kept_mbufs(config: &Config, pool: &Mempool) -> u32 {
         Some(config::SoftDevice::AfXdp(_)) => pool.in_use() + d.lcores.0.len() as u32 * u32::from(d.tx_descriptors),
         _ => 0,
     }
+}
+
+/// The MTU to set through DPDK: none at the default (every device starts
+/// there) or on af_packet, whose veth the dataplane made with the MTU
+/// (DPDK 22.11's af_packet tells ethdev 1500 at most, whatever its rings
+/// hold); otherwise the port's, which the driver may refuse (DPDK 22.11's
+/// net_tap takes 1504 at most), failing the start with the figures. (af_xdp
+/// above 1500 is refused by the configuration check.)
+fn port_mtu(config: &Config) -> Option<u16> {
+    let d = &config.dataplane;
+    let af_packet = matches!(d.software.as_ref().map(|s| &s.device), Some(config::SoftDevice::AfPacket(_)));
+    (d.mtu != device::DEFAULT_MTU && !af_packet).then_some(d.mtu)
 }
 
 /// Sets the kernel-side queue of our tap (`txqueuelen`), the only receive
@@ -179,9 +191,18 @@ fn serve_port(
         queues: u16::try_from(lcores.len()).context("too many lcores")?,
         rx_descriptors: d.rx_descriptors,
         tx_descriptors: d.tx_descriptors,
+        mtu: port_mtu(config),
     };
     let socket = eal.socket_of(eal.main_lcore());
     let port = Port::start(port_id, &conf, pool, socket)?;
+    // A net_memif peer's disconnect must not unmap memory under a polling lcore.
+    let (memif_guard, mut quiescent) = match d.software.as_ref().and_then(|s| memif_socket(&s.device)) {
+        Some(path) => {
+            let (guard, tokens) = dpdk::MemifGuard::start(port.id(), &path, lcores.len())?;
+            (Some(guard), tokens.into_iter().map(Some).collect())
+        }
+        None => (None, Vec::new()),
+    };
     let driver_kept = driver_kept_mbufs(config, pool);
     if let Some(sw) = &d.software {
         if let config::SoftDevice::Tap(tap) = &sw.device {
@@ -281,7 +302,7 @@ fn serve_port(
     }
     let link = port.link();
     tracing::info!(
-        "ready: port {} ({}) mac {} link {} {} Mb/s, address {}/{}, {} queue(s) on lcore(s) {:?}{}{}",
+        "ready: port {} ({}) mac {} link {} {} Mb/s, address {}/{}, mtu {}, {} queue(s) on lcore(s) {:?}{}{}",
         port.id(),
         port.name(),
         mac_string(mac),
@@ -289,6 +310,7 @@ fn serve_port(
         link.speed_mbps,
         d.address.addr,
         d.address.prefix_len,
+        d.mtu,
         conf.queues,
         lcores.iter().map(|l| l.0).collect::<Vec<_>>(),
         d.software
@@ -352,6 +374,7 @@ fn serve_port(
                         batch: MbufBatch::default(),
                         pool,
                         counters,
+                        max_frame: device::frame_len(d.mtu),
                     },
                     mac: EthernetAddress(mac),
                     addrs: vec![d.address.addr],
@@ -366,6 +389,7 @@ fn serve_port(
                     proxy,
                     forward: forwarder.map(|forwarder| ForwardSide { forwarder }),
                     reports: &reports[i],
+                    quiescent: quiescent.get_mut(i).and_then(Option::take),
                 };
                 let job: LcoreJob<'_> = Box::new(move || {
                     // A dead lcore would silently blackhole its queue: stop all.
@@ -411,6 +435,8 @@ fn serve_port(
         tracing::debug!("xstat {name} = {value}");
     }
     drop(rings);
+    // Before the port: the port's stop takes the lock the guard holds.
+    drop(memif_guard);
     drop(port);
     if let Some(path) = &cli.stats_file {
         collect().write(path)?;
@@ -435,6 +461,17 @@ fn serve_port(
     Ok(driver_kept)
 }
 
+/// The control socket of a `net_memif` vdev (DPDK's default when not given).
+fn memif_socket(device: &config::SoftDevice) -> Option<String> {
+    let config::SoftDevice::Vdev(v) = device else { return None };
+    let (name, args) = v.split_once(',').unwrap_or((v.as_str(), ""));
+    if !name.starts_with("net_memif") {
+        return None;
+    }
+    let socket = args.split(',').find_map(|kv| kv.strip_prefix("socket=")).unwrap_or("/run/memif.sock");
+    Some(socket.to_owned())
+}
+
 /// One lcore's proxy engine configuration; its VIPs come as generation 0.
 fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> fulcrum_proxy::EngineConfig {
     let d = &config.dataplane;
@@ -450,6 +487,7 @@ fn engine_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) -> 
     e.syn_cookie_threshold = config.proxy.syn_cookie_threshold;
     e.syn_cookie_seed = config.proxy.syn_cookie_seed.map(|s| s.0);
     e.half_open_timeout = config.proxy.half_open_timeout.0;
+    e.mtu = device::frame_len(d.mtu);
     // Initial sequence numbers must not be predictable: seed from the clock.
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -491,7 +529,7 @@ fn forwarder_config(config: &Config, mac: [u8; 6], lcore: usize, lcores: usize) 
         capacity: f.conntrack_entries,
         timeouts: Timeouts::default(),
         table_memory_hint: dpdk::advise_huge_pages,
-        mtu: f.mtu,
+        mtu: config.forward_mtu(),
         neighbours: 4096,
         flow_seed: fulcrum_maglev::DEFAULT_FLOW_SEED,
         // The port seed is drawn at random per process (RFC 6056: unpredictable).

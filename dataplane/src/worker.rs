@@ -9,7 +9,7 @@
 
 use crate::counters::{LcoreCounters, LocalDrop};
 use crate::device::{EngineInbox, MbufDevice, TxSide};
-use crate::dpdk::{prefetch, Mbuf, MbufBatch, Ring, RingConsumer, RxQueue, BURST};
+use crate::dpdk::{prefetch, Mbuf, MbufBatch, QuiescentToken, Ring, RingConsumer, RxQueue, BURST};
 use crate::control::{self, Applied, LcoreAck};
 use crate::stats::{EngineReport, ForwardReport, LcoreReport};
 use fulcrum_packet::EthernetAddress;
@@ -94,6 +94,9 @@ pub struct Worker<'a> {
     pub forward: Option<ForwardSide>,
     /// Latest service counters for the stats writer (lock-free, newest wins).
     pub reports: &'a ArrayQueue<LcoreReport>,
+    /// On a net_memif port: this lcore's quiescent points for the port's
+    /// disconnect guard (see `dpdk::MemifGuard`).
+    pub quiescent: Option<QuiescentToken>,
 }
 
 /// How often an lcore publishes its engine's counters.
@@ -127,6 +130,9 @@ impl Worker<'_> {
         // measured by this iteration's clock read, not an extra one.
         let mut busy_since: Option<Instant> = None;
         while !self.stop.load(Ordering::Relaxed) {
+            if let Some(q) = &self.quiescent {
+                q.mark();
+            }
             let now = Instant::now();
             if let Some(t) = busy_since.take() {
                 self.counters.busy_ns.add((now - t).as_nanos() as u64);

@@ -397,7 +397,15 @@ impl Topology {
     pub fn up() -> Topology {
         let lock = serial();
         assert_root();
-        Self::up_with(Self::fresh_prefix(), lock, None)
+        Self::up_with(Self::fresh_prefix(), lock, None, None)
+    }
+
+    /// [`Topology::up`] with every link at IP MTU `mtu` (`topology.sh up --mtu`:
+    /// jumbo frames at 9000).
+    pub fn up_mtu(mtu: u16) -> Topology {
+        let lock = serial();
+        assert_root();
+        Self::up_with(Self::fresh_prefix(), lock, None, Some(mtu))
     }
 
     /// A fresh prefix (`t` + 5 hex digits) no namespace or owner file uses.
@@ -426,17 +434,17 @@ impl Topology {
         let lock = serial();
         assert_root();
         let prefix = Self::fresh_prefix();
-        Self::up_with(prefix, lock, Some(n))
+        Self::up_with(prefix, lock, Some(n), None)
     }
 
     /// Build a topology with a given prefix (1..8 chars of [a-z0-9]).
     pub fn up_prefix(prefix: &str) -> Topology {
         let lock = serial();
         assert_root();
-        Self::up_with(prefix.to_string(), lock, None)
+        Self::up_with(prefix.to_string(), lock, None, None)
     }
 
-    fn up_with(prefix: String, lock: MutexGuard<'static, ()>, instances: Option<usize>) -> Topology {
+    fn up_with(prefix: String, lock: MutexGuard<'static, ()>, instances: Option<usize>, mtu: Option<u16>) -> Topology {
         let dir = tempfile::Builder::new()
             .prefix(&format!("fulcrum-{prefix}-"))
             .tempdir()
@@ -447,9 +455,13 @@ impl Topology {
         let _ = fs::write(owner_file(&prefix), format!("{}\n", std::process::id()));
         let mut topo = Topology { prefix, dir, torn_down: false, instances: Vec::new(), _lock: lock };
         let n = instances.map(|n| n.to_string());
+        let mtu = mtu.map(|m| m.to_string());
         let mut args = vec!["up"];
         if let Some(n) = &n {
             args.extend(["--instances", n.as_str()]);
+        }
+        if let Some(m) = &mtu {
+            args.extend(["--mtu", m.as_str()]);
         }
         let out = topo.script(&args);
         if !out.status.success() {
@@ -780,7 +792,9 @@ impl Dataplane {
         Self::start_with(topo, StartOptions { extra_config: extra_config_toml.to_string(), ..Default::default() })
     }
 
-    pub fn start_with(topo: &Topology, opts: StartOptions) -> Dataplane {
+    /// Writes the config and spawns the process: `(the dataplane, not yet
+    /// ready; its interface's name)`.
+    fn launch(topo: &Topology, opts: &StartOptions) -> (Dataplane, String) {
         let bin = dataplane_bin();
         assert!(
             bin.is_file(),
@@ -817,8 +831,26 @@ impl Dataplane {
             cmd.env(k, v);
         }
         let proc = Guarded::spawn("fulcrum-dataplane", cmd, &log);
-        let mut dp = Dataplane { proc, dir, config, stats_file, mac: String::new(), ready_line: String::new(), opts: None };
+        (Dataplane { proc, dir, config, stats_file, mac: String::new(), ready_line: String::new(), opts: None }, tap)
+    }
 
+    /// Starts a dataplane that must refuse to start (bad configuration, a
+    /// device that cannot do what is asked): waits (bounded) for it to exit
+    /// unsuccessfully, and returns its log. Panics if it gets ready.
+    pub fn start_failing(topo: &Topology, opts: StartOptions) -> String {
+        let (mut dp, _) = Self::launch(topo, &opts);
+        let status = dp.proc.wait_timeout(opts.ready_timeout);
+        let log = dp.log();
+        assert!(!log.lines().any(|l| has_word(l, "ready")), "the dataplane got ready; it should have refused:\n{log}");
+        match status {
+            Some(s) => assert!(!s.success(), "the dataplane exited successfully; it should have failed:\n{log}"),
+            None => panic!("the dataplane neither failed nor got ready in {:?}:\n{log}", opts.ready_timeout),
+        }
+        log
+    }
+
+    pub fn start_with(topo: &Topology, opts: StartOptions) -> Dataplane {
+        let (mut dp, tap) = Self::launch(topo, &opts);
         // Wait for the ready line; fail early if the process exits.
         let start = Instant::now();
         loop {

@@ -25,26 +25,32 @@ impl Mempool {
     /// Creates a pool of `capacity` mbufs (2^k - 1 is the most memory-efficient)
     /// with default data room (2 KiB + headroom) and a per-lcore cache.
     pub fn new(name: &str, capacity: u32, cache: u32, socket: SocketId) -> Result<Mempool> {
+        Self::with_buffer(name, capacity, cache, Self::DEFAULT_BUFFER, socket)
+    }
+
+    /// Bytes of frame room an mbuf of [`Mempool::new`] has after its headroom.
+    pub const DEFAULT_BUFFER: u16 = (dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE - dpdk_sys::RTE_PKTMBUF_HEADROOM) as u16;
+
+    /// As [`Mempool::new`], with `buffer` bytes of frame room in each mbuf
+    /// after DPDK's headroom (jumbo frames need more than the default 2 KiB:
+    /// one frame, one mbuf, never a chain).
+    pub fn with_buffer(name: &str, capacity: u32, cache: u32, buffer: u16, socket: SocketId) -> Result<Mempool> {
         let cname = CString::new(name).map_err(|_| DpdkError {
             op: "rte_pktmbuf_pool_create".into(),
             code: 22,
             message: format!("pool name {name:?} contains a NUL byte"),
         })?;
+        let data_room = u16::try_from(u32::from(buffer) + dpdk_sys::RTE_PKTMBUF_HEADROOM).map_err(|_| DpdkError {
+            op: "rte_pktmbuf_pool_create".into(),
+            code: 22,
+            message: format!("{buffer}-byte buffers and the headroom do not fit an mbuf's 16-bit data room"),
+        })?;
         // SAFETY: cname is a valid C string for the duration of the call; the
         // numeric arguments are validated by DPDK, which returns NULL on error.
-        let raw = unsafe {
-            dpdk_sys::rte_pktmbuf_pool_create(
-                cname.as_ptr(),
-                capacity,
-                cache,
-                0,
-                dpdk_sys::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
-                socket.0,
-            )
-        };
+        let raw = unsafe { dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), capacity, cache, 0, data_room, socket.0) };
         NonNull::new(raw)
             .map(|raw| Mempool { raw, capacity })
-            .ok_or_else(|| DpdkError::new(format!("rte_pktmbuf_pool_create({name}, {capacity})"), 0))
+            .ok_or_else(|| DpdkError::new(format!("rte_pktmbuf_pool_create({name}, {capacity} x {data_room} bytes)"), 0))
     }
 
     pub fn capacity(&self) -> u32 {

@@ -8,6 +8,7 @@
 mod eal;
 mod lcore;
 mod mbuf;
+mod memif;
 mod mempool;
 mod packet_ring;
 mod port;
@@ -16,6 +17,7 @@ mod ring;
 pub use eal::Eal;
 pub use lcore::{launch, LcoreJob, LcoreOutcome};
 pub use mbuf::{Mbuf, MbufBatch, BURST};
+pub use memif::{gate_open, MemifGuard, MemifGuardError, QuiescentToken};
 pub use mempool::Mempool;
 pub use packet_ring::{RingCounts, RingError, RxRings};
 pub use port::{Port, PortConf, RxQueue, TxQueue};

@@ -11,6 +11,10 @@ pub struct PortConf {
     pub queues: u16,
     pub rx_descriptors: u16,
     pub tx_descriptors: u16,
+    /// The IP MTU to give the device, or `None` to leave it as the device
+    /// has it (1500, or what the one who made the interface set: the
+    /// dataplane sets an af_packet veth's MTU itself, see softdev).
+    pub mtu: Option<u16>,
 }
 
 /// What one transmit call did.
@@ -42,6 +46,21 @@ pub struct PortStats {
     pub tx_errors: u64,
     /// Receive failures for lack of mbufs.
     pub rx_nombuf: u64,
+}
+
+/// The MTUs a device takes, as ethdev checks them (DPDK 22.11's
+/// `eth_dev_validate_mtu`): at most its largest frame less the link overhead,
+/// which is what the driver declares beyond its largest MTU, or the Ethernet
+/// header and CRC (18 bytes) when it declares no largest MTU.
+fn mtu_range(info: &dpdk_sys::rte_eth_dev_info) -> (u16, u16) {
+    const HEADER_AND_CRC: u32 = 18;
+    let overhead = if info.max_mtu != u16::MAX && info.max_rx_pktlen > u32::from(info.max_mtu) {
+        info.max_rx_pktlen - u32::from(info.max_mtu)
+    } else {
+        HEADER_AND_CRC
+    };
+    let by_frame = u16::try_from(info.max_rx_pktlen.saturating_sub(overhead)).unwrap_or(u16::MAX);
+    (info.min_mtu, info.max_mtu.min(by_frame))
 }
 
 /// A configured and started port. Its queues borrow it, so it cannot be
@@ -104,6 +123,25 @@ impl<'pool> Port<'pool> {
             queues_taken: AtomicBool::new(false),
             _pool: PhantomData,
         };
+        if let Some(mtu) = conf.mtu {
+            let (min, max) = mtu_range(&info);
+            if !(min..=max).contains(&mtu) {
+                return Err(DpdkError {
+                    op: format!("set MTU of port {id}"),
+                    code: 22,
+                    message: format!(
+                        "MTU {mtu} requested, the device takes {min} to {max} (its largest frame: {} bytes)",
+                        info.max_rx_pktlen
+                    ),
+                });
+            }
+            // SAFETY: the port is configured and not started; the driver
+            // validates the value (net_tap sets its kernel interface's MTU).
+            let ret = unsafe { dpdk_sys::rte_eth_dev_set_mtu(id.0, mtu) };
+            if ret != 0 {
+                return Err(DpdkError::new(format!("rte_eth_dev_set_mtu(port {id}, {mtu})"), ret));
+            }
+        }
         for queue in 0..q {
             // SAFETY: the port is configured with q queues; a NULL rxconf/txconf
             // means the driver's defaults; the pool outlives the port ('pool).
@@ -264,7 +302,7 @@ impl RxQueue<'_> {
     pub fn recv(&mut self, batch: &mut MbufBatch) -> usize {
         let have = batch.len();
         let room = (BURST - have) as u16;
-        if room == 0 {
+        if room == 0 || !super::gate_open(self.port) {
             return 0;
         }
         // SAFETY: the slots from `have` on are free and `room` long; &mut self
@@ -286,6 +324,10 @@ impl TxQueue<'_> {
             return Sent::default();
         }
         let total_bytes = batch.bytes();
+        if !super::gate_open(self.port) {
+            batch.drain().for_each(drop::<Mbuf>);
+            return Sent { packets: 0, bytes: 0, dropped: len };
+        }
         // SAFETY: slots 0..len hold mbufs we own; &mut self means only this lcore
         // uses the queue; the driver takes ownership of the first n it returns.
         let n = usize::from(unsafe { dpdk_sys::rte_eth_tx_burst(self.port.0, self.queue.0, batch.slots_mut(), len as u16) });
@@ -298,5 +340,27 @@ impl TxQueue<'_> {
             bytes: total_bytes - dropped_bytes,
             dropped,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mtu_range;
+
+    fn info(max_rx_pktlen: u32, min_mtu: u16, max_mtu: u16) -> dpdk_sys::rte_eth_dev_info {
+        dpdk_sys::rte_eth_dev_info { max_rx_pktlen, min_mtu, max_mtu, ..Default::default() }
+    }
+
+    /// What DPDK 22.11's drivers declare, and the MTUs ethdev then takes.
+    #[test]
+    fn mtu_range_as_ethdev_checks_it() {
+        // net_tap: a 1522-byte frame, no largest MTU: header and CRC off.
+        assert_eq!(mtu_range(&info(1522, 46, u16::MAX)), (46, 1504));
+        // net_af_xdp (copy mode): both given, the overhead is their difference.
+        assert_eq!(mtu_range(&info(3560, 68, 3542)), (68, 3542));
+        // net_af_packet: RTE_ETHER_MAX_LEN.
+        assert_eq!(mtu_range(&info(1518, 68, u16::MAX)), (68, 1500));
+        // A NIC with jumbo frames and a largest MTU below its frame limit.
+        assert_eq!(mtu_range(&info(9728, 68, 9000)), (68, 9000));
     }
 }

@@ -712,6 +712,26 @@ pub struct ScaleCost {
     pub engine_time: std::time::Duration,
 }
 
+/// The three backends echo what their touched connections received (and
+/// then close them, if `then_close`).
+fn echo_on_backends(w: &mut Wire, then_close: bool) {
+    for b in 0..3 {
+        for s in w.backend(b).touched_connections() {
+            let sock = w.backend(b).sock(s);
+            if sock.can_recv() {
+                let mut req = Vec::new();
+                read_all(sock, &mut req);
+                if sock.may_send() {
+                    sock.send_slice(&req).unwrap();
+                    if then_close {
+                        sock.close();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `requests` sequential echo requests ("ping\n", echoed by the backend)
 /// over connections spread evenly across `socks` (wrapping round when there
 /// are more requests than connections), then the trailing ACKs.
@@ -729,16 +749,7 @@ pub fn scale_echo_requests(w: &mut Wire, socks: &[Sock], requests: usize) -> Sca
         w.client().sock(c).send_slice(b"ping\n").unwrap();
         let mut got = Vec::new();
         let ok = w.run_until(Duration::from_secs(2), |w| {
-            for b in 0..3 {
-                for s in w.backend(b).touched_connections() {
-                    let sock = w.backend(b).sock(s);
-                    if sock.can_recv() {
-                        let mut req = Vec::new();
-                        read_all(sock, &mut req);
-                        sock.send_slice(&req).unwrap();
-                    }
-                }
-            }
+            echo_on_backends(w, false);
             read_all(w.client().sock(c), &mut got);
             got == b"ping\n"
         });
@@ -828,19 +839,7 @@ pub fn scale_new_connections(w: &mut Wire, first_port: u16, count: usize) -> Sca
         let mut sent = false;
         let mut got = Vec::new();
         let ok = w.run_until(Duration::from_secs(2), |w| {
-            for b in 0..3 {
-                for s in w.backend(b).touched_connections() {
-                    let sock = w.backend(b).sock(s);
-                    if sock.can_recv() {
-                        let mut req = Vec::new();
-                        read_all(sock, &mut req);
-                        if sock.may_send() {
-                            sock.send_slice(&req).unwrap();
-                            sock.close();
-                        }
-                    }
-                }
-            }
+            echo_on_backends(w, true);
             let sock = w.client().sock(c);
             if !sent && sock.may_send() {
                 sock.send_slice(b"ping\n").unwrap();

@@ -57,30 +57,7 @@ impl Messages {
     }
 }
 
-/// Counters of one generator (clients and backends).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Counters {
-    /// Client connections opened (connect called).
-    pub connects: u64,
-    /// Client connections that ended cleanly after their response(s).
-    pub closed_ok: u64,
-    /// Responses received complete and verified.
-    pub responses: u64,
-    /// Bulk payload bytes received and verified.
-    pub bulk_bytes: u64,
-    /// Client connections reset or closed before their response was complete.
-    pub failed: u64,
-    /// Responses (or bulk bytes) that differed from what was expected.
-    pub bad_responses: u64,
-    /// Client connections given up after `timeout` without progress.
-    pub timeouts: u64,
-    /// Requests the backends received complete and verified (and answered).
-    pub served: u64,
-    /// Requests the backends received that differed from the expected one.
-    pub bad_requests: u64,
-    /// Backend connections accepted.
-    pub accepted: u64,
-}
+pub use fulcrum_loadgen_status::Counters;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -25,6 +25,7 @@ mod shard;
 
 use app::{Backends, Clients, Counters, Messages};
 use clap::Parser;
+use fulcrum_loadgen_status::Status;
 use fulcrum_dataplane::dpdk::{DpdkError, Eal, MbufBatch, Mempool, Port, PortConf, SocketId};
 use shard::{Device, Dispatch, Role, Shard, Target, Tx};
 use smoltcp::wire::{IpAddress, IpEndpoint, Ipv4Address};
@@ -103,7 +104,8 @@ struct Cli {
     /// Stop once this many responses were verified (and fail if fewer were).
     #[arg(long)]
     requests: Option<u64>,
-    /// Rewrite the counters here as JSON every 100 ms (and at exit).
+    /// Rewrite the status (fulcrum-loadgen-status's `Status`, JSON, the
+    /// summary's record) here every 100 ms and at exit.
     #[arg(long)]
     status_file: Option<PathBuf>,
     /// A connection (or request) without progress for this many seconds is given up.
@@ -121,7 +123,9 @@ struct Cli {
     /// After the run, keep the port open (not polled) for up to this many
     /// seconds, until SIGINT/SIGTERM: so the dataplane can be stopped first.
     /// (A memif peer that disconnects while the other side's lcore polls can
-    /// crash that side: DPDK 22.11 unmaps the shared rings under it.)
+    /// crash that side: DPDK 22.11 unmaps the shared rings under it. The
+    /// dataplane guards against it (its dpdk::MemifGuard); this generator
+    /// does not, hence the dataplane stops first.)
     #[arg(long, default_value_t = 0.0)]
     linger: f64,
 }
@@ -289,7 +293,7 @@ fn generate_on(
     mac: [u8; 6],
     stop: &AtomicBool,
 ) -> Result<(), Error> {
-    let conf = PortConf { queues: cli.queues, rx_descriptors: 1024, tx_descriptors: 1024 };
+    let conf = PortConf { queues: cli.queues, rx_descriptors: 1024, tx_descriptors: 1024, mtu: None };
     let port = Port::start(port_id, &conf, pool, socket)?;
     let port_mac = port.mac();
     if port_mac != mac {
@@ -442,43 +446,23 @@ fn generate_on(
         if now >= next_status {
             next_status = now + STATUS_PERIOD;
             if let Some(path) = &cli.status_file {
-                if let Err(e) = write_status(path, cli.mode, &c, &txs, &dispatch, busy_ns, loops, &port) {
+                let st = status(cli.mode, start, &c, &txs, &dispatch, busy_ns, loops, &port, &shards);
+                if let Err(e) = write_status(path, &st) {
                     status_err = Some(Error::Status(path.clone(), e));
                     break;
                 }
             }
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    // The summary: the same record as the status file, once, on stdout.
+    let summary = status(cli.mode, start, &c, &txs, &dispatch, busy_ns, loops, &port, &shards);
     if let Some(path) = &cli.status_file {
-        write_status(path, cli.mode, &c, &txs, &dispatch, busy_ns, loops, &port).map_err(|e| Error::Status(path.clone(), e))?;
+        write_status(path, &summary).map_err(|e| Error::Status(path.clone(), e))?;
     }
     if let Some(e) = status_err {
         return Err(e);
     }
-    let ps = port.stats();
-    let (sent, dropped): (u64, u64) = txs.iter().fold((0, 0), |(s, d), t| (s + t.sent, d + t.dropped));
-    println!(
-        "loadgen: mode={:?} seconds={elapsed:.3} connects={} responses={} closed_ok={} bulk_bytes={} failed={} bad_responses={} \
-         timeouts={} served={} bad_requests={} accepted={} rx={} tx={sent} tx_dropped={dropped} rx_missed={} unknown={} inbox_full={} \
-         busy_ns={busy_ns} in_flight={}",
-        cli.mode,
-        c.connects,
-        c.responses,
-        c.closed_ok,
-        c.bulk_bytes,
-        c.failed,
-        c.bad_responses,
-        c.timeouts,
-        c.served,
-        c.bad_requests,
-        c.accepted,
-        ps.rx_packets,
-        ps.rx_missed,
-        dispatch.unknown,
-        dispatch.inbox_full,
-        shards.iter().map(|s| if let Role::Clients(cl) = &s.role { cl.busy() } else { 0 }).sum::<usize>(),
-    );
+    println!("{}", serde_json::to_string(&summary).expect("a Status serializes"));
     let _ = std::io::stdout().flush();
     if cli.linger > 0.0 && !stop.load(Ordering::SeqCst) {
         let until = Instant::now() + Duration::from_secs_f64(cli.linger.min(3600.0));
@@ -502,43 +486,44 @@ fn generate_on(
     Ok(())
 }
 
+/// The generator's report now (the status file's and the summary's record).
 #[allow(clippy::too_many_arguments)]
-fn write_status(
-    path: &std::path::Path,
+fn status(
     mode: Mode,
+    start: Instant,
     c: &Counters,
     txs: &[Tx<'_>],
     d: &Dispatch,
     busy_ns: u64,
     loops: u64,
     port: &Port<'_>,
-) -> std::io::Result<()> {
-    let (sent, dropped): (u64, u64) = txs.iter().fold((0, 0), |(s, d), t| (s + t.sent, d + t.dropped));
+    shards: &[Shard],
+) -> Status {
+    let (tx_packets, tx_dropped): (u64, u64) = txs.iter().fold((0, 0), |(s, d), t| (s + t.sent, d + t.dropped));
     let ps = port.stats();
+    Status {
+        time: now_epoch(),
+        mode: format!("{mode:?}"),
+        seconds: start.elapsed().as_secs_f64(),
+        counters: *c,
+        rx_packets: ps.rx_packets,
+        tx_packets,
+        tx_dropped,
+        rx_missed: ps.rx_missed,
+        unknown: d.unknown,
+        inbox_full: d.inbox_full,
+        busy_ns,
+        loops,
+        in_flight: shards.iter().map(|s| if let Role::Clients(cl) = &s.role { cl.busy() as u64 } else { 0 }).sum(),
+    }
+}
+
+/// Replaces the status file (written aside, then renamed: readers never see half).
+fn write_status(path: &std::path::Path, st: &Status) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    writeln!(
-        f,
-        "{{\"time\": {:.6}, \"mode\": \"{mode:?}\", \"connects\": {}, \"responses\": {}, \"closed_ok\": {}, \"bulk_bytes\": {}, \
-         \"failed\": {}, \"bad_responses\": {}, \"timeouts\": {}, \"served\": {}, \"bad_requests\": {}, \"accepted\": {}, \
-         \"rx_packets\": {}, \"tx_packets\": {sent}, \"tx_dropped\": {dropped}, \"rx_missed\": {}, \"unknown\": {}, \"inbox_full\": {}, \
-         \"busy_ns\": {busy_ns}, \"loops\": {loops}}}",
-        now_epoch(),
-        c.connects,
-        c.responses,
-        c.closed_ok,
-        c.bulk_bytes,
-        c.failed,
-        c.bad_responses,
-        c.timeouts,
-        c.served,
-        c.bad_requests,
-        c.accepted,
-        ps.rx_packets,
-        ps.rx_missed,
-        d.unknown,
-        d.inbox_full,
-    )?;
+    serde_json::to_writer(&mut f, st)?;
+    writeln!(f)?;
     drop(f);
     std::fs::rename(&tmp, path)
 }
