@@ -53,14 +53,28 @@ pub(crate) fn checksum(data: &[u8]) -> u16 {
     !fold(sum as u32)
 }
 
-/// [`checksum`] of an option-less IPv4 header: five words, no loop.
-#[inline(always)]
+/// [`checksum`] of an option-less IPv4 header: five words, no loop (the
+/// reference of [`header20_ok`]).
+#[cfg(test)]
 pub(crate) fn checksum20(h: &[u8; 20]) -> u16 {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     let sum = w(0) + w(4) + w(8) + w(12) + w(16);
     let sum = (sum & 0xffff_ffff) + (sum >> 32);
     let sum = (sum & 0xffff_ffff) + (sum >> 32);
     !fold(sum as u32)
+}
+
+/// Whether an option-less IPv4 header's checksum verifies
+/// (`checksum20(h) == 0`), summing the words in the machine's byte order:
+/// a byte-swapped one's-complement sum is the sum byte-swapped (RFC 1071
+/// section 2(B)), and all ones (verified) is all ones either way round.
+#[inline(always)]
+pub(crate) fn header20_ok(h: &[u8; 20]) -> bool {
+    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    let sum = w(0) + w(4) + w(8) + w(12) + w(16);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32) == 0xffff
 }
 
 #[cfg(test)]
@@ -93,6 +107,15 @@ mod tests {
                 assert_eq!(checksum(&v), reference(&v), "len {len} random");
                 if let Ok(h) = <&[u8; 20]>::try_from(&v[..]) {
                     assert_eq!(checksum20(h), reference(&v));
+                    assert_eq!(header20_ok(h), checksum20(h) == 0);
+                    // The same header with its checksum field made right.
+                    let mut ok = *h;
+                    ok[10..12].fill(0);
+                    let c = checksum20(&ok);
+                    ok[10..12].copy_from_slice(&c.to_be_bytes());
+                    assert!(header20_ok(&ok) && checksum20(&ok) == 0, "len {len} fill {fill}");
+                    ok[15] ^= 0x40;
+                    assert!(!header20_ok(&ok) && checksum20(&ok) != 0);
                 }
             }
         }

@@ -19,10 +19,10 @@
 use std::net::Ipv4Addr;
 
 use crate::conntrack::{Hashed, Key, F_HALF_OPEN};
-use crate::csum::checksum20;
+use crate::csum::header20_ok;
 use crate::field::{at, ethernet, ipv4, tcp, udp};
 use crate::datapath::{
-    account_to, apply, attribute, deliver, find_vip, rd16, rd32, refuse, reply_hit, steady, sync_twin_of, touch, vip_rt, Flags, Ip, ETH, TCP, UDP,
+    account_to, attribute, deliver, find_vip, rd16, rd32, refuse, reply_hit, restart, rewrite_in_place, steady, sync_twin_of, vip_rt, Flags, Ip, ETH, TCP, UDP,
 };
 use crate::vips::Rewrite;
 use crate::{Forwarder, Verdict};
@@ -68,7 +68,7 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
         return None;
     }
     let ip = h[IP..].first_chunk::<{ ipv4::HEADER_LEN }>()?;
-    if checksum20(ip) != 0 {
+    if !header20_ok(ip) {
         return None;
     }
     let src = rd32(ip, ipv4::SRC_ADDR);
@@ -123,7 +123,8 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
 /// not half-open, that the mode does not refuse (FullNAT: TTL above 1; a
 /// plain-shape frame has no options) does the general path's `deliver`
 /// steps, in its order, with one VIP lookup: restart the timeout (`touch`),
-/// count under the VIP and backend (`account_to`), rewrite (`apply`),
+/// count under the VIP and backend (`account_to`), rewrite (`apply`'s
+/// in-place arms, `rewrite_in_place`),
 /// copy state and deadline to the twin. Anything else takes
 /// [`act_general`].
 #[inline(always)]
@@ -142,22 +143,25 @@ pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lan
     if !v.owns(id, e) {
         return None;
     }
-    let lean = match v.rewrite {
-        Rewrite::Dsr => true,
-        Rewrite::FullNat => lane.ttl > 1,
-        Rewrite::Tunnel { .. } => false,
+    let fullnat = match v.rewrite {
+        Rewrite::Dsr => false,
+        Rewrite::FullNat if lane.ttl > 1 => true,
+        _ => return act_general(f, now, buf, start, lane),
     };
-    if !lean || !steady(e.state, fl) || e.flags & F_HALF_OPEN != 0 || end > buf.len() {
+    if !steady(e.state, fl) || e.flags & F_HALF_OPEN != 0 {
         return act_general(f, now, buf, start, lane);
     }
-    let mode = v.rewrite;
-    let ip = ip_of(lane);
-    touch(e, timeouts, now, fl);
-    account_to(v, e, ip.total, false);
-    let verdict = apply(mac.0, buf, start, &ip, e, mode, lane.key);
+    // `apply`'s window (the frame is within `buf`: `stage` read it there).
+    let Some(frame) = buf.get_mut(start..end) else {
+        return act_general(f, now, buf, start, lane);
+    };
+    // `touch` of a steady packet.
+    restart(e, timeouts, now);
+    account_to(v, e, usize::from(lane.total), false);
+    rewrite_in_place(mac.0, frame, &ip_of(lane), e, fullnat);
     let (twin, state, deadline) = (e.twin, e.state, e.deadline);
     sync_twin_of(table, twin, state, deadline);
-    Some(verdict)
+    Some(Verdict::Transmit { start: start as u32, len: (end - start) as u32 })
 }
 
 /// The staged frame's IPv4 header, as the general path would parse it.
