@@ -29,12 +29,13 @@ pub(super) fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
 #[inline(always)]
 fn nat_fields(h: &mut [u8], ip: &Ip, e: &Entry) {
     let (old_src, old_dst) = (rd32(h, ipv4::SRC_ADDR), rd32(h, ipv4::DST_ADDR));
-    let mut c = rd16(h, ipv4::CHECKSUM);
-    c = update32(c, old_src, e.new_src);
-    c = update32(c, old_dst, e.new_dst);
     let old_ttl = rd16(h, ipv4::TTL_PROTOCOL);
     let new_ttl = old_ttl.wrapping_sub(0x0100);
-    c = update16(c, old_ttl, new_ttl);
+    let c = Update::new(rd16(h, ipv4::CHECKSUM))
+        .addr(old_src, e.new_src)
+        .addr(old_dst, e.new_dst)
+        .word(old_ttl, new_ttl)
+        .finish();
     wr16(h, ipv4::TTL_PROTOCOL, new_ttl);
     wr32(h, ipv4::SRC_ADDR, e.new_src);
     wr32(h, ipv4::DST_ADDR, e.new_dst);
@@ -49,10 +50,12 @@ fn nat_fields(h: &mut [u8], ip: &Ip, e: &Entry) {
     if ip.proto == UDP && c == 0 {
         return; // no checksum
     }
-    let mut c = update32(c, old_src, e.new_src);
-    c = update32(c, old_dst, e.new_dst);
-    c = update16(c, old_sp, e.new_sport);
-    c = update16(c, old_dp, e.new_dport);
+    let mut c = Update::new(c)
+        .addr(old_src, e.new_src)
+        .addr(old_dst, e.new_dst)
+        .word(old_sp, e.new_sport)
+        .word(old_dp, e.new_dport)
+        .finish();
     if ip.proto == UDP && c == 0 {
         c = 0xffff;
     }

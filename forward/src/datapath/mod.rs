@@ -13,7 +13,7 @@ use fulcrum_maglev::{addr_hash, flow_hash};
 use smoltcp::wire::Icmpv4Packet;
 
 use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, Table, F_REVERSE, NO_TWIN};
-use crate::csum::{checksum, header20_ok, update16, update32};
+use crate::csum::{checksum, header20_ok, update16, update32, Update};
 use crate::field::{at, ethernet, icmp, ipv4, tcp, udp, Field};
 use crate::vips::{Rewrite, VipRt};
 use crate::{tunnel_entropy, vip_key, DropReason, Forwarder, Verdict};
