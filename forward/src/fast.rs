@@ -114,8 +114,8 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
     })
 }
 
-/// Forwards a staged frame of a live flow; `None` (with nothing changed)
-/// when its flow is not in the table. `buf[start..]` holds the frame `stage`
+/// Forwards a staged frame of a live flow, its verdict counted into `out`;
+/// `false` (with nothing changed) when its flow is not in the table. `buf[start..]` holds the frame `stage`
 /// looked at, unchanged.
 ///
 /// The hit routine: a client -> VIP packet of a DSR or FullNAT flow in a
@@ -128,32 +128,32 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
 /// copy state and deadline to the twin. Anything else takes
 /// [`act_general`].
 #[inline(always)]
-pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane) -> Option<Verdict> {
+pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane, out: &mut Verdict) -> bool {
     if buf.len() > u32::MAX as usize || lane.vip == OWN_ADDRESS {
-        return act_general(f, now, buf, start, lane);
+        return general(f, now, buf, start, lane, out);
     }
     let fl = if lane.key.proto == TCP { Flags::tcp(lane.tcp_flags) } else { Flags::default() };
     let id = usize::from(lane.vip);
     let end = start + ETH + usize::from(lane.total);
     let Forwarder { table, vips, timeouts, mac, .. } = f;
-    let Some(Some(v)) = vips.get_mut(id) else { return None };
-    let (_, e) = table.probed_mut(&lane.key, &lane.hashed, now)?;
+    let Some(Some(v)) = vips.get_mut(id) else { return false };
+    let Some((_, e)) = table.probed_mut(&lane.key, &lane.hashed, now) else { return false };
     // An entry of another VIP (removed, or changed under this id): the
     // general path frees it.
     if !v.owns(id, e) {
-        return None;
+        return false;
     }
     let fullnat = match v.rewrite {
         Rewrite::Dsr => false,
         Rewrite::FullNat if lane.ttl > 1 => true,
-        _ => return act_general(f, now, buf, start, lane),
+        _ => return general(f, now, buf, start, lane, out),
     };
     if !steady(e.state, fl) || e.flags & F_HALF_OPEN != 0 {
-        return act_general(f, now, buf, start, lane);
+        return general(f, now, buf, start, lane, out);
     }
     // `apply`'s window (the frame is within `buf`: `stage` read it there).
     let Some(frame) = buf.get_mut(start..end) else {
-        return act_general(f, now, buf, start, lane);
+        return general(f, now, buf, start, lane, out);
     };
     // `touch` of a steady packet.
     restart(e, timeouts, now);
@@ -161,7 +161,22 @@ pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lan
     rewrite_in_place(mac.0, frame, &ip_of(lane), e, fullnat);
     let (twin, state, deadline) = (e.twin, e.state, e.deadline);
     sync_twin_of(table, twin, state, deadline);
-    Some(Verdict::Transmit { start: start as u32, len: (end - start) as u32 })
+    // Counted as `Forwarder::count` counts a transmitted frame.
+    f.counters.transmitted += 1;
+    *out = Verdict::Transmit { start: start as u32, len: (end - start) as u32 };
+    true
+}
+
+/// [`act_general`]'s verdict, if any, counted into `out`.
+#[inline(always)]
+fn general(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane, out: &mut Verdict) -> bool {
+    match act_general(f, now, buf, start, lane) {
+        Some(v) => {
+            *out = f.count(v);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The staged frame's IPv4 header, as the general path would parse it.
