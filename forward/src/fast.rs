@@ -167,8 +167,9 @@ pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lan
     true
 }
 
-/// [`act_general`]'s verdict, if any, counted into `out`.
-#[inline(always)]
+/// [`act_general`]'s verdict, if any, counted into `out` (out of line:
+/// the hit routine's registers stay its own).
+#[inline(never)]
 fn general(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane, out: &mut Verdict) -> bool {
     match act_general(f, now, buf, start, lane) {
         Some(v) => {
