@@ -115,16 +115,16 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
 }
 
 /// Forwards a staged frame of a live flow, its verdict counted into `out`;
-/// `false` (with nothing changed) when its flow is not in the table. `buf[start..]` holds the frame `stage`
-/// looked at, unchanged.
+/// `false` (with nothing changed) when its flow is not in the table.
+/// `buf[start..]` holds the frame `stage` looked at, unchanged.
 ///
 /// The hit routine: a client -> VIP packet of a DSR or FullNAT flow in a
 /// steady state (established TCP without SYN/FIN/RST, or UDP; `steady`),
 /// not half-open, that the mode does not refuse (FullNAT: TTL above 1; a
 /// plain-shape frame has no options) does the general path's `deliver`
-/// steps, in its order, with one VIP lookup: restart the timeout (`touch`),
-/// count under the VIP and backend (`account_to`), rewrite (`apply`'s
-/// in-place arms, `rewrite_in_place`),
+/// steps, in its order, with one VIP lookup: restart the timeout (`touch`'s
+/// steady branch, `restart`), count under the VIP and backend
+/// (`account_to`), rewrite (`apply`'s in-place arms, `rewrite_in_place`),
 /// copy state and deadline to the twin. Anything else takes
 /// [`act_general`].
 #[inline(always)]
