@@ -301,6 +301,27 @@ impl Worker<'_> {
         if let Some(f) = &mut self.forward {
             f.forwarder.process_burst(now_ns, batch.as_mut_slice(), &mut verdicts, prefetch);
         }
+        // The usual burst: every frame forwarded. Its frames join the
+        // transmit batch at once, in order (what the loop below does one
+        // push at a time); any other verdict, or a frame window outside its
+        // mbuf, takes the loop (set_frame again is a no-op then).
+        let mut all_sent = true;
+        for (m, v) in batch.as_mut_slice().iter_mut().zip(&verdicts) {
+            all_sent &= match *v {
+                FwdVerdict::Transmit { start, len } => m.set_frame(start as usize, len as usize),
+                _ => false,
+            };
+        }
+        if all_sent {
+            self.tx.batch.append_from(batch);
+            if batch.len() > 0 {
+                // The transmit batch is full: sent, as push does, and the
+                // rest (at most a burst) fits in the empty batch.
+                self.tx.flush();
+                self.tx.batch.append_from(batch);
+            }
+            return;
+        }
         for (mut m, v) in batch.drain().zip(verdicts) {
             match v {
                 FwdVerdict::NotMine => self.dispatch(m, now_ns, from_ring),

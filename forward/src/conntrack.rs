@@ -445,6 +445,7 @@ impl Table {
         self.entry(i).map(|e| std::ptr::from_ref(e).cast())
     }
 
+    #[inline]
     fn sig_line_of(&self, bucket: u32) -> Option<*const u8> {
         self.sigs(bucket as usize).map(|s| std::ptr::from_ref(s).cast())
     }

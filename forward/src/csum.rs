@@ -30,6 +30,40 @@ pub(crate) fn update32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// [`update16`]/[`update32`] for several changed fields, folded once:
+/// `Update::new(c).addr(a, a2).word(w, w2).finish()` is exactly
+/// `update16(update32(c, a, a2), w, w2)`. Each update takes the previous
+/// result's complement, which is the previous fold; a fold of a sum is 0
+/// only for a zero sum and otherwise the sum's one representative in
+/// 1..=0xffff (mod 0xffff), so folding the sum of the sums once gives the
+/// same value as folding after every field (tested).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Update(u32);
+
+impl Update {
+    #[inline(always)]
+    pub(crate) fn new(check: u16) -> Update {
+        Update(u32::from(!check))
+    }
+
+    /// A 16-bit word changed from `old` to `new`.
+    #[inline(always)]
+    pub(crate) fn word(self, old: u16, new: u16) -> Update {
+        Update(self.0 + u32::from(!old) + u32::from(new))
+    }
+
+    /// A 32-bit field changed.
+    #[inline(always)]
+    pub(crate) fn addr(self, old: u32, new: u32) -> Update {
+        Update(self.0 + u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff))
+    }
+
+    #[inline(always)]
+    pub(crate) fn finish(self) -> u16 {
+        !fold(self.0)
+    }
+}
+
 /// Full checksum of `data` (RFC 1071): verifies every IPv4 header, so it
 /// sums 32-bit words into a 64-bit accumulator (the one's-complement sum is
 /// the same in any word size, RFC 1071 section 2(A)) and folds once.
@@ -53,14 +87,28 @@ pub(crate) fn checksum(data: &[u8]) -> u16 {
     !fold(sum as u32)
 }
 
-/// [`checksum`] of an option-less IPv4 header: five words, no loop.
-#[inline(always)]
+/// [`checksum`] of an option-less IPv4 header: five words, no loop (the
+/// reference of [`header20_ok`]).
+#[cfg(test)]
 pub(crate) fn checksum20(h: &[u8; 20]) -> u16 {
     let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     let sum = w(0) + w(4) + w(8) + w(12) + w(16);
     let sum = (sum & 0xffff_ffff) + (sum >> 32);
     let sum = (sum & 0xffff_ffff) + (sum >> 32);
     !fold(sum as u32)
+}
+
+/// Whether an option-less IPv4 header's checksum verifies
+/// (`checksum20(h) == 0`), summing the words in the machine's byte order:
+/// a byte-swapped one's-complement sum is the sum byte-swapped (RFC 1071
+/// section 2(B)), and all ones (verified) is all ones either way round.
+#[inline(always)]
+pub(crate) fn header20_ok(h: &[u8; 20]) -> bool {
+    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    let sum = w(0) + w(4) + w(8) + w(12) + w(16);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    fold(sum as u32) == 0xffff
 }
 
 #[cfg(test)]
@@ -93,8 +141,42 @@ mod tests {
                 assert_eq!(checksum(&v), reference(&v), "len {len} random");
                 if let Ok(h) = <&[u8; 20]>::try_from(&v[..]) {
                     assert_eq!(checksum20(h), reference(&v));
+                    assert_eq!(header20_ok(h), checksum20(h) == 0);
+                    // The same header with its checksum field made right.
+                    let mut ok = *h;
+                    ok[10..12].fill(0);
+                    let c = checksum20(&ok);
+                    ok[10..12].copy_from_slice(&c.to_be_bytes());
+                    assert!(header20_ok(&ok) && checksum20(&ok) == 0, "len {len} fill {fill}");
+                    ok[15] ^= 0x40;
+                    assert!(!header20_ok(&ok) && checksum20(&ok) != 0);
                 }
             }
+        }
+    }
+
+    /// `Update` over several fields is the chain of single updates, bit
+    /// for bit, edge values (0, 0xffff) included.
+    #[test]
+    fn update_once_equals_update_chain() {
+        let mut x = 0x9e37_79b9u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let edge = [0u32, 0xffff, 0xffff_0000, 0xffff_ffff, 1, 0x0001_0000];
+        for i in 0..200_000 {
+            let pick = |v: u32, n: usize| if i % 3 == 0 { edge[(v as usize + n) % edge.len()] } else { v };
+            let c = pick(next(), 0) as u16;
+            let (a, a2) = (pick(next(), 1), pick(next(), 2));
+            let (b, b2) = (pick(next(), 3), pick(next(), 4));
+            let (w, w2) = (pick(next(), 5) as u16, pick(next(), 0) as u16);
+            let (v, v2) = (pick(next(), 1) as u16, pick(next(), 2) as u16);
+            let chain = update16(update16(update32(update32(c, a, a2), b, b2), w, w2), v, v2);
+            let once = Update::new(c).addr(a, a2).addr(b, b2).word(w, w2).word(v, v2).finish();
+            assert_eq!(once, chain, "{c:#x} {a:#x}->{a2:#x} {b:#x}->{b2:#x} {w:#x}->{w2:#x} {v:#x}->{v2:#x}");
         }
     }
 

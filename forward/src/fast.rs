@@ -19,10 +19,10 @@
 use std::net::Ipv4Addr;
 
 use crate::conntrack::{Hashed, Key, F_HALF_OPEN};
-use crate::csum::checksum20;
+use crate::csum::header20_ok;
 use crate::field::{at, ethernet, ipv4, tcp, udp};
 use crate::datapath::{
-    account_to, apply, attribute, deliver, find_vip, rd16, rd32, refuse, reply_hit, steady, sync_twin_of, touch, vip_rt, Flags, Ip, ETH, TCP, UDP,
+    account_to, attribute, deliver, find_vip, rd16, rd32, refuse, reply_hit, restart, rewrite_in_place, steady, sync_twin_of, vip_rt, Flags, Ip, ETH, TCP, UDP,
 };
 use crate::vips::Rewrite;
 use crate::{Forwarder, Verdict};
@@ -68,7 +68,7 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
         return None;
     }
     let ip = h[IP..].first_chunk::<{ ipv4::HEADER_LEN }>()?;
-    if checksum20(ip) != 0 {
+    if !header20_ok(ip) {
         return None;
     }
     let src = rd32(ip, ipv4::SRC_ADDR);
@@ -114,50 +114,70 @@ pub(crate) fn stage(f: &Forwarder, frame: &[u8]) -> Option<Lane> {
     })
 }
 
-/// Forwards a staged frame of a live flow; `None` (with nothing changed)
-/// when its flow is not in the table. `buf[start..]` holds the frame `stage`
-/// looked at, unchanged.
+/// Forwards a staged frame of a live flow, its verdict counted into `out`;
+/// `false` (with nothing changed) when its flow is not in the table.
+/// `buf[start..]` holds the frame `stage` looked at, unchanged.
 ///
 /// The hit routine: a client -> VIP packet of a DSR or FullNAT flow in a
 /// steady state (established TCP without SYN/FIN/RST, or UDP; `steady`),
 /// not half-open, that the mode does not refuse (FullNAT: TTL above 1; a
 /// plain-shape frame has no options) does the general path's `deliver`
-/// steps, in its order, with one VIP lookup: restart the timeout (`touch`),
-/// count under the VIP and backend (`account_to`), rewrite (`apply`),
+/// steps, in its order, with one VIP lookup: restart the timeout (`touch`'s
+/// steady branch, `restart`), count under the VIP and backend
+/// (`account_to`), rewrite (`apply`'s in-place arms, `rewrite_in_place`),
 /// copy state and deadline to the twin. Anything else takes
 /// [`act_general`].
 #[inline(always)]
-pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane) -> Option<Verdict> {
+pub(crate) fn act(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane, out: &mut Verdict) -> bool {
     if buf.len() > u32::MAX as usize || lane.vip == OWN_ADDRESS {
-        return act_general(f, now, buf, start, lane);
+        return general(f, now, buf, start, lane, out);
     }
     let fl = if lane.key.proto == TCP { Flags::tcp(lane.tcp_flags) } else { Flags::default() };
     let id = usize::from(lane.vip);
     let end = start + ETH + usize::from(lane.total);
     let Forwarder { table, vips, timeouts, mac, .. } = f;
-    let Some(Some(v)) = vips.get_mut(id) else { return None };
-    let (_, e) = table.probed_mut(&lane.key, &lane.hashed, now)?;
+    let Some(Some(v)) = vips.get_mut(id) else { return false };
+    let Some((_, e)) = table.probed_mut(&lane.key, &lane.hashed, now) else { return false };
     // An entry of another VIP (removed, or changed under this id): the
     // general path frees it.
     if !v.owns(id, e) {
-        return None;
+        return false;
     }
-    let lean = match v.rewrite {
-        Rewrite::Dsr => true,
-        Rewrite::FullNat => lane.ttl > 1,
-        Rewrite::Tunnel { .. } => false,
+    let fullnat = match v.rewrite {
+        Rewrite::Dsr => false,
+        Rewrite::FullNat if lane.ttl > 1 => true,
+        _ => return general(f, now, buf, start, lane, out),
     };
-    if !lean || !steady(e.state, fl) || e.flags & F_HALF_OPEN != 0 || end > buf.len() {
-        return act_general(f, now, buf, start, lane);
+    if !steady(e.state, fl) || e.flags & F_HALF_OPEN != 0 {
+        return general(f, now, buf, start, lane, out);
     }
-    let mode = v.rewrite;
-    let ip = ip_of(lane);
-    touch(e, timeouts, now, fl);
-    account_to(v, e, ip.total, false);
-    let verdict = apply(mac.0, buf, start, &ip, e, mode, lane.key);
+    // `apply`'s window (the frame is within `buf`: `stage` read it there).
+    let Some(frame) = buf.get_mut(start..end) else {
+        return general(f, now, buf, start, lane, out);
+    };
+    // `touch` of a steady packet.
+    restart(e, timeouts, now);
+    account_to(v, e, usize::from(lane.total), false);
+    rewrite_in_place(mac.0, frame, &ip_of(lane), e, fullnat);
     let (twin, state, deadline) = (e.twin, e.state, e.deadline);
     sync_twin_of(table, twin, state, deadline);
-    Some(verdict)
+    // Counted as `Forwarder::count` counts a transmitted frame.
+    f.counters.transmitted += 1;
+    *out = Verdict::Transmit { start: start as u32, len: (end - start) as u32 };
+    true
+}
+
+/// [`act_general`]'s verdict, if any, counted into `out` (out of line:
+/// the hit routine's registers stay its own).
+#[inline(never)]
+fn general(f: &mut Forwarder, now: u32, buf: &mut [u8], start: usize, lane: &Lane, out: &mut Verdict) -> bool {
+    match act_general(f, now, buf, start, lane) {
+        Some(v) => {
+            *out = f.count(v);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The staged frame's IPv4 header, as the general path would parse it.

@@ -701,14 +701,12 @@ impl Forwarder {
             }
             for ((fr, lane), v) in frames.iter_mut().zip(&lanes).zip(verdicts.iter_mut()) {
                 let (buf, start, len) = fr.room_mut();
-                let hit = match lane {
-                    Some(l) => fast::act(self, now, buf, start, l),
-                    None => None,
-                };
-                let verdict = match hit {
-                    Some(v) => v,
-                    None => datapath::process(self, now_ns, buf, start, len),
-                };
+                if let Some(l) = lane {
+                    if fast::act(self, now, buf, start, l, v) {
+                        continue;
+                    }
+                }
+                let verdict = datapath::process(self, now_ns, buf, start, len);
                 *v = self.count(verdict);
             }
         }

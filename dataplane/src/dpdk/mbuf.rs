@@ -83,8 +83,14 @@ impl Mbuf {
 
     /// Makes `room[start..start + len]` the frame; `false` (and no change)
     /// when that is not inside the data room.
+    #[inline]
     pub fn set_frame(&mut self, start: usize, len: usize) -> bool {
-        let room = usize::from(self.raw().buf_len);
+        let m = self.raw();
+        // The frame where it already is (an in-place rewrite: DSR, FullNAT).
+        if start == usize::from(m.data_off) && len == usize::from(m.data_len) && m.pkt_len == u32::from(m.data_len) {
+            return true;
+        }
+        let room = usize::from(m.buf_len);
         let (Ok(off), Ok(len16)) = (u16::try_from(start), u16::try_from(len)) else {
             return false;
         };
@@ -158,6 +164,7 @@ impl MbufBatch {
     }
 
     /// Adds an mbuf; gives it back when the batch is full.
+    #[inline]
     pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
         if self.is_full() {
             return Err(m);
@@ -165,6 +172,26 @@ impl MbufBatch {
         self.bufs[self.len].write(m);
         self.len += 1;
         Ok(())
+    }
+
+    /// Moves mbufs from the front of `other` to the end of this batch, in
+    /// order, as many as fit; what does not fit stays in `other` (moved to
+    /// its front). Returns how many moved. The same as `push`ing them one at
+    /// a time while there is room.
+    #[inline]
+    pub fn append_from(&mut self, other: &mut MbufBatch) -> usize {
+        let n = other.len.min(BURST - self.len);
+        // SAFETY: slots 0..other.len of `other` are initialised and slots
+        // self.len..self.len + n of `self` are free (n <= BURST - self.len);
+        // the two batches are distinct (&mut), so the ranges do not overlap.
+        // Ownership of the n mbufs moves: `self` counts them, `other`
+        // forgets them (consume_front moves its rest down without dropping).
+        unsafe {
+            std::ptr::copy_nonoverlapping(other.bufs.as_ptr(), self.bufs.as_mut_ptr().add(self.len), n);
+        }
+        self.len += n;
+        other.consume_front(n);
+        n
     }
 
     /// The mbufs, in order.
@@ -196,6 +223,7 @@ impl MbufBatch {
     }
 
     /// Forgets the first `n` mbufs (a driver took them) and moves the rest down.
+    #[inline]
     pub(super) fn consume_front(&mut self, n: usize) {
         let n = n.min(self.len);
         let rest = self.len - n;

@@ -94,7 +94,7 @@ pub(crate) fn touch(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
     // packet without SYN, FIN or RST, or a UDP flow's, keeps its state
     // (`next_state` returns it unchanged) and only restarts its timeout.
     if steady(e.state, fl) {
-        e.deadline = now.wrapping_add(t.by_state.get(usize::from(e.state)).copied().unwrap_or(1));
+        restart(e, t, now);
         return false;
     }
     let mut s = next_state(State::from_u8(e.state), fl);
@@ -105,6 +105,13 @@ pub(crate) fn touch(e: &mut Entry, t: &Ticks, now: u32, fl: Flags) -> bool {
     e.state = s as u8;
     e.deadline = now.wrapping_add(t.by_state.get(s as usize).copied().unwrap_or(1));
     confirmed
+}
+
+/// Restarts entry `e`'s timeout in its state: what [`touch`] does for a
+/// packet that keeps the state ([`steady`]).
+#[inline(always)]
+pub(crate) fn restart(e: &mut Entry, t: &Ticks, now: u32) {
+    e.deadline = now.wrapping_add(t.by_state.get(usize::from(e.state)).copied().unwrap_or(1));
 }
 
 /// Gives entry `e`'s twin (if it has one) `e`'s state and deadline, and
@@ -521,7 +528,7 @@ pub(crate) fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: 
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
                 return Verdict::Drop(DropReason::BadBuffer);
             };
-            set_macs(frame, e.mac, our_mac);
+            rewrite_in_place(our_mac, frame, ip, e, false);
             Verdict::Transmit {
                 start: start as u32,
                 len: (ETH + ip.total) as u32,
@@ -537,14 +544,24 @@ pub(crate) fn apply(our_mac: [u8; 6], buf: &mut [u8], start: usize, ip: &Ip, e: 
             let Some(frame) = buf.get_mut(start..start + ETH + ip.total) else {
                 return Verdict::Drop(DropReason::BadBuffer);
             };
-            nat(frame, ip, e);
-            set_macs(frame, e.mac, our_mac);
+            rewrite_in_place(our_mac, frame, ip, e, true);
             Verdict::Transmit {
                 start: start as u32,
                 len: (ETH + ip.total) as u32,
             }
         }
     }
+}
+
+/// The rewrites that keep the frame where it is: DSR (next hop's MAC) and
+/// FullNAT (addresses, ports, TTL, then the MAC). `frame` is the whole
+/// frame, `ETH + ip.total` bytes.
+#[inline(always)]
+pub(crate) fn rewrite_in_place(our_mac: [u8; 6], frame: &mut [u8], ip: &Ip, e: &Entry, fullnat: bool) {
+    if fullnat {
+        nat(frame, ip, e);
+    }
+    set_macs(frame, e.mac, our_mac);
 }
 
 /// The Maglev key of a new flow: its 5-tuple, or its client address alone.

@@ -3,17 +3,39 @@
 use super::*;
 
 /// Rewrites addresses, ports and TTL to entry `e`'s action, with
-/// incremental checksum updates.
-#[inline(never)]
+/// incremental checksum updates. Inlined: on the fast path the header
+/// length and protocol are known there, and pick the fixed-size view.
+#[inline(always)]
 pub(super) fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
     let Some(h) = frame.get_mut(ETH..ETH + ip.total) else { return };
+    // An option-less header (FullNAT refuses options) and the L4 header
+    // through its checksum, as one fixed-size view: `nat_fields` reads and
+    // writes the same fields, with its bounds checks decided at compile
+    // time. Anything shorter takes the view of the whole packet.
+    if ip.ihl == ipv4::HEADER_LEN {
+        if ip.proto == TCP {
+            if let Some(v) = h.first_chunk_mut::<{ ipv4::HEADER_LEN + tcp::CHECKSUM.end }>() {
+                return nat_fields(v, ip, e);
+            }
+        } else if let Some(v) = h.first_chunk_mut::<{ ipv4::HEADER_LEN + udp::HEADER_LEN }>() {
+            return nat_fields(v, ip, e);
+        }
+    }
+    nat_fields(h, ip, e)
+}
+
+/// [`nat`] on `h`, the IPv4 packet (or its first bytes, through the L4
+/// checksum).
+#[inline(always)]
+fn nat_fields(h: &mut [u8], ip: &Ip, e: &Entry) {
     let (old_src, old_dst) = (rd32(h, ipv4::SRC_ADDR), rd32(h, ipv4::DST_ADDR));
-    let mut c = rd16(h, ipv4::CHECKSUM);
-    c = update32(c, old_src, e.new_src);
-    c = update32(c, old_dst, e.new_dst);
     let old_ttl = rd16(h, ipv4::TTL_PROTOCOL);
     let new_ttl = old_ttl.wrapping_sub(0x0100);
-    c = update16(c, old_ttl, new_ttl);
+    let c = Update::new(rd16(h, ipv4::CHECKSUM))
+        .addr(old_src, e.new_src)
+        .addr(old_dst, e.new_dst)
+        .word(old_ttl, new_ttl)
+        .finish();
     wr16(h, ipv4::TTL_PROTOCOL, new_ttl);
     wr32(h, ipv4::SRC_ADDR, e.new_src);
     wr32(h, ipv4::DST_ADDR, e.new_dst);
@@ -28,10 +50,12 @@ pub(super) fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
     if ip.proto == UDP && c == 0 {
         return; // no checksum
     }
-    let mut c = update32(c, old_src, e.new_src);
-    c = update32(c, old_dst, e.new_dst);
-    c = update16(c, old_sp, e.new_sport);
-    c = update16(c, old_dp, e.new_dport);
+    let mut c = Update::new(c)
+        .addr(old_src, e.new_src)
+        .addr(old_dst, e.new_dst)
+        .word(old_sp, e.new_sport)
+        .word(old_dp, e.new_dport)
+        .finish();
     if ip.proto == UDP && c == 0 {
         c = 0xffff;
     }

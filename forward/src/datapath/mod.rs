@@ -13,7 +13,7 @@ use fulcrum_maglev::{addr_hash, flow_hash};
 use smoltcp::wire::Icmpv4Packet;
 
 use crate::conntrack::{tick, Entry, Hashed, Key, Reclaimed, State, Table, F_REVERSE, NO_TWIN};
-use crate::csum::{checksum, checksum20, update16, update32};
+use crate::csum::{checksum, header20_ok, update16, update32, Update};
 use crate::field::{at, ethernet, icmp, ipv4, tcp, udp, Field};
 use crate::vips::{Rewrite, VipRt};
 use crate::{tunnel_entropy, vip_key, DropReason, Forwarder, Verdict};
@@ -31,7 +31,7 @@ use fullnat::*;
 use icmp_error::*;
 use tunnel::*;
 
-pub(crate) use flow::{account_to, apply, deliver, maglev_key, port_keys, port_start, refuse, steady, sync_twin_of, touch};
+pub(crate) use flow::{account_to, deliver, maglev_key, port_keys, port_start, refuse, restart, rewrite_in_place, steady, sync_twin_of, touch};
 #[cfg(test)]
 pub(crate) use flow::alloc_port;
 pub(crate) use fullnat::reply_hit;
@@ -154,7 +154,7 @@ fn parse_ip(f: &Forwarder, frame: &[u8], verify: bool) -> Parsed {
     if !f.vip_addrs.contains(&dst) && !f.addrs.contains(&dst) {
         return Parsed::Done(Verdict::NotMine);
     }
-    let bad_checksum = || if ihl == ipv4::HEADER_LEN { checksum20(h) != 0 } else { bytes.get(..ihl).is_none_or(|h| checksum(h) != 0) };
+    let bad_checksum = || if ihl == ipv4::HEADER_LEN { !header20_ok(h) } else { bytes.get(..ihl).is_none_or(|h| checksum(h) != 0) };
     if verify && bad_checksum() {
         return Parsed::Done(Verdict::Drop(DropReason::Ipv4BadChecksum));
     }
