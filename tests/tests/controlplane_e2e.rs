@@ -954,6 +954,9 @@ fn dataplane_drops_in_prometheus_and_fulcrumctl() {
         }
     });
     eprintln!("Prometheus: {REASON} summed over lcores {before} -> {after}");
+    for (labels, v) in scrape(&topo, "fulcrum_dataplane_drops_total").unwrap().iter().filter(|(_, v)| *v > 0.0) {
+        eprintln!("  fulcrum_dataplane_drops_total{{{labels}}} {v}");
+    }
     let rx: f64 = scrape(&topo, "fulcrum_dataplane_packets_total")
         .unwrap()
         .iter()
