@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use crate::inputs::{
     head_end, is_timeout, read_request, Inputs, ReadError, MAX_CLIENTS, MAX_REQUEST, PROMETHEUS_DEADLINE,
 };
-use crate::proto::{ClientCounters, ClientsStatus};
+use crate::proto::{ClientCounters, ClientsStatus, LcoreStats};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -48,6 +48,8 @@ pub struct View {
     pub tables: Vec<VipTableView>,
     /// BGP announcement; `None` without `[bgp]` (no series).
     pub bgp: Option<BgpView>,
+    /// Each dataplane lcore's own counters (none before a dataplane ran).
+    pub lcores: Vec<LcoreStats>,
 }
 
 /// A VIP's installed Maglev table as the dataplane reported it: its digest
@@ -265,6 +267,7 @@ pub fn render(v: &View) -> String {
     let mut o = String::new();
     head(&mut o, "fulcrum_dataplane_up", "gauge", "1 when the dataplane's heartbeat is fresh.");
     let _ = writeln!(o, "fulcrum_dataplane_up {}", u8::from(v.dataplane_up));
+    render_lcores(&mut o, &v.lcores);
     head(&mut o, "fulcrum_config_generation", "gauge", "Configuration generation last published.");
     let _ = writeln!(o, "fulcrum_config_generation {}", v.generation);
 
@@ -432,6 +435,59 @@ pub fn render(v: &View) -> String {
     o
 }
 
+/// Each dataplane lcore's traffic, load and drops by reason (every reason
+/// the dataplane declared, zero or not, so the series exist before the first
+/// drop). They count since the running dataplane started.
+fn render_lcores(o: &mut String, lcores: &[LcoreStats]) {
+    head(
+        o,
+        "fulcrum_dataplane_drops_total",
+        "counter",
+        "Frames the dataplane lcore dropped, by reason (frame parsing and the lcore's own: tx_full, rx_ring_full, ...).",
+    );
+    for l in lcores {
+        for (reason, n) in &l.drops {
+            let _ = writeln!(o, "fulcrum_dataplane_drops_total{{lcore=\"{}\",reason=\"{reason}\"}} {n}", l.lcore);
+        }
+    }
+    head(o, "fulcrum_dataplane_forward_drops_total", "counter", "Packets the lcore's forwarder dropped, by reason.");
+    for l in lcores {
+        for (reason, n) in &l.forward_drops {
+            let _ = writeln!(o, "fulcrum_dataplane_forward_drops_total{{lcore=\"{}\",reason=\"{reason}\"}} {n}", l.lcore);
+        }
+    }
+    head(o, "fulcrum_dataplane_packets_total", "counter", "Frames the dataplane lcore received (rx) and sent (tx).");
+    for l in lcores {
+        for (direction, n) in [("rx", l.rx_packets), ("tx", l.tx_packets)] {
+            let _ = writeln!(o, "fulcrum_dataplane_packets_total{{lcore=\"{}\",direction=\"{direction}\"}} {n}", l.lcore);
+        }
+    }
+    head(o, "fulcrum_dataplane_bytes_total", "counter", "Bytes the dataplane lcore received (rx) and sent (tx).");
+    for l in lcores {
+        for (direction, n) in [("rx", l.rx_bytes), ("tx", l.tx_bytes)] {
+            let _ = writeln!(o, "fulcrum_dataplane_bytes_total{{lcore=\"{}\",direction=\"{direction}\"}} {n}", l.lcore);
+        }
+    }
+    head(
+        o,
+        "fulcrum_dataplane_busy_seconds_total",
+        "counter",
+        "Seconds the dataplane lcore spent in loop iterations that had work (its load; it busy-polls).",
+    );
+    for l in lcores {
+        let _ = writeln!(o, "fulcrum_dataplane_busy_seconds_total{{lcore=\"{}\"}} {}", l.lcore, l.busy_ns as f64 / 1e9);
+    }
+    head(
+        o,
+        "fulcrum_dataplane_rx_ring_frames_total",
+        "counter",
+        "af_packet: frames the kernel offered to the lcore's RX ring, delivered or dropped as rx_ring_full (0 on other devices).",
+    );
+    for l in lcores {
+        let _ = writeln!(o, "fulcrum_dataplane_rx_ring_frames_total{{lcore=\"{}\"}} {}", l.lcore, l.rx_ring_frames);
+    }
+}
+
 /// `fulcrum_vip_table_info`: the digest of each VIP's installed Maglev table
 /// as a label (a 64-bit digest does not fit a float sample), with the
 /// generation it belongs to. Equal digests on two instances: same table.
@@ -479,6 +535,7 @@ mod tests {
             generation: 4,
             tables: vec![],
             bgp: None,
+            lcores: vec![],
         };
         let text = render(&v);
         for line in [
@@ -526,6 +583,7 @@ mod tests {
             generation: 1,
             tables: vec![],
             bgp: None,
+            lcores: vec![],
         };
         let text = render(&v);
         for line in [
@@ -568,6 +626,7 @@ mod tests {
             generation: 1,
             tables: vec![],
             bgp: None,
+            lcores: vec![],
         };
         let text = render(&v);
         for (name, kind) in [
@@ -621,6 +680,56 @@ mod tests {
         assert_eq!(text.matches("# HELP fulcrum_vip_table_info ").count(), 1);
         let empty = render(&View::default());
         assert!(empty.contains("# TYPE fulcrum_vip_table_info gauge\n") && !empty.contains("fulcrum_vip_table_info{"), "{empty}");
+    }
+
+    #[test]
+    fn dataplane_lcore_series() {
+        let lcore = |lcore: u32, ring_full: u64| LcoreStats {
+            lcore,
+            rx_packets: 1000 + u64::from(lcore),
+            rx_bytes: 64_000,
+            tx_packets: 990,
+            tx_bytes: 63_360,
+            busy_ns: 1_500_000_000,
+            rx_ring_frames: 1000 + ring_full,
+            drops: [("ipv4_bad_checksum".to_owned(), 2), ("rx_ring_full".to_owned(), ring_full), ("tx_full".to_owned(), 0)]
+                .into_iter()
+                .collect(),
+            forward_drops: [("ttl_exceeded".to_owned(), 7)].into_iter().collect(),
+        };
+        let v = View { lcores: vec![lcore(0, 17), lcore(1, 0)], ..Default::default() };
+        let text = render(&v);
+        for (name, kind) in [
+            ("fulcrum_dataplane_drops_total", "counter"),
+            ("fulcrum_dataplane_forward_drops_total", "counter"),
+            ("fulcrum_dataplane_packets_total", "counter"),
+            ("fulcrum_dataplane_bytes_total", "counter"),
+            ("fulcrum_dataplane_busy_seconds_total", "counter"),
+            ("fulcrum_dataplane_rx_ring_frames_total", "counter"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "no TYPE of {name} in\n{text}");
+            assert_eq!(text.matches(&format!("# HELP {name} ")).count(), 1, "{name}");
+        }
+        for line in [
+            "fulcrum_dataplane_drops_total{lcore=\"0\",reason=\"rx_ring_full\"} 17\n",
+            "fulcrum_dataplane_drops_total{lcore=\"0\",reason=\"ipv4_bad_checksum\"} 2\n",
+            "fulcrum_dataplane_drops_total{lcore=\"0\",reason=\"tx_full\"} 0\n",
+            "fulcrum_dataplane_drops_total{lcore=\"1\",reason=\"rx_ring_full\"} 0\n",
+            "fulcrum_dataplane_forward_drops_total{lcore=\"1\",reason=\"ttl_exceeded\"} 7\n",
+            "fulcrum_dataplane_packets_total{lcore=\"0\",direction=\"rx\"} 1000\n",
+            "fulcrum_dataplane_packets_total{lcore=\"1\",direction=\"rx\"} 1001\n",
+            "fulcrum_dataplane_packets_total{lcore=\"1\",direction=\"tx\"} 990\n",
+            "fulcrum_dataplane_bytes_total{lcore=\"0\",direction=\"rx\"} 64000\n",
+            "fulcrum_dataplane_bytes_total{lcore=\"0\",direction=\"tx\"} 63360\n",
+            "fulcrum_dataplane_busy_seconds_total{lcore=\"1\"} 1.5\n",
+            "fulcrum_dataplane_rx_ring_frames_total{lcore=\"0\"} 1017\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        // No dataplane yet: the families are declared, with no samples.
+        let empty = render(&View::default());
+        assert!(empty.contains("# TYPE fulcrum_dataplane_drops_total counter\n"), "{empty}");
+        assert!(!empty.contains("fulcrum_dataplane_drops_total{"), "{empty}");
     }
 
     #[test]

@@ -544,6 +544,33 @@ pub struct LimitsInfo {
 pub struct StatsReply {
     pub dataplane_alive: bool,
     pub vips: Vec<VipStats>,
+    /// Each dataplane lcore's own counters (empty from a daemon that
+    /// predates them, or before any dataplane ran).
+    #[serde(default)]
+    pub lcores: Vec<LcoreStats>,
+}
+
+/// One dataplane lcore's counters as it last wrote them to the shared
+/// segment: traffic, load and every drop reason the dataplane declares (each
+/// one present, zero or not). They count since that dataplane started (a
+/// restarted dataplane starts again from 0).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LcoreStats {
+    pub lcore: u32,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Nanoseconds spent in loop iterations that had work.
+    pub busy_ns: u64,
+    /// af_packet: frames the kernel offered to the lcore's RX ring (0 on
+    /// other devices); those it found full are `drops.rx_ring_full`.
+    pub rx_ring_frames: u64,
+    /// The dataplane's drops by reason: frame parsing (`ipv4_bad_checksum`,
+    /// ...) and the lcore's own (`tx_full`, `rx_ring_full`, ...).
+    pub drops: BTreeMap<String, u64>,
+    /// The forwarder's drops by reason (all 0 without forwarding VIPs).
+    pub forward_drops: BTreeMap<String, u64>,
 }
 
 /// A VIP's counters. Proxy VIPs count connections (`connections_*`) and

@@ -3,6 +3,7 @@
 //! is published is the model's [`Generation`]; what the dataplane says back
 //! is its [`DataplaneReport`] and its counters.
 
+use crate::proto::LcoreStats;
 use fulcrum_model::{DataplaneReport, Generation};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -67,11 +68,13 @@ pub struct BackendCounters {
     pub bytes_from: u64,
 }
 
-/// Counters summed over the dataplane's lcores.
+/// Counters summed over the dataplane's lcores, and each lcore's own.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
     pub vips: HashMap<u16, VipCounters>,
     pub backends: HashMap<u32, BackendCounters>,
+    /// The lcore-level counters of each lcore in use, by lcore.
+    pub lcores: Vec<LcoreStats>,
 }
 
 /// The segment, as the control plane uses it.
@@ -155,6 +158,7 @@ impl Segment for MemorySegment {
         Counters {
             vips: vip_ids.iter().filter_map(|i| Some((*i, s.counters.vips.get(i)?.clone()))).collect(),
             backends: slots.iter().filter_map(|i| Some((*i, s.counters.backends.get(i)?.clone()))).collect(),
+            lcores: s.counters.lcores.clone(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Summing the dataplane's per-lcore counter blocks (through `fulcrum-shm`'s
 //! snapshot, rebased across dataplane restarts so totals never go backwards).
 
+use crate::proto::LcoreStats;
 use crate::publish::{BackendCounters, Counters, VipCounters};
 use fulcrum_shm as shm;
 use fulcrum_shm as c;
@@ -21,7 +22,7 @@ const DROPS: [(usize, &str); 9] = [
 pub fn read(seg: &shm::Segment, totals: &mut shm::CounterTotals, vip_ids: &[u16], slots: &[u32]) -> Counters {
     let Ok(raw) = seg.snapshot() else { return Counters::default() };
     let s = totals.update(&raw);
-    let mut out = Counters::default();
+    let mut out = Counters { lcores: lcores(&raw), ..Default::default() };
     for &id in vip_ids {
         out.vips.insert(
             id,
@@ -55,6 +56,37 @@ pub fn read(seg: &shm::Segment, totals: &mut shm::CounterTotals, vip_ids: &[u16]
         );
     }
     out
+}
+
+/// Each in-use lcore's lcore-level counters, found by the names the
+/// dataplane wrote into the segment (so every drop reason it declares is
+/// there, under its own name). As read: they count since the running
+/// dataplane started.
+fn lcores(s: &shm::Snapshot) -> Vec<LcoreStats> {
+    s.per_lcore
+        .iter()
+        .map(|(lcore, values)| {
+            let mut out = LcoreStats { lcore: *lcore as u32, ..Default::default() };
+            for (name, &n) in s.names.iter().zip(values) {
+                if let Some(reason) = name.strip_prefix(c::LCORE_DROP_PREFIX) {
+                    out.drops.insert(reason.to_owned(), n);
+                } else if let Some(reason) = name.strip_prefix(c::LCORE_FWD_DROP_PREFIX) {
+                    out.forward_drops.insert(reason.to_owned(), n);
+                } else {
+                    match name.as_str() {
+                        c::LCORE_RX_PACKETS => out.rx_packets = n,
+                        c::LCORE_RX_BYTES => out.rx_bytes = n,
+                        c::LCORE_TX_PACKETS => out.tx_packets = n,
+                        c::LCORE_TX_BYTES => out.tx_bytes = n,
+                        c::LCORE_BUSY_NS => out.busy_ns = n,
+                        c::LCORE_RX_RING_FRAMES => out.rx_ring_frames = n,
+                        _ => {}
+                    }
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -104,5 +136,28 @@ mod tests {
         let v = read(&seg, &mut totals, &[id], &[]).vips[&id].clone();
         assert_eq!((v.syns, v.half_open, v.flood_lcores), (3001, 4, 0));
         assert_eq!(v.drops.get("half_open_timeout"), Some(&15));
+    }
+
+    /// Each lcore's counters come out by the names the dataplane declared,
+    /// drop reasons split by prefix; unnamed slots are ignored.
+    #[test]
+    fn lcore_counters_by_declared_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = shm::Segment::open_or_create(dir.path().join("seg")).unwrap();
+        let names = [c::LCORE_RX_PACKETS, c::LCORE_BUSY_NS, "drop_rx_ring_full", "drop_ipv4_bad_checksum", "fwd_drop_no_backend", "handed_over"];
+        let init = shm::DataplaneInit { lcores: 2, counter_names: &names, gauge_mask: 0 };
+        let mut dp = seg.dataplane(&init).unwrap();
+        let (l0, l1) = (dp.take_lcore(0).unwrap(), dp.take_lcore(1).unwrap());
+        for (i, v) in [10, 2_000_000_000, 3, 0, 4, 5].into_iter().enumerate() {
+            l0.set(i, v);
+            l1.set(i, v * 100);
+        }
+        let out = read(&seg, &mut shm::CounterTotals::new(), &[], &[]);
+        assert_eq!(out.lcores.len(), 2);
+        let l = &out.lcores[1];
+        assert_eq!((l.lcore, l.rx_packets, l.busy_ns, l.rx_bytes), (1, 1000, 200_000_000_000, 0));
+        assert_eq!(l.drops, [("ipv4_bad_checksum".to_owned(), 0), ("rx_ring_full".to_owned(), 300)].into_iter().collect());
+        assert_eq!(l.forward_drops, [("no_backend".to_owned(), 400)].into_iter().collect());
+        assert_eq!(out.lcores[0].drops.get("rx_ring_full"), Some(&3));
     }
 }

@@ -145,12 +145,21 @@ pub fn prepare(vips: &[Published], generation: u64, facts: &Facts, lcores: usize
 /// Lcore-level counter names in the segment: traffic and load, the
 /// dataplane's drop reasons, then the forwarders' drop reasons.
 pub fn lcore_counter_names(example: &LcoreSnapshot) -> Vec<String> {
-    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "busy_ns", "handed_over", "taken_over", "rx_ring_frames"]
-        .into_iter()
-        .map(str::to_owned)
-        .chain(example.drops.keys().map(|k| format!("drop_{k}")))
-        .chain(ForwardDrop::ALL.iter().map(|r| format!("fwd_drop_{}", r.name())))
-        .collect()
+    [
+        shm::LCORE_RX_PACKETS,
+        shm::LCORE_RX_BYTES,
+        shm::LCORE_TX_PACKETS,
+        shm::LCORE_TX_BYTES,
+        shm::LCORE_BUSY_NS,
+        shm::LCORE_HANDED_OVER,
+        shm::LCORE_TAKEN_OVER,
+        shm::LCORE_RX_RING_FRAMES,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .chain(example.drops.keys().map(|k| format!("{}{k}", shm::LCORE_DROP_PREFIX)))
+    .chain(ForwardDrop::ALL.iter().map(|r| format!("{}{}", shm::LCORE_FWD_DROP_PREFIX, r.name())))
+    .collect()
 }
 
 /// Writes one lcore's counters into its block (only that lcore calls this).

@@ -120,6 +120,26 @@ pub const BACKEND_COUNTER_NAMES: [&str; BACKEND_COUNTERS] = [
 ];
 pub const BACKEND_GAUGES: u64 = 1 << BACKEND_ACTIVE;
 
+// ---- lcore-level counter names ---------------------------------------------
+// The dataplane writes a name for each of its lcore-level counters into the
+// segment's name table (these, then one `drop_<reason>` per dataplane drop
+// reason and one `fwd_drop_<reason>` per forwarder drop reason, the reasons'
+// own names); readers find the counters by these names.
+pub const LCORE_RX_PACKETS: &str = "rx_packets";
+pub const LCORE_RX_BYTES: &str = "rx_bytes";
+pub const LCORE_TX_PACKETS: &str = "tx_packets";
+pub const LCORE_TX_BYTES: &str = "tx_bytes";
+/// Nanoseconds the lcore spent in loop iterations that had work.
+pub const LCORE_BUSY_NS: &str = "busy_ns";
+pub const LCORE_HANDED_OVER: &str = "handed_over";
+pub const LCORE_TAKEN_OVER: &str = "taken_over";
+/// af_packet: frames the kernel offered to the lcore's RX ring.
+pub const LCORE_RX_RING_FRAMES: &str = "rx_ring_frames";
+/// Prefix of the dataplane's own drop reasons (frame parsing and the lcore's).
+pub const LCORE_DROP_PREFIX: &str = "drop_";
+/// Prefix of the forwarder's drop reasons.
+pub const LCORE_FWD_DROP_PREFIX: &str = "fwd_drop_";
+
 /// What the dataplane declares when it starts.
 #[derive(Clone, Debug, Default)]
 pub struct DataplaneInit<'n> {

@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use fulcrum_controlplane::proto::{
     self, BackendInfo, BgpStatus, ChangeReply, HealthInfo, LimitChange, LimitsInfo, ReloadReply, Request, Rotation,
-    RotationReply, StatsReply, StatusReply, SynStats, VipInfo, VipKey, VipOptions,
+    LcoreStats, RotationReply, StatsReply, StatusReply, SynStats, VipInfo, VipKey, VipOptions,
 };
 use fulcrum_model::health::HealthCheck;
 use fulcrum_model::{Affinity, Cidr, Encap, Mac, Mode, Proto, ProxyProtocol, Rate, Tunnel};
@@ -44,7 +44,7 @@ enum Command {
     /// Per-VIP limits: connections, new-connection rate, per-client rate, bandwidth.
     #[command(subcommand)]
     Limit(LimitCmd),
-    /// Connections, rates, bytes and drops per VIP and backend.
+    /// Connections, rates, bytes and drops per VIP and backend; each dataplane lcore's traffic, load and drops.
     Stats,
     /// Health check state per backend: state, since, last error, latency.
     Health,
@@ -809,7 +809,40 @@ fn fmt_stats(d: &StatsReply) -> String {
         }
         out += &table(&["VIP", "BACKEND", "MODE", "PROTO", "PACKETS", "BYTES", "FLOWS", "NEW/S", "DROPS"], &fwd);
     }
+    if !d.lcores.is_empty() {
+        out.push('\n');
+        out += &fmt_lcores(&d.lcores);
+    }
     out
+}
+
+/// The dataplane's lcores: traffic, load and their non-zero drops (the
+/// dataplane's own reasons, then the forwarder's as `fwd:REASON`).
+fn fmt_lcores(lcores: &[LcoreStats]) -> String {
+    let rows: Vec<Vec<String>> = lcores
+        .iter()
+        .map(|l| {
+            let drops: Vec<String> = l
+                .drops
+                .iter()
+                .map(|(k, n)| (k.clone(), n))
+                .chain(l.forward_drops.iter().map(|(k, n)| (format!("fwd:{k}"), n)))
+                .filter(|(_, n)| **n != 0)
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            vec![
+                l.lcore.to_string(),
+                l.rx_packets.to_string(),
+                l.rx_bytes.to_string(),
+                l.tx_packets.to_string(),
+                l.tx_bytes.to_string(),
+                format!("{:.3}", l.busy_ns as f64 / 1e9),
+                l.rx_ring_frames.to_string(),
+                if drops.is_empty() { "-".into() } else { drops.join(",") },
+            ]
+        })
+        .collect();
+    table(&["LCORE", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "BUSY_S", "RING_FRAMES", "DROPS"], &rows)
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -938,7 +971,7 @@ mod tests {
             flood_since_unix: Some(1_700_000_000.0),
             flood_for_secs: Some(23.4),
         };
-        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![proxy_vip(on.clone())] });
+        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![proxy_vip(on.clone())], lcores: vec![] });
         assert!(
             text.contains("198.18.1.1:80  syn: 812345 seen, cookies 800000 sent / 1000 validated / 12 rejected, half-open 128, flood ON for 23s (2 lcores)\n"),
             "{text}"
@@ -949,8 +982,38 @@ mod tests {
         assert!(fmt_syn(&long).ends_with("flood ON for 1h2m (1 lcore)"), "{}", fmt_syn(&long));
 
         let off = SynStats { flood: false, flood_lcores: 0, flood_since_unix: None, flood_for_secs: None, ..on };
-        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![proxy_vip(off)] });
+        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![proxy_vip(off)], lcores: vec![] });
         assert!(text.contains("half-open 128, flood off\n"), "{text}");
         assert!(!text.contains("ON"), "{text}");
+    }
+
+    #[test]
+    fn stats_show_lcore_drops() {
+        let l = LcoreStats {
+            lcore: 1,
+            rx_packets: 1000,
+            rx_bytes: 64_000,
+            tx_packets: 990,
+            tx_bytes: 63_360,
+            busy_ns: 1_500_000_000,
+            rx_ring_frames: 1017,
+            drops: [("rx_ring_full".to_owned(), 17), ("tx_full".to_owned(), 0), ("ipv4_bad_checksum".to_owned(), 2)]
+                .into_iter()
+                .collect(),
+            forward_drops: [("ttl_exceeded".to_owned(), 3), ("no_backend".to_owned(), 0)].into_iter().collect(),
+        };
+        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![], lcores: vec![l.clone()] });
+        let header = text.lines().find(|x| x.starts_with("LCORE")).unwrap_or_else(|| panic!("{text}"));
+        assert!(header.contains("RX_PKTS") && header.contains("BUSY_S") && header.ends_with("DROPS"), "{text}");
+        let row = text.lines().find(|x| x.starts_with("1 ")).unwrap_or_else(|| panic!("{text}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["1", "1000", "64000", "990", "63360", "1.500", "1017", "ipv4_bad_checksum=2,rx_ring_full=17,fwd:ttl_exceeded=3"],
+            "{text}"
+        );
+        let quiet = LcoreStats { drops: l.drops.keys().map(|k| (k.clone(), 0)).collect(), forward_drops: Default::default(), ..l };
+        let text = fmt_stats(&StatsReply { dataplane_alive: true, vips: vec![], lcores: vec![quiet] });
+        assert!(text.lines().any(|x| x.starts_with("1 ") && x.ends_with(" -")), "{text}");
     }
 }

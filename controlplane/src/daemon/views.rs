@@ -254,7 +254,7 @@ impl Daemon {
                 backends,
             });
         }
-        crate::proto::StatsReply { dataplane_alive: self.dp.alive, vips: out }
+        crate::proto::StatsReply { dataplane_alive: self.dp.alive, vips: out, lcores: counters.lcores }
     }
 
     pub(super) fn health_list(&self) -> Vec<HealthInfo> {
@@ -330,6 +330,7 @@ impl Daemon {
             generation: self.published_gen,
             tables: self.table_views(),
             bgp: self.bgp_metrics(),
+            lcores: counters.lcores,
         }
     }
 }

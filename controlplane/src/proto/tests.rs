@@ -193,8 +193,19 @@ fn replies_round_trip() {
                 bytes_from: 0,
             }],
         }],
+        lcores: vec![LcoreStats {
+            lcore: 1,
+            rx_packets: 5,
+            busy_ns: 7,
+            drops: [("rx_ring_full".to_owned(), 2)].into_iter().collect(),
+            forward_drops: [("ttl_exceeded".to_owned(), 1)].into_iter().collect(),
+            ..Default::default()
+        }],
     };
     round_trip(Reply::Stats(stats.clone()), stats.clone());
+    // From a daemon that predates the lcores' counters: none.
+    let old: StatsReply = serde_json::from_str(r#"{"dataplane_alive":false,"vips":[]}"#).unwrap();
+    assert!(old.lcores.is_empty());
     let mut proxy = stats.clone();
     proxy.vips[0].mode = Mode::Proxy;
     proxy.vips[0].syn = Some(SynStats {
