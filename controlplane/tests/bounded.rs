@@ -273,11 +273,16 @@ fn two_thousand_slow_clients_on_each_endpoint_leave_the_daemon_bounded_and_answe
     println!("status after the deadlines ({polls} fulcrumctl status calls during the attack, all answered): {clients}");
     check_watched("slow clients", before, &w, after, 2);
     let (c, p) = (&clients["control"], &clients["prometheus"]);
+    // Every held client was either refused (no slot) or cut at its deadline.
+    // How many of each depends on timing: a slot cut before the last clients
+    // connected takes another one (on a loaded machine, 128 timed out of 2000
+    // instead of 64), so only the sum and the refusals' presence are asserted;
+    // the cap itself is asserted above (`active` <= MAX_CLIENTS).
     let held = (n - unix_failed) as u64;
-    assert!(counter(c, "refused") >= held - MAX_CLIENTS as u64, "{clients}");
+    assert!(counter(c, "refused") > 0, "{clients}");
     assert!(counter(c, "timed_out") + counter(c, "refused") >= held, "{clients}");
     let held = (n - tcp_failed) as u64;
-    assert!(counter(p, "refused") >= held - MAX_CLIENTS as u64, "{clients}");
+    assert!(counter(p, "refused") > 0, "{clients}");
     assert!(counter(p, "timed_out") + counter(p, "refused") >= held, "{clients}");
     let (_, body) = d.http_get("/metrics");
     for name in ["refused_connections_total", "timed_out_clients_total"] {
