@@ -1411,7 +1411,7 @@ cap_main() {
     if [ "$callgrind" = 1 ]; then
         cap_phase cg1.conn cap_both cap_callgrind cg1.conn conn 1 "$conn_c"
         cap_phase cg1.ka cap_both cap_callgrind cg1.ka keepalive 1 "$ka_c"
-        cap_phase cg1.bulk cap_callgrind cg1.bulk bulk 1 "$bulk_c"
+        cap_phase cg1.bulk cap_both cap_callgrind cg1.bulk bulk 1 "$bulk_c"
         cap_phase cg2.conn cap_callgrind cg2.conn conn 0,1 "$conn_c"
         cap_phase cg2.ka cap_callgrind cg2.ka keepalive 0,1 "$ka_c"
     fi
@@ -1468,8 +1468,10 @@ cap_main() {
         echo "(two lcores: lcores 0,1, two memif queue pairs, flows steered to their owner lcore; rates not compared:"
         echo " two lcores and a generator do not fit two cores)"
     fi
+    # Phases left out by --phases print n/a.
+    for v in conn ka bulk ref.conn ref.ka ref.bulk; do C[$v.per_busy]=${C[$v.per_busy]:-$na}; C[$v.rate]=${C[$v.rate]:-$na}; done
     if [ -n "$ref" ]; then
-        for v in ref.cg1.conn ref.cg1.ka; do C[$v.instr]=${C[$v.instr]:-$na}; done
+        for v in ref.cg1.conn ref.cg1.ka ref.cg1.bulk cg1.conn cg1.ka cg1.bulk; do C[$v.instr]=${C[$v.instr]:-$na}; done
         echo
         echo "This build vs the reference ($ref), same run, same generator:"
         printf '%-44s %14s %14s %9s\n' metric "this build" reference this/ref
@@ -1482,6 +1484,7 @@ cap_main() {
         if [ "$callgrind" = 1 ]; then
             printf '%-44s %14s %14s %9s\n' "(a) instructions per connection (callgrind)" "${C[cg1.conn.instr]}" "${C[ref.cg1.conn.instr]}" "$(fwd_ratio "${C[cg1.conn.instr]}" "${C[ref.cg1.conn.instr]}")"
             printf '%-44s %14s %14s %9s\n' "(b) instructions per request (callgrind)" "${C[cg1.ka.instr]}" "${C[ref.cg1.ka.instr]}" "$(fwd_ratio "${C[cg1.ka.instr]}" "${C[ref.cg1.ka.instr]}")"
+            printf '%-44s %14s %14s %9s\n' "(c) instructions per KiB (callgrind)" "${C[cg1.bulk.instr]}" "${C[ref.cg1.bulk.instr]}" "$(fwd_ratio "${C[cg1.bulk.instr]}" "${C[ref.cg1.bulk.instr]}")"
         fi
     fi
     echo
