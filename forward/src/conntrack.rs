@@ -204,8 +204,11 @@ pub(crate) struct Entry {
     pub vip_index: u32,
     /// Tick the entry was created (probation: see `datapath::flow::touch`).
     pub born: u32,
+    /// The creating VIP's `VipRt::backends_stamp` (0: none): while the
+    /// VIP still has it, `backend` is the entry's backend unchanged.
+    pub backends_stamp: u32,
     /// The rest of the cache line: an entry never shares a line.
-    pub reserved: [u8; 8],
+    pub reserved: [u8; 4],
 }
 
 pub(crate) const NO_TWIN: u32 = u32::MAX;
