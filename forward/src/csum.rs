@@ -62,6 +62,27 @@ impl Update {
     pub(crate) fn finish(self) -> u16 {
         !fold(self.0)
     }
+
+    /// No change yet: the start of a sum of changes to add later
+    /// ([`Update::partial`], [`Update::with`]).
+    #[inline(always)]
+    pub(crate) fn changes() -> Update {
+        Update(0)
+    }
+
+    /// The changes so far, folded: their sum modulo 0xffff, 0 only for a
+    /// zero sum, so adding it ([`Update::with`]) in place of the changes
+    /// gives the same [`Update::finish`] (the argument of this type's doc).
+    #[inline(always)]
+    pub(crate) fn partial(self) -> u16 {
+        fold(self.0)
+    }
+
+    /// Adds changes summed by [`Update::partial`].
+    #[inline(always)]
+    pub(crate) fn with(self, partial: u16) -> Update {
+        Update(self.0 + u32::from(partial))
+    }
 }
 
 /// Full checksum of `data` (RFC 1071): verifies every IPv4 header, so it
@@ -159,6 +180,34 @@ mod tests {
                     assert!(!header20_ok(&ok) && checksum20(&ok) != 0);
                 }
             }
+        }
+    }
+
+    /// Changes summed ahead (`partial`) and added with `with` finish as
+    /// the same changes made one by one, on random and edge values.
+    #[test]
+    fn partial_changes_equal_the_changes() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let edge = [0u32, 0xffff, 0xffff_ffff, 0x0001_0000, 1];
+        for n in 0..300_000usize {
+            let mut v = [0u32; 7];
+            for (k, w) in v.iter_mut().enumerate() {
+                *w = if n % 2 == 0 { edge[(rnd() as usize + k) % edge.len()] } else { rnd() as u32 };
+            }
+            let [c, a, a2, b, b2, p, p2] = v;
+            let (c, p, p2) = (c as u16, p as u16, p2 as u16);
+            let at_once = Update::new(c).addr(a, a2).addr(b, b2).word(p, p2).finish();
+            let ahead = Update::changes().addr(a, a2).addr(b, b2).word(p, p2).partial();
+            assert_eq!(Update::new(c).with(ahead).finish(), at_once, "{v:?}");
+            let ip = Update::changes().addr(a, a2).partial();
+            let ttl = (b as u16, b2 as u16);
+            assert_eq!(Update::new(c).with(ip).word(ttl.0, ttl.1).finish(), Update::new(c).addr(a, a2).word(ttl.0, ttl.1).finish(), "{v:?}");
         }
     }
 

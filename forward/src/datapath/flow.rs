@@ -484,13 +484,13 @@ pub(super) fn create(
         if let Some(m) = buf.get(at(ethernet::SOURCE, start)) {
             client_mac.copy_from_slice(m);
         }
-        let fwd = Entry {
+        let fwd = with_nat_sums(Entry {
             new_src: snat,
             new_sport: sport,
             flags: if half_open { F_HALF_OPEN } else { 0 },
             ..base
-        };
-        let rev = Entry {
+        });
+        let rev = with_nat_sums(Entry {
             src: u32::from(b.address),
             dst: snat,
             sport: bport,
@@ -502,7 +502,7 @@ pub(super) fn create(
             new_dport: key.sport,
             mac: client_mac,
             ..base
-        };
+        });
         let i = f.table.insert(fwd, now, NO_TWIN, &mut rec);
         let j = f.table.insert(rev, now, i, &mut rec);
         if let Some(e) = f.table.get_mut(i) {
