@@ -204,8 +204,15 @@ pub(crate) struct Entry {
     pub vip_index: u32,
     /// Tick the entry was created (probation: see `datapath::flow::touch`).
     pub born: u32,
+    /// The creating VIP's `VipRt::backends_stamp` (0: none): while the
+    /// VIP still has it, `backend` is the entry's backend unchanged.
+    pub backends_stamp: u32,
+    /// FullNAT: the checksum changes of the rewrite from the key to the
+    /// `new_*` fields, each as a folded one's-complement sum
+    /// (`Update::partial`): of the addresses (IPv4 header), and of the
+    /// addresses and ports (TCP/UDP); see `datapath::fullnat::nat_sums`.
     /// The rest of the cache line: an entry never shares a line.
-    pub reserved: [u8; 8],
+    pub nat_sums: [u16; 2],
 }
 
 pub(crate) const NO_TWIN: u32 = u32::MAX;

@@ -62,6 +62,27 @@ impl Update {
     pub(crate) fn finish(self) -> u16 {
         !fold(self.0)
     }
+
+    /// No change yet: the start of a sum of changes to add later
+    /// ([`Update::partial`], [`Update::with`]).
+    #[inline(always)]
+    pub(crate) fn changes() -> Update {
+        Update(0)
+    }
+
+    /// The changes so far, folded: their sum modulo 0xffff, 0 only for a
+    /// zero sum, so adding it ([`Update::with`]) in place of the changes
+    /// gives the same [`Update::finish`] (the argument of this type's doc).
+    #[inline(always)]
+    pub(crate) fn partial(self) -> u16 {
+        fold(self.0)
+    }
+
+    /// Adds changes summed by [`Update::partial`].
+    #[inline(always)]
+    pub(crate) fn with(self, partial: u16) -> Update {
+        Update(self.0 + u32::from(partial))
+    }
 }
 
 /// Full checksum of `data` (RFC 1071): verifies every IPv4 header, so it
@@ -99,17 +120,24 @@ pub(crate) fn checksum20(h: &[u8; 20]) -> u16 {
 }
 
 /// Whether an option-less IPv4 header's checksum verifies
-/// (`checksum20(h) == 0`), summing the words in the machine's byte order:
-/// a byte-swapped one's-complement sum is the sum byte-swapped (RFC 1071
-/// section 2(B)), and all ones (verified) is all ones either way round.
+/// (`checksum20(h) == 0`) without folding: the plain sum `s` of its words
+/// is congruent to their one's-complement sum modulo 0xffff (2^16 = 1
+/// there), and folding keeps that residue and never turns a non-zero sum
+/// into 0, so the folded sum is all ones (verified) exactly when `s` is a
+/// non-zero multiple of 0xffff. The words are read in the machine's byte
+/// order: swapping a word's bytes multiplies it by 2^8 modulo 0xffff
+/// (RFC 1071 section 2(B)), which keeps "a multiple of 0xffff" and
+/// "non-zero". A multiple of the odd 0xffff is, times its inverse modulo
+/// 2^64, at most `u64::MAX / 0xffff`: one multiply and a compare.
 #[inline(always)]
 pub(crate) fn header20_ok(h: &[u8; 20]) -> bool {
     let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
     let sum = w(0) + w(4) + w(8) + w(12) + w(16);
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    fold(sum as u32) == 0xffff
+    sum != 0 && sum.wrapping_mul(INVERSE_FFFF) <= u64::MAX / 0xffff
 }
+
+/// 0xffff's inverse modulo 2^64 (`0xffff * INVERSE_FFFF` wraps to 1).
+const INVERSE_FFFF: u64 = 0xfffe_fffe_fffe_ffff;
 
 #[cfg(test)]
 mod tests {
@@ -151,6 +179,73 @@ mod tests {
                     ok[15] ^= 0x40;
                     assert!(!header20_ok(&ok) && checksum20(&ok) != 0);
                 }
+            }
+        }
+    }
+
+    /// Changes summed ahead (`partial`) and added with `with` finish as
+    /// the same changes made one by one, on random and edge values.
+    #[test]
+    fn partial_changes_equal_the_changes() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let edge = [0u32, 0xffff, 0xffff_ffff, 0x0001_0000, 1];
+        for n in 0..300_000usize {
+            let mut v = [0u32; 7];
+            for (k, w) in v.iter_mut().enumerate() {
+                *w = if n % 2 == 0 { edge[(rnd() as usize + k) % edge.len()] } else { rnd() as u32 };
+            }
+            let [c, a, a2, b, b2, p, p2] = v;
+            let (c, p, p2) = (c as u16, p as u16, p2 as u16);
+            let at_once = Update::new(c).addr(a, a2).addr(b, b2).word(p, p2).finish();
+            let ahead = Update::changes().addr(a, a2).addr(b, b2).word(p, p2).partial();
+            assert_eq!(Update::new(c).with(ahead).finish(), at_once, "{v:?}");
+            let ip = Update::changes().addr(a, a2).partial();
+            let ttl = (b as u16, b2 as u16);
+            assert_eq!(Update::new(c).with(ip).word(ttl.0, ttl.1).finish(), Update::new(c).addr(a, a2).word(ttl.0, ttl.1).finish(), "{v:?}");
+        }
+    }
+
+    /// `header20_ok` agrees with the folded checksum on random headers,
+    /// each also with its checksum field made right (both forms of zero:
+    /// 0x0000 and 0xffff), one bit flipped, and the all-zero and all-ones
+    /// headers.
+    #[test]
+    fn header20_ok_matches_checksum20() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        assert_eq!(0xffffu64.wrapping_mul(INVERSE_FFFF), 1);
+        assert!((0..1u64 << 36).step_by(0xfff1).all(|s| (s.wrapping_mul(INVERSE_FFFF) <= u64::MAX / 0xffff) == (s % 0xffff == 0)));
+        assert!(!header20_ok(&[0; 20]) && checksum20(&[0; 20]) != 0);
+        assert!(header20_ok(&[0xff; 20]) && checksum20(&[0xff; 20]) == 0);
+        for n in 0..200_000 {
+            let mut h = [0u8; 20];
+            for b in h.iter_mut() {
+                // Sparse bytes now and then: sums near the multiples of 0xffff.
+                *b = if n % 3 == 0 { (rnd() % 3) as u8 * 0x7f } else { rnd() as u8 };
+            }
+            assert_eq!(header20_ok(&h), checksum20(&h) == 0, "{h:?}");
+            h[10..12].fill(0);
+            let c = checksum20(&h);
+            for c in [c, !c] {
+                let mut ok = h;
+                ok[10..12].copy_from_slice(&c.to_be_bytes());
+                assert_eq!(header20_ok(&ok), checksum20(&ok) == 0, "{ok:?}");
+                if c == checksum20(&h) {
+                    assert!(header20_ok(&ok), "{ok:?}");
+                }
+                ok[(rnd() % 20) as usize] ^= 1 << (rnd() % 8);
+                assert_eq!(header20_ok(&ok), checksum20(&ok) == 0, "{ok:?}");
             }
         }
     }

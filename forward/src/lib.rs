@@ -491,6 +491,8 @@ pub struct Forwarder {
     vips: Vec<Option<VipRt>>,
     /// The next internal VIP index (see [`Forwarder::install`]).
     next_index: u32,
+    /// The last `VipRt::backends_stamp` given (0: none yet).
+    next_stamp: u32,
     flow_seed: u64,
     counters: Counters,
 }
@@ -576,6 +578,7 @@ impl Forwarder {
             neigh: Neighbours::new(config.neighbours),
             vips: (0..MAX_VIPS).map(|_| None).collect(),
             next_index: 0,
+            next_stamp: 0,
             flow_seed: config.flow_seed,
             counters: Counters::default(),
         })

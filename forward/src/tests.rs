@@ -873,6 +873,58 @@ fn new_backends_keep_an_established_flow_on_its_backend() {
     assert_eq!((b.len(), b[0].address, b[0].traffic.new_flows), (1, Ipv4Addr::new(198, 18, 2, 9), 1));
 }
 
+/// A VIP of the packet's exact port wins over an every-port VIP (port 0)
+/// of the address, whichever is listed first; other ports go to the
+/// every-port one; both paths.
+#[test]
+fn exact_port_vip_wins_over_every_port_vip() {
+    for exact_first in [false, true] {
+        let every = vip(7, 0, Proto::Tcp, Mode::Dsr, vec![backend(5, 0)]);
+        let exact = vip(7, 80, Proto::Tcp, Mode::Dsr, vec![backend(6, 80)]);
+        let vips = if exact_first { vec![(0, exact), (1, every)] } else { vec![(0, every), (1, exact)] };
+        let mut f = Forwarder::new(config(64)).unwrap();
+        assert_eq!(install_ids(&mut f, &vips).added, vec![0, 1]);
+        for port in [80u16, 81] {
+            let mut syn = syn_from(40000, 7);
+            syn[36..38].copy_from_slice(&port.to_be_bytes());
+            let mut ack = syn.clone();
+            ack[14 + 20 + 13] = 0x10;
+            let want = if port == 80 { 6 } else { 5 };
+            assert_eq!(dst_mac(&mut f, 0, &syn)[5], want, "port {port}, exact first {exact_first}");
+            assert_eq!(run_burst(&mut f, SEC, &ack).1[5], want, "port {port}, exact first {exact_first}");
+        }
+    }
+}
+
+/// A flow counts under the backend it was created with while that backend
+/// holds its place (a reinstall of the same list keeps it; `account_to`'s
+/// stamp), and under none once another backend takes the place: both
+/// paths, both directions of FullNAT.
+#[test]
+fn backend_counters_follow_the_flows_backend_across_installs() {
+    let mut f = fwd();
+    let mut ack = DSR_SYN.to_vec();
+    ack[14 + 20 + 13] = 0x10;
+    expect_out(&mut f, 0, &DSR_SYN, &DSR_SYN_OUT);
+    expect_out(&mut f, 0, &FNAT_SYN, &FNAT_SYN_OUT);
+    let mut vips = test_vips();
+    assert_eq!(install(&mut f, &vips).updated, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(dst_mac(&mut f, SEC, &ack)[5], 1);
+    assert_eq!(run_burst(&mut f, SEC, &ack).1[5], 1);
+    expect_out(&mut f, SEC, &FNAT_SYNACK, &FNAT_SYNACK_OUT);
+    let packets = |f: &Forwarder, id| stats(f, id).1.iter().map(|b| b.traffic.packets).collect::<Vec<_>>();
+    assert_eq!((packets(&f, 0), packets(&f, 4)), (vec![3], vec![2]));
+    // Another backend takes place 0; the flows' backends move to place 1.
+    vips[0].backends.insert(0, backend(9, 80));
+    vips[4].backends.insert(0, backend(9, 8080));
+    assert_eq!(install(&mut f, &vips).updated, vec![0, 1, 2, 3, 4, 5]);
+    assert_eq!(dst_mac(&mut f, 2 * SEC, &ack)[5], 1);
+    assert_eq!(run_burst(&mut f, 2 * SEC, &ack).1[5], 1);
+    expect_out(&mut f, 2 * SEC, &FNAT_SYNACK, &FNAT_SYNACK_OUT);
+    assert_eq!((packets(&f, 0), packets(&f, 4)), (vec![0, 3], vec![0, 2]));
+    assert_eq!((stats(&f, 0).0.packets, stats(&f, 4).0.packets), (5, 3));
+}
+
 #[test]
 fn a_changed_mode_under_the_same_id_never_applies_old_entries() {
     let mut f = fwd();

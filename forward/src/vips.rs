@@ -165,6 +165,11 @@ pub(crate) struct VipRt {
     pub rewrite: Rewrite,
     pub affinity: Affinity,
     pub backends: Vec<BackendRt>,
+    /// Unique to this installation of `backends` (never 0; from
+    /// `Forwarder::next_stamp`), stamped on the entries it creates: an
+    /// entry with this stamp has `backends[e.backend]` as its backend, so
+    /// `account_to` counts it there without comparing addresses.
+    pub backends_stamp: u32,
     pub traffic: Traffic,
     pub backend_traffic: Vec<Traffic>,
     pub drops: [u64; DropReason::COUNT],
@@ -303,9 +308,11 @@ impl Forwarder {
                     continue;
                 }
             };
+            let backends_stamp = self.fresh_stamp();
             let mut rt = VipRt {
                 spec: Arc::clone(spec),
                 index,
+                backends_stamp,
                 rewrite: spec.rewrite,
                 affinity: spec.affinity,
                 backend_traffic: vec![Traffic::default(); backends.len()],
@@ -319,6 +326,11 @@ impl Forwarder {
                     rt.traffic = p.traffic;
                     rt.drops = p.drops;
                     rt.flood = p.flood;
+                    // The same backends in the same places: its entries' stamp stays good.
+                    let place = |b: &BackendRt| (b.cfg.address, b.cfg.port);
+                    if rt.backends.iter().map(place).eq(p.backends.iter().map(place)) {
+                        rt.backends_stamp = p.backends_stamp;
+                    }
                     // Counters follow a backend's identity, not its position.
                     for (b, t) in rt.backends.iter().zip(rt.backend_traffic.iter_mut()) {
                         let kept = p.backends.iter().position(|o| (o.cfg.address, o.cfg.port) == (b.cfg.address, b.cfg.port));
@@ -375,6 +387,13 @@ impl Forwarder {
         }
         self.next_index = i + 1;
         Ok(i)
+    }
+
+    /// A stamp for a new backend list: 1, 2, ... (wrapping past 0; an
+    /// entry would have to outlive 2^32 installations to meet its stamp again).
+    fn fresh_stamp(&mut self) -> u32 {
+        self.next_stamp = self.next_stamp.wrapping_add(1).max(1);
+        self.next_stamp
     }
 
     /// The VIP's backends, each without a configured MAC registered for ARP.

@@ -9,6 +9,7 @@
 
 use super::*;
 use crate::conntrack::{ticks, F_HALF_OPEN};
+use crate::vips::BackendRt;
 use crate::{Seen, Ticks};
 use std::time::Duration;
 
@@ -156,20 +157,28 @@ pub(super) fn account(vips: &mut [Option<VipRt>], e: &Entry, bytes: usize, new_f
 /// [`account`] with the VIP that owns `e`.
 #[inline(always)]
 pub(crate) fn account_to(v: &mut VipRt, e: &Entry, bytes: usize, new_flow: bool) {
-    let (baddr, bport) = if e.flags & F_REVERSE != 0 { (e.src, e.sport) } else { (e.new_dst, e.new_dport) };
     v.traffic.packets += 1;
     v.traffic.bytes += bytes as u64;
     v.traffic.new_flows += u64::from(new_flow);
     let bi = usize::from(e.backend);
-    if let (Some(b), Some(t)) = (v.backends.get(bi), v.backend_traffic.get_mut(bi)) {
-        // Port 0: the backend takes the client's destination port.
-        let port_ok = b.cfg.port == bport || b.cfg.port == 0;
-        if u32::from(b.cfg.address) == baddr && port_ok {
+    // Created with this backend list (nearly always): `bi` is its backend.
+    let current = e.backends_stamp == v.backends_stamp && e.backends_stamp != 0;
+    if let Some(t) = v.backend_traffic.get_mut(bi) {
+        if current || still_backend(v.backends.get(bi), e) {
             t.packets += 1;
             t.bytes += bytes as u64;
             t.new_flows += u64::from(new_flow);
         }
     }
+}
+
+/// Whether `b` (the VIP's backend at `e.backend` now) is still the one
+/// entry `e` was created with: same address and port.
+#[inline(never)]
+fn still_backend(b: Option<&BackendRt>, e: &Entry) -> bool {
+    let (baddr, bport) = if e.flags & F_REVERSE != 0 { (e.src, e.sport) } else { (e.new_dst, e.new_dport) };
+    // Port 0: the backend takes the client's destination port.
+    b.is_some_and(|b| u32::from(b.cfg.address) == baddr && (b.cfg.port == bport || b.cfg.port == 0))
 }
 
 /// MAC of backend `bi` of VIP `vip`: configured, or resolved.
@@ -431,7 +440,7 @@ pub(super) fn create(
         return Err(DropReason::HalfOpenFull);
     }
     let v = vip_rt(&f.vips, vip).ok_or(DropReason::NoBackend)?;
-    let vip_index = v.index;
+    let (vip_index, backends_stamp) = (v.index, v.backends_stamp);
     let fh = maglev_key(f.flow_seed, v.affinity, key.src, key.sport, key.dst, key.dport, key.proto);
     let bi = v.table().lookup(fh).ok_or(DropReason::NoBackend)?;
     let b = v.backends.get(bi).ok_or(DropReason::NoBackend)?.cfg;
@@ -459,6 +468,7 @@ pub(super) fn create(
         vip: vip as u16,
         vip_index,
         backend: bi as u16,
+        backends_stamp,
         twin: NO_TWIN,
         born: now,
         ..Entry::default()
@@ -474,13 +484,13 @@ pub(super) fn create(
         if let Some(m) = buf.get(at(ethernet::SOURCE, start)) {
             client_mac.copy_from_slice(m);
         }
-        let fwd = Entry {
+        let fwd = with_nat_sums(Entry {
             new_src: snat,
             new_sport: sport,
             flags: if half_open { F_HALF_OPEN } else { 0 },
             ..base
-        };
-        let rev = Entry {
+        });
+        let rev = with_nat_sums(Entry {
             src: u32::from(b.address),
             dst: snat,
             sport: bport,
@@ -492,7 +502,7 @@ pub(super) fn create(
             new_dport: key.sport,
             mac: client_mac,
             ..base
-        };
+        });
         let i = f.table.insert(fwd, now, NO_TWIN, &mut rec);
         let j = f.table.insert(rev, now, i, &mut rec);
         if let Some(e) = f.table.get_mut(i) {

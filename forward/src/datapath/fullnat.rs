@@ -28,14 +28,12 @@ pub(super) fn nat(frame: &mut [u8], ip: &Ip, e: &Entry) {
 /// checksum).
 #[inline(always)]
 fn nat_fields(h: &mut [u8], ip: &Ip, e: &Entry) {
-    let (old_src, old_dst) = (rd32(h, ipv4::SRC_ADDR), rd32(h, ipv4::DST_ADDR));
+    // The packet's addresses and ports are `e`'s key (it was found by
+    // them): their changes are the ones `nat_sums` summed at creation.
+    let [ip_sum, l4_sum] = e.nat_sums;
     let old_ttl = rd16(h, ipv4::TTL_PROTOCOL);
     let new_ttl = old_ttl.wrapping_sub(0x0100);
-    let c = Update::new(rd16(h, ipv4::CHECKSUM))
-        .addr(old_src, e.new_src)
-        .addr(old_dst, e.new_dst)
-        .word(old_ttl, new_ttl)
-        .finish();
+    let c = Update::new(rd16(h, ipv4::CHECKSUM)).with(ip_sum).word(old_ttl, new_ttl).finish();
     wr16(h, ipv4::TTL_PROTOCOL, new_ttl);
     wr32(h, ipv4::SRC_ADDR, e.new_src);
     wr32(h, ipv4::DST_ADDR, e.new_dst);
@@ -43,23 +41,25 @@ fn nat_fields(h: &mut [u8], ip: &Ip, e: &Entry) {
     let ihl = ip.ihl;
     let Some(l4) = h.get_mut(ihl..) else { return };
     let csum = if ip.proto == TCP { tcp::CHECKSUM } else { udp::CHECKSUM };
-    let (old_sp, old_dp) = (rd16(l4, udp::SRC_PORT), rd16(l4, udp::DST_PORT));
     wr16(l4, udp::SRC_PORT, e.new_sport);
     wr16(l4, udp::DST_PORT, e.new_dport);
     let c = rd16(l4, csum.clone());
     if ip.proto == UDP && c == 0 {
         return; // no checksum
     }
-    let mut c = Update::new(c)
-        .addr(old_src, e.new_src)
-        .addr(old_dst, e.new_dst)
-        .word(old_sp, e.new_sport)
-        .word(old_dp, e.new_dport)
-        .finish();
+    let mut c = Update::new(c).with(l4_sum).finish();
     if ip.proto == UDP && c == 0 {
         c = 0xffff;
     }
     wr16(l4, csum, c);
+}
+
+/// Entry `e` (a FullNAT direction, its key and `new_*` fields set) with its
+/// `nat_sums`: the checksum changes [`nat`] makes to a packet of its key.
+pub(super) fn with_nat_sums(e: Entry) -> Entry {
+    let ip = Update::changes().addr(e.src, e.new_src).addr(e.dst, e.new_dst);
+    let l4 = ip.word(e.sport, e.new_sport).word(e.dport, e.new_dport);
+    Entry { nat_sums: [ip.partial(), l4.partial()], ..e }
 }
 
 /// Backend -> SNAT address (FullNAT reply).

@@ -199,22 +199,15 @@ fn l4(proto: u8, payload: &[u8]) -> Result<(u16, u16, Flags), DropReason> {
     }
 }
 
-/// The VIP `addr:port/proto`, else the all-ports VIP `addr:0/proto`: one
-/// pass over the VIPs' one-word keys.
+/// The VIP `addr:port/proto`, else the all-ports VIP `addr:0/proto`: a
+/// pass over the VIPs' one-word keys for the first, a second only if it
+/// is not there.
 #[inline]
 pub(crate) fn find_vip(f: &Forwarder, addr: Ipv4Addr, port: u16, proto: u8) -> Option<usize> {
     let exact = vip_key(addr, port, proto);
     let any = vip_key(addr, 0, proto);
-    let mut any_port = None;
-    for (i, &k) in f.vip_keys.iter().enumerate() {
-        if k == exact {
-            return f.vip_ids.get(i).map(|&id| usize::from(id));
-        }
-        if k == any && any_port.is_none() {
-            any_port = Some(i);
-        }
-    }
-    any_port.and_then(|i| f.vip_ids.get(i)).map(|&id| usize::from(id))
+    let i = f.vip_keys.iter().position(|&k| k == exact).or_else(|| f.vip_keys.iter().position(|&k| k == any))?;
+    f.vip_ids.get(i).map(|&id| usize::from(id))
 }
 
 /// The VIP installed under `id`.
