@@ -143,6 +143,25 @@ const INVERSE_FFFF: u64 = 0xfffe_fffe_fffe_ffff;
 mod tests {
     use super::*;
 
+    /// Marsaglia's xorshift generators: the tests' reproducible inputs.
+    fn xorshift32(mut x: u32) -> impl FnMut() -> u32 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        }
+    }
+
+    fn xorshift64(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
     /// The 16-bit sum of RFC 1071, word by word: the reference.
     fn reference(data: &[u8]) -> u16 {
         let mut sum: u32 = 0;
@@ -155,16 +174,13 @@ mod tests {
 
     #[test]
     fn checksum_matches_16_bit_reference() {
-        let mut x = 0x1234_5678u32;
+        let mut next = xorshift32(0x1234_5678);
         for len in 0..200 {
             for fill in [0x00u8, 0xff, 0x01] {
                 let mut v = vec![fill; len];
                 assert_eq!(checksum(&v), reference(&v), "len {len} fill {fill}");
                 for b in v.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    *b = x as u8;
+                    *b = next() as u8;
                 }
                 assert_eq!(checksum(&v), reference(&v), "len {len} random");
                 if let Ok(h) = <&[u8; 20]>::try_from(&v[..]) {
@@ -187,13 +203,7 @@ mod tests {
     /// the same changes made one by one, on random and edge values.
     #[test]
     fn partial_changes_equal_the_changes() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = xorshift64(0x2545_f491_4f6c_dd1d);
         let edge = [0u32, 0xffff, 0xffff_ffff, 0x0001_0000, 1];
         for n in 0..300_000usize {
             let mut v = [0u32; 7];
@@ -217,13 +227,7 @@ mod tests {
     /// headers.
     #[test]
     fn header20_ok_matches_checksum20() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = xorshift64(0x9e37_79b9_7f4a_7c15);
         assert_eq!(0xffffu64.wrapping_mul(INVERSE_FFFF), 1);
         assert!((0..1u64 << 36).step_by(0xfff1).all(|s| (s.wrapping_mul(INVERSE_FFFF) <= u64::MAX / 0xffff) == (s % 0xffff == 0)));
         assert!(!header20_ok(&[0; 20]) && checksum20(&[0; 20]) != 0);
@@ -254,13 +258,7 @@ mod tests {
     /// for bit, edge values (0, 0xffff) included.
     #[test]
     fn update_once_equals_update_chain() {
-        let mut x = 0x9e37_79b9u32;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x
-        };
+        let mut next = xorshift32(0x9e37_79b9);
         let edge = [0u32, 0xffff, 0xffff_0000, 0xffff_ffff, 1, 0x0001_0000];
         for i in 0..200_000 {
             let pick = |v: u32, n: usize| if i % 3 == 0 { edge[(v as usize + n) % edge.len()] } else { v };
