@@ -629,7 +629,7 @@ mod tests {
             lcores: vec![],
         };
         let text = render(&v);
-        for (name, kind) in [
+        assert_families(&text, &[
             ("fulcrum_vip_syns_total", "counter"),
             ("fulcrum_vip_syncookies_sent_total", "counter"),
             ("fulcrum_vip_syncookies_validated_total", "counter"),
@@ -638,10 +638,7 @@ mod tests {
             ("fulcrum_vip_flood_mode", "gauge"),
             ("fulcrum_vip_flood_lcores", "gauge"),
             ("fulcrum_vip_flood_since_seconds", "gauge"),
-        ] {
-            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "no TYPE of {name} in\n{text}");
-            assert_eq!(text.matches(&format!("# HELP {name} ")).count(), 1, "{name}");
-        }
+        ]);
         for line in [
             "fulcrum_vip_syns_total{vip=\"198.18.1.1:80\"} 812345\n",
             "fulcrum_vip_syncookies_sent_total{vip=\"198.18.1.1:80\"} 800000\n",
@@ -657,6 +654,14 @@ mod tests {
             "fulcrum_vip_drops_total{vip=\"198.18.1.1:80\",reason=\"half_open_timeout\"} 9\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+
+    /// Each family `(name, kind)` has its TYPE line and exactly one HELP line.
+    fn assert_families(text: &str, families: &[(&str, &str)]) {
+        for (name, kind) in families {
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "no TYPE of {name} in\n{text}");
+            assert_eq!(text.matches(&format!("# HELP {name} ")).count(), 1, "{name}");
         }
     }
 
@@ -699,17 +704,14 @@ mod tests {
         };
         let v = View { lcores: vec![lcore(0, 17), lcore(1, 0)], ..Default::default() };
         let text = render(&v);
-        for (name, kind) in [
+        assert_families(&text, &[
             ("fulcrum_dataplane_drops_total", "counter"),
             ("fulcrum_dataplane_forward_drops_total", "counter"),
             ("fulcrum_dataplane_packets_total", "counter"),
             ("fulcrum_dataplane_bytes_total", "counter"),
             ("fulcrum_dataplane_busy_seconds_total", "counter"),
             ("fulcrum_dataplane_rx_ring_frames_total", "counter"),
-        ] {
-            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "no TYPE of {name} in\n{text}");
-            assert_eq!(text.matches(&format!("# HELP {name} ")).count(), 1, "{name}");
-        }
+        ]);
         for line in [
             "fulcrum_dataplane_drops_total{lcore=\"0\",reason=\"rx_ring_full\"} 17\n",
             "fulcrum_dataplane_drops_total{lcore=\"0\",reason=\"ipv4_bad_checksum\"} 2\n",
