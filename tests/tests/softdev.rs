@@ -54,6 +54,18 @@ fn bad_checksum_drops(dp: &Dataplane) -> u64 {
     proxy_counter(&dp.stats(), "drop_bad_checksum").unwrap_or(0)
 }
 
+/// Waits (bounded) until `drop_bad_checksum` is above `before`.
+fn wait_bad_checksum_drops_above(dp: &Dataplane, before: u64, what: &str) {
+    dp.wait_stats(Duration::from_secs(10), what, |s| {
+        let now = proxy_counter(s, "drop_bad_checksum").unwrap_or(0);
+        if now > before {
+            Ok(())
+        } else {
+            Err(format!("drop_bad_checksum {now}, {before} before"))
+        }
+    });
+}
+
 /// Real curl through a proxy VIP, 1 MiB echoed on each of 8 connections
 /// (frames of full size both ways, so the kernel segments what its TCP stacks
 /// hand down as super-frames), nothing dropped for a checksum, and the veth
@@ -115,14 +127,7 @@ fn af_packet_unfinished_checksums_are_counted_drops() {
     let before = bad_checksum_drops(&dp);
     let failed = curl(&topo, 2);
     assert!(failed.is_err(), "a request succeeded with CHECKSUM_PARTIAL frames: {failed:?}");
-    dp.wait_stats(Duration::from_secs(10), "the SYNs with unfinished checksums to be counted", |s| {
-        let now = proxy_counter(s, "drop_bad_checksum").unwrap_or(0);
-        if now > before {
-            Ok(())
-        } else {
-            Err(format!("drop_bad_checksum {now}, {before} before"))
-        }
-    });
+    wait_bad_checksum_drops_above(&dp, before, "the SYNs with unfinished checksums to be counted");
     let accepted_before = vip_counter(&dp.stats(), VIP_IP, VIP_PORT, "accepted");
     topo.exec_ok("fab", &["ethtool", "-K", &tap, "tx", "off"]);
     let body = curl(&topo, 5).expect("a request once the kernel finishes checksums again");
@@ -163,14 +168,7 @@ fn af_packet_unfinished_segments_of_a_connection_are_counted_drops() {
     topo.exec_ok("fab", &["ethtool", "-K", &tap, "tx", "on"]);
     let before = bad_checksum_drops(&dp);
     stream.write_all(b"b").unwrap();
-    dp.wait_stats(Duration::from_secs(10), "the connection's unfinished segment to be counted", |s| {
-        let now = proxy_counter(s, "drop_bad_checksum").unwrap_or(0);
-        if now > before {
-            Ok(())
-        } else {
-            Err(format!("drop_bad_checksum {now}, {before} before"))
-        }
-    });
+    wait_bad_checksum_drops_above(&dp, before, "the connection's unfinished segment to be counted");
     topo.exec_ok("fab", &["ethtool", "-K", &tap, "tx", "off"]);
     stream.read_exact(&mut byte).expect("the echo of b, retransmitted finished");
     assert_eq!(&byte, b"b");
